@@ -1,0 +1,199 @@
+"""The public module: :class:`SeDA` owns the parameters and dispatches to a backend.
+
+The math lives in :mod:`seda_fast.reference` (eager) and the fused launchers; this layer only
+checks inputs, picks the backend and holds state (parameters, centers, training stage).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import reference
+from . import validation as val
+from .config import SeDAConfig
+
+BACKENDS = ("eager", "triton", "auto")
+
+
+class Projector(nn.Module):
+    """``LayerNorm(x W + b)``: ``[N, in_dim] -> [N, dim]``."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+
+
+class Denoiser(nn.Module):
+    """Weights of ``D(x_t, t, c)``: ``in_x`` = W_x, ``in_c`` = (W_c, b_a), ``time_in``/``time_out`` =
+    the time MLP (d -> H -> H), ``hidden`` = the L-1 residual layers, ``out`` = (W_o, b_o)."""
+
+    def __init__(self, dim: int, hidden: int, layers: int):
+        super().__init__()
+        self.in_x = nn.Linear(dim, hidden, bias=False)
+        self.in_c = nn.Linear(dim, hidden)
+        self.time_in = nn.Linear(dim, hidden)
+        self.time_out = nn.Linear(hidden, hidden)
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
+        self.out = nn.Linear(hidden, dim)
+
+
+class PFIN(nn.Module):
+    """Progressive Feature Interaction Network: ``p_m`` = W_pm, ``p_u`` = (W_pu, b_p), ``down`` =
+    (W_pd, b_pd), ``g_m`` = W_gm, ``g_u`` = (W_gu, b_g)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.p_m = nn.Linear(dim, hidden, bias=False)
+        self.p_u = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.g_m = nn.Linear(dim, dim, bias=False)
+        self.g_u = nn.Linear(dim, dim)
+
+
+class SeDA(nn.Module):
+    """SeDA classifier (SPEC.md): ``SeDA(config)(visual [B, Dv]) -> logits [B, C]``.
+
+    ``backend``: ``"eager"`` (the reference), ``"triton"`` (fused kernels) or ``"auto"``; it can
+    be changed on a live model and does not change the state_dict. ``check_inputs=True`` adds the
+    NaN/Inf checks that cost a device sync. A new model is in stage 1 (see :meth:`set_stage`).
+    """
+
+    STAGE1_PARTS = ("visual_proj", "learner", "readout", "aux_visual")
+    STAGE2_PARTS = ("text_proj", "translator", "pfin", "head", "aux_text")
+
+    def __init__(self, config: SeDAConfig, backend: str = "auto", check_inputs: bool = False):
+        super().__init__()
+        if not isinstance(config, SeDAConfig):
+            raise TypeError(f"config must be a SeDAConfig, got {type(config).__name__}")
+        self.config = config
+        d, H, C = config.dim, config.hidden, config.num_classes
+        self.visual_proj = Projector(config.visual_dim, d)
+        self.learner = Denoiser(d, H, config.layers)
+        self.readout = nn.Linear(H, d, bias=False)
+        self.aux_visual = nn.Linear(d, C)
+        self.text_proj = Projector(config.text_dim, d)
+        self.translator = Denoiser(d, H, config.layers)
+        self.pfin = PFIN(d, H)
+        self.head = nn.Linear(d, C)
+        self.aux_text = nn.Linear(d, C)
+        self.register_buffer("centers", torch.zeros(C, d))
+        self.register_buffer("centers_initialized", torch.zeros(C, dtype=torch.bool))
+        self.backend = backend
+        self.check_inputs = bool(check_inputs)
+        self.set_stage(1)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    @property
+    def stage(self) -> int:
+        return self._stage
+
+    def set_stage(self, stage: int) -> "SeDA":
+        """Stage 1 trains only the projector ``P_v``, the Learner, ``W_r`` and the auxiliary visual
+        classifier; stage 2 only ``P_t``, the Translator, PFIN, the head and the auxiliary text
+        classifier. Everything else gets ``requires_grad=False``. Re-wrap DDP after a change."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        self._stage = stage
+        trained = self.STAGE1_PARTS if stage == 1 else self.STAGE2_PARTS
+        for name in self.STAGE1_PARTS + self.STAGE2_PARTS:
+            getattr(self, name).requires_grad_(name in trained)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.centers.device
+
+    def _param_dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    def resolved_backend(self, device: torch.device | None = None) -> str:
+        """The backend a call on ``device`` would use: ``"auto"`` is eager until the fused kernels land."""
+        if self._backend == "triton":
+            raise NotImplementedError(
+                "backend='triton' is not available yet: the fused Triton kernels are being built "
+                "(see README 'Not done yet'); use backend='eager' or 'auto'")
+        return "eager"
+
+    # ------------------------------------------------------------------ input handling
+    def _visual(self, visual) -> torch.Tensor:
+        val.check_features("visual", visual, self.config.visual_dim, self.device)
+        if self.check_inputs:
+            val.check_finite("visual", visual)
+        return visual.to(self._param_dtype())
+
+    def _text(self, text, batch: int, text_kind: str):
+        C, Dt = self.config.num_classes, self.config.text_dim
+        if text_kind not in ("auto", "class", "sample"):
+            raise ValueError(f"text_kind must be 'auto', 'class' or 'sample', got {text_kind!r}")
+        if text is None:
+            raise ValueError(f"stage-2 training needs text: [num_classes={C}, {Dt}] class texts "
+                             f"or [B={batch}, {Dt}] per-sample texts")
+        rows = text.shape[0] if isinstance(text, torch.Tensor) and text.dim() == 2 else None
+        per_class = text_kind == "class" or (text_kind == "auto" and rows == C)
+        val.check_features("text", text, Dt, self.device, batch=C if per_class else batch)
+        if self.check_inputs:
+            val.check_finite("text", text)
+        return text.to(self._param_dtype()), per_class
+
+    def _noise(self, noise, batch: int):
+        if noise is None:
+            return None
+        val.check_features("noise", noise, self.config.dim, self.device, batch=batch)
+        if self.check_inputs:
+            val.check_finite("noise", noise)
+        return noise
+
+    # ------------------------------------------------------------------ API
+    def learner_loss(self, visual, labels, generator=None, return_parts: bool = False):
+        """Stage-1 loss ``L_1`` (a scalar). In training mode it also updates the centers."""
+        v = self._visual(visual)
+        val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
+        self.resolved_backend(v.device)
+        loss, parts = reference.learner_loss(self, v, labels.long(), generator, update=self.training)
+        return (loss, parts) if return_parts else loss
+
+    def translator_loss(self, visual, labels, text, generator=None, text_kind: str = "auto",
+                        return_parts: bool = False):
+        """Stage-2 loss ``L_2`` (a scalar). ``text`` is ``[C, Dt]`` class texts or ``[B, Dt]``
+        per-sample texts; ``text_kind="auto"`` reads ``[C, Dt]`` as class texts, so pass
+        ``"sample"`` when a batch of per-sample texts happens to have exactly C rows."""
+        v = self._visual(visual)
+        val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
+        t, per_class = self._text(text, v.shape[0], text_kind)
+        self.resolved_backend(v.device)
+        loss, parts = reference.translator_loss(self, v, labels.long(), t, per_class, generator)
+        return (loss, parts) if return_parts else loss
+
+    @torch.no_grad()
+    def semantic(self, visual) -> torch.Tensor:
+        """The Learner's semantic feature ``s [B, d]`` (zero start noise, deterministic)."""
+        v = self._visual(visual)
+        self.resolved_backend(v.device)
+        return reference.learner_sample(self, reference.project(self.visual_proj, v))
+
+    def infer(self, visual, noise=None):
+        """Inference chain with its intermediates: ``(logits [B, C], s [B, d], m [B, d])``."""
+        v = self._visual(visual)
+        n = self._noise(noise, v.shape[0])
+        self.resolved_backend(v.device)
+        return reference.infer(self, v, n)
+
+    def forward(self, visual, labels=None, text=None, noise=None, generator=None, text_kind: str = "auto"):
+        """Without ``labels``: ``logits [B, C]`` (no text needed; ``noise`` is the Translator's
+        ``[B, d]`` start noise, ``None`` = zeros). With ``labels``: the current stage's loss."""
+        if labels is None:
+            return self.infer(visual, noise)[0]
+        if self._stage == 1:
+            return self.learner_loss(visual, labels, generator)
+        return self.translator_loss(visual, labels, text, generator, text_kind=text_kind)

@@ -1,0 +1,67 @@
+"""Cosine noise schedule and the K-step DDIM (eta = 0, x0-prediction) tables, in float64.
+
+Conventions (SPEC.md, "Schedule"): the reverse loop runs k = K, K-1, ..., 1 and goes from
+t = tau_k to t' = tau_{k-1}. Row ``k - 1`` of every per-step table belongs to step k:
+``ddim_coefficients(T, K)[k - 1] = (a_k, b_k)`` and the time-embedding table's row k - 1
+is ``e(tau_k)``. The loop therefore reads rows K-1 down to 0.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+
+@functools.lru_cache(maxsize=32)
+def _alpha_bar(T: int) -> tuple:
+    def f(t: int) -> float:
+        return math.cos(((t / T) + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    abar = [1.0]
+    for t in range(1, T + 1):
+        beta = min(1.0 - f(t) / f(t - 1), 0.999)
+        abar.append(abar[-1] * (1.0 - beta))
+    return tuple(abar)
+
+
+def alpha_bar(T: int) -> torch.Tensor:
+    """``abar_t`` for t = 0..T as a float64 tensor ``[T + 1]`` (``abar_0 = 1``)."""
+    return torch.tensor(_alpha_bar(int(T)), dtype=torch.float64)
+
+
+def sampling_timesteps(T: int, K: int) -> list[int]:
+    """``tau_k = round(k * T / K)`` for k = 0..K, halves rounded up (exact integer arithmetic)."""
+    if not 1 <= K <= T:
+        raise ValueError(f"sampling steps K must be in [1, T={T}], got {K}")
+    return [(2 * k * T + K) // (2 * K) for k in range(K + 1)]
+
+
+@functools.lru_cache(maxsize=64)
+def _ddim(T: int, K: int) -> tuple:
+    abar = _alpha_bar(T)
+    tau = sampling_timesteps(T, K)
+    rows = []
+    for k in range(1, K + 1):
+        t, tp = tau[k], tau[k - 1]
+        a = math.sqrt(1.0 - abar[tp]) / math.sqrt(1.0 - abar[t])
+        b = math.sqrt(abar[tp]) - math.sqrt(abar[t]) * a
+        rows.append((a, b))
+    return tuple(rows)
+
+
+def ddim_coefficients(T: int, K: int) -> torch.Tensor:
+    """``[K, 2]`` float64: row k-1 = (a_k, b_k) with ``x_{tau_{k-1}} = a_k x_{tau_k} + b_k x0_hat``."""
+    return torch.tensor(_ddim(int(T), int(K)), dtype=torch.float64)
+
+
+def start_coefficients(T: int) -> tuple[float, float]:
+    """``(sqrt(abar_T), sqrt(1 - abar_T))``: ``x_{tau_K} = first * cond + second * xi``."""
+    abar_T = _alpha_bar(int(T))[-1]
+    return math.sqrt(abar_T), math.sqrt(1.0 - abar_T)
+
+
+def noising_coefficients(T: int, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``(sqrt(abar_t), sqrt(1 - abar_t))`` as ``[B, 1]`` columns for integer t in 1..T."""
+    abar = alpha_bar(T).to(t.device)[t]
+    return abar.sqrt().to(dtype).unsqueeze(1), (1.0 - abar).sqrt().to(dtype).unsqueeze(1)

@@ -1,0 +1,55 @@
+"""Input checks run before any computation or kernel launch.
+
+Shape, dtype and device checks are free (no device sync) and always on. Value checks (NaN/Inf)
+read the data back, so they run only in ``check_inputs`` mode (the trainer turns it on).
+Label range is always checked on the training path, whose loss is read back anyway.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_features(name: str, x, width: int, device: torch.device, batch: int | None = None) -> None:
+    """``x`` must be a floating ``[batch, width]`` tensor on ``device`` with at least one row."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [B, {width}], got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16/bfloat16/float32/float64, got {x.dtype}")
+    rows = "B" if batch is None else str(batch)
+    if x.dim() != 2 or x.shape[1] != width:
+        raise ValueError(f"{name} must have shape [{rows}, {width}], got {list(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {list(x.shape)}); need at least one row")
+    if batch is not None and x.shape[0] != batch:
+        raise ValueError(f"{name} must have shape [{batch}, {width}] (one row per sample), got {list(x.shape)}")
+    check_device(name, x, device)
+
+
+def check_device(name: str, x: torch.Tensor, device: torch.device) -> None:
+    if x.device.type != device.type or (device.index is not None and x.device.index not in (None, device.index)):
+        raise ValueError(f"{name} is on {x.device} but the model is on {device}; move it with .to({str(device)!r})")
+
+
+def check_labels(labels, batch: int, num_classes: int, device: torch.device) -> None:
+    """``labels`` must be an integer ``[batch]`` tensor with values in ``[0, num_classes)``."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.dtype not in INT_DTYPES:
+        raise TypeError(f"labels must be an integer tensor (int64 class indices), got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != batch:
+        raise ValueError(f"labels must have shape [{batch}] (one per sample), got {list(labels.shape)}")
+    check_device("labels", labels, device)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Report NaN/Inf instead of letting them flow silently into the result (costs a sync)."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        count = int(bad.sum())
+        raise ValueError(f"{name} contains {count} NaN/Inf value(s) (check_inputs=True)")
