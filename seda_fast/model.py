@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import reference
+from . import fused, reference
 from . import validation as val
 from .config import SeDAConfig
 
@@ -117,13 +117,29 @@ class SeDA(nn.Module):
     def _param_dtype(self) -> torch.dtype:
         return self.head.weight.dtype
 
-    def resolved_backend(self, device: torch.device | None = None) -> str:
-        """The backend a call on ``device`` would use: ``"auto"`` is eager until the fused kernels land."""
+    def resolved_backend(self, device: torch.device) -> str:
+        """The backend a call on ``device`` uses: ``"auto"`` picks triton for CUDA tensors (when
+        triton is installed) and eager otherwise; ``"triton"`` raises a clear error where the
+        kernels cannot run (CPU without ``TRITON_INTERPRET=1``)."""
+        if self._backend == "eager":
+            return "eager"
+        if self._backend == "auto":
+            return "triton" if device.type == "cuda" and fused.available(device) else "eager"
+        fused.require(device)
+        return "triton"
+
+    def _inference_impl(self, device: torch.device):
+        return fused if self.resolved_backend(device) == "triton" else reference
+
+    def _training_impl(self, device: torch.device):
+        """Training runs eager until the fused training kernels land; an explicit
+        ``backend="triton"`` says so instead of silently falling back."""
         if self._backend == "triton":
+            fused.require(device)
             raise NotImplementedError(
-                "backend='triton' is not available yet: the fused Triton kernels are being built "
-                "(see README 'Not done yet'); use backend='eager' or 'auto'")
-        return "eager"
+                "fused Triton training kernels are not implemented yet: train with backend='eager' "
+                "or 'auto' (the state_dict is the same, so switch to 'triton' for inference)")
+        return reference
 
     # ------------------------------------------------------------------ input handling
     def _visual(self, visual) -> torch.Tensor:
@@ -159,8 +175,8 @@ class SeDA(nn.Module):
         """Stage-1 loss ``L_1`` (a scalar). In training mode it also updates the centers."""
         v = self._visual(visual)
         val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
-        self.resolved_backend(v.device)
-        loss, parts = reference.learner_loss(self, v, labels.long(), generator, update=self.training)
+        impl = self._training_impl(v.device)
+        loss, parts = impl.learner_loss(self, v, labels.long(), generator, update=self.training)
         return (loss, parts) if return_parts else loss
 
     def translator_loss(self, visual, labels, text, generator=None, text_kind: str = "auto",
@@ -171,23 +187,21 @@ class SeDA(nn.Module):
         v = self._visual(visual)
         val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
         t, per_class = self._text(text, v.shape[0], text_kind)
-        self.resolved_backend(v.device)
-        loss, parts = reference.translator_loss(self, v, labels.long(), t, per_class, generator)
+        impl = self._training_impl(v.device)
+        loss, parts = impl.translator_loss(self, v, labels.long(), t, per_class, generator)
         return (loss, parts) if return_parts else loss
 
     @torch.no_grad()
     def semantic(self, visual) -> torch.Tensor:
         """The Learner's semantic feature ``s [B, d]`` (zero start noise, deterministic)."""
         v = self._visual(visual)
-        self.resolved_backend(v.device)
-        return reference.learner_sample(self, reference.project(self.visual_proj, v))
+        return self._inference_impl(v.device).semantic(self, v)
 
     def infer(self, visual, noise=None):
         """Inference chain with its intermediates: ``(logits [B, C], s [B, d], m [B, d])``."""
         v = self._visual(visual)
         n = self._noise(noise, v.shape[0])
-        self.resolved_backend(v.device)
-        return reference.infer(self, v, n)
+        return self._inference_impl(v.device).infer(self, v, n)
 
     def forward(self, visual, labels=None, text=None, noise=None, generator=None, text_kind: str = "auto"):
         """Without ``labels``: ``logits [B, C]`` (no text needed; ``noise`` is the Translator's

@@ -127,6 +127,11 @@ def translator_pfin_sample(model, s: torch.Tensor, z: torch.Tensor, noise: torch
     return x, m
 
 
+def semantic(model, visual: torch.Tensor) -> torch.Tensor:
+    """``visual [B, Dv] -> s [B, d]``: projector, then the Learner's sampler."""
+    return learner_sample(model, project(model.visual_proj, visual))
+
+
 def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None):
     """The inference chain: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``."""
     z = project(model.visual_proj, visual)
