@@ -1,0 +1,26 @@
+"""Shared test helpers: small odd-sized configs and fresh random inputs."""
+import torch
+
+import seda_fast as sf
+
+
+def small_config(**overrides) -> sf.SeDAConfig:
+    """Odd sizes (none a multiple of 16) so masking paths are exercised."""
+    base = dict(visual_dim=37, text_dim=21, num_classes=7, dim=48, hidden=80, layers=3,
+                learner_steps=4, translator_steps=4)
+    base.update(overrides)
+    return sf.SeDAConfig(**base)
+
+
+def make_model(seed: int = 0, dtype=torch.float32, **overrides) -> sf.SeDA:
+    torch.manual_seed(seed)
+    return sf.SeDA(small_config(**overrides)).to(dtype)
+
+
+def make_batch(cfg: sf.SeDAConfig, batch: int, seed: int = 1, dtype=torch.float32):
+    """``(visual [B, Dv], labels [B], class_text [C, Dt])``, fresh random values."""
+    g = torch.Generator().manual_seed(seed)
+    visual = torch.randn(batch, cfg.visual_dim, generator=g).to(dtype)
+    labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
+    text = torch.randn(cfg.num_classes, cfg.text_dim, generator=g).to(dtype)
+    return visual, labels, text
