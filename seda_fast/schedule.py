@@ -7,14 +7,25 @@ is ``e(tau_k)``. The loop therefore reads rows K-1 down to 0.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 
-@functools.lru_cache(maxsize=32)
+# Pure functions of (T, K): cached in a dict (not functools.lru_cache, which torch.compile
+# ignores), and marked constant so torch.compile calls them instead of tracing the T-step loop.
+_CACHE: dict = {}
+
+
+@torch.compiler.assume_constant_result
 def _alpha_bar(T: int) -> tuple:
+    key = ("abar", T)
+    if key not in _CACHE:
+        _CACHE[key] = _compute_alpha_bar(T)
+    return _CACHE[key]
+
+
+def _compute_alpha_bar(T: int) -> tuple:
     def f(t: int) -> float:
         return math.cos(((t / T) + 0.008) / 1.008 * math.pi / 2) ** 2
 
@@ -37,8 +48,15 @@ def sampling_timesteps(T: int, K: int) -> list[int]:
     return [(2 * k * T + K) // (2 * K) for k in range(K + 1)]
 
 
-@functools.lru_cache(maxsize=64)
+@torch.compiler.assume_constant_result
 def _ddim(T: int, K: int) -> tuple:
+    key = ("ddim", T, K)
+    if key not in _CACHE:
+        _CACHE[key] = _compute_ddim(T, K)
+    return _CACHE[key]
+
+
+def _compute_ddim(T: int, K: int) -> tuple:
     abar = _alpha_bar(T)
     tau = sampling_timesteps(T, K)
     rows = []

@@ -42,13 +42,18 @@ def check_labels(labels, batch: int, num_classes: int, device: torch.device) -> 
     if labels.dim() != 1 or labels.shape[0] != batch:
         raise ValueError(f"labels must have shape [{batch}] (one per sample), got {list(labels.shape)}")
     check_device("labels", labels, device)
+    if torch.compiler.is_compiling():
+        return  # a data-dependent branch would break the graph; cross_entropy still rejects bad ids
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    """Report NaN/Inf instead of letting them flow silently into the result (costs a sync)."""
+    """Report NaN/Inf instead of letting them flow silently into the result (costs a sync).
+    Skipped while torch.compile traces (it would break the graph)."""
+    if torch.compiler.is_compiling():
+        return
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         count = int(bad.sum())
