@@ -57,8 +57,8 @@ def test_api_fuzz(fields, batch, width_delta, rank, dtype, transpose, label_shif
     event("ran")
     assert logits.shape == (batch, cfg.num_classes) and torch.isfinite(logits).all()
     assert torch.isfinite(loss)
-    with torch.no_grad():
-        torch.testing.assert_close(logits, model(visual.contiguous()), rtol=0, atol=0)
+    with torch.no_grad():  # not bitwise: BLAS takes another code path for a transposed operand
+        torch.testing.assert_close(logits, model(visual.contiguous()), rtol=1e-5, atol=1e-6)
 
 
 def test_expanded_and_strided_inputs_match_contiguous():
