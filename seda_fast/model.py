@@ -11,6 +11,7 @@ from torch import nn
 from . import fused, reference
 from . import validation as val
 from .config import SeDAConfig
+from .profiling import nvtx_range
 
 BACKENDS = ("eager", "triton", "auto")
 
@@ -176,7 +177,8 @@ class SeDA(nn.Module):
         v = self._visual(visual)
         val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
         impl = self._training_impl(v.device)
-        loss, parts = impl.learner_loss(self, v, labels.long(), generator, update=self.training)
+        with nvtx_range("seda/stage1_loss"):
+            loss, parts = impl.learner_loss(self, v, labels.long(), generator, update=self.training)
         return (loss, parts) if return_parts else loss
 
     def translator_loss(self, visual, labels, text, generator=None, text_kind: str = "auto",
@@ -188,20 +190,23 @@ class SeDA(nn.Module):
         val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
         t, per_class = self._text(text, v.shape[0], text_kind)
         impl = self._training_impl(v.device)
-        loss, parts = impl.translator_loss(self, v, labels.long(), t, per_class, generator)
+        with nvtx_range("seda/stage2_loss"):
+            loss, parts = impl.translator_loss(self, v, labels.long(), t, per_class, generator)
         return (loss, parts) if return_parts else loss
 
     @torch.no_grad()
     def semantic(self, visual) -> torch.Tensor:
         """The Learner's semantic feature ``s [B, d]`` (zero start noise, deterministic)."""
         v = self._visual(visual)
-        return self._inference_impl(v.device).semantic(self, v)
+        with nvtx_range("seda/semantic"):
+            return self._inference_impl(v.device).semantic(self, v)
 
     def infer(self, visual, noise=None):
         """Inference chain with its intermediates: ``(logits [B, C], s [B, d], m [B, d])``."""
         v = self._visual(visual)
         n = self._noise(noise, v.shape[0])
-        return self._inference_impl(v.device).infer(self, v, n)
+        with nvtx_range("seda/infer"):
+            return self._inference_impl(v.device).infer(self, v, n)
 
     def forward(self, visual, labels=None, text=None, noise=None, generator=None, text_kind: str = "auto"):
         """Without ``labels``: ``logits [B, C]`` (no text needed; ``noise`` is the Translator's

@@ -1,5 +1,7 @@
 """Drop-in behaviour on the eager backend: torch.compile, autocast, DDP (gloo, 2 processes)."""
+import datetime
 import os
+import time
 
 import pytest
 import torch
@@ -71,17 +73,20 @@ def _one_step(model, v, y, text, losses):
 
 
 def _ddp_worker(rank, world, init_file, out_dir, stage):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        model = make_model(seed=0).set_stage(stage)
-        v, y, text = make_batch(model.config, BATCH, seed=1)
-        part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-        ddp = DDP(model)
-        gen = torch.Generator().manual_seed(100 + rank)
-        _one_step(model, v, y, text, lambda: ddp(v[part], y[part], text, generator=gen))
-        torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    model = make_model(seed=0).set_stage(stage)
+    v, y, text = make_batch(model.config, BATCH, seed=1)
+    part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
+    ddp = DDP(model)
+    gen = torch.Generator().manual_seed(100 + rank)
+    _one_step(model, v, y, text, lambda: ddp(v[part], y[part], text, generator=gen))
+    torch.save(model.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    # Leave without running destructors: tearing down DDP's Reducer and the gloo group at frame
+    # exit deadlocked here (~ProcessGroupGloo waits on a gloo thread that waits for the GIL),
+    # seen on torch 2.13 CPU in about 1 run in 6. The results are already on disk.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("stage", [1, 2])
@@ -90,7 +95,14 @@ def test_ddp_two_ranks_match_one_process(tmp_path, stage):
     that updates the centers on the whole batch and steps on the mean of the two half-batch
     losses (each half drawing its t/eps/xi from the same generator as the matching rank)."""
     world = 2
-    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), stage), nprocs=world)
+    ctx = mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), stage), nprocs=world,
+                   join=False)
+    deadline = time.monotonic() + 240  # never hang CI: a stuck rank fails the test instead
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("DDP workers did not finish within 240 s")
 
     model = make_model(seed=0).set_stage(stage)
     v, y, text = make_batch(model.config, BATCH, seed=1)
