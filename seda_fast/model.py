@@ -129,8 +129,18 @@ class SeDA(nn.Module):
         fused.require(device)
         return "triton"
 
-    def _inference_impl(self, device: torch.device):
-        return fused if self.resolved_backend(device) == "triton" else reference
+    def _inference_impl(self, visual: torch.Tensor):
+        """The fused kernels have no backward: while autograd would record (grad mode on and a
+        parameter or the input requiring grad), "auto" runs eager and "triton" says so."""
+        if self.resolved_backend(visual.device) == "eager":
+            return reference
+        if torch.is_grad_enabled() and (visual.requires_grad or any(p.requires_grad for p in self.parameters())):
+            if self._backend == "auto":
+                return reference
+            raise RuntimeError(
+                "backend='triton' inference has no backward: call it under torch.no_grad() or "
+                "torch.inference_mode(), or use backend='eager'/'auto' when gradients are needed")
+        return fused
 
     def _training_impl(self, device: torch.device):
         """Training runs eager until the fused training kernels land; an explicit
@@ -199,14 +209,14 @@ class SeDA(nn.Module):
         """The Learner's semantic feature ``s [B, d]`` (zero start noise, deterministic)."""
         v = self._visual(visual)
         with nvtx_range("seda/semantic"):
-            return self._inference_impl(v.device).semantic(self, v)
+            return self._inference_impl(v).semantic(self, v)
 
     def infer(self, visual, noise=None):
         """Inference chain with its intermediates: ``(logits [B, C], s [B, d], m [B, d])``."""
         v = self._visual(visual)
         n = self._noise(noise, v.shape[0])
         with nvtx_range("seda/infer"):
-            return self._inference_impl(v.device).infer(self, v, n)
+            return self._inference_impl(v).infer(self, v, n)
 
     def forward(self, visual, labels=None, text=None, noise=None, generator=None, text_kind: str = "auto"):
         """Without ``labels``: ``logits [B, C]`` (no text needed; ``noise`` is the Translator's

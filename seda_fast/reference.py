@@ -100,10 +100,21 @@ def _start(T: int, cond: torch.Tensor, noise: torch.Tensor | None) -> torch.Tens
 # --------------------------------------------------------------------------- samplers
 
 
-def learner_sample(model, z: torch.Tensor) -> torch.Tensor:
-    """DCSL: K1-step DDIM sample of the semantic feature ``s [B, d]`` conditioned on ``z [B, d]``."""
+def inference_tables(model, dtype: torch.dtype, device):
+    """Both samplers' per-call tables, ``((ddim1, e1), (ddim2, e2))`` (see :func:`sampling_tables`).
+    They depend on weights only; pass them to the samplers to keep host work out of a timed or
+    captured loop."""
+    cfg = model.config
+    return tuple(sampling_tables(den, cfg.diffusion_steps, K, cfg.dim, dtype, device)
+                 for den, K in ((model.learner, cfg.learner_steps), (model.translator, cfg.translator_steps)))
+
+
+def learner_sample(model, z: torch.Tensor, tables=None) -> torch.Tensor:
+    """DCSL: K1-step DDIM sample of the semantic feature ``s [B, d]`` conditioned on ``z [B, d]``.
+    ``tables``: this sampler's ``(ddim, e_table)``, computed here when None."""
     cfg, den = model.config, model.learner
-    coef, e_table = sampling_tables(den, cfg.diffusion_steps, cfg.learner_steps, cfg.dim, z.dtype, z.device)
+    coef, e_table = tables or sampling_tables(den, cfg.diffusion_steps, cfg.learner_steps, cfg.dim, z.dtype,
+                                              z.device)
     cond = condition_term(den, z)
     x = _start(cfg.diffusion_steps, z, None)
     for k in range(cfg.learner_steps, 0, -1):
@@ -112,11 +123,13 @@ def learner_sample(model, z: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def translator_pfin_sample(model, s: torch.Tensor, z: torch.Tensor, noise: torch.Tensor | None = None):
+def translator_pfin_sample(model, s: torch.Tensor, z: torch.Tensor, noise: torch.Tensor | None = None,
+                           tables=None):
     """DCST + PFIN: K2-step DDIM loop over text space, conditioned on ``s``, with ``m <- z`` mapped
-    one PFIN step per DDIM step. Returns ``(x [B, d], m [B, d])``."""
+    one PFIN step per DDIM step. Returns ``(x [B, d], m [B, d])``. ``tables`` as in learner_sample."""
     cfg, den = model.config, model.translator
-    coef, e_table = sampling_tables(den, cfg.diffusion_steps, cfg.translator_steps, cfg.dim, s.dtype, s.device)
+    coef, e_table = tables or sampling_tables(den, cfg.diffusion_steps, cfg.translator_steps, cfg.dim, s.dtype,
+                                              s.device)
     cond = condition_term(den, s)
     x = _start(cfg.diffusion_steps, s, noise)
     m = z
@@ -132,11 +145,12 @@ def semantic(model, visual: torch.Tensor) -> torch.Tensor:
     return learner_sample(model, project(model.visual_proj, visual))
 
 
-def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None):
-    """The inference chain: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``."""
+def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None, tables=None):
+    """The inference chain: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
+    ``tables``: optional :func:`inference_tables` output."""
     z = project(model.visual_proj, visual)
-    s = learner_sample(model, z)
-    _, m = translator_pfin_sample(model, s, z, noise)
+    s = learner_sample(model, z, tables and tables[0])
+    _, m = translator_pfin_sample(model, s, z, noise, tables and tables[1])
     logits = F.linear(m, model.head.weight, model.head.bias)
     return logits, s, m
 

@@ -1,0 +1,203 @@
+"""H100 (sm_90a) compile report of every shipped fused-kernel config, without a GPU.
+
+``python -m seda_fast.compile_report [--quick] [--json PATH]`` runs the real fused inference call
+on CPU tensors with the launches *captured, not run* (:func:`seda_fast.kernels.capture_launches`),
+so each kernel is compiled with exactly the arguments, specialisations (``native_specialize_impl``,
+as the runtime does), block sizes and warps the launcher picks; ``LOWP``/``PREC`` are set as the
+launcher sets them on CUDA. Each launch is compiled with ``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", 90, 32))`` and its cubin read with Triton's bundled ``cuobjdump``:
+registers per thread, local memory and spill instructions (``STL`` in the SASS), shared memory
+(Triton's dynamic allocation plus static), and whether the PTX uses ``wgmma``.
+
+Shipped configs (:data:`SHIPPED`): the default model (d=512, H=1024, L=2; Dv=1280 as EfficientNet-
+lite0 features, C=10) in bf16/fp16 at one batch per regime of the block heuristic (64, 16384)
+and in fp32, and the small test model (d=48, H=80, L=3). The interpreter cannot compile, so
+under ``TRITON_INTERPRET=1`` :func:`collect` re-runs this module in a subprocess without it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SM90_SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (227 KiB)
+
+DEFAULT_MODEL = dict(visual_dim=1280, text_dim=384, num_classes=10)
+SMALL_MODEL = dict(visual_dim=37, text_dim=21, num_classes=7, dim=48, hidden=80, layers=3,
+                   learner_steps=4, translator_steps=4)
+
+# (name, model kwargs, dtype, batch): every block config kernels/_heuristics.pick_blocks ships
+# (fp16/bf16 latency and throughput, fp32) on the default model, and the small test model.
+SHIPPED = [
+    ("default", DEFAULT_MODEL, "bfloat16", 64),
+    ("default", DEFAULT_MODEL, "bfloat16", 16384),
+    ("default", DEFAULT_MODEL, "float16", 64),
+    ("default", DEFAULT_MODEL, "float16", 16384),
+    ("default", DEFAULT_MODEL, "float32", 64),
+    ("small", SMALL_MODEL, "bfloat16", 33),
+    ("small", SMALL_MODEL, "bfloat16", 1024),
+    ("small", SMALL_MODEL, "float32", 33),
+]
+# The subset CI compiles: every block config of the default model in bf16/fp32 and the small one.
+QUICK = [SHIPPED[0], SHIPPED[1], SHIPPED[4], SHIPPED[5]]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _tools():
+    import triton
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    return bin_dir / "cuobjdump"
+
+
+def capture(model_kwargs: dict, dtype: str, batch: int):
+    """The launches one fused inference call makes for this config (captured, not run)."""
+    from . import fused
+    from .config import SeDAConfig
+    from .model import SeDA
+    torch.manual_seed(0)
+    model = SeDA(SeDAConfig(**model_kwargs)).to(getattr(torch, dtype)).eval()
+    visual = torch.empty(batch, model.config.visual_dim, dtype=getattr(torch, dtype))
+    k = fused.kernels()
+    with torch.no_grad(), k.capture_launches() as launches:
+        fused.infer(model, visual, None)
+    return launches
+
+
+def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
+    """Compile one captured launch for ``sm_{arch}a``; returns its resource usage."""
+    import triton
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import fused
+    k = fused.kernels()
+    fn = launch.kernel
+    meta = dict(launch.meta)
+    options = {key: meta.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in meta}
+    num_warps, num_stages = options["num_warps"], options["num_stages"]
+    meta["LOWP"], meta["PREC"] = k._heuristics.dot_mode(getattr(torch, dtype), torch.device("cuda"))
+    signature, constexprs, attrs = {}, dict(meta), {}
+    for i, (name, arg) in enumerate(zip(fn.arg_names, launch.args)):
+        ty, key = native_specialize_impl(BaseBackend, arg, False, True, True)
+        if ty == "constexpr":
+            constexprs[name] = key
+        elif key == "D":
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        signature[name] = ty
+    for name in meta:
+        signature[name] = "constexpr"
+    src = ASTSource(fn, signature, constexprs, attrs)
+    t0 = time.perf_counter()
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options=options)
+    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([str(_tools()), "-res-usage", str(cubin)], capture_output=True, text=True,
+                               check=True).stdout
+        sass = subprocess.run([str(_tools()), "-sass", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+    fields = {key: int(val) for key, val in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+    ptx = compiled.asm["ptx"]
+    shared = int(getattr(compiled.metadata, "shared", 0)) + fields.get("SHARED", 0)
+    return {
+        "kernel": fn.__name__, "grid": list(launch.grid), "num_warps": num_warps, "num_stages": num_stages,
+        "maxnreg": options.get("maxnreg"),
+        "BM": meta["BM"], "BN": meta["BN"], "BK": meta["BK"], "LOWP": meta["LOWP"], "PREC": meta["PREC"],
+        "registers": fields.get("REG"), "stack_bytes": fields.get("STACK", 0), "local_bytes": fields.get("LOCAL", 0),
+        "spill_stores": len(re.findall(r"\bSTL(\.\w+)*\b", sass)),
+        "spill_loads": len(re.findall(r"\bLDL(\.\w+)*\b", sass)),
+        "shared_bytes": shared, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
+        "compile_seconds": round(seconds, 2),
+    }
+
+
+def collect(entries=None) -> list[dict]:
+    """Compile report rows for ``entries`` (default :data:`SHIPPED`); each row has the config
+    (``config``, ``dtype``, ``batch``) and :func:`compile_launch`'s fields. Under the interpreter
+    this runs in a subprocess with ``TRITON_INTERPRET=0``."""
+    entries = SHIPPED if entries is None else entries
+    if _interpreting():
+        return _collect_subprocess(entries)
+    rows = []
+    for name, model_kwargs, dtype, batch in entries:
+        for launch in capture(model_kwargs, dtype, batch):
+            row = {"config": name, "dtype": dtype, "batch": batch}
+            row.update(compile_launch(launch, dtype))
+            rows.append(row)
+    return rows
+
+
+def _collect_subprocess(entries) -> list[dict]:
+    index = [SHIPPED.index(e) for e in entries]
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    root = Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in [env.get("PYTHONPATH")] if p])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        subprocess.run([sys.executable, "-m", "seda_fast.compile_report", "--entries",
+                        ",".join(map(str, index)), "--json", str(out), "--quiet"], env=env, check=True)
+        return json.loads(out.read_text())
+
+
+def problems(rows) -> list[str]:
+    """What fails the bar: any spill/local memory, or shared memory over the sm_90 limit."""
+    bad = []
+    for r in rows:
+        tag = f"{r['kernel']} {r['config']} {r['dtype']} B={r['batch']}"
+        if r["spill_stores"] or r["spill_loads"] or r["local_bytes"]:
+            bad.append(f"{tag}: spills (STL {r['spill_stores']}, LDL {r['spill_loads']}, local {r['local_bytes']} B)")
+        if r["shared_bytes"] > SM90_SMEM_LIMIT:
+            bad.append(f"{tag}: {r['shared_bytes']} B shared memory > {SM90_SMEM_LIMIT}")
+    return bad
+
+
+def format_table(rows) -> str:
+    head = ("kernel", "config", "dtype", "B", "grid", "BMxBNxBK", "warps", "stages", "regs", "spill(st/ld)",
+            "smem B", "wgmma", "compile s")
+    lines = [head]
+    for r in rows:
+        lines.append((r["kernel"], r["config"], r["dtype"], str(r["batch"]), str(r["grid"][0]),
+                      f"{r['BM']}x{r['BN']}x{r['BK']}", str(r["num_warps"]), str(r["num_stages"]),
+                      str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["shared_bytes"]),
+                      "yes" if r["wgmma"] else "no", f"{r['compile_seconds']:.1f}"))
+    widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only the CI subset (QUICK)")
+    parser.add_argument("--entries", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the rows as JSON to this path")
+    parser.add_argument("--quiet", action="store_true", help="no table")
+    args = parser.parse_args(argv)
+    if args.entries:
+        entries = [SHIPPED[int(i)] for i in args.entries.split(",")]
+    else:
+        entries = QUICK if args.quick else SHIPPED
+    rows = collect(entries)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if not args.quiet:
+        print(format_table(rows))
+        bad = problems(rows)
+        print("OK: no spills, shared memory within the sm_90 limit" if not bad else "\n".join(bad))
+    return 1 if problems(rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
