@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import seda_fast as sf  # noqa: E402
+from seda_fast import bench as bench_lib  # noqa: E402
 from seda_fast import cost_model, fused, reference  # noqa: E402
 
 DEFAULT = dict(visual_dim=1280, text_dim=384, num_classes=10, dim=512, hidden=1024, layers=2,
@@ -49,37 +49,7 @@ TINY = dict(visual_dim=13, text_dim=7, num_classes=3, dim=16, hidden=24, layers=
 
 def time_ms(fn, warmup: int, iters: int, cuda: bool) -> float:
     """Median milliseconds of ``fn()``; each timed call is synchronised."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
-
-
-def cuda_graph(fn):
-    """Capture ``fn()`` (after warm-up on a side stream) and return a replay callable."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    return bench_lib.summarize(bench_lib.device_times(fn, warmup, iters, cuda))["median_ms"]
 
 
 def run_parity_tests(dry: bool) -> dict:
@@ -114,7 +84,7 @@ def bench(dry: bool, compile_budget_s: float, iters: int) -> list[dict]:
             with torch.no_grad():
                 row["eager_ms"] = time_ms(lambda: reference.infer(model, v), warm, n, cuda)
                 if cuda:
-                    row["cuda_graph_ms"] = time_ms(cuda_graph(lambda: reference.infer(model, v, tables=tables)), warm, n, cuda)
+                    row["cuda_graph_ms"] = time_ms(bench_lib.cuda_graph(lambda: reference.infer(model, v, tables=tables)), warm, n, cuda)
                 if cuda and compile_spent < compile_budget_s:
                     t0 = time.perf_counter()
                     try:

@@ -1,0 +1,55 @@
+"""The benchmark suite writes the documented fields on CPU, and the report command renders them."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seda_fast import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "inference.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_inference.py",
+           "-k", "eager or triton or cuda_graph", "--benchmark-json", str(out),
+           "--benchmark-min-rounds=1", "--benchmark-max-time=0.001", "--benchmark-warmup=off"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_json_has_the_documented_fields(results):
+    data = json.loads(results.read_text())
+    assert data["seda_fast_env"]["torch"] and "driver" in data["seda_fast_env"]
+    rows = {(b["extra_info"]["provider"], b["extra_info"]["batch"]): b["extra_info"] for b in data["benchmarks"]}
+    assert {p for p, _ in rows} == {"eager", "triton"}  # cuda_graph skips without CUDA
+    for info in rows.values():
+        for key in ("median_ms", "p20_ms", "p80_ms", "tflops", "gbps", "over_floor", "floor_ms",
+                    "max_err_vs_fp32", "peak_memory_mb", "config", "dtype", "kind"):
+            assert key in info, key
+        assert info["p20_ms"] <= info["median_ms"] <= info["p80_ms"]
+        assert info["max_err_vs_fp32"] < 1e-4
+    for batch in (1, 3):
+        triton = rows[("triton", batch)]
+        assert triton["speedup_vs_eager"] == pytest.approx(rows[("eager", batch)]["median_ms"] / triton["median_ms"])
+
+
+def test_report_renders_table_and_pngs(results, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "seda_fast.bench", "report", str(results), "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| inference | tiny | float32 | 3 | triton |" in proc.stdout
+    for name in ("speedup.png", "roofline.png"):
+        png = tmp_path / name
+        assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "inference.md").read_text().startswith(proc.stdout.splitlines()[0])
+
+
+def test_report_rejects_other_json(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    assert bench.main(["report", str(bad)]) == 2
