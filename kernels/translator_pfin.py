@@ -32,11 +32,12 @@ def translator_pfin_kernel(
     pid = tl.program_id(0).to(tl.int64)
     row0 = pid * BM
     rows = B - row0
-    slab = scratch_ptr + pid * (BM * (4 * d + 3 * H))
+    slab = scratch_ptr + pid * (BM * (5 * d + 3 * H))
     x_buf = slab                  # [BM, d] diffusion state
     x0_buf = slab + BM * d        # [BM, d] x0_hat of the current step
     m_buf = slab + 2 * BM * d     # 2 x [BM, d] PFIN state (ping-pong)
-    cond_buf = slab + 4 * BM * d  # [BM, H]
+    g_buf = slab + 4 * BM * d     # [BM, d] PFIN gate (own buffer: d may exceed H)
+    cond_buf = slab + 5 * BM * d  # [BM, H]
     h_buf = cond_buf + BM * H     # 2 x [BM, H]
 
     for n0 in range(0, d, BN):
@@ -55,6 +56,7 @@ def translator_pfin_kernel(
         cond_buf = cond_buf + j
         h_buf = h_buf + j
         m_buf = m_buf + j
+        g_buf = g_buf + j
         e_ptr = e_tab_ptr + k * H
         blk.denoise_step(x_buf, x0_buf, cond_buf, h_buf, e_ptr,
                          tl.load(ddim_ptr + 2 * k), tl.load(ddim_ptr + 2 * k + 1),
@@ -62,7 +64,7 @@ def translator_pfin_kernel(
                          BM, BN, BK, LOWP, PREC)
         m_src = m_buf + (step % 2) * (BM * d)
         m_dst = m_buf + ((step + 1) % 2) * (BM * d)
-        # SiLU(p) into h_buf[0] (both h buffers are free once x0_hat is written)
+        # SiLU(p) into h_buf[0] (free once x0_hat is written)
         for n0 in range(0, H, BN):
             acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), m_src, d, BM, wpm_ptr, n0, H, d,
                                   BM, BN, BK, LOWP, PREC)
@@ -70,8 +72,7 @@ def translator_pfin_kernel(
             acc += blk.load_vec(bp_ptr, n0, H, BN)[None, :] + blk.load_vec(e_ptr, n0, H, BN)[None, :]
             blk.store_tile(h_buf, H, BM, n0, H, blk.silu(acc), BM, BN)
         tl.debug_barrier()
-        # g = sigmoid(m W_gm + x0 W_gu + b_g) into h_buf[1] (own phase: one accumulator live at a time)
-        g_buf = h_buf + BM * H
+        # g = sigmoid(m W_gm + x0 W_gu + b_g) (own phase: one accumulator live at a time)
         for n0 in range(0, d, BN):
             gate = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), m_src, d, BM, wgm_ptr, n0, d, d,
                                    BM, BN, BK, LOWP, PREC)
@@ -131,7 +132,7 @@ def translator_pfin(s, z, noise, w_x, w_c, b_c, w_hidden, b_hidden, w_out, b_out
     grid = triton.cdiv(B, cfg.BM)
     logits = torch.empty(B, C, device=device, dtype=dtype)
     m = torch.empty(B, d, device=device, dtype=dtype)
-    scratch = torch.empty(grid * cfg.BM * (4 * d + 3 * H), device=device, dtype=torch.float32)
+    scratch = torch.empty(grid * cfg.BM * (5 * d + 3 * H), device=device, dtype=torch.float32)
     wh = w_hidden if n_hidden else w_out  # any valid pointer when there is no residual layer
     bh = b_hidden if n_hidden else b_out
     launch(translator_pfin_kernel, (grid,),
