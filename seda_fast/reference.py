@@ -191,9 +191,15 @@ def center_logits(r: torch.Tensor, centers: torch.Tensor, temperature: float) ->
     return -sq / temperature
 
 
+def _rng(generator) -> dict:
+    """``generator=`` only when one is given: the explicit ``generator=None`` overloads of
+    randint/randn reject the symbolic batch size torch.compile uses after a shape change."""
+    return {} if generator is None else {"generator": generator}
+
+
 def _draw_t_eps(T: int, batch: int, dim: int, dtype, device, generator):
-    t = torch.randint(1, T + 1, (batch,), generator=generator, device=device)
-    eps = torch.randn(batch, dim, generator=generator, device=device, dtype=torch.float32).to(dtype)
+    t = torch.randint(1, T + 1, (batch,), device=device, **_rng(generator))
+    eps = torch.randn(batch, dim, device=device, dtype=torch.float32, **_rng(generator)).to(dtype)
     return t, eps
 
 
@@ -235,7 +241,7 @@ def translator_loss(model, visual, labels, text, per_class_text: bool, generator
     u_y = u[labels] if per_class_text else u
     target = u_y.detach()
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
-    xi = torch.randn(z.shape[0], cfg.dim, generator=generator, device=z.device, dtype=torch.float32)
+    xi = torch.randn(z.shape[0], cfg.dim, device=z.device, dtype=torch.float32, **_rng(generator))
     x_t = _noised(cfg.diffusion_steps, target, t, eps)
     x0_hat, _ = denoise(den, x_t, time_features(den, t, cfg.dim, z.dtype), condition_term(den, s))
     l_diff = F.mse_loss(x0_hat, target)

@@ -37,6 +37,11 @@ def test_torch_compile_fullgraph_matches_eager():
             torch.manual_seed(3)
             got = compiled(v, y, text)
             torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+            for batch in (5, 4):  # new batch sizes: dynamo recompiles with a dynamic batch
+                torch.manual_seed(4)
+                expect = model(v[:batch], y[:batch], text)
+                torch.manual_seed(4)
+                torch.testing.assert_close(compiled(v[:batch], y[:batch], text), expect, rtol=1e-5, atol=1e-6)
 
 
 def test_autocast_bf16_keeps_documented_dtypes():
