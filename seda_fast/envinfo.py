@@ -50,3 +50,16 @@ def format_report(report: dict | None = None) -> str:
             value = ", ".join(value) if value else "none"
         lines.append(f"{key:<{width}}  {value}")
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m seda_fast env [--json]``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m seda_fast env", description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    report = environment_report()
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0

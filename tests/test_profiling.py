@@ -54,3 +54,13 @@ def test_environment_report():
     assert report["torch"].startswith(torch.__version__.split("+")[0])
     text = envinfo.format_report(report)
     assert "python" in text and "torch_cuda" in text
+
+
+def test_env_command_runs():
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "seda_fast", "env", "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["python"] == sys.version.split()[0]
+    bad = subprocess.run([sys.executable, "-m", "seda_fast", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown command" in bad.stderr

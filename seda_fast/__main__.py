@@ -1,0 +1,37 @@
+"""Command line: ``python -m seda_fast <command> [options]``.
+
+A small dispatcher: each command is a module with ``main(argv) -> int``, imported only when
+chosen. Add a command by adding a line to ``COMMANDS``.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("seda_fast.demo", "real-data accuracy demo on Fashion-MNIST (add --quick for a 10k subset)"),
+    "env": ("seda_fast.envinfo", "environment report (OS, Python, torch, triton, CUDA, GPU, driver) for bug reports"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m seda_fast <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n`python -m seda_fast <command> --help` shows a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(COMMANDS[name][0]).main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
