@@ -5,6 +5,10 @@ and returns plain tensors:
 
 * :func:`semantic_sample` (``semantic_sampler.py``): projector + LayerNorm + K1-step Learner loop.
 * :func:`translator_pfin` (``translator_pfin.py``): K2-step Translator loop + PFIN + head.
+* :func:`center_loss_forward` / :func:`center_loss_backward` (``center_loss.py``): the stage-1
+  center constraint's cross-entropy and its gradient, streamed over class tiles.
+* :func:`class_sums` / :func:`ema_update` (``center_update.py``): the center EMA as a
+  deterministic per-class scatter-mean (sums and counts, then the in-place update).
 
 Every launcher launches through :func:`launch` (``_launch.py``), so :func:`count_launches` sees
 every kernel launch of this package.
@@ -13,7 +17,10 @@ from ._heuristics import LATENCY_MAX_BATCH, Blocks, pick_blocks
 from ._launch import Launch, capture_launches, count_launches, kernel_name, launch
 from .semantic_sampler import semantic_sample, semantic_sampler_kernel
 from .translator_pfin import translator_pfin, translator_pfin_kernel
+from .center_loss import center_loss_backward, center_loss_bwd_kernel, center_loss_forward, center_loss_fwd_kernel
+from .center_update import class_sums, class_sums_kernel, ema_update, ema_update_kernel
 
 __all__ = ["semantic_sample", "semantic_sampler_kernel", "translator_pfin", "translator_pfin_kernel",
            "count_launches", "capture_launches", "Launch", "kernel_name", "launch", "pick_blocks", "Blocks",
-           "LATENCY_MAX_BATCH"]
+           "LATENCY_MAX_BATCH", "center_loss_forward", "center_loss_backward", "center_loss_fwd_kernel",
+           "center_loss_bwd_kernel", "class_sums", "class_sums_kernel", "ema_update", "ema_update_kernel"]
