@@ -86,8 +86,9 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
     fn = launch.kernel
     meta = dict(launch.meta)
     options = {key: meta.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in meta}
-    num_warps, num_stages = options["num_warps"], options["num_stages"]
-    meta["LOWP"], meta["PREC"] = k._heuristics.dot_mode(getattr(torch, dtype), torch.device("cuda"))
+    num_warps, num_stages = options.get("num_warps", 4), options.get("num_stages", 3)  # triton's defaults
+    if "LOWP" in meta:  # kernels with tl.dot: the dot mode the launcher would pick on CUDA
+        meta["LOWP"], meta["PREC"] = k._heuristics.dot_mode(getattr(torch, dtype), torch.device("cuda"))
     signature, constexprs, attrs = {}, dict(meta), {}
     for i, (name, arg) in enumerate(zip(fn.arg_names, launch.args)):
         ty, key = native_specialize_impl(BaseBackend, arg, False, True, True)
@@ -116,7 +117,7 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
     return {
         "kernel": fn.__name__, "grid": list(launch.grid), "num_warps": num_warps, "num_stages": num_stages,
         "maxnreg": options.get("maxnreg"),
-        "BM": meta["BM"], "BN": meta["BN"], "BK": meta["BK"], "LOWP": meta["LOWP"], "PREC": meta["PREC"],
+        **{key: meta.get(key) for key in ("BM", "BN", "BK", "LOWP", "PREC")},  # None where a kernel has none
         "registers": fields.get("REG"), "stack_bytes": fields.get("STACK", 0), "local_bytes": fields.get("LOCAL", 0),
         "spill_stores": len(re.findall(r"\bSTL(\.\w+)*\b", sass)),
         "spill_loads": len(re.findall(r"\bLDL(\.\w+)*\b", sass)),
@@ -171,7 +172,7 @@ def format_table(rows) -> str:
     lines = [head]
     for r in rows:
         lines.append((r["kernel"], r["config"], r["dtype"], str(r["batch"]), str(r["grid"][0]),
-                      f"{r['BM']}x{r['BN']}x{r['BK']}", str(r["num_warps"]), str(r["num_stages"]),
+                      "x".join(str(r[key]) for key in ("BM", "BN", "BK") if r.get(key) is not None), str(r["num_warps"]), str(r["num_stages"]),
                       str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["shared_bytes"]),
                       "yes" if r["wgmma"] else "no", f"{r['compile_seconds']:.1f}"))
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]

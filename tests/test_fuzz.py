@@ -1,6 +1,5 @@
 """Property-based fuzzing of the public API: every input either works (finite output of the
 right shape, equal to the contiguous-input result) or raises a clear ValueError/TypeError."""
-import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st

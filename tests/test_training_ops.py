@@ -270,9 +270,7 @@ COMPILE_CASES = [  # (dtype, B, C, d): both row blocks (16 for B <= 256, 64 beyo
 
 def compile_rows() -> list[dict]:
     """Capture every launch of the four launchers for :data:`COMPILE_CASES` and compile it for
-    sm_90a (run without the interpreter). Center-loss launches go through
-    ``compile_report.compile_launch``; the update kernels have no ``tl.dot`` (no BM/LOWP/PREC, which
-    that helper requires), so they use the same steps inline."""
+    sm_90a (run without the interpreter) with ``compile_report.compile_launch``."""
     from seda_fast import compile_report as cr
     rows, seen = [], set()
     for dtype, B, C, d in COMPILE_CASES:
@@ -289,49 +287,10 @@ def compile_rows() -> list[dict]:
             if key in seen:
                 continue
             seen.add(key)
-            if "BM" in launch.meta:
-                row = cr.compile_launch(launch, dtype)
-            else:
-                row = _compile_plain(launch)
+            row = cr.compile_launch(launch, dtype)
             row.update(dtype=dtype, batch=B, classes=C, d=d)
             rows.append(row)
     return rows
-
-
-def _compile_plain(launch) -> dict:
-    import re
-    import tempfile
-    import triton
-    from triton._C.libtriton import native_specialize_impl
-    from triton.backends.compiler import BaseBackend, GPUTarget
-    from triton.compiler import ASTSource
-    from seda_fast import compile_report as cr
-    fn, meta = launch.kernel, dict(launch.meta)
-    options = {key: meta.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in meta}
-    signature, constexprs, attrs = {}, dict(meta), {}
-    for i, (name, arg) in enumerate(zip(fn.arg_names, launch.args)):
-        ty, key = native_specialize_impl(BaseBackend, arg, False, True, True)
-        if ty == "constexpr":
-            constexprs[name] = key
-        elif key == "D":
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        signature[name] = ty
-    signature.update({name: "constexpr" for name in meta})
-    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                              options=options)
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(compiled.asm["cubin"])
-        usage = subprocess.run([str(cr._tools()), "-res-usage", str(cubin)], capture_output=True, text=True,
-                               check=True).stdout
-        sass = subprocess.run([str(cr._tools()), "-sass", str(cubin)], capture_output=True, text=True,
-                              check=True).stdout
-    fields = {key: int(val) for key, val in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
-    return {"kernel": fn.__name__, "grid": list(launch.grid), "num_warps": options.get("num_warps"),
-            "BN": meta["BN"], "BK": meta["BK"], "registers": fields.get("REG"),
-            "local_bytes": fields.get("LOCAL", 0), "spill_stores": len(re.findall(r"\bSTL(\.\w+)*\b", sass)),
-            "spill_loads": len(re.findall(r"\bLDL(\.\w+)*\b", sass)),
-            "shared_bytes": int(getattr(compiled.metadata, "shared", 0)) + fields.get("SHARED", 0)}
 
 
 def test_sm90_compile_zero_spills(tmp_path):
