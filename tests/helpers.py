@@ -24,3 +24,11 @@ def make_batch(cfg: sf.SeDAConfig, batch: int, seed: int = 1, dtype=torch.float3
     labels = torch.randint(0, cfg.num_classes, (batch,), generator=g)
     text = torch.randn(cfg.num_classes, cfg.text_dim, generator=g).to(dtype)
     return visual, labels, text
+
+
+def assert_flash_rule(name: str, out, ref_lowp, ref32, atol: float) -> None:
+    """flash-attention's rule for fp16/bf16 kernels: max |kernel - fp32 ref| <= 2 x max |torch
+    same-dtype - fp32 ref| + atol (CONVENTIONS.md)."""
+    err_kernel = (out.float() - ref32.float()).abs().max().item()
+    err_torch = (ref_lowp.float() - ref32.float()).abs().max().item()
+    assert err_kernel <= 2 * err_torch + atol, f"{name}: kernel {err_kernel:.3e} vs torch {err_torch:.3e}"
