@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .trainer import (_progress, check_dataset, check_positive_float, check_positive_int, check_visual,
-                      cosine_lambda, minibatches)
+from . import validation as val
+from .trainer import _progress, check_dataset, cosine_lambda, minibatches
 
 
 class LinearProbe(nn.Module):
@@ -45,7 +45,7 @@ class OneStepMapping(nn.Module):
 def _num_classes(labels: torch.Tensor, num_classes: int | None) -> int:
     if num_classes is None:
         return int(labels.max()) + 1
-    return check_positive_int("num_classes", num_classes)
+    return val.check_int("num_classes", num_classes)
 
 
 def _train_loop(params, loss_fn, n: int, *, epochs: int, batch_size: int, lr: float, weight_decay: float,
@@ -72,10 +72,10 @@ def _train_loop(params, loss_fn, n: int, *, epochs: int, batch_size: int, lr: fl
 
 
 def _check_common(epochs, batch_size, lr, weight_decay, seed):
-    check_positive_int("epochs", epochs, 0)
-    check_positive_int("batch_size", batch_size)
-    check_positive_float("lr", lr)
-    check_positive_float("weight_decay", weight_decay, allow_zero=True)
+    val.check_int("epochs", epochs, 0)
+    val.check_int("batch_size", batch_size)
+    val.check_number("lr", lr, positive=True)
+    val.check_number("weight_decay", weight_decay)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
 
@@ -111,9 +111,9 @@ def train_one_step_mapping(visual: torch.Tensor, labels: torch.Tensor, text: tor
     """
     check_dataset(visual, labels)
     _check_common(map_epochs, batch_size, lr, weight_decay, seed)
-    check_positive_int("head_epochs", head_epochs, 0)
-    check_positive_int("hidden", hidden)
-    check_visual(text, "text")
+    val.check_int("head_epochs", head_epochs, 0)
+    val.check_int("hidden", hidden)
+    val.check_features("text", text)
     C = text.shape[0]
     if int(labels.min()) < 0 or int(labels.max()) >= C:
         raise ValueError(f"labels must be in [0, {C}) (text has {C} class rows), "

@@ -4,24 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
-def _positive_int(name: str, value, limit: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"SeDAConfig.{name} must be an int, got {type(value).__name__}")
-    if not 1 <= value <= limit:
-        raise ValueError(f"SeDAConfig.{name} must be in [1, {limit}], got {value}")
-
-
-def _nonneg_float(name: str, value, *, positive: bool = False, at_most: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"SeDAConfig.{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"SeDAConfig.{name} must be finite, got {value}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"SeDAConfig.{name} must be {'> 0' if positive else '>= 0'}, got {value}")
-    if at_most is not None and value > at_most:
-        raise ValueError(f"SeDAConfig.{name} must be <= {at_most}, got {value}")
+from .validation import check_int, check_number
 
 
 @dataclass
@@ -55,19 +38,22 @@ class SeDAConfig:
     _WIDTH_LIMIT = 1 << 16
 
     def __post_init__(self) -> None:
+        def field(name):
+            return f"SeDAConfig.{name}", getattr(self, name)
+
         for name in ("visual_dim", "text_dim", "dim", "hidden"):
-            _positive_int(name, getattr(self, name), self._WIDTH_LIMIT)
-        _positive_int("num_classes", self.num_classes, 1 << 20)
-        _positive_int("layers", self.layers, 64)
-        _positive_int("diffusion_steps", self.diffusion_steps, 100_000)
-        _positive_int("learner_steps", self.learner_steps, self.diffusion_steps)
-        _positive_int("translator_steps", self.translator_steps, self.diffusion_steps)
+            check_int(*field(name), maximum=self._WIDTH_LIMIT)
+        check_int(*field("num_classes"), maximum=1 << 20)
+        check_int(*field("layers"), maximum=64)
+        check_int(*field("diffusion_steps"), maximum=100_000)
+        check_int(*field("learner_steps"), maximum=self.diffusion_steps)
+        check_int(*field("translator_steps"), maximum=self.diffusion_steps)
         if self.dim % 2:
             raise ValueError(f"SeDAConfig.dim must be even (sin/cos time embedding), got {self.dim}")
-        _nonneg_float("center_momentum", self.center_momentum, at_most=1.0)
-        _nonneg_float("center_temperature", self.center_temperature, positive=True)
+        check_number(*field("center_momentum"), maximum=1.0)
+        check_number(*field("center_temperature"), positive=True)
         for name in ("lambda_sc", "lambda_aux", "lambda_cls", "lambda_al"):
-            _nonneg_float(name, getattr(self, name))
+            check_number(*field(name))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -40,55 +40,15 @@ def make_model(config: SeDAConfig, seed: int = 0, backend: str = "auto") -> SeDA
         return SeDA(config, backend=backend)
 
 
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def check_positive_float(name: str, value, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return value
-
-
-def check_visual(visual, name: str = "visual", visual_dim: int | None = None) -> None:
-    """``visual`` must be a floating ``[N, visual_dim]`` tensor with N >= 1."""
-    width = "D" if visual_dim is None else visual_dim
-    if not isinstance(visual, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [N, {width}], got {type(visual).__name__}")
-    if visual.dtype not in val.FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating tensor, got {visual.dtype}")
-    if visual.dim() != 2 or (visual_dim is not None and visual.shape[1] != visual_dim):
-        raise ValueError(f"{name} must have shape [N, {width}], got {list(visual.shape)}")
-    if visual.shape[0] == 0:
-        raise ValueError(f"{name} is empty (shape {list(visual.shape)}); need at least one sample")
-
-
 def check_dataset(visual, labels, visual_name: str = "visual", labels_name: str = "labels",
                   num_classes: int | None = None, visual_dim: int | None = None) -> None:
-    """``visual [N, D]`` floating and ``labels [N]`` integer, N >= 1, on the same device."""
-    check_visual(visual, visual_name, visual_dim)
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"{labels_name} must be a torch.Tensor [N] of class indices, got {type(labels).__name__}")
-    if labels.dtype not in val.INT_DTYPES:
-        raise TypeError(f"{labels_name} must be an integer tensor, got {labels.dtype}")
-    if labels.dim() != 1:
-        raise ValueError(f"{labels_name} must have shape [N], got {list(labels.shape)}")
-    if labels.shape[0] != visual.shape[0]:
+    """``visual [N, D]`` floating and ``labels [N]`` integer (in ``[0, num_classes)``), N >= 1,
+    on the same device."""
+    val.check_features(visual_name, visual, visual_dim)
+    if isinstance(labels, torch.Tensor) and labels.dim() == 1 and labels.shape[0] != visual.shape[0]:
         raise ValueError(f"{visual_name} has {visual.shape[0]} rows but {labels_name} has {labels.shape[0]}; "
                          "they must have the same length")
-    if labels.device != visual.device:
-        raise ValueError(f"{labels_name} is on {labels.device} but {visual_name} is on {visual.device}")
-    if num_classes is not None:
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{labels_name} must be in [0, {num_classes}), got values in [{lo}, {hi}]")
+    val.check_labels(labels, visual.shape[0], num_classes, visual.device, labels_name, owner=visual_name)
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True):
@@ -140,20 +100,20 @@ class Trainer:
                  grad_clip: float | None = None):
         if not isinstance(model, SeDA):
             raise TypeError(f"model must be a seda_fast.SeDA, got {type(model).__name__}")
-        self.stage1_epochs = check_positive_int("stage1_epochs", stage1_epochs, 0)
-        self.stage2_epochs = check_positive_int("stage2_epochs", stage2_epochs, 0)
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        self.eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
-        self.lr = check_positive_float("lr", lr)
-        self.stage2_lr = self.lr if stage2_lr is None else check_positive_float("stage2_lr", stage2_lr)
-        self.weight_decay = check_positive_float("weight_decay", weight_decay, allow_zero=True)
+        self.stage1_epochs = val.check_int("stage1_epochs", stage1_epochs, 0)
+        self.stage2_epochs = val.check_int("stage2_epochs", stage2_epochs, 0)
+        self.batch_size = val.check_int("batch_size", batch_size)
+        self.eval_batch_size = val.check_int("eval_batch_size", eval_batch_size)
+        self.lr = val.check_number("lr", lr, positive=True)
+        self.stage2_lr = self.lr if stage2_lr is None else val.check_number("stage2_lr", stage2_lr, positive=True)
+        self.weight_decay = val.check_number("weight_decay", weight_decay)
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
         self.schedule = schedule
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
-        self.grad_clip = None if grad_clip is None else check_positive_float("grad_clip", grad_clip)
+        self.grad_clip = None if grad_clip is None else val.check_number("grad_clip", grad_clip, positive=True)
         self.progress = bool(progress)
         self.model = model
         model.check_inputs = True
@@ -214,7 +174,7 @@ class Trainer:
         continues exactly as an uninterrupted run. Returns ``history``.
         """
         cfg = self.model.config
-        budget = None if max_epochs is None else check_positive_int("max_epochs", max_epochs, 0)
+        budget = None if max_epochs is None else val.check_int("max_epochs", max_epochs, 0)
         check_dataset(visual, labels, num_classes=cfg.num_classes, visual_dim=cfg.visual_dim)
         if (eval_visual is None) != (eval_labels is None):
             raise ValueError("eval_visual and eval_labels must be given together")
@@ -291,7 +251,7 @@ class Trainer:
     @torch.no_grad()
     def predict(self, visual: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, C]`` of the inference chain, in batches of ``eval_batch_size``."""
-        check_visual(visual, "visual", self.model.config.visual_dim)
+        val.check_features("visual", visual, self.model.config.visual_dim)
         was_training = self.model.training
         self.model.eval()
         try:

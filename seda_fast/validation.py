@@ -6,47 +6,56 @@ Label range is always checked on the training path, whose loss is read back anyw
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-def check_features(name: str, x, width: int, device: torch.device, batch: int | None = None) -> None:
-    """``x`` must be a floating ``[batch, width]`` tensor on ``device`` with at least one row."""
+def check_features(name: str, x, width: int | None = None, device: torch.device | None = None,
+                   batch: int | None = None) -> None:
+    """``x`` must be a floating ``[batch, width]`` tensor (None = any) on ``device`` (None = any)
+    with at least one row."""
+    cols = "D" if width is None else str(width)
+    rows = "B" if batch is None else str(batch)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape [B, {width}], got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape [{rows}, {cols}], got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16/bfloat16/float32/float64, got {x.dtype}")
-    rows = "B" if batch is None else str(batch)
-    if x.dim() != 2 or x.shape[1] != width:
-        raise ValueError(f"{name} must have shape [{rows}, {width}], got {list(x.shape)}")
+    if x.dim() != 2 or (width is not None and x.shape[1] != width):
+        raise ValueError(f"{name} must have shape [{rows}, {cols}], got {list(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {list(x.shape)}); need at least one row")
     if batch is not None and x.shape[0] != batch:
-        raise ValueError(f"{name} must have shape [{batch}, {width}] (one row per sample), got {list(x.shape)}")
-    check_device(name, x, device)
+        raise ValueError(f"{name} must have shape [{batch}, {cols}] (one row per sample), got {list(x.shape)}")
+    if device is not None:
+        check_device(name, x, device)
 
 
-def check_device(name: str, x: torch.Tensor, device: torch.device) -> None:
+def check_device(name: str, x: torch.Tensor, device: torch.device, owner: str = "the model") -> None:
     if x.device.type != device.type or (device.index is not None and x.device.index not in (None, device.index)):
-        raise ValueError(f"{name} is on {x.device} but the model is on {device}; move it with .to({str(device)!r})")
+        raise ValueError(f"{name} is on {x.device} but {owner} is on {device}; move it with .to({str(device)!r})")
 
 
-def check_labels(labels, batch: int, num_classes: int, device: torch.device) -> None:
-    """``labels`` must be an integer ``[batch]`` tensor with values in ``[0, num_classes)``."""
+def check_labels(labels, batch: int, num_classes: int | None, device: torch.device | None = None,
+                 name: str = "labels", owner: str = "the model") -> None:
+    """``labels`` must be an integer ``[batch]`` tensor with values in ``[0, num_classes)``
+    (range unchecked when ``num_classes`` is None)."""
     if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
     if labels.dtype not in INT_DTYPES:
-        raise TypeError(f"labels must be an integer tensor (int64 class indices), got {labels.dtype}")
+        raise TypeError(f"{name} must be an integer tensor (int64 class indices), got {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != batch:
-        raise ValueError(f"labels must have shape [{batch}] (one per sample), got {list(labels.shape)}")
-    check_device("labels", labels, device)
-    if torch.compiler.is_compiling():
+        raise ValueError(f"{name} must have shape [{batch}] (one per sample), got {list(labels.shape)}")
+    if device is not None:
+        check_device(name, labels, device, owner)
+    if num_classes is None or torch.compiler.is_compiling():
         return  # a data-dependent branch would break the graph; cross_entropy still rejects bad ids
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
-        raise ValueError(f"labels must be in [0, {num_classes}), got values in [{lo}, {hi}]")
+        raise ValueError(f"{name} must be in [0, {num_classes}), got values in [{lo}, {hi}]")
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
@@ -58,3 +67,27 @@ def check_finite(name: str, x: torch.Tensor) -> None:
     if bool(bad.any()):
         count = int(bad.sum())
         raise ValueError(f"{name} contains {count} NaN/Inf value(s) (check_inputs=True)")
+
+
+def check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` must be an int (not a bool) in ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_number(name: str, value, *, positive: bool = False, maximum: float | None = None) -> float:
+    """``value`` must be a finite real number >= 0 (> 0 when ``positive``), at most ``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value

@@ -139,7 +139,7 @@ def test_bad_fit_data():
         tr.fit(visual, labels[:-1], text)
     with pytest.raises(ValueError, match="empty"):
         tr.fit(visual[:0], labels[:0], text)
-    with pytest.raises(ValueError, match=r"visual must have shape \[N, 24\]"):
+    with pytest.raises(ValueError, match=r"visual must have shape \[B, 24\]"):
         tr.fit(visual[:, :5], labels, text)
     with pytest.raises(TypeError, match="labels"):
         tr.fit(visual, labels.float(), text)
