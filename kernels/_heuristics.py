@@ -67,8 +67,15 @@ def dot_mode(dtype: torch.dtype, device: torch.device) -> tuple[bool, str]:
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_matrix(name, t, rows, cols, dtype=None, device=None) -> None:
-    """``t`` must be a contiguous 2-D tensor ``[rows, cols]`` (None = any) of ``dtype`` on ``device``."""
+INT32_LIMIT = 2**31
+
+
+def check_matrix(name, t, rows, cols, dtype=None, device=None, batch_rows: bool = False) -> None:
+    """``t`` must be a contiguous 2-D tensor ``[rows, cols]`` (None = any) of ``dtype`` on ``device``.
+
+    Kernels address batch-row tensors (``batch_rows=True``) from an int64 row base, so they may
+    exceed 2^31 elements; every other matrix (weights, tables) is indexed with 32-bit offsets and
+    must stay below 2^31 elements."""
     want = f"[{'*' if rows is None else rows}, {'*' if cols is None else cols}]"
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {want}, got {type(t).__name__}")
@@ -76,6 +83,9 @@ def check_matrix(name, t, rows, cols, dtype=None, device=None) -> None:
         raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must not be empty, got shape {list(t.shape)}")
+    if not batch_rows and t.numel() >= INT32_LIMIT:
+        raise ValueError(f"{name} has {t.numel()} elements; the fused kernels index it with 32-bit offsets "
+                         f"(limit {INT32_LIMIT - 1})")
     _check_common(name, t, dtype, device)
 
 
@@ -105,7 +115,7 @@ def check_hidden(w_hidden, b_hidden, H, dtype, device) -> int:
         got = list(w_hidden.shape) if isinstance(w_hidden, torch.Tensor) else type(w_hidden).__name__
         raise ValueError(f"w_hidden must have shape [L-1, {H}, {H}], got {got}")
     _check_common("w_hidden", w_hidden, dtype, device)
-    if w_hidden.numel() >= 2**31:
+    if w_hidden.numel() >= INT32_LIMIT:
         raise ValueError(f"w_hidden has {w_hidden.numel()} elements; the fused kernel indexes it with int32")
     n = w_hidden.shape[0]
     if not isinstance(b_hidden, torch.Tensor) or b_hidden.dim() != 2 or tuple(b_hidden.shape) != (n, H):

@@ -126,7 +126,7 @@ def center_loss_blocks(batch: int, num_classes: int, d: int, dtype: torch.dtype)
 
 
 def _check(r, centers, labels, temperature):
-    check_matrix("r", r, None, None)
+    check_matrix("r", r, None, None, batch_rows=True)
     B, d = r.shape
     check_matrix("centers", centers, None, d, r.dtype, r.device)
     C = centers.shape[0]

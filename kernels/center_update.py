@@ -78,7 +78,7 @@ def update_blocks(num_classes: int, d: int) -> dict:
 def class_sums(z, labels, num_classes: int):
     """``z [B, d]`` (fp32/fp16/bf16), ``labels [B]`` int in ``[0, C)`` -> ``(sums [C, d] fp32,
     counts [C] fp32)``: per-class sums in batch order and row counts."""
-    check_matrix("z", z, None, None)
+    check_matrix("z", z, None, None, batch_rows=True)
     B, d = z.shape
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")

@@ -70,7 +70,7 @@ def semantic_sample(visual, proj_w, proj_b, ln_w, ln_b, ln_eps, w_x, w_c, b_c, w
     All weights share ``visual``'s dtype (fp32/fp16/bf16) and device.
     Returns ``(z [B, d] fp32, s [B, d] visual.dtype)``.
     """
-    check_matrix("visual", visual, None, None)
+    check_matrix("visual", visual, None, None, batch_rows=True)
     B, Dv = visual.shape
     dtype, device = visual.dtype, visual.device
     check_matrix("proj_w", proj_w, None, Dv, dtype, device)

@@ -107,12 +107,12 @@ def translator_pfin(s, z, noise, w_x, w_c, b_c, w_hidden, b_hidden, w_out, b_out
     ``b_g [d]``; head ``head_w [C, d]``, ``head_b [C]``; ``e_table [K, H]`` and ``ddim [K, 2]`` fp32.
     Returns ``(logits [B, C], m [B, d])`` in ``s``'s dtype.
     """
-    check_matrix("s", s, None, None)
+    check_matrix("s", s, None, None, batch_rows=True)
     B, d = s.shape
     dtype, device = s.dtype, s.device
-    check_matrix("z", z, B, d, None, device)
+    check_matrix("z", z, B, d, None, device, batch_rows=True)
     if noise is not None:
-        check_matrix("noise", noise, B, d, None, device)
+        check_matrix("noise", noise, B, d, None, device, batch_rows=True)
     check_matrix("w_x", w_x, None, d, dtype, device)
     H = w_x.shape[0]
     for name, t, r, c in (("w_c", w_c, H, d), ("w_out", w_out, d, H), ("w_pm", w_pm, H, d),

@@ -24,10 +24,10 @@ import importlib.util
 import os
 import sys
 import types
-import weakref
 from pathlib import Path
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import reference, schedule
 
@@ -95,7 +95,9 @@ def kernels():
 
 # --------------------------------------------------------------------------- cached weight-only tables
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Keyed (weakly) on the Learner's first time-MLP weight, so an entry dies with the model's weights;
+# the stored key (identity, storage, _version of every source tensor) validates a hit.
+_CACHE = WeakTensorKeyDictionary()
 
 
 def _fp32_time_mlp(den):
@@ -120,10 +122,9 @@ def _hidden_stack(den, H, dtype, device):
             torch.stack([l.bias for l in layers]).contiguous())
 
 
-def _weights_key(model):
-    cfg = model.config
+def _weights_key(config, dens):
     tensors = []
-    for den in (model.learner, model.translator):
+    for den in dens:
         tensors += [den.time_in.weight, den.time_in.bias, den.time_out.weight, den.time_out.bias]
         for layer in den.hidden:
             tensors += [layer.weight, layer.bias]
@@ -131,36 +132,93 @@ def _weights_key(model):
         ident = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
     except RuntimeError:  # inference tensors have no version counter: never cache them
         return None
-    return (cfg.diffusion_steps, cfg.learner_steps, cfg.translator_steps, cfg.dim, cfg.hidden) + ident
+    return (config.diffusion_steps, config.learner_steps, config.translator_steps, config.dim, config.hidden) + ident
 
 
-def prepared(model) -> dict:
+def prepared(model, translator: bool = True) -> dict:
     """Weight-only inputs of the launchers (``e``/``ddim`` tables per stage, stacked residual
-    weights), cached per model until one of the tensors they come from changes."""
-    key = _weights_key(model)
-    hit = _CACHE.get(model)
-    if key is not None and hit is not None and hit[0] == key:
-        return hit[1]
-    cfg, device = model.config, model.device
+    weights) for the Learner (and the Translator), cached until a source tensor changes."""
+    cfg = model.config
+    stages = [("learner", model.learner, cfg.learner_steps)]
+    if translator:
+        stages.append(("translator", model.translator, cfg.translator_steps))
+    key = _weights_key(cfg, [den for _, den, _ in stages])
+    anchor = model.learner.time_in.weight
+    slot = _CACHE.get(anchor)
+    if key is not None and slot is not None and slot.get(translator, (None,))[0] == key:
+        return slot[translator][1]
     out = {}
     with torch.no_grad():
-        for name, den, K in (("learner", model.learner, cfg.learner_steps),
-                             ("translator", model.translator, cfg.translator_steps)):
+        for name, den, K in stages:
             dtype = den.in_x.weight.dtype
             ddim, e = reference.sampling_tables(_fp32_time_mlp(den), cfg.diffusion_steps, K, cfg.dim,
-                                                torch.float32, device)
-            wh, bh = _hidden_stack(den, cfg.hidden, dtype, device)
+                                                torch.float32, model.device)
+            wh, bh = _hidden_stack(den, cfg.hidden, dtype, model.device)
             out[name] = {"e": e.contiguous(), "ddim": ddim.contiguous(), "wh": wh, "bh": bh}
     if key is not None:
-        _CACHE[model] = (key, out)
+        if slot is None:
+            slot = _CACHE[anchor] = {}
+        slot[translator] = (key, out)
     return out
 
 
 # --------------------------------------------------------------------------- the backend
+#
+# The launchers run inside two torch.library custom ops, so torch.compile traces a triton-backend
+# model as one opaque op per call (no graph break); the ops take the weights as a flat tensor list
+# in the fixed order of :func:`weight_paths` and rebuild a read-only view with the module layout.
+
+_PROJ = ("linear.weight", "linear.bias", "norm.weight", "norm.bias")
+_DEN = ("in_x.weight", "in_c.weight", "in_c.bias", "time_in.weight", "time_in.bias", "time_out.weight",
+        "time_out.bias", "out.weight", "out.bias")
+_PFIN = ("p_m.weight", "p_u.weight", "p_u.bias", "down.weight", "down.bias", "g_m.weight", "g_u.weight", "g_u.bias")
+
+
+def weight_paths(n_hidden: int, with_translator: bool = True) -> list[str]:
+    """Dotted parameter names the fused chain reads, in the custom ops' argument order."""
+    dens = ("learner", "translator") if with_translator else ("learner",)
+    paths = [f"visual_proj.{p}" for p in _PROJ]
+    for den in dens:
+        paths += [f"{den}.{p}" for p in _DEN]
+        paths += [f"{den}.hidden.{i}.{p}" for i in range(n_hidden) for p in ("weight", "bias")]
+    if with_translator:
+        paths += [f"pfin.{p}" for p in _PFIN] + ["head.weight", "head.bias"]
+    return paths
+
+
+def _get(module, path: str):
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _view(weights, n_hidden: int, with_translator: bool, T: int, K1: int, K2: int, ln_eps: float):
+    """A namespace with the attribute layout of :class:`seda_fast.SeDA` over ``weights``."""
+    root: dict = {}
+    for path, tensor in zip(weight_paths(n_hidden, with_translator), weights):
+        node = root
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = tensor
+
+    def build(node):
+        if all(k.isdigit() for k in node):  # ModuleList
+            return [build(node[k]) for k in sorted(node, key=int)]
+        return types.SimpleNamespace(**{k: build(v) if isinstance(v, dict) else v for k, v in node.items()})
+    for den in ("learner", "translator"):
+        if den in root:
+            root[den].setdefault("hidden", {})
+    view = build(root)
+    view.visual_proj.norm.eps = ln_eps
+    d, H = view.learner.out.weight.shape
+    view.config = types.SimpleNamespace(diffusion_steps=T, learner_steps=K1, translator_steps=K2, dim=d, hidden=H)
+    view.device = weights[0].device
+    return view
 
 
 def _check_dtype(model) -> torch.dtype:
-    dtype = model.head.weight.dtype
+    dtype = model.visual_proj.linear.weight.dtype
     if dtype not in FUSED_DTYPES:
         raise TypeError(f"the fused Triton kernels support float32/float16/bfloat16 parameters, got {dtype}; "
                         "use backend='eager' or cast the model")
@@ -175,21 +233,16 @@ def _semantic(model, visual, tables):
                              tables["bh"], den.out.weight, den.out.bias, tables["e"], tables["ddim"], c0)
 
 
-def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None):
-    """Fused inference chain: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
-
-    Two launches: projector + Learner loop (:func:`seda_fast.kernels.semantic_sample`), then
-    Translator + PFIN loop + head (:func:`seda_fast.kernels.translator_pfin`). ``noise`` is the
-    Translator's start noise ``[B, d]`` (``None`` = zeros), used as ``noise.to(dtype)`` like the
-    reference. Outputs carry no autograd history.
-    """
+def infer_impl(visual, noise, weights, n_hidden: int, T: int, K1: int, K2: int, ln_eps: float):
+    """Body of the ``seda_fast::fused_infer`` op: the two launches on a flat weight list."""
+    model = _view(weights, n_hidden, True, T, K1, K2, ln_eps)
     dtype = _check_dtype(model)
     tables = prepared(model)
     z, s = _semantic(model, visual, tables["learner"])
     if noise is not None and noise.dtype != dtype:
         noise = noise.to(dtype)
     den, pf, t = model.translator, model.pfin, tables["translator"]
-    c0, c1 = schedule.start_coefficients(model.config.diffusion_steps)
+    c0, c1 = schedule.start_coefficients(T)
     logits, m = kernels().translator_pfin(
         s, z, None if noise is None else noise.contiguous(),
         den.in_x.weight, den.in_c.weight, den.in_c.bias, t["wh"], t["bh"], den.out.weight, den.out.bias,
@@ -199,7 +252,58 @@ def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None):
     return logits, s, m
 
 
-def semantic(model, visual: torch.Tensor) -> torch.Tensor:
-    """Fused projector + DCSL sampler: ``visual [B, Dv] -> s [B, d]`` (one launch)."""
+@torch.library.custom_op("seda_fast::fused_infer", mutates_args=())
+def _infer_op(visual: torch.Tensor, noise: torch.Tensor | None, weights: list[torch.Tensor], n_hidden: int,
+              T: int, K1: int, K2: int, ln_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return infer_impl(visual, noise, weights, n_hidden, T, K1, K2, ln_eps)
+
+
+@_infer_op.register_fake
+def _(visual, noise, weights, n_hidden, T, K1, K2, ln_eps):
+    B, d, C = visual.shape[0], weights[0].shape[0], weights[-1].shape[0]
+    dtype = weights[0].dtype
+    return visual.new_empty(B, C, dtype=dtype), visual.new_empty(B, d, dtype=dtype), visual.new_empty(B, d, dtype=dtype)
+
+
+@torch.library.custom_op("seda_fast::fused_semantic", mutates_args=())
+def _semantic_op(visual: torch.Tensor, weights: list[torch.Tensor], n_hidden: int, T: int, K1: int,
+                 ln_eps: float) -> torch.Tensor:
+    model = _view(weights, n_hidden, False, T, K1, 1, ln_eps)
     _check_dtype(model)
-    return _semantic(model, visual, prepared(model)["learner"])[1]
+    return _semantic(model, visual, prepared(model, translator=False)["learner"])[1]
+
+
+@_semantic_op.register_fake
+def _(visual, weights, n_hidden, T, K1, ln_eps):
+    return visual.new_empty(visual.shape[0], weights[0].shape[0], dtype=weights[0].dtype)
+
+
+def op_args(model, with_translator: bool = True):
+    """``(weights, n_hidden, T, ln_eps)``: the model-derived arguments of the custom ops."""
+    cfg = model.config
+    n_hidden = cfg.layers - 1
+    weights = [_get(model, p) for p in weight_paths(n_hidden, with_translator)]
+    return weights, n_hidden, cfg.diffusion_steps, float(model.visual_proj.norm.eps)
+
+
+def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None):
+    """Fused inference chain: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
+
+    Two launches: projector + Learner loop (:func:`seda_fast.kernels.semantic_sample`), then
+    Translator + PFIN loop + head (:func:`seda_fast.kernels.translator_pfin`), inside the custom op
+    ``seda_fast::fused_infer``. ``noise`` is the Translator's start noise ``[B, d]`` (``None`` =
+    zeros), used as ``noise.to(dtype)`` like the reference. Outputs carry no autograd history.
+    """
+    _check_dtype(model)
+    weights, n_hidden, T, eps = op_args(model, True)
+    cfg = model.config
+    return torch.ops.seda_fast.fused_infer(visual, noise, weights, n_hidden, T, cfg.learner_steps,
+                                           cfg.translator_steps, eps)
+
+
+def semantic(model, visual: torch.Tensor) -> torch.Tensor:
+    """Fused projector + DCSL sampler: ``visual [B, Dv] -> s [B, d]`` (one launch,
+    custom op ``seda_fast::fused_semantic``)."""
+    _check_dtype(model)
+    weights, n_hidden, T, eps = op_args(model, False)
+    return torch.ops.seda_fast.fused_semantic(visual, weights, n_hidden, T, model.config.learner_steps, eps)

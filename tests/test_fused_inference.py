@@ -129,22 +129,51 @@ ALLOC_OPS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_str
 
 
 def test_launch_count_vs_eager_ops():
-    """Latency regime: 2 launches per inference call (promise: <= 3), no other device work once the
-    weight-only tables are cached; the eager reference dispatches hundreds of ops."""
+    """Latency regime: 2 launches per inference call (promise: <= 3), one custom op at the torch
+    level and, inside it, no device work but the two launches once the weight-only tables are
+    cached; the eager reference dispatches hundreds of ops."""
     model = _model(layers=2, learner_steps=4, translator_steps=4)
     v = _visual(model, 9)
+    weights, n_hidden, T, eps = fused.op_args(model)
     with torch.no_grad():
         fused.infer(model, v)  # builds the cached tables
         with _OpCounter() as eager:
             reference.infer(model, v)
-        with _OpCounter() as steady, K.count_launches() as launches:
+        with _OpCounter() as outer, K.count_launches() as launches:
             fused.infer(model, v)
+        with _OpCounter() as inner:
+            fused.infer_impl(v, None, weights, n_hidden, T, 4, 4, eps)
     assert launches.count == 2 <= 3, launches.names
     assert launches.names == ["semantic_sampler_kernel", "translator_pfin_kernel"]
+    assert outer.ops == ["fused_infer"]
     allowed = ALLOC_OPS | ({"copy_", "set_"} if DEVICE.type == "cpu" else set())  # interpreter's arg copies
-    assert set(steady.ops) <= allowed, f"steady-state fused call ran torch ops {sorted(set(steady.ops))}"
+    assert set(inner.ops) <= allowed, f"steady-state fused call ran torch ops {sorted(set(inner.ops))}"
     assert len(eager.ops) > 50 * launches.count
     print(f"\nlaunches per fused inference: {launches.count}; eager aten ops: {len(eager.ops)}")
+
+
+def test_torch_compile_traces_the_triton_backend():
+    """The fused path is a torch.library custom op, so torch.compile(fullgraph=True) traces a
+    triton-backend model with no graph break and gets the same numbers."""
+    torch._dynamo.reset()
+    model = _model(learner_steps=2, translator_steps=2)
+    model.backend = "triton"
+    v = _visual(model, 5)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        expect = model(v)
+        assert torch.equal(compiled(v), expect)
+
+
+def test_custom_ops_pass_opcheck():
+    model = _model(learner_steps=2, translator_steps=2)
+    v = _visual(model, 3)
+    weights, n_hidden, T, eps = fused.op_args(model)
+    torch.library.opcheck(torch.ops.seda_fast.fused_infer.default, (v, None, weights, n_hidden, T, 2, 2, eps),
+                          test_utils=("test_schema", "test_faketensor"))
+    sw, _, _, _ = fused.op_args(model, with_translator=False)
+    torch.library.opcheck(torch.ops.seda_fast.fused_semantic.default, (v, sw, n_hidden, T, 2, eps),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_table_cache_follows_weights():
@@ -313,3 +342,16 @@ def test_fuzz_shapes_match_eager(batch, dim, hidden, visual_dim, classes, layers
         out, ref = fused.infer(model, v), reference.infer(model, v)
     for o, r in zip(out, ref):
         assert rel(o, r) < 1e-5
+
+
+def test_weights_past_int32_indexing_are_rejected_before_launch():
+    """Large-index safety: batch rows are addressed from an int64 base (program id cast to int64);
+    weight matrices use 32-bit offsets, so one with >= 2^31 elements is a clear error, not a wrap.
+    (An expanded tensor stands in for the 8 GiB weight: nothing is allocated.)"""
+    _, args = _launcher_args()
+    wide = 2**16
+    args[0] = torch.randn(1, wide, device=DEVICE)
+    args[1] = torch.zeros(1, device=DEVICE).expand(2**15, wide)  # [d, Dv]: 2^31 elements
+    with K.count_launches() as c, pytest.raises(ValueError, match="proj_w has 2147483648 elements"):
+        K.semantic_sample(*args)
+    assert c.count == 0
