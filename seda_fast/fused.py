@@ -148,7 +148,7 @@ def prepared(model, translator: bool = True) -> dict:
     if key is not None and slot is not None and slot.get(translator, (None,))[0] == key:
         return slot[translator][1]
     out = {}
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(model.device.type, enabled=False):  # fp32 tables, always
         for name, den, K in stages:
             dtype = den.in_x.weight.dtype
             ddim, e = reference.sampling_tables(_fp32_time_mlp(den), cfg.diffusion_steps, K, cfg.dim,
@@ -233,8 +233,37 @@ def _semantic(model, visual, tables):
                              tables["bh"], den.out.weight, den.out.bias, tables["e"], tables["ddim"], c0)
 
 
-def infer_impl(visual, noise, weights, n_hidden: int, T: int, K1: int, K2: int, ln_eps: float):
-    """Body of the ``seda_fast::fused_infer`` op: the two launches on a flat weight list."""
+_CASTS = WeakTensorKeyDictionary()
+
+
+def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype`` (autocast): the copy is cached until the weight changes."""
+    if weight.dtype == dtype:
+        return weight
+    key = (dtype, weight.data_ptr(), weight._version)
+    hit = _CASTS.get(weight)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    copy = weight.detach().to(dtype)
+    _CASTS[weight] = (key, copy)
+    return copy
+
+
+def compute_dtype(model, visual: torch.Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for ``visual``'s device, else the parameters' dtype
+    (the eager backend's linears follow autocast the same way)."""
+    device = visual.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return _check_dtype(model)
+
+
+def infer_impl(visual, noise, weights, n_hidden: int, T: int, K1: int, K2: int, ln_eps: float,
+               dtype: torch.dtype | None = None):
+    """Body of the ``seda_fast::fused_infer`` op: the two launches on a flat weight list, in
+    ``dtype`` (default: the weights' dtype)."""
+    if dtype is not None and dtype != weights[0].dtype:
+        weights, visual = [_cast(w, dtype) for w in weights], visual.to(dtype)
     model = _view(weights, n_hidden, True, T, K1, K2, ln_eps)
     dtype = _check_dtype(model)
     tables = prepared(model)
@@ -254,28 +283,30 @@ def infer_impl(visual, noise, weights, n_hidden: int, T: int, K1: int, K2: int, 
 
 @torch.library.custom_op("seda_fast::fused_infer", mutates_args=())
 def _infer_op(visual: torch.Tensor, noise: torch.Tensor | None, weights: list[torch.Tensor], n_hidden: int,
-              T: int, K1: int, K2: int, ln_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return infer_impl(visual, noise, weights, n_hidden, T, K1, K2, ln_eps)
+              T: int, K1: int, K2: int, ln_eps: float,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return infer_impl(visual, noise, weights, n_hidden, T, K1, K2, ln_eps, dtype)
 
 
 @_infer_op.register_fake
-def _(visual, noise, weights, n_hidden, T, K1, K2, ln_eps):
+def _(visual, noise, weights, n_hidden, T, K1, K2, ln_eps, dtype):
     B, d, C = visual.shape[0], weights[0].shape[0], weights[-1].shape[0]
-    dtype = weights[0].dtype
     return visual.new_empty(B, C, dtype=dtype), visual.new_empty(B, d, dtype=dtype), visual.new_empty(B, d, dtype=dtype)
 
 
 @torch.library.custom_op("seda_fast::fused_semantic", mutates_args=())
 def _semantic_op(visual: torch.Tensor, weights: list[torch.Tensor], n_hidden: int, T: int, K1: int,
-                 ln_eps: float) -> torch.Tensor:
+                 ln_eps: float, dtype: torch.dtype) -> torch.Tensor:
+    if dtype != weights[0].dtype:
+        weights, visual = [_cast(w, dtype) for w in weights], visual.to(dtype)
     model = _view(weights, n_hidden, False, T, K1, 1, ln_eps)
     _check_dtype(model)
     return _semantic(model, visual, prepared(model, translator=False)["learner"])[1]
 
 
 @_semantic_op.register_fake
-def _(visual, weights, n_hidden, T, K1, ln_eps):
-    return visual.new_empty(visual.shape[0], weights[0].shape[0], dtype=weights[0].dtype)
+def _(visual, weights, n_hidden, T, K1, ln_eps, dtype):
+    return visual.new_empty(visual.shape[0], weights[0].shape[0], dtype=dtype)
 
 
 def op_args(model, with_translator: bool = True):
@@ -292,18 +323,20 @@ def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None):
     Two launches: projector + Learner loop (:func:`seda_fast.kernels.semantic_sample`), then
     Translator + PFIN loop + head (:func:`seda_fast.kernels.translator_pfin`), inside the custom op
     ``seda_fast::fused_infer``. ``noise`` is the Translator's start noise ``[B, d]`` (``None`` =
-    zeros), used as ``noise.to(dtype)`` like the reference. Outputs carry no autograd history.
+    zeros), used as ``noise.to(dtype)`` like the reference. Under ``torch.autocast`` the chain runs
+    in the autocast dtype (weights cast once and cached); outputs are in the compute dtype and
+    carry no autograd history.
     """
-    _check_dtype(model)
+    dtype = compute_dtype(model, visual)
     weights, n_hidden, T, eps = op_args(model, True)
     cfg = model.config
     return torch.ops.seda_fast.fused_infer(visual, noise, weights, n_hidden, T, cfg.learner_steps,
-                                           cfg.translator_steps, eps)
+                                           cfg.translator_steps, eps, dtype)
 
 
 def semantic(model, visual: torch.Tensor) -> torch.Tensor:
     """Fused projector + DCSL sampler: ``visual [B, Dv] -> s [B, d]`` (one launch,
     custom op ``seda_fast::fused_semantic``)."""
-    _check_dtype(model)
+    dtype = compute_dtype(model, visual)
     weights, n_hidden, T, eps = op_args(model, False)
-    return torch.ops.seda_fast.fused_semantic(visual, weights, n_hidden, T, model.config.learner_steps, eps)
+    return torch.ops.seda_fast.fused_semantic(visual, weights, n_hidden, T, model.config.learner_steps, eps, dtype)

@@ -142,7 +142,7 @@ def test_launch_count_vs_eager_ops():
         with _OpCounter() as outer, K.count_launches() as launches:
             fused.infer(model, v)
         with _OpCounter() as inner:
-            fused.infer_impl(v, None, weights, n_hidden, T, 4, 4, eps)
+            fused.infer_impl(v, None, weights, n_hidden, T, 4, 4, eps, torch.float32)
     assert launches.count == 2 <= 3, launches.names
     assert launches.names == ["semantic_sampler_kernel", "translator_pfin_kernel"]
     assert outer.ops == ["fused_infer"]
@@ -169,10 +169,11 @@ def test_custom_ops_pass_opcheck():
     model = _model(learner_steps=2, translator_steps=2)
     v = _visual(model, 3)
     weights, n_hidden, T, eps = fused.op_args(model)
-    torch.library.opcheck(torch.ops.seda_fast.fused_infer.default, (v, None, weights, n_hidden, T, 2, 2, eps),
+    torch.library.opcheck(torch.ops.seda_fast.fused_infer.default,
+                          (v, None, weights, n_hidden, T, 2, 2, eps, torch.float32),
                           test_utils=("test_schema", "test_faketensor"))
     sw, _, _, _ = fused.op_args(model, with_translator=False)
-    torch.library.opcheck(torch.ops.seda_fast.fused_semantic.default, (v, sw, n_hidden, T, 2, eps),
+    torch.library.opcheck(torch.ops.seda_fast.fused_semantic.default, (v, sw, n_hidden, T, 2, eps, torch.float32),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -355,3 +356,23 @@ def test_weights_past_int32_indexing_are_rejected_before_launch():
     with K.count_launches() as c, pytest.raises(ValueError, match="proj_w has 2147483648 elements"):
         K.semantic_sample(*args)
     assert c.count == 0
+
+
+def test_autocast_runs_the_fused_chain_in_the_autocast_dtype():
+    """Under torch.autocast the fused path computes in the autocast dtype (weights cast once and
+    cached) like the eager linears do, within the flash-attention rule of an fp16 model."""
+    model = _model(layers=2, learner_steps=3, translator_steps=3)
+    model16 = _model(dtype=torch.float16, layers=2, learner_steps=3, translator_steps=3)
+    model.backend = "triton"
+    v = _visual(model, 9)
+    with torch.no_grad():
+        ref32 = reference.infer(model, v)
+        ref16 = reference.infer(model16, v.half())
+        with torch.autocast(DEVICE.type, dtype=torch.float16):
+            out = model.infer(v)
+            with K.count_launches() as c:
+                again = model.infer(v)
+    assert c.count == 2 and all(torch.equal(a, b) for a, b in zip(out, again))
+    for name, o, r16, r32 in zip(("logits", "s", "m"), out, ref16, ref32):
+        assert o.dtype == torch.float16, name
+        assert_flash_rule(name, o, r16, r32, 1e-3)
