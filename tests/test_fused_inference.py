@@ -358,21 +358,23 @@ def test_weights_past_int32_indexing_are_rejected_before_launch():
     assert c.count == 0
 
 
-def test_autocast_runs_the_fused_chain_in_the_autocast_dtype():
+@pytest.mark.parametrize("amp", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    DEVICE.type != "cuda", reason="bf16 arithmetic is unreliable in the Triton interpreter (CONVENTIONS.md)"))])
+def test_autocast_runs_the_fused_chain_in_the_autocast_dtype(amp):
     """Under torch.autocast the fused path computes in the autocast dtype (weights cast once and
-    cached) like the eager linears do, within the flash-attention rule of an fp16 model."""
+    cached) like the eager linears do, within the flash-attention rule of a model in that dtype."""
     model = _model(layers=2, learner_steps=3, translator_steps=3)
-    model16 = _model(dtype=torch.float16, layers=2, learner_steps=3, translator_steps=3)
+    model16 = _model(dtype=amp, layers=2, learner_steps=3, translator_steps=3)
     model.backend = "triton"
     v = _visual(model, 9)
     with torch.no_grad():
         ref32 = reference.infer(model, v)
-        ref16 = reference.infer(model16, v.half())
-        with torch.autocast(DEVICE.type, dtype=torch.float16):
+        ref16 = reference.infer(model16, v.to(amp))
+        with torch.autocast(DEVICE.type, dtype=amp):
             out = model.infer(v)
             with K.count_launches() as c:
                 again = model.infer(v)
     assert c.count == 2 and all(torch.equal(a, b) for a, b in zip(out, again))
     for name, o, r16, r32 in zip(("logits", "s", "m"), out, ref16, ref32):
-        assert o.dtype == torch.float16, name
-        assert_flash_rule(name, o, r16, r32, 1e-3)
+        assert o.dtype == amp, name
+        assert_flash_rule(name, o, r16, r32, 1e-3 if amp == torch.float16 else 8e-3)
