@@ -1,0 +1,298 @@
+"""Fused op 5: the denoiser ``D(x_t, t, c) -> (x0_hat, a)`` for training, forward and backward.
+
+Forward (SPEC "Denoiser", ``reference.denoise``), weights ``nn.Linear`` layout ``[out, in]``::
+
+    a   = x_t W_x^T + cond + e_t                  # [B, H]   (cond = c W_c + b_a, e_t per row)
+    h_0 = SiLU(a)
+    z_l = h_l W_l^T + b_l,  h_{l+1} = h_l + SiLU(z_l)   for l < L-1
+    x0_hat = h_{L-1} W_o^T + b_o                  # [B, d]
+
+Saved for the backward: ``a`` (an output anyway) and the residual pre-activations
+``z [B, L-1, H]`` (input dtype). Every ``h_l = SiLU(a) + sum_{j<l} SiLU(z_j)`` is recomputed
+elementwise where it is needed (same fp32 operations in the same order as the forward, so bitwise the
+forward's ``h`` in fp32); no matmul is recomputed.
+
+Backward, given ``ga_up = dL/da`` (the center constraint reads ``a``) and ``gx0 = dL/dx0_hat``:
+
+* ``denoiser_bwd_act_kernel`` (one program per ``BM`` rows): ``gh = gx0 W_o``, then for
+  l = L-2..0: ``gz_l = gh * SiLU'(z_l)``, ``gh <- gh + gz_l W_l``; finally
+  ``ga = ga_up + gh * SiLU'(a)`` (= the gradient of ``cond`` and ``e_t``) and ``gx = ga W_x``.
+  ``gz [B, L-1, H]`` and ``ga [B, H]`` are kept in fp32 for the weight gradients.
+* ``denoiser_wgrad_kernel`` (one program per ``BN x BK`` weight tile): ``dW = G^T X`` and
+  ``db = sum_rows G`` with the tile looping over ALL rows in a fixed order, so the result is
+  deterministic (no atomics, no split over rows). Three launches: ``W_x`` (``G = ga``, ``X = x_t``),
+  every ``W_l`` at once (grid axis 2 = layer; ``G = gz_l``, ``X = h_l``), ``W_o`` (``G = gx0``,
+  ``X = h_{L-1}``).
+
+Math in fp32 whatever the input dtype; outputs and gradients are stored in the input dtype.
+Launches: forward 1, backward 4 (3 when L = 1).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _blocks as blk
+from ._heuristics import check_hidden, check_matrix, check_vector, dot_mode, pick_blocks
+from ._launch import launch
+
+
+@triton.jit
+def _dsilu(z):
+    """``d SiLU(z) / dz = s (1 + z (1 - s))``, ``s = sigmoid(z)`` (torch's formula)."""
+    s = tl.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+@triton.jit
+def denoiser_fwd_kernel(x_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr,
+                        x0_ptr, a_ptr, z_ptr, scratch_ptr, B, d, H, n_hidden,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        LOWP: tl.constexpr, PREC: tl.constexpr):
+    """One program = ``BM`` rows; ``h`` ping-pongs between two fp32 ``[BM, H]`` scratch slabs."""
+    pid = tl.program_id(0).to(tl.int64)
+    row0 = pid * BM
+    rows = B - row0
+    zs = n_hidden * H  # row stride of z [B, L-1, H]
+    h_buf = scratch_ptr + pid * (2 * BM * H)
+    for n0 in range(0, H, BN):
+        acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), x_ptr + row0 * d, d, rows, wx_ptr, n0, H, d,
+                              BM, BN, BK, LOWP, PREC)
+        acc += blk.load_tile(cond_ptr + row0 * H, H, rows, n0, H, BM, BN)
+        acc += blk.load_tile(e_ptr + row0 * H, H, rows, n0, H, BM, BN)
+        blk.store_tile(a_ptr + row0 * H, H, rows, n0, H, acc, BM, BN)
+        blk.store_tile(h_buf, H, BM, n0, H, blk.silu(acc), BM, BN)
+    tl.debug_barrier()
+    for layer in range(n_hidden):
+        src = h_buf + (layer % 2) * (BM * H)
+        dst = h_buf + ((layer + 1) % 2) * (BM * H)
+        for n0 in range(0, H, BN):
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), src, H, BM, wh_ptr + layer * H * H, n0, H, H,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bh_ptr + layer * H, n0, H, BN)[None, :]
+            blk.store_tile(z_ptr + row0 * zs + layer * H, zs, rows, n0, H, acc, BM, BN)
+            blk.store_tile(dst, H, BM, n0, H, blk.load_tile(src, H, BM, n0, H, BM, BN) + blk.silu(acc), BM, BN)
+        tl.debug_barrier()
+    last = h_buf + (n_hidden % 2) * (BM * H)
+    blk.linear_rows(last, H, BM, wo_ptr, bo_ptr, H, d, x0_ptr + row0 * d, d, rows, BM, BN, BK, LOWP, PREC)
+
+
+@triton.jit
+def _grad_h_epilogue(gh, layer, gh_buf, gz_ptr, z_ptr, zs, a_ptr, ga_up_ptr, ga_ptr, gact_ptr, H, rows, n0,
+                     BM: tl.constexpr, BN: tl.constexpr):
+    """``gh [BM, BN]`` = dL/dh_layer (columns n0..): for layer > 0 keep it (the residual term of the
+    next phase) and store ``gz_{layer-1} = gh SiLU'(z_{layer-1})``; for layer 0 ``ga = ga_up + gh SiLU'(a)``."""
+    if layer > 0:
+        blk.store_tile(gh_buf, H, BM, n0, H, gh, BM, BN)
+        z = blk.load_tile(z_ptr + (layer - 1) * H, zs, rows, n0, H, BM, BN)
+        blk.store_tile(gz_ptr + (layer - 1) * H, zs, rows, n0, H, gh * _dsilu(z), BM, BN)
+    else:
+        ga = gh * _dsilu(blk.load_tile(a_ptr, H, rows, n0, H, BM, BN)) \
+            + blk.load_tile(ga_up_ptr, H, rows, n0, H, BM, BN)
+        blk.store_tile(ga_ptr, H, rows, n0, H, ga, BM, BN)
+        blk.store_tile(gact_ptr, H, rows, n0, H, ga, BM, BN)
+
+
+@triton.jit
+def denoiser_bwd_act_kernel(gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wx_ptr, wh_ptr, wo_ptr,
+                            gh_scratch_ptr, gz_ptr, ga_ptr, gact_ptr, gx_ptr, B, d, H, n_hidden,
+                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Activation gradients of ``BM`` rows; ``gh`` lives in a per-program fp32 ``[BM, H]`` slab."""
+    pid = tl.program_id(0).to(tl.int64)
+    row0 = pid * BM
+    rows = B - row0
+    zs = n_hidden * H
+    gh_buf = gh_scratch_ptr + pid * (BM * H)
+    z_rows = z_ptr + row0 * zs
+    gz_rows = gz_ptr + row0 * zs
+    a_rows = a_ptr + row0 * H
+    ga_up_rows = ga_up_ptr + row0 * H
+    ga_rows = ga_ptr + row0 * H
+    gact_rows = gact_ptr + row0 * H
+    # dL/dh_{L-1} = gx0 W_o  (W_o [d, H])
+    for n0 in range(0, H, BN):
+        gh = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr + row0 * d, d, rows, wo_ptr, n0, H, d,
+                             BM, BN, BK, LOWP, PREC, W_KN=True)
+        _grad_h_epilogue(gh, n_hidden, gh_buf, gz_rows, z_rows, zs, a_rows, ga_up_rows, ga_rows, gact_rows,
+                         H, rows, n0, BM, BN)
+    tl.debug_barrier()
+    # dL/dh_l = dL/dh_{l+1} + gz_l W_l  (W_l [H, H]), l = L-2 .. 0
+    for i in range(n_hidden):
+        layer = n_hidden - 1 - i
+        for n0 in range(0, H, BN):
+            gh = blk.matmul_tile(blk.load_tile(gh_buf, H, BM, n0, H, BM, BN), gz_rows + layer * H, zs, rows,
+                                 wh_ptr + layer * H * H, n0, H, H, BM, BN, BK, LOWP, PREC, W_KN=True)
+            _grad_h_epilogue(gh, layer, gh_buf, gz_rows, z_rows, zs, a_rows, ga_up_rows, ga_rows, gact_rows,
+                             H, rows, n0, BM, BN)
+        tl.debug_barrier()
+    # dL/dx_t = ga W_x  (W_x [H, d])
+    for n0 in range(0, d, BN):
+        gx = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), ga_rows, H, rows, wx_ptr, n0, d, H,
+                             BM, BN, BK, LOWP, PREC, W_KN=True)
+        blk.store_tile(gx_ptr + row0 * d, d, rows, n0, d, gx, BM, BN)
+
+
+@triton.jit
+def denoiser_wgrad_kernel(g_ptr, g_stride, x_ptr, x_stride, z_ptr, zs, n_res0, dw_ptr, db_ptr, B, N, Kdim,
+                          FROM_H: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
+                          LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``dW[n, k] = sum_b G[b, n] X[b, k]`` (``dW [N, Kdim]``) and ``db = sum_b G[b, :]`` for one
+    ``BN x BK`` tile of weight ``program_id(2)``, rows walked in order ``0, BB, 2 BB, ..``.
+
+    ``G``: column block ``program_id(2) * N`` of rows ``g_ptr + b * g_stride``. ``X``: ``x_t``
+    (``x_stride``), or with ``FROM_H`` the recomputed ``h_j = SiLU(a) + sum_{i<j} SiLU(z_i)``,
+    ``j = n_res0 + program_id(2)`` (``x_ptr`` = ``a [B, Kdim]``, ``z [B, L-1, Kdim]`` row stride ``zs``).
+    """
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    layer = tl.program_id(2)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    nmask = offs_n < N
+    kmask = offs_k < Kdim
+    g_ptr += layer * N
+    acc = tl.zeros((BN, BK), tl.float32)
+    gsum = tl.zeros((BN,), tl.float32)
+    for b0 in range(0, B, BB):
+        offs_b = (b0 + tl.arange(0, BB)).to(tl.int64)
+        bmask = offs_b < B
+        gt = tl.load(g_ptr + offs_b[None, :] * g_stride + offs_n[:, None],
+                     mask=bmask[None, :] & nmask[:, None], other=0.0).to(tl.float32)  # [BN, BB]
+        xmask = bmask[:, None] & kmask[None, :]
+        if FROM_H:
+            x = blk.silu(tl.load(x_ptr + offs_b[:, None] * Kdim + offs_k[None, :], mask=xmask,
+                                 other=0.0).to(tl.float32))
+            for j in range(n_res0 + layer):
+                x += blk.silu(tl.load(z_ptr + offs_b[:, None] * zs + j * Kdim + offs_k[None, :], mask=xmask,
+                                      other=0.0).to(tl.float32))
+        else:
+            x = tl.load(x_ptr + offs_b[:, None] * x_stride + offs_k[None, :], mask=xmask,
+                        other=0.0).to(tl.float32)
+        if LOWP:
+            acc = tl.dot(gt.to(dw_ptr.dtype.element_ty), x.to(dw_ptr.dtype.element_ty), acc)
+        else:
+            acc = tl.dot(gt, x, acc, input_precision=PREC)
+        if HAS_BIAS:
+            gsum += tl.sum(gt, axis=1)
+    dw_ptr += layer * N * Kdim
+    tl.store(dw_ptr + offs_n[:, None] * Kdim + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty),
+             mask=nmask[:, None] & kmask[None, :])
+    if HAS_BIAS:
+        if pid_k == 0:
+            db_ptr += layer * N
+            tl.store(db_ptr + offs_n, gsum.to(db_ptr.dtype.element_ty), mask=nmask)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _clamp(block: int, width: int) -> int:
+    return max(16, min(block, triton.next_power_of_2(max(int(width), 1))))
+
+
+def wgrad_blocks(N: int, Kdim: int, dtype: torch.dtype) -> dict:
+    """Weight-gradient tile ``BN x BK`` over ``BB`` rows per step: fp16/bf16 ``64 x 64 x 32``
+    (wgmma's M = 64, one warpgroup), fp32 (parity path) ``32 x 32 x 32``; clamped to the widths."""
+    lowp = dtype != torch.float32
+    return dict(BN=_clamp(64 if lowp else 32, N), BK=_clamp(64 if lowp else 32, Kdim), BB=32,
+                num_warps=4, num_stages=2)
+
+
+def _check_weights(w_x, w_hidden, b_hidden, w_out, b_out, d, dtype, device):
+    check_matrix("w_x", w_x, None, d, dtype, device)
+    H = w_x.shape[0]
+    n_hidden = check_hidden(w_hidden, b_hidden, H, dtype, device)
+    check_matrix("w_out", w_out, d, H, dtype, device)
+    check_vector("b_out", b_out, d, dtype, device)
+    return H, n_hidden
+
+
+def denoiser_forward(x_t, e_t, cond, w_x, w_hidden, b_hidden, w_out, b_out):
+    """``x_t [B, d]``, ``e_t [B, H]``, ``cond [B, H]``, ``w_x [H, d]``, ``w_hidden [L-1, H, H]``,
+    ``b_hidden [L-1, H]``, ``w_out [d, H]``, ``b_out [d]`` (one dtype, one device) ->
+    ``(x0_hat [B, d], a [B, H], z [B, L-1, H])``, all in the input dtype; ``z`` holds the residual
+    layers' pre-activations for :func:`denoiser_backward`. One launch."""
+    check_matrix("x_t", x_t, None, None, batch_rows=True)
+    B, d = x_t.shape
+    dtype, device = x_t.dtype, x_t.device
+    H, n_hidden = _check_weights(w_x, w_hidden, b_hidden, w_out, b_out, d, dtype, device)
+    check_matrix("e_t", e_t, B, H, dtype, device, batch_rows=True)
+    check_matrix("cond", cond, B, H, dtype, device, batch_rows=True)
+    cfg = pick_blocks(B, d, H, None, dtype)
+    lowp, prec = dot_mode(dtype, device)
+    grid = triton.cdiv(B, cfg.BM)
+    x0 = torch.empty(B, d, device=device, dtype=dtype)
+    a = torch.empty(B, H, device=device, dtype=dtype)
+    z = torch.empty(B, n_hidden, H, device=device, dtype=dtype)
+    scratch = torch.empty(grid * 2 * cfg.BM * H, device=device, dtype=torch.float32)
+    wh, bh, zp = (w_hidden, b_hidden, z) if n_hidden else (w_out, b_out, a)  # any valid pointer
+    launch(denoiser_fwd_kernel, (grid,), x_t, e_t, cond, w_x, wh, bh, w_out, b_out, x0, a, zp, scratch,
+           B, d, H, n_hidden, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, LOWP=lowp, PREC=prec,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
+    return x0, a, z
+
+
+def denoiser_backward(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out):
+    """Gradients of :func:`denoiser_forward` from ``grad_x0 [B, d]`` and ``grad_a [B, H]`` (the
+    upstream gradients of both outputs) and the saved ``x_t``, ``a``, ``z [B, L-1, H]``.
+
+    Returns ``(grad_x_t [B, d], grad_a_total [B, H], grad_w_x [H, d], grad_w_hidden [L-1, H, H],
+    grad_b_hidden [L-1, H], grad_w_out [d, H], grad_b_out [d])`` in the input dtype;
+    ``grad_a_total`` is the gradient of both ``cond`` and ``e_t``. Weight gradients are accumulated
+    in fp32 by one program per weight tile over all rows in a fixed order (bitwise reproducible).
+    Launches: 4 (3 when L = 1)."""
+    check_matrix("x_t", x_t, None, None, batch_rows=True)
+    B, d = x_t.shape
+    dtype, device = x_t.dtype, x_t.device
+    check_matrix("w_x", w_x, None, d, dtype, device)
+    H = w_x.shape[0]
+    if not isinstance(w_hidden, torch.Tensor) or w_hidden.dim() != 3 or tuple(w_hidden.shape[1:]) != (H, H):
+        got = list(w_hidden.shape) if isinstance(w_hidden, torch.Tensor) else type(w_hidden).__name__
+        raise ValueError(f"w_hidden must have shape [L-1, {H}, {H}], got {got}")
+    n_hidden = w_hidden.shape[0]
+    check_hidden(w_hidden, w_hidden.new_empty(n_hidden, H), H, dtype, device)  # b_hidden: not needed here
+    check_matrix("w_out", w_out, d, H, dtype, device)
+    check_matrix("grad_x0", grad_x0, B, d, dtype, device, batch_rows=True)
+    check_matrix("grad_a", grad_a, B, H, dtype, device, batch_rows=True)
+    check_matrix("a", a, B, H, dtype, device, batch_rows=True)
+    if not isinstance(z, torch.Tensor) or tuple(z.shape) != (B, n_hidden, H):
+        got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"z must have shape [{B}, {n_hidden}, {H}], got {got}")
+    if z.dtype != dtype or z.device != device or not z.is_contiguous():
+        raise ValueError(f"z must be a contiguous {dtype} tensor on {device}")
+
+    cfg = pick_blocks(B, d, H, None, dtype)
+    lowp, prec = dot_mode(dtype, device)
+    grid = triton.cdiv(B, cfg.BM)
+    f32 = dict(device=device, dtype=torch.float32)
+    gh_scratch = torch.empty(grid * cfg.BM * H, **f32)
+    gz = torch.empty(B, n_hidden, H, **f32)
+    ga = torch.empty(B, H, **f32)
+    gact = ga if dtype == torch.float32 else torch.empty(B, H, device=device, dtype=dtype)
+    gx = torch.empty_like(x_t)
+    wh, zp, gzp = (w_hidden, z, gz) if n_hidden else (w_out, a, ga)  # any valid pointer
+    launch(denoiser_bwd_act_kernel, (grid,), grad_x0, grad_a, a, zp, w_x, wh, w_out, gh_scratch, gzp, ga, gact,
+           gx, B, d, H, n_hidden, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, LOWP=lowp, PREC=prec,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
+
+    gw_x = torch.empty_like(w_x)
+    gw_h = torch.empty_like(w_hidden)
+    gb_h = torch.empty(n_hidden, H, device=device, dtype=dtype)
+    gw_o = torch.empty_like(w_out)
+    gb_o = torch.empty(d, device=device, dtype=dtype)
+
+    def wgrad(g, g_stride, x, x_stride, n_res0, dw, db, N, Kdim, layers, from_h):
+        blocks = wgrad_blocks(N, Kdim, dtype)
+        grid_w = (triton.cdiv(N, blocks["BN"]), triton.cdiv(Kdim, blocks["BK"]), layers)
+        launch(denoiser_wgrad_kernel, grid_w, g, g_stride, x, x_stride, zp, max(n_hidden, 1) * H, n_res0, dw,
+               dw if db is None else db, B, N, Kdim, FROM_H=from_h, HAS_BIAS=db is not None,
+               LOWP=lowp, PREC=prec, **blocks)
+
+    wgrad(ga, H, x_t, d, 0, gw_x, None, H, d, 1, False)
+    if n_hidden:
+        wgrad(gz, n_hidden * H, a, H, 0, gw_h, gb_h, H, H, n_hidden, True)
+    wgrad(grad_x0, d, a, H, n_hidden, gw_o, gb_o, d, H, 1, True)
+    return gx, gact, gw_x, gw_h, gb_h, gw_o, gb_o
