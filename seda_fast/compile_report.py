@@ -117,13 +117,25 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
     return {
         "kernel": fn.__name__, "grid": list(launch.grid), "num_warps": num_warps, "num_stages": num_stages,
         "maxnreg": options.get("maxnreg"),
-        **{key: meta.get(key) for key in ("BM", "BN", "BK", "LOWP", "PREC")},  # None where a kernel has none
+        **dict.fromkeys(("BM", "BN", "BK", "LOWP", "PREC")), **meta,  # every constexpr (None where absent)
         "registers": fields.get("REG"), "stack_bytes": fields.get("STACK", 0), "local_bytes": fields.get("LOCAL", 0),
         "spill_stores": len(re.findall(r"\bSTL(\.\w+)*\b", sass)),
         "spill_loads": len(re.findall(r"\bLDL(\.\w+)*\b", sass)),
         "shared_bytes": shared, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
         "compile_seconds": round(seconds, 2),
     }
+
+
+def compile_unique(launches, dtype: str, seen: set) -> list[dict]:
+    """:func:`compile_launch` rows for the launches whose (kernel, dtype, meta) is not in ``seen``
+    (updated), so a config shared by several shapes is compiled once."""
+    rows = []
+    for launch in launches:
+        key = (launch.kernel.__name__, dtype, tuple(sorted(launch.meta.items())))
+        if key not in seen:
+            seen.add(key)
+            rows.append(compile_launch(launch, dtype))
+    return rows
 
 
 def collect(entries=None) -> list[dict]:

@@ -32,3 +32,22 @@ def assert_flash_rule(name: str, out, ref_lowp, ref32, atol: float) -> None:
     err_kernel = (out.float() - ref32.float()).abs().max().item()
     err_torch = (ref_lowp.float() - ref32.float()).abs().max().item()
     assert err_kernel <= 2 * err_torch + atol, f"{name}: kernel {err_kernel:.3e} vs torch {err_torch:.3e}"
+
+
+def compile_rows_in_subprocess(test_file, out) -> list:
+    """Run ``python TEST_FILE OUT`` without the Triton interpreter (which cannot compile) and return
+    the compile-report rows it writes to ``out`` (each test file's ``__main__`` compiles its kernels
+    for sm_90a with :func:`seda_fast.compile_report.compile_unique`)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET="0",
+               PYTHONPATH=os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(test_file), str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(Path(out).read_text())

@@ -5,8 +5,6 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py) on 1-27 progr
 sm_90a compile check runs in a subprocess without the interpreter (it cannot compile).
 """
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +13,7 @@ import pytest
 import torch
 
 from seda_fast import fused, model, reference, training_ops as ops
-from helpers import assert_flash_rule
+from helpers import assert_flash_rule, compile_rows_in_subprocess
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = fused.kernels()
@@ -227,26 +225,14 @@ def compile_rows() -> list[dict]:
             K.denoiser_forward(e(B, d), e(B, H), e(B, H), e(H, d), e(L - 1, H, H), e(L - 1, H), e(d, H), e(d))
             K.denoiser_backward(e(B, d), e(B, H), e(B, d), e(B, H), e(B, L - 1, H), e(H, d), e(L - 1, H, H),
                                 e(d, H))
-        for launch in launches:
-            key = (launch.kernel.__name__, dtype, tuple(sorted(launch.meta.items())))
-            if key in seen:
-                continue
-            seen.add(key)
-            row = cr.compile_launch(launch, dtype)
-            row.update(dtype=dtype, batch=B, FROM_H=launch.meta.get("FROM_H"), BB=launch.meta.get("BB"))
+        for row in cr.compile_unique(launches, dtype, seen):
+            row.update(dtype=dtype, batch=B)
             rows.append(row)
     return rows
 
 
 def test_sm90_compile_zero_spills(tmp_path):
-    root = Path(__file__).resolve().parent.parent
-    out = tmp_path / "rows.json"
-    env = dict(os.environ, TRITON_INTERPRET="0",
-               PYTHONPATH=os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(Path(__file__)), str(out)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads(out.read_text())
+    rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
     assert {r["kernel"] for r in rows} == {"denoiser_fwd_kernel", "denoiser_bwd_act_kernel", "denoiser_wgrad_kernel"}
     for r in rows:
         assert 0 < r["registers"] <= 255, r

@@ -5,8 +5,6 @@ On CPU the kernels run in Triton's interpreter (tests/conftest.py); grids stay a
 The sm_90a compile check runs in a subprocess without the interpreter (it cannot compile).
 """
 import json
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from seda_fast import fused, reference, training_ops as ops
-from helpers import assert_flash_rule
+from helpers import assert_flash_rule, compile_rows_in_subprocess
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = fused.kernels()
@@ -281,26 +279,14 @@ def compile_rows() -> list[dict]:
             K.center_loss_backward(torch.empty(B), r, mu, y, torch.empty(B), 1.0)
             sums, counts = K.class_sums(r, y, C)
             K.ema_update(mu, torch.zeros(C, dtype=torch.bool), torch.empty(C, d), torch.empty(C), 0.9)
-        for launch in launches:
-            key = (launch.kernel.__name__, dtype, tuple(sorted(launch.meta.items())))
-            if key in seen:
-                continue
-            seen.add(key)
-            row = cr.compile_launch(launch, dtype)
+        for row in cr.compile_unique(launches, dtype, seen):
             row.update(dtype=dtype, batch=B, classes=C, d=d)
             rows.append(row)
     return rows
 
 
 def test_sm90_compile_zero_spills(tmp_path):
-    root = Path(__file__).resolve().parent.parent
-    out = tmp_path / "rows.json"
-    env = dict(os.environ, TRITON_INTERPRET="0",
-               PYTHONPATH=os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(Path(__file__)), str(out)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads(out.read_text())
+    rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
     kernels = {r["kernel"] for r in rows}
     assert kernels == {"center_loss_fwd_kernel", "center_loss_bwd_kernel", "class_sums_kernel", "ema_update_kernel"}
     for r in rows:
