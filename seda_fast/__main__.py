@@ -9,7 +9,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("seda_fast.demo", "real-data accuracy demo on Fashion-MNIST (add --quick for a 10k subset)"),
+    "demo": ("seda_fast.demo", "real-data accuracy demo: Fashion-MNIST (--quick: 10k subset) or --dataset emoji"),
     "env": ("seda_fast.envinfo", "environment report (OS, Python, torch, triton, CUDA, GPU, driver) for bug reports"),
 }
 

@@ -82,56 +82,76 @@ def cache_dir(cache: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "seda_fast"
 
 
-def _has_files(folder: Path) -> bool:
-    return all((folder / name).is_file() for spec in SUBSETS.values() for name in spec[:2])
+def _has_files(folder: Path, files=None) -> bool:
+    if files is None:
+        files = [name for spec in SUBSETS.values() for name in spec[:2]]
+    return all((folder / name).is_file() for name in files)
 
 
-def _apt_error(detail: str) -> RuntimeError:
+def _apt_error(detail: str, package: str = DEBIAN_PACKAGE) -> RuntimeError:
     lists = Path("/var/lib/apt/lists")
     has_lists = lists.is_dir() and any(p.name.endswith("_Packages") or "_Packages." in p.name
                                        for p in lists.iterdir())
     hint = ("apt has no package lists on this machine: run `apt-get update` (as root) once, then retry"
             if not has_lists or "candidate" in detail or "Unable to locate" in detail
-            else f"or install the package as root: `apt-get install {DEBIAN_PACKAGE}`")
-    return RuntimeError(f"could not fetch Debian package {DEBIAN_PACKAGE!r} with `apt-get download`: "
+            else f"or install the package as root: `apt-get install {package}`")
+    return RuntimeError(f"could not fetch Debian package {package!r} with `apt-get download`: "
                         f"{detail.strip() or 'no output'}. {hint}")
+
+
+def debian_package_dir(package: str, folder: str | os.PathLike, files, cache=None) -> Path:
+    """Folder holding ``files`` (names relative to the absolute ``folder``) of Debian ``package``.
+
+    ``folder`` itself when the package is installed; otherwise the package is downloaded (no root
+    needed: ``apt-get download`` + ``dpkg-deb -x``) and just ``files`` are kept, once, under
+    ``cache_dir(cache)/debian/<folder>``. Raises ``RuntimeError`` with the fix (e.g. run
+    ``apt-get update``) when that fails.
+    """
+    if not isinstance(package, str) or not package:
+        raise TypeError(f"package must be a non-empty str, got {package!r}")
+    folder = Path(folder)
+    if not folder.is_absolute():
+        raise ValueError(f"folder must be an absolute path (where the package installs), got {str(folder)!r}")
+    files = [files] if isinstance(files, str) else list(files)
+    if not files or not all(isinstance(f, str) and f for f in files):
+        raise ValueError(f"files must be one or more file names, got {files!r}")
+    if _has_files(folder, files):
+        return folder
+    root = cache_dir(cache) / "debian"
+    target = root / folder.relative_to("/")
+    if _has_files(target, files):
+        return target
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise RuntimeError(f"{folder} is absent and apt-get/dpkg-deb are not available: install the "
+                           f"Debian package {package!r} or copy its files to {target}")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        proc = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
+        debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if proc.returncode != 0 or not debs:
+            raise _apt_error(proc.stderr + proc.stdout, package)
+        unpack = Path(tmp) / "root"
+        proc = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpack)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`dpkg-deb -x {debs[0].name}` failed: {proc.stderr.strip()}")
+        extracted = unpack / folder.relative_to("/")
+        if not _has_files(extracted, files):
+            raise RuntimeError(f"package {package!r} did not contain the expected files {files} in {folder}")
+        for name in files:  # file by file: other packages' files in the same folder stay
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(extracted / name, target / name)  # atomic; a concurrent run's copy is identical
+    return target
 
 
 def fashion_mnist_dir(cache: str | os.PathLike | None = None) -> Path:
     """Folder holding the four Fashion-MNIST ``*.gz`` IDX files.
 
     ``/usr/share/datasets/fashion-mnist`` when the Debian package is installed; otherwise the
-    package is downloaded (no root needed) and unpacked once under ``cache_dir(cache)/debian``.
-    Raises ``RuntimeError`` with the fix (e.g. run ``apt-get update``) when that fails.
+    package is downloaded (no root needed) and unpacked once under ``cache_dir(cache)/debian``
+    (see :func:`debian_package_dir`).
     """
-    if _has_files(SYSTEM_DIR):
-        return SYSTEM_DIR
-    root = cache_dir(cache) / "debian"
-    target = root / SYSTEM_DIR.relative_to("/")
-    if _has_files(target):
-        return target
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise RuntimeError(f"{SYSTEM_DIR} is absent and apt-get/dpkg-deb are not available: install the "
-                           f"Debian package {DEBIAN_PACKAGE!r} or copy its files to {target}")
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        proc = subprocess.run(["apt-get", "download", DEBIAN_PACKAGE], cwd=tmp,
-                              capture_output=True, text=True)
-        debs = sorted(Path(tmp).glob(f"{DEBIAN_PACKAGE}_*.deb"))
-        if proc.returncode != 0 or not debs:
-            raise _apt_error(proc.stderr + proc.stdout)
-        unpack = Path(tmp) / "root"
-        proc = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpack)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`dpkg-deb -x {debs[0].name}` failed: {proc.stderr.strip()}")
-        extracted = unpack / SYSTEM_DIR.relative_to("/")
-        if not _has_files(extracted):
-            raise RuntimeError(f"package {DEBIAN_PACKAGE!r} did not contain the expected IDX files in {SYSTEM_DIR}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # a concurrent run finished first
-            shutil.rmtree(target)
-        shutil.move(str(extracted), str(target))
-    return target
+    files = [name for spec in SUBSETS.values() for name in spec[:2]]
+    return debian_package_dir(DEBIAN_PACKAGE, SYSTEM_DIR, files, cache)
 
 
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
@@ -203,24 +223,34 @@ def load_visual_encoder(image_size: int = 64) -> torch.nn.Module:
 
 
 def preprocess(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """``[N, 28, 28]`` uint8 -> ``[N, 3, S, S]`` float32 in the Lite models' [-1, 1] range."""
-    x = images.to(torch.float32).div_(255.0).unsqueeze(1)
+    """``[N, H, W]`` grayscale or ``[N, 3, H, W]`` RGB uint8 -> ``[N, 3, S, S]`` float32 in the
+    Lite models' [-1, 1] range (bilinear resize when the size differs)."""
+    x = images.to(torch.float32).div_(255.0)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     x = (x - _LITE_MEAN) / _LITE_STD
     return x.expand(-1, 3, -1, -1).contiguous()
 
 
+def _check_images(images) -> None:
+    ok = (isinstance(images, torch.Tensor) and images.dtype == torch.uint8
+          and (images.dim() == 3 or (images.dim() == 4 and images.shape[1] == 3)))
+    if not ok:
+        raise TypeError(f"images must be a uint8 tensor [N, H, W] (grayscale) or [N, 3, H, W] (RGB), got "
+                        f"{getattr(images, 'dtype', type(images).__name__)} {list(getattr(images, 'shape', []))}")
+
+
 @torch.no_grad()
 def encode_images(images: torch.Tensor, image_size: int = 64, batch_size: int = 256,
                   progress: bool = True, encoder: torch.nn.Module | None = None) -> torch.Tensor:
-    """Visual features ``v [N, 1280]`` float32 of ``images [N, H, W]`` uint8 (global-average-pooled
-    EfficientNet-Lite0 head features), computed in batches with a tqdm bar."""
+    """Visual features ``v [N, 1280]`` float32 of ``images`` (uint8 ``[N, H, W]`` grayscale or
+    ``[N, 3, H, W]`` RGB; global-average-pooled EfficientNet-Lite0 head features), computed in
+    batches with a tqdm bar."""
     from tqdm.auto import tqdm
 
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 3:
-        raise TypeError(f"images must be a uint8 tensor [N, H, W], got "
-                        f"{getattr(images, 'dtype', type(images).__name__)} {list(getattr(images, 'shape', []))}")
+    _check_images(images)
     _positive("image_size", image_size)
     _positive("batch_size", batch_size)
     encoder = load_visual_encoder(image_size) if encoder is None else encoder
@@ -280,6 +310,36 @@ def load_features(path):
     return features, labels, blob["meta"]
 
 
+def cached_features(candidates, compute, meta: dict | None = None, rows: int | None = None):
+    """Read the first valid cache file of ``candidates`` (paths, best first), else run
+    ``compute() -> (features [N, D], labels [N])`` and save it to ``candidates[0]``.
+
+    Returns ``(features, labels, info)`` with ``info = {path, cached, seconds}`` (``seconds``: time
+    of ``compute``, 0 when read). ``rows`` keeps the first ``rows`` rows of a cached file (a larger
+    cache serves a prefix). A file failing its checksum is reported with a warning and recomputed.
+    The visual features of every dataset go through this one helper.
+    """
+    candidates = [Path(p) for p in candidates]
+    if not candidates:
+        raise ValueError("candidates must hold at least one cache path")
+    for path in candidates:
+        if path.is_file():
+            try:
+                feats, labels, _ = load_features(path)
+            except ChecksumError as exc:
+                warnings.warn(f"{exc}; recomputing it", RuntimeWarning, stacklevel=3)
+                continue
+            if rows is not None:
+                feats, labels = feats[:rows], labels[:rows]
+            return feats, labels, {"path": str(path), "cached": True, "seconds": 0.0}
+    start = time.perf_counter()
+    feats, labels = compute()
+    seconds = time.perf_counter() - start
+    save_features(candidates[0], feats, labels, {**dict(meta or {}), "model": VISUAL_MODEL, "seconds": seconds,
+                                                 "torch": str(torch.__version__)})
+    return feats, labels, {"path": str(candidates[0]), "cached": False, "seconds": seconds}
+
+
 def visual_features(subset: str = "train", limit: int | None = None, image_size: int = 64,
                     batch_size: int = 256, cache=None, progress: bool = True, data_dir=None):
     """Cached EfficientNet-Lite0 features of the first ``limit`` images of ``subset``.
@@ -297,23 +357,12 @@ def visual_features(subset: str = "train", limit: int | None = None, image_size:
     candidates = [feature_cache_path(subset, n, image_size, cache)]
     if n != total:
         candidates.append(feature_cache_path(subset, total, image_size, cache))
-    for path in candidates:
-        if path.is_file():
-            try:
-                feats, labels, _ = load_features(path)
-            except ChecksumError as exc:
-                warnings.warn(f"{exc}; recomputing it", RuntimeWarning, stacklevel=2)
-                continue
-            return feats[:n], labels[:n], {"path": str(path), "cached": True, "seconds": 0.0}
-    images, labels = load_fashion_mnist(subset, n, cache, data_dir)
-    start = time.perf_counter()
-    feats = encode_images(images, image_size, batch_size, progress)
-    seconds = time.perf_counter() - start
-    path = candidates[0]
-    save_features(path, feats, labels, {"subset": subset, "count": n, "image_size": image_size,
-                                        "model": VISUAL_MODEL, "seconds": seconds,
-                                        "torch": str(torch.__version__)})
-    return feats, labels, {"path": str(path), "cached": False, "seconds": seconds}
+
+    def compute():
+        images, labels = load_fashion_mnist(subset, n, cache, data_dir)
+        return encode_images(images, image_size, batch_size, progress), labels
+
+    return cached_features(candidates, compute, {"subset": subset, "count": n, "image_size": image_size}, rows=n)
 
 
 # --------------------------------------------------------------------------- text features

@@ -1,19 +1,27 @@
-"""Real-data accuracy demo: Fashion-MNIST, frozen EfficientNet-Lite0 / MiniLM features.
+"""Real-data accuracy demo: Fashion-MNIST or emoji, frozen EfficientNet-Lite0 / MiniLM features.
 
 Trains and evaluates, on the same features, split and seeds:
 
 * ``linear probe``: a linear classifier on ``v``;
 * ``one-step mapping``: MLP ``v -> t_y`` (MSE to the class's MiniLM feature), then a linear head;
-* ``SeDA``: the two-stage model with MiniLM class texts;
+* ``SeDA``: the two-stage model with MiniLM texts: class texts on Fashion-MNIST, per-sample texts
+  (each emoji's name, ``text_kind="sample"``) on emoji;
 * ``SeDA K1=K2=1``: the same with one sampling step per stage;
 * ``SeDA random text``: MiniLM texts replaced by random unit vectors (the control: a closed-set
   map can score as well with meaningless targets, so this row shows whether the text helps).
 
 Visual features are standardised with the training split's per-dimension mean/std (the same
 input for every method). Prints a table (accuracy mean ± std over the seeds, train time) and
-writes JSON to ``benchmarks/results/demo_quick.json`` or ``demo_full.json``.
+writes JSON to ``benchmarks/results/demo_quick.json`` or ``demo_full.json``
+(``demo_emoji_group.json`` / ``demo_emoji_subgroup.json`` for emoji).
 
-Run: ``python -m seda_fast demo [--quick]``.
+Datasets: ``fmnist`` (see :mod:`seda_fast.data`) and ``emoji`` (see :mod:`seda_fast.emoji`: Noto
+Color Emoji rendered with Pillow, labelled by Unicode group or subgroup, split by emoji). On emoji
+the one-step mapping still targets class texts (it needs one target per class) and the random-text
+control draws one random unit vector per emoji.
+
+Run: ``python -m seda_fast demo [--quick]`` or ``python -m seda_fast demo --dataset emoji
+--label-level group|subgroup``.
 """
 from __future__ import annotations
 
@@ -76,33 +84,122 @@ def _features(mode: dict, cache, progress: bool):
     return (v_tr - mean) / std, y_tr, (v_te - mean) / std, y_te, info
 
 
-def _run_seda(cfg: SeDAConfig, settings: dict, seed: int, text, train, test, progress: bool):
+EMOJI_MODE = dict(image_size=64, views=4, test_fraction=0.25, split_seed=0, skin_tones=False,
+                  seda=dict(stage1_epochs=20, stage2_epochs=20, batch_size=256, lr=1e-3, weight_decay=1e-4),
+                  probe=dict(epochs=60, batch_size=256, lr=1e-3, weight_decay=1e-4),
+                  one_step=dict(map_epochs=30, head_epochs=30, batch_size=256, lr=1e-3, weight_decay=1e-4))
+DATASETS = ("fmnist", "emoji")
+
+
+def _run_seda(cfg: SeDAConfig, settings: dict, seed: int, text, train, test, progress: bool,
+              text_kind: str = "auto"):
     model = make_model(cfg, seed=seed)
     trainer = Trainer(model, seed=seed, progress=progress, **settings)
     start = time.perf_counter()
-    trainer.fit(train[0], train[1], text)
+    trainer.fit(train[0], train[1], text, text_kind=text_kind)
     seconds = time.perf_counter() - start
     return trainer.evaluate(*test), seconds, trainer.history
 
 
-def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, out: str | os.PathLike | None = None,
-        methods=METHODS) -> dict:
-    """Run the demo; returns the results dict (also written as JSON to ``out``)."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"methods must be among {METHODS}, got unknown {unknown}")
-    wall = time.perf_counter()
-    torch.set_flush_denormal(True)  # late in a cosine decay, denormal Adam states slow CPUs ~20x
+def _fmnist_setup(quick: bool, cache, progress: bool) -> dict:
     name = "quick" if quick else "full"
     mode = MODES[name]
     v_tr, y_tr, v_te, y_te, feat_info = _features(mode, cache, progress)
     text_start = time.perf_counter()
     class_text = data.class_text_features()
     text_seconds = time.perf_counter() - text_start
-    train, test = (v_tr, y_tr), (v_te, y_te)
-    cfg = SeDAConfig(visual_dim=v_tr.shape[1], text_dim=class_text.shape[1], num_classes=len(data.CLASS_NAMES),
+    num_classes = len(data.CLASS_NAMES)
+    return {
+        "mode": name, "settings": mode, "train": (v_tr, y_tr), "test": (v_te, y_te), "num_classes": num_classes,
+        "class_text": class_text, "seda_text": class_text, "text_kind": "class",
+        "random_text": lambda seed: data.random_class_features(num_classes, class_text.shape[1], seed=1000 + seed),
+        "out_name": f"demo_{name}.json",
+        "data": {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)", "train": mode["train"],
+                 "test": mode["test"], "image_size": mode["image_size"], "visual_encoder": data.VISUAL_MODEL,
+                 "text_encoder": data.TEXT_MODEL, "class_texts": list(data.CLASS_DESCRIPTIONS),
+                 "standardised": "per-dimension mean/std of the training features",
+                 "feature_extraction_seconds": feat_info["extraction_seconds"],
+                 "features_from_cache": feat_info["train"]["cached"] and feat_info["test"]["cached"],
+                 "feature_load_seconds": feat_info["load_seconds"], "text_encode_seconds": text_seconds},
+        "notes": TUNING_NOTES,
+    }
+
+
+def _emoji_setup(level: str, cache, progress: bool, limit=None) -> dict:
+    from . import emoji
+
+    mode = EMOJI_MODE
+    start = time.perf_counter()
+    ds = emoji.emoji_dataset(level, image_size=mode["image_size"], views=mode["views"],
+                             skin_tones=mode["skin_tones"], test_fraction=mode["test_fraction"],
+                             seed=mode["split_seed"], limit=limit, cache=cache, progress=progress)
+    load_seconds = time.perf_counter() - start
+    mean, std = ds.v_train.mean(0), ds.v_train.std(0).clamp_min(1e-6)
+    train = ((ds.v_train - mean) / std, ds.y_train)
+    test = ((ds.v_test - mean) / std, ds.y_test)
+    class_text = data.text_features(ds.class_texts)
+    num_classes = len(ds.class_names)
+    num_emoji, text_dim = ds.name_text.shape
+    majority = float(torch.bincount(ds.y_test, minlength=num_classes).max()) / ds.y_test.numel()
+    info = ds.info
+    return {
+        "mode": f"emoji-{level}", "settings": mode, "train": train, "test": test, "num_classes": num_classes,
+        "class_text": class_text, "seda_text": ds.text_train, "text_kind": "sample",
+        # the control: one random unit vector per emoji (shared by its views, like its name's embedding)
+        "random_text": lambda seed: data.random_class_features(num_emoji, text_dim, seed=1000 + seed)[ds.emoji_train],
+        "out_name": f"demo_emoji_{level}.json",
+        "data": {"dataset": f"emoji (Debian {emoji.FONT_PACKAGE} rendered with Pillow, names and groups from "
+                            f"{emoji.UNICODE_PACKAGE} {emoji.TEST_FILE})",
+                 "label_level": level, "num_classes": num_classes, "class_names": ds.class_names,
+                 "class_texts": ds.class_texts, "train": int(train[0].shape[0]), "test": int(test[0].shape[0]),
+                 "train_emoji": info["train_emoji"], "test_emoji": info["test_emoji"], "views": info["views"],
+                 "emoji_kept": info["kept"], "emoji_skipped_no_glyph": info["skipped"],
+                 "skipped_names": info["skipped_names"], "skin_tones": info["skin_tones"],
+                 "split": "by base emoji within each subgroup (no emoji on both sides); train: all views, "
+                          "test: the canonical view", "test_fraction": info["test_fraction"],
+                 "image_size": mode["image_size"], "visual_encoder": data.VISUAL_MODEL,
+                 "text_encoder": data.TEXT_MODEL, "sample_texts": "each emoji's name (emoji-test.txt)",
+                 "majority_class_accuracy": majority,
+                 "standardised": "per-dimension mean/std of the training features",
+                 "feature_extraction_seconds": info["feature_cache"]["seconds"],
+                 "features_from_cache": info["feature_cache"]["cached"], "feature_load_seconds": load_seconds,
+                 "font_sha256": info.get("font_sha256"), "emoji_test_sha256": info["emoji_test_sha256"]},
+        "notes": EMOJI_NOTES,
+    }
+
+
+EMOJI_NOTES = [
+    "SeDA config and lr as for Fashion-MNIST; epochs raised (20+20, probe 60, one-step 30+30) because the "
+    "emoji train split is ~5.6k rows (1391 emoji x 4 views) instead of 10k; not tuned on the test split.",
+    "one-step mapping maps to class texts ('an emoji of the group ...'), since it needs class targets; SeDA "
+    "uses the per-sample name texts (text_kind='sample'); SeDA random text uses one random unit vector per emoji.",
+]
+
+
+def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, out: str | os.PathLike | None = None,
+        methods=METHODS, dataset: str = "fmnist", label_level: str = "group", limit: int | None = None) -> dict:
+    """Run the demo; returns the results dict (also written as JSON to ``out``).
+
+    ``dataset="fmnist"`` (``quick``: the 10k/2k subset) or ``"emoji"`` (``label_level``
+    ``"group"`` or ``"subgroup"``; ``limit``: an evenly spaced subset of the emoji, for tests).
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods must be among {METHODS}, got unknown {unknown}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if label_level not in ("group", "subgroup"):
+        raise ValueError(f"label_level must be 'group' or 'subgroup', got {label_level!r}")
+    wall = time.perf_counter()
+    torch.set_flush_denormal(True)  # late in a cosine decay, denormal Adam states slow CPUs ~20x
+    setup = (_fmnist_setup(quick, cache, progress) if dataset == "fmnist"
+             else _emoji_setup(label_level, cache, progress, limit))
+    mode = setup["settings"]
+    train, test, num_classes, class_text = setup["train"], setup["test"], setup["num_classes"], setup["class_text"]
+    v_tr = train[0]
+    cfg = SeDAConfig(visual_dim=v_tr.shape[1], text_dim=class_text.shape[1], num_classes=num_classes,
                      **SEDA_CONFIG)
     cfg_k1 = SeDAConfig(**{**cfg.to_dict(), "learner_steps": 1, "translator_steps": 1})
 
@@ -111,7 +208,7 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
         for method in methods:
             start = time.perf_counter()
             if method == "linear probe":
-                model, _ = baselines.train_linear_probe(*train, len(data.CLASS_NAMES), seed=seed, progress=progress,
+                model, _ = baselines.train_linear_probe(*train, num_classes, seed=seed, progress=progress,
                                                         **mode["probe"])
                 seconds = time.perf_counter() - start
                 acc = baselines.accuracy(model, *test)
@@ -121,10 +218,9 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
                 seconds = time.perf_counter() - start
                 acc = baselines.accuracy(model, *test)
             else:
-                text = data.random_class_features(len(data.CLASS_NAMES), class_text.shape[1], seed=1000 + seed) \
-                    if method == "SeDA random text" else class_text
+                text = setup["random_text"](seed) if method == "SeDA random text" else setup["seda_text"]
                 acc, seconds, _ = _run_seda(cfg_k1 if method == "SeDA K1=K2=1" else cfg, mode["seda"], seed,
-                                            text, train, test, progress)
+                                            text, train, test, progress, text_kind=setup["text_kind"])
             per_method[method].append({"seed": seed, "accuracy": acc, "train_seconds": seconds})
             print(f"  seed {seed}  {method:<18} acc {100 * acc:6.2f}%  ({seconds:.1f} s)", flush=True)
 
@@ -136,26 +232,20 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
                            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                            "train_seconds_mean": statistics.fmean(secs), "per_seed": rows}
     results = {
-        "mode": name,
+        "mode": setup["mode"],
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": str(torch.__version__), "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "data": {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)", "train": mode["train"],
-                 "test": mode["test"], "image_size": mode["image_size"], "visual_encoder": data.VISUAL_MODEL,
-                 "text_encoder": data.TEXT_MODEL, "class_texts": list(data.CLASS_DESCRIPTIONS),
-                 "standardised": "per-dimension mean/std of the training features",
-                 "feature_extraction_seconds": feat_info["extraction_seconds"],
-                 "features_from_cache": feat_info["train"]["cached"] and feat_info["test"]["cached"],
-                 "feature_load_seconds": feat_info["load_seconds"], "text_encode_seconds": text_seconds},
-        "seda_config": cfg.to_dict(), "seda_trainer": mode["seda"], "linear_probe": mode["probe"],
-        "one_step_mapping": {**mode["one_step"], "hidden": cfg.hidden},
-        "seeds": list(range(seeds)), "results": summary, "tuning_notes": TUNING_NOTES,
+        "data": setup["data"],
+        "seda_config": cfg.to_dict(), "seda_trainer": {**mode["seda"], "text_kind": setup["text_kind"]},
+        "linear_probe": mode["probe"], "one_step_mapping": {**mode["one_step"], "hidden": cfg.hidden},
+        "seeds": list(range(seeds)), "results": summary, "tuning_notes": setup["notes"],
         "wall_seconds": time.perf_counter() - wall,
     }
     print()
     print(format_table(results))
     if out is None:
-        out = RESULTS_DIR / f"demo_{name}.json"
+        out = RESULTS_DIR / setup["out_name"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -168,8 +258,14 @@ def format_table(results: dict) -> str:
     d = results["data"]
     feats = ("cached" if d["features_from_cache"]
              else "extracted in {:.0f} s".format(d["feature_extraction_seconds"]))
-    lines = [f"Fashion-MNIST {results['mode']}: {d['train']} train / {d['test']} test, "
-             f"{len(results['seeds'])} seeds, EfficientNet-Lite0 {d['image_size']} px "
+    if "label_level" in d:
+        head = (f"Emoji by {d['label_level']} ({d['num_classes']} classes): {d['train']} train images "
+                f"({d['train_emoji']} emoji x {d['views']} views) / {d['test']} test emoji, "
+                f"{d['emoji_skipped_no_glyph']} emoji skipped (no glyph), "
+                f"majority class {100 * d['majority_class_accuracy']:.2f} %, ")
+    else:
+        head = f"Fashion-MNIST {results['mode']}: {d['train']} train / {d['test']} test, "
+    lines = [head + f"{len(results['seeds'])} seeds, EfficientNet-Lite0 {d['image_size']} px "
              f"(features {feats}), wall {results['wall_seconds']:.0f} s",
              "", "| method | accuracy (%) | train time (s) |", "|---|---|---|"]
     for method, r in results["results"].items():
@@ -180,11 +276,18 @@ def format_table(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seda_fast demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10k train / 2k test subset (< 5 min on 2 cores)")
+    parser.add_argument("--dataset", choices=DATASETS, default="fmnist",
+                        help="fmnist (Fashion-MNIST, class texts) or emoji (Noto emoji, per-sample name texts)")
+    parser.add_argument("--label-level", choices=("group", "subgroup"), default="group",
+                        help="emoji labels: 9 groups or 99 subgroups (default group)")
+    parser.add_argument("--quick", action="store_true", help="Fashion-MNIST: 10k train / 2k test subset "
+                        "(< 5 min on 2 cores); emoji is always one size")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     parser.add_argument("--cache", default=None, help="cache folder (default $SEDA_FAST_CACHE or ~/.cache/seda_fast)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/demo_<mode>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/demo_<mode>.json, "
+                        "demo_emoji_<level>.json)")
     parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     args = parser.parse_args(argv)
-    run(quick=args.quick, seeds=args.seeds, cache=args.cache, progress=not args.no_progress, out=args.out)
+    run(quick=args.quick, seeds=args.seeds, cache=args.cache, progress=not args.no_progress, out=args.out,
+        dataset=args.dataset, label_level=args.label_level)
     return 0

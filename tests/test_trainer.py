@@ -116,6 +116,33 @@ def test_per_sample_text():
     assert torch.isfinite(torch.tensor(tr.history[-1]["loss"]))
 
 
+def test_per_sample_text_rows_follow_their_samples():
+    """``text_kind="sample"``: each shuffled mini-batch gets its own rows of the per-sample text.
+    Per-sample rows equal to ``class_text[labels]`` train exactly like the class texts; changing one
+    sample's row changes the result; an N == num_classes dataset is read as per-sample when told."""
+    visual, labels, class_text = problem(n=40)
+    runs = []
+    for text, kind in ((class_text, "class"), (class_text[labels], "sample")):
+        tr = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=2)
+        tr.fit(visual, labels, text, text_kind=kind)
+        runs.append(tr.model.state_dict())
+    for key in runs[0]:
+        torch.testing.assert_close(runs[0][key], runs[1][key], rtol=1e-5, atol=1e-6, msg=key)
+    edited = class_text[labels].clone()
+    edited[7] += 1.0
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=2)
+    tr.fit(visual, labels, edited, text_kind="sample")
+    assert not torch.allclose(tr.model.head.weight, runs[0]["head.weight"])
+
+    n = CFG["num_classes"]  # as many samples as classes: "auto" would read class texts
+    small = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=1, batch_size=2)
+    small.fit(visual[:n], labels[:n], torch.randn(n, CFG["text_dim"]), text_kind="sample")
+    assert small.epochs_done == {1: 1, 2: 1}
+    fresh = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=1)
+    with pytest.raises(ValueError, match="per-sample text"):  # 4 rows for 40 samples
+        fresh.fit(visual, labels, torch.randn(n, CFG["text_dim"]), text_kind="sample")
+
+
 @pytest.mark.parametrize("kw, exc, name", [
     ({"stage1_epochs": -1}, ValueError, "stage1_epochs"),
     ({"stage2_epochs": 1.5}, TypeError, "stage2_epochs"),
