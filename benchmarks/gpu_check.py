@@ -4,7 +4,8 @@
     python benchmarks/gpu_check.py [OUT_JSON]          # default: $OUT/gpu_check.json
     python benchmarks/gpu_check.py --dry-run [OUT_JSON] # CPU, Triton interpreter, tiny config
 
-1. GPU parity tests (``tests/test_fused_inference.py``, bf16 and the throughput tiles included).
+1. GPU kernel tests (``tests/test_fused_inference.py``, ``test_training_ops.py``,
+   ``test_denoiser_train.py``: bf16, the throughput tiles, autocast and torch.compile on CUDA).
 2. Inference timings, default config (d=512, H=1024, L=2, K1=K2=10, Dv=1280, C=10), bf16 and fp32,
    B = 1, 64, 1024, 16384: median ms over CUDA events after warm-up, each timed call synchronised:
    * ``eager``: ``reference.infer`` (the eager backend as users run it, tables built per call);
@@ -52,10 +53,15 @@ def time_ms(fn, warmup: int, iters: int, cuda: bool) -> float:
     return bench_lib.summarize(bench_lib.device_times(fn, warmup, iters, cuda))["median_ms"]
 
 
+# Kernel tests whose bf16 / throughput-tile / torch.compile-on-CUDA cases only run on a GPU.
+GPU_TEST_FILES = ("test_fused_inference.py", "test_training_ops.py", "test_denoiser_train.py")
+
+
 def run_parity_tests(dry: bool) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_fused_inference.py")]
+    files = [ROOT / "tests" / name for name in GPU_TEST_FILES]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, files)]
     if dry:
-        cmd += ["-k", "fp32_parity and 1-1-1"]
+        cmd = cmd[:-len(files)] + [str(files[0]), "-k", "fp32_parity and 1-1-1"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
