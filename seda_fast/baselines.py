@@ -90,6 +90,7 @@ def train_linear_probe(visual: torch.Tensor, labels: torch.Tensor, num_classes: 
     check_dataset(visual, labels)
     _check_common(epochs, batch_size, lr, weight_decay, seed)
     C = _num_classes(labels, num_classes)
+    check_dataset(visual, labels, num_classes=C)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LinearProbe(visual.shape[1], C).to(device=visual.device, dtype=visual.dtype)
@@ -115,9 +116,7 @@ def train_one_step_mapping(visual: torch.Tensor, labels: torch.Tensor, text: tor
     val.check_int("hidden", hidden)
     val.check_features("text", text)
     C = text.shape[0]
-    if int(labels.min()) < 0 or int(labels.max()) >= C:
-        raise ValueError(f"labels must be in [0, {C}) (text has {C} class rows), "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    check_dataset(visual, labels, num_classes=C)  # text has one row per class
     text = text.to(device=visual.device, dtype=visual.dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -9,8 +9,10 @@ over eager vs batch per provider; measured time over the cost model's floor).
 Providers of one inference call (all run the same math, SPEC "Inference"):
 
 * ``eager`` - :func:`seda_fast.reference.infer` as users run it;
-* ``cuda_graph`` - a CUDA graph of the eager loop (weight-only tables precomputed);
-* ``compile_max_autotune`` / ``compile_reduce_overhead`` - ``torch.compile`` of the eager loop;
+* ``cuda_graph`` - a CUDA graph of the eager loop;
+* ``compile_max_autotune`` / ``compile_reduce_overhead`` - ``torch.compile`` of the eager loop
+  (these two get the weight-only tables precomputed, as the fused path caches them; ``eager``
+  rebuilds them each call, as the eager backend does);
 * ``triton`` - the fused kernels (``SeDA(backend="triton")``).
 
 Device times are measured with CUDA events on a GPU (each timed call synchronised) and with
@@ -102,7 +104,7 @@ def inference_provider(name: str, model, visual: torch.Tensor):
         if not cuda:
             raise ProviderUnavailable("CUDA graphs need a CUDA device")
         return cuda_graph(no_grad(lambda: reference.infer(model, visual, tables=tables)))
-    if name.startswith("compile_"):
+    if name in ("compile_max_autotune", "compile_reduce_overhead"):
         mode = name[len("compile_"):].replace("_", "-")
         compiled = torch.compile(reference.infer, mode=mode, dynamic=False)
         return no_grad(lambda: compiled(model, visual, tables=tables))

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import validation as val
+
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 SUBSETS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60000),
@@ -251,8 +253,8 @@ def encode_images(images: torch.Tensor, image_size: int = 64, batch_size: int = 
     from tqdm.auto import tqdm
 
     _check_images(images)
-    _positive("image_size", image_size)
-    _positive("batch_size", batch_size)
+    val.check_int("image_size", image_size)
+    val.check_int("batch_size", batch_size)
     encoder = load_visual_encoder(image_size) if encoder is None else encoder
     out = torch.empty(images.shape[0], VISUAL_DIM)
     with tqdm(total=images.shape[0], desc=f"EfficientNet-Lite0 {image_size}px", unit="img",
@@ -263,13 +265,6 @@ def encode_images(images: torch.Tensor, image_size: int = 64, batch_size: int = 
             out[start:start + x.shape[0]] = fmap.mean(dim=(2, 3))
             bar.update(x.shape[0])
     return out
-
-
-def _positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def _digest(features: torch.Tensor, labels: torch.Tensor) -> str:
@@ -352,7 +347,7 @@ def visual_features(subset: str = "train", limit: int | None = None, image_size:
     """
     _check_subset(subset)
     n = _check_limit(limit, subset)
-    _positive("image_size", image_size)
+    val.check_int("image_size", image_size)
     total = SUBSETS[subset][2]
     candidates = [feature_cache_path(subset, n, image_size, cache)]
     if n != total:
@@ -378,9 +373,11 @@ def text_model_path() -> Path:
 @torch.no_grad()
 def text_features(sentences=CLASS_DESCRIPTIONS, batch_size: int = 64) -> torch.Tensor:
     """Encode sentences with all-MiniLM-L6-v2 (offline): ``[len(sentences), 384]`` float32, unit rows."""
-    if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+    if isinstance(sentences, str):
+        raise TypeError("sentences must be a sequence of str, not one str")
+    sentences = list(sentences)  # before the type check: a generator would be used up by it
+    if not all(isinstance(s, str) for s in sentences):
         raise TypeError("sentences must be a sequence of str")
-    sentences = list(sentences)
     if not sentences:
         raise ValueError("sentences is empty; need at least one sentence")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -399,8 +396,8 @@ def class_text_features() -> torch.Tensor:
 
 def random_class_features(num_classes: int = len(CLASS_NAMES), dim: int = TEXT_DIM, seed: int = 0) -> torch.Tensor:
     """Control for the text: ``[num_classes, dim]`` Gaussian rows scaled to unit norm (like MiniLM's)."""
-    _positive("num_classes", num_classes)
-    _positive("dim", dim)
+    val.check_int("num_classes", num_classes)
+    val.check_int("dim", dim)
     g = torch.Generator().manual_seed(int(seed))
     x = torch.randn(num_classes, dim, generator=g)
     return x / x.norm(dim=1, keepdim=True)

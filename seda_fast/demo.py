@@ -192,6 +192,8 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if label_level not in ("group", "subgroup"):
         raise ValueError(f"label_level must be 'group' or 'subgroup', got {label_level!r}")
+    if limit is not None and out is None:  # a subset run must not overwrite the committed full results
+        raise ValueError("limit is for test-sized runs: pass out= as well")
     wall = time.perf_counter()
     setup = (_fmnist_setup(quick, cache, progress) if dataset == "fmnist"
              else _emoji_setup(label_level, cache, progress, limit))
@@ -235,7 +237,7 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": str(torch.__version__), "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "data": setup["data"],
+        "data": {**setup["data"], "limit": limit},
         "seda_config": cfg.to_dict(), "seda_trainer": {**mode["seda"], "text_kind": setup["text_kind"]},
         "linear_probe": mode["probe"], "one_step_mapping": {**mode["one_step"], "hidden": cfg.hidden},
         "seeds": list(range(seeds)), "results": summary, "tuning_notes": setup["notes"],

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from . import data
+from . import validation as val
 
 FONT_PACKAGE = "fonts-noto-color-emoji"
 FONT_DIR = Path("/usr/share/fonts/truetype/noto")
@@ -174,7 +175,7 @@ def _emoji_seed(emoji: Emoji, seed: int) -> int:
 def view_params(emoji: Emoji, views: int, seed: int = 0) -> list[tuple[float, float, float]]:
     """``(scale, dx, dy)`` per view: scale of the longer side as a fraction of the canvas, offsets
     in [-1, 1] as fractions of half the free margin. View 0 is ``(0.9, 0, 0)``."""
-    data._positive("views", views)
+    val.check_int("views", views)
     rng = np.random.default_rng(_emoji_seed(emoji, seed))
     params = [(CANONICAL_SCALE, 0.0, 0.0)]
     for _ in range(views - 1):
@@ -188,7 +189,7 @@ def place(drawing, size: int, scale: float = CANONICAL_SCALE, dx: float = 0.0, d
     """Composite an RGBA drawing on a white ``size x size`` canvas: ``[3, size, size]`` uint8."""
     from PIL import Image
 
-    data._positive("size", size)
+    val.check_int("size", size)
     if not 0.0 < scale <= 1.0:
         raise ValueError(f"scale must be in (0, 1], got {scale}")
     w, h = drawing.size
@@ -204,7 +205,7 @@ def place(drawing, size: int, scale: float = CANONICAL_SCALE, dx: float = 0.0, d
 
 def render(font, emoji_list, size: int, views: int = 1, seed: int = 0) -> torch.Tensor:
     """``[len(emoji_list) * views, 3, size, size]`` uint8, emoji-major (row ``e * views + k``)."""
-    data._positive("views", views)
+    val.check_int("views", views)
     out = np.empty((len(emoji_list) * views, 3, size, size), dtype=np.uint8)
     for e, emoji in enumerate(emoji_list):
         drawing = glyph(font, emoji)
@@ -318,8 +319,8 @@ def emoji_dataset(level: str = "group", image_size: int = 64, views: int = 4, sk
     """The emoji dataset as frozen-encoder features (visual features cached on disk like
     Fashion-MNIST's: keyed by the font and emoji-test checksums, the emoji, views, size and seed)."""
     _check_level(level)
-    data._positive("image_size", image_size)
-    data._positive("views", views)
+    val.check_int("image_size", image_size)
+    val.check_int("views", views)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     kept, skipped, font, src = load_emoji(skin_tones, limit, cache)

@@ -41,10 +41,11 @@ def make_model(config: SeDAConfig, seed: int = 0, backend: str = "auto") -> SeDA
 
 
 def check_dataset(visual, labels, visual_name: str = "visual", labels_name: str = "labels",
-                  num_classes: int | None = None, visual_dim: int | None = None) -> None:
+                  num_classes: int | None = None, visual_dim: int | None = None,
+                  device: torch.device | None = None) -> None:
     """``visual [N, D]`` floating and ``labels [N]`` integer (in ``[0, num_classes)``), N >= 1,
-    on the same device."""
-    val.check_features(visual_name, visual, visual_dim)
+    on the same device (``device``, the model's, when given)."""
+    val.check_features(visual_name, visual, visual_dim, device)
     if isinstance(labels, torch.Tensor) and labels.dim() == 1 and labels.shape[0] != visual.shape[0]:
         raise ValueError(f"{visual_name} has {visual.shape[0]} rows but {labels_name} has {labels.shape[0]}; "
                          "they must have the same length")
@@ -154,6 +155,7 @@ class Trainer:
         if text.dim() != 2 or text.shape[1] != cfg.text_dim or text.shape[0] not in (cfg.num_classes, n):
             raise ValueError(f"text must have shape [{cfg.num_classes}, {cfg.text_dim}] (class texts) or "
                              f"[{n}, {cfg.text_dim}] (one per training sample), got {list(text.shape)}")
+        val.check_device("text", text, self.model.device)
         if text_kind == "auto":
             text_kind = "class" if text.shape[0] == cfg.num_classes else "sample"
         if text_kind == "class" and text.shape[0] != cfg.num_classes:
@@ -175,12 +177,16 @@ class Trainer:
         """
         cfg = self.model.config
         budget = None if max_epochs is None else val.check_int("max_epochs", max_epochs, 0)
-        check_dataset(visual, labels, num_classes=cfg.num_classes, visual_dim=cfg.visual_dim)
+        device = self.model.device
+        if self.generator.device.type != device.type:
+            raise ValueError(f"the model is on {device} but the trainer's generator is on {self.generator.device}: "
+                             "move the model before building the Trainer")
+        check_dataset(visual, labels, num_classes=cfg.num_classes, visual_dim=cfg.visual_dim, device=device)
         if (eval_visual is None) != (eval_labels is None):
             raise ValueError("eval_visual and eval_labels must be given together")
         if eval_visual is not None:
             check_dataset(eval_visual, eval_labels, "eval_visual", "eval_labels",
-                          num_classes=cfg.num_classes, visual_dim=cfg.visual_dim)
+                          num_classes=cfg.num_classes, visual_dim=cfg.visual_dim, device=device)
         if self.stage2_epochs > self.epochs_done[2]:
             if text is None:
                 raise ValueError("text is required for stage 2 ([num_classes, text_dim] class texts "
@@ -193,6 +199,10 @@ class Trainer:
                 self.model.set_stage(stage)
                 self.optimizer = None
             steps = math.ceil(visual.shape[0] / self.batch_size)
+            if self.optimizer is not None and self._steps_per_epoch != steps and self.epochs_done[stage] > 0:
+                raise ValueError(
+                    f"stage {stage} is part-done with {self._steps_per_epoch} steps per epoch but this data gives "
+                    f"{steps}: resume with the same training data (a new size would reset AdamW and the schedule)")
             if self.optimizer is None or self._steps_per_epoch != steps:
                 self._new_optimizer(stage, steps)
             while self.epochs_done[stage] < epochs:
@@ -294,6 +304,7 @@ class Trainer:
             "history": [dict(h) for h in self.history],
             "trainer": self.settings(),
             "generator": self.generator.get_state(),
+            "generator_device": self.generator.device.type,
             "torch": str(torch.__version__),
         }
 
@@ -317,7 +328,7 @@ class Trainer:
             raise ValueError(f"{path} is not a seda_fast trainer checkpoint (format {_CHECKPOINT_FORMAT})")
         config = SeDAConfig.from_dict(ckpt["config"])
         if model is None:
-            model = SeDA(config, backend=backend)
+            model = make_model(config, backend=backend)
         elif not isinstance(model, SeDA):
             raise TypeError(f"model must be a seda_fast.SeDA or None, got {type(model).__name__}")
         elif model.config != config:
@@ -330,6 +341,10 @@ class Trainer:
         trainer = cls(model, progress=progress, **ckpt["trainer"])
         trainer.history = [dict(h) for h in ckpt["history"]]
         trainer.epochs_done = {int(k): int(v) for k, v in ckpt["epochs_done"].items()}
+        saved = ckpt.get("generator_device", "cpu")
+        if saved != model.device.type:
+            raise ValueError(f"{path} was saved with its random generator on {saved} but the model is on "
+                             f"{model.device}: load it into a model on {saved} (the draws are device-specific)")
         trainer.generator.set_state(ckpt["generator"])
         if ckpt["optimizer"] is not None:
             trainer._new_optimizer(ckpt["stage"], ckpt["steps_per_epoch"])

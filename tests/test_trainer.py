@@ -204,3 +204,21 @@ def test_baselines_learn_and_reject_bad_arguments():
         baselines.train_linear_probe(visual, labels, lr=0)
     with pytest.raises(ValueError, match="labels must be in"):
         baselines.train_one_step_mapping(visual, labels, text[:2])
+
+
+def test_resume_with_other_data_size_and_wrong_device_are_clear_errors(tmp_path):
+    """Review findings: a part-done stage resumed on differently sized data would silently reset
+    AdamW and the schedule; data or text on another device than the model is named up front."""
+    import seda_fast as sf
+    from seda_fast.trainer import Trainer, make_model
+
+    cfg = sf.SeDAConfig(visual_dim=6, text_dim=4, num_classes=3, dim=8, hidden=8, learner_steps=1,
+                        translator_steps=1)
+    g = torch.Generator().manual_seed(0)
+    v, y = torch.randn(16, 6, generator=g), torch.arange(16) % 3
+    trainer = Trainer(make_model(cfg), stage1_epochs=2, stage2_epochs=0, batch_size=4, progress=False)
+    trainer.fit(v, y, max_epochs=1)
+    with pytest.raises(ValueError, match="part-done"):
+        trainer.fit(v[:12], y[:12])
+    with pytest.raises(ValueError, match="visual is on meta"):
+        trainer.fit(torch.empty(16, 6, device="meta"), y)
