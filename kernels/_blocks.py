@@ -81,10 +81,7 @@ def linear_layernorm_rows(x_ptr, x_stride, rows, w_ptr, b_ptr, g_ptr, beta_ptr, 
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                           LOWP: tl.constexpr, PREC: tl.constexpr):
     """Scratch ``y [BM, d] = LayerNorm(X W^T + b)`` (biased variance, two passes, like torch)."""
-    for n0 in range(0, d, BN):
-        acc = matmul_tile(tl.zeros((BM, BN), tl.float32), x_ptr, x_stride, rows, w_ptr, n0, d, Din,
-                          BM, BN, BK, LOWP, PREC)
-        store_tile(y_ptr, d, BM, n0, d, acc + load_vec(b_ptr, n0, d, BN)[None, :], BM, BN)
+    linear_rows(x_ptr, x_stride, rows, w_ptr, b_ptr, Din, d, y_ptr, d, BM, BM, BN, BK, LOWP, PREC)
     tl.debug_barrier()
     total = tl.zeros((BM,), tl.float32)
     for n0 in range(0, d, BN):

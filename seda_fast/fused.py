@@ -249,6 +249,13 @@ def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return copy
 
 
+def _in_dtype(weights, visual, dtype):
+    """Weights (cached casts) and input in the compute ``dtype`` (None: the weights' own)."""
+    if dtype is None or dtype == weights[0].dtype:
+        return weights, visual
+    return [_cast(w, dtype) for w in weights], visual.to(dtype)
+
+
 def compute_dtype(model, visual: torch.Tensor) -> torch.dtype:
     """The autocast dtype when autocast is on for ``visual``'s device, else the parameters' dtype
     (the eager backend's linears follow autocast the same way)."""
@@ -262,8 +269,7 @@ def infer_impl(visual, noise, weights, n_hidden: int, T: int, K1: int, K2: int, 
                dtype: torch.dtype | None = None):
     """Body of the ``seda_fast::fused_infer`` op: the two launches on a flat weight list, in
     ``dtype`` (default: the weights' dtype)."""
-    if dtype is not None and dtype != weights[0].dtype:
-        weights, visual = [_cast(w, dtype) for w in weights], visual.to(dtype)
+    weights, visual = _in_dtype(weights, visual, dtype)
     model = _view(weights, n_hidden, True, T, K1, K2, ln_eps)
     dtype = _check_dtype(model)
     tables = prepared(model)
@@ -297,8 +303,7 @@ def _(visual, noise, weights, n_hidden, T, K1, K2, ln_eps, dtype):
 @torch.library.custom_op("seda_fast::fused_semantic", mutates_args=())
 def _semantic_op(visual: torch.Tensor, weights: list[torch.Tensor], n_hidden: int, T: int, K1: int,
                  ln_eps: float, dtype: torch.dtype) -> torch.Tensor:
-    if dtype != weights[0].dtype:
-        weights, visual = [_cast(w, dtype) for w in weights], visual.to(dtype)
+    weights, visual = _in_dtype(weights, visual, dtype)
     model = _view(weights, n_hidden, False, T, K1, 1, ln_eps)
     _check_dtype(model)
     return _semantic(model, visual, prepared(model, translator=False)["learner"])[1]
