@@ -26,6 +26,13 @@ def silu(x):
 
 
 @triton.jit
+def dsilu(z):
+    """``d SiLU(z) / dz = s (1 + z (1 - s))``, ``s = sigmoid(z)`` (torch's formula)."""
+    s = tl.sigmoid(z)
+    return s * (1.0 + z * (1.0 - s))
+
+
+@triton.jit
 def load_tile(ptr, stride, rows, n0, N, BM: tl.constexpr, BN: tl.constexpr):
     """fp32 ``[BM, BN]`` tile ``ptr[r, n0 + j]`` (row stride ``stride``), zero outside ``rows x N``."""
     offs_m = tl.arange(0, BM)
@@ -149,4 +156,48 @@ def denoise_step(x_ptr, x0_ptr, cond_ptr, h_ptr, e_ptr, a_k, b_k,
         store_tile(x0_ptr, d, BM, n0, d, x0, BM, BN)
         x = load_tile(x_ptr, d, BM, n0, d, BM, BN)
         store_tile(x_ptr, d, BM, n0, d, a_k * x + b_k * x0, BM, BN)
+    tl.debug_barrier()
+
+
+@triton.jit
+def pfin_gate_rows(m_ptr, m_stride, x0_ptr, x0_stride, rows, e_ptr, sp_ptr, p_ptr, g_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wgm_ptr, wgu_ptr, bg_ptr, d, H,
+                   STORE_P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                   LOWP: tl.constexpr, PREC: tl.constexpr):
+    """PFIN's two input projections of one row block (rows of ``m`` and ``x0_hat``, ``e [H]``):
+    scratch ``sp [BM, H] = SiLU(p)`` with ``p = m W_pm + x0 W_pu + b_p + e`` (``p`` itself also to
+    ``p_ptr`` (row stride H, ``rows`` rows) when ``STORE_P``), then scratch
+    ``g [BM, d] = sigmoid(m W_gm + x0 W_gu + b_g)``. Ends with a barrier."""
+    for n0 in range(0, H, BN):
+        acc = matmul_tile(tl.zeros((BM, BN), tl.float32), m_ptr, m_stride, rows, wpm_ptr, n0, H, d,
+                          BM, BN, BK, LOWP, PREC)
+        acc = matmul_tile(acc, x0_ptr, x0_stride, rows, wpu_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
+        acc += load_vec(bp_ptr, n0, H, BN)[None, :] + load_vec(e_ptr, n0, H, BN)[None, :]
+        if STORE_P:
+            store_tile(p_ptr, H, rows, n0, H, acc, BM, BN)
+        store_tile(sp_ptr, H, BM, n0, H, silu(acc), BM, BN)
+    tl.debug_barrier()
+    # own phase: one accumulator live at a time
+    for n0 in range(0, d, BN):
+        gate = matmul_tile(tl.zeros((BM, BN), tl.float32), m_ptr, m_stride, rows, wgm_ptr, n0, d, d,
+                           BM, BN, BK, LOWP, PREC)
+        gate = matmul_tile(gate, x0_ptr, x0_stride, rows, wgu_ptr, n0, d, d, BM, BN, BK, LOWP, PREC)
+        gate = tl.sigmoid(gate + load_vec(bg_ptr, n0, d, BN)[None, :])
+        store_tile(g_ptr, d, BM, n0, d, gate, BM, BN)
+    tl.debug_barrier()
+
+
+@triton.jit
+def pfin_update_rows(m_ptr, m_stride, rows, sp_ptr, g_ptr, wpd_ptr, bpd_ptr, out_ptr, out_stride, out_rows, d, H,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                     LOWP: tl.constexpr, PREC: tl.constexpr):
+    """PFIN's gated update ``out = m + g * (SiLU(p) W_pd + b_pd)`` from :func:`pfin_gate_rows`'
+    scratch ``sp``/``g``; ``out`` may be another row block (``out_rows`` real rows). Ends with a
+    barrier."""
+    for n0 in range(0, d, BN):
+        delta = matmul_tile(tl.zeros((BM, BN), tl.float32), sp_ptr, H, BM, wpd_ptr, n0, d, H,
+                            BM, BN, BK, LOWP, PREC)
+        delta += load_vec(bpd_ptr, n0, d, BN)[None, :]
+        m = load_tile(m_ptr, m_stride, rows, n0, d, BM, BN) + load_tile(g_ptr, d, BM, n0, d, BM, BN) * delta
+        store_tile(out_ptr, out_stride, out_rows, n0, d, m, BM, BN)
     tl.debug_barrier()

@@ -17,7 +17,8 @@ Backward, given ``ga_up = dL/da`` (the center constraint reads ``a``) and ``gx0 
 * ``denoiser_bwd_act_kernel`` (one program per ``BM`` rows): ``gh = gx0 W_o``, then for
   l = L-2..0: ``gz_l = gh * SiLU'(z_l)``, ``gh <- gh + gz_l W_l``; finally
   ``ga = ga_up + gh * SiLU'(a)`` (= the gradient of ``cond`` and ``e_t``) and ``gx = ga W_x``.
-  ``gz [B, L-1, H]`` and ``ga [B, H]`` are kept in fp32 for the weight gradients.
+  ``gz [B, L-1, H]`` and ``ga [B, H]`` are stored in the input dtype (as eager autograd keeps
+  them) for the weight gradients; ``gh`` stays in an fp32 scratch slab.
 * ``denoiser_wgrad_kernel`` (one program per ``BN x BK`` weight tile): ``dW = G^T X`` and
   ``db = sum_rows G`` with the tile looping over ALL rows in a fixed order, so the result is
   deterministic (no atomics, no split over rows). Three launches: ``W_x`` (``G = ga``, ``X = x_t``),
@@ -25,7 +26,9 @@ Backward, given ``ga_up = dL/da`` (the center constraint reads ``a``) and ``gx0 
   ``X = h_{L-1}``).
 
 Math in fp32 whatever the input dtype; outputs and gradients are stored in the input dtype.
-Launches: forward 1, backward 4 (3 when L = 1).
+Launches: forward 1, backward 4 (3 when L = 1). The row-block bodies (:func:`denoiser_rows_forward`,
+:func:`denoiser_rows_backward`) and :func:`launch_wgrad` are reused by the stage-2 unroll
+(``translator_unroll.py``).
 """
 from __future__ import annotations
 
@@ -34,15 +37,42 @@ import triton
 import triton.language as tl
 
 from . import _blocks as blk
-from ._heuristics import check_hidden, check_matrix, check_vector, dot_mode, pick_blocks
+from ._heuristics import _clamp, check_hidden, check_matrix, check_vector, dot_mode, pick_blocks
 from ._launch import launch
 
 
 @triton.jit
-def _dsilu(z):
-    """``d SiLU(z) / dz = s (1 + z (1 - s))``, ``s = sigmoid(z)`` (torch's formula)."""
-    s = tl.sigmoid(z)
-    return s * (1.0 + z * (1.0 - s))
+def denoiser_rows_forward(x_ptr, x_stride, e_ptr, e_stride, cond_ptr, rows, wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr,
+                          x0_ptr, x0_stride, x0_rows, a_ptr, z_ptr, h_buf, d, H, n_hidden,
+                          SAVE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                          LOWP: tl.constexpr, PREC: tl.constexpr):
+    """The denoiser on one row block: ``x0_hat`` to ``x0_ptr`` (``x0_rows`` real rows); with ``SAVE``
+    also ``a`` (row stride H) and ``z`` (row stride (L-1) H) of the ``rows`` real rows. ``e_ptr``
+    rows have stride ``e_stride`` (0: one ``[H]`` row for all); ``h_buf``: two fp32 ``[BM, H]``
+    scratch slabs (ping-pong). Ends after the output store, without a barrier."""
+    zs = n_hidden * H
+    for n0 in range(0, H, BN):
+        acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), x_ptr, x_stride, rows, wx_ptr, n0, H, d,
+                              BM, BN, BK, LOWP, PREC)
+        acc += blk.load_tile(cond_ptr, H, rows, n0, H, BM, BN)
+        acc += blk.load_tile(e_ptr, e_stride, rows, n0, H, BM, BN)
+        if SAVE:
+            blk.store_tile(a_ptr, H, rows, n0, H, acc, BM, BN)
+        blk.store_tile(h_buf, H, BM, n0, H, blk.silu(acc), BM, BN)
+    tl.debug_barrier()
+    for layer in range(n_hidden):
+        src = h_buf + (layer % 2) * (BM * H)
+        dst = h_buf + ((layer + 1) % 2) * (BM * H)
+        for n0 in range(0, H, BN):
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), src, H, BM, wh_ptr + layer * H * H, n0, H, H,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bh_ptr + layer * H, n0, H, BN)[None, :]
+            if SAVE:
+                blk.store_tile(z_ptr + layer * H, zs, rows, n0, H, acc, BM, BN)
+            blk.store_tile(dst, H, BM, n0, H, blk.load_tile(src, H, BM, n0, H, BM, BN) + blk.silu(acc), BM, BN)
+        tl.debug_barrier()
+    last = h_buf + (n_hidden % 2) * (BM * H)
+    blk.linear_rows(last, H, BM, wo_ptr, bo_ptr, H, d, x0_ptr, x0_stride, x0_rows, BM, BN, BK, LOWP, PREC)
 
 
 @triton.jit
@@ -54,79 +84,74 @@ def denoiser_fwd_kernel(x_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr, 
     pid = tl.program_id(0).to(tl.int64)
     row0 = pid * BM
     rows = B - row0
-    zs = n_hidden * H  # row stride of z [B, L-1, H]
-    h_buf = scratch_ptr + pid * (2 * BM * H)
-    for n0 in range(0, H, BN):
-        acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), x_ptr + row0 * d, d, rows, wx_ptr, n0, H, d,
-                              BM, BN, BK, LOWP, PREC)
-        acc += blk.load_tile(cond_ptr + row0 * H, H, rows, n0, H, BM, BN)
-        acc += blk.load_tile(e_ptr + row0 * H, H, rows, n0, H, BM, BN)
-        blk.store_tile(a_ptr + row0 * H, H, rows, n0, H, acc, BM, BN)
-        blk.store_tile(h_buf, H, BM, n0, H, blk.silu(acc), BM, BN)
-    tl.debug_barrier()
-    for layer in range(n_hidden):
-        src = h_buf + (layer % 2) * (BM * H)
-        dst = h_buf + ((layer + 1) % 2) * (BM * H)
-        for n0 in range(0, H, BN):
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), src, H, BM, wh_ptr + layer * H * H, n0, H, H,
-                                  BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bh_ptr + layer * H, n0, H, BN)[None, :]
-            blk.store_tile(z_ptr + row0 * zs + layer * H, zs, rows, n0, H, acc, BM, BN)
-            blk.store_tile(dst, H, BM, n0, H, blk.load_tile(src, H, BM, n0, H, BM, BN) + blk.silu(acc), BM, BN)
-        tl.debug_barrier()
-    last = h_buf + (n_hidden % 2) * (BM * H)
-    blk.linear_rows(last, H, BM, wo_ptr, bo_ptr, H, d, x0_ptr + row0 * d, d, rows, BM, BN, BK, LOWP, PREC)
+    denoiser_rows_forward(x_ptr + row0 * d, d, e_ptr + row0 * H, H, cond_ptr + row0 * H, rows,
+                          wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr, x0_ptr + row0 * d, d, rows,
+                          a_ptr + row0 * H, z_ptr + row0 * (n_hidden * H), scratch_ptr + pid * (2 * BM * H),
+                          d, H, n_hidden, True, BM, BN, BK, LOWP, PREC)
 
 
 @triton.jit
-def _grad_h_epilogue(gh, layer, gh_buf, gz_ptr, z_ptr, zs, a_ptr, ga_up_ptr, ga_ptr, gact_ptr, H, rows, n0,
-                     BM: tl.constexpr, BN: tl.constexpr):
+def _grad_h_epilogue(gh, layer, gh_buf, gz_ptr, z_ptr, zs, a_ptr, ga_up_ptr, ga_ptr, gsum_ptr, H, rows, n0,
+                     HAS_UP: tl.constexpr, HAS_SUM: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """``gh [BM, BN]`` = dL/dh_layer (columns n0..): for layer > 0 keep it (the residual term of the
-    next phase) and store ``gz_{layer-1} = gh SiLU'(z_{layer-1})``; for layer 0 ``ga = ga_up + gh SiLU'(a)``."""
+    next phase) and store ``gz_{layer-1} = gh SiLU'(z_{layer-1})``; for layer 0 store
+    ``ga = gh SiLU'(a) (+ ga_up)`` and, with ``HAS_SUM``, add it to the fp32 ``gsum`` rows."""
     if layer > 0:
         blk.store_tile(gh_buf, H, BM, n0, H, gh, BM, BN)
         z = blk.load_tile(z_ptr + (layer - 1) * H, zs, rows, n0, H, BM, BN)
-        blk.store_tile(gz_ptr + (layer - 1) * H, zs, rows, n0, H, gh * _dsilu(z), BM, BN)
+        blk.store_tile(gz_ptr + (layer - 1) * H, zs, rows, n0, H, gh * blk.dsilu(z), BM, BN)
     else:
-        ga = gh * _dsilu(blk.load_tile(a_ptr, H, rows, n0, H, BM, BN)) \
-            + blk.load_tile(ga_up_ptr, H, rows, n0, H, BM, BN)
+        ga = gh * blk.dsilu(blk.load_tile(a_ptr, H, rows, n0, H, BM, BN))
+        if HAS_UP:
+            ga += blk.load_tile(ga_up_ptr, H, rows, n0, H, BM, BN)
         blk.store_tile(ga_ptr, H, rows, n0, H, ga, BM, BN)
-        blk.store_tile(gact_ptr, H, rows, n0, H, ga, BM, BN)
+        if HAS_SUM:
+            blk.store_tile(gsum_ptr, H, rows, n0, H, blk.load_tile(gsum_ptr, H, rows, n0, H, BM, BN) + ga, BM, BN)
 
 
 @triton.jit
-def denoiser_bwd_act_kernel(gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wx_ptr, wh_ptr, wo_ptr,
-                            gh_scratch_ptr, gz_ptr, ga_ptr, gact_ptr, gx_ptr, B, d, H, n_hidden,
-                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                            LOWP: tl.constexpr, PREC: tl.constexpr):
-    """Activation gradients of ``BM`` rows; ``gh`` lives in a per-program fp32 ``[BM, H]`` slab."""
-    pid = tl.program_id(0).to(tl.int64)
-    row0 = pid * BM
-    rows = B - row0
+def denoiser_rows_backward(gx0_ptr, gx0_stride, rows, a_ptr, z_ptr, wh_ptr, wo_ptr, gh_buf, gz_ptr, ga_ptr,
+                           ga_up_ptr, gsum_ptr, d, H, n_hidden,
+                           HAS_UP: tl.constexpr, HAS_SUM: tl.constexpr,
+                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                           LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Activation gradients of the denoiser on one row block, from ``gx0 = dL/dx0_hat`` (row stride
+    ``gx0_stride``) and the saved ``a`` / ``z``: ``gh = gx0 W_o``, then for l = L-2..0
+    ``gz_l = gh SiLU'(z_l)``, ``gh <- gh + gz_l W_l``; finally ``ga = gh SiLU'(a) (+ ga_up)``.
+    Writes ``gz`` and ``ga`` (and ``gsum += ga``); ``gh`` lives in the fp32 ``[BM, H]`` slab
+    ``gh_buf``. Ends with a barrier."""
     zs = n_hidden * H
-    gh_buf = gh_scratch_ptr + pid * (BM * H)
-    z_rows = z_ptr + row0 * zs
-    gz_rows = gz_ptr + row0 * zs
-    a_rows = a_ptr + row0 * H
-    ga_up_rows = ga_up_ptr + row0 * H
-    ga_rows = ga_ptr + row0 * H
-    gact_rows = gact_ptr + row0 * H
     # dL/dh_{L-1} = gx0 W_o  (W_o [d, H])
     for n0 in range(0, H, BN):
-        gh = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr + row0 * d, d, rows, wo_ptr, n0, H, d,
+        gh = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr, gx0_stride, rows, wo_ptr, n0, H, d,
                              BM, BN, BK, LOWP, PREC, W_KN=True)
-        _grad_h_epilogue(gh, n_hidden, gh_buf, gz_rows, z_rows, zs, a_rows, ga_up_rows, ga_rows, gact_rows,
-                         H, rows, n0, BM, BN)
+        _grad_h_epilogue(gh, n_hidden, gh_buf, gz_ptr, z_ptr, zs, a_ptr, ga_up_ptr, ga_ptr, gsum_ptr,
+                         H, rows, n0, HAS_UP, HAS_SUM, BM, BN)
     tl.debug_barrier()
     # dL/dh_l = dL/dh_{l+1} + gz_l W_l  (W_l [H, H]), l = L-2 .. 0
     for i in range(n_hidden):
         layer = n_hidden - 1 - i
         for n0 in range(0, H, BN):
-            gh = blk.matmul_tile(blk.load_tile(gh_buf, H, BM, n0, H, BM, BN), gz_rows + layer * H, zs, rows,
+            gh = blk.matmul_tile(blk.load_tile(gh_buf, H, BM, n0, H, BM, BN), gz_ptr + layer * H, zs, rows,
                                  wh_ptr + layer * H * H, n0, H, H, BM, BN, BK, LOWP, PREC, W_KN=True)
-            _grad_h_epilogue(gh, layer, gh_buf, gz_rows, z_rows, zs, a_rows, ga_up_rows, ga_rows, gact_rows,
-                             H, rows, n0, BM, BN)
+            _grad_h_epilogue(gh, layer, gh_buf, gz_ptr, z_ptr, zs, a_ptr, ga_up_ptr, ga_ptr, gsum_ptr,
+                             H, rows, n0, HAS_UP, HAS_SUM, BM, BN)
         tl.debug_barrier()
+
+
+@triton.jit
+def denoiser_bwd_act_kernel(gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wx_ptr, wh_ptr, wo_ptr,
+                            gh_scratch_ptr, gz_ptr, ga_ptr, gx_ptr, B, d, H, n_hidden,
+                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Activation gradients of ``BM`` rows: :func:`denoiser_rows_backward`, then ``gx = ga W_x``."""
+    pid = tl.program_id(0).to(tl.int64)
+    row0 = pid * BM
+    rows = B - row0
+    ga_rows = ga_ptr + row0 * H
+    denoiser_rows_backward(gx0_ptr + row0 * d, d, rows, a_ptr + row0 * H, z_ptr + row0 * (n_hidden * H), wh_ptr,
+                           wo_ptr, gh_scratch_ptr + pid * (BM * H), gz_ptr + row0 * (n_hidden * H), ga_rows,
+                           ga_up_ptr + row0 * H, ga_rows, d, H, n_hidden, True, False, BM, BN, BK, LOWP, PREC)
     # dL/dx_t = ga W_x  (W_x [H, d])
     for n0 in range(0, d, BN):
         gx = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), ga_rows, H, rows, wx_ptr, n0, d, H,
@@ -136,11 +161,12 @@ def denoiser_bwd_act_kernel(gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wx_ptr, wh_ptr, wo
 
 @triton.jit
 def denoiser_wgrad_kernel(g_ptr, g_stride, x_ptr, x_stride, z_ptr, zs, n_res0, dw_ptr, db_ptr, B, N, Kdim,
-                          FROM_H: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          FROM_H: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
                           BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
                           LOWP: tl.constexpr, PREC: tl.constexpr):
-    """``dW[n, k] = sum_b G[b, n] X[b, k]`` (``dW [N, Kdim]``) and ``db = sum_b G[b, :]`` for one
-    ``BN x BK`` tile of weight ``program_id(2)``, rows walked in order ``0, BB, 2 BB, ..``.
+    """``dW[n, k] = sum_b G[b, n] X[b, k]`` (``dW [N, Kdim]``; with ``ACC`` added to ``dW``'s values)
+    and ``db = sum_b G[b, :]`` (stored) for one ``BN x BK`` tile of weight ``program_id(2)``, rows
+    walked in order ``0, BB, 2 BB, ..``. ``LOWP``: both dot operands in ``G``'s (fp16/bf16) dtype.
 
     ``G``: column block ``program_id(2) * N`` of rows ``g_ptr + b * g_stride``. ``X``: ``x_t``
     (``x_stride``), or with ``FROM_H`` the recomputed ``h_j = SiLU(a) + sum_{i<j} SiLU(z_i)``,
@@ -154,7 +180,12 @@ def denoiser_wgrad_kernel(g_ptr, g_stride, x_ptr, x_stride, z_ptr, zs, n_res0, d
     nmask = offs_n < N
     kmask = offs_k < Kdim
     g_ptr += layer * N
-    acc = tl.zeros((BN, BK), tl.float32)
+    dw_ptr += layer * N * Kdim
+    dw_tile = dw_ptr + offs_n[:, None] * Kdim + offs_k[None, :]
+    if ACC:
+        acc = tl.load(dw_tile, mask=nmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros((BN, BK), tl.float32)
     gsum = tl.zeros((BN,), tl.float32)
     for b0 in range(0, B, BB):
         offs_b = (b0 + tl.arange(0, BB)).to(tl.int64)
@@ -172,14 +203,12 @@ def denoiser_wgrad_kernel(g_ptr, g_stride, x_ptr, x_stride, z_ptr, zs, n_res0, d
             x = tl.load(x_ptr + offs_b[:, None] * x_stride + offs_k[None, :], mask=xmask,
                         other=0.0).to(tl.float32)
         if LOWP:
-            acc = tl.dot(gt.to(dw_ptr.dtype.element_ty), x.to(dw_ptr.dtype.element_ty), acc)
+            acc = tl.dot(gt.to(g_ptr.dtype.element_ty), x.to(g_ptr.dtype.element_ty), acc)
         else:
             acc = tl.dot(gt, x, acc, input_precision=PREC)
         if HAS_BIAS:
             gsum += tl.sum(gt, axis=1)
-    dw_ptr += layer * N * Kdim
-    tl.store(dw_ptr + offs_n[:, None] * Kdim + offs_k[None, :], acc.to(dw_ptr.dtype.element_ty),
-             mask=nmask[:, None] & kmask[None, :])
+    tl.store(dw_tile, acc.to(dw_ptr.dtype.element_ty), mask=nmask[:, None] & kmask[None, :])
     if HAS_BIAS:
         if pid_k == 0:
             db_ptr += layer * N
@@ -187,10 +216,6 @@ def denoiser_wgrad_kernel(g_ptr, g_stride, x_ptr, x_stride, z_ptr, zs, n_res0, d
 
 
 # --------------------------------------------------------------------------- launchers
-
-
-def _clamp(block: int, width: int) -> int:
-    return max(16, min(block, triton.next_power_of_2(max(int(width), 1))))
 
 
 def wgrad_blocks(N: int, Kdim: int, dtype: torch.dtype) -> dict:
@@ -267,14 +292,12 @@ def denoiser_backward(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out):
     cfg = pick_blocks(B, d, H, None, dtype)
     lowp, prec = dot_mode(dtype, device)
     grid = triton.cdiv(B, cfg.BM)
-    f32 = dict(device=device, dtype=torch.float32)
-    gh_scratch = torch.empty(grid * cfg.BM * H, **f32)
-    gz = torch.empty(B, n_hidden, H, **f32)
-    ga = torch.empty(B, H, **f32)
-    gact = ga if dtype == torch.float32 else torch.empty(B, H, device=device, dtype=dtype)
+    gh_scratch = torch.empty(grid * cfg.BM * H, device=device, dtype=torch.float32)
+    gz = torch.empty(B, n_hidden, H, device=device, dtype=dtype)
+    ga = torch.empty(B, H, device=device, dtype=dtype)
     gx = torch.empty_like(x_t)
     wh, zp, gzp = (w_hidden, z, gz) if n_hidden else (w_out, a, ga)  # any valid pointer
-    launch(denoiser_bwd_act_kernel, (grid,), grad_x0, grad_a, a, zp, w_x, wh, w_out, gh_scratch, gzp, ga, gact,
+    launch(denoiser_bwd_act_kernel, (grid,), grad_x0, grad_a, a, zp, w_x, wh, w_out, gh_scratch, gzp, ga,
            gx, B, d, H, n_hidden, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, LOWP=lowp, PREC=prec,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
 
@@ -283,16 +306,20 @@ def denoiser_backward(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out):
     gb_h = torch.empty(n_hidden, H, device=device, dtype=dtype)
     gw_o = torch.empty_like(w_out)
     gb_o = torch.empty(d, device=device, dtype=dtype)
-
-    def wgrad(g, g_stride, x, x_stride, n_res0, dw, db, N, Kdim, layers, from_h):
-        blocks = wgrad_blocks(N, Kdim, dtype)
-        grid_w = (triton.cdiv(N, blocks["BN"]), triton.cdiv(Kdim, blocks["BK"]), layers)
-        launch(denoiser_wgrad_kernel, grid_w, g, g_stride, x, x_stride, zp, max(n_hidden, 1) * H, n_res0, dw,
-               dw if db is None else db, B, N, Kdim, FROM_H=from_h, HAS_BIAS=db is not None,
-               LOWP=lowp, PREC=prec, **blocks)
-
-    wgrad(ga, H, x_t, d, 0, gw_x, None, H, d, 1, False)
+    common = dict(z=zp, zs=max(n_hidden, 1) * H, B=B, lowp=lowp, prec=prec)
+    launch_wgrad(ga, H, x_t, d, 0, gw_x, None, H, d, 1, from_h=False, **common)
     if n_hidden:
-        wgrad(gz, n_hidden * H, a, H, 0, gw_h, gb_h, H, H, n_hidden, True)
-    wgrad(grad_x0, d, a, H, n_hidden, gw_o, gb_o, d, H, 1, True)
-    return gx, gact, gw_x, gw_h, gb_h, gw_o, gb_o
+        launch_wgrad(gz, n_hidden * H, a, H, 0, gw_h, gb_h, H, H, n_hidden, from_h=True, **common)
+    launch_wgrad(grad_x0, d, a, H, n_hidden, gw_o, gb_o, d, H, 1, from_h=True, **common)
+    return gx, ga, gw_x, gw_h, gb_h, gw_o, gb_o
+
+
+def launch_wgrad(g, g_stride, x, x_stride, n_res0, dw, db, N, Kdim, layers, *, z, zs, B, lowp, prec,
+                 from_h, acc=False):
+    """One :func:`denoiser_wgrad_kernel` launch: ``dW [layers, N, Kdim] (+)= G^T X`` over ``B`` rows and,
+    when ``db`` is given, ``db [layers, N] = sum_rows G``. Tiles from :func:`wgrad_blocks` for ``G``'s
+    dtype; ``z``/``zs`` are read only with ``from_h``."""
+    blocks = wgrad_blocks(N, Kdim, g.dtype)
+    grid = (triton.cdiv(N, blocks["BN"]), triton.cdiv(Kdim, blocks["BK"]), layers)
+    launch(denoiser_wgrad_kernel, grid, g, g_stride, x, x_stride, z, zs, n_res0, dw, dw if db is None else db,
+           B, N, Kdim, FROM_H=from_h, HAS_BIAS=db is not None, ACC=acc, LOWP=lowp, PREC=prec, **blocks)

@@ -64,30 +64,12 @@ def translator_pfin_kernel(
                          BM, BN, BK, LOWP, PREC)
         m_src = m_buf + (step % 2) * (BM * d)
         m_dst = m_buf + ((step + 1) % 2) * (BM * d)
-        # SiLU(p) into h_buf[0] (free once x0_hat is written)
-        for n0 in range(0, H, BN):
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), m_src, d, BM, wpm_ptr, n0, H, d,
-                                  BM, BN, BK, LOWP, PREC)
-            acc = blk.matmul_tile(acc, x0_buf, d, BM, wpu_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bp_ptr, n0, H, BN)[None, :] + blk.load_vec(e_ptr, n0, H, BN)[None, :]
-            blk.store_tile(h_buf, H, BM, n0, H, blk.silu(acc), BM, BN)
-        tl.debug_barrier()
-        # g = sigmoid(m W_gm + x0 W_gu + b_g) (own phase: one accumulator live at a time)
-        for n0 in range(0, d, BN):
-            gate = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), m_src, d, BM, wgm_ptr, n0, d, d,
-                                   BM, BN, BK, LOWP, PREC)
-            gate = blk.matmul_tile(gate, x0_buf, d, BM, wgu_ptr, n0, d, d, BM, BN, BK, LOWP, PREC)
-            gate = tl.sigmoid(gate + blk.load_vec(bg_ptr, n0, d, BN)[None, :])
-            blk.store_tile(g_buf, d, BM, n0, d, gate, BM, BN)
-        tl.debug_barrier()
-        # m <- m + g * (SiLU(p) W_pd + b_pd)
-        for n0 in range(0, d, BN):
-            delta = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_buf, H, BM, wpd_ptr, n0, d, H,
-                                    BM, BN, BK, LOWP, PREC)
-            delta += blk.load_vec(bpd_ptr, n0, d, BN)[None, :]
-            m = blk.load_tile(m_src, d, BM, n0, d, BM, BN) + blk.load_tile(g_buf, d, BM, n0, d, BM, BN) * delta
-            blk.store_tile(m_dst, d, BM, n0, d, m, BM, BN)
-        tl.debug_barrier()
+        # SiLU(p) into h_buf[0] (free once x0_hat is written), the gate into g_buf, then m's update
+        blk.pfin_gate_rows(m_src, d, x0_buf, d, BM, e_ptr, h_buf, h_buf, g_buf,
+                           wpm_ptr, wpu_ptr, bp_ptr, wgm_ptr, wgu_ptr, bg_ptr, d, H,
+                           False, BM, BN, BK, LOWP, PREC)
+        blk.pfin_update_rows(m_src, d, BM, h_buf, g_buf, wpd_ptr, bpd_ptr, m_dst, d, BM, d, H,
+                             BM, BN, BK, LOWP, PREC)
     m_fin = m_buf + (K % 2) * (BM * d)
     for n0 in range(0, d, BN):
         blk.store_tile(m_out_ptr + row0 * d, d, rows, n0, d, blk.load_tile(m_fin, d, BM, n0, d, BM, BN), BM, BN)
