@@ -111,8 +111,9 @@ def _fp32_time_mlp(den):
     return types.SimpleNamespace(time_in=lin(den.time_in), time_out=lin(den.time_out))
 
 
-def _hidden_stack(den, H, dtype, device):
-    """``([L-1, H, H], [L-1, H])`` residual-layer weights (a view when L-1 <= 1, else a copy)."""
+def hidden_stack(den, H, dtype, device):
+    """``([L-1, H, H], [L-1, H])`` residual-layer weights (a view when L-1 <= 1, else a copy;
+    differentiable, so the training ops use it too)."""
     layers = list(den.hidden)
     if not layers:
         return torch.empty(0, H, H, dtype=dtype, device=device), torch.empty(0, H, dtype=dtype, device=device)
@@ -153,7 +154,7 @@ def prepared(model, translator: bool = True) -> dict:
             dtype = den.in_x.weight.dtype
             ddim, e = reference.sampling_tables(_fp32_time_mlp(den), cfg.diffusion_steps, K, cfg.dim,
                                                 torch.float32, model.device)
-            wh, bh = _hidden_stack(den, cfg.hidden, dtype, model.device)
+            wh, bh = hidden_stack(den, cfg.hidden, dtype, model.device)
             out[name] = {"e": e.contiguous(), "ddim": ddim.contiguous(), "wh": wh, "bh": bh}
     if key is not None:
         if slot is None:
@@ -256,13 +257,17 @@ def _in_dtype(weights, visual, dtype):
     return [_cast(w, dtype) for w in weights], visual.to(dtype)
 
 
+def autocast_dtype(device: torch.device, default: torch.dtype | None = None) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for ``device``'s type, else ``default``."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return default
+
+
 def compute_dtype(model, visual: torch.Tensor) -> torch.dtype:
     """The autocast dtype when autocast is on for ``visual``'s device, else the parameters' dtype
     (the eager backend's linears follow autocast the same way)."""
-    device = visual.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return _check_dtype(model)
+    return autocast_dtype(visual.device) or _check_dtype(model)
 
 
 def infer_impl(visual, noise, weights, n_hidden: int, T: int, K1: int, K2: int, ln_eps: float,
