@@ -54,11 +54,13 @@ class Launch:
 
 
 @contextlib.contextmanager
-def capture_launches():
-    """``with capture_launches() as launches: ...``: launches are recorded in the list, not run."""
+def capture_launches(keep_args: bool = True):
+    """``with capture_launches() as launches: ...``: launches are recorded in the list, not run.
+    ``keep_args=False`` records only kernel and grid, so the arguments (and the launchers'
+    workspace) are freed as in a real run (memory sizing)."""
     launches: list[Launch] = []
     prev = getattr(_state, "capture", None)
-    _state.capture = launches
+    _state.capture = (launches, keep_args)
     try:
         yield launches
     finally:
@@ -75,6 +77,7 @@ def launch(kernel, grid, *args, **meta):
         counter.names.append(kernel_name(kernel))
     capture = getattr(_state, "capture", None)
     if capture is not None:
-        capture.append(Launch(kernel, tuple(grid), args, dict(meta)))
+        launches, keep_args = capture
+        launches.append(Launch(kernel, tuple(grid), args if keep_args else (), dict(meta) if keep_args else {}))
         return None
     return kernel[grid](*args, **meta)

@@ -306,6 +306,7 @@ def translator_unroll_backward(grad_m, xs, ms, cond, e_table, ddim, w_x, w_hidde
         launch_wgrad(gdel, d, p, H, 0, dw_pd, gdel_sum[k], d, H, 1, from_h=True, **common)  # X = SiLU(p)
         launch_wgrad(gpq, H + d, mx, 2 * d, 0, dw_in, gpq_sum[k], H + d, 2 * d, 1, from_h=False, **common)
 
+    del a, p, ga, z, gz, mx, gx0, gdel, scratch  # the step workspace, before the outputs are made
     out = lambda t: t.to(dtype).contiguous()  # noqa: E731
     grad_w_hidden = out(dw_h) if n_hidden else torch.empty_like(w_hidden)
     return (out(gx), out(gm), out(gcond), out(ga_sum + gpq_sum[:, :H]),

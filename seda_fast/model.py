@@ -143,13 +143,13 @@ class SeDA(nn.Module):
         return fused
 
     def _training_impl(self, device: torch.device):
-        """Training runs eager until the fused training kernels land; an explicit
-        ``backend="triton"`` says so instead of silently falling back."""
+        """``"triton"`` trains with the fused kernels (:mod:`seda_fast.fused_training`); ``"auto"``
+        and ``"eager"`` train with the reference (``"auto"`` keeps eager training until the fused
+        training path has been measured on a GPU; see README)."""
         if self._backend == "triton":
             fused.require(device)
-            raise NotImplementedError(
-                "fused Triton training kernels are not implemented yet: train with backend='eager' "
-                "or 'auto' (the state_dict is the same, so switch to 'triton' for inference)")
+            from . import fused_training
+            return fused_training
         return reference
 
     # ------------------------------------------------------------------ input handling

@@ -157,6 +157,7 @@ def _denoiser_setup_context(ctx, inputs, output):
     _, a, z = output
     ctx.save_for_backward(x_t, a, z, w_x, w_hidden, w_out)
     ctx.mark_non_differentiable(z)
+    ctx.set_materialize_grads(False)  # no zero gradient for z; None for x0_hat / a is handled below
 
 
 def _denoiser_backward(ctx, grad_x0, grad_a, grad_z):
@@ -250,6 +251,7 @@ def _unroll_setup_context(ctx, inputs, output):
     _, xs, ms = output
     ctx.save_for_backward(xs, ms, cond, e_table, ddim, *weights)
     ctx.mark_non_differentiable(xs, ms)
+    ctx.set_materialize_grads(False)  # no [K, B, d] zero gradients for xs and ms
     ctx.dtypes = [t.dtype for t in inputs]
 
 

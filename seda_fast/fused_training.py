@@ -1,0 +1,69 @@
+"""The ``"triton"`` backend's training losses: :func:`learner_loss` and :func:`translator_loss` with
+the signatures and the exact math of their :mod:`seda_fast.reference` namesakes (same random draws,
+in the same order, from the caller's generator), the heavy parts running as fused custom ops
+(:mod:`seda_fast.training_ops`); the cheap ``[B, d]``/``[B, C]`` glue (projectors, noising, time
+MLP, heads, cross-entropies, MSEs) stays in torch and its autograd.
+
+Stage 1: the center EMA (``class_sums`` + ``ema_update_``: deterministic, all-reduced under
+torch.distributed), the Learner denoiser forward/backward (``denoiser_fwd``/``denoiser_bwd``), the
+center constraint with a streaming log-sum-exp (``center_loss_fwd``/``center_loss_bwd``).
+
+Stage 2: ``s`` from the fused Learner sampler (no grad), the random-t diffusion loss through the
+denoiser op, and the K2-step Translator + PFIN unroll (``unroll_fwd``/``unroll_bwd``), which keeps
+only the per-step states ``x_k``, ``m_k`` for its backward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import fused, reference, training_ops
+from .reference import _draw_t_eps, _noised, _rng
+
+
+def learner_loss(model, visual, labels, generator=None, update: bool = True):
+    """Stage-1 loss ``L_1`` (= ``reference.learner_loss``). Returns ``(loss, parts)``."""
+    fused._check_dtype(model)
+    cfg, den = model.config, model.learner
+    z = reference.project(model.visual_proj, visual)
+    if update:
+        training_ops.update_centers(model.centers, model.centers_initialized, z, labels, cfg.center_momentum)
+    centers = model.centers.to(z.dtype)
+    x0 = centers[labels]
+    t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
+    x_t = _noised(cfg.diffusion_steps, x0, t, eps)
+    e_t = reference.time_features(den, t, cfg.dim, z.dtype)
+    x0_hat, a = training_ops.denoise(den, x_t, e_t, reference.condition_term(den, z))
+    l_diff = F.mse_loss(x0_hat, x0)
+    r = F.linear(a, model.readout.weight)
+    l_sc = training_ops.center_loss(r, centers, labels, cfg.center_temperature)
+    l_aux = F.cross_entropy(F.linear(z, model.aux_visual.weight, model.aux_visual.bias), labels)
+    loss = l_diff + cfg.lambda_sc * l_sc + cfg.lambda_aux * l_aux
+    return loss, {"diffusion": l_diff.detach(), "center": l_sc.detach(), "aux": l_aux.detach()}
+
+
+def translator_loss(model, visual, labels, text, per_class_text: bool, generator=None):
+    """Stage-2 loss ``L_2`` (= ``reference.translator_loss``). Returns ``(loss, parts)``."""
+    fused._check_dtype(model)
+    cfg, den = model.config, model.translator
+    T = cfg.diffusion_steps
+    with torch.no_grad():
+        z = reference.project(model.visual_proj, visual)
+        s = fused.semantic(model, visual).to(z.dtype)
+    u = reference.project(model.text_proj, text)
+    u_y = u[labels] if per_class_text else u
+    target = u_y.detach()
+    t, eps = _draw_t_eps(T, z.shape[0], cfg.dim, z.dtype, z.device, generator)
+    xi = torch.randn(z.shape[0], cfg.dim, device=z.device, dtype=torch.float32, **_rng(generator))
+    x_t = _noised(T, target, t, eps)
+    cond = reference.condition_term(den, s)
+    x0_hat, _ = training_ops.denoise(den, x_t, reference.time_features(den, t, cfg.dim, z.dtype), cond)
+    l_diff = F.mse_loss(x0_hat, target)
+    ddim, e_table = reference.sampling_tables(den, T, cfg.translator_steps, cfg.dim, s.dtype, s.device)
+    m = training_ops.translator_unroll(den, model.pfin, reference._start(T, s, xi), z, cond, e_table, ddim)
+    l_cls = F.cross_entropy(F.linear(m, model.head.weight, model.head.bias), labels)
+    l_al = F.mse_loss(m, target)
+    l_aux = F.cross_entropy(F.linear(u_y, model.aux_text.weight, model.aux_text.bias), labels)
+    loss = l_diff + cfg.lambda_cls * l_cls + cfg.lambda_al * l_al + cfg.lambda_aux * l_aux
+    parts = {"diffusion": l_diff.detach(), "cls": l_cls.detach(), "align": l_al.detach(), "aux": l_aux.detach()}
+    return loss, parts
