@@ -1,11 +1,12 @@
-"""The whole GPU check of the fused inference in ONE call (< 10 minutes on the lent H100).
+"""The whole GPU check of the fused inference and training in ONE call (< 10 minutes on the lent H100).
 
     pip install --no-deps --no-build-isolation -e .   # offline, on the GPU image
     python benchmarks/gpu_check.py [OUT_JSON]          # default: $OUT/gpu_check.json
     python benchmarks/gpu_check.py --dry-run [OUT_JSON] # CPU, Triton interpreter, tiny config
 
 1. GPU kernel tests (``tests/test_fused_inference.py``, ``test_training_ops.py``,
-   ``test_denoiser_train.py``: bf16, the throughput tiles, autocast and torch.compile on CUDA).
+   ``test_denoiser_train.py``, ``test_translator_unroll.py``, ``test_fused_training.py``: bf16, the
+   throughput tiles, autocast and torch.compile on CUDA).
 2. Inference timings, default config (d=512, H=1024, L=2, K1=K2=10, Dv=1280, C=10), bf16 and fp32,
    B = 1, 64, 1024, 16384: median ms over CUDA events after warm-up, each timed call synchronised:
    * ``eager``: ``reference.infer`` (the eager backend as users run it, tables built per call);
@@ -16,7 +17,12 @@
      marked so, once the compile time budget is spent);
    * ``fused``: ``SeDA(backend="triton")`` (2 launches).
    Each row has speedups of fused over the others, the cost-model floor and time / floor.
-3. JSON with device name, versions, date, shapes, results.
+3. Training-step timings, default config, bf16 autocast (fp32 master weights), B = 256 and 4096,
+   each stage: one full step (loss, backward, AdamW) for ``eager``, ``torch_compile`` (default mode,
+   of the eager model; skipped once the compile budget is spent) and ``fused``
+   (``backend="triton"``), median ms and the step's peak memory above the start
+   (``max_memory_allocated``), with the fused speedups and memory ratios.
+4. JSON with device name, versions, date, shapes, results.
 """
 from __future__ import annotations
 
@@ -54,7 +60,8 @@ def time_ms(fn, warmup: int, iters: int, cuda: bool) -> float:
 
 
 # Kernel tests whose bf16 / throughput-tile / torch.compile-on-CUDA cases only run on a GPU.
-GPU_TEST_FILES = ("test_fused_inference.py", "test_training_ops.py", "test_denoiser_train.py")
+GPU_TEST_FILES = ("test_fused_inference.py", "test_training_ops.py", "test_denoiser_train.py",
+                  "test_translator_unroll.py", "test_fused_training.py")
 
 
 def run_parity_tests(dry: bool) -> dict:
@@ -124,12 +131,74 @@ def bench(dry: bool, compile_budget_s: float, iters: int) -> list[dict]:
     return rows
 
 
+def train_bench(dry: bool, compile_budget_s: float, iters: int) -> list[dict]:
+    """Full training steps (loss + backward + AdamW) per stage and provider; see the module docstring."""
+    from seda_fast import memory
+    cuda = torch.cuda.is_available() and not dry
+    device = torch.device("cuda" if cuda else "cpu")
+    cfg_kwargs = TINY if dry else DEFAULT
+    batches = (4,) if dry else (256, 4096)
+    amp_dtype = torch.float32 if dry else torch.bfloat16
+    compile_spent, rows = 0.0, []
+    for stage in (1, 2):
+        for batch in batches:
+            row = {"stage": stage, "batch": batch, "amp": str(amp_dtype).replace("torch.", "")}
+            for provider in ("eager", "torch_compile", "fused"):
+                if provider == "torch_compile" and (not cuda or compile_spent >= compile_budget_s):
+                    row["torch_compile_ms"] = None
+                    row["torch_compile_note"] = "skipped: " + ("no CUDA" if not cuda else "compile budget spent")
+                    continue
+                torch.manual_seed(0)
+                model = sf.SeDA(sf.SeDAConfig(**cfg_kwargs), backend="triton" if provider == "fused" else "eager")
+                model = model.to(device).train()
+                g = torch.Generator(device).manual_seed(0)
+                v = torch.randn(batch, model.config.visual_dim, device=device, generator=g)
+                y = torch.randint(0, model.config.num_classes, (batch,), device=device, generator=g)
+                text = torch.randn(model.config.num_classes, model.config.text_dim, device=device, generator=g)
+                model.learner_loss(v, y)  # centers initialised
+                model.set_stage(stage)
+                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+                fn = torch.compile(model) if provider == "torch_compile" else model
+
+                def step():
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+                        loss = fn(v, y, text=text)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    return loss
+                t0 = time.perf_counter()
+                try:
+                    step()
+                    if cuda:
+                        torch.cuda.synchronize()
+                except Exception as exc:  # report, do not lose the rest of the run
+                    row[f"{provider}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    continue
+                finally:
+                    if provider == "torch_compile":
+                        compile_spent += time.perf_counter() - t0
+                warm, n = (1, 2) if dry else (3, iters)
+                row[f"{provider}_ms"] = time_ms(step, warm, n, cuda)
+                row[f"{provider}_peak_mb"] = memory.peak_bytes(step, device) / 2**20
+                row[f"{provider}_loss"] = float(step().item())
+            for base in ("eager", "torch_compile"):
+                if row.get(f"{base}_ms") and row.get("fused_ms"):
+                    row[f"speedup_vs_{base}"] = row[f"{base}_ms"] / row["fused_ms"]
+                    row[f"memory_vs_{base}"] = row["fused_peak_mb"] / row[f"{base}_peak_mb"]
+            rows.append(row)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="GPU parity tests + inference timings -> JSON")
+    parser = argparse.ArgumentParser(description="GPU parity tests + inference and training timings -> JSON")
     parser.add_argument("out", nargs="?", help="output JSON path (default: $OUT/gpu_check.json)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny config")
     parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--compile-budget", type=float, default=240.0,
+    parser.add_argument("--train-compile-budget", type=float, default=150.0,
+                        help="seconds of torch.compile compilation for the training steps")
+    parser.add_argument("--compile-budget", type=float, default=150.0,
                         help="seconds of torch.compile(max-autotune) compilation before the rest is skipped")
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args(argv)
@@ -151,6 +220,7 @@ def main(argv=None) -> int:
     if not args.skip_tests:
         result["parity_tests"] = run_parity_tests(args.dry_run)
     result["timings"] = bench(args.dry_run, args.compile_budget, args.iters)
+    result["training"] = train_bench(args.dry_run, args.train_compile_budget, args.iters)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

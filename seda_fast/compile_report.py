@@ -1,7 +1,9 @@
 """H100 (sm_90a) compile report of every shipped fused-kernel config, without a GPU.
 
 ``python -m seda_fast.compile_report [--quick] [--json PATH]`` runs the real fused inference call
-on CPU tensors with the launches *captured, not run* (:func:`seda_fast.kernels.capture_launches`),
+(and, for the training entries, one fused stage-1 and one stage-2 training step, loss and
+backward, bf16 under autocast as users train) on CPU tensors with the launches *captured, not run*
+(:func:`seda_fast.kernels.capture_launches`),
 so each kernel is compiled with exactly the arguments, specialisations (``native_specialize_impl``,
 as the runtime does), block sizes and warps the launcher picks; ``LOWP``/``PREC`` are set as the
 launcher sets them on CUDA. Each launch is compiled with ``triton.compile(ASTSource(...),
@@ -9,9 +11,10 @@ target=GPUTarget("cuda", 90, 32))`` and its cubin read with Triton's bundled ``c
 registers per thread, local memory and spill instructions (``STL`` in the SASS), shared memory
 (Triton's dynamic allocation plus static), and whether the PTX uses ``wgmma``.
 
-Shipped configs (:data:`SHIPPED`): the default model (d=512, H=1024, L=2; Dv=1280 as EfficientNet-
-lite0 features, C=10) in bf16/fp16 at one batch per regime of the block heuristic (64, 16384)
-and in fp32, and the small test model (d=48, H=80, L=3). The interpreter cannot compile, so
+Shipped configs (:data:`SHIPPED`): inference on the default model (d=512, H=1024, L=2; Dv=1280 as
+EfficientNet-lite0 features, C=10) in bf16/fp16 at one batch per regime of the block heuristic
+(64, 16384) and in fp32, and the small test model (d=48, H=80, L=3); training steps on the default
+model (K1 = K2 = 10) in bf16 at B = 256 and 4096 and in fp32. The interpreter cannot compile, so
 under ``TRITON_INTERPRET=1`` :func:`collect` re-runs this module in a subprocess without it.
 """
 from __future__ import annotations
@@ -34,20 +37,24 @@ DEFAULT_MODEL = dict(visual_dim=1280, text_dim=384, num_classes=10)
 SMALL_MODEL = dict(visual_dim=37, text_dim=21, num_classes=7, dim=48, hidden=80, layers=3,
                    learner_steps=4, translator_steps=4)
 
-# (name, model kwargs, dtype, batch): every block config kernels/_heuristics.pick_blocks ships
-# (fp16/bf16 latency and throughput, fp32) on the default model, and the small test model.
+# (name, model kwargs, dtype, batch, step): every block config kernels/_heuristics.pick_blocks ships
+# (fp16/bf16 latency and throughput, fp32) on the default model, and the small test model, for
+# inference; the training step's kernels at the issue's two training batches and in fp32.
 SHIPPED = [
-    ("default", DEFAULT_MODEL, "bfloat16", 64),
-    ("default", DEFAULT_MODEL, "bfloat16", 16384),
-    ("default", DEFAULT_MODEL, "float16", 64),
-    ("default", DEFAULT_MODEL, "float16", 16384),
-    ("default", DEFAULT_MODEL, "float32", 64),
-    ("small", SMALL_MODEL, "bfloat16", 33),
-    ("small", SMALL_MODEL, "bfloat16", 1024),
-    ("small", SMALL_MODEL, "float32", 33),
+    ("default", DEFAULT_MODEL, "bfloat16", 64, "inference"),
+    ("default", DEFAULT_MODEL, "bfloat16", 16384, "inference"),
+    ("default", DEFAULT_MODEL, "float16", 64, "inference"),
+    ("default", DEFAULT_MODEL, "float16", 16384, "inference"),
+    ("default", DEFAULT_MODEL, "float32", 64, "inference"),
+    ("small", SMALL_MODEL, "bfloat16", 33, "inference"),
+    ("small", SMALL_MODEL, "bfloat16", 1024, "inference"),
+    ("small", SMALL_MODEL, "float32", 33, "inference"),
+    ("default", DEFAULT_MODEL, "bfloat16", 256, "training"),
+    ("default", DEFAULT_MODEL, "bfloat16", 4096, "training"),
+    ("default", DEFAULT_MODEL, "float32", 256, "training"),
 ]
 # The subset CI compiles: every block config of the default model in bf16/fp32 and the small one.
-QUICK = [SHIPPED[0], SHIPPED[1], SHIPPED[4], SHIPPED[5]]
+QUICK = [SHIPPED[0], SHIPPED[1], SHIPPED[4], SHIPPED[5], SHIPPED[8]]
 
 
 def _interpreting() -> bool:
@@ -60,17 +67,33 @@ def _tools():
     return bin_dir / "cuobjdump"
 
 
-def capture(model_kwargs: dict, dtype: str, batch: int):
-    """The launches one fused inference call makes for this config (captured, not run)."""
-    from . import fused
+def capture(model_kwargs: dict, dtype: str, batch: int, step: str = "inference"):
+    """The launches one fused inference call (or one stage-1 and one stage-2 training step: loss and
+    backward; fp32 parameters, low precision through autocast) makes for this config (captured,
+    not run)."""
+    from . import fused, fused_training
     from .config import SeDAConfig
     from .model import SeDA
     torch.manual_seed(0)
-    model = SeDA(SeDAConfig(**model_kwargs)).to(getattr(torch, dtype)).eval()
-    visual = torch.empty(batch, model.config.visual_dim, dtype=getattr(torch, dtype))
     k = fused.kernels()
-    with torch.no_grad(), k.capture_launches() as launches:
-        fused.infer(model, visual, None)
+    if step == "inference":
+        model = SeDA(SeDAConfig(**model_kwargs)).to(getattr(torch, dtype)).eval()
+        visual = torch.empty(batch, model.config.visual_dim, dtype=getattr(torch, dtype))
+        with torch.no_grad(), k.capture_launches() as launches:
+            fused.infer(model, visual, None)
+        return launches
+    model = SeDA(SeDAConfig(**model_kwargs)).train()
+    cfg = model.config
+    visual, text = torch.randn(batch, cfg.visual_dim), torch.randn(cfg.num_classes, cfg.text_dim)
+    labels = torch.arange(batch) % cfg.num_classes
+    amp = torch.autocast("cpu", dtype=getattr(torch, dtype), enabled=dtype != "float32")
+    with k.capture_launches() as launches:
+        for stage in (1, 2):
+            model.set_stage(stage)
+            with amp:  # the launchers directly: the module's backend check wants CUDA or the interpreter
+                loss = fused_training.learner_loss(model, visual, labels)[0] if stage == 1 else \
+                    fused_training.translator_loss(model, visual, labels, text, True)[0]
+            loss.backward()
     return launches
 
 
@@ -146,11 +169,11 @@ def collect(entries=None) -> list[dict]:
     if _interpreting():
         return _collect_subprocess(entries)
     rows = []
-    for name, model_kwargs, dtype, batch in entries:
-        for launch in capture(model_kwargs, dtype, batch):
-            row = {"config": name, "dtype": dtype, "batch": batch}
-            row.update(compile_launch(launch, dtype))
-            rows.append(row)
+    for name, model_kwargs, dtype, batch, step in entries:
+        seen = set()  # a training step launches the same kernel config many times: compile it once
+        for launch in capture(model_kwargs, dtype, batch, step):
+            for row in compile_unique([launch], dtype, seen):
+                rows.append({"config": name, "dtype": dtype, "batch": batch, "step": step, **row})
     return rows
 
 
@@ -170,7 +193,7 @@ def problems(rows) -> list[str]:
     """What fails the bar: any spill/local memory, or shared memory over the sm_90 limit."""
     bad = []
     for r in rows:
-        tag = f"{r['kernel']} {r['config']} {r['dtype']} B={r['batch']}"
+        tag = f"{r['kernel']} {r.get('step', 'inference')} {r['config']} {r['dtype']} B={r['batch']}"
         if r["spill_stores"] or r["spill_loads"] or r["local_bytes"]:
             bad.append(f"{tag}: spills (STL {r['spill_stores']}, LDL {r['spill_loads']}, local {r['local_bytes']} B)")
         if r["shared_bytes"] > SM90_SMEM_LIMIT:
@@ -179,11 +202,12 @@ def problems(rows) -> list[str]:
 
 
 def format_table(rows) -> str:
-    head = ("kernel", "config", "dtype", "B", "grid", "BMxBNxBK", "warps", "stages", "regs", "spill(st/ld)",
-            "smem B", "wgmma", "compile s")
+    head = ("kernel", "step", "config", "dtype", "B", "grid", "BMxBNxBK", "warps", "stages", "regs",
+            "spill(st/ld)", "smem B", "wgmma", "compile s")
     lines = [head]
     for r in rows:
-        lines.append((r["kernel"], r["config"], r["dtype"], str(r["batch"]), str(r["grid"][0]),
+        lines.append((r["kernel"], r.get("step", "inference"), r["config"], r["dtype"], str(r["batch"]),
+                      "x".join(map(str, r["grid"])),
                       "x".join(str(r[key]) for key in ("BM", "BN", "BK") if r.get(key) is not None), str(r["num_warps"]), str(r["num_stages"]),
                       str(r["registers"]), f"{r['spill_stores']}/{r['spill_loads']}", str(r["shared_bytes"]),
                       "yes" if r["wgmma"] else "no", f"{r['compile_seconds']:.1f}"))

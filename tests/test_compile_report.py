@@ -17,11 +17,18 @@ def rows():
     return cr.collect(cr.SHIPPED)
 
 
+INFERENCE_KERNELS = ("semantic_sampler_kernel", "translator_pfin_kernel")
+# one stage-1 + one stage-2 fused training step (the stage-2 loss reads s from the Learner's sampler)
+TRAINING_KERNELS = ("class_sums_kernel", "ema_update_kernel", "denoiser_fwd_kernel", "denoiser_bwd_act_kernel",
+                    "denoiser_wgrad_kernel", "center_loss_fwd_kernel", "center_loss_bwd_kernel",
+                    "semantic_sampler_kernel", "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel")
+
+
 def test_every_shipped_kernel_compiled(rows):
-    seen = {(r["config"], r["dtype"], r["batch"], r["kernel"]) for r in rows}
-    for name, _, dtype, batch in cr.SHIPPED:
-        for kernel in ("semantic_sampler_kernel", "translator_pfin_kernel"):
-            assert (name, dtype, batch, kernel) in seen
+    seen = {(r["config"], r["dtype"], r["batch"], r["step"], r["kernel"]) for r in rows}
+    for name, _, dtype, batch, step in cr.SHIPPED:
+        for kernel in INFERENCE_KERNELS if step == "inference" else TRAINING_KERNELS:
+            assert (name, dtype, batch, step, kernel) in seen, (name, dtype, batch, step, kernel)
 
 
 def test_no_spills_and_shared_memory_fits(rows):
@@ -32,11 +39,14 @@ def test_no_spills_and_shared_memory_fits(rows):
 
 
 def test_tensor_core_paths(rows):
-    """bf16 throughput tiles (BM = 64) use Hopper's wgmma; the latency tiles (BM = 16) mma.sync."""
+    """bf16 throughput tiles (BM = 64) use Hopper's wgmma; the latency tiles (BM = 16) mma.sync; the
+    weight-gradient tiles (no BM; M = BN = 64) wgmma."""
     for r in rows:
-        if r["dtype"] == "bfloat16" and r["BM"] >= 64:
+        if r["dtype"] == "bfloat16" and r["kernel"] == "denoiser_wgrad_kernel":
             assert r["wgmma"], r
-        if r["dtype"] == "bfloat16" and r["BM"] == 16:
+        elif r["dtype"] == "bfloat16" and (r["BM"] or 0) >= 64:
+            assert r["wgmma"], r
+        elif r["dtype"] == "bfloat16" and r["BM"] == 16:
             assert r["mma_sync"], r
     print("\n" + cr.format_table(rows))
 

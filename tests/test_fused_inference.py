@@ -279,6 +279,10 @@ def test_gpu_check_dry_run(tmp_path):
     assert {r["batch"] for r in result["timings"]} == {1, 3}
     for row in result["timings"]:
         assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["fused_over_floor"] > 0
+    assert [(r["stage"], r["batch"]) for r in result["training"]] == [(1, 4), (2, 4)]
+    for row in result["training"]:  # same model, data and seed: the fused step gives eager's loss
+        assert row["fused_ms"] > 0 and row["eager_peak_mb"] > 0 and row["fused_peak_mb"] > 0
+        assert row["fused_loss"] == pytest.approx(row["eager_loss"], rel=1e-5)
 
 
 def test_throughput_tiles_in_the_interpreter():
