@@ -61,9 +61,4 @@ def translator_loss(model, visual, labels, text, per_class_text: bool, generator
     l_diff = F.mse_loss(x0_hat, target)
     ddim, e_table = reference.sampling_tables(den, T, cfg.translator_steps, cfg.dim, s.dtype, s.device)
     m = training_ops.translator_unroll(den, model.pfin, reference._start(T, s, xi), z, cond, e_table, ddim)
-    l_cls = F.cross_entropy(F.linear(m, model.head.weight, model.head.bias), labels)
-    l_al = F.mse_loss(m, target)
-    l_aux = F.cross_entropy(F.linear(u_y, model.aux_text.weight, model.aux_text.bias), labels)
-    loss = l_diff + cfg.lambda_cls * l_cls + cfg.lambda_al * l_al + cfg.lambda_aux * l_aux
-    parts = {"diffusion": l_diff.detach(), "cls": l_cls.detach(), "align": l_al.detach(), "aux": l_aux.detach()}
-    return loss, parts
+    return reference.stage2_objective(model, l_diff, m, u_y, target, labels)

@@ -246,6 +246,14 @@ def translator_loss(model, visual, labels, text, per_class_text: bool, generator
     x0_hat, _ = denoise(den, x_t, time_features(den, t, cfg.dim, z.dtype), condition_term(den, s))
     l_diff = F.mse_loss(x0_hat, target)
     _, m = translator_pfin_sample(model, s, z, xi)
+    return stage2_objective(model, l_diff, m, u_y, target, labels)
+
+
+def stage2_objective(model, l_diff, m, u_y, target, labels):
+    """``L_2`` from its diffusion term and the unroll's final ``m [B, d]``: ``+ lambda_cls CE(head(m))
+    + lambda_al ||m - sg(u_y)||^2 + lambda_aux CE(aux_text(u_y))``. Returns ``(loss, parts)``
+    (both backends end with this)."""
+    cfg = model.config
     l_cls = F.cross_entropy(F.linear(m, model.head.weight, model.head.bias), labels)
     l_al = F.mse_loss(m, target)
     l_aux = F.cross_entropy(F.linear(u_y, model.aux_text.weight, model.aux_text.bias), labels)

@@ -51,3 +51,52 @@ def compile_rows_in_subprocess(test_file, out) -> list:
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(Path(out).read_text())
+
+
+SM90_SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90
+
+
+def assert_sm90_clean(rows, kernels, fields=()) -> None:
+    """Compile-report rows of a test file: exactly ``kernels`` compiled, each within the register
+    file, with no spills or local memory and shared memory within the sm_90 limit; prints the rows
+    (``fields`` added to the common columns) for the log."""
+    assert {r["kernel"] for r in rows} == set(kernels), sorted({r["kernel"] for r in rows})
+    for r in rows:
+        assert 0 < r["registers"] <= 255, r
+        assert r["spill_stores"] == r["spill_loads"] == r["local_bytes"] == 0, r
+        assert r["shared_bytes"] <= SM90_SMEM_LIMIT, r
+    for r in rows:
+        print({k: r.get(k) for k in ("kernel", "dtype", "batch", *fields, "BM", "BN", "BK", "registers",
+                                     "spill_stores", "shared_bytes", "wgmma", "mma_sync")})
+
+
+def rel(out, ref) -> float:
+    """Relative error ``||out - ref|| / ||ref||`` in fp64."""
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def assert_matches_reference(names, out, ref, ref64, args, layers: int, tol: float = 1e-5) -> None:
+    """Kernel outputs/gradients ``out`` against the fp32 and fp64 reference autograd (``ref``,
+    ``ref64``), name by name; a gradient whose ``args`` entry is given must have that argument's
+    dtype and shape. With ``layers == 1`` the empty residual stack's gradients must be empty (the
+    reference never reads it, so it has none)."""
+    for name, o, r, r64, arg in zip(names, out, ref, ref64, args):
+        if arg is not None:
+            assert o.dtype == arg.dtype and o.shape == arg.shape, name
+        if layers == 1 and name in ("grad w_hidden", "grad b_hidden"):
+            assert o.numel() == 0 and r is None
+            continue
+        assert rel(o, r) < tol, f"{name}: relative error {rel(o, r):.2e} vs fp32 reference"
+        assert rel(o, r64) < tol, f"{name}: relative error {rel(o, r64):.2e} vs fp64 reference"
+
+
+def assert_compiled_step_matches(step, args) -> None:
+    """``torch.compile(step, backend="aot_eager", fullgraph=True)`` traces the custom ops with no
+    graph break and gives eager's loss and the gradients of every argument, bitwise."""
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    a1 = [t.clone().requires_grad_() for t in args]
+    a2 = [t.clone().requires_grad_() for t in args]
+    l1, l2 = compiled(*a1), step(*a2)
+    l1.backward()
+    l2.backward()
+    assert torch.equal(l1, l2) and all(torch.equal(x.grad, y.grad) for x, y in zip(a1, a2))

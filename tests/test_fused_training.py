@@ -10,15 +10,11 @@ import torch
 
 import seda_fast as sf
 from seda_fast import fused, memory
-from helpers import make_batch, make_model
+from helpers import make_batch, make_model, rel
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TINY = dict(visual_dim=13, text_dim=7, num_classes=3, dim=16, hidden=24, layers=2, learner_steps=2,
             translator_steps=2)
-
-
-def rel(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
 def _loss_and_grads(backend, stage, batch, seed=3, **cfg):
