@@ -77,10 +77,11 @@ def _one_step(model, v, y, text, losses):
     opt.step()
 
 
-def _ddp_worker(rank, world, init_file, out_dir, stage):
+def _ddp_worker(rank, world, init_file, out_dir, stage, backend):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     model = make_model(seed=0).set_stage(stage)
+    model.backend = backend  # "triton": the fused training ops (the interpreter: TRITON_INTERPRET is inherited)
     v, y, text = make_batch(model.config, BATCH, seed=1)
     part = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     ddp = DDP(model)
@@ -94,13 +95,16 @@ def _ddp_worker(rank, world, init_file, out_dir, stage):
     os._exit(0)
 
 
+@pytest.mark.parametrize("backend", ["eager", "triton"])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_ddp_two_ranks_match_one_process(tmp_path, stage):
+def test_ddp_two_ranks_match_one_process(tmp_path, stage, backend):
     """Two gloo ranks on half batches end with the same centers and parameters as one process
     that updates the centers on the whole batch and steps on the mean of the two half-batch
-    losses (each half drawing its t/eps/xi from the same generator as the matching rank)."""
+    losses (each half drawing its t/eps/xi from the same generator as the matching rank). With
+    ``backend="triton"`` the ranks train with the fused ops (the centers' sums and counts are
+    all-reduced between the two center launches); the expectation is the eager reference."""
     world = 2
-    ctx = mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), stage), nprocs=world,
+    ctx = mp.spawn(_ddp_worker, args=(world, str(tmp_path / "init"), str(tmp_path), stage, backend), nprocs=world,
                    join=False)
     deadline = time.monotonic() + 240  # never hang CI: a stuck rank fails the test instead
     while not ctx.join(timeout=1):
