@@ -30,8 +30,9 @@ Backward walks the loop in reverse, one step at a time (``translator_unroll_back
   ``[m_k | x0_hat]``) and store the step's column sums (bias and time-embedding gradients, summed
   over steps by ``torch.sum``: a fixed order).
 
-Per-step workspace O(B (2L + 4) H + 6 B d) is reused across steps. Math in fp32 whatever the input
-dtype; step buffers are in the input dtype (fp16/bf16 feed the tensor cores), accumulators fp32.
+The backward's workspace, B ((2L + 5) H + 9 d) values (step buffers, fp32 scratch and running
+gradients), is reused across steps. Math in fp32 whatever the input dtype; step buffers are in the
+input dtype (fp16/bf16 feed the tensor cores), accumulators fp32.
 Launches: forward 1, backward K (1 + 5) (K (1 + 4) when L = 1).
 """
 from __future__ import annotations

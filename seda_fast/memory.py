@@ -16,7 +16,7 @@ K, B, d, H around the default config, on CPU:
   byte once the interpreter's lingering host views of kernel arguments are collected.
 * ``fused_saved_states_mib`` is what the fused unroll keeps from forward to backward, ``xs`` and
   ``ms``: ``(2 K + 1) B d`` fp32 values; the rest of its peak is the per-step workspace
-  (O(B (L + 4) H + 6 B d)), the fp32 weight-gradient accumulators and the parameter gradients.
+  (B ((2L + 5) H + 9 d) values), the fp32 weight-gradient accumulators and the parameter gradients.
 """
 from __future__ import annotations
 
