@@ -17,11 +17,14 @@ TINY = dict(visual_dim=13, text_dim=7, num_classes=3, dim=16, hidden=24, layers=
             translator_steps=2)
 
 
-def _loss_and_grads(backend, stage, batch, seed=3, **cfg):
+def _loss_and_grads(backend, stage, batch, seed=3, text_kind="class", **cfg):
     """One loss + backward on a fresh model (centers set by one eager stage-1 batch first, so both
-    backends start from the same state): ``(loss, parts, param grads, visual grad, text grad, centers)``."""
+    backends start from the same state): ``(loss, parts, param grads, visual grad, text grad, centers)``.
+    ``text_kind="sample"``: per-sample texts ``[B, Dt]`` instead of class texts."""
     model = make_model(seed=seed, **cfg).to(DEVICE).train()
     visual, labels, text = (t.to(DEVICE) for t in make_batch(model.config, batch, seed=seed + 1))
+    if text_kind == "sample":
+        text = torch.randn(batch, model.config.text_dim, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
     model.learner_loss(visual, labels, generator=torch.Generator(DEVICE).manual_seed(1))
     model.backend = backend
     model.set_stage(stage)
@@ -30,21 +33,24 @@ def _loss_and_grads(backend, stage, batch, seed=3, **cfg):
     if stage == 1:
         loss, parts = model.learner_loss(visual, labels, generator=gen, return_parts=True)
     else:
-        loss, parts = model.translator_loss(visual, labels, text, generator=gen, return_parts=True)
+        loss, parts = model.translator_loss(visual, labels, text, generator=gen, text_kind=text_kind,
+                                            return_parts=True)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), parts, grads, visual.grad, text.grad, model.centers.clone()
 
 
 @pytest.mark.parametrize("stage", [1, 2])
-@pytest.mark.parametrize("layers,steps", [(1, 1), (3, 4), (1, 4), (3, 1)])
-def test_parity_with_eager_autograd(stage, layers, steps):
+@pytest.mark.parametrize("layers,steps,batch,text_kind", [(1, 1, 19, "class"), (3, 4, 19, "class"),
+                                                         (1, 4, 19, "class"), (3, 1, 19, "class"),
+                                                         (2, 2, 1, "class"), (2, 2, 9, "sample")])
+def test_parity_with_eager_autograd(stage, layers, steps, batch, text_kind):
     """Loss, its parts, the gradient of every trained parameter and of ``visual`` (stage 1) / ``text``
     (stage 2), and the updated centers within 1e-5 relative of the eager backend (odd widths,
-    B = 19: two row blocks)."""
+    B = 19: two row blocks; batch 1; per-sample texts)."""
     cfg = dict(layers=layers, learner_steps=steps, translator_steps=steps)
-    out = _loss_and_grads("triton", stage, 19, **cfg)
-    ref = _loss_and_grads("eager", stage, 19, **cfg)
+    out = _loss_and_grads("triton", stage, batch, text_kind=text_kind, **cfg)
+    ref = _loss_and_grads("eager", stage, batch, text_kind=text_kind, **cfg)
     (loss, parts, grads, gv, gt, mu), (rloss, rparts, rgrads, rgv, rgt, rmu) = out, ref
     assert loss.dtype == torch.float32 and rel(loss, rloss) < 1e-5
     assert parts.keys() == rparts.keys() and all(rel(parts[k], rparts[k]) < 1e-5 for k in parts)
