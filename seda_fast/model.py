@@ -130,8 +130,9 @@ class SeDA(nn.Module):
         return "triton"
 
     def _inference_impl(self, visual: torch.Tensor):
-        """The fused kernels have no backward: while autograd would record (grad mode on and a
-        parameter or the input requiring grad), "auto" runs eager and "triton" says so."""
+        """The fused inference chain has no backward (training goes through the losses): while
+        autograd would record (grad mode on and a parameter or the input requiring grad), "auto"
+        runs eager and "triton" says so."""
         if self.resolved_backend(visual.device) == "eager":
             return reference
         if torch.is_grad_enabled() and (visual.requires_grad or any(p.requires_grad for p in self.parameters())):
@@ -139,7 +140,8 @@ class SeDA(nn.Module):
                 return reference
             raise RuntimeError(
                 "backend='triton' inference has no backward: call it under torch.no_grad() or "
-                "torch.inference_mode(), or use backend='eager'/'auto' when gradients are needed")
+                "torch.inference_mode(), train through learner_loss/translator_loss (or forward with "
+                "labels), or use backend='eager'/'auto' when gradients of the logits are needed")
         return fused
 
     def _training_impl(self, device: torch.device):

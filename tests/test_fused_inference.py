@@ -292,7 +292,7 @@ def test_throughput_tiles_in_the_interpreter():
 
 
 def test_grad_mode_never_silently_drops_autograd():
-    """The fused kernels have no backward: with autograd recording, "triton" refuses clearly and
+    """The fused inference chain has no backward: with autograd recording, "triton" refuses clearly and
     "auto" would run eager; under no_grad the fused path runs."""
     model = _model(learner_steps=2, translator_steps=2)
     v = _visual(model, 3)
