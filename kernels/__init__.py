@@ -12,6 +12,9 @@ and returns plain tensors:
 * :func:`denoiser_forward` / :func:`denoiser_backward` (``denoiser_train.py``): the denoiser for
   training, forward (saving ``a`` and the residual pre-activations) and backward (activation
   gradients per row block, deterministic weight gradients per weight tile).
+* :func:`denoiser_x0_loss_forward` / :func:`denoiser_x0_loss_backward` (``denoiser_x0_loss.py``): the
+  random-t diffusion term of both stages, forward noising + denoiser + per-row x0 loss in one
+  launch, and its backward.
 * :func:`translator_unroll_forward` / :func:`translator_unroll_backward` (``translator_unroll.py``):
   the stage-2 training unroll (K2-step Translator loop + PFIN), forward saving only the per-step
   ``x_k``/``m_k`` and a backward that walks the loop in reverse, recomputing each step.
@@ -27,6 +30,8 @@ from .center_loss import center_loss_backward, center_loss_bwd_kernel, center_lo
 from .center_update import class_sums, class_sums_kernel, ema_update, ema_update_kernel
 from .denoiser_train import (denoiser_backward, denoiser_bwd_act_kernel, denoiser_forward, denoiser_fwd_kernel,
                              denoiser_wgrad_kernel)
+from .denoiser_x0_loss import (denoiser_x0_loss_backward, denoiser_x0_loss_bwd_kernel, denoiser_x0_loss_forward,
+                               denoiser_x0_loss_fwd_kernel)
 from .translator_unroll import (translator_unroll_backward, translator_unroll_bwd_step_kernel,
                                 translator_unroll_forward, translator_unroll_fwd_kernel)
 
@@ -36,4 +41,5 @@ __all__ = ["semantic_sample", "semantic_sampler_kernel", "translator_pfin", "tra
            "center_loss_bwd_kernel", "class_sums", "class_sums_kernel", "ema_update", "ema_update_kernel",
            "denoiser_forward", "denoiser_backward", "denoiser_fwd_kernel", "denoiser_bwd_act_kernel",
            "denoiser_wgrad_kernel", "translator_unroll_forward", "translator_unroll_backward",
-           "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel"]
+           "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel", "denoiser_x0_loss_forward",
+           "denoiser_x0_loss_backward", "denoiser_x0_loss_fwd_kernel", "denoiser_x0_loss_bwd_kernel"]

@@ -269,25 +269,9 @@ def denoiser_backward(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out):
     ``grad_a_total`` is the gradient of both ``cond`` and ``e_t``. Weight gradients are accumulated
     in fp32 by one program per weight tile over all rows in a fixed order (bitwise reproducible).
     Launches: 4 (3 when L = 1)."""
-    check_matrix("x_t", x_t, None, None, batch_rows=True)
-    B, d = x_t.shape
+    B, d, H, n_hidden = check_saved(grad_a, x_t, a, z, w_x, w_hidden, w_out)
     dtype, device = x_t.dtype, x_t.device
-    check_matrix("w_x", w_x, None, d, dtype, device)
-    H = w_x.shape[0]
-    if not isinstance(w_hidden, torch.Tensor) or w_hidden.dim() != 3 or tuple(w_hidden.shape[1:]) != (H, H):
-        got = list(w_hidden.shape) if isinstance(w_hidden, torch.Tensor) else type(w_hidden).__name__
-        raise ValueError(f"w_hidden must have shape [L-1, {H}, {H}], got {got}")
-    n_hidden = w_hidden.shape[0]
-    check_hidden(w_hidden, w_hidden.new_empty(n_hidden, H), H, dtype, device)  # b_hidden: not needed here
-    check_matrix("w_out", w_out, d, H, dtype, device)
     check_matrix("grad_x0", grad_x0, B, d, dtype, device, batch_rows=True)
-    check_matrix("grad_a", grad_a, B, H, dtype, device, batch_rows=True)
-    check_matrix("a", a, B, H, dtype, device, batch_rows=True)
-    if not isinstance(z, torch.Tensor) or tuple(z.shape) != (B, n_hidden, H):
-        got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-        raise ValueError(f"z must have shape [{B}, {n_hidden}, {H}], got {got}")
-    if z.dtype != dtype or z.device != device or not z.is_contiguous():
-        raise ValueError(f"z must be a contiguous {dtype} tensor on {device}")
 
     cfg = pick_blocks(B, d, H, None, dtype)
     lowp, prec = dot_mode(dtype, device)
@@ -301,17 +285,51 @@ def denoiser_backward(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out):
            gx, B, d, H, n_hidden, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, LOWP=lowp, PREC=prec,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
 
+    return (gx, ga, *denoiser_weight_grads(ga, gz, grad_x0, x_t, a, z, w_x, w_hidden, w_out, lowp, prec))
+
+
+def check_saved(grad_a, x_t, a, z, w_x, w_hidden, w_out):
+    """Checks of a denoiser backward's common arguments (``x_t [B, d]`` sets dtype and device; ``a``,
+    ``grad_a [B, H]``, ``z [B, L-1, H]``, ``w_x [H, d]``, ``w_hidden [L-1, H, H]``, ``w_out [d, H]``);
+    returns ``(B, d, H, L-1)``."""
+    check_matrix("x_t", x_t, None, None, batch_rows=True)
+    B, d = x_t.shape
+    dtype, device = x_t.dtype, x_t.device
+    check_matrix("w_x", w_x, None, d, dtype, device)
+    H = w_x.shape[0]
+    if not isinstance(w_hidden, torch.Tensor) or w_hidden.dim() != 3 or tuple(w_hidden.shape[1:]) != (H, H):
+        got = list(w_hidden.shape) if isinstance(w_hidden, torch.Tensor) else type(w_hidden).__name__
+        raise ValueError(f"w_hidden must have shape [L-1, {H}, {H}], got {got}")
+    n_hidden = w_hidden.shape[0]
+    check_hidden(w_hidden, w_hidden.new_empty(n_hidden, H), H, dtype, device)  # b_hidden: not needed here
+    check_matrix("w_out", w_out, d, H, dtype, device)
+    check_matrix("grad_a", grad_a, B, H, dtype, device, batch_rows=True)
+    check_matrix("a", a, B, H, dtype, device, batch_rows=True)
+    if not isinstance(z, torch.Tensor) or tuple(z.shape) != (B, n_hidden, H):
+        got = list(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"z must have shape [{B}, {n_hidden}, {H}], got {got}")
+    if z.dtype != dtype or z.device != device or not z.is_contiguous():
+        raise ValueError(f"z must be a contiguous {dtype} tensor on {device}")
+    return B, d, H, n_hidden
+
+
+def denoiser_weight_grads(ga, gz, gx0, x_t, a, z, w_x, w_hidden, w_out, lowp, prec):
+    """``(grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` of the denoiser from the
+    activation gradients ``ga [B, H]``, ``gz [B, L-1, H]``, ``gx0 [B, d]`` and the saved ``x_t``, ``a``,
+    ``z`` (each ``h_l`` recomputed from ``a`` and ``z``): 3 launches, 2 when L = 1."""
+    B, d = x_t.shape
+    H, n_hidden = w_x.shape[0], w_hidden.shape[0]
     gw_x = torch.empty_like(w_x)
     gw_h = torch.empty_like(w_hidden)
-    gb_h = torch.empty(n_hidden, H, device=device, dtype=dtype)
+    gb_h = w_hidden.new_empty(n_hidden, H)
     gw_o = torch.empty_like(w_out)
-    gb_o = torch.empty(d, device=device, dtype=dtype)
-    common = dict(z=zp, zs=max(n_hidden, 1) * H, B=B, lowp=lowp, prec=prec)
+    gb_o = w_out.new_empty(d)
+    common = dict(z=z if n_hidden else a, zs=max(n_hidden, 1) * H, B=B, lowp=lowp, prec=prec)
     launch_wgrad(ga, H, x_t, d, 0, gw_x, None, H, d, 1, from_h=False, **common)
     if n_hidden:
         launch_wgrad(gz, n_hidden * H, a, H, 0, gw_h, gb_h, H, H, n_hidden, from_h=True, **common)
-    launch_wgrad(grad_x0, d, a, H, n_hidden, gw_o, gb_o, d, H, 1, from_h=True, **common)
-    return gx, ga, gw_x, gw_h, gb_h, gw_o, gb_o
+    launch_wgrad(gx0, d, a, H, n_hidden, gw_o, gb_o, d, H, 1, from_h=True, **common)
+    return gw_x, gw_h, gb_h, gw_o, gb_o
 
 
 def launch_wgrad(g, g_stride, x, x_stride, n_res0, dw, db, N, Kdim, layers, *, z, zs, B, lowp, prec,

@@ -5,12 +5,14 @@ in the same order, from the caller's generator), the heavy parts running as fuse
 MLP, heads, cross-entropies, MSEs) stays in torch and its autograd.
 
 Stage 1: the center EMA (``class_sums`` + ``ema_update_``: deterministic, all-reduced under
-torch.distributed), the Learner denoiser forward/backward (``denoiser_fwd``/``denoiser_bwd``), the
-center constraint with a streaming log-sum-exp (``center_loss_fwd``/``center_loss_bwd``).
+torch.distributed), forward noising + Learner denoiser + x0 loss in one op
+(``denoiser_x0_loss_fwd``/``_bwd``), the center constraint on the denoiser's ``a`` with a
+streaming log-sum-exp (``center_loss_fwd``/``center_loss_bwd``).
 
-Stage 2: ``s`` from the fused Learner sampler (no grad), the random-t diffusion loss through the
-denoiser op, and the K2-step Translator + PFIN unroll (``unroll_fwd``/``unroll_bwd``), which keeps
-only the per-step states ``x_k``, ``m_k`` for its backward.
+Stage 2: ``s`` from the fused Learner sampler (no grad), the random-t diffusion term through the
+same noising + denoiser + x0-loss op, and the K2-step Translator + PFIN unroll
+(``unroll_fwd``/``unroll_bwd``), which keeps only the per-step states ``x_k``, ``m_k`` for its
+backward.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused, reference, training_ops
-from .reference import _draw_t_eps, _noised, _rng
+from .reference import _draw_t_eps, _rng
 
 
 def learner_loss(model, visual, labels, generator=None, update: bool = True):
@@ -31,10 +33,9 @@ def learner_loss(model, visual, labels, generator=None, update: bool = True):
     centers = model.centers.to(z.dtype)
     x0 = centers[labels]
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
-    x_t = _noised(cfg.diffusion_steps, x0, t, eps)
     e_t = reference.time_features(den, t, cfg.dim, z.dtype)
-    x0_hat, a = training_ops.denoise(den, x_t, e_t, reference.condition_term(den, z))
-    l_diff = F.mse_loss(x0_hat, x0)
+    l_diff, a = training_ops.denoise_x0_loss(den, x0, eps, t, e_t, reference.condition_term(den, z),
+                                             cfg.diffusion_steps)
     r = F.linear(a, model.readout.weight)
     l_sc = training_ops.center_loss(r, centers, labels, cfg.center_temperature)
     l_aux = F.cross_entropy(F.linear(z, model.aux_visual.weight, model.aux_visual.bias), labels)
@@ -55,10 +56,9 @@ def translator_loss(model, visual, labels, text, per_class_text: bool, generator
     target = u_y.detach()
     t, eps = _draw_t_eps(T, z.shape[0], cfg.dim, z.dtype, z.device, generator)
     xi = torch.randn(z.shape[0], cfg.dim, device=z.device, dtype=torch.float32, **_rng(generator))
-    x_t = _noised(T, target, t, eps)
     cond = reference.condition_term(den, s)
-    x0_hat, _ = training_ops.denoise(den, x_t, reference.time_features(den, t, cfg.dim, z.dtype), cond)
-    l_diff = F.mse_loss(x0_hat, target)
+    l_diff, _ = training_ops.denoise_x0_loss(den, target, eps, t, reference.time_features(den, t, cfg.dim, z.dtype),
+                                             cond, T)
     ddim, e_table = reference.sampling_tables(den, T, cfg.translator_steps, cfg.dim, s.dtype, s.device)
     m = training_ops.translator_unroll(den, model.pfin, reference._start(T, s, xi), z, cond, e_table, ddim)
     return reference.stage2_objective(model, l_diff, m, u_y, target, labels)

@@ -19,8 +19,9 @@ def rows():
 
 INFERENCE_KERNELS = ("semantic_sampler_kernel", "translator_pfin_kernel")
 # one stage-1 + one stage-2 fused training step (the stage-2 loss reads s from the Learner's sampler)
-TRAINING_KERNELS = ("class_sums_kernel", "ema_update_kernel", "denoiser_fwd_kernel", "denoiser_bwd_act_kernel",
-                    "denoiser_wgrad_kernel", "center_loss_fwd_kernel", "center_loss_bwd_kernel",
+TRAINING_KERNELS = ("class_sums_kernel", "ema_update_kernel", "denoiser_x0_loss_fwd_kernel",
+                    "denoiser_x0_loss_bwd_kernel", "denoiser_wgrad_kernel", "center_loss_fwd_kernel",
+                    "center_loss_bwd_kernel",
                     "semantic_sampler_kernel", "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel")
 
 
