@@ -6,9 +6,9 @@
 Data: the demo's quick Fashion-MNIST features (EfficientNet-Lite0, 64 px, standardised with the
 training split's statistics; :mod:`seda_fast.demo`), the first ``--train`` training rows and all
 2000 test rows; MiniLM class texts. On CPU the fused kernels run in Triton's interpreter, which
-costs ~17 s per stage-2 step even at a tiny width, so the SeDA config here is small (d = 32,
-H = 64, L = 2, K1 = K2 = 4) and the schedule short; on a GPU (``--device cuda``) pass the demo's
-sizes. Each seed trains both backends from the same initial weights with the same generator, then
+costs seconds per stage-2 step even at a small width, so the SeDA config here is small (d = 64,
+H = 128, L = 2, K1 = K2 = 4) and the schedule short (2 + 2 epochs of batch 100, lr 3e-3: SeDA
+reaches ~77% here, below the probe, where the demo's full settings reach ~85%). Each seed trains both backends from the same initial weights with the same generator, then
 evaluates each model with its own backend (the fused one with the fused inference kernels).
 Recorded per seed: both accuracies, the share of test predictions on which they agree, the
 largest parameter difference, train seconds; plus the linear probe on the same rows for context.
@@ -33,8 +33,16 @@ from seda_fast import baselines, data, demo  # noqa: E402
 from seda_fast.config import SeDAConfig  # noqa: E402
 from seda_fast.trainer import Trainer, make_model  # noqa: E402
 
-SMALL = dict(dim=32, hidden=64, layers=2, learner_steps=4, translator_steps=4)
-SCHEDULE = dict(stage1_epochs=3, stage2_epochs=3, batch_size=250, lr=1e-3, weight_decay=1e-4)
+SMALL = dict(dim=64, hidden=128, layers=2, learner_steps=4, translator_steps=4)
+SCHEDULE = dict(stage1_epochs=2, stage2_epochs=2, batch_size=100, lr=3e-3, weight_decay=1e-4)
+# How SMALL/SCHEDULE were picked: eager-only runs on the same 2000 rows (seeds 0, 1), accuracy %.
+TUNING_NOTES = [
+    "d=32 H=64 K=4, 3+3 epochs, batch 250, lr 1e-3: 25.5, 39.1 (24 stage-2 steps: far from trained)",
+    "same, lr 3e-3: 60.1, 65.9; batch 100, 2+3 epochs: 75.2, 74.9; batch 100, 2+2 epochs: 72.2, 71.3",
+    "d=32 H=64 K=2, batch 100, 2+2: 70.1, 70.3",
+    "chosen: d=64 H=128 K=4, batch 100, 2+2 epochs, lr 3e-3: 76.9, 78.1 (40 stage-2 steps, what the "
+    "interpreter affords: ~10 s per fused stage-2 step)",
+]
 
 
 def main(argv=None) -> int:
@@ -82,7 +90,7 @@ def main(argv=None) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__},
         "data": {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist), demo quick features", "train": args.train,
                  "test": int(v_te.shape[0]), "visual_encoder": data.VISUAL_MODEL, "text_encoder": data.TEXT_MODEL},
-        "config": {**SMALL, "schedule": SCHEDULE}, "rows": rows,
+        "config": {**SMALL, "schedule": SCHEDULE}, "tuning_notes": TUNING_NOTES, "rows": rows,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
