@@ -168,8 +168,9 @@ def markdown_table(rows: list[dict], meta: dict | None = None) -> str:
     if meta:
         lines.append(" · ".join(f"{k}: {v}" for k, v in meta.items()))
         lines.append("")
-    lines.append("| kind | config | dtype | batch | provider | median ms | p20-p80 ms | vs eager | time / floor | max err vs fp32 |")
-    lines.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|")
+    lines.append("| kind | config | dtype | batch | provider | median ms | p20-p80 ms | vs eager | time / floor "
+                 "| max err vs fp32 | peak MB |")
+    lines.append("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
 
     def f(x, spec):
         return "–" if x is None else format(x, spec)
@@ -178,7 +179,8 @@ def markdown_table(rows: list[dict], meta: dict | None = None) -> str:
         spread = (f"{r['p20_ms']:.3g}-{r['p80_ms']:.3g}" if r.get("p20_ms") is not None else "–")
         lines.append(f"| {r.get('kind', 'inference')} | {r['config']} | {r['dtype']} | {r['batch']} | {r['provider']} "
                      f"| {f(r['median_ms'], '.4g')} | {spread} | {f(r.get('speedup_vs_eager'), '.2f')} "
-                     f"| {f(r.get('over_floor'), '.1f')} | {f(r.get('max_err_vs_fp32'), '.2e')} |")
+                     f"| {f(r.get('over_floor'), '.1f')} | {f(r.get('max_err_vs_fp32'), '.2e')} "
+                     f"| {f(r.get('peak_memory_mb'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -189,9 +191,11 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    groups = sorted({(r.get("kind", "inference"), r["config"], r["dtype"]) for r in rows})
     for metric, ylabel, name in (("speedup_vs_eager", "speedup over eager (x)", "speedup.png"),
                                  ("over_floor", "measured time / cost-model floor", "roofline.png")):
+        # a panel per (kind, config, dtype) that has the metric (the cost model covers inference only)
+        groups = sorted({(r.get("kind", "inference"), r["config"], r["dtype"]) for r in rows
+                         if r.get(metric) is not None})
         fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4), squeeze=False)
         for ax, group in zip(axes[0], groups):
             for provider in _ORDER:
@@ -225,8 +229,11 @@ def report(path: str, out_dir: str | None = None) -> tuple[str, list[Path]]:
     if not any("speedup_vs_eager" in r for r in rows):
         add_speedups(rows)
     data = json.loads(Path(path).read_text())
-    info = data.get("machine_info", {})
+    info = data.get("seda_fast_env") or data.get("machine_info", {})  # pytest-benchmark JSON: our env report
     meta = {k: info.get(k) for k in ("gpus", "torch", "triton", "torch_cuda", "driver") if k in info}
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    if devices:
+        meta["device"] = ", ".join(devices)
     if "datetime" in data:
         meta["date"] = data["datetime"]
     out = Path(out_dir) if out_dir else Path(path).parent
