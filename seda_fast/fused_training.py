@@ -1,8 +1,8 @@
 """The ``"triton"`` backend's training losses: :func:`learner_loss` and :func:`translator_loss` with
 the signatures and the exact math of their :mod:`seda_fast.reference` namesakes (same random draws,
 in the same order, from the caller's generator), the heavy parts running as fused custom ops
-(:mod:`seda_fast.training_ops`); the cheap ``[B, d]``/``[B, C]`` glue (projectors, noising, time
-MLP, heads, cross-entropies, MSEs) stays in torch and its autograd.
+(:mod:`seda_fast.training_ops`); the cheap ``[B, d]``/``[B, C]`` glue (projectors, time embedding and
+MLP, heads, cross-entropies, the alignment MSE) stays in torch and its autograd.
 
 Stage 1: the center EMA (``class_sums`` + ``ema_update_``: deterministic, all-reduced under
 torch.distributed), forward noising + Learner denoiser + x0 loss in one op

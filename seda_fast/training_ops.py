@@ -1,4 +1,5 @@
-"""Autograd-aware ``torch.library`` custom ops around the stage-1 training kernels.
+"""Autograd-aware ``torch.library`` custom ops around the training kernels (``seda_fast.fused_training``
+composes them into the two losses).
 
 * ``seda_fast::center_loss_fwd(r, centers, labels, temperature) -> (loss [B] fp32, lse [B] fp32)``
   with its autograd formula registered (``register_autograd``): the backward launches
@@ -6,12 +7,20 @@
   never storing ``[B, C]``). ``lse`` is an auxiliary, non-differentiable output.
 * ``seda_fast::class_sums(z, labels, num_classes) -> (sums [C, d] fp32, counts [C] fp32)`` and
   ``seda_fast::ema_update_(centers!, initialized!, sums, counts, momentum)`` (in place).
+* ``seda_fast::denoiser_fwd``/``_bwd``: the denoiser alone (``reference.denoise``), gradients from
+  both ``x0_hat`` and ``a``.
+* ``seda_fast::denoiser_x0_loss_fwd``/``_bwd``: forward noising + denoiser + per-row x0 loss, the
+  random-t diffusion term of both stages.
+* ``seda_fast::unroll_fwd``/``_bwd``: the stage-2 K2-step Translator + PFIN loop and its reverse walk.
 
 Every op has a fake (meta) implementation, so ``torch.compile`` traces through them without a
-graph break. Math is fp32 whatever the input dtype; ``grad_r`` comes back in ``r``'s dtype.
-Python entry points: :func:`center_loss` (= ``F.cross_entropy(reference.center_logits(r, mu, tau),
-y)``) and :func:`update_centers` (= ``reference.update_centers``, with the torch.distributed
-all-reduce of sums and counts between the two launches).
+graph break; auxiliary outputs saved for a backward are non-differentiable and get no
+materialised zero gradients. Math is fp32 whatever the input dtype; gradients come back in their
+input's dtype. Python entry points: :func:`center_loss` (= ``F.cross_entropy(reference.center_logits(
+r, mu, tau), y)``), :func:`update_centers` (= ``reference.update_centers``, with the
+torch.distributed all-reduce of sums and counts between the two launches), :func:`denoise`,
+:func:`denoise_x0_loss` and :func:`translator_unroll` (on ``model.Denoiser``/``model.PFIN``
+modules; under ``torch.autocast`` they compute in the autocast dtype).
 """
 from __future__ import annotations
 
@@ -292,10 +301,6 @@ def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, co
 # the K2-step Translator + PFIN loop in one launch; ``xs [K, B, d]`` / ``ms [K + 1, B, d]`` (fp32, the
 # per-step inputs) are auxiliary non-differentiable outputs saved for ``seda_fast::unroll_bwd``, which
 # walks the loop in reverse and returns the gradients of every input but ``ddim``.
-
-_UNROLL_WEIGHTS = ("w_x", "w_hidden", "b_hidden", "w_out", "b_out", "w_pm", "w_pu", "b_p", "w_pd", "b_pd", "w_gm",
-                   "w_gu", "b_g")
-
 
 @torch.library.custom_op("seda_fast::unroll_fwd", mutates_args=())
 def unroll_fwd(x_start: Tensor, m_start: Tensor, cond: Tensor, e_table: Tensor, ddim: Tensor, w_x: Tensor,
