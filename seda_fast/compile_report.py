@@ -149,15 +149,16 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
     }
 
 
-def compile_unique(launches, dtype: str, seen: set) -> list[dict]:
-    """:func:`compile_launch` rows for the launches whose (kernel, dtype, meta) is not in ``seen``
-    (updated), so a config shared by several shapes is compiled once."""
+def compile_unique(launches, dtype: str, seen: set, **labels) -> list[dict]:
+    """:func:`compile_launch` rows, labelled with ``dtype`` and ``labels`` (``batch=...``), for the
+    launches whose (kernel, dtype, meta) is not in ``seen`` (updated), so a config shared by
+    several shapes or launches is compiled once."""
     rows = []
     for launch in launches:
         key = (launch.kernel.__name__, dtype, tuple(sorted(launch.meta.items())))
         if key not in seen:
             seen.add(key)
-            rows.append(compile_launch(launch, dtype))
+            rows.append({"dtype": dtype, **labels, **compile_launch(launch, dtype)})
     return rows
 
 
@@ -170,10 +171,9 @@ def collect(entries=None) -> list[dict]:
         return _collect_subprocess(entries)
     rows = []
     for name, model_kwargs, dtype, batch, step in entries:
-        seen = set()  # a training step launches the same kernel config many times: compile it once
-        for launch in capture(model_kwargs, dtype, batch, step):
-            for row in compile_unique([launch], dtype, seen):
-                rows.append({"config": name, "dtype": dtype, "batch": batch, "step": step, **row})
+        # a training step launches the same kernel config many times: compile it once
+        rows += compile_unique(capture(model_kwargs, dtype, batch, step), dtype, set(), config=name, batch=batch,
+                               step=step)
     return rows
 
 

@@ -209,9 +209,7 @@ def compile_rows() -> list[dict]:
             K.denoiser_forward(e(B, d), e(B, H), e(B, H), e(H, d), e(L - 1, H, H), e(L - 1, H), e(d, H), e(d))
             K.denoiser_backward(e(B, d), e(B, H), e(B, d), e(B, H), e(B, L - 1, H), e(H, d), e(L - 1, H, H),
                                 e(d, H))
-        for row in cr.compile_unique(launches, dtype, seen):
-            row.update(dtype=dtype, batch=B)
-            rows.append(row)
+        rows += cr.compile_unique(launches, dtype, seen, batch=B)
     return rows
 
 

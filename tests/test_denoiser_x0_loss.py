@@ -199,9 +199,7 @@ def compile_rows() -> list[dict]:
             K.denoiser_x0_loss_forward(f32(B, d), f32(B, d), f32(B, 2), e(B, H), e(B, H), *w)
             K.denoiser_x0_loss_backward(f32(B), e(B, H), f32(B, d), e(B, d), e(B, d), e(B, H), e(B, L - 1, H),
                                         w[0], w[1], w[3])
-        for row in cr.compile_unique(launches, dtype, seen):
-            row.update(dtype=dtype, batch=B)
-            rows.append(row)
+        rows += cr.compile_unique(launches, dtype, seen, batch=B)
     return rows
 
 

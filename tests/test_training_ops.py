@@ -275,9 +275,7 @@ def compile_rows() -> list[dict]:
             K.center_loss_backward(torch.empty(B), r, mu, y, torch.empty(B), 1.0)
             sums, counts = K.class_sums(r, y, C)
             K.ema_update(mu, torch.zeros(C, dtype=torch.bool), torch.empty(C, d), torch.empty(C), 0.9)
-        for row in cr.compile_unique(launches, dtype, seen):
-            row.update(dtype=dtype, batch=B, classes=C, d=d)
-            rows.append(row)
+        rows += cr.compile_unique(launches, dtype, seen, batch=B, classes=C, d=d)
     return rows
 
 

@@ -250,9 +250,7 @@ def compile_rows() -> list[dict]:
             K.translator_unroll_forward(e(B, d), e(B, d), e(B, H), e(steps, H), f32(steps, 2), *w)
             K.translator_unroll_backward(e(B, d), f32(steps, B, d), f32(steps + 1, B, d), e(B, H), e(steps, H),
                                          f32(steps, 2), *w)
-        for row in cr.compile_unique(launches, dtype, seen):
-            row.update(dtype=dtype, batch=B)
-            rows.append(row)
+        rows += cr.compile_unique(launches, dtype, seen, batch=B)
     return rows
 
 
