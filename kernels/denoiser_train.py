@@ -81,7 +81,17 @@ def denoiser_fwd_kernel(x_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr, 
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         LOWP: tl.constexpr, PREC: tl.constexpr):
     """One program = ``BM`` rows; ``h`` ping-pongs between two fp32 ``[BM, H]`` scratch slabs."""
-    pid = tl.program_id(0).to(tl.int64)
+    denoiser_block_forward(tl.program_id(0).to(tl.int64), x_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr,
+                           bo_ptr, x0_ptr, a_ptr, z_ptr, scratch_ptr, B, d, H, n_hidden, BM, BN, BK, LOWP, PREC)
+
+
+@triton.jit
+def denoiser_block_forward(pid, x_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr,
+                           x0_ptr, a_ptr, z_ptr, scratch_ptr, B, d, H, n_hidden,
+                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                           LOWP: tl.constexpr, PREC: tl.constexpr):
+    """:func:`denoiser_rows_forward` (saving ``a``, ``z``) on row block ``pid`` of full ``[B, *]``
+    tensors (``e`` per row), with the block's two ``[BM, H]`` slabs of ``scratch``."""
     row0 = pid * BM
     rows = B - row0
     denoiser_rows_forward(x_ptr + row0 * d, d, e_ptr + row0 * H, H, cond_ptr + row0 * H, rows,
@@ -140,6 +150,19 @@ def denoiser_rows_backward(gx0_ptr, gx0_stride, rows, a_ptr, z_ptr, wh_ptr, wo_p
 
 
 @triton.jit
+def denoiser_block_backward(pid, gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wh_ptr, wo_ptr, gh_scratch_ptr, gz_ptr, ga_ptr,
+                            B, d, H, n_hidden, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                            LOWP: tl.constexpr, PREC: tl.constexpr):
+    """:func:`denoiser_rows_backward` (with the upstream ``ga_up``) on row block ``pid`` of full
+    ``[B, *]`` tensors, with the block's ``[BM, H]`` slab of ``gh_scratch``."""
+    row0 = pid * BM
+    ga_rows = ga_ptr + row0 * H
+    denoiser_rows_backward(gx0_ptr + row0 * d, d, B - row0, a_ptr + row0 * H, z_ptr + row0 * (n_hidden * H), wh_ptr,
+                           wo_ptr, gh_scratch_ptr + pid * (BM * H), gz_ptr + row0 * (n_hidden * H), ga_rows,
+                           ga_up_ptr + row0 * H, ga_rows, d, H, n_hidden, True, False, BM, BN, BK, LOWP, PREC)
+
+
+@triton.jit
 def denoiser_bwd_act_kernel(gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wx_ptr, wh_ptr, wo_ptr,
                             gh_scratch_ptr, gz_ptr, ga_ptr, gx_ptr, B, d, H, n_hidden,
                             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
@@ -149,9 +172,8 @@ def denoiser_bwd_act_kernel(gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wx_ptr, wh_ptr, wo
     row0 = pid * BM
     rows = B - row0
     ga_rows = ga_ptr + row0 * H
-    denoiser_rows_backward(gx0_ptr + row0 * d, d, rows, a_ptr + row0 * H, z_ptr + row0 * (n_hidden * H), wh_ptr,
-                           wo_ptr, gh_scratch_ptr + pid * (BM * H), gz_ptr + row0 * (n_hidden * H), ga_rows,
-                           ga_up_ptr + row0 * H, ga_rows, d, H, n_hidden, True, False, BM, BN, BK, LOWP, PREC)
+    denoiser_block_backward(pid, gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wh_ptr, wo_ptr, gh_scratch_ptr, gz_ptr, ga_ptr,
+                            B, d, H, n_hidden, BM, BN, BK, LOWP, PREC)
     # dL/dx_t = ga W_x  (W_x [H, d])
     for n0 in range(0, d, BN):
         gx = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), ga_rows, H, rows, wx_ptr, n0, d, H,

@@ -3,7 +3,7 @@
 Forward (``denoiser_x0_loss_fwd_kernel``, one launch, a program per ``BM`` rows)::
 
     x_t    = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps        # coef [B, 2] = per-row (sqrt(abar_t), sqrt(1 - abar_t))
-    (x0_hat, a) = D(x_t, e_t, cond)                        # denoiser_train.denoiser_rows_forward
+    (x0_hat, a) = D(x_t, e_t, cond)                        # denoiser_train.denoiser_block_forward
     loss_b = sum_j (x0_hat[b, j] - x0[b, j])^2             # [B] fp32; the MSE is sum_b loss_b / (B d)
 
 ``x_t``, ``x0_hat``, ``a`` and the residual pre-activations ``z`` are saved for the backward.
@@ -26,7 +26,7 @@ import triton.language as tl
 from . import _blocks as blk
 from ._heuristics import check_matrix, dot_mode, pick_blocks
 from ._launch import launch
-from .denoiser_train import (_check_weights, check_saved, denoiser_rows_backward, denoiser_rows_forward,
+from .denoiser_train import (_check_weights, check_saved, denoiser_block_backward, denoiser_block_forward,
                              denoiser_weight_grads)
 
 
@@ -49,10 +49,8 @@ def denoiser_x0_loss_fwd_kernel(tgt_ptr, eps_ptr, coef_ptr, e_ptr, cond_ptr, wx_
             + sb[:, None] * blk.load_tile(eps_ptr + row0 * d, d, rows, n0, d, BM, BN)
         blk.store_tile(xt_ptr + row0 * d, d, rows, n0, d, x, BM, BN)
     tl.debug_barrier()
-    denoiser_rows_forward(xt_ptr + row0 * d, d, e_ptr + row0 * H, H, cond_ptr + row0 * H, rows,
-                          wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr, x0_rows, d, rows,
-                          a_ptr + row0 * H, z_ptr + row0 * (n_hidden * H), scratch_ptr + pid * (2 * BM * H),
-                          d, H, n_hidden, True, BM, BN, BK, LOWP, PREC)
+    denoiser_block_forward(pid, xt_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr, x0_ptr, a_ptr, z_ptr,
+                           scratch_ptr, B, d, H, n_hidden, BM, BN, BK, LOWP, PREC)
     tl.debug_barrier()
     sq = tl.zeros((BM,), tl.float32)
     for n0 in range(0, d, BN):  # x0_hat as stored (in its dtype), like F.mse_loss reads it
@@ -77,10 +75,8 @@ def denoiser_x0_loss_bwd_kernel(gloss_ptr, tgt_ptr, x0_ptr, ga_up_ptr, a_ptr, z_
             - blk.load_tile(tgt_ptr + row0 * d, d, rows, n0, d, BM, BN)
         blk.store_tile(gx0_rows, d, rows, n0, d, 2.0 * g[:, None] * diff, BM, BN)
     tl.debug_barrier()
-    ga_rows = ga_ptr + row0 * H
-    denoiser_rows_backward(gx0_rows, d, rows, a_ptr + row0 * H, z_ptr + row0 * (n_hidden * H), wh_ptr, wo_ptr,
-                           gh_scratch_ptr + pid * (BM * H), gz_ptr + row0 * (n_hidden * H), ga_rows,
-                           ga_up_ptr + row0 * H, ga_rows, d, H, n_hidden, True, False, BM, BN, BK, LOWP, PREC)
+    denoiser_block_backward(pid, gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wh_ptr, wo_ptr, gh_scratch_ptr, gz_ptr, ga_ptr,
+                            B, d, H, n_hidden, BM, BN, BK, LOWP, PREC)
 
 
 # --------------------------------------------------------------------------- launchers

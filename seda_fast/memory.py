@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .config import SeDAConfig
+from .model import SeDA
 
 
 def allocation_events(fn) -> list[int]:
@@ -101,7 +102,6 @@ def sweep(device: torch.device, cases, run_kernels: bool = False, seed: int = 0)
         row = {"K": K, "B": B, "d": d, "H": H, "L": cfg.layers}
         for backend in ("eager", "triton"):
             torch.manual_seed(seed)
-            from .model import SeDA
             model = SeDA(cfg, backend=backend).to(device).train()
             g = torch.Generator(device=device).manual_seed(seed)
             visual = torch.randn(B, cfg.visual_dim, device=device, generator=g)
