@@ -4,13 +4,16 @@ Regimes (the issue's two; B = batch rows), tiles ``BM x BN x BK``, warps, pipeli
 
 * latency, ``B <= 256``, fp16/bf16: ``16 x 64 x 64``, 4 warps, 2 stages. ``BM = 16`` is the
   smallest ``tl.dot`` M, so B = 64 still spreads over 4 programs (mma.sync tensor cores).
-* throughput, ``B > 256``, fp16/bf16: ``64 x 32 x 64``, one warpgroup (4 warps), 2 stages: M = 64
-  is what Hopper's wgmma needs, and every streamed weight tile is reused by 64 rows.
+* throughput, ``B > 256``, fp16/bf16: ``64 x 32 x 32``, one warpgroup (4 warps), 2 stages: M = 64
+  is what Hopper's wgmma needs, and every streamed weight tile is reused by 64 rows. ``BK = 64``
+  is spill-free under triton 3.7.1 but spills under 3.6.0, the GPU image's compiler (e.g. the
+  stage-2 unroll's forward, 41 spill stores; the translator at B = 16384, 32), so ``BK = 32``:
+  zero spills under both (``make compat`` runs the report with 3.6.0).
 * fp32 (any B): ``16 x 32 x 32``, 4 warps, 2 stages. fp32 is the parity path (IEEE fp32 FMA dots
   unless ``torch.backends.cuda.matmul.allow_tf32``), not the fast one.
 
 These are the largest tiles the sm_90a compile report (``python -m seda_fast.compile_report``)
-shows free of register spills for the default model (d=512, H=1024, L=2): e.g. ``64 x 64 x 64``
+shows free of register spills, under triton 3.6.0 and 3.7.1, for the default model (d=512, H=1024, L=2): e.g. ``64 x 64 x 64``
 with 2 stages or ``128 x 64 x 64`` with 8 warps spill. ``maxnreg=255`` lets ptxas use the whole
 register file (left alone it stops at 128 and spills). Tiles are clamped to the next power of
 two of the real widths (>= 16, the ``tl.dot`` minimum), so small configs do not iterate over
@@ -48,7 +51,7 @@ def pick_blocks(batch: int, d: int, H: int, din: int | None = None,
     elif batch <= LATENCY_MAX_BATCH:
         BM, BN, BK, warps, stages = 16, 64, 64, 4, 2
     else:
-        BM, BN, BK, warps, stages = 64, 32, 64, 4, 2
+        BM, BN, BK, warps, stages = 64, 32, 32, 4, 2
     widest = max(d, H, din or 0)
     return Blocks(BM, _clamp(BN, max(d, H)), _clamp(BK, widest), warps, stages)
 
