@@ -264,25 +264,7 @@ def test_cost_model_flops_match_the_reference():
         counts.append(fc.get_total_flops())
     assert (counts[1] - counts[0]) / 3 == cost_model.inference_flops(model.config, 1)
     cost = cost_model.inference_cost(model.config, 64)
-    assert cost.floor_s == max(cost.flops / 790e12, cost.bytes / 3.0e12) > 0
-
-
-def test_gpu_check_dry_run(tmp_path):
-    """benchmarks/gpu_check.py runs end to end on CPU (interpreter, tiny config), so it cannot rot."""
-    root = Path(__file__).resolve().parent.parent
-    out = tmp_path / "gpu_check.json"
-    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), "--dry-run", str(out)],
-                          cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(out.read_text())
-    assert result["parity_tests"]["returncode"] == 0
-    assert {r["batch"] for r in result["timings"]} == {1, 3}
-    for row in result["timings"]:
-        assert row["fused_ms"] > 0 and row["eager_ms"] > 0 and row["fused_over_floor"] > 0
-    assert [(r["stage"], r["batch"]) for r in result["training"]] == [(1, 4), (2, 4)]
-    for row in result["training"]:  # same model, data and seed: the fused step gives eager's loss
-        assert row["fused_ms"] > 0 and row["eager_peak_mb"] > 0 and row["fused_peak_mb"] > 0
-        assert row["fused_loss"] == pytest.approx(row["eager_loss"], rel=1e-5)
+    assert cost.floor_s == max(cost.flops / 790e12, cost.bytes / 4.3e12) > 0
 
 
 def test_throughput_tiles_in_the_interpreter():
