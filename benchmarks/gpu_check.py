@@ -1,28 +1,40 @@
-"""The whole GPU check of the fused inference and training in ONE call (< 10 minutes on the lent H100).
+"""The GPU run: decisive numbers from one budgeted command, even if it is cut short.
 
-    pip install --no-deps --no-build-isolation -e .   # offline, on the GPU image
-    python benchmarks/gpu_check.py [OUT_JSON]          # default: $OUT/gpu_check.json
-    python benchmarks/gpu_check.py --dry-run [OUT_JSON] # CPU, Triton interpreter, tiny config
+    pip install --no-deps --no-build-isolation -e .         # offline, on the GPU image
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_check.py [--budget-s 420] [OUT]
+    python benchmarks/gpu_check.py --dry-run [OUT]           # CPU: Triton interpreter, tiny config
 
-1. GPU kernel tests (``tests/test_fused_inference.py``, ``test_training_ops.py``,
-   ``test_denoiser_train.py``, ``test_translator_unroll.py``, ``test_fused_training.py``: bf16, the
-   throughput tiles, autocast and torch.compile on CUDA).
-2. Inference timings, default config (d=512, H=1024, L=2, K1=K2=10, Dv=1280, C=10), bf16 and fp32,
-   B = 1, 64, 1024, 16384: median ms over CUDA events after warm-up, each timed call synchronised:
-   * ``eager``: ``reference.infer`` (the eager backend as users run it, tables built per call);
-   * ``cuda_graph``: a CUDA graph of ``reference.infer`` with its tables precomputed
-     (:func:`seda_fast.reference.inference_tables`: building them copies host lists to the
-     device, which capture forbids);
-   * ``torch_compile``: ``torch.compile(mode="max-autotune")`` of the same loop (skipped, and
-     marked so, once the compile time budget is spent);
-   * ``fused``: ``SeDA(backend="triton")`` (2 launches).
-   Each row has speedups of fused over the others, the cost-model floor and time / floor.
-3. Training-step timings, default config, bf16 autocast (fp32 master weights), B = 256 and 4096,
-   each stage: one full step (loss, backward, AdamW) for ``eager``, ``torch_compile`` (default mode,
-   of the eager model; skipped once the compile budget is spent) and ``fused``
-   (``backend="triton"``), median ms and the step's peak memory above the start
-   (``max_memory_allocated``), with the fused speedups and memory ratios.
-4. JSON with device name, versions, date, shapes, results.
+``OUT`` is a folder (default ``$OUT``, else ``.``) that receives ``gpu_check.json``, or a path
+ending in ``.json``. The whole file is rewritten atomically after every row, so a run killed at
+any moment leaves valid JSON holding everything measured so far (``status`` says ``running``
+until the end). One line is printed per row.
+
+Work is split into *jobs*, each run in a child process with a timeout, so a hung kernel, an
+illegal memory access or a compiler crash costs that job alone (recorded as ``timeout`` or
+``error`` with its message) and the run goes on. The parent never touches the device. A
+job starts only while the budget (``--budget-s``) is not spent; the jobs not started are
+recorded as ``skipped``. Jobs, in order of value:
+
+1. ``env``: device, SMs, L2 size, clocks, versions, an NVML snapshot.
+2. ``micro``: ceilings (bf16 matmul, copy and L2 bandwidth, Python launch cost, the kernel
+   boundary in a CUDA graph), then ``sync``: a grid barrier in a cooperative launch and
+   programmatic dependent launch (:mod:`gpu_micro`). They replace the cost model's assumed
+   ceilings in the report.
+3. Inference, bf16, B = 64 and 16384: ``eager`` (the eager backend as users run it) with
+   ``cuda_graph`` (a CUDA graph of the eager loop, tables precomputed), each fused
+   implementation (``fused:<impl>``), and ``torch_compile`` (``max-autotune`` while the compile
+   budget allows, ``reduce-overhead`` after; the mode is recorded).
+4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
+5. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
+   eager, fused, torch.compile; each with the step's peak memory.
+6. The GPU-only test cases: every kernel test file, ``-x``, one child (and timeout) per file.
+
+Every timing row carries its error against the fp32 eager reference: inference, the largest
+``|out - ref|`` over (logits, s, m) and the relative norm error of the logits; training, the
+relative error of the first step's loss and the largest relative gradient error.
+
+Test-only switch: ``SEDA_GPU_CHECK_HANG=<provider>`` (e.g. ``fused:rowblock``) makes that
+provider's measurement sleep forever, to check that the timeout isolates it.
 """
 from __future__ import annotations
 
@@ -30,202 +42,445 @@ import argparse
 import datetime
 import json
 import os
-import platform
+import queue
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DRY = "--dry-run" in sys.argv
-if DRY:  # the interpreter mode is fixed when the kernels are decorated: set it before importing them
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-sys.path.insert(0, str(ROOT))
+ROW_PREFIX = "@@row "
+HANG_ENV = "SEDA_GPU_CHECK_HANG"
 
-import torch  # noqa: E402
-
-import seda_fast as sf  # noqa: E402
-from seda_fast import bench as bench_lib  # noqa: E402
-from seda_fast import cost_model, fused, reference  # noqa: E402
-
-DEFAULT = dict(visual_dim=1280, text_dim=384, num_classes=10, dim=512, hidden=1024, layers=2,
-               learner_steps=10, translator_steps=10)
 TINY = dict(visual_dim=13, text_dim=7, num_classes=3, dim=16, hidden=24, layers=2,
             learner_steps=2, translator_steps=2)
+DEFAULT = dict(visual_dim=1280, text_dim=384, num_classes=10)  # d=512, H=1024, L=2, K1=K2=10
+
+# Kernel test files whose bf16 / throughput-tile / autocast / compile-on-CUDA cases only run on a GPU.
+GPU_TEST_FILES = ("test_fused_inference.py", "test_denoiser_x0_loss.py", "test_translator_unroll.py",
+                  "test_training_ops.py", "test_fused_training.py", "test_denoiser_train.py")
 
 
-def time_ms(fn, warmup: int, iters: int, cuda: bool) -> float:
-    """Median milliseconds of ``fn()``; each timed call is synchronised."""
-    return bench_lib.summarize(bench_lib.device_times(fn, warmup, iters, cuda))["median_ms"]
+@dataclass
+class Job:
+    """One child process: ``kind`` says what it measures, ``params`` how; ``timeout_s`` bounds it."""
+    name: str
+    kind: str
+    params: dict = field(default_factory=dict)
+    timeout_s: float = 120.0
 
 
-# Kernel tests whose bf16 / throughput-tile / torch.compile-on-CUDA cases only run on a GPU.
-GPU_TEST_FILES = ("test_fused_inference.py", "test_training_ops.py", "test_denoiser_train.py",
-                  "test_translator_unroll.py", "test_fused_training.py")
+def fused_impls() -> tuple[str, ...]:
+    """The fused inference implementations the library offers (``seda_fast.fused_impls()``)."""
+    import seda_fast as sf
+    return tuple(sf.fused_impls()) if hasattr(sf, "fused_impls") else ("rowblock",)
 
 
-def run_parity_tests(dry: bool) -> dict:
-    files = [ROOT / "tests" / name for name in GPU_TEST_FILES]
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, files)]
+def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
+    """The jobs in the order they run (see the module docstring)."""
+    jobs = [Job("env", "env", timeout_s=60), Job("micro", "micro", timeout_s=90),
+            Job("sync", "sync", timeout_s=60)]
     if dry:
-        cmd = cmd[:-len(files)] + [str(files[0]), "-k", "fp32_parity and 1-1-1"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-    print("\n".join(tail), flush=True)
-    return {"command": " ".join(cmd[2:]), "returncode": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
-            "summary": tail[-1] if tail else ""}
+        groups = [("float32", (1, 3))]
+        train_batches = (4,)
+    else:
+        groups = [("bfloat16", (64, 16384)), ("bfloat16", (1, 1024)), ("float32", (1, 64, 1024, 16384))]
+        train_batches = (256, 4096)
+    for dtype, batches in groups:
+        tag = f"{dtype}-B{'-'.join(map(str, batches))}"
+        common = dict(dtype=dtype, batches=list(batches))
+        jobs.append(Job(f"infer-eager-{tag}", "infer", dict(common, providers=["eager", "cuda_graph"]), 180))
+        for impl in impls:
+            jobs.append(Job(f"infer-fused-{impl}-{tag}", "infer", dict(common, providers=[f"fused:{impl}"]), 180))
+        jobs.append(Job(f"infer-compile-{tag}", "infer", dict(common, providers=["torch_compile"]), 300))
+    for provider in ("eager", "fused", "torch_compile"):
+        jobs.append(Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
+                                                          amp="float32" if dry else "bfloat16"), 300))
+    for name in GPU_TEST_FILES:
+        params = {"file": name, "select": "fp32_parity and 1-1-1" if dry else None}
+        jobs.append(Job(f"tests-{name[5:-3]}", "tests", params, 240))
+        if dry:  # one file is enough to keep the path alive on CPU
+            break
+    return jobs
 
 
-def bench(dry: bool, compile_budget_s: float, iters: int) -> list[dict]:
-    cuda = torch.cuda.is_available() and not dry
+# --------------------------------------------------------------------------- parent
+
+
+class Results:
+    """The JSON document, rewritten atomically (temp file + rename) after every change."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path = path
+        self.doc = {"kind": "seda_fast.gpu_check", "schema": 2, **meta, "status": "running", "rows": []}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.write()
+
+    def add(self, row: dict) -> None:
+        self.doc["rows"].append(row)
+        self.write()
+        print(_one_line(row), flush=True)
+
+    def write(self) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".gpu_check.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.doc, f, indent=1)
+        os.replace(tmp, self.path)
+
+
+def _one_line(row: dict) -> str:
+    keep = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()
+            if not isinstance(v, (dict, list)) or k in ("batches",)}
+    return json.dumps(keep)
+
+
+def _reader(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def run_job(job: Job, timeout_s: float, args, results: Results, log_tail: int = 30) -> None:
+    """Run ``job`` in a child; add each row it prints as soon as it arrives; on timeout, a crash or
+    a non-zero exit, add a row saying so (with the output's tail)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(job))]
+    if args.dry_run:
+        cmd.append("--dry-run")
+    cmd += ["--iters", str(args.iters), "--compile-mode", args.compile_mode]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.dry_run:
+        env["TRITON_INTERPRET"] = "1"
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
+    tail, rows, timed_out = [], 0, False
+    deadline = t0 + timeout_s
+    while True:
+        try:
+            line = lines.get(timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+        except queue.Empty:
+            if time.monotonic() >= deadline:
+                timed_out = True
+                break
+            continue
+        if line is None:
+            break
+        if line.startswith(ROW_PREFIX):
+            row = json.loads(line[len(ROW_PREFIX):])
+            results.add({"job": job.name, **row})
+            rows += 1
+        else:
+            tail = (tail + [line.rstrip()])[-log_tail:]
+    if timed_out:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    seconds = round(time.monotonic() - t0, 1)
+    if timed_out:
+        results.add({"job": job.name, "section": "job", "status": "timeout", "seconds": seconds,
+                     "error": f"no end after {timeout_s:.0f} s; killed ({rows} rows reached the JSON)",
+                     "output_tail": tail})
+    elif proc.returncode != 0:
+        results.add({"job": job.name, "section": "job", "status": "error", "seconds": seconds,
+                     "error": f"child exited with {proc.returncode}", "output_tail": tail})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="The budgeted GPU run: ceilings, inference, training, GPU tests "
+                                                 "-> gpu_check.json (rewritten after every row)")
+    parser.add_argument("out", nargs="?", help="output folder or .json path (default: $OUT, else .)")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="no job starts after this many seconds (default 420)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny config")
+    parser.add_argument("--only", help="comma-separated job-name prefixes to run (default: all)")
+    parser.add_argument("--job-timeout", type=float, help="cap every job's timeout at this many seconds")
+    parser.add_argument("--compile-budget-s", type=float, default=240.0,
+                        help="torch.compile jobs use max-autotune while this much of the budget is left, "
+                             "reduce-overhead after")
+    parser.add_argument("--compile-mode", default="auto",
+                        choices=("auto", "max-autotune", "reduce-overhead", "default"))
+    parser.add_argument("--iters", type=int, default=20, help="timed calls per row (after warm-up)")
+    parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child_main(Job(**json.loads(args.child)), args)
+
+    impls = fused_impls()
+    jobs = plan(args.dry_run, impls)
+    if args.only:
+        prefixes = [p.strip() for p in args.only.split(",") if p.strip()]
+        jobs = [j for j in jobs if any(j.name.startswith(p) for p in prefixes)]
+    if args.list:
+        for j in jobs:
+            print(f"{j.name:<40} {j.kind:<6} timeout {j.timeout_s:.0f} s")
+        return 0
+    out = Path(args.out or os.environ.get("OUT") or ".")
+    path = out if out.suffix == ".json" else out / "gpu_check.json"
+    results = Results(path, {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:] if argv is None else list(argv), "dry_run": args.dry_run,
+        "budget_s": args.budget_s, "config": TINY if args.dry_run else DEFAULT, "fused_impls": list(impls),
+        "plan": [j.name for j in jobs]})
+    t0 = time.monotonic()
+    for job in jobs:
+        spent = time.monotonic() - t0
+        if spent >= args.budget_s:
+            results.add({"job": job.name, "section": "job", "status": "skipped",
+                         "reason": f"budget {args.budget_s:.0f} s spent ({spent:.0f} s)"})
+            continue
+        timeout = job.timeout_s if args.job_timeout is None else min(job.timeout_s, args.job_timeout)
+        if job.kind == "infer" and job.params["providers"] == ["torch_compile"] and args.compile_mode == "auto":
+            left = args.budget_s - spent
+            job.params["compile_mode"] = "max-autotune" if left >= args.compile_budget_s else "reduce-overhead"
+        run_job(job, timeout, args, results)
+    results.doc["status"] = "complete"
+    results.doc["seconds"] = round(time.monotonic() - t0, 1)
+    results.write()
+    bad = [r for r in results.doc["rows"] if r.get("status") in ("error", "timeout")]
+    print(f"wrote {path}: {len(results.doc['rows'])} rows, {len(bad)} errors/timeouts, "
+          f"{results.doc['seconds']} s", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- child
+
+
+def emit(row: dict) -> None:
+    """Send one row to the parent (one line on stdout)."""
+    print(ROW_PREFIX + json.dumps(row, default=str), flush=True)
+
+
+def _maybe_hang(provider: str) -> None:
+    if os.environ.get(HANG_ENV) == provider:
+        time.sleep(10**6)
+
+
+def child_main(job: Job, args) -> int:
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
+    cuda = torch.cuda.is_available() and not args.dry_run
     device = torch.device("cuda" if cuda else "cpu")
-    cfg_kwargs = TINY if dry else DEFAULT
-    batches = (1, 3) if dry else (1, 64, 1024, 16384)
-    dtypes = ("float32",) if dry else ("bfloat16", "float32")
-    compile_spent, rows = 0.0, []
-    for dtype_name in dtypes:
-        dtype = getattr(torch, dtype_name)
-        torch.manual_seed(0)
-        model = sf.SeDA(sf.SeDAConfig(**cfg_kwargs)).to(device=device, dtype=dtype).eval()
+    {"env": child_env, "micro": child_micro, "sync": child_micro, "infer": child_infer, "train": child_train,
+     "tests": child_tests}[job.kind](job, args, device)
+    return 0
+
+
+def child_env(job, args, device) -> None:
+    import torch
+
+    from seda_fast.envinfo import environment_report
+    from seda_fast.profiling import NVMLMonitor
+    row = {"section": "env", "name": "device", "status": "ok", "dry_run": args.dry_run,
+           "versions": environment_report(), "cuda": torch.version.cuda}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        row.update(device=props.name, sms=props.multi_processor_count, l2_bytes=props.L2_cache_size,
+                   memory_bytes=props.total_memory, capability=f"sm_{props.major}{props.minor}")
+    else:
+        row.update(device="cpu (Triton interpreter; no device figures)", sms=None)
+    nvml = NVMLMonitor()
+    if nvml.available:
+        nv, h = nvml._nvml, nvml._handle
+        clocks = {}
+        for name, kind in (("sm", "NVML_CLOCK_SM"), ("mem", "NVML_CLOCK_MEM")):
+            for label, fn in (("max", nv.nvmlDeviceGetMaxClockInfo), ("now", nv.nvmlDeviceGetClockInfo)):
+                value = nvml._read(fn, getattr(nv, kind))
+                if value is not None:
+                    clocks[f"{name}_{label}_mhz"] = value
+        row["clocks"] = clocks
+        row["nvml"] = nvml.snapshot()
+    else:
+        row["nvml"] = {"unavailable": nvml.reason}
+    emit(row)
+
+
+def child_micro(job, args, device) -> None:
+    import gpu_micro
+    table = gpu_micro.CEILINGS if job.kind == "micro" else gpu_micro.SYNC
+    for name, fn in table.items():
+        t0 = time.perf_counter()
+        try:
+            out = fn(device, args.dry_run)
+            status = "skipped" if "skipped" in out else "ok"
+            emit({"section": "micro", "name": name, "status": status, "dry_run": args.dry_run, **out,
+                  "seconds": round(time.perf_counter() - t0, 2)})
+        except Exception as exc:  # one microbenchmark failing must not lose the others
+            emit({"section": "micro", "name": name, "status": "error", "error": f"{type(exc).__name__}: {exc}"[:500]})
+
+
+def _model(dtype, device, cfg):
+    import torch
+
+    import seda_fast as sf
+    torch.manual_seed(0)  # every child builds the same weights
+    return sf.SeDA(sf.SeDAConfig(**cfg)).to(device=device, dtype=dtype).eval()
+
+
+def child_infer(job, args, device) -> None:
+    import torch
+
+    from seda_fast import bench, cost_model, reference
+    cuda = device.type == "cuda"
+    cfg = TINY if args.dry_run else DEFAULT
+    dtype = getattr(torch, job.params["dtype"])
+    model, model32 = _model(dtype, device, cfg), _model(torch.float32, device, cfg)
+    warm, iters = (1, 2) if args.dry_run else (3, args.iters)
+    compiled, compile_mode = None, job.params.get("compile_mode") or (
+        args.compile_mode if args.compile_mode != "auto" else "max-autotune")
+    for batch in job.params["batches"]:
+        gen = torch.Generator(device).manual_seed(batch)
+        v32 = torch.randn(batch, model.config.visual_dim, device=device, generator=gen)
+        v = v32.to(dtype)
+        with torch.no_grad():
+            ref = reference.infer(model32, v32)
         tables = reference.inference_tables(model, dtype, device)
-        compiled = None
-        for batch in batches:
-            v = torch.randn(batch, model.config.visual_dim, device=device, dtype=dtype)
-            row = {"dtype": dtype_name, "batch": batch}
-            warm, n = (1, 2) if dry else (3, iters)
-            with torch.no_grad():
-                row["eager_ms"] = time_ms(lambda: reference.infer(model, v), warm, n, cuda)
-                if cuda:
-                    row["cuda_graph_ms"] = time_ms(bench_lib.cuda_graph(lambda: reference.infer(model, v, tables=tables)), warm, n, cuda)
-                if cuda and compile_spent < compile_budget_s:
-                    t0 = time.perf_counter()
-                    try:
-                        if compiled is None:
-                            compiled = torch.compile(reference.infer, mode="max-autotune", dynamic=False)
-                        for _ in range(2):
-                            compiled(model, v, tables=tables)
-                        torch.cuda.synchronize()
-                        compile_spent += time.perf_counter() - t0
-                        row["torch_compile_ms"] = time_ms(lambda: compiled(model, v, tables=tables), warm, n, cuda)
-                    except Exception as exc:  # report, do not lose the rest of the run
-                        compile_spent += time.perf_counter() - t0
-                        row["torch_compile_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-                elif cuda:
-                    row["torch_compile_ms"] = None
-                    row["torch_compile_note"] = f"skipped: compile budget {compile_budget_s:.0f} s spent"
-                model.backend = "triton"
-                row["fused_ms"] = time_ms(lambda: model.infer(v), warm, n, cuda)
-                model.backend = "eager"
-                out, ref = fused.infer(model, v), reference.infer(model, v)
-                row["fused_max_abs_err_vs_eager"] = max((o.float() - r.float()).abs().max().item() for o, r in zip(out, ref))
-            cost = cost_model.inference_cost(model.config, batch, dtype_name)
-            row["cost_model"] = cost.to_dict()
-            row["fused_over_floor"] = row["fused_ms"] * 1e-3 / cost.floor_s
-            for base in ("eager", "cuda_graph", "torch_compile"):
-                if row.get(f"{base}_ms"):
-                    row[f"speedup_vs_{base}"] = row[f"{base}_ms"] / row["fused_ms"]
-            rows.append(row)
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                              if k != "cost_model"}), flush=True)
-    return rows
-
-
-def train_bench(dry: bool, compile_budget_s: float, iters: int) -> list[dict]:
-    """Full training steps (loss + backward + AdamW) per stage and provider; see the module docstring."""
-    from seda_fast import memory
-    cuda = torch.cuda.is_available() and not dry
-    device = torch.device("cuda" if cuda else "cpu")
-    cfg_kwargs = TINY if dry else DEFAULT
-    batches = (4,) if dry else (256, 4096)
-    amp_dtype = torch.float32 if dry else torch.bfloat16
-    compile_spent, rows = 0.0, []
-    for stage in (1, 2):
-        for batch in batches:
-            row = {"stage": stage, "batch": batch, "amp": str(amp_dtype).replace("torch.", "")}
-            for provider in ("eager", "torch_compile", "fused"):
-                if provider == "torch_compile" and (not cuda or compile_spent >= compile_budget_s):
-                    row["torch_compile_ms"] = None
-                    row["torch_compile_note"] = "skipped: " + ("no CUDA" if not cuda else "compile budget spent")
+        for provider in job.params["providers"]:
+            row = {"section": "inference", "provider": provider, "dtype": job.params["dtype"], "batch": batch,
+                   "dry_run": args.dry_run}
+            t0 = time.perf_counter()
+            try:
+                _maybe_hang(provider)
+                if provider == "cuda_graph" and not cuda:
+                    emit(dict(row, status="skipped", reason="CUDA graphs need a CUDA device"))
                     continue
-                torch.manual_seed(0)
-                model = sf.SeDA(sf.SeDAConfig(**cfg_kwargs), backend="triton" if provider == "fused" else "eager")
-                model = model.to(device).train()
-                g = torch.Generator(device).manual_seed(0)
-                v = torch.randn(batch, model.config.visual_dim, device=device, generator=g)
-                y = torch.randint(0, model.config.num_classes, (batch,), device=device, generator=g)
-                text = torch.randn(model.config.num_classes, model.config.text_dim, device=device, generator=g)
-                model.learner_loss(v, y)  # centers initialised
+                if provider == "torch_compile" and not cuda:
+                    emit(dict(row, status="skipped", reason="torch.compile is timed on the GPU only"))
+                    continue
+                if provider == "eager":
+                    fn = lambda: reference.infer(model, v)  # noqa: E731
+                elif provider == "cuda_graph":
+                    captured = {}
+
+                    def eager_loop():
+                        captured["out"] = reference.infer(model, v, tables=tables)
+                    replay = bench.cuda_graph(eager_loop)
+                    fn = lambda: (replay(), captured["out"])[1]  # noqa: E731  the graph's own outputs
+                elif provider == "torch_compile":
+                    if compiled is None:
+                        compiled = torch.compile(reference.infer, mode=compile_mode, dynamic=False)
+                    c0 = time.perf_counter()
+                    compiled(model, v, tables=tables)
+                    if cuda:
+                        torch.cuda.synchronize()
+                    row.update(compile_mode=compile_mode, compile_s=round(time.perf_counter() - c0, 1))
+                    fn = lambda: compiled(model, v, tables=tables)  # noqa: E731
+                elif provider.startswith("fused:"):
+                    impl = provider.split(":", 1)[1]
+                    if hasattr(model, "fused_impl"):
+                        model.fused_impl = impl
+                    model.backend = "triton"
+                    fn = lambda: model.infer(v)  # noqa: E731
+                else:
+                    raise ValueError(f"unknown provider {provider!r}")
+                with torch.no_grad():
+                    out = fn()
+                    stats = bench.summarize(bench.device_times(fn, warm, iters, cuda))
+                row.update(stats)
+                row["max_abs_err_vs_fp32"] = bench.max_error_vs_fp32(out, ref)
+                row["rel_err_logits_vs_fp32"] = float((out[0].float() - ref[0]).norm() / ref[0].norm())
+                row["floor_ms"] = cost_model.inference_cost(model.config, batch, job.params["dtype"]).floor_s * 1e3
+                row["status"] = "ok"
+            except Exception as exc:  # record and go on with the next row
+                row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+            finally:
+                model.backend = "eager"
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            emit(row)
+
+
+def child_train(job, args, device) -> None:
+    import torch
+
+    import seda_fast as sf
+    from seda_fast import bench, memory
+    cuda = device.type == "cuda"
+    provider = job.params["provider"]
+    amp = getattr(torch, job.params["amp"])
+    cfg = TINY if args.dry_run else DEFAULT
+    warm, iters = (1, 2) if args.dry_run else (3, args.iters)
+    if provider == "torch_compile":
+        import torch._inductor.config as inductor_config
+        inductor_config.fallback_random = True  # the same random draws as eager, so the error check holds
+
+    def build(backend, batch):
+        torch.manual_seed(0)
+        model = sf.SeDA(sf.SeDAConfig(**cfg), backend=backend).to(device).train()
+        g = torch.Generator(device).manual_seed(batch)
+        v = torch.randn(batch, model.config.visual_dim, device=device, generator=g)
+        y = torch.randint(0, model.config.num_classes, (batch,), device=device, generator=g)
+        text = torch.randn(model.config.num_classes, model.config.text_dim, device=device, generator=g)
+        with torch.no_grad():
+            model.learner_loss(v, y)  # stage 1 in train mode: the centers get their first values
+        return model, v, y, text
+
+    def loss_and_grads(model, fn, v, y, text, dtype):
+        torch.manual_seed(1)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = fn(v, y, text=text)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params)
+        return loss.detach().float(), grads
+
+    for stage in (1, 2):
+        for batch in job.params["batches"]:
+            row = {"section": "training", "provider": provider, "stage": stage, "batch": batch,
+                   "amp": job.params["amp"], "dry_run": args.dry_run}
+            t0 = time.perf_counter()
+            try:
+                _maybe_hang(provider)
+                if provider == "torch_compile" and not cuda:
+                    emit(dict(row, status="skipped", reason="torch.compile is timed on the GPU only"))
+                    continue
+                backend = "triton" if provider == "fused" else "eager"
+                model, v, y, text = build(backend, batch)
                 model.set_stage(stage)
-                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
                 fn = torch.compile(model) if provider == "torch_compile" else model
+                ref_model, *_ = build("eager", batch)
+                ref_model.set_stage(stage)
+                ref_loss, ref_grads = loss_and_grads(ref_model, ref_model, v, y, text, torch.float32)
+                loss, grads = loss_and_grads(model, fn, v, y, text, amp)
+                row["loss_rel_err_vs_fp32"] = float((loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-30))
+                row["max_grad_rel_err_vs_fp32"] = max(
+                    float((g.float() - r).norm() / r.norm().clamp_min(1e-30)) for g, r in zip(grads, ref_grads))
+                del ref_model, ref_grads, grads
+                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
                 def step():
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+                    with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
                         loss = fn(v, y, text=text)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    return loss
-                t0 = time.perf_counter()
-                try:
-                    step()
-                    if cuda:
-                        torch.cuda.synchronize()
-                except Exception as exc:  # report, do not lose the rest of the run
-                    row[f"{provider}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-                    continue
-                finally:
-                    if provider == "torch_compile":
-                        compile_spent += time.perf_counter() - t0
-                warm, n = (1, 2) if dry else (3, iters)
-                row[f"{provider}_ms"] = time_ms(step, warm, n, cuda)
-                row[f"{provider}_peak_mb"] = memory.peak_bytes(step, device) / 2**20
-                row[f"{provider}_loss"] = float(step().item())
-            for base in ("eager", "torch_compile"):
-                if row.get(f"{base}_ms") and row.get("fused_ms"):
-                    row[f"speedup_vs_{base}"] = row[f"{base}_ms"] / row["fused_ms"]
-                    row[f"memory_vs_{base}"] = row["fused_peak_mb"] / row[f"{base}_peak_mb"]
-            rows.append(row)
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    return rows
+                row.update(bench.summarize(bench.device_times(step, warm, iters, cuda)))
+                row["peak_mb"] = memory.peak_bytes(step, device) / 2**20
+                row["status"] = "ok"
+            except Exception as exc:  # record and go on with the next row
+                row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            emit(row)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="GPU parity tests + inference and training timings -> JSON")
-    parser.add_argument("out", nargs="?", help="output JSON path (default: $OUT/gpu_check.json)")
-    parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny config")
-    parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--train-compile-budget", type=float, default=150.0,
-                        help="seconds of torch.compile compilation for the training steps")
-    parser.add_argument("--compile-budget", type=float, default=150.0,
-                        help="seconds of torch.compile(max-autotune) compilation before the rest is skipped")
-    parser.add_argument("--iters", type=int, default=20)
-    args = parser.parse_args(argv)
-    if not args.dry_run and not torch.cuda.is_available():
-        parser.error("no CUDA device: run with --dry-run on CPU")
-    out = Path(args.out) if args.out else Path(os.environ.get("OUT", ".")) / "gpu_check.json"
+def child_tests(job, args, device) -> None:
+    path = ROOT / "tests" / job.params["file"]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", str(path)]
+    if job.params.get("select"):
+        cmd += ["-k", job.params["select"]]
     t0 = time.perf_counter()
-    import triton
-    result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "cpu (interpreter)",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "triton": triton.__version__,
-                     "cuda": torch.version.cuda},
-        "dry_run": args.dry_run,
-        "config": TINY if args.dry_run else DEFAULT,
-        "ceilings": {"bf16_flops": cost_model.H100_BF16_FLOPS, "copy_bytes_per_s": cost_model.H100_COPY_BYTES_PER_S},
-        "fp32_matmul": "IEEE fp32 (allow_tf32 off) in both eager and fused",
-    }
-    if not args.skip_tests:
-        result["parity_tests"] = run_parity_tests(args.dry_run)
-    result["timings"] = bench(args.dry_run, args.compile_budget, args.iters)
-    result["training"] = train_bench(args.dry_run, args.train_compile_budget, args.iters)
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out} in {result['seconds']} s")
-    return 0 if result.get("parity_tests", {}).get("returncode", 0) == 0 else 1
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-12:]
+    emit({"section": "tests", "file": job.params["file"], "status": "ok" if proc.returncode == 0 else "failed",
+          "returncode": proc.returncode, "summary": tail[-1] if tail else "", "output_tail": tail,
+          "seconds": round(time.perf_counter() - t0, 1)})
 
 
 if __name__ == "__main__":

@@ -130,8 +130,8 @@ def machine_info() -> dict:
 
 
 def load_rows(path: str) -> list[dict]:
-    """Flatten a pytest-benchmark JSON (``benchmarks[*].extra_info``) or a gpu_check JSON
-    (``timings``) into rows with provider, batch, dtype, config, median_ms and floor figures."""
+    """Flatten a pytest-benchmark JSON (``benchmarks[*].extra_info``) into rows with provider,
+    batch, dtype, config, median_ms and floor figures."""
     data = json.loads(Path(path).read_text())
     rows = []
     if "benchmarks" in data:
@@ -139,15 +139,6 @@ def load_rows(path: str) -> list[dict]:
             info = dict(bench.get("extra_info", {}))
             if "provider" in info and info.get("median_ms") is not None:
                 rows.append(info)
-    elif "timings" in data:
-        for t in data["timings"]:
-            for provider, key in (("eager", "eager_ms"), ("cuda_graph", "cuda_graph_ms"),
-                                  ("compile_max_autotune", "torch_compile_ms"), ("triton", "fused_ms")):
-                if t.get(key):
-                    floor = t.get("cost_model", {}).get("floor_s")
-                    rows.append({"provider": provider, "batch": t["batch"], "dtype": t["dtype"],
-                                 "config": "default", "median_ms": t[key],
-                                 "over_floor": t[key] * 1e-3 / floor if floor else None})
     else:
         raise ValueError(f"{path}: neither a pytest-benchmark JSON nor a gpu_check JSON")
     return rows
@@ -222,7 +213,11 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
 
 
 def report(path: str, out_dir: str | None = None) -> tuple[str, list[Path]]:
-    """Write ``<stem>.md`` and the PNGs next to ``path`` (or in ``out_dir``); returns (markdown, pngs)."""
+    """Write ``<stem>.md`` and the PNGs next to ``path`` (or in ``out_dir``); returns (markdown, pngs).
+    A GPU run's JSON (``benchmarks/gpu_check.py``) gets :mod:`seda_fast.gpu_report`'s report."""
+    from . import gpu_report
+    if gpu_report.is_gpu_check(json.loads(Path(path).read_text())):
+        return gpu_report.report(path, Path(out_dir) if out_dir else Path(path).parent)
     rows = load_rows(path)
     if not rows:
         raise ValueError(f"{path}: no benchmark rows with a provider and a median time")

@@ -1,0 +1,203 @@
+"""Ceilings and sync microbenchmarks of the device, for the cost model and the GPU run.
+
+Each function measures one figure and returns a dict (``value``, ``unit`` and what it was measured
+on). On a CPU host (``dry=True``: the GPU run's dry run) they run at toy sizes, Triton kernels in
+the interpreter, so the code cannot rot; those figures are never device claims.
+
+* :func:`gemm_bf16` - dense matmul TFLOP/s (bf16 on CUDA; random operands, never zeros);
+* :func:`copy_bandwidth` - device-to-device copy, bytes read + written per second;
+* :func:`l2_bandwidth` - a Triton kernel re-reading a working set a quarter of the L2 size with
+  L1-bypassing loads (``.cg``), bytes per second summed over the grid;
+* :func:`launch_cost` - wall time per launch of an empty Triton kernel from Python;
+* :func:`graph_boundary` - cost of one kernel boundary inside a CUDA graph (100 tiny kernels
+  against 1);
+* :func:`barrier_round_trip` - one grid barrier (:func:`seda_fast.kernels._barrier.grid_barrier`)
+  in a cooperative launch with one program per SM;
+* :func:`pdl` - whether programmatic dependent launch (``launch_pdl=True`` + ``gdc_wait``) runs and
+  gives the right answer, and the per-kernel time of a dependent chain with and without it.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+from seda_fast.kernels._barrier import grid_barrier
+
+
+def _events_ms(fn, warmup: int, iters: int, cuda: bool) -> float:
+    """Median ms of ``fn()`` over ``iters`` synchronised calls."""
+    from seda_fast import bench
+    return bench.summarize(bench.device_times(fn, warmup, iters, cuda))["median_ms"]
+
+
+def gemm_bf16(device: torch.device, dry: bool) -> dict:
+    cuda = device.type == "cuda"
+    n = 256 if dry else 8192
+    dtype = torch.bfloat16 if cuda else torch.float32
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    ms = _events_ms(lambda: a @ b, 3, 5 if dry else 20, cuda)
+    return {"value": 2 * n**3 / (ms * 1e-3) / 1e12, "unit": "TFLOP/s", "shape": f"{n}x{n}x{n}",
+            "dtype": str(dtype).replace("torch.", ""), "median_ms": ms}
+
+
+def copy_bandwidth(device: torch.device, dry: bool) -> dict:
+    cuda = device.type == "cuda"
+    nbytes = (16 if dry else 2048) * 2**20
+    src = torch.randn(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = _events_ms(lambda: dst.copy_(src), 3, 5 if dry else 20, cuda)
+    return {"value": 2 * nbytes / (ms * 1e-3) / 1e12, "unit": "TB/s (read + write)",
+            "bytes_per_copy": nbytes, "median_ms": ms}
+
+
+@triton.jit
+def _l2_read_kernel(x_ptr, out_ptr, n_chunks, REPS: tl.constexpr, CHUNK: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    offs = tl.arange(0, CHUNK)
+    acc = tl.zeros((CHUNK,), tl.float32)
+    for r in range(REPS):  # a different chunk each round, so no load can be hoisted out of the loop
+        chunk = (pid + r * nprog) % n_chunks
+        acc += tl.load(x_ptr + chunk.to(tl.int64) * CHUNK + offs, cache_modifier=".cg")
+    tl.store(out_ptr + pid * CHUNK + offs, acc)
+
+
+def l2_bandwidth(device: torch.device, dry: bool) -> dict:
+    cuda = device.type == "cuda"
+    chunk = 4096
+    if cuda:
+        props = torch.cuda.get_device_properties(device)
+        working = max(chunk * 4, props.L2_cache_size // 4)
+        programs, reps = props.multi_processor_count * 8, 256
+    else:
+        working, programs, reps = chunk * 4 * 4, 2, 2
+    n_chunks = working // (chunk * 4)
+    x = torch.randn(n_chunks * chunk, device=device)
+    out = torch.empty(programs * chunk, device=device)
+
+    def run():
+        _l2_read_kernel[(programs,)](x, out, n_chunks, REPS=reps, CHUNK=chunk, num_warps=8)
+    ms = _events_ms(run, 2, 3 if dry else 20, cuda)
+    read = programs * reps * chunk * 4
+    return {"value": read / (ms * 1e-3) / 1e12, "unit": "TB/s (L2 -> SM reads)", "working_set_bytes": working,
+            "bytes_read": read, "programs": programs, "median_ms": ms}
+
+
+@triton.jit
+def _empty_kernel(x_ptr):
+    pass
+
+
+def launch_cost(device: torch.device, dry: bool) -> dict:
+    cuda = device.type == "cuda"
+    x = torch.zeros(1, device=device)
+    n = 20 if dry else 2000
+    _empty_kernel[(1,)](x)  # compile
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _empty_kernel[(1,)](x)
+    if cuda:
+        torch.cuda.synchronize()
+    return {"value": (time.perf_counter() - t0) / n * 1e6, "unit": "us per launch (Python, empty Triton kernel)",
+            "launches": n}
+
+
+def graph_boundary(device: torch.device, dry: bool) -> dict:
+    if device.type != "cuda":
+        return {"skipped": "CUDA graphs need a CUDA device"}
+    from seda_fast import bench
+    x = torch.zeros(1, device=device)
+
+    def chain(k):
+        def fn():
+            for _ in range(k):
+                x.add_(1.0)
+        return bench.cuda_graph(fn)
+    long, short = chain(100), chain(1)
+    t_long, t_short = _events_ms(long, 5, 50, True), _events_ms(short, 5, 50, True)
+    return {"value": (t_long - t_short) / 99 * 1e3, "unit": "us per kernel boundary in a CUDA graph",
+            "graph_100_ms": t_long, "graph_1_ms": t_short}
+
+
+@triton.jit
+def _barrier_loop_kernel(counter_ptr, ROUNDS: tl.constexpr):
+    nprog = tl.num_programs(0)
+    for r in range(ROUNDS):
+        grid_barrier(counter_ptr, (r + 1) * nprog)
+
+
+def barrier_round_trip(device: torch.device, dry: bool) -> dict:
+    cuda = device.type == "cuda"
+    programs = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 1
+    rounds = 4 if dry else 1000
+    counter = torch.zeros(1, dtype=torch.int32, device=device)
+    extra = {"launch_cooperative_grid": True} if cuda else {}
+
+    def run(n_rounds):
+        counter.zero_()
+        _barrier_loop_kernel[(programs,)](counter, ROUNDS=n_rounds, num_warps=4, **extra)
+    run(rounds)
+    if cuda:
+        torch.cuda.synchronize()
+    ok = int(counter.item()) == programs * rounds
+    t_many = _events_ms(lambda: run(rounds), 2, 3 if dry else 10, cuda)
+    t_one = _events_ms(lambda: run(1), 2, 3 if dry else 10, cuda)
+    return {"value": (t_many - t_one) / (rounds - 1) * 1e3, "unit": "us per grid barrier",
+            "programs": programs, "rounds": rounds, "counter_ok": ok}
+
+
+@triton.jit
+def _pdl_step_kernel(src_ptr, dst_ptr, n, BLOCK: tl.constexpr, USE_GDC: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    if USE_GDC:
+        tl.extra.cuda.gdc_wait()  # the previous kernel's writes are visible after this
+    x = tl.load(src_ptr + offs, mask=mask)
+    if USE_GDC:
+        tl.extra.cuda.gdc_launch_dependents()
+    tl.store(dst_ptr + offs, x + 1.0, mask=mask)
+
+
+def pdl(device: torch.device, dry: bool) -> dict:
+    if device.type != "cuda":
+        return {"skipped": "programmatic dependent launch needs a CUDA device (sm_90)"}
+    n, block, steps = 1 << 16, 1024, 50
+    bufs = [torch.zeros(n, device=device), torch.zeros(n, device=device)]
+
+    def chain(use_pdl):
+        def fn():
+            for k in range(steps):
+                _pdl_step_kernel[(n // block,)](bufs[k % 2], bufs[(k + 1) % 2], n, BLOCK=block, USE_GDC=use_pdl,
+                                                launch_pdl=use_pdl)
+        return fn
+    out = {"unit": "us per dependent kernel (50-kernel chain, Python launches)"}
+    try:
+        bufs[0].zero_()
+        chain(True)()
+        torch.cuda.synchronize()
+        expect = float(steps)  # each step adds 1 to the previous buffer
+        out["works"] = bool(torch.all(bufs[steps % 2] == expect).item())
+        out["with_pdl_us"] = _events_ms(chain(True), 2, 10, True) * 1e3 / steps
+    except Exception as exc:  # an unsupported driver/runtime: record why
+        out["works"] = False
+        out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    out["without_pdl_us"] = _events_ms(chain(False), 2, 10, True) * 1e3 / steps
+    out["value"] = out.get("with_pdl_us")
+    return out
+
+
+CEILINGS = {  # name -> function; the order the GPU run measures them in
+    "gemm_bf16": gemm_bf16,
+    "copy_bandwidth": copy_bandwidth,
+    "l2_bandwidth": l2_bandwidth,
+    "launch_cost": launch_cost,
+    "graph_boundary": graph_boundary,
+}
+SYNC = {"barrier_round_trip": barrier_round_trip, "pdl": pdl}  # may hang or fail: a child process of their own
