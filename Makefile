@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo demo-quick test bench compile-report
+.PHONY: setup demo demo-quick test bench compile-report compat
 
 setup:
 	bash scripts/setup.sh
@@ -23,3 +23,8 @@ bench: setup
 
 compile-report: setup
 	$(PY) -m seda_fast.compile_report
+
+# The GPU image's versions (Python 3.12, torch 2.11, triton 3.6.0) on the CPU: kernel tests, sm_90a
+# compile report, GPU-run dry run. Run after touching a kernel; too heavy for CI (~4 GB download).
+compat:
+	bash scripts/compat.sh $(ARGS)

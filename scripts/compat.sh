@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# `make compat`: the GPU image's versions on this CPU machine. A venv in .venv-compat with
+# Python 3.12, torch 2.11.0 (PyPI's CUDA build; it runs on the CPU), triton 3.6.0 and numpy < 2.4
+# (triton 3.6.0's interpreter breaks with numpy >= 2.4; the GPU image's numpy 2.5 never runs the
+# interpreter). It runs the kernel tests under the interpreter, the sm_90a compile report and the
+# GPU run's dry run there, so "zero spills" and "compiles" are checked against the GPU's own
+# compiler. Downloads ~4 GB the first time; too heavy for CI. Run it after touching a kernel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${COMPAT_PYTHON:-$(command -v python3.12 || command -v python3)}
+VENV=.venv-compat
+stamp=$VENV/.seda_fast_compat
+if [ ! -f "$stamp" ]; then
+  [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
+  $VENV/bin/python -m pip install -q torch==2.11.0 triton==3.6.0 'numpy<2.4' einops pytest pytest-benchmark \
+    hypothesis matplotlib
+  $VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  touch "$stamp"
+fi
+$VENV/bin/python -c "import sys, torch, triton, numpy; print('compat venv: python', sys.version.split()[0], \
+'torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+# kernel tests (interpreter), the compile report's tests, the GPU run's own tests
+TRITON_INTERPRET=1 $VENV/bin/python -m pytest -q -p no:cacheprovider --benchmark-disable \
+  tests/test_fused_inference.py tests/test_denoiser_x0_loss.py tests/test_translator_unroll.py \
+  tests/test_training_ops.py tests/test_fused_training.py tests/test_denoiser_train.py \
+  tests/test_compile_report.py tests/test_gpu_check.py tests/test_integration.py "$@"
+$VENV/bin/python -m seda_fast.compile_report
+$VENV/bin/python benchmarks/gpu_check.py --dry-run "${TMPDIR:-/tmp}/seda_fast_compat_gpu_check"
