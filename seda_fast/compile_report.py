@@ -1,4 +1,4 @@
-"""H100 (sm_90a) compile report of every shipped fused-kernel config, without a GPU.
+"""sm_90a (Hopper: the lent H200) compile report of every shipped fused-kernel config, without a GPU.
 
 ``python -m seda_fast.compile_report [--quick] [--json PATH]`` runs the real fused inference call
 (and, for the training entries, one fused stage-1 and one stage-2 training step, loss and

@@ -1,5 +1,5 @@
 """sm_90a compile report (no GPU needed): every shipped block config of the fused kernels must
-compile for the H100 without register spills and within its shared memory.
+compile for sm_90a (the H200) without register spills and within its shared memory.
 
 Compiling is ~1-2 s per kernel on the CI CPU, so every shipped config (compile_report.SHIPPED)
 is compiled once per session, in a subprocess (the interpreter, on in these tests, cannot
