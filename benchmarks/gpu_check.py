@@ -13,7 +13,8 @@ Work is split into *jobs*, each run in a child process with a timeout, so a hung
 illegal memory access or a compiler crash costs that job alone (recorded as ``timeout`` or
 ``error`` with its message) and the run goes on. The parent never touches the device. A
 job starts only while the budget (``--budget-s``) is not spent; the jobs not started are
-recorded as ``skipped``. Jobs, in order of value:
+recorded as ``skipped``; a job already started may overrun the budget by ``GRACE_S`` at most.
+Jobs, in order of value:
 
 1. ``env``: device, SMs, L2 size, clocks, versions, an NVML snapshot.
 2. ``micro``: ceilings (bf16 matmul, copy and L2 bandwidth, Python launch cost, the kernel
@@ -22,8 +23,9 @@ recorded as ``skipped``. Jobs, in order of value:
    ceilings in the report.
 3. Inference, bf16, B = 64 and 16384: ``eager`` (the eager backend as users run it) with
    ``cuda_graph`` (a CUDA graph of the eager loop, tables precomputed), each fused
-   implementation (``fused:<impl>``), and ``torch_compile`` (``max-autotune`` while the compile
-   budget allows, ``reduce-overhead`` after; the mode is recorded).
+   implementation (``fused:<impl>``), and ``torch_compile`` (``max-autotune`` with the compile
+   budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
+   otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
 5. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
    eager, fused, torch.compile; each with the step's peak memory.
@@ -55,6 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ROW_PREFIX = "@@row "
 HANG_ENV = "SEDA_GPU_CHECK_HANG"
+GRACE_S = 60.0  # how far past the budget a job already started may run
 
 TINY = dict(visual_dim=13, text_dim=7, num_classes=3, dim=16, hidden=24, layers=2,
             learner_steps=2, translator_steps=2)
@@ -144,9 +147,10 @@ def _reader(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def run_job(job: Job, timeout_s: float, args, results: Results, log_tail: int = 30) -> None:
+def run_job(job: Job, timeout_s: float, args, results: Results, log_tail: int = 30) -> str:
     """Run ``job`` in a child; add each row it prints as soon as it arrives; on timeout, a crash or
-    a non-zero exit, add a row saying so (with the output's tail)."""
+    a non-zero exit, add a row saying so (with the output's tail). Returns ``"ok"``,
+    ``"timeout"`` or ``"error"``."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(job))]
     if args.dry_run:
         cmd.append("--dry-run")
@@ -187,10 +191,13 @@ def run_job(job: Job, timeout_s: float, args, results: Results, log_tail: int = 
     if timed_out:
         results.add({"job": job.name, "section": "job", "status": "timeout", "seconds": seconds,
                      "error": f"no end after {timeout_s:.0f} s; killed ({rows} rows reached the JSON)",
-                     "output_tail": tail})
-    elif proc.returncode != 0:
+                     "params": job.params, "output_tail": tail})
+        return "timeout"
+    if proc.returncode != 0:
         results.add({"job": job.name, "section": "job", "status": "error", "seconds": seconds,
                      "error": f"child exited with {proc.returncode}", "output_tail": tail})
+        return "error"
+    return "ok"
 
 
 def main(argv=None) -> int:
@@ -202,9 +209,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny config")
     parser.add_argument("--only", help="comma-separated job-name prefixes to run (default: all)")
     parser.add_argument("--job-timeout", type=float, help="cap every job's timeout at this many seconds")
-    parser.add_argument("--compile-budget-s", type=float, default=240.0,
-                        help="torch.compile jobs use max-autotune while this much of the budget is left, "
-                             "reduce-overhead after")
+    parser.add_argument("--compile-budget-s", type=float, default=150.0,
+                        help="a torch.compile job uses max-autotune, with this timeout, while this much of the "
+                             "budget is left; otherwise (or when it times out) reduce-overhead")
     parser.add_argument("--compile-mode", default="auto",
                         choices=("auto", "max-autotune", "reduce-overhead", "default"))
     parser.add_argument("--iters", type=int, default=20, help="timed calls per row (after warm-up)")
@@ -231,17 +238,28 @@ def main(argv=None) -> int:
         "budget_s": args.budget_s, "config": TINY if args.dry_run else DEFAULT, "fused_impls": list(impls),
         "plan": [j.name for j in jobs]})
     t0 = time.monotonic()
-    for job in jobs:
+    queue_ = list(jobs)
+    while queue_:
+        job = queue_.pop(0)
         spent = time.monotonic() - t0
         if spent >= args.budget_s:
             results.add({"job": job.name, "section": "job", "status": "skipped",
                          "reason": f"budget {args.budget_s:.0f} s spent ({spent:.0f} s)"})
             continue
-        timeout = job.timeout_s if args.job_timeout is None else min(job.timeout_s, args.job_timeout)
-        if job.kind == "infer" and job.params["providers"] == ["torch_compile"] and args.compile_mode == "auto":
-            left = args.budget_s - spent
-            job.params["compile_mode"] = "max-autotune" if left >= args.compile_budget_s else "reduce-overhead"
-        run_job(job, timeout, args, results)
+        # a job may overrun the budget by GRACE_S at most, so the whole run ends near it
+        timeout = min(job.timeout_s, args.budget_s - spent + GRACE_S)
+        if args.job_timeout is not None:
+            timeout = min(timeout, args.job_timeout)
+        compile_job = job.kind == "infer" and job.params["providers"] == ["torch_compile"]
+        if compile_job and args.compile_mode == "auto" and "compile_mode" not in job.params:
+            fits = args.budget_s - spent >= args.compile_budget_s
+            job.params["compile_mode"] = "max-autotune" if fits else "reduce-overhead"
+            if fits:  # max-autotune gets its compile budget; past it, the same job again in reduce-overhead
+                timeout = min(timeout, args.compile_budget_s)
+        outcome = run_job(job, timeout, args, results)
+        if compile_job and outcome == "timeout" and job.params.get("compile_mode") == "max-autotune" \
+                and args.compile_mode == "auto":
+            queue_.insert(0, Job(job.name, job.kind, dict(job.params, compile_mode="reduce-overhead"), job.timeout_s))
     results.doc["status"] = "complete"
     results.doc["seconds"] = round(time.monotonic() - t0, 1)
     results.write()

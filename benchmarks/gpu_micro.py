@@ -193,6 +193,47 @@ def pdl(device: torch.device, dry: bool) -> dict:
     return out
 
 
+def compile_check(arch: int = 90) -> list[dict]:
+    """Compile the Triton microbenchmark kernels for ``sm_{arch}a`` without a GPU (as the compile
+    report does for the library's kernels): registers, spills and the instructions each must
+    contain (the barrier's acquire/release atomics and ``bar.sync``, PDL's ``griddepcontrol``,
+    the L2 kernel's ``.cg`` loads). Must run without ``TRITON_INTERPRET``."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from seda_fast.compile_report import _tools
+    cases = [
+        (_barrier_loop_kernel, {"counter_ptr": "*i32", "ROUNDS": "constexpr"}, {"ROUNDS": 1000},
+         dict(num_warps=4, launch_cooperative_grid=True), ("atom.global.gpu.release.add", "ld.global.gpu.acquire", "bar.sync")),
+        (_pdl_step_kernel, {"src_ptr": "*fp32", "dst_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr",
+                            "USE_GDC": "constexpr"}, {"BLOCK": 1024, "USE_GDC": True},
+         dict(num_warps=4, launch_pdl=True), ("griddepcontrol.wait", "griddepcontrol.launch_dependents")),
+        (_l2_read_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32", "n_chunks": "i32", "REPS": "constexpr",
+                           "CHUNK": "constexpr"}, {"REPS": 256, "CHUNK": 4096}, dict(num_warps=8), ("ld.global.cg",)),
+        (_empty_kernel, {"x_ptr": "*fp32"}, {}, dict(num_warps=1), ()),
+    ]
+    rows = []
+    for fn, signature, constexprs, options, needles in cases:
+        compiled = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", arch, 32),
+                                  options=options)
+        ptx = compiled.asm["ptx"]
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = Path(tmp) / "k.cubin"
+            cubin.write_bytes(compiled.asm["cubin"])
+            usage = subprocess.run([str(_tools()), "-res-usage", str(cubin)], capture_output=True, text=True,
+                                   check=True).stdout
+        fields = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL)\:(\d+)", usage)}
+        rows.append({"kernel": fn.__name__, "registers": fields.get("REG"), "local_bytes": fields.get("LOCAL", 0),
+                     "stack_bytes": fields.get("STACK", 0),
+                     "missing": [n for n in needles if n not in ptx]})
+    return rows
+
+
 CEILINGS = {  # name -> function; the order the GPU run measures them in
     "gemm_bf16": gemm_bf16,
     "copy_bandwidth": copy_bandwidth,

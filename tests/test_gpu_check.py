@@ -100,3 +100,17 @@ def test_zero_budget_starts_nothing(tmp_path):
     doc, _ = _run(tmp_path, "--budget-s", "0")
     assert doc["plan"] and [r["job"] for r in doc["rows"]] == doc["plan"]
     assert {r["status"] for r in doc["rows"]} == {"skipped"}
+
+
+def test_micro_kernels_compile_for_sm90a():
+    """The GPU run's own Triton kernels (grid barrier, PDL chain, L2 reader, empty kernel) compile
+    for sm_90a with no local memory and the instructions they exist for (read in the PTX)."""
+    code = "import json, gpu_micro; print(json.dumps(gpu_micro.compile_check()))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TRITON_INTERPRET="0"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["kernel"] for r in rows] == ["_barrier_loop_kernel", "_pdl_step_kernel", "_l2_read_kernel",
+                                           "_empty_kernel"]
+    for r in rows:
+        assert r["local_bytes"] == 0 and r["stack_bytes"] == 0 and not r["missing"], r
