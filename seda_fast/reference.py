@@ -76,17 +76,19 @@ def pfin_step(pfin, m: torch.Tensor, x0_hat: torch.Tensor, e_k: torch.Tensor) ->
 
 
 def sampling_tables(den, T: int, K: int, dim: int, dtype: torch.dtype, device):
-    """Per-call tables of a K-step sampler: ``(ddim [K, 2] float32, e_table [K, H] dtype)``.
+    """Per-call tables of a K-step sampler: ``(ddim [K, 2], e_table [K, H] dtype)``; ``ddim`` is
+    float64 for a float64 ``dtype`` (a float64 model is a float64 reference), float32 otherwise.
 
     Row k-1 belongs to step k (t = tau_k): ``(a_k, b_k)`` and ``e(tau_k)``.
     """
     tau = torch.tensor(schedule.sampling_timesteps(T, K)[1:], device=device)
-    coef = schedule.ddim_coefficients(T, K).to(device=device, dtype=torch.float32)
+    coef_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    coef = schedule.ddim_coefficients(T, K).to(device=device, dtype=coef_dtype)
     return coef, time_features(den, tau, dim, dtype)
 
 
 def _ddim_update(x, x0_hat, coef_row):
-    """``x_{t'} = a_k x_t + b_k x0_hat`` with the float32 coefficients, in x's dtype."""
+    """``x_{t'} = a_k x_t + b_k x0_hat`` with the table's coefficients, in x's dtype."""
     return coef_row[0].to(x.dtype) * x + coef_row[1].to(x.dtype) * x0_hat
 
 
