@@ -4,16 +4,15 @@ import os
 import torch
 
 import seda_fast as sf
-from seda_fast import bench, cost_model
+from seda_fast import bench, cost_model, presets
 
 CUDA = torch.cuda.is_available()
 FULL = os.environ.get("SEDA_BENCH_FULL") == "1"  # GPU: add the small config and fp32 everywhere
 
 CONFIGS = {
-    "default": dict(visual_dim=1280, text_dim=384, num_classes=10),
+    "default": presets.DEFAULT,
     "small": dict(visual_dim=1280, text_dim=384, num_classes=10, dim=128, hidden=256),
-    "tiny": dict(visual_dim=13, text_dim=7, num_classes=3, dim=16, hidden=24, learner_steps=2,
-                 translator_steps=2),
+    "tiny": presets.TINY,
 }
 if CUDA:
     INFER_CASES = [(c, dt, b) for c in (("default", "small") if FULL else ("default",))

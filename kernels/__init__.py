@@ -9,9 +9,6 @@ and returns plain tensors:
   center constraint's cross-entropy and its gradient, streamed over class tiles.
 * :func:`class_sums` / :func:`ema_update` (``center_update.py``): the center EMA as a
   deterministic per-class scatter-mean (sums and counts, then the in-place update).
-* :func:`denoiser_forward` / :func:`denoiser_backward` (``denoiser_train.py``): the denoiser for
-  training, forward (saving ``a`` and the residual pre-activations) and backward (activation
-  gradients per row block, deterministic weight gradients per weight tile).
 * :func:`denoiser_x0_loss_forward` / :func:`denoiser_x0_loss_backward` (``denoiser_x0_loss.py``): the
   random-t diffusion term of both stages, forward noising + denoiser + per-row x0 loss in one
   launch, and its backward.
@@ -28,8 +25,7 @@ from .semantic_sampler import semantic_sample, semantic_sampler_kernel
 from .translator_pfin import translator_pfin, translator_pfin_kernel
 from .center_loss import center_loss_backward, center_loss_bwd_kernel, center_loss_forward, center_loss_fwd_kernel
 from .center_update import class_sums, class_sums_kernel, ema_update, ema_update_kernel
-from .denoiser_train import (denoiser_backward, denoiser_bwd_act_kernel, denoiser_forward, denoiser_fwd_kernel,
-                             denoiser_wgrad_kernel)
+from ._denoiser import denoiser_wgrad_kernel
 from .denoiser_x0_loss import (denoiser_x0_loss_backward, denoiser_x0_loss_bwd_kernel, denoiser_x0_loss_forward,
                                denoiser_x0_loss_fwd_kernel)
 from .translator_unroll import (translator_unroll_backward, translator_unroll_bwd_step_kernel,
@@ -39,7 +35,6 @@ __all__ = ["semantic_sample", "semantic_sampler_kernel", "translator_pfin", "tra
            "count_launches", "capture_launches", "Launch", "kernel_name", "launch", "pick_blocks", "Blocks",
            "LATENCY_MAX_BATCH", "center_loss_forward", "center_loss_backward", "center_loss_fwd_kernel",
            "center_loss_bwd_kernel", "class_sums", "class_sums_kernel", "ema_update", "ema_update_kernel",
-           "denoiser_forward", "denoiser_backward", "denoiser_fwd_kernel", "denoiser_bwd_act_kernel",
            "denoiser_wgrad_kernel", "translator_unroll_forward", "translator_unroll_backward",
            "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel", "denoiser_x0_loss_forward",
            "denoiser_x0_loss_backward", "denoiser_x0_loss_fwd_kernel", "denoiser_x0_loss_bwd_kernel"]

@@ -3,14 +3,14 @@
 Forward (``denoiser_x0_loss_fwd_kernel``, one launch, a program per ``BM`` rows)::
 
     x_t    = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps        # coef [B, 2] = per-row (sqrt(abar_t), sqrt(1 - abar_t))
-    (x0_hat, a) = D(x_t, e_t, cond)                        # denoiser_train.denoiser_block_forward
+    (x0_hat, a) = D(x_t, e_t, cond)                        # _denoiser.denoiser_block_forward
     loss_b = sum_j (x0_hat[b, j] - x0[b, j])^2             # [B] fp32; the MSE is sum_b loss_b / (B d)
 
 ``x_t``, ``x0_hat``, ``a`` and the residual pre-activations ``z`` are saved for the backward.
 Backward (``denoiser_x0_loss_bwd_kernel``): ``gx0 = 2 g_b (x0_hat - x0)`` from the per-row upstream
 gradient ``g [B]``, then the denoiser's activation backward (with ``dL/da`` from the center
 constraint in stage 1); the weight gradients are the denoiser's three deterministic launches
-(:func:`denoiser_train.denoiser_weight_grads`). The targets ``x0`` and ``eps`` get no gradient: the
+(:func:`_denoiser.denoiser_weight_grads`). The targets ``x0`` and ``eps`` get no gradient: the
 spec puts the diffusion target under stop-gradient and the noise is a random draw.
 
 ``x0``/``eps`` may be of any float dtype (read as fp32, so an fp32 target stays fp32 in the loss
@@ -26,7 +26,7 @@ import triton.language as tl
 from . import _blocks as blk
 from ._heuristics import check_matrix, dot_mode, pick_blocks
 from ._launch import launch
-from .denoiser_train import (_check_weights, check_saved, denoiser_block_backward, denoiser_block_forward,
+from ._denoiser import (_check_weights, check_saved, denoiser_block_backward, denoiser_block_forward,
                              denoiser_weight_grads)
 
 

@@ -24,7 +24,7 @@ Backward walks the loop in reverse, one step at a time (``translator_unroll_back
       gx0 = g_p W_pu + g_q W_gu + b_k gx    (denoiser backward from gx0: ga, gz)
       gx <- ga W_x + a_k gx                 gcond += ga
 
-* five deterministic weight-gradient launches (:func:`denoiser_train.launch_wgrad`, four when
+* five deterministic weight-gradient launches (:func:`_denoiser.launch_wgrad`, four when
   L = 1) add step k's ``G^T X`` to fp32 accumulators (``W_x``; every residual ``W_l``; ``W_o``;
   ``W_pd``; ``[W_pm W_pu; W_gm W_gu]`` as one ``[H + d, 2d]`` product of ``[g_p | g_q]`` and
   ``[m_k | x0_hat]``) and store the step's column sums (bias and time-embedding gradients, summed
@@ -44,7 +44,7 @@ import triton.language as tl
 from . import _blocks as blk
 from ._heuristics import check_hidden, check_matrix, check_vector, dot_mode, pick_blocks
 from ._launch import launch
-from .denoiser_train import denoiser_rows_backward, denoiser_rows_forward, launch_wgrad
+from ._denoiser import denoiser_rows_backward, denoiser_rows_forward, launch_wgrad
 
 
 @triton.jit

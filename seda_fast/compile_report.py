@@ -33,9 +33,7 @@ import torch
 
 SM90_SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (227 KiB)
 
-DEFAULT_MODEL = dict(visual_dim=1280, text_dim=384, num_classes=10)
-SMALL_MODEL = dict(visual_dim=37, text_dim=21, num_classes=7, dim=48, hidden=80, layers=3,
-                   learner_steps=4, translator_steps=4)
+from .presets import DEFAULT as DEFAULT_MODEL, SMALL as SMALL_MODEL  # noqa: E402
 
 # (name, model kwargs, dtype, batch, step): every block config kernels/_heuristics.pick_blocks ships
 # (fp16/bf16 latency and throughput, fp32) on the default model, and the small test model, for

@@ -127,7 +127,8 @@ def inference_cost(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceiling
 
 
 if __name__ == "__main__":  # pragma: no cover - a quick table
-    cfg = SeDAConfig(visual_dim=1280, text_dim=384, num_classes=10)
+    from .presets import config
+    cfg = config("default")
     for b in (1, 64, 1024, 16384):
         c = inference_cost(cfg, b)
         print(f"B={b:6d}  {c.flops / 1e9:9.2f} GFLOP  {c.bytes / 1e6:7.2f} MB  floor {c.floor_s * 1e6:8.2f} us ({c.bound})")

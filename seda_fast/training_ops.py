@@ -7,8 +7,6 @@ composes them into the two losses).
   never storing ``[B, C]``). ``lse`` is an auxiliary, non-differentiable output.
 * ``seda_fast::class_sums(z, labels, num_classes) -> (sums [C, d] fp32, counts [C] fp32)`` and
   ``seda_fast::ema_update_(centers!, initialized!, sums, counts, momentum)`` (in place).
-* ``seda_fast::denoiser_fwd``/``_bwd``: the denoiser alone (``reference.denoise``), gradients from
-  both ``x0_hat`` and ``a``.
 * ``seda_fast::denoiser_x0_loss_fwd``/``_bwd``: forward noising + denoiser + per-row x0 loss, the
   random-t diffusion term of both stages.
 * ``seda_fast::unroll_fwd``/``_bwd``: the stage-2 K2-step Translator + PFIN loop and its reverse walk.
@@ -18,7 +16,7 @@ graph break; auxiliary outputs saved for a backward are non-differentiable and g
 materialised zero gradients. Math is fp32 whatever the input dtype; gradients come back in their
 input's dtype. Python entry points: :func:`center_loss` (= ``F.cross_entropy(reference.center_logits(
 r, mu, tau), y)``), :func:`update_centers` (= ``reference.update_centers``, with the
-torch.distributed all-reduce of sums and counts between the two launches), :func:`denoise`,
+torch.distributed all-reduce of sums and counts between the two launches),
 :func:`denoise_x0_loss` and :func:`translator_unroll` (on ``model.Denoiser``/``model.PFIN``
 modules; under ``torch.autocast`` they compute in the autocast dtype).
 """
@@ -124,91 +122,12 @@ def update_centers(centers: Tensor, initialized: Tensor, z: Tensor, labels: Tens
         ema_update_(centers, initialized, sums, counts, float(momentum))
 
 
-# --------------------------------------------------------------------------- denoiser (issue 4)
-#
-# ``seda_fast::denoiser_fwd(x_t, e_t, cond, w_x, w_hidden, b_hidden, w_out, b_out)
-#   -> (x0_hat [B, d], a [B, H], z [B, L-1, H])``: ``reference.denoise`` in one launch; ``z`` (the
-# residual pre-activations, saved for the backward) is an auxiliary non-differentiable output.
-# ``seda_fast::denoiser_bwd`` gives every input's gradient from the upstream gradients of BOTH
-# ``x0_hat`` and ``a`` (stage 1's center constraint reads ``a``).
-
-
-@torch.library.custom_op("seda_fast::denoiser_fwd", mutates_args=())
-def denoiser_fwd(x_t: Tensor, e_t: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor,
-                 w_out: Tensor, b_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x0_hat [B, d], a [B, H], z [B, L-1, H])`` in the input dtype."""
-    return _k().denoiser_forward(x_t, e_t, cond, w_x, w_hidden, b_hidden, w_out, b_out)
-
-
-@denoiser_fwd.register_fake
-def _(x_t, e_t, cond, w_x, w_hidden, b_hidden, w_out, b_out):
-    B, H = x_t.shape[0], w_x.shape[0]
-    return (x_t.new_empty(B, x_t.shape[1]), x_t.new_empty(B, H), x_t.new_empty(B, w_hidden.shape[0], H))
-
-
-@torch.library.custom_op("seda_fast::denoiser_bwd", mutates_args=())
-def denoiser_bwd(grad_x0: Tensor, grad_a: Tensor, x_t: Tensor, a: Tensor, z: Tensor, w_x: Tensor,
-                 w_hidden: Tensor, w_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``(grad_x_t, grad_a_total (= grad of cond and e_t), grad_w_x, grad_w_hidden, grad_b_hidden,
-    grad_w_out, grad_b_out)`` in the input dtype (fp32 accumulation, deterministic)."""
-    return _k().denoiser_backward(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out)
-
-
-@denoiser_bwd.register_fake
-def _(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out):
-    n, H = w_hidden.shape[0], w_x.shape[0]
-    return (torch.empty_like(x_t), torch.empty_like(a), torch.empty_like(w_x), torch.empty_like(w_hidden),
-            w_hidden.new_empty(n, H), torch.empty_like(w_out), w_out.new_empty(w_out.shape[0]))
-
-
-def _denoiser_setup_context(ctx, inputs, output):
-    x_t, e_t, cond, w_x, w_hidden, b_hidden, w_out, b_out = inputs
-    _, a, z = output
-    ctx.save_for_backward(x_t, a, z, w_x, w_hidden, w_out)
-    ctx.mark_non_differentiable(z)
-    ctx.set_materialize_grads(False)  # no zero gradient for z; None for x0_hat / a is handled below
-
-
-def _denoiser_backward(ctx, grad_x0, grad_a, grad_z):
-    x_t, a, z, w_x, w_hidden, w_out = ctx.saved_tensors
-    grad_x0 = torch.zeros(x_t.shape, dtype=x_t.dtype, device=x_t.device) if grad_x0 is None \
-        else grad_x0.to(x_t.dtype).contiguous()
-    grad_a = torch.zeros_like(a) if grad_a is None else grad_a.to(a.dtype).contiguous()
-    gx, gact, gw_x, gw_h, gb_h, gw_o, gb_o = denoiser_bwd(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out)
-    return gx, gact, gact, gw_x, gw_h, gb_h, gw_o, gb_o
-
-
-denoiser_fwd.register_autograd(_denoiser_backward, setup_context=_denoiser_setup_context)
-
-
-def denoiser_train(x_t: Tensor, e_t: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor,
-                   w_out: Tensor, b_out: Tensor) -> tuple[Tensor, Tensor]:
-    """``reference.denoise`` as a differentiable fused op: ``x_t [B, d]``, ``e_t [B, H]`` (or an ``[H]``
-    row, broadcast), ``cond [B, H]`` (``c W_c + b_a``), ``w_x [H, d]``, ``w_hidden [L-1, H, H]``,
-    ``b_hidden [L-1, H]``, ``w_out [d, H]``, ``b_out [d]`` -> ``(x0_hat [B, d], a [B, H])``.
-    Gradients flow to every argument from both outputs."""
-    if isinstance(e_t, Tensor) and isinstance(x_t, Tensor) and e_t.dim() == 1 and x_t.dim() == 2:
-        e_t = e_t.expand(x_t.shape[0], e_t.shape[0])
-    x0_hat, a, _ = denoiser_fwd(x_t, e_t.contiguous(), cond, w_x, w_hidden, b_hidden, w_out, b_out)
-    return x0_hat, a
-
-
 def _in_compute_dtype(tensors, device: torch.device) -> list:
     """``tensors`` cast (differentiably) to the autocast dtype when autocast is on for ``device``,
     else to the first one's dtype (the weights'): the kernels take one dtype, and under AMP the
     gradients flow back to the fp32 master weights as fp32."""
     dtype = fused.autocast_dtype(device, tensors[0].dtype)
     return [t.to(dtype) for t in tensors]
-
-
-def denoise(den, x_t: Tensor, e_t: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
-    """``reference.denoise(den, x_t, e_t, cond)`` through :func:`denoiser_train` for a
-    ``model.Denoiser`` ``den`` (residual weights stacked; gradients reach the module's parameters).
-    Under ``torch.autocast`` it computes in the autocast dtype."""
-    w_hidden, b_hidden = fused.hidden_stack(den, den.in_x.weight.shape[0], den.in_x.weight.dtype, x_t.device)
-    w_x, w_hidden, b_hidden, w_out, b_out, x_t, e_t, cond = _in_compute_dtype(
-        [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, x_t, e_t, cond], x_t.device)
-    return denoiser_train(x_t, e_t, cond, w_x, w_hidden, b_hidden, w_out, b_out)
 
 
 # --------------------------------------------------------------------------- noising + denoiser + x0 loss
@@ -295,7 +214,7 @@ def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, co
     return loss.sum() / target.numel(), a
 
 
-# --------------------------------------------------------------------------- stage-2 unroll (issue 4)
+# --------------------------------------------------------------------------- stage-2 unroll
 #
 # ``seda_fast::unroll_fwd(x_start, m_start, cond, e_table, ddim, <13 weights>) -> (m [B, d], xs, ms)``:
 # the K2-step Translator + PFIN loop in one launch; ``xs [K, B, d]`` / ``ms [K + 1, B, d]`` (fp32, the

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from seda_fast import fused, model, reference, schedule, training_ops as ops
-from helpers import (assert_compiled_step_matches, assert_flash_rule, assert_matches_reference, assert_sm90_clean,
+from helpers import (assert_compiled_step_matches, assert_directional_derivatives, assert_flash_rule, assert_matches_reference, assert_sm90_clean,
                      compile_rows_in_subprocess)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,6 +121,18 @@ def test_fp16_flash_attention_rule():
     ref32 = _run(_eager, targets, t, inputs, weights, grad_a, torch.float32)
     for name, o, r16, r32 in zip(NAMES, out, ref16, ref32):
         assert_flash_rule(name, o, r16, r32, 2.0 ** -10 * r32.abs().max().item())
+
+
+def test_finite_difference_directional_derivatives_fp32():
+    """The fused backward against central differences of the fused forward itself (the kernels take
+    fp32/fp16/bf16, not fp64), per argument, for ``loss + <a, grad_a>`` on a tiny L = 2 problem."""
+    targets, t, inputs, weights, grad_a = _problem(3, 5, 6, 2, seed=7)
+    grads = _run(_fused, targets, t, inputs, weights, grad_a)[2:]
+
+    def loss(args):
+        value, a = _fused(*targets, t, *args)
+        return (value.double() + (a.double() * grad_a.double()).sum()).item()
+    assert_directional_derivatives(loss, inputs + weights, grads, NAMES[2:], torch.Generator().manual_seed(8))
 
 
 def test_opcheck_and_torch_compile():

@@ -9,12 +9,10 @@ import pytest
 import torch
 
 import seda_fast as sf
-from seda_fast import fused, memory
+from seda_fast import fused, memory, presets
 from helpers import make_batch, make_model, rel
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TINY = dict(visual_dim=13, text_dim=7, num_classes=3, dim=16, hidden=24, layers=2, learner_steps=2,
-            translator_steps=2)
 
 
 def _loss_and_grads(backend, stage, batch, seed=3, text_kind="class", **cfg):
@@ -71,7 +69,7 @@ def _train(backend, steps=50, batch=16, seed=0):
     """``steps`` AdamW steps per stage on a tiny 3-class problem; returns the per-step losses of both
     stages, the final parameters and the eval predictions on a held-out batch."""
     torch.manual_seed(seed)
-    model = sf.SeDA(sf.SeDAConfig(**TINY), backend=backend).to(DEVICE).train()
+    model = sf.SeDA(presets.config("tiny"), backend=backend).to(DEVICE).train()
     gen = torch.Generator(DEVICE).manual_seed(1)
     data = torch.Generator().manual_seed(2)
     protos, text = 2 * torch.randn(3, 13, generator=data), torch.randn(3, 7, generator=data)
@@ -198,7 +196,7 @@ def test_dry_run_peak_equals_a_real_run(monkeypatch):
         out = launch(*args, **meta)
         gc.collect()
         return out
-    for module in (k.denoiser_train, k.translator_unroll, k.semantic_sampler, k.center_loss, k.center_update):
+    for module in (k._denoiser, k.translator_unroll, k.semantic_sampler, k.center_loss, k.center_update):
         monkeypatch.setattr(module, "launch", launch_and_collect)
     peaks = []
     for run in (True, False):

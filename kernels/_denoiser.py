@@ -1,34 +1,31 @@
-"""Fused op 5: the denoiser ``D(x_t, t, c) -> (x0_hat, a)`` for training, forward and backward.
+"""The denoiser ``D(x_t, t, c) -> (x0_hat, a)`` for training: shared row-block bodies and the
+deterministic weight-gradient kernel, used by ``denoiser_x0_loss.py`` and ``translator_unroll.py``.
 
-Forward (SPEC "Denoiser", ``reference.denoise``), weights ``nn.Linear`` layout ``[out, in]``::
+Forward (``reference.denoise``), weights ``nn.Linear`` layout ``[out, in]``::
 
     a   = x_t W_x^T + cond + e_t                  # [B, H]   (cond = c W_c + b_a, e_t per row)
     h_0 = SiLU(a)
     z_l = h_l W_l^T + b_l,  h_{l+1} = h_l + SiLU(z_l)   for l < L-1
     x0_hat = h_{L-1} W_o^T + b_o                  # [B, d]
 
-Saved for the backward: ``a`` (an output anyway) and the residual pre-activations
-``z [B, L-1, H]`` (input dtype). Every ``h_l = SiLU(a) + sum_{j<l} SiLU(z_j)`` is recomputed
-elementwise where it is needed (same fp32 operations in the same order as the forward, so bitwise the
-forward's ``h`` in fp32); no matmul is recomputed.
+Saved for the backward: ``a`` and the residual pre-activations ``z [B, L-1, H]`` (input dtype).
+Every ``h_l = SiLU(a) + sum_{j<l} SiLU(z_j)`` is recomputed elementwise where it is needed (same
+fp32 operations in the same order as the forward, so bitwise the forward's ``h`` in fp32); no
+matmul is recomputed.
 
-Backward, given ``ga_up = dL/da`` (the center constraint reads ``a``) and ``gx0 = dL/dx0_hat``:
-
-* ``denoiser_bwd_act_kernel`` (one program per ``BM`` rows): ``gh = gx0 W_o``, then for
+* :func:`denoiser_rows_forward` / :func:`denoiser_block_forward`: the forward on one row block.
+* :func:`denoiser_rows_backward` / :func:`denoiser_block_backward`: activation gradients of one row
+  block given ``ga_up = dL/da`` and ``gx0 = dL/dx0_hat``: ``gh = gx0 W_o``, then for
   l = L-2..0: ``gz_l = gh * SiLU'(z_l)``, ``gh <- gh + gz_l W_l``; finally
-  ``ga = ga_up + gh * SiLU'(a)`` (= the gradient of ``cond`` and ``e_t``) and ``gx = ga W_x``.
-  ``gz [B, L-1, H]`` and ``ga [B, H]`` are stored in the input dtype (as eager autograd keeps
-  them) for the weight gradients; ``gh`` stays in an fp32 scratch slab.
-* ``denoiser_wgrad_kernel`` (one program per ``BN x BK`` weight tile): ``dW = G^T X`` and
-  ``db = sum_rows G`` with the tile looping over ALL rows in a fixed order, so the result is
-  deterministic (no atomics, no split over rows). Three launches: ``W_x`` (``G = ga``, ``X = x_t``),
-  every ``W_l`` at once (grid axis 2 = layer; ``G = gz_l``, ``X = h_l``), ``W_o`` (``G = gx0``,
-  ``X = h_{L-1}``).
+  ``ga = ga_up + gh * SiLU'(a)`` (the gradient of ``cond`` and ``e_t``). ``gz`` and ``ga`` are
+  stored in the input dtype for the weight gradients; ``gh`` stays in an fp32 scratch slab.
+* ``denoiser_wgrad_kernel`` (one program per ``BN x BK`` weight tile, :func:`launch_wgrad`):
+  ``dW = G^T X`` and ``db = sum_rows G`` with the tile looping over ALL rows in a fixed order, so
+  the result is deterministic (no atomics, no split over rows). :func:`denoiser_weight_grads`
+  makes three launches: ``W_x`` (``G = ga``, ``X = x_t``), every ``W_l`` at once (grid axis 2 =
+  layer; ``G = gz_l``, ``X = h_l``), ``W_o`` (``G = gx0``, ``X = h_{L-1}``).
 
-Math in fp32 whatever the input dtype; outputs and gradients are stored in the input dtype.
-Launches: forward 1, backward 4 (3 when L = 1). The row-block bodies (:func:`denoiser_rows_forward`,
-:func:`denoiser_rows_backward`) and :func:`launch_wgrad` are reused by the stage-2 unroll
-(``translator_unroll.py``).
+Math in fp32 whatever the input dtype.
 """
 from __future__ import annotations
 
@@ -37,7 +34,7 @@ import triton
 import triton.language as tl
 
 from . import _blocks as blk
-from ._heuristics import _clamp, check_hidden, check_matrix, check_vector, dot_mode, pick_blocks
+from ._heuristics import _clamp, check_hidden, check_matrix, check_vector
 from ._launch import launch
 
 
@@ -73,16 +70,6 @@ def denoiser_rows_forward(x_ptr, x_stride, e_ptr, e_stride, cond_ptr, rows, wx_p
         tl.debug_barrier()
     last = h_buf + (n_hidden % 2) * (BM * H)
     blk.linear_rows(last, H, BM, wo_ptr, bo_ptr, H, d, x0_ptr, x0_stride, x0_rows, BM, BN, BK, LOWP, PREC)
-
-
-@triton.jit
-def denoiser_fwd_kernel(x_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr,
-                        x0_ptr, a_ptr, z_ptr, scratch_ptr, B, d, H, n_hidden,
-                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        LOWP: tl.constexpr, PREC: tl.constexpr):
-    """One program = ``BM`` rows; ``h`` ping-pongs between two fp32 ``[BM, H]`` scratch slabs."""
-    denoiser_block_forward(tl.program_id(0).to(tl.int64), x_ptr, e_ptr, cond_ptr, wx_ptr, wh_ptr, bh_ptr, wo_ptr,
-                           bo_ptr, x0_ptr, a_ptr, z_ptr, scratch_ptr, B, d, H, n_hidden, BM, BN, BK, LOWP, PREC)
 
 
 @triton.jit
@@ -163,25 +150,6 @@ def denoiser_block_backward(pid, gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wh_ptr, wo_pt
 
 
 @triton.jit
-def denoiser_bwd_act_kernel(gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wx_ptr, wh_ptr, wo_ptr,
-                            gh_scratch_ptr, gz_ptr, ga_ptr, gx_ptr, B, d, H, n_hidden,
-                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                            LOWP: tl.constexpr, PREC: tl.constexpr):
-    """Activation gradients of ``BM`` rows: :func:`denoiser_rows_backward`, then ``gx = ga W_x``."""
-    pid = tl.program_id(0).to(tl.int64)
-    row0 = pid * BM
-    rows = B - row0
-    ga_rows = ga_ptr + row0 * H
-    denoiser_block_backward(pid, gx0_ptr, ga_up_ptr, a_ptr, z_ptr, wh_ptr, wo_ptr, gh_scratch_ptr, gz_ptr, ga_ptr,
-                            B, d, H, n_hidden, BM, BN, BK, LOWP, PREC)
-    # dL/dx_t = ga W_x  (W_x [H, d])
-    for n0 in range(0, d, BN):
-        gx = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), ga_rows, H, rows, wx_ptr, n0, d, H,
-                             BM, BN, BK, LOWP, PREC, W_KN=True)
-        blk.store_tile(gx_ptr + row0 * d, d, rows, n0, d, gx, BM, BN)
-
-
-@triton.jit
 def denoiser_wgrad_kernel(g_ptr, g_stride, x_ptr, x_stride, z_ptr, zs, n_res0, dw_ptr, db_ptr, B, N, Kdim,
                           FROM_H: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
                           BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
@@ -255,59 +223,6 @@ def _check_weights(w_x, w_hidden, b_hidden, w_out, b_out, d, dtype, device):
     check_matrix("w_out", w_out, d, H, dtype, device)
     check_vector("b_out", b_out, d, dtype, device)
     return H, n_hidden
-
-
-def denoiser_forward(x_t, e_t, cond, w_x, w_hidden, b_hidden, w_out, b_out):
-    """``x_t [B, d]``, ``e_t [B, H]``, ``cond [B, H]``, ``w_x [H, d]``, ``w_hidden [L-1, H, H]``,
-    ``b_hidden [L-1, H]``, ``w_out [d, H]``, ``b_out [d]`` (one dtype, one device) ->
-    ``(x0_hat [B, d], a [B, H], z [B, L-1, H])``, all in the input dtype; ``z`` holds the residual
-    layers' pre-activations for :func:`denoiser_backward`. One launch."""
-    check_matrix("x_t", x_t, None, None, batch_rows=True)
-    B, d = x_t.shape
-    dtype, device = x_t.dtype, x_t.device
-    H, n_hidden = _check_weights(w_x, w_hidden, b_hidden, w_out, b_out, d, dtype, device)
-    check_matrix("e_t", e_t, B, H, dtype, device, batch_rows=True)
-    check_matrix("cond", cond, B, H, dtype, device, batch_rows=True)
-    cfg = pick_blocks(B, d, H, None, dtype)
-    lowp, prec = dot_mode(dtype, device)
-    grid = triton.cdiv(B, cfg.BM)
-    x0 = torch.empty(B, d, device=device, dtype=dtype)
-    a = torch.empty(B, H, device=device, dtype=dtype)
-    z = torch.empty(B, n_hidden, H, device=device, dtype=dtype)
-    scratch = torch.empty(grid * 2 * cfg.BM * H, device=device, dtype=torch.float32)
-    wh, bh, zp = (w_hidden, b_hidden, z) if n_hidden else (w_out, b_out, a)  # any valid pointer
-    launch(denoiser_fwd_kernel, (grid,), x_t, e_t, cond, w_x, wh, bh, w_out, b_out, x0, a, zp, scratch,
-           B, d, H, n_hidden, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, LOWP=lowp, PREC=prec,
-           num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
-    return x0, a, z
-
-
-def denoiser_backward(grad_x0, grad_a, x_t, a, z, w_x, w_hidden, w_out):
-    """Gradients of :func:`denoiser_forward` from ``grad_x0 [B, d]`` and ``grad_a [B, H]`` (the
-    upstream gradients of both outputs) and the saved ``x_t``, ``a``, ``z [B, L-1, H]``.
-
-    Returns ``(grad_x_t [B, d], grad_a_total [B, H], grad_w_x [H, d], grad_w_hidden [L-1, H, H],
-    grad_b_hidden [L-1, H], grad_w_out [d, H], grad_b_out [d])`` in the input dtype;
-    ``grad_a_total`` is the gradient of both ``cond`` and ``e_t``. Weight gradients are accumulated
-    in fp32 by one program per weight tile over all rows in a fixed order (bitwise reproducible).
-    Launches: 4 (3 when L = 1)."""
-    B, d, H, n_hidden = check_saved(grad_a, x_t, a, z, w_x, w_hidden, w_out)
-    dtype, device = x_t.dtype, x_t.device
-    check_matrix("grad_x0", grad_x0, B, d, dtype, device, batch_rows=True)
-
-    cfg = pick_blocks(B, d, H, None, dtype)
-    lowp, prec = dot_mode(dtype, device)
-    grid = triton.cdiv(B, cfg.BM)
-    gh_scratch = torch.empty(grid * cfg.BM * H, device=device, dtype=torch.float32)
-    gz = torch.empty(B, n_hidden, H, device=device, dtype=dtype)
-    ga = torch.empty(B, H, device=device, dtype=dtype)
-    gx = torch.empty_like(x_t)
-    wh, zp, gzp = (w_hidden, z, gz) if n_hidden else (w_out, a, ga)  # any valid pointer
-    launch(denoiser_bwd_act_kernel, (grid,), grad_x0, grad_a, a, zp, w_x, wh, w_out, gh_scratch, gzp, ga,
-           gx, B, d, H, n_hidden, BM=cfg.BM, BN=cfg.BN, BK=cfg.BK, LOWP=lowp, PREC=prec,
-           num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.maxnreg)
-
-    return (gx, ga, *denoiser_weight_grads(ga, gz, grad_x0, x_t, a, z, w_x, w_hidden, w_out, lowp, prec))
 
 
 def check_saved(grad_a, x_t, a, z, w_x, w_hidden, w_out):
