@@ -14,34 +14,58 @@ from seda_fast import reference
 from helpers import make_batch, make_model
 
 
-def test_torch_compile_fullgraph_matches_eager():
-    """Inference and both losses trace with fullgraph=True (no graph break) and give the eager
-    numbers. Under torch.compile the draws come from torch's global RNG (pass generator=None);
-    fallback_random makes inductor use the same RNG as eager so the losses can be compared."""
-    import torch._inductor.config as inductor_config
+# torch 2.11's Inductor, even with fallback_random=True, swaps the order of two consecutive
+# torch.randn draws in a compiled graph (pytorch/pytorch#181136, fixed by 2.13): the stage-2 loss
+# draws eps then xi, so compiled and eager get each other's noise there. Stage 1 draws one randn.
+RANDN_ORDER_KEPT = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 13)
 
+
+def _compile_setup():
     torch._dynamo.reset()
     model = make_model(learner_steps=2, translator_steps=2)
     v, y, text = make_batch(model.config, 9)
     model.train()
     model.learner_loss(v, y)  # centers initialised, then frozen for the comparison
     model.eval()
-    compiled = torch.compile(model, fullgraph=True)
+    return model, torch.compile(model, fullgraph=True), v, y, text
+
+
+def _assert_compiled_loss_matches(model, compiled, stage, v, y, text):
+    model.set_stage(stage)
+    torch.manual_seed(3)
+    expect = model(v, y, text)
+    torch.manual_seed(3)
+    got = compiled(v, y, text)
+    torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
+    for batch in (5, 4):  # new batch sizes: dynamo recompiles with a dynamic batch
+        torch.manual_seed(4)
+        expect = model(v[:batch], y[:batch], text)
+        torch.manual_seed(4)
+        torch.testing.assert_close(compiled(v[:batch], y[:batch], text), expect, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """Inference and the stage-1 loss trace with fullgraph=True (no graph break) and give the eager
+    numbers. Under torch.compile the draws come from torch's global RNG (pass generator=None);
+    fallback_random makes inductor use the same RNG as eager so the losses can be compared."""
+    import torch._inductor.config as inductor_config
+
+    model, compiled, v, y, text = _compile_setup()
     with inductor_config.patch(fallback_random=True):
         with torch.no_grad():
             torch.testing.assert_close(compiled(v), model(v), rtol=1e-5, atol=1e-6)
-        for stage in (1, 2):
-            model.set_stage(stage)
-            torch.manual_seed(3)
-            expect = model(v, y, text)
-            torch.manual_seed(3)
-            got = compiled(v, y, text)
-            torch.testing.assert_close(got, expect, rtol=1e-5, atol=1e-6)
-            for batch in (5, 4):  # new batch sizes: dynamo recompiles with a dynamic batch
-                torch.manual_seed(4)
-                expect = model(v[:batch], y[:batch], text)
-                torch.manual_seed(4)
-                torch.testing.assert_close(compiled(v[:batch], y[:batch], text), expect, rtol=1e-5, atol=1e-6)
+        _assert_compiled_loss_matches(model, compiled, 1, v, y, text)
+
+
+@pytest.mark.xfail(not RANDN_ORDER_KEPT, strict=True,
+                   reason="pytorch/pytorch#181136: this torch's Inductor swaps two consecutive randn draws")
+def test_torch_compile_fullgraph_stage2_matches_eager():
+    """The stage-2 loss traces with fullgraph=True and gives the eager number (same draws)."""
+    import torch._inductor.config as inductor_config
+
+    model, compiled, v, y, text = _compile_setup()
+    with inductor_config.patch(fallback_random=True):
+        _assert_compiled_loss_matches(model, compiled, 2, v, y, text)
 
 
 def test_autocast_bf16_keeps_documented_dtypes():
