@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from . import _blocks as blk
-from ._heuristics import _clamp, check_hidden, check_matrix, check_vector
+from ._heuristics import check_hidden, clamp_block, check_matrix, check_vector
 from ._launch import launch
 
 
@@ -212,7 +212,7 @@ def wgrad_blocks(N: int, Kdim: int, dtype: torch.dtype) -> dict:
     """Weight-gradient tile ``BN x BK`` over ``BB`` rows per step: fp16/bf16 ``64 x 64 x 32``
     (wgmma's M = 64, one warpgroup), fp32 (parity path) ``32 x 32 x 32``; clamped to the widths."""
     lowp = dtype != torch.float32
-    return dict(BN=_clamp(64 if lowp else 32, N), BK=_clamp(64 if lowp else 32, Kdim), BB=32,
+    return dict(BN=clamp_block(64 if lowp else 32, N), BK=clamp_block(64 if lowp else 32, Kdim), BB=32,
                 num_warps=4, num_stages=2)
 
 

@@ -39,7 +39,8 @@ class Blocks:
     maxnreg: int = 255
 
 
-def _clamp(block: int, width: int) -> int:
+def clamp_block(block: int, width: int) -> int:
+    """``block`` shrunk to the next power of two of ``width``, never below 16 (``tl.dot``'s minimum)."""
     return max(16, min(block, triton.next_power_of_2(max(int(width), 1))))
 
 
@@ -53,7 +54,7 @@ def pick_blocks(batch: int, d: int, H: int, din: int | None = None,
     else:
         BM, BN, BK, warps, stages = 64, 32, 32, 4, 2
     widest = max(d, H, din or 0)
-    return Blocks(BM, _clamp(BN, max(d, H)), _clamp(BK, widest), warps, stages)
+    return Blocks(BM, clamp_block(BN, max(d, H)), clamp_block(BK, widest), warps, stages)
 
 
 def dot_mode(dtype: torch.dtype, device: torch.device) -> tuple[bool, str]:

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._heuristics import check_matrix, check_vector, dot_mode
+from ._heuristics import check_matrix, check_vector, clamp_block, dot_mode
 from ._launch import launch
 
 
@@ -108,10 +108,6 @@ def center_loss_bwd_kernel(g_ptr, r_ptr, mu_ptr, y_ptr, lse_ptr, dr_ptr, B, C, d
              mask=rmask[:, None] & dmask[None, :])
 
 
-def _clamp(block: int, width: int) -> int:
-    return max(16, min(block, triton.next_power_of_2(max(int(width), 1))))
-
-
 def center_loss_blocks(batch: int, num_classes: int, d: int, dtype: torch.dtype) -> dict:
     """Block sizes: ``BM`` rows, ``BN`` classes and ``BK`` features per logit tile, ``BD`` gradient
     columns per backward program; all >= 16 (``tl.dot``) and clamped to the real widths.
@@ -121,8 +117,8 @@ def center_loss_blocks(batch: int, num_classes: int, d: int, dtype: torch.dtype)
     tiles. sm_90a at d = 512, C = 10 and 1000: no spills (tests/test_training_ops.py)."""
     lowp = dtype != torch.float32
     BM = 64 if lowp and batch > 256 else 16
-    return dict(BM=BM, BN=_clamp(64 if lowp else 32, num_classes), BK=_clamp(64 if lowp else 32, d),
-                BD=_clamp(128, d), num_warps=8 if BM == 64 else 4, num_stages=2)
+    return dict(BM=BM, BN=clamp_block(64 if lowp else 32, num_classes), BK=clamp_block(64 if lowp else 32, d),
+                BD=clamp_block(128, d), num_warps=8 if BM == 64 else 4, num_stages=2)
 
 
 def _check(r, centers, labels, temperature):

@@ -2,7 +2,7 @@
 import torch
 
 import seda_fast as sf
-from seda_fast import presets
+from seda_fast import compile_report, presets
 
 
 def small_config(**overrides) -> sf.SeDAConfig:
@@ -51,9 +51,6 @@ def compile_rows_in_subprocess(test_file, out) -> list:
     return json.loads(Path(out).read_text())
 
 
-SM90_SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90
-
-
 def assert_sm90_clean(rows, kernels, fields=()) -> None:
     """Compile-report rows of a test file: exactly ``kernels`` compiled, each within the register
     file, with no spills or local memory and shared memory within the sm_90 limit; prints the rows
@@ -62,7 +59,7 @@ def assert_sm90_clean(rows, kernels, fields=()) -> None:
     for r in rows:
         assert 0 < r["registers"] <= 255, r
         assert r["spill_stores"] == r["spill_loads"] == r["local_bytes"] == 0, r
-        assert r["shared_bytes"] <= SM90_SMEM_LIMIT, r
+        assert r["shared_bytes"] <= compile_report.SM90_SMEM_LIMIT, r
     for r in rows:
         print({k: r.get(k) for k in ("kernel", "dtype", "batch", *fields, "BM", "BN", "BK", "registers",
                                      "spill_stores", "shared_bytes", "wgmma", "mma_sync")})

@@ -16,16 +16,12 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import assert_flash_rule, make_batch, make_model
+from helpers import assert_flash_rule, make_batch, make_model, rel
 import seda_fast as sf
 from seda_fast import cost_model, fused, reference
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = fused.kernels()
-
-
-def rel(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
 def _model(dtype=torch.float32, seed=0, **overrides):
