@@ -347,6 +347,7 @@ def child_infer(job, args, device) -> None:
     import torch
 
     from seda_fast import bench, cost_model, reference
+    torch.set_grad_enabled(False)  # inference only: no autograd in a captured graph or a compiled trace
     cuda = device.type == "cuda"
     cfg = TINY if args.dry_run else DEFAULT
     dtype = getattr(torch, job.params["dtype"])
@@ -358,8 +359,7 @@ def child_infer(job, args, device) -> None:
         gen = torch.Generator(device).manual_seed(batch)
         v32 = torch.randn(batch, model.config.visual_dim, device=device, generator=gen)
         v = v32.to(dtype)
-        with torch.no_grad():
-            ref = reference.infer(model32, v32)
+        ref = reference.infer(model32, v32)
         tables = reference.inference_tables(model, dtype, device)
         for provider in job.params["providers"]:
             row = {"section": "inference", "provider": provider, "dtype": job.params["dtype"], "batch": batch,
@@ -399,10 +399,8 @@ def child_infer(job, args, device) -> None:
                     fn = lambda: model.infer(v)  # noqa: E731
                 else:
                     raise ValueError(f"unknown provider {provider!r}")
-                with torch.no_grad():
-                    out = fn()
-                    stats = bench.summarize(bench.device_times(fn, warm, iters, cuda))
-                row.update(stats)
+                out = fn()
+                row.update(bench.summarize(bench.device_times(fn, warm, iters, cuda)))
                 row["max_abs_err_vs_fp32"] = bench.max_error_vs_fp32(out, ref)
                 row["rel_err_logits_vs_fp32"] = float((out[0].float() - ref[0]).norm() / ref[0].norm())
                 row["floor_ms"] = cost_model.inference_cost(model.config, batch, job.params["dtype"]).floor_s * 1e3
