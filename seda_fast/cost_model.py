@@ -15,6 +15,7 @@ that machine. The other ceilings (L2, sync costs) are stated assumptions until a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from .config import SeDAConfig
@@ -29,6 +30,7 @@ class Ceilings:
     aggregate ~10 TB/s as published GPU microbenchmarks show; per-SM L2 ~115 GB/s; sync costs), or
     ``"measured: <run>"`` once :meth:`from_gpu_check` has replaced it."""
     bf16_flops: float = 790e12          # dense bf16 tensor-core FLOP/s
+    fp32_flops: float = 60e12           # IEEE fp32 FMA (no tensor cores), the fp32 parity path
     copy_bytes_per_s: float = 4.3e12    # HBM device-to-device copy, bytes read + written per second
     l2_bytes_per_s: float = 10e12       # L2 -> SMs, aggregate
     l2_per_sm_bytes_per_s: float = 115e9
@@ -37,7 +39,7 @@ class Ceilings:
     barrier_s: float = 1e-6             # one grid barrier in a persistent kernel
     sms: int = 132
     source: tuple = (("bf16_flops", "measured on the H200"), ("copy_bytes_per_s", "measured on the H200"),
-                     ("l2_bytes_per_s", "assumed"), ("l2_per_sm_bytes_per_s", "assumed"),
+                     ("fp32_flops", "assumed (datasheet ~67 TFLOP/s)"), ("l2_bytes_per_s", "assumed"), ("l2_per_sm_bytes_per_s", "assumed"),
                      ("launch_s", "assumed"), ("graph_boundary_s", "assumed"), ("barrier_s", "assumed"),
                      ("sms", "H200 datasheet"))
 
@@ -88,17 +90,22 @@ class Cost:
         return dict(asdict(self), floor_s=self.floor_s, bound=self.bound)
 
 
+def inference_matmuls(cfg: SeDAConfig) -> list[tuple[str, int, int, int]]:
+    """Every matmul of one inference call as ``(name, N, K, count)``: ``Y [B, N] = X [B, K] W^T``,
+    ``count`` times per call."""
+    d, H, L, C, Dv = cfg.dim, cfg.hidden, cfg.layers, cfg.num_classes, cfg.visual_dim
+    rows = [("projector W_v", d, Dv, 1), ("learner c W_c", H, d, 1), ("translator c W_c", H, d, 1)]
+    for stage, K in (("learner", cfg.learner_steps), ("translator", cfg.translator_steps)):
+        rows += [(f"{stage} W_x", H, d, K), (f"{stage} W_l", H, H, K * (L - 1)), (f"{stage} W_o", d, H, K)]
+    K2 = cfg.translator_steps
+    rows += [("PFIN W_pm", H, d, K2), ("PFIN W_pu", H, d, K2), ("PFIN W_pd", d, H, K2),
+             ("PFIN W_gm", d, d, K2), ("PFIN W_gu", d, d, K2), ("head", C, d, 1)]
+    return [r for r in rows if r[3] > 0]
+
+
 def inference_flops(cfg: SeDAConfig, batch: int) -> float:
     """Matmul FLOPs of one inference call."""
-    d, H, L, C, Dv = cfg.dim, cfg.hidden, cfg.layers, cfg.num_classes, cfg.visual_dim
-    denoiser_step = d * H + (L - 1) * H * H + H * d            # W_x, residual layers, W_o
-    pfin_step = 2 * d * H + H * d + 2 * d * d                   # W_pm + W_pu, W_pd, W_gm + W_gu
-    macs = (Dv * d                                              # projector
-            + 2 * d * H                                         # c W_c, once per stage
-            + cfg.learner_steps * denoiser_step
-            + cfg.translator_steps * (denoiser_step + pfin_step)
-            + d * C)                                            # head
-    return 2.0 * batch * macs
+    return 2.0 * batch * sum(N * K * count for _, N, K, count in inference_matmuls(cfg))
 
 
 def weight_count(cfg: SeDAConfig) -> int:
@@ -124,6 +131,74 @@ def inference_cost(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceiling
     flops = inference_flops(cfg, batch)
     nbytes = inference_bytes(cfg, batch, dtype)
     return Cost(flops, nbytes, flops / ceilings.bf16_flops, nbytes / ceilings.copy_bytes_per_s)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted time of one call of an implementation: ``time_s`` and the term that sets it
+    (``bound``), with every term in seconds and the counts behind them."""
+    impl: str
+    batch: int
+    time_s: float
+    bound: str
+    terms: dict
+    counts: dict
+
+
+def rowblock_inference(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> Prediction:
+    """The row-block fused inference (``kernels/semantic_sampler.py`` + ``translator_pfin.py``), counted
+    from the tiles its launchers pick (:func:`seda_fast.kernels.pick_blocks`).
+
+    A program owns ``BM`` rows and runs the whole chain. Each matmul of :func:`inference_matmuls`
+    (``blk.matmul_tile`` over ``BN``-column output tiles and ``BK``-wide K chunks) pulls, per
+    program, the whole weight ``N K`` (model dtype) and, once per output tile, its ``rows x K``
+    activation block from the fp32 scratch slab (the projector's from ``visual``, model dtype):
+    ``ceil(N / BN) rows K`` values. Terms: L2 -> SM (each SM at ``l2_per_sm_bytes_per_s``, waves of
+    ``sms`` programs, and the aggregate ``l2_bytes_per_s``), compute (the dtype's peak on the
+    ``min(programs, sms)`` busy SMs; optimistic for 16-row tiles, whose mma.sync does not reach the
+    wgmma peak), HBM (:func:`inference_bytes`), plus two launches from Python. The time is the
+    largest of compute, L2 and HBM, plus the launches."""
+    import torch
+
+    from .kernels import pick_blocks
+    e = _DTYPE_BYTES[dtype]
+    d, H, Dv = cfg.dim, cfg.hidden, cfg.visual_dim
+    blocks = [pick_blocks(batch, d, H, Dv, getattr(torch, dtype)), pick_blocks(batch, d, H, None, getattr(torch, dtype))]
+    BM, BN = blocks[0].BM, blocks[0].BN  # both kernels pick the same BM and BN for one batch
+    assert all(b.BM == BM and b.BN == BN for b in blocks)
+    rows = min(BM, batch)
+    per_program = 0.0
+    for name, N, K, count in inference_matmuls(cfg):
+        act_bytes = e if name == "projector W_v" else 4
+        per_program += count * (N * K * e + math.ceil(N / BN) * rows * K * act_bytes)
+    programs = math.ceil(batch / BM)
+    busy = min(programs, ceilings.sms)
+    waves = math.ceil(programs / ceilings.sms)
+    peak = ceilings.bf16_flops if dtype != "float32" else ceilings.fp32_flops
+    terms = {
+        "compute": inference_flops(cfg, batch) / (peak * busy / ceilings.sms),
+        "L2": max(waves * per_program / ceilings.l2_per_sm_bytes_per_s,
+                  programs * per_program / ceilings.l2_bytes_per_s),
+        "HBM": inference_bytes(cfg, batch, dtype) / ceilings.copy_bytes_per_s,
+    }
+    bound = max(terms, key=terms.get)
+    terms["launch"] = 2 * ceilings.launch_s
+    return Prediction("rowblock", batch, terms[bound] + terms["launch"], bound, terms,
+                      {"programs": programs, "BM": BM, "BN": BN, "l2_bytes_per_program": per_program,
+                       "l2_bytes_total": programs * per_program})
+
+
+def prediction_table(cfg: SeDAConfig, batches=(1, 64, 1024, 16384), dtype: str = "bfloat16",
+                     ceilings: Ceilings = H200) -> str:
+    """Markdown: per batch, the floor (:func:`inference_cost`) and the row-block prediction."""
+    lines = [f"ceilings: {', '.join(f'{k} {v:.3g}' for k, v in ceilings.to_dict().items() if k != 'source')}",
+             "", "| B | floor ms | floor bound | rowblock ms | rowblock bound | programs | L2->SM MiB per program |",
+             "|---:|---:|---|---:|---|---:|---:|"]
+    for b in batches:
+        c, p = inference_cost(cfg, b, dtype, ceilings), rowblock_inference(cfg, b, dtype, ceilings)
+        lines.append(f"| {b} | {c.floor_s * 1e3:.3f} | {c.bound} | {p.time_s * 1e3:.3f} | {p.bound} "
+                     f"| {p.counts['programs']} | {p.counts['l2_bytes_per_program'] / 2**20:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover - a quick table
