@@ -211,43 +211,77 @@ def _noised(T: int, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> tor
     return sa * x0 + sb * eps
 
 
-def learner_loss(model, visual: torch.Tensor, labels: torch.Tensor, generator=None, update: bool = True):
+class EagerPieces:
+    """The heavy parts of the two training losses in plain torch ops (autograd records them). A
+    backend passes its own pieces, with these signatures, to :func:`learner_loss` and
+    :func:`translator_loss`; the losses themselves, and so the random draws and their order, are
+    written once, here."""
+
+    def check(self, model) -> None:
+        """Reject a model this backend cannot train (the eager one trains every dtype)."""
+
+    def update_centers(self, model, z: torch.Tensor, labels: torch.Tensor) -> None:
+        update_centers(model, z, labels)
+
+    def diffusion_term(self, den, x0, eps, t, e_t, cond, T: int):
+        """Random-t diffusion term ``(mean ||D(x_t) - x0||^2, a)`` with ``x_t`` noised from ``x0``."""
+        x0_hat, a = denoise(den, _noised(T, x0, t, eps), e_t, cond)
+        return F.mse_loss(x0_hat, x0), a
+
+    def center_loss(self, r, centers, labels, temperature: float):
+        return F.cross_entropy(center_logits(r, centers, temperature), labels)
+
+    def semantic(self, model, visual, z):
+        """The Learner's sample ``s`` of ``z`` (called under no_grad)."""
+        return learner_sample(model, z)
+
+    def unroll(self, model, s, z, xi, cond):
+        """The K2-step Translator + PFIN loop from start noise ``xi``: the final ``m [B, d]``."""
+        return translator_pfin_sample(model, s, z, xi)[1]
+
+
+EAGER = EagerPieces()
+
+
+def learner_loss(model, visual: torch.Tensor, labels: torch.Tensor, generator=None, update: bool = True,
+                 pieces: EagerPieces = EAGER):
     """Stage-1 loss ``L_1`` (SPEC "Stage 1"). Centers are updated first (when ``update``), so a
     class's first batch already has a center to diffuse to. Returns ``(loss, parts)``."""
+    pieces.check(model)
     cfg, den = model.config, model.learner
     z = project(model.visual_proj, visual)
     if update:
-        update_centers(model, z, labels)
+        pieces.update_centers(model, z, labels)
     centers = model.centers.to(z.dtype)
     x0 = centers[labels]
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
-    x_t = _noised(cfg.diffusion_steps, x0, t, eps)
     e_t = time_features(den, t, cfg.dim, z.dtype)
-    x0_hat, a = denoise(den, x_t, e_t, condition_term(den, z))
-    l_diff = F.mse_loss(x0_hat, x0)
+    l_diff, a = pieces.diffusion_term(den, x0, eps, t, e_t, condition_term(den, z), cfg.diffusion_steps)
     r = F.linear(a, model.readout.weight)
-    l_sc = F.cross_entropy(center_logits(r, centers, cfg.center_temperature), labels)
+    l_sc = pieces.center_loss(r, centers, labels, cfg.center_temperature)
     l_aux = F.cross_entropy(F.linear(z, model.aux_visual.weight, model.aux_visual.bias), labels)
     loss = l_diff + cfg.lambda_sc * l_sc + cfg.lambda_aux * l_aux
     return loss, {"diffusion": l_diff.detach(), "center": l_sc.detach(), "aux": l_aux.detach()}
 
 
-def translator_loss(model, visual, labels, text, per_class_text: bool, generator=None):
+def translator_loss(model, visual, labels, text, per_class_text: bool, generator=None,
+                    pieces: EagerPieces = EAGER):
     """Stage-2 loss ``L_2`` (SPEC "Stage 2"): random-t diffusion loss + the unrolled K2-step
     Translator/PFIN loop from ``xi ~ N(0, I)``. Returns ``(loss, parts)``."""
+    pieces.check(model)
     cfg, den = model.config, model.translator
     with torch.no_grad():
         z = project(model.visual_proj, visual)
-        s = learner_sample(model, z)
+        s = pieces.semantic(model, visual, z)
     u = project(model.text_proj, text)
     u_y = u[labels] if per_class_text else u
     target = u_y.detach()
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
     xi = torch.randn(z.shape[0], cfg.dim, device=z.device, dtype=torch.float32, **_rng(generator))
-    x_t = _noised(cfg.diffusion_steps, target, t, eps)
-    x0_hat, _ = denoise(den, x_t, time_features(den, t, cfg.dim, z.dtype), condition_term(den, s))
-    l_diff = F.mse_loss(x0_hat, target)
-    _, m = translator_pfin_sample(model, s, z, xi)
+    cond = condition_term(den, s)
+    l_diff, _ = pieces.diffusion_term(den, target, eps, t, time_features(den, t, cfg.dim, z.dtype), cond,
+                                      cfg.diffusion_steps)
+    m = pieces.unroll(model, s, z, xi, cond)
     return stage2_objective(model, l_diff, m, u_y, target, labels)
 
 
