@@ -22,7 +22,7 @@ $VENV/bin/python -c "import sys, torch, triton, numpy; print('compat venv: pytho
 # kernel tests (interpreter), the compile report's tests, the GPU run's own tests
 TRITON_INTERPRET=1 $VENV/bin/python -m pytest -q -p no:cacheprovider --benchmark-disable \
   tests/test_fused_inference.py tests/test_denoiser_x0_loss.py tests/test_translator_unroll.py \
-  tests/test_training_ops.py tests/test_fused_training.py tests/test_denoiser_train.py \
+  tests/test_training_ops.py tests/test_fused_training.py tests/test_cost_model.py tests/test_float64.py \
   tests/test_compile_report.py tests/test_gpu_check.py tests/test_integration.py "$@"
 $VENV/bin/python -m seda_fast.compile_report
 $VENV/bin/python benchmarks/gpu_check.py --dry-run "${TMPDIR:-/tmp}/seda_fast_compat_gpu_check"
