@@ -74,9 +74,9 @@ DATASETS = ("fmnist", "emoji-group", "emoji-subgroup")
 OPTIMIZER = dict(lr=1e-3, weight_decay=1e-4)  # the demo's, for every method
 MODES = {
     "full": dict(datasets=DATASETS, sizes={"fmnist": (5, 20, 100, 500, None), "emoji": (1, 2, 4)},
-                 budget=dict(batch_size=256, epochs=10, min_steps=300, max_steps=1000)),
+                 budget=dict(batch_size=256, epochs=10, min_steps=200, max_steps=600)),
     "quick": dict(datasets=("fmnist", "emoji-group"), sizes={"fmnist": (5, 20, 100), "emoji": (1, 4)},
-                  budget=dict(batch_size=256, epochs=10, min_steps=100, max_steps=200)),
+                  budget=dict(batch_size=256, epochs=10, min_steps=100, max_steps=150)),
 }
 DEFAULT_OUT = Path("seda_fast_out") / "study"
 BUDGET_RULE = ("per trained stage: batch b = min(batch_size, N); steps = clip(epochs * ceil(N / b), min_steps, "
@@ -266,7 +266,10 @@ def format_tables(results: dict) -> str:
             lines.append(f"| *{name}: difference (> 2 std?)* | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append(f"{results['mode']} run, {results['wall_seconds']:.0f} s wall, {results['torch_threads']} torch "
-                 f"thread(s), {results['cpu_count']} CPUs, torch {results['torch']}.")
+                 f"thread(s), {results['cpu_count']} CPUs, torch {results['torch']}, {results['date']}.")
+    if "parts" in results:
+        lines.append("Ran as " + str(len(results["parts"])) + " processes side by side (wall: the longest): " + "; ".join(
+            f"{', '.join(p['datasets'])} {p['wall_seconds']:.0f} s" for p in results["parts"]) + ".")
     return "\n".join(lines)
 
 
@@ -401,17 +404,51 @@ def run(datasets: list[StudyData], mode: str = "full", seeds: int = 3, out: str 
     return results
 
 
+def merge(folders, out: str | os.PathLike | None = None, update_reference: bool = False, log=print) -> dict:
+    """Combine the ``study.json`` of finished runs on disjoint datasets (e.g. run side by side with
+    ``--datasets``) into one result, written like :func:`run` writes its own. They must share the
+    mode, seeds, budget, optimizer and SeDA config; the wall time is the longest part's."""
+    parts = [json.loads((Path(f) / "study.json").read_text()) for f in folders]
+    if not parts:
+        raise ValueError("merge needs at least one folder holding a study.json")
+    same = ("mode", "seeds", "budget", "optimizer", "seda_config")
+    for f, part in zip(folders, parts):
+        if not part.get("complete"):
+            raise ValueError(f"{f}/study.json is an unfinished run; merge finished runs only")
+        diff = [k for k in same if part[k] != parts[0][k]]
+        if diff:
+            raise ValueError(f"{f}/study.json differs from {folders[0]}/study.json in {diff}")
+    merged = {**parts[0], "datasets": {}, "parts": []}
+    for f, part in zip(folders, parts):
+        overlap = set(part["datasets"]) & set(merged["datasets"])
+        if overlap:
+            raise ValueError(f"{f}/study.json repeats datasets {sorted(overlap)}")
+        merged["datasets"].update(part["datasets"])
+        merged["parts"].append({"folder": str(f), "datasets": list(part["datasets"]), "date": part["date"],
+                                "wall_seconds": part["wall_seconds"], "torch_threads": part["torch_threads"]})
+    order = {name: i for i, name in enumerate(DATASETS)}
+    merged["datasets"] = dict(sorted(merged["datasets"].items(), key=lambda kv: order.get(kv[0], len(order))))
+    merged["wall_seconds"] = max(p["wall_seconds"] for p in parts)
+    written = _write(merged, Path(DEFAULT_OUT if out is None else out))
+    if update_reference:
+        written += _write(merged, demo.RESULTS_DIR, stem=f"study_{merged['mode']}")
+    log(format_tables(merged) + "\n\nwrote " + ", ".join(str(p) for p in written))
+    return merged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seda_fast study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="Fashion-MNIST 10k/2k subset at 5, 20, 100 per class and emoji groups at 1 and 4 "
-                             "views, 100-200 steps per stage, 2 seeds unless --seeds (< 5 min on 2 cores)")
+                             "views, 100-150 steps per stage, 2 seeds unless --seeds (< 5 min on 2 cores)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; --quick: 2)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
                         help="datasets to run (default: all three; --quick: fmnist emoji-group)")
     parser.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--update-reference", action="store_true",
                         help="also write the committed copy benchmarks/results/study_<mode>.{json,md,png}")
+    parser.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                        help="instead of running, combine the study.json of finished runs on disjoint --datasets")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--cache", default=None, help="cache folder (default $SEDA_FAST_CACHE or ~/.cache/seda_fast)")
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
@@ -423,6 +460,9 @@ def main(argv=None) -> int:
     # As in the demo: denormal Adam states late in a cosine decay slow CPUs down; flushing them is
     # process-global, so only the command line turns it on.
     torch.set_flush_denormal(True)
+    if args.merge:
+        merge(args.merge, out=args.out, update_reference=args.update_reference)
+        return 0
     mode = "quick" if args.quick else "full"
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 3)
     names = args.datasets or MODES[mode]["datasets"]

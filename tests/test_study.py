@@ -109,22 +109,31 @@ def test_study_end_to_end(tmp_path, monkeypatch):
     assert any("seed 1" in line for line in lines)
 
 
-def test_cli_writes_reference_only_when_asked(tmp_path, monkeypatch):
+def test_cli_writes_reference_only_when_asked_and_merges(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(study, "load_datasets", lambda mode, names, cache=None, progress=True: _datasets()[:1])
+    monkeypatch.setattr(study, "load_datasets",
+                        lambda mode, names, cache=None, progress=True: [d for d in _datasets() if d.name in names])
     monkeypatch.setitem(study.MODES, "quick", {**study.MODES["quick"], "budget": TINY_BUDGET})
     monkeypatch.setattr(demo, "SEDA_CONFIG", TINY_CONFIG)
     threads = torch.get_num_threads()
+    base = ["--quick", "--seeds", "1", "--threads", "1"]
     try:
-        assert study.main(["--quick", "--seeds", "1", "--out", str(tmp_path / "a")]) == 0
+        assert study.main(base + ["--datasets", "fmnist", "--out", str(tmp_path / "a")]) == 0
+        assert study.main(base + ["--datasets", "emoji-group", "--out", str(tmp_path / "b")]) == 0
         assert (tmp_path / "a" / "study.json").is_file() and not (tmp_path / "benchmarks").exists()
-        assert study.main(["--quick", "--seeds", "1", "--out", str(tmp_path / "b"), "--update-reference"]) == 0
+        assert study.main(["--merge", str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "c"),
+                           "--update-reference"]) == 0
     finally:
         torch.set_flush_denormal(False)  # main turns it on for the process
         torch.set_num_threads(threads)
     ref = tmp_path / demo.RESULTS_DIR
     assert sorted(p.name for p in ref.iterdir()) == ["study_quick.json", "study_quick.md", "study_quick.png"]
-    assert json.loads((ref / "study_quick.json").read_text())["mode"] == "quick"
+    merged = json.loads((ref / "study_quick.json").read_text())
+    assert merged["mode"] == "quick" and list(merged["datasets"]) == ["fmnist", "emoji-group"]
+    assert [p["datasets"] for p in merged["parts"]] == [["emoji-group"], ["fmnist"]]
+    assert merged == json.loads((tmp_path / "c" / "study.json").read_text())
+    with pytest.raises(ValueError, match="repeats datasets"):
+        study.merge([tmp_path / "a", tmp_path / "a"], out=tmp_path / "d")
 
 
 def test_bad_arguments():
