@@ -146,7 +146,7 @@ def stage_budget(n: int, budget: dict) -> dict:
 
 def _size_label(ds: StudyData, size) -> str:
     if ds.size_kind == "views":
-        return f"{size} views" + (" (all)" if size == max(ds.sizes) else "")
+        return f"{size} views" + (" (all)" if size >= int(torch.bincount(ds.unit).max()) else "")
     return "all" if size is None else f"{size}/class"
 
 
@@ -405,8 +405,8 @@ def run(datasets: list[StudyData], mode: str = "full", seeds: int = 3, out: str 
 
 
 def merge(folders, out: str | os.PathLike | None = None, update_reference: bool = False, log=print) -> dict:
-    """Combine the ``study.json`` of finished runs on disjoint datasets (e.g. run side by side with
-    ``--datasets``) into one result, written like :func:`run` writes its own. They must share the
+    """Combine the ``study.json`` of finished runs on disjoint datasets or sizes (e.g. run side by
+    side with ``--datasets`` / ``--sizes``) into one result, written like :func:`run` writes its own. They must share the
     mode, seeds, budget, optimizer and SeDA config; the wall time is the longest part's."""
     parts = [json.loads((Path(f) / "study.json").read_text()) for f in folders]
     if not parts:
@@ -420,10 +420,16 @@ def merge(folders, out: str | os.PathLike | None = None, update_reference: bool 
             raise ValueError(f"{f}/study.json differs from {folders[0]}/study.json in {diff}")
     merged = {**parts[0], "datasets": {}, "parts": []}
     for f, part in zip(folders, parts):
-        overlap = set(part["datasets"]) & set(merged["datasets"])
-        if overlap:
-            raise ValueError(f"{f}/study.json repeats datasets {sorted(overlap)}")
-        merged["datasets"].update(part["datasets"])
+        for name, entry in part["datasets"].items():
+            if name not in merged["datasets"]:
+                merged["datasets"][name] = {**entry, "sizes": list(entry["sizes"])}
+                continue
+            sizes = merged["datasets"][name]["sizes"]
+            repeated = {s["label"] for s in sizes} & {s["label"] for s in entry["sizes"]}
+            if repeated:
+                raise ValueError(f"{f}/study.json repeats {name} sizes {sorted(repeated)}")
+            sizes += entry["sizes"]
+            sizes.sort(key=lambda s: s["per_class"])
         merged["parts"].append({"folder": str(f), "datasets": list(part["datasets"]), "date": part["date"],
                                 "wall_seconds": part["wall_seconds"], "torch_threads": part["torch_threads"]})
     order = {name: i for i, name in enumerate(DATASETS)}
@@ -448,7 +454,10 @@ def main(argv=None) -> int:
     parser.add_argument("--update-reference", action="store_true",
                         help="also write the committed copy benchmarks/results/study_<mode>.{json,md,png}")
     parser.add_argument("--merge", nargs="+", metavar="DIR", default=None,
-                        help="instead of running, combine the study.json of finished runs on disjoint --datasets")
+                        help="instead of running, combine the study.json of finished runs on disjoint "
+                             "--datasets / --sizes")
+    parser.add_argument("--sizes", nargs="+", default=None, metavar="N|all",
+                        help="only these sizes (images per class, or views per emoji; 'all': the whole pool)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--cache", default=None, help="cache folder (default $SEDA_FAST_CACHE or ~/.cache/seda_fast)")
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
@@ -466,7 +475,17 @@ def main(argv=None) -> int:
     mode = "quick" if args.quick else "full"
     seeds = args.seeds if args.seeds is not None else (2 if args.quick else 3)
     names = args.datasets or MODES[mode]["datasets"]
+    sizes = None
+    if args.sizes:
+        try:
+            sizes = tuple(None if x == "all" else int(x) for x in args.sizes)
+        except ValueError:
+            parser.error(f"--sizes takes positive integers or 'all', got {args.sizes}")
+        if any(x is not None and x < 1 for x in sizes):
+            parser.error(f"--sizes takes positive integers or 'all', got {args.sizes}")
     datasets = load_datasets(mode, names, cache=args.cache, progress=args.progress)
+    for ds in datasets:
+        ds.sizes = sizes or ds.sizes
     run(datasets, mode=mode, seeds=seeds, out=args.out, update_reference=args.update_reference,
         progress=args.progress)
     return 0

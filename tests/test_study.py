@@ -118,10 +118,11 @@ def test_cli_writes_reference_only_when_asked_and_merges(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     base = ["--quick", "--seeds", "1", "--threads", "1"]
     try:
-        assert study.main(base + ["--datasets", "fmnist", "--out", str(tmp_path / "a")]) == 0
-        assert study.main(base + ["--datasets", "emoji-group", "--out", str(tmp_path / "b")]) == 0
+        for part, args in (("a", ["fmnist", "--sizes", "all"]), ("b", ["emoji-group", "--sizes", "1"]),
+                           ("a2", ["fmnist", "--sizes", "2"])):
+            assert study.main(base + ["--datasets", *args, "--out", str(tmp_path / part)]) == 0
         assert (tmp_path / "a" / "study.json").is_file() and not (tmp_path / "benchmarks").exists()
-        assert study.main(["--merge", str(tmp_path / "b"), str(tmp_path / "a"), "--out", str(tmp_path / "c"),
+        assert study.main(["--merge", *(str(tmp_path / p) for p in ("b", "a", "a2")), "--out", str(tmp_path / "c"),
                            "--update-reference"]) == 0
     finally:
         torch.set_flush_denormal(False)  # main turns it on for the process
@@ -130,10 +131,14 @@ def test_cli_writes_reference_only_when_asked_and_merges(tmp_path, monkeypatch):
     assert sorted(p.name for p in ref.iterdir()) == ["study_quick.json", "study_quick.md", "study_quick.png"]
     merged = json.loads((ref / "study_quick.json").read_text())
     assert merged["mode"] == "quick" and list(merged["datasets"]) == ["fmnist", "emoji-group"]
-    assert [p["datasets"] for p in merged["parts"]] == [["emoji-group"], ["fmnist"]]
+    assert [p["datasets"] for p in merged["parts"]] == [["emoji-group"], ["fmnist"], ["fmnist"]]
+    assert [s["label"] for s in merged["datasets"]["fmnist"]["sizes"]] == ["2/class", "all"]  # sorted by size
+    assert [s["label"] for s in merged["datasets"]["emoji-group"]["sizes"]] == ["1 views"]
     assert merged == json.loads((tmp_path / "c" / "study.json").read_text())
-    with pytest.raises(ValueError, match="repeats datasets"):
+    with pytest.raises(ValueError, match="repeats fmnist sizes"):
         study.merge([tmp_path / "a", tmp_path / "a"], out=tmp_path / "d")
+    with pytest.raises(SystemExit):
+        study.main(["--sizes", "0"])
 
 
 def test_bad_arguments():
