@@ -267,6 +267,8 @@ def format_tables(results: dict) -> str:
         lines.append("")
     lines.append(f"{results['mode']} run, {results['wall_seconds']:.0f} s wall, {results['torch_threads']} torch "
                  f"thread(s), {results['cpu_count']} CPUs, torch {results['torch']}, {results['date']}.")
+    if results.get("missing"):
+        lines.append("Not measured: " + ", ".join(results["missing"]) + ".")
     if "parts" in results:
         lines.append("Ran as " + str(len(results["parts"])) + " processes side by side (wall: the longest): " + "; ".join(
             f"{', '.join(p['datasets'])} {p['wall_seconds']:.0f} s" for p in results["parts"]) + ".")
@@ -404,17 +406,28 @@ def run(datasets: list[StudyData], mode: str = "full", seeds: int = 3, out: str 
     return results
 
 
+def missing_sizes(results: dict) -> list[str]:
+    """``"dataset size"`` of every size of the mode (``MODES``) that ``results`` does not hold."""
+    spec = MODES[results["mode"]]
+    missing = []
+    for name in spec["datasets"]:
+        done = {s["size"] for s in results["datasets"].get(name, {}).get("sizes", [])}
+        wanted = spec["sizes"]["fmnist" if name == "fmnist" else "emoji"]
+        missing += [f"{name} {'all' if size is None else size}" for size in wanted if size not in done]
+    return missing
+
+
 def merge(folders, out: str | os.PathLike | None = None, update_reference: bool = False, log=print) -> dict:
-    """Combine the ``study.json`` of finished runs on disjoint datasets or sizes (e.g. run side by
-    side with ``--datasets`` / ``--sizes``) into one result, written like :func:`run` writes its own. They must share the
-    mode, seeds, budget, optimizer and SeDA config; the wall time is the longest part's."""
+    """Combine the ``study.json`` of runs on disjoint datasets or sizes (e.g. run side by side with
+    ``--datasets`` / ``--sizes``) into one result, written like :func:`run` writes its own. A part
+    may be an interrupted run: its finished sizes count. The parts must share the mode, seeds,
+    budget, optimizer and SeDA config; the wall time is the longest part's; ``complete`` says
+    whether every size of the mode is there (``missing`` lists the others)."""
     parts = [json.loads((Path(f) / "study.json").read_text()) for f in folders]
     if not parts:
         raise ValueError("merge needs at least one folder holding a study.json")
     same = ("mode", "seeds", "budget", "optimizer", "seda_config")
     for f, part in zip(folders, parts):
-        if not part.get("complete"):
-            raise ValueError(f"{f}/study.json is an unfinished run; merge finished runs only")
         diff = [k for k in same if part[k] != parts[0][k]]
         if diff:
             raise ValueError(f"{f}/study.json differs from {folders[0]}/study.json in {diff}")
@@ -431,10 +444,13 @@ def merge(folders, out: str | os.PathLike | None = None, update_reference: bool 
             sizes += entry["sizes"]
             sizes.sort(key=lambda s: s["per_class"])
         merged["parts"].append({"folder": str(f), "datasets": list(part["datasets"]), "date": part["date"],
-                                "wall_seconds": part["wall_seconds"], "torch_threads": part["torch_threads"]})
+                                "wall_seconds": part["wall_seconds"], "torch_threads": part["torch_threads"],
+                                "complete": part["complete"]})
     order = {name: i for i, name in enumerate(DATASETS)}
     merged["datasets"] = dict(sorted(merged["datasets"].items(), key=lambda kv: order.get(kv[0], len(order))))
     merged["wall_seconds"] = max(p["wall_seconds"] for p in parts)
+    merged["missing"] = missing_sizes(merged)
+    merged["complete"] = not merged["missing"]
     written = _write(merged, Path(DEFAULT_OUT if out is None else out))
     if update_reference:
         written += _write(merged, demo.RESULTS_DIR, stem=f"study_{merged['mode']}")
