@@ -146,7 +146,7 @@ def stage_budget(n: int, budget: dict) -> dict:
 
 def _size_label(ds: StudyData, size) -> str:
     if ds.size_kind == "views":
-        return f"{size} views" + (" (all)" if size >= int(torch.bincount(ds.unit).max()) else "")
+        return f"{size} view{'' if size == 1 else 's'}" + (" (all)" if size >= int(torch.bincount(ds.unit).max()) else "")
     return "all" if size is None else f"{size}/class"
 
 
@@ -242,6 +242,11 @@ def verdict(entry: dict) -> dict:
     return out
 
 
+def _column(size: dict) -> str:
+    per_class = "" if size["label"].endswith("/class") else f"{size['per_class']:.4g}/class, "
+    return f"{size['label']} ({per_class}{size['budget']['steps']} steps)"
+
+
 def format_tables(results: dict) -> str:
     """Markdown: one table per dataset (methods x sizes, accuracy % mean ± std), then the verdicts."""
     lines = []
@@ -251,8 +256,7 @@ def format_tables(results: dict) -> str:
             continue
         lines += [f"**{ds['title']}**: accuracy % (mean ± std over {len(results['seeds'])} seeds); columns: "
                   "labelled training images (per class on average), steps per trained stage", "",
-                  "| method | " + " | ".join(f"{s['label']} ({s['per_class']:.4g}/class, {s['budget']['steps']} "
-                                            "steps)" for s in sizes) + " |",
+                  "| method | " + " | ".join(_column(s) for s in sizes) + " |",
                   "|---|" + "---|" * len(sizes)]
         for m in ds["methods"]:
             cells = [f"{100 * s['results'][m]['accuracy_mean']:.2f} ± {100 * s['results'][m]['accuracy_std']:.2f}"
@@ -283,25 +287,29 @@ def plot(results: dict, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     panels = [d for d in results["datasets"].values() if d["sizes"]]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4.6), squeeze=False)
     colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    handles = {}
     for ax, ds in zip(axes[0], panels):
         x = [s["per_class"] for s in ds["sizes"]]
         for m in ds["methods"]:
             mean = [100 * s["results"][m]["accuracy_mean"] for s in ds["sizes"]]
             std = [100 * s["results"][m]["accuracy_std"] for s in ds["sizes"]]
             style = "--" if m in (PROBE, ONE_STEP) else "-"
-            ax.plot(x, mean, style, marker="o", ms=3, label=m, color=colors[m])
+            handles[m], = ax.plot(x, mean, style, marker="o", ms=3, label=m, color=colors[m])
             ax.fill_between(x, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)],
                             color=colors[m], alpha=0.15, linewidth=0)
         ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:.3g}" for v in x])
+        ax.minorticks_off()
         ax.set_xlabel("labelled training images per class")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(ds["title"], fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower right")
+        ax.grid(True, alpha=0.3)
+    fig.legend([handles[m] for m in METHODS if m in handles], [m for m in METHODS if m in handles],
+               loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(f"SeDA study ({results['mode']}): mean ± 1 std over {len(results['seeds'])} seeds", fontsize=11)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.86, bottom=0.24, wspace=0.22)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -133,7 +133,7 @@ def test_cli_writes_reference_only_when_asked_and_merges(tmp_path, monkeypatch):
     assert merged["mode"] == "quick" and list(merged["datasets"]) == ["fmnist", "emoji-group"]
     assert [p["datasets"] for p in merged["parts"]] == [["emoji-group"], ["fmnist"], ["fmnist"]]
     assert [s["label"] for s in merged["datasets"]["fmnist"]["sizes"]] == ["2/class", "all"]  # sorted by size
-    assert [s["label"] for s in merged["datasets"]["emoji-group"]["sizes"]] == ["1 views"]
+    assert [s["label"] for s in merged["datasets"]["emoji-group"]["sizes"]] == ["1 view"]
     # The quick mode's other sizes were not run: listed, and the result is not complete.
     assert not merged["complete"] and "fmnist 5" in merged["missing"] and "emoji-group 1" not in merged["missing"]
     assert "Not measured: fmnist 5" in (ref / "study_quick.md").read_text()
