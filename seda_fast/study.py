@@ -319,13 +319,15 @@ def plot(results: dict, path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- datasets
 
 
-def load_datasets(mode: str, names, cache=None, progress: bool = True) -> list[StudyData]:
-    """The study's real datasets (features from the demo's cached pipeline)."""
+def load_datasets(mode: str, names, cache=None, progress: bool = True,
+                  fmnist_pool: int | None = None) -> list[StudyData]:
+    """The study's real datasets (features from the demo's cached pipeline). ``fmnist_pool``: draw
+    the Fashion-MNIST subsets from the first that many training images (default: the mode's)."""
     sizes = MODES[mode]["sizes"]
     out = []
     for name in names:
         if name == "fmnist":
-            setup = demo._fmnist_setup(mode == "quick", cache, progress)
+            setup = demo._fmnist_setup(mode == "quick", cache, progress, train=fmnist_pool)
             out.append(StudyData(
                 name=name, title=f"Fashion-MNIST ({setup['train'][0].shape[0]} train pool / "
                                  f"{setup['test'][0].shape[0]} test)",
@@ -398,6 +400,7 @@ def run(datasets: list[StudyData], mode: str = "full", seeds: int = 3, out: str 
                     log(f"  {ds.name} {_size_label(ds, size):>14} seed {seed}: " + "  ".join(
                         f"{m} {100 * r['accuracy']:.2f}" for m, r in row["methods"].items()))
                 size_entry = {"size": size, "label": _size_label(ds, size), "rows": per_seed[0]["rows"],
+                              "train_pool": int(ds.train[0].shape[0]),
                               "per_class": per_seed[0]["rows"] / ds.num_classes, "budget": per_seed[0]["budget"],
                               **summarise_size(per_seed, ds.methods), "seconds": time.perf_counter() - start}
                 size_entry["verdict"] = verdict(size_entry)
@@ -482,6 +485,9 @@ def main(argv=None) -> int:
                              "--datasets / --sizes")
     parser.add_argument("--sizes", nargs="+", default=None, metavar="N|all",
                         help="only these sizes (images per class, or views per emoji; 'all': the whole pool)")
+    parser.add_argument("--fmnist-pool", type=int, default=None, metavar="N",
+                        help="draw the Fashion-MNIST subsets from the first N training images (default: all "
+                             "60000; --quick: 10000); 'all' is then those N")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--cache", default=None, help="cache folder (default $SEDA_FAST_CACHE or ~/.cache/seda_fast)")
     parser.add_argument("--progress", action="store_true", help="show tqdm bars")
@@ -507,7 +513,7 @@ def main(argv=None) -> int:
             parser.error(f"--sizes takes positive integers or 'all', got {args.sizes}")
         if any(x is not None and x < 1 for x in sizes):
             parser.error(f"--sizes takes positive integers or 'all', got {args.sizes}")
-    datasets = load_datasets(mode, names, cache=args.cache, progress=args.progress)
+    datasets = load_datasets(mode, names, cache=args.cache, progress=args.progress, fmnist_pool=args.fmnist_pool)
     for ds in datasets:
         ds.sizes = sizes or ds.sizes
     run(datasets, mode=mode, seeds=seeds, out=args.out, update_reference=args.update_reference,

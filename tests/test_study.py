@@ -111,8 +111,8 @@ def test_study_end_to_end(tmp_path, monkeypatch):
 
 def test_cli_writes_reference_only_when_asked_and_merges(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(study, "load_datasets",
-                        lambda mode, names, cache=None, progress=True: [d for d in _datasets() if d.name in names])
+    monkeypatch.setattr(study, "load_datasets", lambda mode, names, cache=None, progress=True, fmnist_pool=None:
+                        [d for d in _datasets() if d.name in names])
     monkeypatch.setitem(study.MODES, "quick", {**study.MODES["quick"], "budget": TINY_BUDGET})
     monkeypatch.setattr(demo, "SEDA_CONFIG", TINY_CONFIG)
     threads = torch.get_num_threads()
