@@ -69,7 +69,6 @@ PROBE, ONE_STEP, SEDA = "linear probe", "one-step mapping", "SeDA"
 RANDOM_CLASS, RANDOM_SAMPLE, NO_PFIN = ("SeDA random class vectors", "SeDA random per-sample vectors",
                                         "SeDA without PFIN")
 METHODS = (PROBE, ONE_STEP, SEDA, RANDOM_CLASS, RANDOM_SAMPLE, NO_PFIN)
-SEDA_TEXT_METHODS = (SEDA, RANDOM_CLASS, RANDOM_SAMPLE)
 DATASETS = ("fmnist", "emoji-group", "emoji-subgroup")
 OPTIMIZER = dict(lr=1e-3, weight_decay=1e-4)  # the demo's, for every method
 MODES = {
