@@ -145,7 +145,8 @@ def stage_budget(n: int, budget: dict) -> dict:
 
 def _size_label(ds: StudyData, size) -> str:
     if ds.size_kind == "views":
-        return f"{size} view{'' if size == 1 else 's'}" + (" (all)" if size >= int(torch.bincount(ds.unit).max()) else "")
+        everything = size >= int(torch.bincount(ds.unit).max())
+        return f"{size} view{'' if size == 1 else 's'}" + (" (all)" if everything else "")
     return "all" if size is None else f"{size}/class"
 
 
@@ -273,8 +274,8 @@ def format_tables(results: dict) -> str:
     if results.get("missing"):
         lines.append("Not measured: " + ", ".join(results["missing"]) + ".")
     if "parts" in results:
-        lines.append("Ran as " + str(len(results["parts"])) + " processes side by side (wall: the longest): " + "; ".join(
-            f"{', '.join(p['datasets'])} {p['wall_seconds']:.0f} s" for p in results["parts"]) + ".")
+        parts = "; ".join(f"{', '.join(p['datasets'])} {p['wall_seconds']:.0f} s" for p in results["parts"])
+        lines.append(f"Ran as {len(results['parts'])} processes side by side (wall: the longest): {parts}.")
     return "\n".join(lines)
 
 

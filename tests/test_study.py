@@ -44,7 +44,7 @@ def _datasets():
         name="emoji-group", title="blob views", train=(ev, ey), test=(et, torch.arange(C).repeat(4)),
         num_classes=C, class_text=torch.randn(C, DT, generator=g), sizes=(1, 3), size_kind="views",
         sample_text=names[units], unit=units,
-        random_sample=lambda seed: torch.randn(units.max() + 1, DT, generator=torch.Generator().manual_seed(seed))[units])
+        random_sample=lambda s: torch.randn(units.max() + 1, DT, generator=torch.Generator().manual_seed(s))[units])
     return [per_class, views]
 
 
