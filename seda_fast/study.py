@@ -275,41 +275,59 @@ def format_tables(results: dict) -> str:
         lines.append("Not measured: " + ", ".join(results["missing"]) + ".")
     if "parts" in results:
         parts = "; ".join(f"{', '.join(p['datasets'])} {p['wall_seconds']:.0f} s" for p in results["parts"])
-        lines.append(f"Ran as {len(results['parts'])} processes side by side (wall: the longest): {parts}.")
+        lines.append(f"Ran as {len(results['parts'])} processes side by side (wall: the longest; "
+                     f"{results['span_seconds']:.0f} s from the first start to the last end): {parts}.")
     return "\n".join(lines)
 
 
+def _band(ax, x, mean, std, color, style, label):
+    line, = ax.plot(x, mean, style, marker="o", ms=3, label=label, color=color)
+    ax.fill_between(x, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)],
+                    color=color, alpha=0.15, linewidth=0)
+    return line
+
+
 def plot(results: dict, path: str | os.PathLike) -> Path:
-    """Accuracy against labelled images per class (log x), one panel per dataset, ±1 std bands."""
+    """Top row: accuracy against labelled images per class (log x), one panel per dataset, ±1 std
+    bands over the seeds. Bottom row: each method minus the linear probe, paired by seed (same
+    subset), mean ± 1 std of those differences."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [d for d in results["datasets"].values() if d["sizes"]]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.2 * max(1, len(panels)), 4.6), squeeze=False)
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(2, n, figsize=(5.2 * n, 8.0), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [3, 2]})
     colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     handles = {}
-    for ax, ds in zip(axes[0], panels):
+    for col, ds in enumerate(panels):
+        top, bottom = axes[0][col], axes[1][col]
         x = [s["per_class"] for s in ds["sizes"]]
         for m in ds["methods"]:
-            mean = [100 * s["results"][m]["accuracy_mean"] for s in ds["sizes"]]
-            std = [100 * s["results"][m]["accuracy_std"] for s in ds["sizes"]]
             style = "--" if m in (PROBE, ONE_STEP) else "-"
-            handles[m], = ax.plot(x, mean, style, marker="o", ms=3, label=m, color=colors[m])
-            ax.fill_between(x, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)],
-                            color=colors[m], alpha=0.15, linewidth=0)
-        ax.set_xscale("log")
-        ax.set_xticks(x, [f"{v:.3g}" for v in x])
-        ax.minorticks_off()
-        ax.set_xlabel("labelled training images per class")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(ds["title"], fontsize=10)
-        ax.grid(True, alpha=0.3)
+            handles[m] = _band(top, x, [100 * s["results"][m]["accuracy_mean"] for s in ds["sizes"]],
+                               [100 * s["results"][m]["accuracy_std"] for s in ds["sizes"]], colors[m], style, m)
+            if m in (PROBE, ONE_STEP):
+                continue
+            diffs = [_mean_std(100 * (a["accuracy"] - b["accuracy"]) for a, b in
+                               zip(s["results"][m]["per_seed"], s["results"][PROBE]["per_seed"])) for s in ds["sizes"]]
+            _band(bottom, x, [d[0] for d in diffs], [d[1] for d in diffs], colors[m], style, m)
+        bottom.axhline(0.0, color=colors[PROBE], linestyle="--", linewidth=1)
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xticks(x, [f"{v:.3g}" for v in x])
+            ax.minorticks_off()
+            ax.grid(True, alpha=0.3)
+        top.set_title(ds["title"], fontsize=10)
+        top.set_ylabel("test accuracy (%)")
+        bottom.set_ylabel("minus linear probe (points, paired)")
+        bottom.set_xlabel("labelled training images per class")
     fig.legend([handles[m] for m in METHODS if m in handles], [m for m in METHODS if m in handles],
                loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(f"SeDA study ({results['mode']}): mean ± 1 std over {len(results['seeds'])} seeds", fontsize=11)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.86, bottom=0.24, wspace=0.22)
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.93, bottom=0.1, wspace=0.22, hspace=0.08)
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -432,7 +450,8 @@ def merge(folders, out: str | os.PathLike | None = None, update_reference: bool 
     """Combine the ``study.json`` of runs on disjoint datasets or sizes (e.g. run side by side with
     ``--datasets`` / ``--sizes``) into one result, written like :func:`run` writes its own. A part
     may be an interrupted run: its finished sizes count. The parts must share the mode, seeds,
-    budget, optimizer and SeDA config; the wall time is the longest part's; ``complete`` says
+    budget, optimizer and SeDA config; the wall time is the longest part's, ``span_seconds`` from
+    the first part's start to the last part's end; ``complete`` says
     whether every size of the mode is there (``missing`` lists the others)."""
     parts = [json.loads((Path(f) / "study.json").read_text()) for f in folders]
     if not parts:
@@ -460,6 +479,9 @@ def merge(folders, out: str | os.PathLike | None = None, update_reference: bool 
     order = {name: i for i, name in enumerate(DATASETS)}
     merged["datasets"] = dict(sorted(merged["datasets"].items(), key=lambda kv: order.get(kv[0], len(order))))
     merged["wall_seconds"] = max(p["wall_seconds"] for p in parts)
+    starts = [_dt.datetime.fromisoformat(p["date"]).timestamp() for p in parts]
+    merged["date"] = min(parts, key=lambda p: p["date"])["date"]
+    merged["span_seconds"] = max(t + p["wall_seconds"] for t, p in zip(starts, parts)) - min(starts)
     merged["missing"] = missing_sizes(merged)
     merged["complete"] = not merged["missing"]
     written = _write(merged, Path(DEFAULT_OUT if out is None else out))
