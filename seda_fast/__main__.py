@@ -10,6 +10,7 @@ import sys
 
 COMMANDS = {
     "demo": ("seda_fast.demo", "real-data accuracy demo: Fashion-MNIST (--quick: 10k subset) or --dataset emoji"),
+    "study": ("seda_fast.study", "accuracy against training-set size: SeDA, its text controls and baselines (--quick)"),
     "env": ("seda_fast.envinfo", "environment report (OS, Python, torch, triton, CUDA, GPU, driver) for bug reports"),
 }
 

@@ -101,9 +101,10 @@ def _run_seda(cfg: SeDAConfig, settings: dict, seed: int, text, train, test, pro
     return trainer.evaluate(*test), seconds, trainer.history
 
 
-def _fmnist_setup(quick: bool, cache, progress: bool) -> dict:
+def _fmnist_setup(quick: bool, cache, progress: bool, train: int | None = None) -> dict:
+    """``train``: the first that many training images instead of the mode's (the study's pool)."""
     name = "quick" if quick else "full"
-    mode = MODES[name]
+    mode = MODES[name] if train is None else {**MODES[name], "train": train}
     v_tr, y_tr, v_te, y_te, feat_info = _features(mode, cache, progress)
     text_start = time.perf_counter()
     class_text = data.class_text_features()
