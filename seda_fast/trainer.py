@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import progress
 from . import validation as val
 from .config import SeDAConfig
 from .model import SeDA
@@ -66,9 +67,7 @@ def cosine_lambda(total_steps: int):
 
 
 def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not enabled)
+    return progress.bar(iterable, enabled=enabled, desc=desc, total=total, leave=False)
 
 
 # --------------------------------------------------------------------------- trainer
