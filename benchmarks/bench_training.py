@@ -5,7 +5,7 @@ import torch
 
 import seda_fast as sf
 
-from _common import CONFIGS, CUDA, TRAIN_CASES, measure
+from _common import CONFIGS, TRAIN_CASES, run_benchmark
 
 TRAIN_PROVIDERS = ("eager", "compile_default", "triton")
 
@@ -38,9 +38,6 @@ def test_training_step(benchmark, device, nvml, provider, stage, config, dtype, 
 
     info = {"kind": f"training_stage{stage}", "provider": provider, "config": config, "dtype": dtype,
             "batch": batch}
-    info.update(measure(step, nvml, batch))
     loss = step()
     assert torch.isfinite(loss)
-    benchmark.extra_info.update(info)
-    sync = torch.cuda.synchronize if CUDA else (lambda: None)
-    benchmark(lambda: (step(), sync()))
+    run_benchmark(benchmark, step, nvml, batch, info)
