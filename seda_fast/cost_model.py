@@ -81,8 +81,18 @@ def inference_cost(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16",
     return Cost(flops, nbytes, flops / peak_flops, nbytes / bandwidth)
 
 
-if __name__ == "__main__":  # pragma: no cover - a quick table
+def main(argv=None) -> int:
+    """``python -m seda_fast cost-model``: a quick table at the default config."""
+    import argparse
+    argparse.ArgumentParser(prog="python -m seda_fast cost-model",
+                            description="FLOPs, bytes and time floor of one inference call at the default config "
+                                        "(bf16, H100 ceilings)").parse_args(argv)
     cfg = SeDAConfig(visual_dim=1280, text_dim=384, num_classes=10)
     for b in (1, 64, 1024, 16384):
         c = inference_cost(cfg, b)
         print(f"B={b:6d}  {c.flops / 1e9:9.2f} GFLOP  {c.bytes / 1e6:7.2f} MB  floor {c.floor_s * 1e6:8.2f} us ({c.bound})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick table
+    main()
