@@ -245,7 +245,7 @@ class Trainer:
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
             if self.progress:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # shown at the next redraw
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:
