@@ -9,8 +9,8 @@ error bars), written to ``./seda_fast_out/`` by default (:mod:`seda_fast.outputs
 
 One source of truth for times: in a pytest-benchmark JSON every time the report shows comes from
 pytest-benchmark's own samples of the row: the median is its ``stats.median`` (what
-``pytest-benchmark compare`` shows), and p20/p80 are percentiles of the same samples, which the
-benchmark suite stores in ``extra_info`` (the JSON's ``stats`` has quartiles, not p20/p80).
+``pytest-benchmark compare`` shows), and p20/p80 are percentiles of the same samples
+(``stats.data``, which ``--benchmark-json`` keeps; the suite also stores them in ``extra_info``).
 
 Providers of one inference call (all run the same math, SPEC "Inference"):
 
@@ -148,8 +148,9 @@ def benchmark_timing(samples_s: list[float]) -> dict:
 def load_rows(path: str) -> list[dict]:
     """Flatten a pytest-benchmark JSON (``benchmarks[*].extra_info``, times from its ``stats``) or a
     gpu_check JSON (``timings``) into rows with provider, batch, dtype, config, median_ms and floor
-    figures. A pytest-benchmark row without ``timing_source == "pytest-benchmark"`` (p20/p80 from
-    another timing loop) keeps only pytest-benchmark's median."""
+    figures. p20/p80 come from the JSON's samples (``stats.data``), else from ``extra_info`` when
+    the suite computed them from the same samples (``timing_source``); a row with neither keeps
+    only pytest-benchmark's median."""
     data = json.loads(Path(path).read_text())
     rows = []
     if "benchmarks" in data:
@@ -158,7 +159,9 @@ def load_rows(path: str) -> list[dict]:
             stats = bench.get("stats") or {}
             if "provider" not in info or stats.get("median") is None:
                 continue
-            if info.get("timing_source") != "pytest-benchmark":
+            if stats.get("data"):  # --benchmark-json keeps the samples
+                info.update(benchmark_timing(stats["data"]))
+            elif info.get("timing_source") != "pytest-benchmark":
                 info.pop("p20_ms", None)
                 info.pop("p80_ms", None)
             median_ms = stats["median"] * 1e3
