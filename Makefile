@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo demo-quick test bench compile-report
+.PHONY: setup demo demo-quick test bench bench-reference compile-report
 
 setup:
 	bash scripts/setup.sh
@@ -21,5 +21,12 @@ test: setup
 bench: setup
 	$(PY) -m pytest benchmarks $(ARGS)
 
+# Refresh the committed CPU benchmark reference on purpose (benchmarks/results/bench_cpu.json and
+# .md, speedup.png, roofline.png; README quotes them). Short rounds keep the JSON's samples small.
+bench-reference: setup
+	$(PY) -m pytest benchmarks -q --benchmark-json=benchmarks/results/bench_cpu.json \
+		--benchmark-max-time=0.05 --benchmark-min-rounds=10 $(ARGS)
+	$(PY) -m seda_fast bench report benchmarks/results/bench_cpu.json --update-reference
+
 compile-report: setup
-	$(PY) -m seda_fast.compile_report
+	$(PY) -m seda_fast compile-report
