@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     parser.add_argument("--label-level", choices=("group", "subgroup"), default="group",
                         help="emoji labels: 9 groups or 99 subgroups (default group)")
     parser.add_argument("--quick", action="store_true", help="Fashion-MNIST: 10k train / 2k test subset "
-                        "(< 5 min on 2 cores); emoji is always one size")
+                        "(about 2.5 min on 2 cores that no other job uses); emoji is always one size")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     parser.add_argument("--cache", default=None, help="cache folder (default $SEDA_FAST_CACHE or ~/.cache/seda_fast)")
     outputs.add_arguments(parser, "the JSON (demo_<mode>.json, demo_emoji_<level>.json)")
