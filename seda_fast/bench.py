@@ -219,9 +219,12 @@ def _spread(row: dict, metric: str):
     p20, p80, med = row.get("p20_ms"), row.get("p80_ms"), row["median_ms"]
     if p20 is None or p80 is None or not med:
         return None
+    value = row[metric]
     if metric == "speedup_vs_eager":  # baseline median / this row's time: slower time, lower speedup
-        return row[metric] * med / p80, row[metric] * med / p20
-    return row[metric] * p20 / med, row[metric] * p80 / med
+        low, high = value * med / p80, value * med / p20
+    else:
+        low, high = value * p20 / med, value * p80 / med
+    return min(low, value), max(high, value)  # p20 = median = p80 must not round to a negative bar
 
 
 def plot(rows: list[dict], out_dir: Path) -> list[Path]:

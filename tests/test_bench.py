@@ -80,6 +80,11 @@ def test_error_bars_span_the_p20_p80_times():
     assert bench._spread(row, "speedup_vs_eager") == pytest.approx((1.5, 4.0))
     assert bench._spread(row, "over_floor") == pytest.approx((7.5, 20.0))
     assert bench._spread({"median_ms": 2.0, "over_floor": 1.0}, "over_floor") is None
+    # one sample (p20 = median = p80) where value * t / t rounds below value: no negative error bar
+    t, value = 1.2642690417503528, 6.5669372305073
+    assert value * t / t < value
+    low, high = bench._spread({"median_ms": t, "p20_ms": t, "p80_ms": t, "over_floor": value}, "over_floor")
+    assert low <= value <= high
 
 
 def test_report_rejects_other_json(tmp_path):
