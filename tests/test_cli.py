@@ -1,6 +1,7 @@
 """`python -m seda_fast`: every command is listed and answers --help; the module entry points stay."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,28 @@ def test_module_entry_points_still_work():
     proc = subprocess.run([sys.executable, "-m", "seda_fast.bench", "report", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "--update-reference" in proc.stdout, proc.stderr
+
+
+def test_output_folder_options(tmp_path, monkeypatch):
+    """--out DIR, the default ./seda_fast_out, and --update-reference (the committed results folder
+    of a source checkout; a clear error elsewhere); --out and --update-reference exclude each other."""
+    import argparse
+
+    from seda_fast import outputs
+    parser = argparse.ArgumentParser()
+    outputs.add_arguments(parser, "the results")
+    assert outputs.out_dir(parser.parse_args([])) == outputs.DEFAULT_OUT_DIR == Path("seda_fast_out")
+    assert outputs.out_dir(parser.parse_args(["--out", str(tmp_path)])) == tmp_path
+    assert outputs.out_dir(parser.parse_args(["--update-reference"])) == outputs.REFERENCE_DIR
+    assert outputs.REFERENCE_DIR == Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    monkeypatch.setattr(outputs, "REFERENCE_DIR", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="--update-reference needs a source checkout"):
+        outputs.out_dir(parser.parse_args(["--update-reference"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", str(tmp_path), "--update-reference"])
+
+
+def test_demo_rejects_a_bad_thread_count(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--threads", "0"])
+    assert exit_.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
