@@ -101,8 +101,8 @@ def _tracked_results() -> dict:
 @pytest.mark.parametrize("cmd", readme_commands())
 def test_readme_command_runs_from_a_fresh_shell(cmd, tmp_path):
     if cmd == GPU_MACHINE:
-        pytest.skip("runs on the GPU machine's own Python (pip install -e . there); tests/test_gpu_check.py and "
-                    "benchmarks/gpu_check.py --dry-run cover it")
+        pytest.skip("runs on the GPU machine's own Python (pip install -e . there); "
+                    "benchmarks/gpu_check.py --dry-run is its CPU rehearsal")
     if shutil.which("make") is None and cmd.startswith("make "):
         pytest.skip("no make on this machine")
     if cmd in VERBATIM:
