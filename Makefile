@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 ARGS ?=
 
-.PHONY: setup demo demo-quick test bench compile-report compat
+.PHONY: setup demo demo-quick test bench bench-reference compile-report compat
 
 setup:
 	bash scripts/setup.sh
@@ -21,10 +21,17 @@ test: setup
 bench: setup
 	$(PY) -m pytest benchmarks $(ARGS)
 
+# Refresh the committed CPU benchmark reference on purpose (benchmarks/results/bench_cpu.json and
+# .md, speedup.png, roofline.png; README quotes them). Short rounds keep the JSON's samples small.
+bench-reference: setup
+	$(PY) -m pytest benchmarks -q --benchmark-json=benchmarks/results/bench_cpu.json \
+		--benchmark-max-time=0.05 --benchmark-min-rounds=10 $(ARGS)
+	$(PY) -m seda_fast bench report benchmarks/results/bench_cpu.json --update-reference
+
 compile-report: setup
-	$(PY) -m seda_fast.compile_report
+	$(PY) -m seda_fast compile-report
 
 # The GPU image's versions (Python 3.12, torch 2.11, triton 3.6.0) on the CPU: kernel tests, sm_90a
 # compile report, GPU-run dry run. Run after touching a kernel; too heavy for CI (~4 GB download).
 compat:
-	bash scripts/compat.sh $(ARGS)
+	VENV=.venv-compat bash scripts/compat.sh $(ARGS)

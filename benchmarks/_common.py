@@ -18,11 +18,9 @@ if CUDA:
     INFER_CASES = [(c, dt, b) for c in (("default", "small") if FULL else ("default",))
                    for dt in ("bfloat16", "float32") for b in (1, 64, 1024, 16384)]
     TRAIN_CASES = [("default", "bfloat16", b) for b in (256, 4096)]
-    WARMUP, ITERS = 5, 30
 else:
     INFER_CASES = [("tiny", "float32", b) for b in (1, 3)]
     TRAIN_CASES = [("tiny", "float32", 4)]
-    WARMUP, ITERS = 1, 2
 
 _MODELS = {}
 
@@ -36,27 +34,43 @@ def model_for(config: str, dtype: str, device) -> sf.SeDA:
     return _MODELS[key]
 
 
-def measure(fn, nvml, batch: int) -> dict:
-    """Device-time stats of ``fn`` plus NVML readings and peak memory where available."""
+def run_benchmark(benchmark, fn, nvml, batch: int, info: dict) -> dict:
+    """Time ``fn`` with pytest-benchmark, the one source of the timings: ``info`` (the row's
+    ``extra_info``) gets median/p20/p80 ms of pytest-benchmark's own samples (none under
+    ``--benchmark-disable``, which calls ``fn`` once), peak memory and NVML readings over the same
+    calls. The timed callable synchronises the device."""
+    calls = [0]
+    sync = torch.cuda.synchronize if CUDA else (lambda: None)
+
+    def timed():
+        calls[0] += 1
+        fn()
+        sync()
+
     if CUDA:
         torch.cuda.reset_peak_memory_stats()
     before = nvml.snapshot()
-    samples = bench.device_times(fn, WARMUP, ITERS, CUDA)
+    benchmark(timed)
     after = nvml.snapshot()
-    out = bench.summarize(samples)
-    out["device"] = torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter; not a GPU figure)"
-    out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if CUDA else None
+    info["device"] = torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter; not a GPU figure)"
+    info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if CUDA else None
+    if benchmark.stats is not None:
+        info.update(bench.benchmark_timing(benchmark.stats.stats.data))
     if after:
-        out.update({f"nvml_{k}": v for k, v in after.items() if k != "energy_mj"})
+        info.update({f"nvml_{k}": v for k, v in after.items() if k != "energy_mj"})
         if "energy_mj" in before and "energy_mj" in after:
             joules = (after["energy_mj"] - before["energy_mj"]) / 1e3
-            out["energy_j_per_1k_samples"] = joules / (ITERS * batch) * 1e3
-    return out
+            info["energy_j_per_1k_samples"] = joules / (calls[0] * batch) * 1e3
+    benchmark.extra_info.update(info)
+    return info
 
 
 def throughput(info: dict, cfg, batch: int, dtype: str) -> None:
-    """Achieved TFLOP/s, GB/s and time over the cost model's floor, from the median time."""
+    """The cost model's floor and, when the row was timed, achieved TFLOP/s, GB/s and time over the
+    floor from the median time."""
     cost = cost_model.inference_cost(cfg, batch, dtype)
-    seconds = info["median_ms"] * 1e-3
-    info.update(tflops=cost.flops / seconds / 1e12, gbps=cost.bytes / seconds / 1e9,
-                floor_ms=cost.floor_s * 1e3, over_floor=seconds / cost.floor_s)
+    info["floor_ms"] = cost.floor_s * 1e3
+    if info.get("median_ms"):
+        seconds = info["median_ms"] * 1e-3
+        info.update(tflops=cost.flops / seconds / 1e12, gbps=cost.bytes / seconds / 1e9,
+                    over_floor=seconds / cost.floor_s)

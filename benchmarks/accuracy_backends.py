@@ -1,7 +1,8 @@
 """Does the fused backend cost accuracy? SeDA trained with ``backend="eager"`` and with
 ``backend="triton"`` on the same real data, split, seeds and settings, evaluated the same way.
 
-    python benchmarks/accuracy_backends.py [--train N] [--seeds S] [--json PATH]   # CPU: TRITON_INTERPRET=1
+    .venv/bin/python benchmarks/accuracy_backends.py [--train N] [--seeds S] [--out DIR | --update-reference]
+    # CPU: TRITON_INTERPRET=1; writes accuracy_backends_<device>.json to ./seda_fast_out by default
 
 Data: the demo's quick Fashion-MNIST features (EfficientNet-Lite0, 64 px, standardised with the
 training split's statistics; :mod:`seda_fast.demo`), the first ``--train`` training rows and all
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from seda_fast import baselines, data, demo  # noqa: E402
+from seda_fast import baselines, data, demo, outputs  # noqa: E402
 from seda_fast.config import SeDAConfig  # noqa: E402
 from seda_fast.trainer import Trainer, make_model  # noqa: E402
 
@@ -50,10 +51,14 @@ def main(argv=None) -> int:
     parser.add_argument("--train", type=int, default=2000, help="training rows (of the quick subset's 10000)")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy_backends_cpu.json"))
+    outputs.add_arguments(parser, "the JSON (accuracy_backends_<device>.json)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    try:
+        out = outputs.out_dir(args) / f"accuracy_backends_{device.type}.json"
+    except FileNotFoundError as err:
+        parser.error(str(err))
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         parser.error("on CPU the fused backend runs in Triton's interpreter: set TRITON_INTERPRET=1")
     progress = not args.no_progress
@@ -92,9 +97,9 @@ def main(argv=None) -> int:
                  "test": int(v_te.shape[0]), "visual_encoder": data.VISUAL_MODEL, "text_encoder": data.TEXT_MODEL},
         "config": {**SMALL, "schedule": SCHEDULE}, "tuning_notes": TUNING_NOTES, "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.json}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
     return 0
 
 

@@ -5,7 +5,7 @@ import torch
 
 import seda_fast as sf
 
-from _common import CONFIGS, CUDA, TRAIN_CASES, measure
+from _common import CONFIGS, TRAIN_CASES, run_benchmark
 
 TRAIN_PROVIDERS = ("eager", "compile_default", "triton")
 
@@ -16,13 +16,14 @@ TRAIN_PROVIDERS = ("eager", "compile_default", "triton")
 def test_training_step(benchmark, device, nvml, provider, stage, config, dtype, batch):
     torch.manual_seed(0)
     model = sf.SeDA(sf.SeDAConfig(**CONFIGS[config]), backend="triton" if provider == "triton" else "eager")
-    model = model.to(device).set_stage(stage)
+    model = model.to(device)
     cfg = model.config
     visual = torch.randn(batch, cfg.visual_dim, device=device)
     labels = torch.randint(0, cfg.num_classes, (batch,), device=device)
     text = torch.randn(cfg.num_classes, cfg.text_dim, device=device)
     model.train()
-    model.learner_loss(visual, labels)  # centers initialised
+    model.learner_loss(visual, labels)  # centers initialised (a stage-1 step), then the timed stage
+    model.set_stage(stage)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     step_model = torch.compile(model) if provider == "compile_default" else model
     amp = torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
@@ -37,9 +38,6 @@ def test_training_step(benchmark, device, nvml, provider, stage, config, dtype, 
 
     info = {"kind": f"training_stage{stage}", "provider": provider, "config": config, "dtype": dtype,
             "batch": batch}
-    info.update(measure(step, nvml, batch))
     loss = step()
     assert torch.isfinite(loss)
-    benchmark.extra_info.update(info)
-    sync = torch.cuda.synchronize if CUDA else (lambda: None)
-    benchmark(lambda: (step(), sync()))
+    run_benchmark(benchmark, step, nvml, batch, info)

@@ -3,7 +3,10 @@ and category centers"), in two launches so a distributed caller can all-reduce i
 
 * :func:`class_sums`: ``z [B, d], labels [B] -> (sums [C, d] fp32, counts [C] fp32)``. A program
   owns ``BN`` classes x ``BK`` features and walks the batch row by row in order 0..B-1, adding
-  row i to its class's fp32 accumulator. Every sum is therefore the sequential sum in batch order,
+  row i to its class's fp32 accumulator. A row with a NaN/Inf in any feature is skipped (neither
+  summed nor counted): the launcher computes the ``[B]`` row mask on the device
+  (``torch.isfinite(z).all(1)``, no host sync), since a program sees only ``BK`` of the row's
+  features. Every sum is therefore the sequential sum in batch order,
   whatever the grid: bitwise reproducible, no atomics (a row of another class block costs one
   scalar label load). That is also the order of the eager reference's one-hot sgemm on CPU (MKL)
   up to a few hundred rows, so the two agree bitwise there. Cost: a serial walk of B rows per
@@ -26,7 +29,7 @@ from ._launch import launch
 
 
 @triton.jit
-def class_sums_kernel(z_ptr, y_ptr, sums_ptr, counts_ptr, B, C, d,
+def class_sums_kernel(z_ptr, y_ptr, ok_ptr, sums_ptr, counts_ptr, B, C, d,
                       BN: tl.constexpr, BK: tl.constexpr):
     c_lo = tl.program_id(0) * BN
     offs_c = c_lo + tl.arange(0, BN)
@@ -37,7 +40,8 @@ def class_sums_kernel(z_ptr, y_ptr, sums_ptr, counts_ptr, B, C, d,
     z_row = z_ptr
     for i in range(0, B):
         y = tl.load(y_ptr + i).to(tl.int32)
-        if (y >= c_lo) & (y < c_lo + BN):
+        ok = tl.load(ok_ptr + i) != 0
+        if ok & (y >= c_lo) & (y < c_lo + BN):
             z = tl.load(z_row + offs_k, mask=kmask, other=0.0).to(tl.float32)
             hit = offs_c == y
             acc += tl.where(hit[:, None], z[None, :], 0.0)
@@ -77,7 +81,7 @@ def update_blocks(num_classes: int, d: int) -> dict:
 
 def class_sums(z, labels, num_classes: int):
     """``z [B, d]`` (fp32/fp16/bf16), ``labels [B]`` int in ``[0, C)`` -> ``(sums [C, d] fp32,
-    counts [C] fp32)``: per-class sums in batch order and row counts."""
+    counts [C] fp32)``: per-class sums in batch order and row counts, rows with a NaN/Inf left out."""
     check_matrix("z", z, None, None, batch_rows=True)
     B, d = z.shape
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -88,8 +92,9 @@ def class_sums(z, labels, num_classes: int):
     cfg = update_blocks(num_classes, d)
     sums = torch.empty(num_classes, d, device=z.device, dtype=torch.float32)
     counts = torch.empty(num_classes, device=z.device, dtype=torch.float32)
+    row_ok = torch.isfinite(z).all(dim=1).view(torch.uint8)
     grid = (triton.cdiv(num_classes, cfg["BN"]), triton.cdiv(d, cfg["BK"]))
-    launch(class_sums_kernel, grid, z, labels, sums, counts, B, num_classes, d,
+    launch(class_sums_kernel, grid, z, labels, row_ok, sums, counts, B, num_classes, d,
            BN=cfg["BN"], BK=cfg["BK"], num_warps=cfg["num_warps"])
     return sums, counts
 

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${COMPAT_PYTHON:-$(command -v python3.12 || command -v python3)}
-VENV=.venv-compat
+VENV=${VENV:-.venv-compat}
 stamp=$VENV/.seda_fast_compat
 if [ ! -f "$stamp" ]; then
   [ -x $VENV/bin/python ] || "$PY" -m venv $VENV

@@ -1,10 +1,16 @@
 """Benchmark machinery shared by ``benchmarks/`` (pytest-benchmark) and ``benchmarks/gpu_check.py``,
 and the report command::
 
-    python -m seda_fast.bench report RESULTS.json [--out DIR]
+    python -m seda_fast bench report RESULTS.json [--out DIR | --update-reference]
 
-turns a pytest-benchmark JSON (or gpu_check JSON) into a markdown table and PNG plots (speedup
-over eager vs batch per provider; measured time over the cost model's floor).
+turns a pytest-benchmark JSON (or gpu_check JSON) into a markdown table ``<stem>.md`` and PNG plots
+(speedup over eager vs batch per provider; measured time over the cost model's floor; p20-p80
+error bars), written to ``./seda_fast_out/`` by default (:mod:`seda_fast.outputs`).
+
+One source of truth for times: in a pytest-benchmark JSON every time the report shows comes from
+pytest-benchmark's own samples of the row: the median is its ``stats.median`` (what
+``pytest-benchmark compare`` shows), and p20/p80 are percentiles of the same samples
+(``stats.data``, which ``--benchmark-json`` keeps; the suite also stores them in ``extra_info``).
 
 Providers of one inference call (all run the same math, SPEC "Inference"):
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -129,16 +136,38 @@ def machine_info() -> dict:
 # --------------------------------------------------------------------------- report
 
 
+def benchmark_timing(samples_s: list[float]) -> dict:
+    """``median_ms``/``p20_ms``/``p80_ms`` of pytest-benchmark's per-call samples (seconds), the
+    median computed as pytest-benchmark's ``stats.median`` is, so the two agree exactly."""
+    out = summarize([t * 1e3 for t in samples_s])
+    out["median_ms"] = statistics.median(samples_s) * 1e3
+    out["timing_source"] = "pytest-benchmark"
+    return out
+
+
 def load_rows(path: str) -> list[dict]:
-    """Flatten a pytest-benchmark JSON (``benchmarks[*].extra_info``) into rows with provider,
-    batch, dtype, config, median_ms and floor figures."""
+    """Flatten a pytest-benchmark JSON (``benchmarks[*].extra_info``, times from its ``stats``) into
+    rows with provider, batch, dtype, config, median_ms and floor figures. p20/p80 come from the
+    JSON's samples (``stats.data``), else from ``extra_info`` when the suite computed them from the
+    same samples (``timing_source``); a row with neither keeps only pytest-benchmark's median."""
     data = json.loads(Path(path).read_text())
     rows = []
     if "benchmarks" in data:
         for bench in data["benchmarks"]:
             info = dict(bench.get("extra_info", {}))
-            if "provider" in info and info.get("median_ms") is not None:
-                rows.append(info)
+            stats = bench.get("stats") or {}
+            if "provider" not in info or stats.get("median") is None:
+                continue
+            if stats.get("data"):  # --benchmark-json keeps the samples
+                info.update(benchmark_timing(stats["data"]))
+            elif info.get("timing_source") != "pytest-benchmark":
+                info.pop("p20_ms", None)
+                info.pop("p80_ms", None)
+            median_ms = stats["median"] * 1e3
+            if info.get("floor_ms"):
+                info["over_floor"] = median_ms / info["floor_ms"]
+            info["median_ms"] = median_ms
+            rows.append(info)
     else:
         raise ValueError(f"{path}: neither a pytest-benchmark JSON nor a gpu_check JSON")
     return rows
@@ -175,8 +204,22 @@ def markdown_table(rows: list[dict], meta: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def _spread(row: dict, metric: str):
+    """``(low, high)`` of ``metric`` over the row's p20-p80 times, or None without them."""
+    p20, p80, med = row.get("p20_ms"), row.get("p80_ms"), row["median_ms"]
+    if p20 is None or p80 is None or not med:
+        return None
+    value = row[metric]
+    if metric == "speedup_vs_eager":  # baseline median / this row's time: slower time, lower speedup
+        low, high = value * med / p80, value * med / p20
+    else:
+        low, high = value * p20 / med, value * p80 / med
+    return min(low, value), max(high, value)  # p20 = median = p80 must not round to a negative bar
+
+
 def plot(rows: list[dict], out_dir: Path) -> list[Path]:
-    """Two PNGs: speedup over eager vs batch per provider, and time over the floor vs batch."""
+    """Two PNGs: speedup over eager vs batch per provider, and time over the floor vs batch, each
+    point with an error bar over the row's p20-p80 times (none where the JSON lacks them)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -190,11 +233,14 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
         fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5 * max(1, len(groups)), 4), squeeze=False)
         for ax, group in zip(axes[0], groups):
             for provider in _ORDER:
-                pts = sorted((r["batch"], r[metric]) for r in rows
+                pts = sorted((r["batch"], r[metric], _spread(r, metric)) for r in rows
                              if (r.get("kind", "inference"), r["config"], r["dtype"]) == group
                              and r["provider"] == provider and r.get(metric) is not None)
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=provider)
+                    ys = [p[1] for p in pts]
+                    err = [[y - (p[2] or (y, y))[0] for y, p in zip(ys, pts)],
+                           [(p[2] or (y, y))[1] - y for y, p in zip(ys, pts)]]
+                    ax.errorbar([p[0] for p in pts], ys, yerr=err, marker="o", capsize=3, label=provider)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("batch")
@@ -212,17 +258,18 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return paths
 
 
-def report(path: str, out_dir: str | None = None) -> tuple[str, list[Path]]:
-    """Write ``<stem>.md`` and the PNGs next to ``path`` (or in ``out_dir``); returns (markdown, pngs).
-    A GPU run's JSON (``benchmarks/gpu_check.py``) gets :mod:`seda_fast.gpu_report`'s report."""
-    from . import gpu_report
+def report(path: str, out_dir: str | os.PathLike | None = None) -> tuple[str, list[Path]]:
+    """Write ``<stem>.md`` and the PNGs to ``out_dir`` (default ``./seda_fast_out``); returns
+    (markdown, pngs). Speedups are recomputed from the medians the report shows. A GPU run's JSON
+    (``benchmarks/gpu_check.py``) gets :mod:`seda_fast.gpu_report`'s report."""
+    from . import gpu_report, outputs
+
     if gpu_report.is_gpu_check(json.loads(Path(path).read_text())):
-        return gpu_report.report(path, Path(out_dir) if out_dir else Path(path).parent)
+        return gpu_report.report(path, Path(out_dir) if out_dir else outputs.DEFAULT_OUT_DIR)
     rows = load_rows(path)
     if not rows:
         raise ValueError(f"{path}: no benchmark rows with a provider and a median time")
-    if not any("speedup_vs_eager" in r for r in rows):
-        add_speedups(rows)
+    add_speedups(rows)
     data = json.loads(Path(path).read_text())
     info = data.get("seda_fast_env") or data.get("machine_info", {})  # pytest-benchmark JSON: our env report
     meta = {k: info.get(k) for k in ("gpus", "torch", "triton", "torch_cuda", "driver") if k in info}
@@ -231,7 +278,7 @@ def report(path: str, out_dir: str | None = None) -> tuple[str, list[Path]]:
         meta["device"] = ", ".join(devices)
     if "datetime" in data:
         meta["date"] = data["datetime"]
-    out = Path(out_dir) if out_dir else Path(path).parent
+    out = Path(out_dir) if out_dir else outputs.DEFAULT_OUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     text = markdown_table(rows, meta)
     (out / (Path(path).stem + ".md")).write_text(text + "\n")
@@ -239,14 +286,19 @@ def report(path: str, out_dir: str | None = None) -> tuple[str, list[Path]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m seda_fast.bench")
+    from . import outputs
+
+    parser = argparse.ArgumentParser(prog="python -m seda_fast bench",
+                                     description="benchmark results (also `python -m seda_fast.bench`)")
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="markdown table + PNG plots from a results JSON")
+    rep = sub.add_parser("report", help="markdown table + PNG plots from a results JSON",
+                         description="markdown table <stem>.md, speedup.png and roofline.png from a results JSON "
+                                     "(times: pytest-benchmark's median, p20-p80 of its samples)")
     rep.add_argument("results", help="pytest-benchmark --benchmark-json file or gpu_check JSON")
-    rep.add_argument("--out", help="output folder (default: next to the JSON)")
+    outputs.add_arguments(rep, "the table and the plots")
     args = parser.parse_args(argv)
     try:
-        text, pngs = report(args.results, args.out)
+        text, pngs = report(args.results, outputs.out_dir(args))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """sm_90a (Hopper: the lent H200) compile report of every shipped fused-kernel config, without a GPU.
 
-``python -m seda_fast.compile_report [--quick] [--json PATH]`` runs the real fused inference call
+``python -m seda_fast compile-report [--quick] [--json PATH]`` runs the real fused inference call
 (and, for the training entries, one fused stage-1 and one stage-2 training step, loss and
 backward, bf16 under autocast as users train) on CPU tensors with the launches *captured, not run*
 (:func:`seda_fast.kernels.capture_launches`),
@@ -214,7 +214,7 @@ def format_table(rows) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m seda_fast compile-report", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the CI subset (QUICK)")
     parser.add_argument("--entries", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the rows as JSON to this path")

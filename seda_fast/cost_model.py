@@ -201,9 +201,24 @@ def prediction_table(cfg: SeDAConfig, batches=(1, 64, 1024, 16384), dtype: str =
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover - a quick table
+def main(argv=None) -> int:
+    """``python -m seda_fast cost-model``: the floor and the row-block prediction at the default config."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m seda_fast cost-model",
+                                     description="FLOPs, bytes and time floor of one inference call, and the "
+                                                 "row-block fused inference's predicted time and bound, at the "
+                                                 "default config and the H200's ceilings")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPE_BYTES))
+    args = parser.parse_args(argv)
     from .presets import config
     cfg = config("default")
     for b in (1, 64, 1024, 16384):
-        c = inference_cost(cfg, b)
+        c = inference_cost(cfg, b, args.dtype)
         print(f"B={b:6d}  {c.flops / 1e9:9.2f} GFLOP  {c.bytes / 1e6:7.2f} MB  floor {c.floor_s * 1e6:8.2f} us ({c.bound})")
+    print()
+    print(prediction_table(cfg, dtype=args.dtype))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick table
+    main()

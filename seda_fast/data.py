@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import validation as val
+from .progress import bar as progress_bar
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -250,15 +251,13 @@ def encode_images(images: torch.Tensor, image_size: int = 64, batch_size: int = 
     """Visual features ``v [N, 1280]`` float32 of ``images`` (uint8 ``[N, H, W]`` grayscale or
     ``[N, 3, H, W]`` RGB; global-average-pooled EfficientNet-Lite0 head features), computed in
     batches with a tqdm bar."""
-    from tqdm.auto import tqdm
-
     _check_images(images)
     val.check_int("image_size", image_size)
     val.check_int("batch_size", batch_size)
     encoder = load_visual_encoder(image_size) if encoder is None else encoder
     out = torch.empty(images.shape[0], VISUAL_DIM)
-    with tqdm(total=images.shape[0], desc=f"EfficientNet-Lite0 {image_size}px", unit="img",
-              disable=not progress) as bar:
+    with progress_bar(total=images.shape[0], desc=f"EfficientNet-Lite0 {image_size}px", unit="img",
+                      enabled=progress) as bar:
         for start in range(0, images.shape[0], batch_size):
             x = preprocess(images[start:start + batch_size], image_size)
             fmap = encoder.extract_features(x)

@@ -12,8 +12,9 @@ Trains and evaluates, on the same features, split and seeds:
 
 Visual features are standardised with the training split's per-dimension mean/std (the same
 input for every method). Prints a table (accuracy mean ± std over the seeds, train time) and
-writes JSON to ``benchmarks/results/demo_quick.json`` or ``demo_full.json``
-(``demo_emoji_group.json`` / ``demo_emoji_subgroup.json`` for emoji).
+writes JSON ``demo_quick.json`` or ``demo_full.json`` (``demo_emoji_group.json`` /
+``demo_emoji_subgroup.json`` for emoji) to ``./seda_fast_out/`` (``--out DIR``); the committed
+reference results in ``benchmarks/results/`` change only with ``--update-reference``.
 
 Datasets: ``fmnist`` (see :mod:`seda_fast.data`) and ``emoji`` (see :mod:`seda_fast.emoji`: Noto
 Color Emoji rendered with Pillow, labelled by Unicode group or subgroup, split by emoji). On emoji
@@ -21,7 +22,9 @@ the one-step mapping still targets class texts (it needs one target per class) a
 control draws one random unit vector per emoji.
 
 Run: ``python -m seda_fast demo [--quick]`` or ``python -m seda_fast demo --dataset emoji
---label-level group|subgroup``.
+--label-level group|subgroup``. On a machine whose cores are shared with other jobs, ``--threads 1``
+(or a small ``OMP_NUM_THREADS``) is faster than torch's default of one thread per core, which
+thrashes when the cores are busy.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from . import baselines, data
+from . import baselines, data, outputs
 from .config import SeDAConfig
 from .trainer import Trainer, make_model
 
@@ -68,7 +71,6 @@ TUNING_NOTES = [
     "linear probe on these frozen features; MiniLM texts did not beat random class vectors (closed set).",
 ]
 METHODS = ("linear probe", "one-step mapping", "SeDA", "SeDA K1=K2=1", "SeDA random text")
-RESULTS_DIR = Path("benchmarks") / "results"
 
 
 def _features(mode: dict, cache, progress: bool):
@@ -114,7 +116,6 @@ def _fmnist_setup(quick: bool, cache, progress: bool, train: int | None = None) 
         "mode": name, "settings": mode, "train": (v_tr, y_tr), "test": (v_te, y_te), "num_classes": num_classes,
         "class_text": class_text, "seda_text": class_text, "text_kind": "class",
         "random_text": lambda seed: data.random_class_features(num_classes, class_text.shape[1], seed=1000 + seed),
-        "out_name": f"demo_{name}.json",
         "data": {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)", "train": mode["train"],
                  "test": mode["test"], "image_size": mode["image_size"], "visual_encoder": data.VISUAL_MODEL,
                  "text_encoder": data.TEXT_MODEL, "class_texts": list(data.CLASS_DESCRIPTIONS),
@@ -148,7 +149,6 @@ def _emoji_setup(level: str, cache, progress: bool, limit=None) -> dict:
         "class_text": class_text, "seda_text": ds.text_train, "text_kind": "sample",
         # the control: one random unit vector per emoji (shared by its views, like its name's embedding)
         "random_text": lambda seed: data.random_class_features(num_emoji, text_dim, seed=1000 + seed)[ds.emoji_train],
-        "out_name": f"demo_emoji_{level}.json",
         "data": {"dataset": f"emoji (Debian {emoji.FONT_PACKAGE} rendered with Pillow, names and groups from "
                             f"{emoji.UNICODE_PACKAGE} {emoji.TEST_FILE})",
                  "label_level": level, "num_classes": num_classes, "class_names": ds.class_names,
@@ -179,7 +179,8 @@ EMOJI_NOTES = [
 
 def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, out: str | os.PathLike | None = None,
         methods=METHODS, dataset: str = "fmnist", label_level: str = "group", limit: int | None = None) -> dict:
-    """Run the demo; returns the results dict (also written as JSON to ``out``).
+    """Run the demo; returns the results dict (also written as JSON to the file ``out``; default
+    ``./seda_fast_out/demo_<mode>.json``).
 
     ``dataset="fmnist"`` (``quick``: the 10k/2k subset) or ``"emoji"`` (``label_level``
     ``"group"`` or ``"subgroup"``; ``limit``: an evenly spaced subset of the emoji, for tests).
@@ -247,12 +248,17 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
     print()
     print(format_table(results))
     if out is None:
-        out = RESULTS_DIR / setup["out_name"]
+        out = outputs.DEFAULT_OUT_DIR / json_name(dataset, quick, label_level)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out}")
     return results
+
+
+def json_name(dataset: str, quick: bool, label_level: str) -> str:
+    """The results file's name: ``demo_quick.json``, ``demo_full.json`` or ``demo_emoji_<level>.json``."""
+    return f"demo_emoji_{label_level}.json" if dataset == "emoji" else f"demo_{'quick' if quick else 'full'}.json"
 
 
 def format_table(results: dict) -> str:
@@ -283,16 +289,28 @@ def main(argv=None) -> int:
     parser.add_argument("--label-level", choices=("group", "subgroup"), default="group",
                         help="emoji labels: 9 groups or 99 subgroups (default group)")
     parser.add_argument("--quick", action="store_true", help="Fashion-MNIST: 10k train / 2k test subset "
-                        "(< 5 min on 2 cores); emoji is always one size")
+                        "(about 2.5 min on 2 cores that no other job uses); emoji is always one size")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     parser.add_argument("--cache", default=None, help="cache folder (default $SEDA_FAST_CACHE or ~/.cache/seda_fast)")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/demo_<mode>.json, "
-                        "demo_emoji_<level>.json)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    outputs.add_arguments(parser, "the JSON (demo_<mode>.json, demo_emoji_<level>.json)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: OMP_NUM_THREADS if set, else one per core); on cores "
+                             "shared with other jobs use 1")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide the tqdm bars (when stderr is not a terminal they redraw once a minute)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    try:
+        out_dir = outputs.out_dir(args)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     # Late in a cosine decay, denormal Adam states slow CPUs ~20x. Flushing them is process-global
     # (it broke hypothesis in the same pytest process), so only the command line turns it on.
     torch.set_flush_denormal(True)
-    run(quick=args.quick, seeds=args.seeds, cache=args.cache, progress=not args.no_progress, out=args.out,
-        dataset=args.dataset, label_level=args.label_level)
+    run(quick=args.quick, seeds=args.seeds, cache=args.cache, progress=not args.no_progress,
+        out=out_dir / json_name(args.dataset, args.quick, args.label_level), dataset=args.dataset,
+        label_level=args.label_level)
     return 0

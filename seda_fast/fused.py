@@ -45,17 +45,57 @@ def triton_importable() -> bool:
     return True
 
 
+def _interpreted(fn) -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(fn, InterpretedFunction)
+
+
+def interpreter_mode_mismatch() -> str | None:
+    """None when every ``@triton.jit`` function in use was decorated in the mode that
+    ``TRITON_INTERPRET`` selects now; otherwise what to do about it.
+
+    Triton fixes the interpreter mode when a function is decorated: its own library (``tl.sigmoid``
+    and the reductions' combine functions) when triton is imported, which importing torch's custom-op
+    machinery (and so seda_fast) already does, and seda_fast's kernels at their first use. Setting or
+    clearing the variable later in the same process mixes the modes, and a launch then fails deep in
+    Triton with an ``InterpreterError``."""
+    import triton.language.standard as tl_std
+
+    now = interpreter_enabled()
+    decorated = {"triton's own @triton.jit library (decorated when triton was imported)": _interpreted(tl_std.sigmoid)}
+    if _KERNELS is not None:
+        decorated["seda_fast's kernels (decorated at their first use)"] = _interpreted(_KERNELS.class_sums_kernel)
+    for what, interpreted in decorated.items():
+        if interpreted == now:
+            continue
+        if now:
+            return (f"TRITON_INTERPRET=1 is set now, but {what} was decorated without it: Triton fixes the "
+                    "interpreter mode when a function is decorated, so setting the variable inside a running "
+                    "process comes too late. Set it before Python starts (`TRITON_INTERPRET=1 python ...`) or at "
+                    "the top of the script before importing torch, triton or seda_fast; or use backend='eager'")
+        return (f"TRITON_INTERPRET is {os.environ.get('TRITON_INTERPRET', 'unset')!r} now, but {what} was "
+                "decorated with TRITON_INTERPRET=1: Triton fixes the interpreter mode when a function is decorated. "
+                "Keep TRITON_INTERPRET=1 for this process (on CPU the fused kernels need it), or start a new "
+                "process without it")
+    return None
+
+
 def available(device: torch.device) -> bool:
-    """Whether fused kernels can run on ``device``: CUDA, or CPU under the Triton interpreter."""
+    """Whether fused kernels can run on ``device``: CUDA, or CPU under the Triton interpreter (and
+    the interpreter mode has not changed since triton was imported)."""
     if not triton_importable():
         return False
-    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+    ok = device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+    return ok and interpreter_mode_mismatch() is None
 
 
 def require(device: torch.device) -> None:
     """Raise a clear error when the fused kernels cannot run on ``device``."""
     if not triton_importable():
         raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='eager'")
+    mismatch = interpreter_mode_mismatch()
+    if mismatch:
+        raise RuntimeError(mismatch)
     if device.type == "cpu" and not interpreter_enabled():
         raise RuntimeError(
             "backend='triton' on CPU tensors runs only under Triton's interpreter: set "

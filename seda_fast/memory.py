@@ -1,7 +1,8 @@
-"""Peak memory of one training step's loss + backward, eager vs fused (issue 4's memory evidence).
+"""Peak memory of one training step's loss + backward, eager vs fused (stage 2, over a sweep).
 
-``python -m seda_fast.memory [--json PATH]`` measures the stage-2 step (the K2-step unroll is where
-eager autograd keeps O(K B (L + 3) H) activations and the fused op keeps O(K B d)) on a sweep of
+``python -m seda_fast memory [--json PATH]`` (or ``python -m seda_fast.memory``) measures the
+stage-2 step (the K2-step unroll is where eager autograd keeps O(K B (L + 3) H) activations and the
+fused op keeps O(K B d)) on a sweep of
 K, B, d, H around the default config, on CPU:
 
 * Peak = the largest number of bytes allocated above the level at the start of the step, from
@@ -123,7 +124,7 @@ SWEEP = [DEFAULT_CASE, (1, 256, 512, 1024), (4, 256, 512, 1024), (20, 256, 512, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m seda_fast memory", description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the rows (with device and versions) to this path")
     parser.add_argument("--run-kernels", action="store_true",
                         help="run the fused kernels instead of capturing their launches (slow in the interpreter)")

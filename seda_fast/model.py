@@ -170,6 +170,11 @@ class SeDA(nn.Module):
                              f"or [B={batch}, {Dt}] per-sample texts")
         rows = text.shape[0] if isinstance(text, torch.Tensor) and text.dim() == 2 else None
         per_class = text_kind == "class" or (text_kind == "auto" and rows == C)
+        if rows is not None and rows != (C if per_class else batch):
+            asked = {"auto": "", "class": " (text_kind='class' asks for the first)",
+                     "sample": " (text_kind='sample' asks for the second)"}[text_kind]
+            raise ValueError(f"text must have shape [{C}, {Dt}] (class texts, one row per class) or "
+                             f"[{batch}, {Dt}] (per-sample texts, one row per sample){asked}, got {list(text.shape)}")
         val.check_features("text", text, Dt, self.device, batch=C if per_class else batch)
         if self.check_inputs:
             val.check_finite("text", text)
@@ -183,9 +188,21 @@ class SeDA(nn.Module):
             val.check_finite("noise", noise)
         return noise
 
+    def _check_stage(self, loss: str, stage: int) -> None:
+        """In training mode a loss belongs to its stage: ``learner_loss`` would move the centers that
+        stage 2 keeps frozen, and ``translator_loss`` in stage 1 trains nothing (its parameters are
+        frozen). In eval mode either loss may be computed for monitoring (no center update)."""
+        if self.training and self._stage != stage:
+            raise RuntimeError(
+                f"{loss} is the stage-{stage} loss but the model is in stage {self._stage}: call "
+                f"model.set_stage({stage}) first (then re-create the optimizer and any DDP wrapper), or "
+                f"model.eval() to compute it for evaluation only (eval mode never updates the centers)")
+
     # ------------------------------------------------------------------ API
     def learner_loss(self, visual, labels, generator=None, return_parts: bool = False):
-        """Stage-1 loss ``L_1`` (a scalar). In training mode it also updates the centers."""
+        """Stage-1 loss ``L_1`` (a scalar). In training mode it also updates the centers and needs
+        stage 1; in eval mode it can be computed in either stage and leaves the centers alone."""
+        self._check_stage("learner_loss", 1)
         v = self._visual(visual)
         val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
         impl = self._training_impl(v.device)
@@ -197,7 +214,9 @@ class SeDA(nn.Module):
                         return_parts: bool = False):
         """Stage-2 loss ``L_2`` (a scalar). ``text`` is ``[C, Dt]`` class texts or ``[B, Dt]``
         per-sample texts; ``text_kind="auto"`` reads ``[C, Dt]`` as class texts, so pass
-        ``"sample"`` when a batch of per-sample texts happens to have exactly C rows."""
+        ``"sample"`` when a batch of per-sample texts happens to have exactly C rows. In training
+        mode it needs stage 2 (:meth:`set_stage`); in eval mode it can be computed in either stage."""
+        self._check_stage("translator_loss", 2)
         v = self._visual(visual)
         val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
         t, per_class = self._text(text, v.shape[0], text_kind)

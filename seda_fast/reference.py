@@ -161,17 +161,24 @@ def infer(model, visual: torch.Tensor, noise: torch.Tensor | None = None, tables
 
 
 def class_sums(z: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    """Deterministic per-class sums ``[C, d]`` (one-hot matmul, no atomics) and counts ``[C]``."""
-    onehot = F.one_hot(labels, num_classes).to(torch.float32)
-    return onehot.t() @ z.to(torch.float32), onehot.sum(0)
+    """Deterministic per-class sums ``[C, d]`` (one-hot matmul, no atomics) and counts ``[C]``.
+
+    A row with a NaN or Inf anywhere contributes nothing to its class's sum or count (it is
+    zeroed before the matmul, where ``0 * NaN`` would otherwise reach every class). The mask is
+    computed on the device: no host sync."""
+    z = z.to(torch.float32)
+    finite = torch.isfinite(z).all(dim=1, keepdim=True)
+    onehot = F.one_hot(labels, num_classes).to(torch.float32) * finite
+    return onehot.t() @ torch.where(finite, z, 0.0), onehot.sum(0)
 
 
 def update_centers(model, z: torch.Tensor, labels: torch.Tensor) -> None:
     """EMA of the category centers from one stage-1 batch (no gradient).
 
     ``mu_c <- alpha mu_c + (1 - alpha) mean{z_i : y_i = c}`` for the classes present; a class's
-    first batch sets ``mu_c`` to its mean. Under torch.distributed the sums and counts are
-    all-reduced first, so every rank ends with identical centers.
+    first batch sets ``mu_c`` to its mean. Rows with a NaN/Inf are left out of the means (a class
+    whose rows are all non-finite counts as absent and keeps its center). Under torch.distributed
+    the sums and counts are all-reduced first, so every rank ends with identical centers.
     """
     with torch.no_grad():
         sums, counts = class_sums(z.detach(), labels, model.config.num_classes)

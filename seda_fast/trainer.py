@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import progress
 from . import validation as val
 from .config import SeDAConfig
 from .model import SeDA
@@ -66,9 +67,7 @@ def cosine_lambda(total_steps: int):
 
 
 def _progress(iterable, enabled: bool, desc: str, total: int | None = None):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, disable=not enabled)
+    return progress.bar(iterable, enabled=enabled, desc=desc, total=total, leave=False)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -246,7 +245,7 @@ class Trainer:
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * n
             if self.progress:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # shown at the next redraw
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:

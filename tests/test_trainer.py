@@ -222,3 +222,15 @@ def test_resume_with_other_data_size_and_wrong_device_are_clear_errors(tmp_path)
         trainer.fit(v[:12], y[:12])
     with pytest.raises(ValueError, match="visual is on meta"):
         trainer.fit(torch.empty(16, 6, device="meta"), y)
+
+
+def test_progress_bars_stay_short_when_stderr_is_not_a_terminal(capsys):
+    """Written to a log (stderr not a TTY), a bar redraws at most once a minute: a 2-epoch-per-stage
+    run with 24 steps per epoch writes each epoch's bar a couple of times, not once per step."""
+    visual, labels, text = problem(n=96)
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=2, batch_size=4, progress=True)
+    tr.fit(visual, labels, text)
+    err = capsys.readouterr().err
+    bars = 4
+    assert err.count("stage 1 epoch") + err.count("stage 2 epoch") <= 3 * bars, err
+    assert len(err) < 2000, len(err)

@@ -292,3 +292,34 @@ def test_sm90_compile_zero_spills(tmp_path):
 
 if __name__ == "__main__":  # the compile check's subprocess: python tests/test_training_ops.py OUT.json
     Path(sys.argv[1]).write_text(json.dumps(compile_rows(), indent=1))
+
+
+@pytest.mark.parametrize("C,d", [(7, 37), (20, 150)])
+def test_class_sums_leave_out_non_finite_rows(C, d):
+    """A row with a NaN or Inf in one feature adds nothing to its class's sum or count, in both
+    backends (the one-hot matmul would otherwise spread 0 * NaN to every class): the sums equal those
+    of the batch without those rows. d = 150: the bad feature lies in a later feature block than the
+    first program's. The fused walk skips the rows, so it is bitwise the walk over the kept rows on CPU;
+    eager multiplies zeroed rows, and MKL pairs the products of a 29-row and a 25-row matmul
+    differently (seen: 6e-8), so eager gets fp32 rounding room."""
+    g = torch.Generator().manual_seed(31)
+    labels = torch.randint(0, C, (29,), generator=g).to(DEVICE)
+    z = torch.randn(29, d, generator=g).to(DEVICE)
+    bad = torch.tensor([0, 5, 6, 28], device=DEVICE)
+    z[0, d - 1] = float("nan")
+    z[5, 3] = float("inf")
+    z[6, d // 2] = -float("inf")
+    z[28] = float("nan")
+    keep = torch.ones(29, dtype=torch.bool, device=DEVICE)
+    keep[bad] = False
+    for impl in (ops, reference):
+        sums, counts = impl.class_sums(z, labels, C)
+        want_sums, want_counts = impl.class_sums(z[keep], labels[keep], C)
+        assert torch.isfinite(sums).all()
+        assert torch.equal(counts, want_counts)
+        if DEVICE.type == "cpu" and impl is ops:
+            assert torch.equal(sums, want_sums)
+        else:
+            torch.testing.assert_close(sums, want_sums, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ops.class_sums(z, labels, C)[0], reference.class_sums(z, labels, C)[0],
+                               rtol=1e-5, atol=1e-6)

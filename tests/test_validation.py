@@ -77,8 +77,13 @@ def test_bad_text_and_noise(model):
     model.set_stage(2)
     with pytest.raises(ValueError, match="needs text"):
         model(v, y)
-    with pytest.raises(ValueError, match=r"text must have shape \[5, 21\]"):
+    both = r"text must have shape \[7, 21\] \(class texts, one row per class\) or \[5, 21\] \(per-sample texts"
+    with pytest.raises(ValueError, match=both + r".*got \[6, 21\]"):
         model(v, y, torch.randn(6, 21))
+    with pytest.raises(ValueError, match=both + r".*text_kind='class' asks for the first.*got \[5, 21\]"):
+        model(v, y, torch.randn(5, 21), text_kind="class")
+    with pytest.raises(ValueError, match=both + r".*text_kind='sample' asks for the second.*got \[7, 21\]"):
+        model(v, y, torch.randn(7, 21), text_kind="sample")
     with pytest.raises(ValueError, match=r"text must have shape \[7, 21\]"):
         model(v, y, torch.randn(7, 20), text_kind="class")
     with pytest.raises(ValueError, match="text_kind"):
@@ -117,3 +122,61 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(model, monke
         model(make_batch(model.config, 2)[0])
     model.backend = "auto"
     assert model.resolved_backend(torch.device("cpu")) == "eager"
+
+
+def test_a_loss_outside_its_stage_is_a_clear_error_in_training_mode(model):
+    """translator_loss in stage 1 (its parameters are frozen: backward would fail deep in autograd)
+    and learner_loss in stage 2 (it would move the frozen centers) name the stage and set_stage,
+    before touching the centers; in eval mode both losses can be computed and the centers stay."""
+    v, y, text = make_batch(model.config, 5)
+    model.train()
+    with pytest.raises(RuntimeError, match=r"translator_loss is the stage-2 loss but the model is in stage 1: "
+                                           r"call model.set_stage\(2\)"):
+        model.translator_loss(v, y, text)
+    model.learner_loss(v, y)
+    centers = model.centers.clone()
+    model.set_stage(2)
+    with pytest.raises(RuntimeError, match=r"learner_loss is the stage-1 loss but the model is in stage 2: "
+                                           r"call model.set_stage\(1\)"):
+        model.learner_loss(v, y)
+    assert torch.equal(model.centers, centers)
+    model.eval()
+    assert torch.isfinite(model.learner_loss(v, y)) and torch.equal(model.centers, centers)
+    model.set_stage(1)
+    assert torch.isfinite(model.translator_loss(v, y, text))
+
+
+def test_interpreter_mode_changed_after_import_is_a_clear_error(model, monkeypatch):
+    """The kernels here were decorated under TRITON_INTERPRET=1 (tests/conftest.py): clearing it now
+    is named as a mode mismatch before any launch."""
+    from seda_fast import fused
+    fused.kernels()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model.backend = "triton"
+    with pytest.raises(RuntimeError, match=r"TRITON_INTERPRET is '0' now, but .* was decorated with "
+                                           r"TRITON_INTERPRET=1"):
+        model(make_batch(model.config, 2)[0])
+
+
+def test_interpreter_set_after_importing_seda_fast_is_a_clear_error():
+    """A fresh process without the variable imports seda_fast (which imports triton), then sets
+    TRITON_INTERPRET=1: the fused call says to set it before Python starts instead of failing in
+    Triton with an InterpreterError."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import os, torch\n"
+        "import seda_fast as sf\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "m = sf.SeDA(sf.SeDAConfig(visual_dim=5, text_dim=3, num_classes=2, dim=16, hidden=16), backend='triton')\n"
+        "try:\n"
+        "    with torch.no_grad():\n"
+        "        m(torch.randn(2, 5))\n"
+        "except RuntimeError as e:\n"
+        "    print('ERROR:', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ERROR: TRITON_INTERPRET=1 is set now, but triton's own @triton.jit library" in proc.stdout
+    assert "before Python starts" in proc.stdout and "InterpreterError" not in proc.stdout + proc.stderr
