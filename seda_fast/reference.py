@@ -165,10 +165,12 @@ def class_sums(z: torch.Tensor, labels: torch.Tensor, num_classes: int):
 
     A row with a NaN or Inf anywhere contributes nothing to its class's sum or count (it is
     zeroed before the matmul, where ``0 * NaN`` would otherwise reach every class). The mask is
-    computed on the device: no host sync."""
-    z = z.to(torch.float32)
+    computed on the device: no host sync. Accumulation is float64 for float64 ``z`` (a float64
+    model is a float64 reference), float32 otherwise."""
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    z = z.to(acc)
     finite = torch.isfinite(z).all(dim=1, keepdim=True)
-    onehot = F.one_hot(labels, num_classes).to(torch.float32) * finite
+    onehot = F.one_hot(labels, num_classes).to(acc) * finite
     return onehot.t() @ torch.where(finite, z, 0.0), onehot.sum(0)
 
 
@@ -188,7 +190,7 @@ def update_centers(model, z: torch.Tensor, labels: torch.Tensor) -> None:
         present = counts > 0
         mean = sums / counts.clamp_min(1).unsqueeze(1)
         alpha = model.config.center_momentum
-        mu = model.centers.to(torch.float32)
+        mu = model.centers.to(sums.dtype)
         ema = torch.where(model.centers_initialized.unsqueeze(1), alpha * mu + (1 - alpha) * mean, mean)
         model.centers.copy_(torch.where(present.unsqueeze(1), ema, mu))
         model.centers_initialized |= present

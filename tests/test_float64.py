@@ -84,3 +84,27 @@ def test_float64_model_matches_a_float64_recompute():
     for got, want in ((s, s_ref), (m, m_ref), (logits, logits_ref)):
         assert got.dtype == torch.float64
         assert np.abs(_np(got) - want).max() <= 1e-12 * max(1.0, np.abs(want).max())
+
+
+def test_float64_center_ema_is_float64():
+    """The center EMA of a float64 model: class means and ``alpha mu + (1 - alpha) mean`` in
+    float64, against the same arithmetic done here in numpy float64, within 1e-15."""
+    torch.manual_seed(3)
+    cfg = sf.SeDAConfig(visual_dim=11, text_dim=5, num_classes=4, dim=10, hidden=14)
+    model = sf.SeDA(cfg, backend="eager").double().train()
+    g = torch.Generator().manual_seed(4)
+    mu = np.zeros((4, 10))
+    seen = np.zeros(4, bool)
+    for _ in range(3):
+        z = torch.randn(9, 10, dtype=torch.float64, generator=g)
+        y = torch.randint(0, 3, (9,), generator=g)  # class 3 never appears
+        reference.update_centers(model, z, y)
+        for c in range(4):
+            rows = _np(z)[_np(y) == c]
+            if len(rows):
+                mean = rows.sum(0) / len(rows)
+                mu[c] = 0.9 * mu[c] + (1 - 0.9) * mean if seen[c] else mean
+                seen[c] = True
+    assert model.centers.dtype == torch.float64
+    assert np.abs(_np(model.centers) - mu).max() <= 1e-15
+    assert model.centers_initialized.tolist() == seen.tolist()
