@@ -1,0 +1,55 @@
+"""Per-op micro-benchmarks, in the manner of Liger-Kernel's: each fused training op against its
+eager twin, for ``forward``, ``backward`` (the backward alone, of one recorded forward) and
+``full`` (forward + backward), with the same timing, memory and NVML fields as the model-level
+suites (:func:`_common.run_benchmark`). Both twins are the backends' loss pieces
+(:class:`seda_fast.reference.EagerPieces` and :class:`seda_fast.fused_training.FusedPieces`), so
+an op is timed exactly as the losses call it. A regression in one op shows as that op."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _common import CUDA, run_benchmark  # noqa: E402
+import seda_fast as sf  # noqa: E402
+from seda_fast import fused, fused_training, presets, reference  # noqa: E402
+
+PIECES = {"eager": reference.EAGER, "triton": fused_training.FUSED}
+MODES = ("forward", "backward", "full")
+# (preset, dtype, batch): the default model at the training batches on a GPU, the tiny one on CPU
+CASES = ([pytest.param("default", dt, b, id=f"default-{dt}-B{b}") for dt in ("bfloat16",) for b in (256, 4096)]
+         if CUDA else [pytest.param("tiny", "float32", 5, id="tiny-float32-B5")])
+
+
+def model_for(preset: str, dtype: str, device, stage: int = 1):
+    """A seeded model of ``preset`` in ``dtype`` with its centers set (one stage-1 batch)."""
+    torch.manual_seed(0)
+    model = sf.SeDA(presets.config(preset), backend="eager").to(device).train()
+    cfg = model.config
+    v = torch.randn(16, cfg.visual_dim, device=device)
+    model.learner_loss(v, torch.arange(16, device=device) % cfg.num_classes)
+    return model.to(getattr(torch, dtype)).set_stage(stage)
+
+
+def run_op(benchmark, nvml, op: str, provider: str, mode: str, preset: str, dtype: str, batch: int,
+           forward, inputs) -> None:
+    """Time ``mode`` of ``forward()`` (a scalar, differentiable in ``inputs``) for ``provider``."""
+    if provider == "triton" and not (CUDA or fused.interpreter_enabled()):
+        pytest.skip("fused ops need CUDA or TRITON_INTERPRET=1")
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                return forward()
+    elif mode == "backward":
+        loss = forward()
+
+        def fn():
+            return torch.autograd.grad(loss, inputs, retain_graph=True)
+    else:
+        def fn():
+            return torch.autograd.grad(forward(), inputs)
+    out = fn()
+    assert all(torch.isfinite(o).all() for o in (out if isinstance(out, tuple) else (out,)))
+    info = {"kind": f"op:{op}:{mode}", "provider": provider, "config": preset, "dtype": dtype, "batch": batch}
+    run_benchmark(benchmark, fn, nvml, batch, info)
