@@ -7,7 +7,7 @@ import pytest
 
 from seda_fast.__main__ import COMMANDS, main
 
-EXPECTED = ("demo", "env", "bench", "memory", "compile-report", "cost-model")
+EXPECTED = ("demo", "env", "bench", "memory", "compile-report", "cost-model", "study")
 
 
 def test_usage_lists_every_command(capsys):
@@ -30,7 +30,8 @@ def test_each_command_answers_help(argv, capsys):
 def test_cost_model_prints_its_table(capsys):
     assert main(["cost-model"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and lines[0].startswith("B=     1") and "GFLOP" in lines[0]
+    assert lines[0].startswith("B=     1") and "GFLOP" in lines[0] and lines[3].startswith("B= 16384")
+    assert any("rowblock ms" in line for line in lines[4:])  # the row-block prediction table follows
 
 
 def test_module_entry_points_still_work():
