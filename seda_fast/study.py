@@ -61,7 +61,7 @@ from pathlib import Path
 
 import torch
 
-from . import baselines, data, demo, reference
+from . import baselines, data, demo, outputs, reference
 from .config import SeDAConfig
 from .trainer import Trainer, make_model
 
@@ -429,7 +429,7 @@ def run(datasets: list[StudyData], mode: str = "full", seeds: int = 3, out: str 
     results["complete"] = True
     written = _write(results, out)
     if update_reference:
-        written += _write(results, demo.RESULTS_DIR, stem=f"study_{mode}")
+        written += _write(results, outputs.REFERENCE_DIR, stem=f"study_{mode}")
     log("\n" + format_tables(results))
     log("\nwrote " + ", ".join(str(p) for p in written))
     return results
@@ -486,7 +486,7 @@ def merge(folders, out: str | os.PathLike | None = None, update_reference: bool 
     merged["complete"] = not merged["missing"]
     written = _write(merged, Path(DEFAULT_OUT if out is None else out))
     if update_reference:
-        written += _write(merged, demo.RESULTS_DIR, stem=f"study_{merged['mode']}")
+        written += _write(merged, outputs.REFERENCE_DIR, stem=f"study_{merged['mode']}")
     log(format_tables(merged) + "\n\nwrote " + ", ".join(str(p) for p in written))
     return merged
 

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("matplotlib", reason="the study's plot needs matplotlib (the 'bench' extra)")
 
-from seda_fast import demo, study  # noqa: E402
+from seda_fast import demo, outputs, study  # noqa: E402
 
 TINY_CONFIG = dict(dim=8, hidden=16, layers=2, diffusion_steps=50, learner_steps=2, translator_steps=2,
                    center_momentum=0.9, center_temperature=1.0, lambda_sc=1.0, lambda_aux=1.0, lambda_cls=1.0,
@@ -72,12 +72,13 @@ def test_budget_rule():
 
 
 def test_study_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the reference folder is relative: keep it inside tmp_path
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(outputs, "REFERENCE_DIR", tmp_path / "benchmarks" / "results")  # not the checkout's
     out = tmp_path / "out"
     lines = []
     results = study.run(_datasets(), mode="quick", seeds=2, out=out, budget=TINY_BUDGET, config=TINY_CONFIG,
                         optimizer=FAST_OPTIMIZER, log=lines.append)
-    assert not (tmp_path / demo.RESULTS_DIR).exists()  # no --update-reference: the reference is untouched
+    assert not outputs.REFERENCE_DIR.exists()  # no --update-reference: the reference is untouched
     on_disk = json.loads((out / "study.json").read_text())
     assert on_disk["complete"] and on_disk["seeds"] == [0, 1] and on_disk["budget"]["rule"] == study.BUDGET_RULE
     assert on_disk["datasets"].keys() == {"fmnist", "emoji-group"}
@@ -111,6 +112,7 @@ def test_study_end_to_end(tmp_path, monkeypatch):
 
 def test_cli_writes_reference_only_when_asked_and_merges(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(outputs, "REFERENCE_DIR", tmp_path / "benchmarks" / "results")  # not the checkout's
     monkeypatch.setattr(study, "load_datasets", lambda mode, names, cache=None, progress=True, fmnist_pool=None:
                         [d for d in _datasets() if d.name in names])
     monkeypatch.setitem(study.MODES, "quick", {**study.MODES["quick"], "budget": TINY_BUDGET})
@@ -127,7 +129,7 @@ def test_cli_writes_reference_only_when_asked_and_merges(tmp_path, monkeypatch):
     finally:
         torch.set_flush_denormal(False)  # main turns it on for the process
         torch.set_num_threads(threads)
-    ref = tmp_path / demo.RESULTS_DIR
+    ref = outputs.REFERENCE_DIR
     assert sorted(p.name for p in ref.iterdir()) == ["study_quick.json", "study_quick.md", "study_quick.png"]
     merged = json.loads((ref / "study_quick.json").read_text())
     assert merged["mode"] == "quick" and list(merged["datasets"]) == ["fmnist", "emoji-group"]
