@@ -307,7 +307,7 @@ def child_env(job, args, device) -> None:
         row.update(device="cpu (Triton interpreter; no device figures)", sms=None)
     nvml = NVMLMonitor()
     if nvml.available:
-        nv, h = nvml._nvml, nvml._handle
+        nv = nvml._nvml
         clocks = {}
         for name, kind in (("sm", "NVML_CLOCK_SM"), ("mem", "NVML_CLOCK_MEM")):
             for label, fn in (("max", nv.nvmlDeviceGetMaxClockInfo), ("now", nv.nvmlDeviceGetClockInfo)):

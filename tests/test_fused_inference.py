@@ -4,10 +4,6 @@ On CPU every kernel runs in Triton's interpreter (tests/conftest.py sets TRITON_
 on a CUDA machine the same tests run the compiled kernels (benchmarks/gpu_check.py), bf16 included.
 Grids stay at 1-3 programs and K <= 4 so the whole file runs in seconds on 2 cores.
 """
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
