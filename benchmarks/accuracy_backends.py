@@ -5,7 +5,7 @@
     # CPU: TRITON_INTERPRET=1; writes accuracy_backends_<device>.json to ./seda_fast_out by default
 
 Data: the demo's quick Fashion-MNIST features (EfficientNet-Lite0, 64 px, standardised with the
-training split's statistics; :mod:`seda_fast.demo`), the first ``--train`` training rows and all
+training split's statistics; :mod:`seda_fast.apps.demo`), the first ``--train`` training rows and all
 2000 test rows; MiniLM class texts. On CPU the fused kernels run in Triton's interpreter, which
 costs seconds per stage-2 step even at a small width, so the SeDA config here is small (d = 64,
 H = 128, L = 2, K1 = K2 = 4) and the schedule short (2 + 2 epochs of batch 100, lr 3e-3: SeDA
@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from seda_fast import baselines, data, demo, outputs  # noqa: E402
+from seda_fast.apps import baselines, data, demo  # noqa: E402
+from seda_fast import outputs
 from seda_fast.config import SeDAConfig  # noqa: E402
-from seda_fast.trainer import Trainer, make_model  # noqa: E402
+from seda_fast.apps.trainer import Trainer, make_model  # noqa: E402
 
 SMALL = dict(dim=64, hidden=128, layers=2, learner_steps=4, translator_steps=4)
 SCHEDULE = dict(stage1_epochs=2, stage2_epochs=2, batch_size=100, lr=3e-3, weight_decay=1e-4)

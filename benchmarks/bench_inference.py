@@ -10,7 +10,8 @@ baseline are added to the JSON at the end of the session (benchmarks/conftest.py
 import pytest
 import torch
 
-from seda_fast import bench, reference
+from seda_fast.tools import bench
+from seda_fast import reference
 
 from _common import INFER_CASES, model_for, run_benchmark, throughput
 

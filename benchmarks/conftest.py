@@ -10,8 +10,8 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from seda_fast import bench  # noqa: E402
-from seda_fast.profiling import NVMLMonitor  # noqa: E402
+from seda_fast.tools import bench  # noqa: E402
+from seda_fast.tools.profiling import NVMLMonitor  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -63,8 +63,8 @@ sys.path.insert(0, str(ROOT))
 from seda_fast.presets import DEFAULT, TINY  # noqa: E402  (d=512, H=1024, L=2, K1=K2=10 / the smoke model)
 
 # Kernel test files whose bf16 / throughput-tile / autocast / compile-on-CUDA cases only run on a GPU.
-GPU_TEST_FILES = ("test_fused_inference.py", "test_denoiser_x0_loss.py", "test_translator_unroll.py",
-                  "test_training_ops.py", "test_fused_training.py")
+GPU_TEST_FILES = ("core/test_triton_inference.py", "ops/test_denoiser_x0_loss.py", "ops/test_translator_unroll.py",
+                  "ops/test_center_loss.py", "ops/test_center_update.py", "core/test_triton_training.py")
 
 
 @dataclass
@@ -103,8 +103,8 @@ def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
         jobs.append(Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
                                                           amp="float32" if dry else "bfloat16"), 300))
     for name in GPU_TEST_FILES:
-        params = {"file": name, "select": "fp32_parity and 1-1-1" if dry else None}
-        jobs.append(Job(f"tests-{name[5:-3]}", "tests", params, 240))
+        params = {"file": name, "select": "fp32_parity and B1-L1-K1" if dry else None}
+        jobs.append(Job(f"tests-{Path(name).stem[len('test_'):]}", "tests", params, 240))
         if dry:  # one file is enough to keep the path alive on CPU
             break
     return jobs
@@ -295,8 +295,8 @@ def child_main(job: Job, args) -> int:
 def child_env(job, args, device) -> None:
     import torch
 
-    from seda_fast.envinfo import environment_report
-    from seda_fast.profiling import NVMLMonitor
+    from seda_fast.tools.envinfo import environment_report
+    from seda_fast.tools.profiling import NVMLMonitor
     row = {"section": "env", "name": "device", "status": "ok", "dry_run": args.dry_run,
            "versions": environment_report(), "cuda": torch.version.cuda}
     if device.type == "cuda":
@@ -346,7 +346,8 @@ def _model(dtype, device, cfg):
 def child_infer(job, args, device) -> None:
     import torch
 
-    from seda_fast import bench, cost_model, reference
+    from seda_fast.tools import bench, cost_model
+    from seda_fast import reference
     torch.set_grad_enabled(False)  # inference only: no autograd in a captured graph or a compiled trace
     cuda = device.type == "cuda"
     cfg = TINY if args.dry_run else DEFAULT
@@ -417,7 +418,7 @@ def child_train(job, args, device) -> None:
     import torch
 
     import seda_fast as sf
-    from seda_fast import bench, memory
+    from seda_fast.tools import bench, memory
     cuda = device.type == "cuda"
     provider = job.params["provider"]
     amp = getattr(torch, job.params["amp"])

@@ -29,7 +29,7 @@ from seda_fast.kernels._barrier import grid_barrier
 
 def _events_ms(fn, warmup: int, iters: int, cuda: bool) -> float:
     """Median ms of ``fn()`` over ``iters`` synchronised calls."""
-    from seda_fast import bench
+    from seda_fast.tools import bench
     return bench.summarize(bench.device_times(fn, warmup, iters, cuda))["median_ms"]
 
 
@@ -112,7 +112,7 @@ def launch_cost(device: torch.device, dry: bool) -> dict:
 def graph_boundary(device: torch.device, dry: bool) -> dict:
     if device.type != "cuda":
         return {"skipped": "CUDA graphs need a CUDA device"}
-    from seda_fast import bench
+    from seda_fast.tools import bench
     x = torch.zeros(1, device=device)
 
     def chain(k):
@@ -206,7 +206,7 @@ def compile_check(arch: int = 90) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from seda_fast.compile_report import _tools
+    from seda_fast.tools.compile_report import _tools
     cases = [
         (_barrier_loop_kernel, {"counter_ptr": "*i32", "ROUNDS": "constexpr"}, {"ROUNDS": 1000},
          dict(num_warps=4, launch_cooperative_grid=True), ("atom.global.gpu.release.add", "ld.global.gpu.acquire", "bar.sync")),

@@ -1,6 +1,6 @@
 """Block-size heuristic and argument checks shared by the launchers (plain Python, no device query).
 
-Regimes (the issue's two; B = batch rows), tiles ``BM x BN x BK``, warps, pipeline stages:
+Regimes (latency and throughput; B = batch rows), tiles ``BM x BN x BK``, warps, pipeline stages:
 
 * latency, ``B <= 256``, fp16/bf16: ``16 x 64 x 64``, 4 warps, 2 stages. ``BM = 16`` is the
   smallest ``tl.dot`` M, so B = 64 still spreads over 4 programs (mma.sync tensor cores).
@@ -12,7 +12,7 @@ Regimes (the issue's two; B = batch rows), tiles ``BM x BN x BK``, warps, pipeli
 * fp32 (any B): ``16 x 32 x 32``, 4 warps, 2 stages. fp32 is the parity path (IEEE fp32 FMA dots
   unless ``torch.backends.cuda.matmul.allow_tf32``), not the fast one.
 
-These are the largest tiles the sm_90a compile report (``python -m seda_fast.compile_report``)
+These are the largest tiles the sm_90a compile report (``python -m seda_fast.tools.compile_report``)
 shows free of register spills, under triton 3.6.0 and 3.7.1, for the default model (d=512, H=1024, L=2): e.g. ``64 x 64 x 64``
 with 2 stages or ``128 x 64 x 64`` with 8 warps spill. ``maxnreg=255`` lets ptxas use the whole
 register file (left alone it stops at 128 and spills). Tiles are clamped to the next power of

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from seda_fast import validation
 from ._heuristics import check_matrix, check_vector, clamp_block, dot_mode
 from ._launch import launch
 
@@ -135,19 +136,12 @@ def _check(r, centers, labels, temperature):
 
 
 def check_labels(labels, B, C, device) -> None:
-    """``labels [B]`` int64/int32 on ``device``; values in ``[0, C)`` checked when on the CPU."""
-    if not isinstance(labels, torch.Tensor):
-        raise ValueError(f"labels must be a torch.Tensor of shape [{B}], got {type(labels).__name__}")
-    if labels.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"labels must be int64 or int32, got {labels.dtype}")
-    if labels.dim() != 1 or labels.shape[0] != B:
-        raise ValueError(f"labels must have shape [{B}], got {list(labels.shape)}")
-    if labels.device != device:
-        raise ValueError(f"labels must be on {device}, got {labels.device}")
+    """``labels [B]`` int64/int32, contiguous, on ``device``; values in ``[0, C)`` checked when on the
+    CPU (on a GPU the range check would sync)."""
+    validation.check_labels(labels, B, C if labels.device.type == "cpu" else None, device, owner="the kernel",
+                            dtypes=(torch.int64, torch.int32))
     if not labels.is_contiguous():
         raise ValueError("labels must be contiguous")
-    if labels.device.type == "cpu" and B and (int(labels.min()) < 0 or int(labels.max()) >= C):
-        raise ValueError(f"labels must lie in [0, {C}), got range [{int(labels.min())}, {int(labels.max())}]")
 
 
 def center_loss_forward(r, centers, labels, temperature):

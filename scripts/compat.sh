@@ -21,8 +21,8 @@ $VENV/bin/python -c "import sys, torch, triton, numpy; print('compat venv: pytho
 'torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
 # kernel tests (interpreter), the compile report's tests, the GPU run's own tests
 TRITON_INTERPRET=1 $VENV/bin/python -m pytest -q -p no:cacheprovider --benchmark-disable \
-  tests/test_fused_inference.py tests/test_denoiser_x0_loss.py tests/test_translator_unroll.py \
-  tests/test_training_ops.py tests/test_fused_training.py tests/test_cost_model.py tests/test_float64.py \
-  tests/test_compile_report.py tests/test_gpu_check.py tests/test_integration.py "$@"
-$VENV/bin/python -m seda_fast.compile_report
+  tests/ops tests/core/test_triton_inference.py tests/core/test_triton_training.py tests/core/test_float64.py \
+  tests/core/test_integration.py tests/tools/test_cost_model.py tests/tools/test_compile_report.py \
+  tests/tools/test_gpu_check.py "$@"
+$VENV/bin/python -m seda_fast.tools.compile_report
 $VENV/bin/python benchmarks/gpu_check.py --dry-run "${TMPDIR:-/tmp}/seda_fast_compat_gpu_check"

@@ -2,7 +2,7 @@
 
 A small dispatcher: each command is a module with ``main(argv) -> int``, imported only when
 chosen. Add a command by adding a line to ``COMMANDS``. The modules' own entry points
-(``python -m seda_fast.bench report ...``, ``python -m seda_fast.memory``, ...) do the same.
+(``python -m seda_fast.tools.bench report ...``, ``python -m seda_fast.tools.memory``, ...) do the same.
 """
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import importlib
 import sys
 
 COMMANDS = {
-    "demo": ("seda_fast.demo", "real-data accuracy demo: Fashion-MNIST (--quick: 10k subset) or --dataset emoji"),
-    "study": ("seda_fast.study", "accuracy against training-set size: SeDA, its text controls and baselines (--quick)"),
-    "env": ("seda_fast.envinfo", "environment report (OS, Python, torch, triton, CUDA, GPU, driver) for bug reports"),
-    "bench": ("seda_fast.bench", "benchmark results: `bench report RESULTS.json` writes a markdown table + plots"),
-    "memory": ("seda_fast.memory", "peak memory of a stage-2 training step, eager vs fused, over a sweep"),
-    "compile-report": ("seda_fast.compile_report",
+    "demo": ("seda_fast.apps.demo", "real-data accuracy demo: Fashion-MNIST (--quick: 10k subset) or --dataset emoji"),
+    "study": ("seda_fast.apps.study", "accuracy against training-set size: SeDA, its text controls and baselines (--quick)"),
+    "env": ("seda_fast.tools.envinfo", "environment report (OS, Python, torch, triton, CUDA, GPU, driver) for bug reports"),
+    "bench": ("seda_fast.tools.bench", "benchmark results: `bench report RESULTS.json` writes a markdown table + plots"),
+    "memory": ("seda_fast.tools.memory", "peak memory of a stage-2 training step, eager vs fused, over a sweep"),
+    "compile-report": ("seda_fast.tools.compile_report",
                        "compile every shipped kernel config for sm_90a: registers, spills, shared memory"),
-    "cost-model": ("seda_fast.cost_model", "FLOPs, bytes and time floor of one inference call (H100 ceilings)"),
+    "cost-model": ("seda_fast.tools.cost_model", "FLOPs, bytes and time floor of one inference call (H200 ceilings)"),
 }
 
 

@@ -1,17 +1,18 @@
 """The public module: :class:`SeDA` owns the parameters and dispatches to a backend.
 
-The math lives in :mod:`seda_fast.reference` (eager) and the fused launchers; this layer only
-checks inputs, picks the backend and holds state (parameters, centers, training stage).
+The math lives in :mod:`seda_fast.reference` (eager) and the fused ops; a backend
+(:mod:`seda_fast.backends`) runs it. This layer only checks inputs, picks the backend and holds
+state (parameters, centers, training stage).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from . import fused, reference
+from . import backends, reference
 from . import validation as val
 from .config import SeDAConfig
-from .profiling import nvtx_range
+from .nvtx import nvtx_range
 
 BACKENDS = ("eager", "triton", "auto")
 
@@ -125,8 +126,8 @@ class SeDA(nn.Module):
         if self._backend == "eager":
             return "eager"
         if self._backend == "auto":
-            return "triton" if device.type == "cuda" and fused.available(device) else "eager"
-        fused.require(device)
+            return "triton" if device.type == "cuda" and backends.TRITON.available(device) else "eager"
+        backends.TRITON.require(device)
         return "triton"
 
     def _inference_impl(self, visual: torch.Tensor):
@@ -134,25 +135,24 @@ class SeDA(nn.Module):
         autograd would record (grad mode on and a parameter or the input requiring grad), "auto"
         runs eager and "triton" says so."""
         if self.resolved_backend(visual.device) == "eager":
-            return reference
+            return backends.EAGER
         if torch.is_grad_enabled() and (visual.requires_grad or any(p.requires_grad for p in self.parameters())):
             if self._backend == "auto":
-                return reference
+                return backends.EAGER
             raise RuntimeError(
                 "backend='triton' inference has no backward: call it under torch.no_grad() or "
                 "torch.inference_mode(), train through learner_loss/translator_loss (or forward with "
                 "labels), or use backend='eager'/'auto' when gradients of the logits are needed")
-        return fused
+        return backends.TRITON
 
     def _training_impl(self, device: torch.device):
-        """``"triton"`` trains with the fused kernels (:mod:`seda_fast.fused_training`); ``"auto"``
-        and ``"eager"`` train with the reference (``"auto"`` keeps eager training until the fused
-        training path has been measured on a GPU; see README)."""
+        """``"triton"`` trains with the fused pieces (:class:`seda_fast.backends.FusedPieces`);
+        ``"auto"`` and ``"eager"`` train with the reference (``"auto"`` keeps eager training until
+        the fused training path has been measured on a GPU; see README)."""
         if self._backend == "triton":
-            fused.require(device)
-            from . import fused_training
-            return fused_training
-        return reference
+            backends.TRITON.require(device)
+            return backends.TRITON
+        return backends.EAGER
 
     # ------------------------------------------------------------------ input handling
     def _visual(self, visual) -> torch.Tensor:
@@ -163,13 +163,12 @@ class SeDA(nn.Module):
 
     def _text(self, text, batch: int, text_kind: str):
         C, Dt = self.config.num_classes, self.config.text_dim
-        if text_kind not in ("auto", "class", "sample"):
-            raise ValueError(f"text_kind must be 'auto', 'class' or 'sample', got {text_kind!r}")
+        val.text_is_per_class(text_kind, None, C)  # a bad text_kind fails first
         if text is None:
             raise ValueError(f"stage-2 training needs text: [num_classes={C}, {Dt}] class texts "
                              f"or [B={batch}, {Dt}] per-sample texts")
         rows = text.shape[0] if isinstance(text, torch.Tensor) and text.dim() == 2 else None
-        per_class = text_kind == "class" or (text_kind == "auto" and rows == C)
+        per_class = val.text_is_per_class(text_kind, rows, C)
         if rows is not None and rows != (C if per_class else batch):
             asked = {"auto": "", "class": " (text_kind='class' asks for the first)",
                      "sample": " (text_kind='sample' asks for the second)"}[text_kind]
@@ -207,7 +206,8 @@ class SeDA(nn.Module):
         val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
         impl = self._training_impl(v.device)
         with nvtx_range("seda/stage1_loss"):
-            loss, parts = impl.learner_loss(self, v, labels.long(), generator, update=self.training)
+            loss, parts = reference.learner_loss(self, v, labels.long(), generator, update=self.training,
+                                                 pieces=impl.pieces)
         return (loss, parts) if return_parts else loss
 
     def translator_loss(self, visual, labels, text, generator=None, text_kind: str = "auto",
@@ -222,7 +222,8 @@ class SeDA(nn.Module):
         t, per_class = self._text(text, v.shape[0], text_kind)
         impl = self._training_impl(v.device)
         with nvtx_range("seda/stage2_loss"):
-            loss, parts = impl.translator_loss(self, v, labels.long(), t, per_class, generator)
+            loss, parts = reference.translator_loss(self, v, labels.long(), t, per_class, generator,
+                                                    pieces=impl.pieces)
         return (loss, parts) if return_parts else loss
 
     @torch.no_grad()

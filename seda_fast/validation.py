@@ -40,13 +40,14 @@ def check_device(name: str, x: torch.Tensor, device: torch.device, owner: str = 
 
 
 def check_labels(labels, batch: int, num_classes: int | None, device: torch.device | None = None,
-                 name: str = "labels", owner: str = "the model") -> None:
-    """``labels`` must be an integer ``[batch]`` tensor with values in ``[0, num_classes)``
-    (range unchecked when ``num_classes`` is None)."""
+                 name: str = "labels", owner: str = "the model", dtypes: tuple = INT_DTYPES) -> None:
+    """``labels`` must be an integer ``[batch]`` tensor (of one of ``dtypes``) with values in
+    ``[0, num_classes)`` (range unchecked when ``num_classes`` is None: the check syncs)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
-    if labels.dtype not in INT_DTYPES:
-        raise TypeError(f"{name} must be an integer tensor (int64 class indices), got {labels.dtype}")
+    if labels.dtype not in dtypes:
+        kinds = "an integer tensor" if dtypes == INT_DTYPES else " or ".join(map(str, dtypes))
+        raise TypeError(f"{name} must be {kinds} (int64 class indices), got {labels.dtype}")
     if labels.dim() != 1 or labels.shape[0] != batch:
         raise ValueError(f"{name} must have shape [{batch}] (one per sample), got {list(labels.shape)}")
     if device is not None:
@@ -56,6 +57,17 @@ def check_labels(labels, batch: int, num_classes: int | None, device: torch.devi
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"{name} must be in [0, {num_classes}), got values in [{lo}, {hi}]")
+
+
+TEXT_KINDS = ("auto", "class", "sample")
+
+
+def text_is_per_class(text_kind: str, rows: int | None, num_classes: int) -> bool:
+    """Whether ``text`` with ``rows`` rows holds class texts (else per-sample texts): ``"class"`` and
+    ``"sample"`` say so; ``"auto"`` reads ``num_classes`` rows as class texts."""
+    if text_kind not in TEXT_KINDS:
+        raise ValueError(f"text_kind must be 'auto', 'class' or 'sample', got {text_kind!r}")
+    return text_kind == "class" or (text_kind == "auto" and rows == num_classes)
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:

@@ -2,9 +2,14 @@
 TRITON_INTERPRET must be set before seda_fast (and its kernels) is imported: CPU tests
 run every Triton kernel in the interpreter."""
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The test folders mirror the package (core, ops, tools, apps); their shared helpers live here.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -2,7 +2,8 @@
 import torch
 
 import seda_fast as sf
-from seda_fast import compile_report, presets
+from seda_fast.tools import compile_report
+from seda_fast import presets
 
 
 def small_config(**overrides) -> sf.SeDAConfig:
@@ -35,14 +36,14 @@ def assert_flash_rule(name: str, out, ref_lowp, ref32, atol: float) -> None:
 def compile_rows_in_subprocess(test_file, out) -> list:
     """Run ``python TEST_FILE OUT`` without the Triton interpreter (which cannot compile) and return
     the compile-report rows it writes to ``out`` (each test file's ``__main__`` compiles its kernels
-    for sm_90a with :func:`seda_fast.compile_report.compile_unique`)."""
+    for sm_90a with :func:`seda_fast.tools.compile_report.compile_unique`)."""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TRITON_INTERPRET="0",
                PYTHONPATH=os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(test_file), str(out)], env=env, capture_output=True, text=True,
@@ -110,3 +111,28 @@ def assert_directional_derivatives(loss, args, grads, names, generator, eps: flo
         numerical = (plus - minus) / (2 * eps)
         analytical = (grad.double() * u.double()).sum().item()
         assert abs(numerical - analytical) <= 1e-2 * abs(numerical) + 1e-4, (name, numerical, analytical)
+
+
+_ID_KEYS = {"batch": "B", "B": "B", "layers": "L", "L": "L", "steps": "K", "K": "K", "T": "T", "d": "d",
+            "H": "H", "C": "C", "classes": "C", "tau": "tau"}
+
+
+def case_ids(names: str, rows) -> list[str]:
+    """Readable ids for ``@pytest.mark.parametrize(names, rows, ids=case_ids(names, rows))``:
+    ``("batch,layers,steps", [(33, 3, 4)])`` -> ``["B33-L3-K4"]``; dtypes by name, strings and
+    bools as themselves (``noise`` / ``no-noise``)."""
+    keys = [n.strip() for n in names.split(",")]
+    ids = []
+    for row in rows:
+        parts = []
+        for key, value in zip(keys, row):
+            if isinstance(value, bool):
+                parts.append(key if value else f"no-{key}")
+            elif isinstance(value, torch.dtype):
+                parts.append(str(value).replace("torch.", ""))
+            elif key in _ID_KEYS:
+                parts.append(f"{_ID_KEYS[key]}{value}")
+            else:
+                parts.append(str(value))
+        ids.append("-".join(parts))
+    return ids

@@ -2,7 +2,7 @@
 eager twin, for ``forward``, ``backward`` (the backward alone, of one recorded forward) and
 ``full`` (forward + backward), with the same timing, memory and NVML fields as the model-level
 suites (:func:`_common.run_benchmark`). Both twins are the backends' loss pieces
-(:class:`seda_fast.reference.EagerPieces` and :class:`seda_fast.fused_training.FusedPieces`), so
+(:class:`seda_fast.reference.EagerPieces` and :class:`seda_fast.backends.FusedPieces`), so
 an op is timed exactly as the losses call it. A regression in one op shows as that op."""
 import sys
 from pathlib import Path
@@ -13,9 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import CUDA, run_benchmark  # noqa: E402
 import seda_fast as sf  # noqa: E402
-from seda_fast import fused, fused_training, presets, reference  # noqa: E402
+from seda_fast import backends, presets  # noqa: E402
+from seda_fast.ops.runtime import interpreter_enabled  # noqa: E402
 
-PIECES = {"eager": reference.EAGER, "triton": fused_training.FUSED}
+PIECES = {"eager": backends.EAGER.pieces, "triton": backends.TRITON.pieces}
 MODES = ("forward", "backward", "full")
 # (preset, dtype, batch): the default model at the training batches on a GPU, the tiny one on CPU
 CASES = ([pytest.param("default", dt, b, id=f"default-{dt}-B{b}") for dt in ("bfloat16",) for b in (256, 4096)]
@@ -35,7 +36,7 @@ def model_for(preset: str, dtype: str, device, stage: int = 1):
 def run_op(benchmark, nvml, op: str, provider: str, mode: str, preset: str, dtype: str, batch: int,
            forward, inputs) -> None:
     """Time ``mode`` of ``forward()`` (a scalar, differentiable in ``inputs``) for ``provider``."""
-    if provider == "triton" and not (CUDA or fused.interpreter_enabled()):
+    if provider == "triton" and not (CUDA or interpreter_enabled()):
         pytest.skip("fused ops need CUDA or TRITON_INTERPRET=1")
     if mode == "forward":
         def fn():

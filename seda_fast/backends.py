@@ -1,0 +1,115 @@
+"""The backend contract: what :class:`seda_fast.SeDA` asks of the code that runs its math.
+
+A backend is an object with the :class:`Backend` protocol: a ``name``, whether it can run on a
+device (``available``/``require``), the two inference entry points (``semantic``, ``infer``) and the
+training ``pieces`` that :func:`seda_fast.reference.learner_loss` / ``translator_loss`` take. The
+losses are written once, in the reference; a backend supplies only its heavy pieces, so both
+backends draw the same random numbers in the same order by construction.
+
+* :data:`EAGER`: :mod:`seda_fast.reference` in plain torch ops (autograd records everything).
+* :data:`TRITON`: the fused custom ops of :mod:`seda_fast.ops`.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from . import reference
+from .ops import center_loss, center_update, denoiser_x0_loss, runtime, semantic_sampler, translator_pfin
+from .ops import translator_unroll
+
+
+class Backend(Protocol):
+    name: str
+    pieces: reference.EagerPieces
+
+    def available(self, device: torch.device) -> bool: ...
+
+    def require(self, device: torch.device) -> None: ...
+
+    def semantic(self, model, visual: torch.Tensor) -> torch.Tensor: ...
+
+    def infer(self, model, visual: torch.Tensor,
+              noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class EagerBackend:
+    """The reference: every dtype and device, with autograd."""
+
+    name = "eager"
+    pieces = reference.EAGER
+
+    def available(self, device: torch.device) -> bool:
+        return True
+
+    def require(self, device: torch.device) -> None:
+        return None
+
+    def semantic(self, model, visual):
+        return reference.semantic(model, visual)
+
+    def infer(self, model, visual, noise=None):
+        return reference.infer(model, visual, noise)
+
+
+class FusedPieces(reference.EagerPieces):
+    """:class:`seda_fast.reference.EagerPieces` with the heavy parts as fused custom ops; the cheap
+    ``[B, d]``/``[B, C]`` glue (projectors, time embedding and MLP, heads, cross-entropies, the
+    alignment MSE) stays in torch and its autograd.
+
+    Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), forward noising +
+    Learner denoiser + x0 loss in one op, the center constraint with a streaming log-sum-exp.
+    Stage 2: ``s`` from the fused Learner sampler (no grad), the random-t diffusion term through the
+    same x0-loss op, and the K2-step Translator + PFIN unroll, which keeps only the per-step states
+    for its backward."""
+
+    def check(self, model) -> None:
+        runtime.check_dtype(model.visual_proj.linear.weight.dtype)
+
+    def update_centers(self, model, z, labels) -> None:
+        center_update.update_centers(model.centers, model.centers_initialized, z, labels,
+                                     model.config.center_momentum)
+
+    def diffusion_term(self, den, x0, eps, t, e_t, cond, T: int):
+        return denoiser_x0_loss.denoise_x0_loss(den, x0, eps, t, e_t, cond, T)
+
+    def center_loss(self, r, centers, labels, temperature: float):
+        return center_loss.center_loss(r, centers, labels, temperature)
+
+    def semantic(self, model, visual, z):
+        return semantic_sampler.semantic_sample(model, visual)[1].to(z.dtype)
+
+    def unroll(self, model, s, z, xi, cond):
+        cfg, den = model.config, model.translator
+        T = cfg.diffusion_steps
+        ddim, e_table = reference.sampling_tables(den, T, cfg.translator_steps, cfg.dim, s.dtype, s.device)
+        return translator_unroll.translator_unroll(den, model.pfin, reference._start(T, s, xi), z, cond, e_table, ddim)
+
+
+class TritonBackend:
+    """The fused Triton kernels: CUDA, or CPU under ``TRITON_INTERPRET=1``; float32/16, bfloat16.
+    Inference is two launches (the semantic sampler, then Translator + PFIN + head) and carries no
+    autograd history; training goes through :class:`FusedPieces`."""
+
+    name = "triton"
+    pieces = FusedPieces()
+
+    def available(self, device: torch.device) -> bool:
+        return runtime.available(device)
+
+    def require(self, device: torch.device) -> None:
+        runtime.require(device)
+
+    def semantic(self, model, visual):
+        return semantic_sampler.semantic_sample(model, visual)[1]
+
+    def infer(self, model, visual, noise=None):
+        z, s = semantic_sampler.semantic_sample(model, visual)
+        logits, m = translator_pfin.translator_pfin(model, s, z, noise)
+        return logits, s, m
+
+
+EAGER = EagerBackend()
+TRITON = TritonBackend()
+BACKENDS = {b.name: b for b in (EAGER, TRITON)}

@@ -1,0 +1,69 @@
+"""Custom ops around :mod:`seda_fast.kernels.center_loss`: the stage-1 center constraint.
+
+``seda_fast::center_loss_fwd(r, centers, labels, temperature) -> (loss [B] fp32, lse [B] fp32)``
+with its autograd formula registered: the backward launches ``seda_fast::center_loss_bwd`` with the
+saved per-row log-sum-exp (recomputing the logit tiles, never storing ``[B, C]``). ``lse`` is an
+auxiliary, non-differentiable output. :func:`center_loss` is
+``F.cross_entropy(reference.center_logits(r, mu, tau), y)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .runtime import kernels
+
+
+@torch.library.custom_op("seda_fast::center_loss_fwd", mutates_args=())
+def center_loss_fwd(r: Tensor, centers: Tensor, labels: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Per-row ``CE(-||r_i - mu_c||^2 / tau, y_i)`` ``[B]`` and the shifted lse ``[B]`` (fp32)."""
+    return kernels().center_loss_forward(r, centers, labels, temperature)
+
+
+@center_loss_fwd.register_fake
+def _(r, centers, labels, temperature):
+    return r.new_empty(r.shape[0], dtype=torch.float32), r.new_empty(r.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("seda_fast::center_loss_bwd", mutates_args=())
+def center_loss_bwd(grad_loss: Tensor, r: Tensor, centers: Tensor, labels: Tensor, lse: Tensor,
+                    temperature: float) -> Tensor:
+    """``grad_r [B, d]`` (r's dtype) from the per-row upstream gradient ``grad_loss [B]``."""
+    return kernels().center_loss_backward(grad_loss, r, centers, labels, lse, temperature)
+
+
+@center_loss_bwd.register_fake
+def _(grad_loss, r, centers, labels, lse, temperature):
+    return torch.empty_like(r)
+
+
+def _setup_context(ctx, inputs, output):
+    r, centers, labels, temperature = inputs
+    ctx.save_for_backward(r, centers, labels, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.temperature = temperature
+
+
+def _backward(ctx, grad_loss, grad_lse):
+    r, centers, labels, lse = ctx.saved_tensors
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    grad_r = center_loss_bwd(grad_loss.to(torch.float32).contiguous(), r, centers, labels, lse, ctx.temperature)
+    return grad_r, None, None, None
+
+
+center_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def center_loss(r: Tensor, centers: Tensor, labels: Tensor, temperature: float, reduction: str = "mean") -> Tensor:
+    """The center constraint ``L_sc``: ``r [B, d]`` (differentiable), ``centers [C, d]`` (no gradient;
+    cast to r's dtype as the reference does), ``labels [B]`` -> fp32 scalar (``"mean"``, ``"sum"``) or
+    ``[B]`` (``"none"``)."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if isinstance(centers, Tensor) and isinstance(r, Tensor):
+        centers = centers.detach().to(r.dtype)
+    loss, _ = center_loss_fwd(r, centers, labels, float(temperature))
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()

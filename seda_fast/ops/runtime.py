@@ -1,0 +1,150 @@
+"""What every fused op needs before it launches: whether the kernels can run here (CUDA, or CPU
+under Triton's interpreter with the mode fixed since import), the kernel package itself, and the
+compute dtype.
+
+Kernel import: the launchers live in the top-level ``kernels/`` directory, which setup.py installs
+as ``seda_fast.kernels``. From a source checkout (tests run from the repo root without install)
+that name does not exist, so :func:`kernels` loads ``<repo>/kernels/__init__.py`` under the same
+name ``seda_fast.kernels`` with importlib; installed (normal or editable), the regular import wins.
+The import is lazy (first fused call), so importing seda_fast never needs triton, and
+``TRITON_INTERPRET`` is read when the kernels are first decorated.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1`` at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - platform without triton
+        return False
+    return True
+
+
+def _interpreted(fn) -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+    return isinstance(fn, InterpretedFunction)
+
+
+def interpreter_mode_mismatch() -> str | None:
+    """None when every ``@triton.jit`` function in use was decorated in the mode that
+    ``TRITON_INTERPRET`` selects now; otherwise what to do about it.
+
+    Triton fixes the interpreter mode when a function is decorated: its own library (``tl.sigmoid``
+    and the reductions' combine functions) when triton is imported, which importing torch's custom-op
+    machinery (and so seda_fast) already does, and seda_fast's kernels at their first use. Setting or
+    clearing the variable later in the same process mixes the modes, and a launch then fails deep in
+    Triton with an ``InterpreterError``."""
+    import triton.language.standard as tl_std
+
+    now = interpreter_enabled()
+    decorated = {"triton's own @triton.jit library (decorated when triton was imported)": _interpreted(tl_std.sigmoid)}
+    if _KERNELS is not None:
+        decorated["seda_fast's kernels (decorated at their first use)"] = _interpreted(_KERNELS.class_sums_kernel)
+    for what, interpreted in decorated.items():
+        if interpreted == now:
+            continue
+        if now:
+            return (f"TRITON_INTERPRET=1 is set now, but {what} was decorated without it: Triton fixes the "
+                    "interpreter mode when a function is decorated, so setting the variable inside a running "
+                    "process comes too late. Set it before Python starts (`TRITON_INTERPRET=1 python ...`) or at "
+                    "the top of the script before importing torch, triton or seda_fast; or use backend='eager'")
+        return (f"TRITON_INTERPRET is {os.environ.get('TRITON_INTERPRET', 'unset')!r} now, but {what} was "
+                "decorated with TRITON_INTERPRET=1: Triton fixes the interpreter mode when a function is decorated. "
+                "Keep TRITON_INTERPRET=1 for this process (on CPU the fused kernels need it), or start a new "
+                "process without it")
+    return None
+
+
+def available(device: torch.device) -> bool:
+    """Whether fused kernels can run on ``device``: CUDA, or CPU under the Triton interpreter (and
+    the interpreter mode has not changed since triton was imported)."""
+    if not triton_importable():
+        return False
+    ok = device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+    return ok and interpreter_mode_mismatch() is None
+
+
+def require(device: torch.device) -> None:
+    """Raise a clear error when the fused kernels cannot run on ``device``."""
+    if not triton_importable():
+        raise RuntimeError("backend='triton' needs the triton package (Linux); use backend='eager'")
+    mismatch = interpreter_mode_mismatch()
+    if mismatch:
+        raise RuntimeError(mismatch)
+    if device.type == "cpu" and not interpreter_enabled():
+        raise RuntimeError(
+            "backend='triton' on CPU tensors runs only under Triton's interpreter: set "
+            "TRITON_INTERPRET=1 before importing seda_fast, move the model to CUDA, or use backend='eager'")
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"backend='triton' supports CUDA (and CPU under TRITON_INTERPRET=1), not {device.type}")
+
+
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KERNELS = None
+
+
+def kernels():
+    """The ``seda_fast.kernels`` package: installed, or ``<repo>/kernels`` in a source checkout."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+    if importlib.util.find_spec("seda_fast.kernels") is not None:
+        _KERNELS = importlib.import_module("seda_fast.kernels")
+        return _KERNELS
+    root = Path(__file__).resolve().parents[2] / "kernels"
+    init = root / "__init__.py"
+    if not init.is_file():
+        raise ImportError(f"seda_fast.kernels is not installed and {init} does not exist")
+    spec = importlib.util.spec_from_file_location("seda_fast.kernels", init, submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["seda_fast.kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["seda_fast.kernels"]
+        raise
+    setattr(sys.modules["seda_fast"], "kernels", module)
+    _KERNELS = module
+    return module
+
+
+def check_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``dtype`` when the kernels take it (float32, float16, bfloat16), else a clear error."""
+    if dtype not in FUSED_DTYPES:
+        raise TypeError(f"the fused Triton kernels support float32/float16/bfloat16 parameters, got {dtype}; "
+                        "use backend='eager' or cast the model")
+    return dtype
+
+
+def autocast_dtype(device: torch.device, default: torch.dtype | None = None) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for ``device``'s type, else ``default``."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return default
+
+
+def compute_dtype(model, visual: torch.Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for ``visual``'s device, else the parameters' dtype
+    (the eager backend's linears follow autocast the same way)."""
+    return autocast_dtype(visual.device) or check_dtype(model.visual_proj.linear.weight.dtype)
+
+
+def in_compute_dtype(tensors, device: torch.device) -> list:
+    """``tensors`` cast (differentiably) to the autocast dtype when autocast is on for ``device``,
+    else to the first one's dtype (the weights'): the kernels take one dtype, and under AMP the
+    gradients flow back to the fp32 master weights as fp32."""
+    dtype = autocast_dtype(device, tensors[0].dtype)
+    return [t.to(dtype) for t in tensors]

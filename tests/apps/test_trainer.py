@@ -1,0 +1,236 @@
+"""Trainer: both stages learn on a small synthetic problem, checkpoints round-trip, runs are
+reproducible bit for bit, bad arguments are rejected with the argument's name."""
+import pytest
+import torch
+
+import seda_fast as sf
+from seda_fast.apps import baselines
+from seda_fast.apps.trainer import Trainer, make_model
+
+CFG = dict(visual_dim=24, text_dim=12, num_classes=4, dim=16, hidden=32, layers=2,
+           diffusion_steps=100, learner_steps=3, translator_steps=3)
+
+
+def config(**overrides) -> sf.SeDAConfig:
+    return sf.SeDAConfig(**{**CFG, **overrides})
+
+
+def problem(n: int = 96, seed: int = 3):
+    """Separable classes: ``visual = class mean + noise``; ``(visual [n, 24], labels [n], text [4, 12])``."""
+    g = torch.Generator().manual_seed(seed)
+    means = 2.0 * torch.randn(CFG["num_classes"], CFG["visual_dim"], generator=g)
+    labels = torch.arange(n) % CFG["num_classes"]
+    visual = means[labels] + 0.5 * torch.randn(n, CFG["visual_dim"], generator=g)
+    text = torch.randn(CFG["num_classes"], CFG["text_dim"], generator=g)
+    return visual, labels, text
+
+
+def trainer(model, **kw):
+    args = dict(stage1_epochs=6, stage2_epochs=6, batch_size=32, lr=3e-3, seed=5, progress=False)
+    args.update(kw)
+    return Trainer(model, **args)
+
+
+def test_losses_finite_and_decreasing_both_stages():
+    visual, labels, text = problem()
+    tr = trainer(make_model(config(), seed=0))
+    history = tr.fit(visual, labels, text, eval_visual=visual, eval_labels=labels)
+    for stage in (1, 2):
+        losses = [h["loss"] for h in history if h["stage"] == stage]
+        assert len(losses) == 6
+        assert all(torch.isfinite(torch.tensor(losses)))
+        assert losses[-1] < 0.7 * losses[0], (stage, losses)
+    assert tr.model.stage == 2
+    assert history[-1]["accuracy"] >= 0.7  # chance is 0.25
+    assert all("center_accuracy" in h for h in history if h["stage"] == 1)
+    assert tr.model.check_inputs
+
+
+def test_checkpoint_round_trip(tmp_path):
+    visual, labels, text = problem()
+    tr = trainer(make_model(config(), seed=1), stage2_epochs=2)
+    tr.fit(visual, labels, text)
+    path = tr.save(tmp_path / "ckpt.pt")
+
+    loaded = Trainer.load(path, progress=False)
+    assert loaded.model.stage == 2 and loaded.history == tr.history
+    assert loaded.settings() == tr.settings()
+    assert torch.equal(loaded.predict(visual), tr.predict(visual))
+    for a, b in zip(tr.model.state_dict().values(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert loaded.optimizer.state_dict()["state"].keys() == tr.optimizer.state_dict()["state"].keys()
+
+
+
+def test_resume_mid_stage_matches_uninterrupted_run(tmp_path):
+    """Stop after stage 1 + one stage-2 epoch, save, load into another model, finish: the result is
+    bitwise the uninterrupted run (model, optimizer, cosine schedule and generator state restored)."""
+    visual, labels, text = problem()
+    full = trainer(make_model(config(), seed=1), stage1_epochs=2, stage2_epochs=3)
+    full.fit(visual, labels, text)
+
+    part = trainer(make_model(config(), seed=1), stage1_epochs=2, stage2_epochs=3)
+    part.fit(visual, labels, text, max_epochs=3)
+    assert part.epochs_done == {1: 2, 2: 1}
+    path = part.save(tmp_path / "mid.pt")
+    into = make_model(config(), seed=99)
+    resumed = Trainer.load(path, into, progress=False)
+    assert resumed.model is into and resumed.model.stage == 2
+    resumed.fit(visual, labels, text)
+    assert resumed.epochs_done == {1: 2, 2: 3}
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+
+def test_checkpoint_config_mismatch(tmp_path):
+    visual, labels, text = problem()
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=0)
+    tr.fit(visual, labels)
+    path = tr.save(tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="hidden: model=48 checkpoint=32"):
+        Trainer.load(path, make_model(config(hidden=48)), progress=False)
+    with pytest.raises(TypeError, match="model"):
+        Trainer.load(path, torch.nn.Linear(2, 2), progress=False)
+
+
+def test_same_seed_bitwise_identical():
+    visual, labels, text = problem()
+    params = []
+    for _ in range(2):
+        tr = trainer(make_model(config(), seed=7), stage1_epochs=2, stage2_epochs=2)
+        tr.fit(visual, labels, text)
+        params.append([p.detach().clone() for p in tr.model.state_dict().values()])
+    for a, b in zip(*params):
+        assert torch.equal(a, b)
+    other = trainer(make_model(config(), seed=7), stage1_epochs=2, stage2_epochs=2, seed=6)
+    other.fit(visual, labels, text)
+    assert not torch.equal(other.model.head.weight, params[0][list(other.model.state_dict()).index("head.weight")])
+
+
+def test_per_sample_text():
+    visual, labels, _ = problem(n=40)
+    text = torch.randn(40, CFG["text_dim"])
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=1)
+    tr.fit(visual, labels, text)
+    assert torch.isfinite(torch.tensor(tr.history[-1]["loss"]))
+
+
+def test_per_sample_text_rows_follow_their_samples():
+    """``text_kind="sample"``: each shuffled mini-batch gets its own rows of the per-sample text.
+    Per-sample rows equal to ``class_text[labels]`` train exactly like the class texts; changing one
+    sample's row changes the result; an N == num_classes dataset is read as per-sample when told."""
+    visual, labels, class_text = problem(n=40)
+    runs = []
+    for text, kind in ((class_text, "class"), (class_text[labels], "sample")):
+        tr = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=2)
+        tr.fit(visual, labels, text, text_kind=kind)
+        runs.append(tr.model.state_dict())
+    for key in runs[0]:
+        torch.testing.assert_close(runs[0][key], runs[1][key], rtol=1e-5, atol=1e-6, msg=key)
+    edited = class_text[labels].clone()
+    edited[7] += 1.0
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=2)
+    tr.fit(visual, labels, edited, text_kind="sample")
+    assert not torch.allclose(tr.model.head.weight, runs[0]["head.weight"])
+
+    n = CFG["num_classes"]  # as many samples as classes: "auto" would read class texts
+    small = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=1, batch_size=2)
+    small.fit(visual[:n], labels[:n], torch.randn(n, CFG["text_dim"]), text_kind="sample")
+    assert small.epochs_done == {1: 1, 2: 1}
+    fresh = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=1)
+    with pytest.raises(ValueError, match="per-sample text"):  # 4 rows for 40 samples
+        fresh.fit(visual, labels, torch.randn(n, CFG["text_dim"]), text_kind="sample")
+
+
+@pytest.mark.parametrize("kw, exc, name", [
+    ({"stage1_epochs": -1}, ValueError, "stage1_epochs"),
+    ({"stage2_epochs": 1.5}, TypeError, "stage2_epochs"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"lr": 0.0}, ValueError, "lr"),
+    ({"lr": -1e-3}, ValueError, "lr"),
+    ({"stage2_lr": float("nan")}, ValueError, "stage2_lr"),
+    ({"weight_decay": -1.0}, ValueError, "weight_decay"),
+    ({"schedule": "linear"}, ValueError, "schedule"),
+    ({"seed": "0"}, TypeError, "seed"),
+])
+def test_bad_trainer_arguments(kw, exc, name):
+    with pytest.raises(exc, match=name):
+        trainer(make_model(config()), **kw)
+
+
+def test_bad_fit_data():
+    visual, labels, text = problem(n=16)
+    tr = trainer(make_model(config()), stage1_epochs=1, stage2_epochs=1)
+    with pytest.raises(ValueError, match="same length"):
+        tr.fit(visual, labels[:-1], text)
+    with pytest.raises(ValueError, match="empty"):
+        tr.fit(visual[:0], labels[:0], text)
+    with pytest.raises(ValueError, match=r"visual must have shape \[B, 24\]"):
+        tr.fit(visual[:, :5], labels, text)
+    with pytest.raises(TypeError, match="labels"):
+        tr.fit(visual, labels.float(), text)
+    with pytest.raises(ValueError, match="labels must be in"):
+        tr.fit(visual, labels + 10, text)
+    with pytest.raises(ValueError, match="text is required"):
+        tr.fit(visual, labels)
+    with pytest.raises(ValueError, match="text must have shape"):
+        tr.fit(visual, labels, text[:, :3])
+    with pytest.raises(ValueError, match="max_epochs"):
+        tr.fit(visual, labels, text, max_epochs=-1)
+    with pytest.raises(ValueError, match="eval_visual and eval_labels"):
+        tr.fit(visual, labels, text, eval_visual=visual)
+    with pytest.raises(TypeError, match="model"):
+        Trainer(torch.nn.Linear(2, 2))
+    bad = visual.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        tr.fit(bad, labels, text)
+
+
+def test_baselines_learn_and_reject_bad_arguments():
+    visual, labels, text = problem()
+    probe, hist = baselines.train_linear_probe(visual, labels, epochs=5, batch_size=32, lr=1e-2, progress=False)
+    assert baselines.accuracy(probe, visual, labels) >= 0.9 and hist[-1]["loss"] < hist[0]["loss"]
+    mapping, hist = baselines.train_one_step_mapping(visual, labels, text, hidden=32, map_epochs=15, head_epochs=15,
+                                                      batch_size=32, lr=1e-2, progress=False)
+    assert baselines.accuracy(mapping, visual, labels) >= 0.8
+    assert hist["map"][-1]["loss"] < hist["map"][0]["loss"]
+    again, _ = baselines.train_linear_probe(visual, labels, epochs=5, batch_size=32, lr=1e-2, progress=False)
+    assert torch.equal(again.head.weight, probe.head.weight)
+    with pytest.raises(ValueError, match="epochs"):
+        baselines.train_linear_probe(visual, labels, epochs=-1)
+    with pytest.raises(ValueError, match="lr"):
+        baselines.train_linear_probe(visual, labels, lr=0)
+    with pytest.raises(ValueError, match="labels must be in"):
+        baselines.train_one_step_mapping(visual, labels, text[:2])
+
+
+def test_resume_with_other_data_size_and_wrong_device_are_clear_errors(tmp_path):
+    """Review findings: a part-done stage resumed on differently sized data would silently reset
+    AdamW and the schedule; data or text on another device than the model is named up front."""
+    import seda_fast as sf
+    from seda_fast.apps.trainer import Trainer, make_model
+
+    cfg = sf.SeDAConfig(visual_dim=6, text_dim=4, num_classes=3, dim=8, hidden=8, learner_steps=1,
+                        translator_steps=1)
+    g = torch.Generator().manual_seed(0)
+    v, y = torch.randn(16, 6, generator=g), torch.arange(16) % 3
+    trainer = Trainer(make_model(cfg), stage1_epochs=2, stage2_epochs=0, batch_size=4, progress=False)
+    trainer.fit(v, y, max_epochs=1)
+    with pytest.raises(ValueError, match="part-done"):
+        trainer.fit(v[:12], y[:12])
+    with pytest.raises(ValueError, match="visual is on meta"):
+        trainer.fit(torch.empty(16, 6, device="meta"), y)
+
+
+def test_progress_bars_stay_short_when_stderr_is_not_a_terminal(capsys):
+    """Written to a log (stderr not a TTY), a bar redraws at most once a minute: a 2-epoch-per-stage
+    run with 24 steps per epoch writes each epoch's bar a couple of times, not once per step."""
+    visual, labels, text = problem(n=96)
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=2, batch_size=4, progress=True)
+    tr.fit(visual, labels, text)
+    err = capsys.readouterr().err
+    bars = 4
+    assert err.count("stage 1 epoch") + err.count("stage 2 epoch") <= 3 * bars, err
+    assert len(err) < 2000, len(err)

@@ -1,0 +1,182 @@
+"""Bad input raises ValueError/TypeError naming the argument, before any computation."""
+import pytest
+import torch
+
+import seda_fast as sf
+
+from helpers import make_batch, make_model
+
+
+@pytest.mark.parametrize("field,value,exc", [
+    ("visual_dim", 0, ValueError), ("dim", 47, ValueError), ("hidden", 2.5, TypeError),
+    ("layers", 0, ValueError), ("learner_steps", 2000, ValueError), ("num_classes", True, TypeError),
+    ("center_momentum", 1.5, ValueError), ("center_temperature", 0.0, ValueError),
+    ("lambda_sc", float("nan"), ValueError), ("lambda_al", -1.0, ValueError), ("dim", 10**9, ValueError),
+])
+def test_bad_config(field, value, exc):
+    kwargs = dict(visual_dim=8, text_dim=8, num_classes=3)
+    kwargs[field] = value
+    with pytest.raises(exc, match=field):
+        sf.SeDAConfig(**kwargs)
+
+
+def test_config_dict_round_trip_and_unknown_field():
+    cfg = sf.SeDAConfig(visual_dim=8, text_dim=6, num_classes=3, dim=16)
+    assert sf.SeDAConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        sf.SeDAConfig.from_dict({**cfg.to_dict(), "dimm": 3})
+
+
+def test_bad_model_arguments():
+    cfg = sf.SeDAConfig(visual_dim=8, text_dim=6, num_classes=3, dim=16, hidden=16)
+    with pytest.raises(TypeError, match="config"):
+        sf.SeDA({"visual_dim": 8})
+    with pytest.raises(ValueError, match="backend"):
+        sf.SeDA(cfg, backend="cuda")
+    model = sf.SeDA(cfg)
+    with pytest.raises(ValueError, match="backend"):
+        model.backend = "fast"
+
+
+@pytest.fixture
+def model():
+    return make_model()
+
+
+@pytest.mark.parametrize("visual,exc,match", [
+    ([[0.0] * 37], TypeError, "visual must be a torch.Tensor"),
+    (torch.randn(37), ValueError, r"visual must have shape \[B, 37\]"),
+    (torch.randn(4, 36), ValueError, r"visual must have shape \[B, 37\]"),
+    (torch.randn(2, 4, 37), ValueError, "visual must have shape"),
+    (torch.randint(0, 3, (4, 37)), TypeError, "visual must be float"),
+    (torch.randn(0, 37), ValueError, "visual is an empty batch"),
+])
+def test_bad_visual(model, visual, exc, match):
+    with pytest.raises(exc, match=match):
+        model(visual)
+    with pytest.raises(exc, match=match):
+        model.learner_loss(visual, torch.zeros(4, dtype=torch.long))
+
+
+def test_bad_labels(model):
+    v, y, text = make_batch(model.config, 5)
+    with pytest.raises(TypeError, match="labels must be an integer"):
+        model(v, y.float())
+    with pytest.raises(ValueError, match=r"labels must have shape \[5\]"):
+        model(v, y[:4])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 7\)"):
+        model(v, torch.tensor([0, 1, 2, 3, 7]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 7\)"):
+        model(v, torch.tensor([0, -1, 2, 3, 4]))
+    with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
+        model(v, [0, 1, 2, 3, 4])
+
+
+def test_bad_text_and_noise(model):
+    v, y, text = make_batch(model.config, 5)
+    model.set_stage(2)
+    with pytest.raises(ValueError, match="needs text"):
+        model(v, y)
+    both = r"text must have shape \[7, 21\] \(class texts, one row per class\) or \[5, 21\] \(per-sample texts"
+    with pytest.raises(ValueError, match=both + r".*got \[6, 21\]"):
+        model(v, y, torch.randn(6, 21))
+    with pytest.raises(ValueError, match=both + r".*text_kind='class' asks for the first.*got \[5, 21\]"):
+        model(v, y, torch.randn(5, 21), text_kind="class")
+    with pytest.raises(ValueError, match=both + r".*text_kind='sample' asks for the second.*got \[7, 21\]"):
+        model(v, y, torch.randn(7, 21), text_kind="sample")
+    with pytest.raises(ValueError, match=r"text must have shape \[7, 21\]"):
+        model(v, y, torch.randn(7, 20), text_kind="class")
+    with pytest.raises(ValueError, match="text_kind"):
+        model(v, y, text, text_kind="per-class")
+    with pytest.raises(ValueError, match=r"noise must have shape \[5, 48\]"):
+        model(v, noise=torch.randn(5, 47))
+
+
+def test_nan_and_inf_reported_in_check_inputs_mode(model):
+    v, y, text = make_batch(model.config, 5)
+    v[2, 3] = float("nan")
+    out = model(v)  # value checks are off by default (they cost a device sync)
+    assert torch.isnan(out).any()
+    model.check_inputs = True
+    with pytest.raises(ValueError, match="visual contains 1 NaN/Inf"):
+        model(v)
+    v2 = make_batch(model.config, 5)[0]
+    text[0, 0] = float("inf")
+    model.set_stage(2)
+    with pytest.raises(ValueError, match="text contains 1 NaN/Inf"):
+        model(v2, y, text)
+    with pytest.raises(ValueError, match="noise contains"):
+        model(v2, noise=torch.full((5, 48), float("nan")))
+
+
+def test_mismatched_devices_are_named(model):
+    meta = torch.empty(5, 37, device="meta")
+    with pytest.raises(ValueError, match="visual is on meta but the model is on cpu"):
+        model(meta)
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(model, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model.backend = "triton"
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        model(make_batch(model.config, 2)[0])
+    model.backend = "auto"
+    assert model.resolved_backend(torch.device("cpu")) == "eager"
+
+
+def test_a_loss_outside_its_stage_is_a_clear_error_in_training_mode(model):
+    """translator_loss in stage 1 (its parameters are frozen: backward would fail deep in autograd)
+    and learner_loss in stage 2 (it would move the frozen centers) name the stage and set_stage,
+    before touching the centers; in eval mode both losses can be computed and the centers stay."""
+    v, y, text = make_batch(model.config, 5)
+    model.train()
+    with pytest.raises(RuntimeError, match=r"translator_loss is the stage-2 loss but the model is in stage 1: "
+                                           r"call model.set_stage\(2\)"):
+        model.translator_loss(v, y, text)
+    model.learner_loss(v, y)
+    centers = model.centers.clone()
+    model.set_stage(2)
+    with pytest.raises(RuntimeError, match=r"learner_loss is the stage-1 loss but the model is in stage 2: "
+                                           r"call model.set_stage\(1\)"):
+        model.learner_loss(v, y)
+    assert torch.equal(model.centers, centers)
+    model.eval()
+    assert torch.isfinite(model.learner_loss(v, y)) and torch.equal(model.centers, centers)
+    model.set_stage(1)
+    assert torch.isfinite(model.translator_loss(v, y, text))
+
+
+def test_interpreter_mode_changed_after_import_is_a_clear_error(model, monkeypatch):
+    """The kernels here were decorated under TRITON_INTERPRET=1 (tests/conftest.py): clearing it now
+    is named as a mode mismatch before any launch."""
+    from seda_fast.ops.runtime import kernels
+    kernels()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model.backend = "triton"
+    with pytest.raises(RuntimeError, match=r"TRITON_INTERPRET is '0' now, but .* was decorated with "
+                                           r"TRITON_INTERPRET=1"):
+        model(make_batch(model.config, 2)[0])
+
+
+def test_interpreter_set_after_importing_seda_fast_is_a_clear_error():
+    """A fresh process without the variable imports seda_fast (which imports triton), then sets
+    TRITON_INTERPRET=1: the fused call says to set it before Python starts instead of failing in
+    Triton with an InterpreterError."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import os, torch\n"
+        "import seda_fast as sf\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "m = sf.SeDA(sf.SeDAConfig(visual_dim=5, text_dim=3, num_classes=2, dim=16, hidden=16), backend='triton')\n"
+        "try:\n"
+        "    with torch.no_grad():\n"
+        "        m(torch.randn(2, 5))\n"
+        "except RuntimeError as e:\n"
+        "    print('ERROR:', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ERROR: TRITON_INTERPRET=1 is set now, but triton's own @triton.jit library" in proc.stdout
+    assert "before Python starts" in proc.stdout and "InterpreterError" not in proc.stdout + proc.stderr

@@ -1,0 +1,65 @@
+"""`python -m seda_fast`: every command is listed and answers --help; the module entry points stay."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seda_fast.__main__ import COMMANDS, main
+
+EXPECTED = ("demo", "env", "bench", "memory", "compile-report", "cost-model", "study")
+
+
+def test_usage_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert set(COMMANDS) == set(EXPECTED)
+    for name in EXPECTED:
+        assert f"\n  {name} " in out, name
+
+
+@pytest.mark.parametrize("argv", [[name, "--help"] for name in EXPECTED] + [["bench", "report", "--help"]],
+                         ids=lambda a: " ".join(a))
+def test_each_command_answers_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    assert f"usage: python -m seda_fast {argv[0]}" in capsys.readouterr().out
+
+
+def test_cost_model_prints_its_table(capsys):
+    assert main(["cost-model"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("B=     1") and "GFLOP" in lines[0] and lines[3].startswith("B= 16384")
+    assert any("rowblock ms" in line for line in lines[4:])  # the row-block prediction table follows
+
+
+def test_module_entry_points_still_work():
+    proc = subprocess.run([sys.executable, "-m", "seda_fast.tools.bench", "report", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "--update-reference" in proc.stdout, proc.stderr
+
+
+def test_output_folder_options(tmp_path, monkeypatch):
+    """--out DIR, the default ./seda_fast_out, and --update-reference (the committed results folder
+    of a source checkout; a clear error elsewhere); --out and --update-reference exclude each other."""
+    import argparse
+
+    from seda_fast import outputs
+    parser = argparse.ArgumentParser()
+    outputs.add_arguments(parser, "the results")
+    assert outputs.out_dir(parser.parse_args([])) == outputs.DEFAULT_OUT_DIR == Path("seda_fast_out")
+    assert outputs.out_dir(parser.parse_args(["--out", str(tmp_path)])) == tmp_path
+    assert outputs.out_dir(parser.parse_args(["--update-reference"])) == outputs.REFERENCE_DIR
+    assert outputs.REFERENCE_DIR == Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    monkeypatch.setattr(outputs, "REFERENCE_DIR", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="--update-reference needs a source checkout"):
+        outputs.out_dir(parser.parse_args(["--update-reference"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", str(tmp_path), "--update-reference"])
+
+
+def test_demo_rejects_a_bad_thread_count(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--threads", "0"])
+    assert exit_.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
