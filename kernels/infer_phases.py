@@ -159,14 +159,22 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     """Tile ``BM x BN x BK`` (and warps, stages) shared by every phase of a call.
 
     * fp32 (the parity path, IEEE FMA dots): ``16 x 32 x 32``, 4 warps, 2 stages, narrowed as below.
-    * fp16/bf16, ``B <= 256`` (latency): ``BM = 16`` (the smallest ``tl.dot`` M), ``BK = 64``, and
-      ``BN`` the widest of 64/32/16 that still gives an H-wide phase >= :data:`TARGET_TILES` tiles
-      (B = 64, H = 1024: 4 row blocks x 32 column blocks of 32 = 128 tiles; B = 1: BN = 16, 64
+    * fp16/bf16, ``B <= 256`` (latency): ``BM = 16`` (the smallest ``tl.dot`` M; mma.sync), ``BK = 64``,
+      and ``BN`` the widest of 64/32/16 that still gives an H-wide phase >= :data:`TARGET_TILES`
+      tiles (B = 64, H = 1024: 4 row blocks x 32 column blocks of 32 = 128 tiles; B = 1: BN = 16, 64
       tiles; narrower than 16 is not a legal dot). More tiles at B = 1 would need split-K: not done.
-    * fp16/bf16, ``B > 256`` (throughput): ``64 x 64 x 32``, 4 warps (one warpgroup, wgmma M = 64),
-      2 stages. The issue aims at 128 x 256 TMA tiles; this first version keeps the plain-pointer
-      tile that the compile report shows spill-free for every phase body (``tests/ops/
-      test_infer_phases.py`` compiles each shipped config for sm_90a and requires zero spills).
+    * fp16/bf16, ``B > 256`` (throughput, wgmma): ``128 x 64 x 32`` with 8 warps (two warpgroups of
+      M = 64) once an H-wide phase has >= 4 tiles per SM (B >= 4224 at H = 1024), else
+      ``64 x 64 x 32`` with 4 warps, so mid-size batches still fill the SMs. 2 stages.
+
+    Against the sm_90a compile report (triton 3.7.1, default model d=512, H=1024, L=2, ptxas with
+    ``maxnreg=255``; ``tests/ops/test_infer_phases.py`` compiles every config picked here and
+    requires zero spills). Registers, worst phase kind of ``infer_phase_kernel`` / the persistent
+    kernel: bf16 16x16x64 110/210, 16x32x64 177/223, 16x64x64 135/188, 64x64x32 200/255,
+    128x64x32 (8 warps) 189/255; fp32 16x16x32 174/202, 16x32x32 212/251; no spills anywhere.
+    Rejected: 64x128x32 (4 warps) sits at the 255 cap in three phase kinds; 128x128x32 (8 warps)
+    spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel. The
+    issue's 128 x 256 TMA tiles need descriptor loads and a split epilogue: not in this version.
 
     ``BN``/``BK`` are clamped to the next power of two of the real widths (>= 16), like
     ``_heuristics.clamp_block``.
@@ -175,6 +183,8 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
         BM, BN, BK, warps, stages = 16, 32, 32, 4, 2
     elif batch <= 256:
         BM, BN, BK, warps, stages = 16, 64, 64, 4, 2
+    elif triton.cdiv(batch, 128) * triton.cdiv(H, 64) >= 4 * 132:
+        BM, BN, BK, warps, stages = 128, 64, 32, 8, 2
     else:
         BM, BN, BK, warps, stages = 64, 64, 32, 4, 2
     BN = clamp_block(BN, max(d, H))

@@ -180,7 +180,9 @@ def test_tile_picker():
     t1 = IP.pick_phase_tiles(1, 512, 1024, torch.bfloat16)
     assert (t1.BM, t1.BN) == (16, 16)
     big = IP.pick_phase_tiles(16384, 512, 1024, torch.bfloat16)
-    assert big.BM == 64 and IP.job_tiles(16384, 1024, big) >= 132 * 4
+    assert (big.BM, big.BN, big.num_warps) == (128, 64, 8) and IP.job_tiles(16384, 1024, big) >= 132 * 4
+    mid = IP.pick_phase_tiles(1024, 512, 1024, torch.bfloat16)
+    assert (mid.BM, mid.BN) == (64, 64) and IP.job_tiles(1024, 1024, mid) >= 128
 
 
 def test_persistent_refuses_a_multi_program_grid_on_the_interpreter():
@@ -230,8 +232,8 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 
 # (dtype, batch): every tile config pick_phase_tiles ships for the default model (d=512, H=1024,
 # L=2, Dv=1280, C=10): bf16/fp16 latency BN = 16 (B=1), 32 (B=64), 64 (B=256), throughput 64x64
-# (B=16384); fp32 BN = 16 (B=1), 32 (B=64).
-COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 16384),
+# (B=1024) and 128x64 (B=16384); fp32 BN = 16 (B=1), 32 (B=64).
+COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 1024), ("bfloat16", 16384),
                  ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64)]
 
 
