@@ -632,11 +632,13 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
 
     ``impl``: ``"phases"`` (one launch per phase; ``graph=True`` on CUDA replays a cached CUDA graph
     of the whole call) or ``"persistent"`` (one cooperative launch; CUDA, or the interpreter with
-    ``programs=1`` only). ``tiles`` overrides :func:`pick_phase_tiles` (tests, compile report).
+    ``programs=1`` only). ``graph=True`` is ignored off CUDA. ``tiles`` overrides :func:`pick_phase_tiles` (tests, compile report).
     Outputs are in the compute dtype (new tensors, also on graph replay).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if graph and impl != "phases":
+        raise ValueError("graph=True captures impl='phases' only (the persistent call is already one launch)")
     dims, flat = _check(visual, weights, tables, noise)
     dtype, device = visual.dtype, visual.device
     if noise is not None and noise.dtype != dtype:
