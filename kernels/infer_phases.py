@@ -59,10 +59,26 @@ Two schedulers over the same phase bodies (:func:`_phase`) and the same schedule
   raises otherwise.
 
 Tiles: :func:`pick_phase_tiles` (documented against the sm_90a compile report there).
+
+Cost of the LayerNorm fold: every COND_LN tile recomputes its rows' statistics, so each ``[BM, d]``
+block of y is read three times per column tile (two statistics passes, one normalised GEMM pass);
+the phase is one of 66 and its K is only d.
+
+Memory ordering in the persistent kernel: the barrier's release (after a ``bar.sync``, so the whole
+program's stores precede it) and its acquire poll, broadcast to the program through ``bar.sync``,
+are what make one program's stores visible to the next phase's readers; the operand loads of
+``_blocks.matmul_tile`` are not marked to bypass L1, and the epilogue loads are plain loads. This
+relies on the PTX memory model (an acquire at gpu scope orders the later weak loads of the CTA), as
+cooperative groups' grid sync does; untested on a GPU.
+
+Not in this version (issue #11 asks for them): TMA descriptors and 128 x 256 tiles at large B,
+prefetching the next phase's weight tile before the barrier, programmatic dependent launch,
+split-K for B = 1 (64 tiles per H-wide phase at most), the ``model.fused_impl`` knob and
+``"auto"``. Nothing here has run on a GPU: the CUDA-graph and cooperative paths are written, not
+executed.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
