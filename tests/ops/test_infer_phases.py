@@ -163,6 +163,23 @@ def test_bf16():
         assert_flash_rule(name + " (round-to-nearest model)", nearest[i], r_lp, r32, 8e-3)
 
 
+def test_fp16_flash_rule():
+    """fp16 (B = 33, L = 2, K = 3, start noise) on flash-attention's rule directly, interpreter
+    included (its fp32 -> fp16 casts round to nearest, unlike bf16's): atol 1e-3 as in
+    tests/test_fused_inference.py. Measured here: max error vs fp32 logits 9.2e-3, s 4.5e-3,
+    m 1.4e-2, against eager fp16's 9.2e-3, 3.4e-3, 2.1e-2."""
+    model32 = _model(2, 3)
+    model_lp = _model(2, 3, dtype=torch.float16)
+    v, xi = _inputs(model32, 33, True)
+    with torch.no_grad():
+        ref32 = reference.infer(model32, v, xi)
+        ref_lp = reference.infer(model_lp, v.half(), xi)
+        out = _call(model_lp, v.half(), xi)
+    for name, o, r_lp, r32 in zip(("logits", "s", "m"), out, ref_lp, ref32):
+        assert o.dtype == torch.float16, name
+        assert_flash_rule(name, o, r_lp, r32, 1e-3)
+
+
 def test_default_schedule_has_66_phases():
     phases = IP.build_schedule(512, 1024, 10, 1280, 2, 10, 10)
     assert len(phases) == IP.phase_count(2, 10, 10) == 66
