@@ -38,3 +38,9 @@ __all__ = ["semantic_sample", "semantic_sampler_kernel", "translator_pfin", "tra
            "denoiser_wgrad_kernel", "translator_unroll_forward", "translator_unroll_backward",
            "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel", "denoiser_x0_loss_forward",
            "denoiser_x0_loss_backward", "denoiser_x0_loss_fwd_kernel", "denoiser_x0_loss_bwd_kernel"]
+
+# Phase-schedule inference (issue #11): one GEMM over all rows per phase, two schedulers.
+from . import infer_phases as infer_phases_module  # noqa: E402
+from .infer_phases import infer_persistent_kernel, infer_phase_kernel, infer_phases  # noqa: E402
+
+__all__ += ["infer_phases", "infer_phase_kernel", "infer_persistent_kernel", "infer_phases_module"]

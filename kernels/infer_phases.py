@@ -1,0 +1,735 @@
+"""Fused inference as a fixed schedule of phases (issue #11): every phase is one GEMM over ALL rows.
+
+``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``, the same chain as the row-block kernels
+(``semantic_sampler.py`` + ``translator_pfin.py``) and the eager reference, but tiled the other way
+round: a phase computes one (or, when jobs ride together, two or three) ``[B, N]`` GEMM outputs cut
+into ``BM x BN`` tiles (row block x column block), and the tiles of a phase are spread over all
+programs, so a batch of 64 keeps ~128 programs busy instead of 4.
+
+Activations live in global ``[B, width]`` buffers in the compute dtype (fp32 for fp32 models,
+fp16/bf16 otherwise); every tile accumulates in fp32 registers and stores its ``[BM, BN]`` result
+once. There is no per-program fp32 scratch slab.
+
+Phases (jobs and their fused element-wise work; ``n`` = the output width)::
+
+    PROJ     y    = v W_v + b_v                                           n = d,  K = Dv
+    COND_LN  cond = LN(y) W_c1 + b_a1                                     n = H,  K = d
+             (the LayerNorm is folded into the prologue: each tile computes its rows' mean/rstd
+             from y, then normalises every K slice before the dot; the column-block-0 tiles also
+             write z (= m's start) and the Learner's start x = c0 z)
+    -- Learner, k = K1 .. 1 --
+    A        h0   = SiLU(x W_x + cond + e_k)                              n = H,  K = d
+    R (L-1x) h'   = h + SiLU(h W_l + b_l)          (ping-pong h buffers)  n = H,  K = H
+    O        x0   = h W_o + b_o ; x <- a_k x + b_k x0  (last step: into s)  n = d,  K = H
+    COND_T   cond = s W_c2 + b_a2 ; column-block-0 tiles: x = c0 s + c1 xi  n = H,  K = d
+    -- Translator, k = K2 .. 1 (PFIN of step k+1 rides in step k's phases) --
+    A  + P(k+1) + G(k+1)   P: sp = SiLU(m W_pm + x0 W_pu + b_p + e_{k+1})   n = H, K = 2d
+                           G: g  = sigmoid(m W_gm + x0 W_gu + b_g)          n = d, K = 2d
+    R  + D(k+1)            D: m <- m + g (sp W_pd + b_pd)   (in place)      n = d, K = H
+    R (further layers), O (+ D(k+1) when L = 1: it rides in O instead)
+    -- tail --
+    P(1) + G(1) ; D(1) ; HEAD  logits = m W_h + b_h                        n = C, K = d
+
+The Translator's x does not depend on m, so PFIN's two phases of step k+1 (they need x0_hat of step
+k+1 and the m of step k+2) run beside the first two phases of step k. Phases per call
+(:func:`phase_count`, L = layers = 1 input layer + L-1 residual, so A, R x (L-1), O = L+1 per step)::
+
+    2 + K1 (L + 1) + 1 + K2 (L + 1) + 3  =  6 + (K1 + K2)(L + 1)
+
+The default config (L = 2, K1 = K2 = 10) has **66 phases per call**: ``impl="phases"`` makes 66
+launches (one CUDA-graph replay once captured on CUDA), ``impl="persistent"`` one launch with 65
+grid barriers.
+
+Buffers (all ``[B, width]``, compute dtype): ``y``, ``z`` (= m, updated in place by D), ``x``,
+``s``, ``x0``, ``g`` (width d); ``cond``, ``h`` (two), ``sp`` (width H); ``logits`` (C). A buffer a
+phase reads whole rows of (the GEMM operand) is never written in that phase; in-place updates
+(x in O, m in D) touch only the tile's own elements.
+
+Two schedulers over the same phase bodies (:func:`_phase`) and the same schedule table
+(:func:`build_schedule`, int32 ``[n_phases, 8]`` rows, read by the kernels):
+
+* ``"phases"``: one launch of :func:`infer_phase_kernel` per phase (``KIND`` constexpr), grid =
+  that phase's tile count. Runs under the interpreter. On CUDA the whole call can be captured in
+  a CUDA graph (``graph=True``), cached per (batch, dtype, device, weight/table pointers).
+* ``"persistent"``: ONE cooperative launch of :func:`infer_persistent_kernel`; each program walks
+  the schedule, takes tiles ``pid, pid + P, ...`` of each phase, and waits at the grid barrier of
+  ``_barrier.py`` between phases. Under the interpreter programs run one after another, so a
+  spin barrier with more than one program would hang: there it runs only when the caller asks
+  for a one-program grid (``programs=1``; it then checks the barrier and the schedule walk), and
+  raises otherwise.
+
+Tiles: :func:`pick_phase_tiles` (documented against the sm_90a compile report there).
+
+Cost of the LayerNorm fold: every COND_LN tile recomputes its rows' statistics, so each ``[BM, d]``
+block of y is read three times per column tile (two statistics passes, one normalised GEMM pass);
+the phase is one of 66 and its K is only d.
+
+Memory ordering in the persistent kernel: the barrier's release (after a ``bar.sync``, so the whole
+program's stores precede it) and its acquire poll, broadcast to the program through ``bar.sync``,
+are what make one program's stores visible to the next phase's readers; the operand loads of
+``_blocks.matmul_tile`` are not marked to bypass L1, and the epilogue loads are plain loads. This
+relies on the PTX memory model (an acquire at gpu scope orders the later weak loads of the CTA), as
+cooperative groups' grid sync does; untested on a GPU.
+
+Not in this version (issue #11 asks for them): TMA descriptors and 128 x 256 tiles at large B,
+prefetching the next phase's weight tile before the barrier, programmatic dependent launch,
+split-K for B = 1 (64 tiles per H-wide phase at most), the ``model.fused_impl`` knob and
+``"auto"``. Nothing here has run on a GPU: the CUDA-graph and cooperative paths are written, not
+executed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _blocks as blk
+from ._barrier import grid_barrier
+from ._heuristics import check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
+from ._launch import launch
+
+# ----------------------------------------------------------------------------- schedule (host)
+
+KIND_PROJ, KIND_COND_LN, KIND_COND_T, KIND_A, KIND_R, KIND_O, KIND_HEAD = range(7)
+KIND_NAMES = ("PROJ", "COND_LN", "COND_T", "A", "R", "O", "HEAD")
+# schedule row: kind, stage (0 Learner, 1 Translator), krow (row k-1 of the stage's e/ddim tables),
+# layer (R: the residual layer, reading h[layer % 2]; O: L-1, so it reads the last h), main (run the
+# phase's own job), side (run the riding PFIN job(s)), side_krow (e row of the riding P), flags
+SCHED_COLS = 8
+FLAG_STORE_X0 = 1   # O: also store x0_hat (the Translator's, read by PFIN)
+FLAG_TO_S = 2       # O: write the updated x into s (the Learner's last step)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase: ``kind`` (``KIND_*``), its schedule row, and its GEMM jobs as
+    ``(name, N, K)`` (output width, reduction width; every job has B rows)."""
+    kind: int
+    row: tuple
+    jobs: tuple
+
+    @property
+    def name(self) -> str:
+        return "+".join(j[0] for j in self.jobs)
+
+
+def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: int) -> list[Phase]:
+    """The phase list of one inference call (see the module docstring); ``layers`` = L >= 1."""
+    nh = layers - 1
+    out: list[Phase] = []
+
+    def add(kind, jobs, stage=0, krow=0, layer=0, main=1, side=0, side_krow=0, flags=0):
+        out.append(Phase(kind, (kind, stage, krow, layer, main, side, side_krow, flags), tuple(jobs)))
+
+    add(KIND_PROJ, [("proj", d, Dv)])
+    add(KIND_COND_LN, [("cond_ln", H, d)])
+    for step in range(K1):
+        k = K1 - step  # DDIM step k, table row k - 1
+        add(KIND_A, [("A", H, d)], stage=0, krow=k - 1)
+        for layer in range(nh):
+            add(KIND_R, [("R", H, H)], stage=0, krow=k - 1, layer=layer)
+        add(KIND_O, [("O", d, H)], stage=0, krow=k - 1, layer=nh, flags=FLAG_TO_S if k == 1 else 0)
+    add(KIND_COND_T, [("cond_t", H, d)], stage=1)
+    pfin_pg = [("P", H, 2 * d), ("G", d, 2 * d)]
+    for step in range(K2):
+        k = K2 - step
+        ride = step > 0  # PFIN of step k + 1 rides in this step's phases
+        add(KIND_A, [("A", H, d)] + (pfin_pg if ride else []), stage=1, krow=k - 1, side=int(ride), side_krow=k)
+        for layer in range(nh):
+            d_here = ride and layer == 0
+            add(KIND_R, [("R", H, H)] + ([("D", d, H)] if d_here else []), stage=1, krow=k - 1, layer=layer,
+                side=int(d_here))
+        d_in_o = ride and nh == 0
+        add(KIND_O, [("O", d, H)] + ([("D", d, H)] if d_in_o else []), stage=1, krow=k - 1, layer=nh,
+            side=int(d_in_o), flags=FLAG_STORE_X0)
+    add(KIND_A, pfin_pg, stage=1, main=0, side=1, side_krow=0)   # P(1) + G(1)
+    add(KIND_R, [("D", d, H)], stage=1, main=0, side=1)         # D(1)
+    add(KIND_HEAD, [("head", C, d)])
+    return out
+
+
+def phase_count(layers: int, K1: int, K2: int) -> int:
+    """Phases (= launches of ``impl="phases"``) per call: ``2 + K1 (L+1) + 1 + K2 (L+1) + 3``."""
+    return 6 + (K1 + K2) * (layers + 1)
+
+
+# ----------------------------------------------------------------------------- tiles (host)
+
+
+@dataclass(frozen=True)
+class PhaseTiles:
+    BM: int
+    BN: int
+    BK: int
+    num_warps: int
+    num_stages: int
+    maxnreg: int = 255
+
+
+TARGET_TILES = 128  # tiles per H-wide phase the small-batch picker aims at (132 SMs)
+
+
+def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16) -> PhaseTiles:
+    """Tile ``BM x BN x BK`` (and warps, stages) shared by every phase of a call.
+
+    * fp32 (the parity path, IEEE FMA dots): ``16 x 32 x 32``, 4 warps, 2 stages, narrowed as below.
+    * fp16/bf16, ``B <= 256`` (latency): ``BM = 16`` (the smallest ``tl.dot`` M; mma.sync), ``BK = 64``,
+      and ``BN`` the widest of 64/32/16 that still gives an H-wide phase >= :data:`TARGET_TILES`
+      tiles (B = 64, H = 1024: 4 row blocks x 32 column blocks of 32 = 128 tiles; B = 1: BN = 16, 64
+      tiles; narrower than 16 is not a legal dot). More tiles at B = 1 would need split-K: not done.
+    * fp16/bf16, ``B > 256`` (throughput, wgmma): ``128 x 64 x 32`` with 8 warps (two warpgroups of
+      M = 64) once an H-wide phase has >= 4 tiles per SM (B >= 4224 at H = 1024), else
+      ``64 x 64 x 32`` with 4 warps, so mid-size batches still fill the SMs. 2 stages.
+
+    Against the sm_90a compile report (triton 3.7.1, default model d=512, H=1024, L=2, ptxas with
+    ``maxnreg=255``; ``tests/ops/test_infer_phases.py`` compiles every config picked here and
+    requires zero spills). Registers, worst phase kind of ``infer_phase_kernel`` / the persistent
+    kernel: bf16 16x16x64 110/210, 16x32x64 177/223, 16x64x64 135/188, 64x64x32 200/255,
+    128x64x32 (8 warps) 189/255; fp32 16x16x32 174/202, 16x32x32 212/251; no spills anywhere.
+    Rejected: 64x128x32 (4 warps) sits at the 255 cap in three phase kinds; 128x128x32 (8 warps)
+    spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel. The
+    issue's 128 x 256 TMA tiles need descriptor loads and a split epilogue: not in this version.
+
+    ``BN``/``BK`` are clamped to the next power of two of the real widths (>= 16), like
+    ``_heuristics.clamp_block``.
+    """
+    if dtype == torch.float32:
+        BM, BN, BK, warps, stages = 16, 32, 32, 4, 2
+    elif batch <= 256:
+        BM, BN, BK, warps, stages = 16, 64, 64, 4, 2
+    elif triton.cdiv(batch, 128) * triton.cdiv(H, 64) >= 4 * 132:
+        BM, BN, BK, warps, stages = 128, 64, 32, 8, 2
+    else:
+        BM, BN, BK, warps, stages = 64, 64, 32, 4, 2
+    BN = clamp_block(BN, max(d, H))
+    BK = clamp_block(BK, max(d, H))
+    if BM == 16:
+        rows = triton.cdiv(batch, BM)
+        while BN > 16 and rows * triton.cdiv(H, BN) < TARGET_TILES:
+            BN //= 2
+    return PhaseTiles(BM, BN, BK, warps, stages)
+
+
+def job_tiles(batch: int, n: int, tiles: PhaseTiles) -> int:
+    return triton.cdiv(batch, tiles.BM) * triton.cdiv(n, tiles.BN)
+
+
+def phase_tiles(phase: Phase, batch: int, tiles: PhaseTiles) -> int:
+    """Programs one launch of ``phase`` needs (sum over its jobs), as the kernel counts them."""
+    return sum(job_tiles(batch, n, tiles) for _, n, _ in phase.jobs)
+
+
+# ----------------------------------------------------------------------------- device code
+
+
+@triton.jit
+def _tile(t, N, BM: tl.constexpr, BN: tl.constexpr):
+    """Tile ``t`` of a ``[B, N]`` output -> (first row (int64), first column)."""
+    ncols = tl.cdiv(N, BN)
+    return (t // ncols).to(tl.int64) * BM, (t % ncols) * BN
+
+
+@triton.jit
+def _ln_stats(y_ptr, rows, d, eps, BM: tl.constexpr, BK: tl.constexpr):
+    """Mean and 1/std (biased variance, two passes like torch) of ``BM`` rows of ``y [*, d]``."""
+    offs_m = tl.arange(0, BM)
+    total = tl.zeros((BM,), tl.float32)
+    for k0 in range(0, d, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        mask = (offs_m[:, None] < rows) & (offs_k[None, :] < d)
+        total += tl.sum(tl.load(y_ptr + offs_m[:, None] * d + offs_k[None, :], mask=mask, other=0.0).to(tl.float32),
+                        axis=1)
+    mean = total / d
+    sq = tl.zeros((BM,), tl.float32)
+    for k0 in range(0, d, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        mask = (offs_m[:, None] < rows) & (offs_k[None, :] < d)
+        y = tl.load(y_ptr + offs_m[:, None] * d + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+        diff = tl.where(mask, y - mean[:, None], 0.0)
+        sq += tl.sum(diff * diff, axis=1)
+    return mean, 1.0 / tl.sqrt(sq / d + eps)
+
+
+@triton.jit
+def _ln_matmul_tile(acc, y_ptr, rows, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, n0, N, d,
+                    z_ptr, x_ptr, c0, write,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                    LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``acc += LN(y) W[n0:n0+BN]^T`` with the LayerNorm applied to each K slice as it is loaded;
+    when ``write`` the slices also go to ``z`` and ``x = c0 z`` (rows of this block, width d)."""
+    offs_m = tl.arange(0, BM)
+    offs_n = n0 + tl.arange(0, BN)
+    for k0 in range(0, d, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        mask = (offs_m[:, None] < rows) & (offs_k[None, :] < d)
+        y = tl.load(y_ptr + offs_m[:, None] * d + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
+        zk = (y - mean[:, None]) * rstd[:, None] * blk.load_vec(lnw_ptr, k0, d, BK)[None, :] \
+            + blk.load_vec(lnb_ptr, k0, d, BK)[None, :]
+        zk = tl.where(mask, zk, 0.0)
+        zk = zk.to(z_ptr.dtype.element_ty).to(tl.float32)  # the stored z, in the compute dtype
+        if write:
+            tl.store(z_ptr + offs_m[:, None] * d + offs_k[None, :], zk.to(z_ptr.dtype.element_ty), mask=mask)
+            tl.store(x_ptr + offs_m[:, None] * d + offs_k[None, :], (c0 * zk).to(x_ptr.dtype.element_ty), mask=mask)
+        w = tl.load(w_ptr + offs_n[None, :] * d + offs_k[:, None],
+                    mask=(offs_n[None, :] < N) & (offs_k[:, None] < d), other=0.0)
+        if LOWP:
+            acc = tl.dot(zk.to(w.dtype), w, acc)
+        else:
+            acc = tl.dot(zk, w.to(tl.float32), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
+           v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+           wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+           wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+           wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+           wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+           ln_eps, c0, c1, B, Dv, d, H, C,
+           HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+           LOWP: tl.constexpr, PREC: tl.constexpr):
+    """The tiles ``pid, pid + nprog, ...`` of one phase (schedule row at ``row_ptr``)."""
+    stage = tl.load(row_ptr + 1)
+    krow = tl.load(row_ptr + 2)
+    layer = tl.load(row_ptr + 3)
+    main = tl.load(row_ptr + 4)
+    side = tl.load(row_ptr + 5)
+    side_krow = tl.load(row_ptr + 6)
+    flags = tl.load(row_ptr + 7)
+    # the stage's denoiser weights and tables
+    if stage == 0:
+        wx, wc, bc, wh, bh, wo, bo, e_tab, dd = wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, \
+            e1_ptr, dd1_ptr
+    else:
+        wx, wc, bc, wh, bh, wo, bo, e_tab, dd = wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, \
+            e2_ptr, dd2_ptr
+    h_in = h_ptr + (layer % 2).to(tl.int64) * B * H      # A writes h[0]; layer l reads h[l%2]
+    h_out = h_ptr + ((layer + 1) % 2).to(tl.int64) * B * H
+    if KIND == 0:  # PROJ: y = v W_v + b_v
+        total = tl.cdiv(B, BM) * tl.cdiv(d, BN)
+        for t in range(pid, total, nprog):
+            r0, n0 = _tile(t, d, BM, BN)
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), v_ptr + r0 * Dv, Dv, B - r0, wv_ptr, n0, d, Dv,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bv_ptr, n0, d, BN)[None, :]
+            blk.store_tile(y_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+    elif KIND == 1:  # COND_LN: cond = LN(y) W_c1 + b_a1; column block 0 writes z and x = c0 z
+        total = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        for t in range(pid, total, nprog):
+            r0, n0 = _tile(t, H, BM, BN)
+            mean, rstd = _ln_stats(y_ptr + r0 * d, B - r0, d, ln_eps, BM, BK)
+            acc = _ln_matmul_tile(tl.zeros((BM, BN), tl.float32), y_ptr + r0 * d, B - r0, mean, rstd,
+                                  lnw_ptr, lnb_ptr, wc1_ptr, n0, H, d, z_ptr + r0 * d, x_ptr + r0 * d, c0, n0 == 0,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bc1_ptr, n0, H, BN)[None, :]
+            blk.store_tile(cond_ptr + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+    elif KIND == 2:  # COND_T: cond = s W_c2 + b_a2; column block 0 writes x = c0 s + c1 xi
+        total = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        for t in range(pid, total, nprog):
+            r0, n0 = _tile(t, H, BM, BN)
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), s_ptr + r0 * d, d, B - r0, wc2_ptr, n0, H, d,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bc2_ptr, n0, H, BN)[None, :]
+            blk.store_tile(cond_ptr + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+            if n0 == 0:
+                for j0 in range(0, d, BN):
+                    xs = c0 * blk.load_tile(s_ptr + r0 * d, d, B - r0, j0, d, BM, BN)
+                    if HAS_NOISE:
+                        xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BN)
+                    blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BN)
+    elif KIND == 3:  # A (+ P + G): h0 = SiLU(x W_x + cond + e_k); PFIN's projections of step side_krow + 1
+        n_a = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        n_p = side * tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        n_g = side * tl.cdiv(B, BM) * tl.cdiv(d, BN)
+        for t in range(pid, n_a + n_p + n_g, nprog):
+            if t < n_a:
+                r0, n0 = _tile(t, H, BM, BN)
+                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * d, d, B - r0, wx, n0, H, d,
+                                      BM, BN, BK, LOWP, PREC)
+                acc += blk.load_tile(cond_ptr + r0 * H, H, B - r0, n0, H, BM, BN)
+                acc += blk.load_vec(e_tab + krow * H, n0, H, BN)[None, :]
+                blk.store_tile(h_ptr + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+            elif t < n_a + n_p:
+                r0, n0 = _tile(t - n_a, H, BM, BN)
+                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, wpm_ptr, n0, H, d,
+                                      BM, BN, BK, LOWP, PREC)
+                acc = blk.matmul_tile(acc, x0_ptr + r0 * d, d, B - r0, wpu_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
+                acc += blk.load_vec(bp_ptr, n0, H, BN)[None, :]
+                acc += blk.load_vec(e2_ptr + side_krow * H, n0, H, BN)[None, :]
+                blk.store_tile(sp_ptr + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+            else:
+                r0, n0 = _tile(t - n_a - n_p, d, BM, BN)
+                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, wgm_ptr, n0, d, d,
+                                      BM, BN, BK, LOWP, PREC)
+                acc = blk.matmul_tile(acc, x0_ptr + r0 * d, d, B - r0, wgu_ptr, n0, d, d, BM, BN, BK, LOWP, PREC)
+                acc += blk.load_vec(bg_ptr, n0, d, BN)[None, :]
+                blk.store_tile(g_ptr + r0 * d, d, B - r0, n0, d, tl.sigmoid(acc), BM, BN)
+    elif KIND == 4 or KIND == 5:  # R (+ D) or O (+ D)
+        if KIND == 4:
+            n_main = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        else:
+            n_main = main * tl.cdiv(B, BM) * tl.cdiv(d, BN)
+        n_d = side * tl.cdiv(B, BM) * tl.cdiv(d, BN)
+        for t in range(pid, n_main + n_d, nprog):
+            if t < n_main:
+                if KIND == 4:  # h_out = h_in + SiLU(h_in W_l + b_l)
+                    r0, n0 = _tile(t, H, BM, BN)
+                    acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
+                                          wh + layer * H * H, n0, H, H, BM, BN, BK, LOWP, PREC)
+                    acc += blk.load_vec(bh + layer * H, n0, H, BN)[None, :]
+                    res = blk.load_tile(h_in + r0 * H, H, B - r0, n0, H, BM, BN) + blk.silu(acc)
+                    blk.store_tile(h_out + r0 * H, H, B - r0, n0, H, res, BM, BN)
+                else:  # x0 = h W_o + b_o ; x <- a_k x + b_k x0 (into s on the Learner's last step)
+                    r0, n0 = _tile(t, d, BM, BN)
+                    acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
+                                          wo, n0, d, H, BM, BN, BK, LOWP, PREC)
+                    x0 = acc + blk.load_vec(bo, n0, d, BN)[None, :]
+                    if (flags & 1) != 0:
+                        blk.store_tile(x0_ptr + r0 * d, d, B - r0, n0, d, x0, BM, BN)
+                    a_k = tl.load(dd + 2 * krow)
+                    b_k = tl.load(dd + 2 * krow + 1)
+                    xn = a_k * blk.load_tile(x_ptr + r0 * d, d, B - r0, n0, d, BM, BN) + b_k * x0
+                    if (flags & 2) != 0:
+                        blk.store_tile(s_ptr + r0 * d, d, B - r0, n0, d, xn, BM, BN)
+                    else:
+                        blk.store_tile(x_ptr + r0 * d, d, B - r0, n0, d, xn, BM, BN)
+            else:  # D: m <- m + g (SiLU(p) W_pd + b_pd), in place (m lives in z's buffer)
+                r0, n0 = _tile(t - n_main, d, BM, BN)
+                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), sp_ptr + r0 * H, H, B - r0, wpd_ptr, n0, d, H,
+                                      BM, BN, BK, LOWP, PREC)
+                acc += blk.load_vec(bpd_ptr, n0, d, BN)[None, :]
+                mm = blk.load_tile(z_ptr + r0 * d, d, B - r0, n0, d, BM, BN) \
+                    + blk.load_tile(g_ptr + r0 * d, d, B - r0, n0, d, BM, BN) * acc
+                blk.store_tile(z_ptr + r0 * d, d, B - r0, n0, d, mm, BM, BN)
+    else:  # HEAD: logits = m W_h + b_h
+        total = tl.cdiv(B, BM) * tl.cdiv(C, BN)
+        for t in range(pid, total, nprog):
+            r0, n0 = _tile(t, C, BM, BN)
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, whd_ptr, n0, C, d,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bhd_ptr, n0, C, BN)[None, :]
+            blk.store_tile(logits_ptr + r0 * C, C, B - r0, n0, C, acc, BM, BN)
+
+
+@triton.jit
+def infer_phase_kernel(sched_ptr, phase,
+                       v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                       wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                       wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                       wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                       wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                       ln_eps, c0, c1, B, Dv, d, H, C,
+                       KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                       BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Scheduler (b): one launch per phase, one program per tile (``KIND`` = the phase's kind)."""
+    _phase(KIND, sched_ptr + phase * 8, tl.program_id(0), tl.num_programs(0),
+           v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+           wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+           wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+           wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+           wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+           ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+
+
+@triton.jit
+def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
+                            v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr,
+                            xi_ptr, wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                            wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                            ln_eps, c0, c1, B, Dv, d, H, C,
+                            HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                            BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Scheduler (a): every program walks the whole schedule; a grid barrier after every phase but
+    the last (the host zeroes ``counter`` before the launch)."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    for p in range(n_phases):
+        row = sched_ptr + p * 8
+        kind = tl.load(row)
+        if kind == 0:
+            _phase(0, row, pid, nprog,
+                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        elif kind == 1:
+            _phase(1, row, pid, nprog,
+                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        elif kind == 2:
+            _phase(2, row, pid, nprog,
+                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        elif kind == 3:
+            _phase(3, row, pid, nprog,
+                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        elif kind == 4:
+            _phase(4, row, pid, nprog,
+                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        elif kind == 5:
+            _phase(5, row, pid, nprog,
+                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        else:
+            _phase(6, row, pid, nprog,
+                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        if p + 1 < n_phases:
+            grid_barrier(counter_ptr, (p + 1) * nprog)
+
+
+# ----------------------------------------------------------------------------- launcher
+
+PROJ_KEYS = ("visual_proj.linear.weight", "visual_proj.linear.bias", "visual_proj.norm.weight",
+             "visual_proj.norm.bias")
+DEN_KEYS = ("in_x.weight", "in_c.weight", "in_c.bias", "out.weight", "out.bias")
+PFIN_KEYS = ("pfin.p_m.weight", "pfin.p_u.weight", "pfin.p_u.bias", "pfin.down.weight", "pfin.down.bias",
+             "pfin.g_m.weight", "pfin.g_u.weight", "pfin.g_u.bias")
+HEAD_KEYS = ("head.weight", "head.bias")
+IMPLS = ("phases", "persistent")
+
+_SCHEDULES: dict = {}   # (d, H, C, Dv, L, K1, K2, device) -> int32 [n_phases, 8] schedule table
+_GRAPHS: dict = {}      # see _graph_call
+MAX_GRAPHS = 8
+
+
+def _schedule_table(phases, key, device) -> torch.Tensor:
+    table = _SCHEDULES.get(key)
+    if table is None:
+        table = torch.tensor([p.row for p in phases], dtype=torch.int32, device=device).contiguous()
+        _SCHEDULES[key] = table
+    return table
+
+
+def _check(visual, weights, tables, noise):
+    """Shapes/dtypes/devices of every input (ValueError naming the argument, before any launch);
+    returns ``(dims, weight tuple)``."""
+    check_matrix("visual", visual, None, None, batch_rows=True)
+    B, Dv = visual.shape
+    dtype, device = visual.dtype, visual.device
+    for key in PROJ_KEYS + PFIN_KEYS + HEAD_KEYS + tuple(f"{s}.{k}" for s in ("learner", "translator")
+                                                         for k in DEN_KEYS):
+        if key not in weights:
+            raise ValueError(f"weights is missing {key!r}")
+    wv, bv, lnw, lnb = (weights[k] for k in PROJ_KEYS)
+    check_matrix("visual_proj.linear.weight", wv, None, Dv, dtype, device)
+    d = wv.shape[0]
+    for name, t in zip(PROJ_KEYS[1:], (bv, lnw, lnb)):
+        check_vector(name, t, d, dtype, device)
+    wx1 = weights["learner.in_x.weight"]
+    check_matrix("learner.in_x.weight", wx1, None, d, dtype, device)
+    H = wx1.shape[0]
+    dens = []
+    for stage in ("learner", "translator"):
+        wx, wc, bc, wo, bo = (weights[f"{stage}.{k}"] for k in DEN_KEYS)
+        for name, t, r, c in (("in_x.weight", wx, H, d), ("in_c.weight", wc, H, d), ("out.weight", wo, d, H)):
+            check_matrix(f"{stage}.{name}", t, r, c, dtype, device)
+        check_vector(f"{stage}.in_c.bias", bc, H, dtype, device)
+        check_vector(f"{stage}.out.bias", bo, d, dtype, device)
+        if stage not in tables:
+            raise ValueError(f"tables is missing {stage!r}")
+        tab = tables[stage]
+        for key in ("e", "ddim", "wh", "bh"):
+            if key not in tab:
+                raise ValueError(f"tables[{stage!r}] is missing {key!r}")
+        n_hidden = check_hidden(tab["wh"], tab["bh"], H, dtype, device)
+        K = check_tables(tab["e"], tab["ddim"], H, device)
+        dens.append((wx, wc, bc, tab["wh"], tab["bh"], wo, bo, tab["e"], tab["ddim"], n_hidden, K))
+    if dens[0][9] != dens[1][9]:
+        raise ValueError(f"tables: the learner has {dens[0][9]} residual layers, the translator {dens[1][9]}")
+    pf = [weights[k] for k in PFIN_KEYS]
+    for name, t, r, c in zip(PFIN_KEYS, pf, (H, H, None, d, None, d, d, None), (d, d, None, H, None, d, d, None)):
+        if r is None:
+            check_vector(name, t, d if name in ("pfin.down.bias", "pfin.g_u.bias") else H, dtype, device)
+        else:
+            check_matrix(name, t, r, c, dtype, device)
+    whd, bhd = (weights[k] for k in HEAD_KEYS)
+    check_matrix("head.weight", whd, None, d, dtype, device)
+    C = whd.shape[0]
+    check_vector("head.bias", bhd, C, dtype, device)
+    if noise is not None:
+        check_matrix("noise", noise, B, d, None, device, batch_rows=True)
+    dims = dict(B=B, Dv=Dv, d=d, H=H, C=C, layers=dens[0][9] + 1, K1=dens[0][10], K2=dens[1][10])
+    flat = (wv, bv, lnw, lnb) + dens[0][:7] + dens[0][7:9] + dens[1][:7] + dens[1][7:9] + tuple(pf) + (whd, bhd)
+    return dims, flat
+
+
+def _weight_args(flat):
+    """Kernel argument order: wv, bv, lnw, lnb, (wx, wc, bc, wh, bh, wo, bo, e, dd) x 2, pfin x 8, head x 2.
+    An empty residual stack (L = 1) is never read: any valid pointer stands in for it."""
+    out = list(flat)
+    for base in (4, 13):
+        if out[base + 3].numel() == 0:
+            out[base + 3], out[base + 4] = out[base + 5], out[base + 6]
+    return out
+
+
+def _buffers(B, d, H, C, dtype, device):
+    e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
+    return dict(y=e(B, d), z=e(B, d), x=e(B, d), s=e(B, d), x0=e(B, d), cond=e(B, H), h=e(2, B, H), sp=e(B, H),
+                g=e(B, d), logits=e(B, C))
+
+
+def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, programs):
+    B, Dv, d, H, C = (dims[k] for k in ("B", "Dv", "d", "H", "C"))
+    lowp, prec = dot_mode(visual.dtype, visual.device)
+    has_noise = xi is not None
+    acts = (visual, bufs["y"], bufs["z"], bufs["x"], bufs["s"], bufs["x0"], bufs["cond"], bufs["h"], bufs["sp"],
+            bufs["g"], bufs["logits"], xi if has_noise else bufs["s"])
+    scalars = (float(ln_eps), float(c0), float(c1), B, Dv, d, H, C)
+    meta = dict(HAS_NOISE=has_noise, BM=tiles.BM, BN=tiles.BN, BK=tiles.BK, LOWP=lowp, PREC=prec,
+                num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.maxnreg)
+    if impl == "phases":
+        for p, phase in enumerate(phases):
+            launch(infer_phase_kernel, (phase_tiles(phase, B, tiles),), sched, p, *acts, *wargs, *scalars,
+                   KIND=phase.kind, **meta)
+        return
+    counter = bufs["counter"]
+    counter.zero_()
+    if visual.device.type == "cuda":
+        meta["launch_cooperative_grid"] = True
+    launch(infer_persistent_kernel, (programs,), sched, len(phases), counter, *acts, *wargs, *scalars, **meta)
+
+
+def persistent_programs(device: torch.device, max_tiles: int, ctas_per_sm: int = 1) -> int:
+    """Grid of the persistent launch: no more programs than tiles of the widest phase, and no more
+    than the device holds at once (``ctas_per_sm`` per SM: one is always co-resident for these
+    kernels, 4 warps x 255 registers = half an SM's register file; the cooperative launch fails
+    loudly if not)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(max_tiles, sms * ctas_per_sm))
+
+
+def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0: float, start_c1: float,
+                 noise=None, impl: str = "phases", programs: int | None = None, graph: bool = False,
+                 tiles: PhaseTiles | None = None):
+    """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
+
+    ``weights``: the model's parameters by dotted name (``visual_proj.linear.weight``,
+    ``learner.in_x.weight``, ..., ``pfin.down.bias``, ``head.weight``; the residual layers come from
+    ``tables``), all in ``visual``'s dtype and on its device. ``tables``: ``{"learner": {...},
+    "translator": {...}}`` each with ``e [K, H]`` fp32 (row k-1 = e(tau_k)), ``ddim [K, 2]`` fp32,
+    ``wh [L-1, H, H]``, ``bh [L-1, H]`` (``seda_fast.fused.prepared``'s layout). ``start_c0/c1``:
+    ``sqrt(abar_T)``, ``sqrt(1 - abar_T)``. ``noise``: the Translator's start noise ``[B, d]``
+    (``None`` = zeros), cast to the compute dtype like the reference.
+
+    ``impl``: ``"phases"`` (one launch per phase; ``graph=True`` on CUDA replays a cached CUDA graph
+    of the whole call) or ``"persistent"`` (one cooperative launch; CUDA, or the interpreter with
+    ``programs=1`` only). ``graph=True`` is ignored off CUDA. ``tiles`` overrides :func:`pick_phase_tiles` (tests, compile report).
+    Outputs are in the compute dtype (new tensors, also on graph replay).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if graph and impl != "phases":
+        raise ValueError("graph=True captures impl='phases' only (the persistent call is already one launch)")
+    dims, flat = _check(visual, weights, tables, noise)
+    dtype, device = visual.dtype, visual.device
+    if noise is not None and noise.dtype != dtype:
+        noise = noise.to(dtype)
+    B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
+    phases = build_schedule(d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"])
+    tiles = tiles or pick_phase_tiles(B, d, H, dtype)
+    if impl == "persistent":
+        widest = max(phase_tiles(p, B, tiles) for p in phases)
+        if device.type != "cuda":
+            if programs != 1:
+                raise RuntimeError(
+                    "impl='persistent' spins on a grid barrier, and under the Triton interpreter programs run one "
+                    "after another, so a grid of more than one program would hang: it needs a CUDA device. "
+                    "Pass programs=1 to run its one-program grid here (a check of the schedule walk and the "
+                    "barrier code), or use impl='phases'")
+        elif programs is None:
+            programs = persistent_programs(device, widest)
+        elif programs > persistent_programs(device, programs):
+            raise ValueError(f"programs={programs} exceeds what the device holds at once")
+    if graph and device.type == "cuda" and impl == "phases":
+        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles)
+    sched = _schedule_table(phases, (d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], device), device)
+    bufs = _buffers(B, d, H, C, dtype, device)
+    if impl == "persistent":
+        bufs["counter"] = torch.zeros(1, dtype=torch.int32, device=device)
+    _launch_all(impl, visual.contiguous(), None if noise is None else noise.contiguous(), bufs, _weight_args(flat),
+                sched, phases, dims, ln_eps, start_c0, start_c1, tiles, programs)
+    return bufs["logits"], bufs["s"], bufs["z"]
+
+
+def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles):
+    """CUDA only: the whole ``"phases"`` call captured once per (batch, dtype, device, noise or not,
+    tiles, and the address of every weight and table) and replayed. New weight/table tensors (e.g.
+    ``fused.prepared`` rebuilt after a weight change) have new addresses, so they capture a new
+    graph; in-place weight updates are read by the replay as they are. Inputs are copied into the
+    graph's static buffers and outputs cloned out of them."""
+    B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
+    dtype, device = visual.dtype, visual.device
+    key = (B, dtype, device, noise is None, tiles, ln_eps, c0, c1, tuple(t.data_ptr() for t in flat),
+           tuple(tuple(t.shape) for t in flat))
+    entry = _GRAPHS.get(key)
+    if entry is None:
+        sched = _schedule_table(phases, (d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], device),
+                                device)
+        static_v = torch.empty_like(visual)
+        static_xi = None if noise is None else torch.empty_like(noise)
+        bufs = _buffers(B, d, H, C, dtype, device)
+        wargs = _weight_args(flat)
+
+        def run():
+            _launch_all("phases", static_v, static_xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, None)
+
+        static_v.copy_(visual)
+        if static_xi is not None:
+            static_xi.copy_(noise)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            run()  # compiles every kernel outside the capture
+        torch.cuda.current_stream(device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            run()
+        if len(_GRAPHS) >= MAX_GRAPHS:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+        entry = _GRAPHS[key] = (g, static_v, static_xi, bufs, flat)  # flat: keeps the captured tensors alive
+    g, static_v, static_xi, bufs, _ = entry
+    static_v.copy_(visual)
+    if static_xi is not None:
+        static_xi.copy_(noise)
+    g.replay()
+    return bufs["logits"].clone(), bufs["s"].clone(), bufs["z"].clone()
+
+
+def clear_graphs() -> None:
+    """Drop every cached CUDA graph of :func:`infer_phases`."""
+    _GRAPHS.clear()

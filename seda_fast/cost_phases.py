@@ -1,0 +1,157 @@
+"""Predicted time of the phase-schedule fused inference (``kernels/infer_phases.py``, issue #11).
+
+Pure Python, from counts: the phase list and the tiles are the launcher's own
+(:func:`build_schedule`, :func:`pick_phase_tiles`, :func:`job_tiles`), the ceilings are
+:class:`seda_fast.cost_model.Ceilings` (H200 by default; measured or assumed as that class says).
+
+Per phase, for each of its jobs (``[B, N] = [B, K] W^T``, tiles ``BM x BN``):
+
+* FLOPs as the tiles execute them, padded rows and columns included (``B = 1`` still computes 16
+  rows), at the dtype's peak shared by the SMs that have a tile (``min(tiles, sms)``). Optimistic
+  for ``BM = 16`` tiles, whose mma.sync does not reach the wgmma peak.
+* L2 -> SM bytes per tile: its weight slice ``BN K`` and activation block ``BM K`` (PFIN's P and G
+  jobs read two operands: ``K = 2d`` counts both) plus the epilogue's ``[BM, BN]`` reads and one
+  ``[BM, BN]`` store, all in the model dtype. Time: the per-SM link (``l2_per_sm_bytes_per_s``)
+  times the waves of tiles on ``sms`` SMs (one tile per SM at a time: conservative, the phase
+  kernel's registers would let 2 fit), or the aggregate L2 bandwidth, whichever is longer.
+* HBM: each weight's first use in the call (``N K`` values; later steps find it in L2: the
+  default model's inference weights are ~15 MiB), plus, when the activation buffers do not fit in
+  L2 (:data:`L2_BYTES`, assumed), every activation byte the phase reads or writes.
+
+A phase takes the longest of its terms; the call adds them up, plus its sync cost:
+
+* ``"phases"`` (graph replay): one ``graph_boundary_s`` per phase and one ``launch_s`` for the replay;
+* ``"phases-raw"`` (no graph): one ``launch_s`` per phase (Python launches);
+* ``"persistent"``: one ``launch_s`` plus one ``barrier_s`` per phase but the last; its tiles are
+  spread over the co-resident grid (``sms`` programs), the same waves as above.
+
+No overlap between phases is assumed (a barrier or kernel boundary drains the pipeline), so the
+figure is an upper-ish estimate for the compute/L2 terms and a lower one for everything the
+model leaves out (tail effects inside a wave, mma.sync efficiency, the prologue's LayerNorm passes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import SeDAConfig
+from .cost_model import H200, Ceilings, _DTYPE_BYTES
+
+L2_BYTES = 50e6  # assumed L2 capacity that activations may stay in (H200 datasheet: 50 MB class)
+IMPLS = ("phases", "phases-raw", "persistent")
+BATCHES = (1, 64, 1024, 16384)
+
+# epilogue [BM, BN] reads per job kind (the cond/h/x/m/g tiles the fused element-wise work loads)
+_EPILOGUE_READS = {"proj": 0, "cond_ln": 0, "cond_t": 0, "A": 1, "R": 1, "O": 1, "P": 0, "G": 0, "D": 2,
+                   "head": 0}
+
+
+def _ip():
+    from . import fused
+    return fused.kernels().infer_phases_module
+
+
+@dataclass(frozen=True)
+class PhaseCost:
+    name: str
+    tiles: int
+    flops: float            # as executed (padded tiles)
+    l2_bytes: float         # L2 -> SM, all tiles
+    hbm_bytes: float
+    terms: dict             # seconds: compute, L2, HBM
+
+    @property
+    def time_s(self) -> float:
+        return max(self.terms.values())
+
+    @property
+    def bound(self) -> str:
+        return max(self.terms, key=self.terms.get)
+
+
+def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> list[PhaseCost]:
+    """Per phase of one call: tiles, FLOPs, bytes and the time of each term (see the module doc)."""
+    import torch
+    ip = _ip()
+    e = _DTYPE_BYTES[dtype]
+    d, H, C, Dv = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim
+    phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps)
+    tiles = ip.pick_phase_tiles(batch, d, H, getattr(torch, dtype))
+    BM, BN = tiles.BM, tiles.BN
+    peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
+    act_bytes = batch * (5 * d + 4 * H + C) * e   # y z x s x0 g | cond h h sp | logits
+    spill_acts = act_bytes > L2_BYTES
+    seen_weights: set = set()
+    out = []
+    for ph in phases:
+        n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
+        for name, N, K in ph.jobs:
+            t = ip.job_tiles(batch, N, tiles)
+            rows_pad = math.ceil(batch / BM) * BM
+            cols_pad = math.ceil(N / BN) * BN
+            n_tiles += t
+            flops += 2.0 * rows_pad * cols_pad * K
+            per_tile = (BN * K + BM * K + (_EPILOGUE_READS[name] + 1) * BM * BN) * e
+            l2 += t * per_tile
+            wkey = (name, ph.row[1], ph.row[3])  # job, stage, layer: the distinct weight
+            if wkey not in seen_weights:
+                seen_weights.add(wkey)
+                hbm += N * K * e
+            if spill_acts:
+                hbm += batch * (K + (_EPILOGUE_READS[name] + 1) * N) * e
+        busy = min(n_tiles, ceilings.sms)
+        waves = math.ceil(n_tiles / ceilings.sms)
+        terms = {"compute": flops / (peak * busy / ceilings.sms),
+                 "L2": max(waves * (l2 / n_tiles) / ceilings.l2_per_sm_bytes_per_s, l2 / ceilings.l2_bytes_per_s),
+                 "HBM": hbm / ceilings.copy_bytes_per_s}
+        out.append(PhaseCost(ph.name, n_tiles, flops, l2, hbm, terms))
+    return out
+
+
+@dataclass(frozen=True)
+class PhasePrediction:
+    impl: str
+    batch: int
+    time_s: float
+    terms: dict     # seconds summed over phases per bound (compute/L2/HBM) + "sync"
+    counts: dict
+
+
+def predict(cfg: SeDAConfig, batch: int, impl: str = "phases", dtype: str = "bfloat16",
+            ceilings: Ceilings = H200) -> PhasePrediction:
+    """Predicted time of one call of ``impl`` (``"phases"`` = graph replay, ``"phases-raw"``,
+    ``"persistent"``): the phases' times plus the sync cost (module doc)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    costs = phase_costs(cfg, batch, dtype, ceilings)
+    n = len(costs)
+    sync = {"phases": ceilings.launch_s + n * ceilings.graph_boundary_s,
+            "phases-raw": n * ceilings.launch_s,
+            "persistent": ceilings.launch_s + (n - 1) * ceilings.barrier_s}[impl]
+    terms = {"compute": 0.0, "L2": 0.0, "HBM": 0.0}
+    for c in costs:
+        terms[c.bound] += c.time_s
+    terms["sync"] = sync
+    counts = {"phases": n, "tiles": sum(c.tiles for c in costs), "flops": sum(c.flops for c in costs),
+              "l2_bytes": sum(c.l2_bytes for c in costs), "hbm_bytes": sum(c.hbm_bytes for c in costs)}
+    return PhasePrediction(impl, batch, sum(terms.values()), terms, counts)
+
+
+def prediction_table(cfg: SeDAConfig, batches=BATCHES, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> str:
+    """Markdown: per batch and implementation, the predicted ms and where the time goes."""
+    lines = ["Per term: the time of the phases that term bounds (their longest term), summed; sync as stated.", "",
+             "| B | impl | ms | compute-bound ms | L2-bound ms | HBM-bound ms | sync ms | phases | tiles | L2->SM MiB |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in batches:
+        for impl in IMPLS:
+            p = predict(cfg, b, impl, dtype, ceilings)
+            t = p.terms
+            lines.append(f"| {b} | {impl} | {p.time_s * 1e3:.3f} | {t['compute'] * 1e3:.3f} | {t['L2'] * 1e3:.3f} "
+                         f"| {t['HBM'] * 1e3:.3f} | {t['sync'] * 1e3:.3f} | {p.counts['phases']} "
+                         f"| {p.counts['tiles']} | {p.counts['l2_bytes'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - a quick table
+    from .presets import config
+    print(prediction_table(config("default")))

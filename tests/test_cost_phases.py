@@ -1,0 +1,59 @@
+"""Cost model of the phase-schedule inference (seda_fast/cost_phases.py): its counts come from the
+launcher's own schedule and tiles, and its predictions are finite and ordered as the sync costs say."""
+import pytest
+import torch
+
+from seda_fast import cost_model, cost_phases, fused, presets
+
+K = fused.kernels()
+IP = K.infer_phases_module
+
+
+def test_phase_count_and_flops_match_the_schedule():
+    cfg = presets.config("default")
+    assert len(cost_phases.phase_costs(cfg, 64)) == IP.phase_count(cfg.layers, 10, 10) == 66
+    # the schedule's jobs cover every matmul of the chain exactly once
+    for cfg in (presets.config("default"), presets.config("small"), presets.config("small", layers=1)):
+        phases = IP.build_schedule(cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim, cfg.layers,
+                                   cfg.learner_steps, cfg.translator_steps)
+        flops = sum(2.0 * 33 * N * Kd for p in phases for _, N, Kd in p.jobs)
+        assert flops == cost_model.inference_flops(cfg, 33)
+
+
+@pytest.mark.parametrize("batch,dtype", [(1, "float32"), (33, "float32"), (33, "bfloat16"), (300, "bfloat16")])
+def test_tiles_are_the_launchers_grids(batch, dtype):
+    """The model's tile count per phase is the grid the launcher launches (captured, not run)."""
+    cfg = presets.config("small")
+    d, H, C, Dv, L, steps = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim, cfg.layers, cfg.learner_steps
+    e = lambda *shape: torch.empty(*shape, dtype=getattr(torch, dtype))  # noqa: E731
+    weights = {"visual_proj.linear.weight": e(d, Dv), "visual_proj.linear.bias": e(d),
+               "visual_proj.norm.weight": e(d), "visual_proj.norm.bias": e(d), "pfin.p_m.weight": e(H, d),
+               "pfin.p_u.weight": e(H, d), "pfin.p_u.bias": e(H), "pfin.down.weight": e(d, H),
+               "pfin.down.bias": e(d), "pfin.g_m.weight": e(d, d), "pfin.g_u.weight": e(d, d),
+               "pfin.g_u.bias": e(d), "head.weight": e(C, d), "head.bias": e(C)}
+    tables = {}
+    for st in ("learner", "translator"):
+        weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
+                    f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
+        tables[st] = {"e": torch.empty(steps, H), "ddim": torch.empty(steps, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H)}
+    with K.capture_launches() as launches:
+        K.infer_phases(e(batch, Dv), weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9)
+    costs = cost_phases.phase_costs(cfg, batch, dtype)
+    assert [ln.grid[0] for ln in launches] == [c.tiles for c in costs]
+
+
+def test_predictions():
+    cfg = presets.config("default")
+    table = cost_phases.prediction_table(cfg)
+    assert table.count("| persistent |") == len(cost_phases.BATCHES)
+    for b in cost_phases.BATCHES:
+        p = {impl: cost_phases.predict(cfg, b, impl) for impl in cost_phases.IMPLS}
+        for pred in p.values():
+            assert 0 < pred.time_s < 1 and pred.counts["phases"] == 66
+        # a Python launch per phase costs more than a graph boundary or a barrier per phase
+        assert p["persistent"].time_s <= p["phases"].time_s < p["phases-raw"].time_s
+    small, big = cost_phases.predict(cfg, 64), cost_phases.predict(cfg, 16384)
+    assert big.time_s > small.time_s
+    assert big.time_s >= cost_model.inference_cost(cfg, 16384).floor_s  # never below the floor
+    with pytest.raises(ValueError, match="impl"):
+        cost_phases.predict(cfg, 1, "rowblock")
