@@ -63,8 +63,9 @@ sys.path.insert(0, str(ROOT))
 from seda_fast.presets import DEFAULT, TINY  # noqa: E402  (d=512, H=1024, L=2, K1=K2=10 / the smoke model)
 
 # Kernel test files whose bf16 / throughput-tile / autocast / compile-on-CUDA cases only run on a GPU.
-GPU_TEST_FILES = ("core/test_triton_inference.py", "ops/test_denoiser_x0_loss.py", "ops/test_translator_unroll.py",
-                  "ops/test_center_loss.py", "ops/test_center_update.py", "core/test_triton_training.py")
+GPU_TEST_FILES = ("core/test_triton_inference.py", "ops/test_infer_phases.py", "ops/test_denoiser_x0_loss.py",
+                  "ops/test_translator_unroll.py", "ops/test_center_loss.py", "ops/test_center_update.py",
+                  "core/test_triton_training.py")
 
 
 @dataclass
@@ -76,10 +77,11 @@ class Job:
     timeout_s: float = 120.0
 
 
-def fused_impls() -> tuple[str, ...]:
-    """The fused inference implementations the library offers (``seda_fast.fused_impls()``)."""
+def fused_impls(dry: bool) -> tuple[str, ...]:
+    """The fused inference implementations the library offers on the run's device
+    (``seda_fast.fused_impls(device)``; the dry run's CPU lacks the persistent one)."""
     import seda_fast as sf
-    return tuple(sf.fused_impls()) if hasattr(sf, "fused_impls") else ("rowblock",)
+    return tuple(sf.fused_impls("cpu" if dry else "cuda"))
 
 
 def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
     if args.child:
         return child_main(Job(**json.loads(args.child)), args)
 
-    impls = fused_impls()
+    impls = fused_impls(args.dry_run)
     jobs = plan(args.dry_run, impls)
     if args.only:
         prefixes = [p.strip() for p in args.only.split(",") if p.strip()]

@@ -1,4 +1,4 @@
-"""Fused inference as a fixed schedule of phases (issue #11): every phase is one GEMM over ALL rows.
+"""Fused inference as a fixed schedule of phases: every phase is one GEMM over ALL rows.
 
 ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``, the same chain as the row-block kernels
 (``semantic_sampler.py`` + ``translator_pfin.py``) and the eager reference, but tiled the other way
@@ -71,11 +71,10 @@ are what make one program's stores visible to the next phase's readers; the oper
 relies on the PTX memory model (an acquire at gpu scope orders the later weak loads of the CTA), as
 cooperative groups' grid sync does; untested on a GPU.
 
-Not in this version (issue #11 asks for them): TMA descriptors and 128 x 256 tiles at large B,
-prefetching the next phase's weight tile before the barrier, programmatic dependent launch,
-split-K for B = 1 (64 tiles per H-wide phase at most), the ``model.fused_impl`` knob and
-``"auto"``. Nothing here has run on a GPU: the CUDA-graph and cooperative paths are written, not
-executed.
+Not in this version (planned): TMA descriptors and 128 x 256 tiles at large B, prefetching the
+next phase's weight tile before the barrier, programmatic dependent launch, split-K for B = 1 (64
+tiles per H-wide phase at most). Nothing here has run on a GPU yet: the CUDA-graph and cooperative
+paths are written, not executed.
 """
 from __future__ import annotations
 
@@ -190,7 +189,7 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     128x64x32 (8 warps) 189/255; fp32 16x16x32 174/202, 16x32x32 212/251; no spills anywhere.
     Rejected: 64x128x32 (4 warps) sits at the 255 cap in three phase kinds; 128x128x32 (8 warps)
     spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel. The
-    issue's 128 x 256 TMA tiles need descriptor loads and a split epilogue: not in this version.
+    128 x 256 TMA tiles need descriptor loads and a split epilogue: not in this version.
 
     ``BN``/``BK`` are clamped to the next power of two of the real widths (>= 16), like
     ``_heuristics.clamp_block``.
@@ -301,11 +300,9 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
     flags = tl.load(row_ptr + 7)
     # the stage's denoiser weights and tables
     if stage == 0:
-        wx, wc, bc, wh, bh, wo, bo, e_tab, dd = wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, \
-            e1_ptr, dd1_ptr
+        wx, wh, bh, wo, bo, e_tab, dd = wx1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr
     else:
-        wx, wc, bc, wh, bh, wo, bo, e_tab, dd = wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, \
-            e2_ptr, dd2_ptr
+        wx, wh, bh, wo, bo, e_tab, dd = wx2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr
     h_in = h_ptr + (layer % 2).to(tl.int64) * B * H      # A writes h[0]; layer l reads h[l%2]
     h_out = h_ptr + ((layer + 1) % 2).to(tl.int64) * B * H
     if KIND == 0:  # PROJ: y = v W_v + b_v

@@ -16,8 +16,20 @@ from typing import Protocol
 import torch
 
 from . import reference
-from .ops import center_loss, center_update, denoiser_x0_loss, runtime, semantic_sampler, translator_pfin
-from .ops import translator_unroll
+from .ops import center_loss, center_update, denoiser_x0_loss, infer_phases, runtime, semantic_sampler
+from .ops import translator_pfin, translator_unroll
+
+# The fused inference implementations (``SeDA.fused_impl``), all over the same math:
+# "rowblock": a program owns a row block and runs a whole sampling loop (2 launches);
+# "phases": the chain as a fixed schedule of phases, one GEMM over all rows each, one launch per phase
+#   (one CUDA-graph replay per call on CUDA); "persistent": the same phases in one cooperative launch
+#   with grid barriers (CUDA only).
+FUSED_IMPLS = ("rowblock", "phases", "persistent")
+# What "auto" runs: the implementation the cost model predicts fastest at every batch size it checks
+# (B = 1, 64, 1024, 16384; tests/tools/test_cost_phases.py holds it to that), among those that have
+# no unmeasured way to hang: "persistent" spins on a grid barrier that no GPU has run yet, so it is
+# opt-in until a GPU run has measured it.
+AUTO_IMPL = "phases"
 
 
 class Backend(Protocol):
@@ -89,8 +101,8 @@ class FusedPieces(reference.EagerPieces):
 
 class TritonBackend:
     """The fused Triton kernels: CUDA, or CPU under ``TRITON_INTERPRET=1``; float32/16, bfloat16.
-    Inference is two launches (the semantic sampler, then Translator + PFIN + head) and carries no
-    autograd history; training goes through :class:`FusedPieces`."""
+    Inference runs the implementation ``model.fused_impl`` selects (:data:`FUSED_IMPLS`) and carries
+    no autograd history; training goes through :class:`FusedPieces`."""
 
     name = "triton"
     pieces = FusedPieces()
@@ -101,10 +113,28 @@ class TritonBackend:
     def require(self, device: torch.device) -> None:
         runtime.require(device)
 
+    def impls(self, device: torch.device) -> tuple[str, ...]:
+        """The fused inference implementations that can run on ``device`` ("persistent": CUDA only)."""
+        return FUSED_IMPLS if device.type == "cuda" else tuple(i for i in FUSED_IMPLS if i != "persistent")
+
+    def resolve_impl(self, model, device: torch.device) -> str:
+        """The implementation ``model.fused_impl`` selects on ``device`` ("auto": :data:`AUTO_IMPL`)."""
+        impl = AUTO_IMPL if model.fused_impl == "auto" else model.fused_impl
+        if impl not in self.impls(device):
+            raise RuntimeError(f"fused_impl={impl!r} needs a CUDA device (it spins on a grid barrier, and under "
+                               f"the Triton interpreter programs run one after another); on {device.type} use one "
+                               f"of {self.impls(device)}")
+        return impl
+
     def semantic(self, model, visual):
+        """``s`` from the Learner sampler's own launch (every implementation: the phase schedule
+        computes ``s`` only on its way to the logits)."""
         return semantic_sampler.semantic_sample(model, visual)[1]
 
     def infer(self, model, visual, noise=None):
+        impl = self.resolve_impl(model, visual.device)
+        if impl != "rowblock":
+            return infer_phases.infer_phases(model, visual, noise, impl)
         z, s = semantic_sampler.semantic_sample(model, visual)
         logits, m = translator_pfin.translator_pfin(model, s, z, noise)
         return logits, s, m
@@ -113,3 +143,9 @@ class TritonBackend:
 EAGER = EagerBackend()
 TRITON = TritonBackend()
 BACKENDS = {b.name: b for b in (EAGER, TRITON)}
+
+
+def fused_impls(device: torch.device | str | None = None) -> tuple[str, ...]:
+    """The fused inference implementations (``SeDA.fused_impl`` takes these and ``"auto"``); with a
+    ``device``, those that can run there."""
+    return FUSED_IMPLS if device is None else TRITON.impls(torch.device(device))

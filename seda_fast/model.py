@@ -15,6 +15,7 @@ from .config import SeDAConfig
 from .nvtx import nvtx_range
 
 BACKENDS = ("eager", "triton", "auto")
+FUSED_IMPLS = ("auto",) + backends.FUSED_IMPLS
 
 
 class Projector(nn.Module):
@@ -57,7 +58,8 @@ class SeDA(nn.Module):
     """SeDA classifier (SPEC.md): ``SeDA(config)(visual [B, Dv]) -> logits [B, C]``.
 
     ``backend``: ``"eager"`` (the reference), ``"triton"`` (fused kernels) or ``"auto"``; it can
-    be changed on a live model and does not change the state_dict. ``check_inputs=True`` adds the
+    be changed on a live model and does not change the state_dict. ``fused_impl`` picks the fused
+    inference implementation (:attr:`fused_impl`). ``check_inputs=True`` adds the
     NaN/Inf checks that cost a device sync. A new model is in stage 1 (see :meth:`set_stage`).
     """
 
@@ -82,6 +84,7 @@ class SeDA(nn.Module):
         self.register_buffer("centers", torch.zeros(C, d))
         self.register_buffer("centers_initialized", torch.zeros(C, dtype=torch.bool))
         self.backend = backend
+        self.fused_impl = "auto"
         self.check_inputs = bool(check_inputs)
         self.set_stage(1)
 
@@ -95,6 +98,20 @@ class SeDA(nn.Module):
         if value not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
         self._backend = value
+
+    @property
+    def fused_impl(self) -> str:
+        """Which fused inference runs on the triton backend: ``"auto"`` (the cost model's pick,
+        ``seda_fast.backends.AUTO_IMPL``), ``"rowblock"``, ``"phases"`` or ``"persistent"`` (CUDA
+        only); see :func:`seda_fast.fused_impls`. It changes neither the state_dict nor the numbers
+        beyond the dtype's rounding."""
+        return self._fused_impl
+
+    @fused_impl.setter
+    def fused_impl(self, value: str) -> None:
+        if value not in FUSED_IMPLS:
+            raise ValueError(f"fused_impl must be one of {FUSED_IMPLS}, got {value!r}")
+        self._fused_impl = value
 
     @property
     def stage(self) -> int:

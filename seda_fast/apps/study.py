@@ -289,7 +289,7 @@ def format_tables(results: dict) -> str:
         lines.append("Not measured: " + ", ".join(results["missing"]) + ".")
     if "parts" in results:
         parts = "; ".join(f"{', '.join(p['datasets'])} {p['wall_seconds']:.0f} s" for p in results["parts"])
-        lines.append(f"Ran as {len(results['parts'])} processes side by side (wall: the longest; "
+        lines.append(f"Ran as {len(results['parts'])} processes (wall: the longest; "
                      f"{results['span_seconds']:.0f} s from the first start to the last end): {parts}.")
     return "\n".join(lines)
 
@@ -487,15 +487,16 @@ def merge(folders, out: str | os.PathLike | None = None, update_reference: bool 
             sizes += entry["sizes"]
             sizes.sort(key=lambda s: s["per_class"])
             _note_pools(merged["datasets"][name])
-        merged["parts"].append({"folder": str(f), "datasets": list(part["datasets"]), "date": part["date"],
-                                "wall_seconds": part["wall_seconds"], "torch_threads": part["torch_threads"],
-                                "complete": part["complete"]})
+        merged["parts"] += part.get("parts") or [  # a part that is itself a merge brings its own parts
+            {"folder": str(f), "datasets": list(part["datasets"]), "date": part["date"],
+             "wall_seconds": part["wall_seconds"], "torch_threads": part["torch_threads"], "complete": part["complete"]}]
     order = {name: i for i, name in enumerate(DATASETS)}
     merged["datasets"] = dict(sorted(merged["datasets"].items(), key=lambda kv: order.get(kv[0], len(order))))
     merged["wall_seconds"] = max(p["wall_seconds"] for p in parts)
     starts = [_dt.datetime.fromisoformat(p["date"]).timestamp() for p in parts]
     merged["date"] = min(parts, key=lambda p: p["date"])["date"]
-    merged["span_seconds"] = max(t + p["wall_seconds"] for t, p in zip(starts, parts)) - min(starts)
+    merged["span_seconds"] = max(t + p.get("span_seconds", p["wall_seconds"]) for t, p in zip(starts, parts)) \
+        - min(starts)
     merged["missing"] = missing_sizes(merged)
     merged["complete"] = not merged["missing"]
     written = _write(merged, Path(DEFAULT_OUT if out is None else out))

@@ -35,13 +35,14 @@ class Ceilings:
     l2_bytes_per_s: float = 10e12       # L2 -> SMs, aggregate
     l2_per_sm_bytes_per_s: float = 115e9
     launch_s: float = 20e-6             # one Triton launch from Python
+    aten_op_s: float = 5e-6             # host cost of one eager aten op (dispatcher + launch)
     graph_boundary_s: float = 1.3e-6    # one kernel boundary inside a CUDA graph
     barrier_s: float = 1e-6             # one grid barrier in a persistent kernel
     sms: int = 132
     source: tuple = (("bf16_flops", "measured on the H200"), ("copy_bytes_per_s", "measured on the H200"),
-                     ("fp32_flops", "assumed (datasheet ~67 TFLOP/s)"), ("l2_bytes_per_s", "assumed"), ("l2_per_sm_bytes_per_s", "assumed"),
-                     ("launch_s", "assumed"), ("graph_boundary_s", "assumed"), ("barrier_s", "assumed"),
-                     ("sms", "H200 datasheet"))
+                     ("fp32_flops", "assumed (datasheet ~67 TFLOP/s)"), ("l2_bytes_per_s", "assumed"),
+                     ("l2_per_sm_bytes_per_s", "assumed"), ("launch_s", "assumed"), ("aten_op_s", "assumed"),
+                     ("graph_boundary_s", "assumed"), ("barrier_s", "assumed"), ("sms", "H200 datasheet"))
 
     # gpu_check micro row name -> (field, factor from the row's unit to the field's)
     _FROM_MICRO = {"gemm_bf16": ("bf16_flops", 1e12), "copy_bandwidth": ("copy_bytes_per_s", 1e12),
@@ -201,22 +202,60 @@ def prediction_table(cfg: SeDAConfig, batches=(1, 64, 1024, 16384), dtype: str =
     return "\n".join(lines)
 
 
+def comparison(cfg: SeDAConfig, batches=(1, 64, 1024, 16384), dtype: str = "bfloat16",
+               ceilings: Ceilings = H200) -> list[dict]:
+    """Per batch and implementation (the fused ones and the unfused baselines): predicted seconds
+    and the term that bounds it."""
+    from . import cost_baselines, cost_phases
+    rows = []
+    for b in batches:
+        c = inference_cost(cfg, b, dtype, ceilings)
+        rows.append({"batch": b, "impl": "floor", "time_s": c.floor_s, "bound": c.bound})
+        p = rowblock_inference(cfg, b, dtype, ceilings)
+        rows.append({"batch": b, "impl": "rowblock", "time_s": p.time_s, "bound": p.bound})
+        for impl in cost_phases.IMPLS:
+            p = cost_phases.predict(cfg, b, impl, dtype, ceilings)
+            rows.append({"batch": b, "impl": impl, "time_s": p.time_s, "bound": max(p.terms, key=p.terms.get)})
+        for impl in cost_baselines.IMPLS:
+            p = cost_baselines.predict(cfg, b, impl, dtype, ceilings)
+            rows.append({"batch": b, "impl": impl, "time_s": p.time_s, "bound": p.bound})
+    return rows
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Markdown: one row per batch, one column per implementation (predicted ms, bound)."""
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    lines = ["| B | " + " | ".join(impls) + " |", "|---:|" + "---:|" * len(impls)]
+    for b in dict.fromkeys(r["batch"] for r in rows):
+        cells = {r["impl"]: f"{r['time_s'] * 1e3:.3f} ({r['bound']})" for r in rows if r["batch"] == b}
+        lines.append(f"| {b} | " + " | ".join(cells[i] for i in impls) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    """``python -m seda_fast cost-model``: the floor and the row-block prediction at the default config."""
+    """``python -m seda_fast cost-model``: the floor, the row-block and phase-schedule predictions and
+    the unfused baselines at the default config."""
     import argparse
     parser = argparse.ArgumentParser(prog="python -m seda_fast cost-model",
-                                     description="FLOPs, bytes and time floor of one inference call, and the "
-                                                 "row-block fused inference's predicted time and bound, at the "
-                                                 "default config and the H200's ceilings")
+                                     description="FLOPs, bytes and time floor of one inference call, and every "
+                                                 "fused implementation's and baseline's predicted time and bound, "
+                                                 "at the default config and the H200's ceilings")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPE_BYTES))
     args = parser.parse_args(argv)
     from ..presets import config
+    from . import cost_phases
     cfg = config("default")
     for b in (1, 64, 1024, 16384):
         c = inference_cost(cfg, b, args.dtype)
         print(f"B={b:6d}  {c.flops / 1e9:9.2f} GFLOP  {c.bytes / 1e6:7.2f} MB  floor {c.floor_s * 1e6:8.2f} us ({c.bound})")
     print()
     print(prediction_table(cfg, dtype=args.dtype))
+    print()
+    print(cost_phases.prediction_table(cfg, dtype=args.dtype))
+    print()
+    print("Predicted ms per call (bound): phases = graph replay, phases-raw = one Python launch per phase")
+    print()
+    print(comparison_table(comparison(cfg, dtype=args.dtype)))
     return 0
 
 

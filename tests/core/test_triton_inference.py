@@ -1,4 +1,7 @@
-"""The triton backend's fused inference (row-block kernels) against the eager reference.
+"""The triton backend's fused inference against the eager reference, through the model and the
+backend: the row-block kernels (``fused_impl="rowblock"``, the default of this file's models) and,
+where marked, the phase schedule (``"phases"``; its launcher is tested in
+``tests/ops/test_infer_phases.py``).
 
 On CPU every kernel runs in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1);
 on a CUDA machine the same tests run the compiled kernels (benchmarks/gpu_check.py), bf16 included.
@@ -24,8 +27,13 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = kernels()
 
 
-def _model(dtype=torch.float32, seed=0, **overrides):
-    return make_model(seed=seed, dtype=dtype, **overrides).to(DEVICE).eval()
+IMPLS = ("rowblock", "phases")  # the implementations the interpreter runs ("persistent" needs CUDA)
+
+
+def _model(dtype=torch.float32, seed=0, impl="rowblock", **overrides):
+    model = make_model(seed=seed, dtype=dtype, **overrides).to(DEVICE).eval()
+    model.fused_impl = impl
+    return model
 
 
 def _visual(model, batch, seed=1, dtype=torch.float32):
@@ -41,10 +49,11 @@ PARITY_CASES = [  # (batch, layers, K, explicit start noise, classes)
 ]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("batch,layers,steps,noise,classes", PARITY_CASES,
                          ids=case_ids("batch,layers,steps,noise,classes", PARITY_CASES))
-def test_fp32_parity(batch, layers, steps, noise, classes):
-    model = _model(layers=layers, learner_steps=steps, translator_steps=steps, num_classes=classes)
+def test_fp32_parity(batch, layers, steps, noise, classes, impl):
+    model = _model(layers=layers, learner_steps=steps, translator_steps=steps, num_classes=classes, impl=impl)
     v = _visual(model, batch)
     xi = torch.randn(batch, model.config.dim, device=DEVICE) if noise else None
     with torch.no_grad():
@@ -152,11 +161,12 @@ def test_launch_count_vs_eager_ops():
     print(f"\nlaunches per fused inference: {launches.count}; eager aten ops: {len(eager.ops)}")
 
 
-def test_torch_compile_traces_the_triton_backend():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_torch_compile_traces_the_triton_backend(impl):
     """The fused path is a torch.library custom op, so torch.compile(fullgraph=True) traces a
     triton-backend model with no graph break and gets the same numbers."""
     torch._dynamo.reset()
-    model = _model(learner_steps=2, translator_steps=2)
+    model = _model(learner_steps=2, translator_steps=2, impl=impl)
     model.backend = "triton"
     v = _visual(model, 5)
     compiled = torch.compile(model, fullgraph=True)
@@ -165,9 +175,10 @@ def test_torch_compile_traces_the_triton_backend():
         assert torch.equal(compiled(v), expect)
 
 
-def test_table_cache_follows_weights():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_table_cache_follows_weights(impl):
     """The cached time-embedding tables are rebuilt when a weight changes in place."""
-    model = _model(learner_steps=2, translator_steps=2)
+    model = _model(learner_steps=2, translator_steps=2, impl=impl)
     v = _visual(model, 3)
     with torch.no_grad():
         TRITON.infer(model, v)
@@ -178,8 +189,9 @@ def test_table_cache_follows_weights():
         assert rel(o, r) < 1e-5
 
 
-def test_float64_model_is_rejected():
-    model = _model().double()
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float64_model_is_rejected(impl):
+    model = _model(impl=impl).double()
     with pytest.raises(TypeError, match="float32/float16/bfloat16"):
         TRITON.infer(model, _visual(model, 2).double())
 
@@ -293,3 +305,25 @@ def test_autocast_runs_the_fused_chain_in_the_autocast_dtype(amp):
     for name, o, r16, r32 in zip(("logits", "s", "m"), out, ref16, ref32):
         assert o.dtype == amp, name
         assert_flash_rule(name, o, r16, r32, 1e-3 if amp == torch.float16 else 8e-3)
+
+
+def test_fused_impl_knob():
+    """``fused_impl`` is validated, "auto" runs the cost model's pick (the phase schedule: one launch
+    per phase), "persistent" says it needs CUDA, and the knob is not in the state_dict."""
+    model = _model(layers=2, learner_steps=2, translator_steps=3, impl="auto")
+    model.backend = "triton"
+    v = _visual(model, 5)
+    with pytest.raises(ValueError, match="fused_impl must be one of"):
+        model.fused_impl = "fastest"
+    assert sf.fused_impls() == ("rowblock", "phases", "persistent")
+    with torch.no_grad(), K.count_launches() as c:
+        out = model.infer(v)
+    assert c.count == K.infer_phases_module.phase_count(2, 2, 3) and set(c.names) == {"infer_phase_kernel"}
+    for o, r in zip(out, reference.infer(model, v)):
+        assert rel(o, r) < 1e-5
+    if DEVICE.type == "cpu":
+        assert sf.fused_impls(DEVICE) == ("rowblock", "phases")
+        model.fused_impl = "persistent"
+        with pytest.raises(RuntimeError, match="needs a CUDA device"), torch.no_grad():
+            model.infer(v)
+    assert "fused_impl" not in str(list(model.state_dict()))

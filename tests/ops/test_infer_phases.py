@@ -1,4 +1,4 @@
-"""Phase-schedule fused inference (issue #11, ``kernels/infer_phases.py``) against the eager reference.
+"""Phase-schedule fused inference (``kernels/infer_phases.py``) against the eager reference.
 
 On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1): tiny odd
 widths (d = 14, H = 24, Dv = 13, none a multiple of 16), B in {1, 33}, L in {1, 3}, K in {1, 4}, so
@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/helpers.py
-from helpers import assert_flash_rule, rel  # noqa: E402
+from helpers import assert_flash_rule, assert_sm90_clean, compile_rows_in_subprocess, rel
 
-import seda_fast as sf  # noqa: E402
-from seda_fast import fused, reference, schedule  # noqa: E402
+import seda_fast as sf
+from seda_fast import reference, schedule
+from seda_fast.ops import weights as op_weights
+from seda_fast.ops.runtime import kernels
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-K = fused.kernels()
+K = kernels()
 IP = K.infer_phases_module
 
 
@@ -40,10 +41,18 @@ def _call(model, visual, noise=None, **kw):
     """The launcher on ``model``'s weights, as the fused backend would feed it."""
     cfg = model.config
     n_hidden = cfg.layers - 1
-    weights = dict(zip(fused.weight_paths(n_hidden), fused.op_args(model)[0]))
+    paths = op_weights.weight_paths(n_hidden, "semantic") + op_weights.weight_paths(n_hidden, "translator")
+    weights = dict(zip(paths, op_weights.op_args(model, "semantic")[0] + op_weights.op_args(model, "translator")[0]))
     c0, c1 = schedule.start_coefficients(cfg.diffusion_steps)
-    return K.infer_phases(visual, weights, fused.prepared(model), ln_eps=model.visual_proj.norm.eps,
+    return K.infer_phases(visual, weights, _tables(model), ln_eps=model.visual_proj.norm.eps,
                           start_c0=c0, start_c1=c1, noise=noise, **kw)
+
+
+def _tables(model):
+    """The weight-only tables the fused backend feeds the launcher (``ops.weights.prepared``)."""
+    cfg, dev = model.config, model.visual_proj.linear.weight.device
+    return {"learner": op_weights.prepared(model.learner, cfg.diffusion_steps, cfg.learner_steps, dev),
+            "translator": op_weights.prepared(model.translator, cfg.diffusion_steps, cfg.translator_steps, dev)}
 
 
 def _inputs(model, batch, noise, seed=1, dtype=torch.float32):
@@ -100,7 +109,7 @@ def _stored_bf16_model(model, v, xi, R):
     by ``R`` exactly where the kernel stores a buffer (y, z, x, cond, h, x0, sp, g, m, logits)."""
     import torch.nn.functional as F
     W, b = (lambda m: m.weight.float()), (lambda m: m.bias.float())
-    tabs, cfg, vp = fused.prepared(model), model.config, model.visual_proj
+    tabs, cfg, vp = _tables(model), model.config, model.visual_proj
     c0, c1 = schedule.start_coefficients(cfg.diffusion_steps)
     y = R(v.float() @ W(vp.linear).T + b(vp.linear))
     z = R(F.layer_norm(y, (cfg.dim,), W(vp.norm), b(vp.norm), vp.norm.eps))
@@ -166,7 +175,7 @@ def test_bf16():
 def test_fp16_flash_rule():
     """fp16 (B = 33, L = 2, K = 3, start noise) on flash-attention's rule directly, interpreter
     included (its fp32 -> fp16 casts round to nearest, unlike bf16's): atol 1e-3 as in
-    tests/test_fused_inference.py. Measured here: max error vs fp32 logits 9.2e-3, s 4.5e-3,
+    tests/core/test_triton_inference.py. Measured here: max error vs fp32 logits 9.2e-3, s 4.5e-3,
     m 1.4e-2, against eager fp16's 9.2e-3, 3.4e-3, 2.1e-2."""
     model32 = _model(2, 3)
     model_lp = _model(2, 3, dtype=torch.float16)
@@ -258,7 +267,7 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
     """Capture both schedulers' launches at the default size and compile each distinct (kernel,
     dtype, meta) for sm_90a (run without the interpreter); the persistent kernel with the
     cooperative-launch option."""
-    from seda_fast import compile_report as cr
+    from seda_fast.tools import compile_report as cr
     d, H, L, K1, C, Dv = 512, 1024, 2, 10, 10, 1280
     rows, seen = [], set()
     for dtype, B in cases:
@@ -285,14 +294,6 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
 
 
 def test_sm90_compile_zero_spills(tmp_path):
-    try:
-        import triton.backends.nvidia  # noqa: F401
-        from seda_fast import compile_report as cr
-        if not cr._tools().exists():
-            pytest.skip("no cuobjdump in the triton wheel")
-    except Exception as exc:  # pragma: no cover
-        pytest.skip(f"sm_90a compile stack unavailable: {exc}")
-    from helpers import assert_sm90_clean, compile_rows_in_subprocess
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
     assert_sm90_clean(rows, ["infer_phase_kernel", "infer_persistent_kernel"], fields=("KIND",))
     kinds = {(r["dtype"], r["batch"], r.get("KIND")) for r in rows if r["kernel"] == "infer_phase_kernel"}

@@ -41,7 +41,8 @@ def test_dry_run_end_to_end_and_report(tmp_path):
     assert micro["barrier_round_trip"]["counter_ok"]  # the barrier's code ran on a one-program grid
     assert micro["graph_boundary"]["status"] == micro["pdl"]["status"] == "skipped"
     infer = _by(doc, section="inference", status="ok")
-    assert {(r["provider"], r["batch"]) for r in infer} == {(p, b) for p in ("eager", "fused:rowblock") for b in (1, 3)}
+    assert {(r["provider"], r["batch"]) for r in infer} == {(p, b) for p in ("eager", "fused:rowblock", "fused:phases")
+                                                              for b in (1, 3)}
     for r in infer:  # fp32: every provider against the fp32 eager reference
         assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["max_abs_err_vs_fp32"] < 1e-5 and r["rel_err_logits_vs_fp32"] < 1e-5

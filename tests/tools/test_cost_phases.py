@@ -1,11 +1,13 @@
-"""Cost model of the phase-schedule inference (seda_fast/cost_phases.py): its counts come from the
+"""Cost model of the phase-schedule inference (seda_fast/tools/cost_phases.py): its counts come from the
 launcher's own schedule and tiles, and its predictions are finite and ordered as the sync costs say."""
 import pytest
 import torch
 
-from seda_fast import cost_model, cost_phases, fused, presets
+from seda_fast import presets
+from seda_fast.ops.runtime import kernels
+from seda_fast.tools import cost_model, cost_phases
 
-K = fused.kernels()
+K = kernels()
 IP = K.infer_phases_module
 
 

@@ -1,4 +1,4 @@
-"""Predicted time of the phase-schedule fused inference (``kernels/infer_phases.py``, issue #11).
+"""Predicted time of the phase-schedule fused inference (``kernels/infer_phases.py``).
 
 Pure Python, from counts: the phase list and the tiles are the launcher's own
 (:func:`build_schedule`, :func:`pick_phase_tiles`, :func:`job_tiles`), the ceilings are
@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import SeDAConfig
+from ..config import SeDAConfig
 from .cost_model import H200, Ceilings, _DTYPE_BYTES
 
 L2_BYTES = 50e6  # assumed L2 capacity that activations may stay in (H200 datasheet: 50 MB class)
@@ -47,8 +47,8 @@ _EPILOGUE_READS = {"proj": 0, "cond_ln": 0, "cond_t": 0, "A": 1, "R": 1, "O": 1,
 
 
 def _ip():
-    from . import fused
-    return fused.kernels().infer_phases_module
+    from ..ops.runtime import kernels
+    return kernels().infer_phases_module
 
 
 @dataclass(frozen=True)
@@ -153,5 +153,5 @@ def prediction_table(cfg: SeDAConfig, batches=BATCHES, dtype: str = "bfloat16", 
 
 
 if __name__ == "__main__":  # pragma: no cover - a quick table
-    from .presets import config
+    from ..presets import config
     print(prediction_table(config("default")))

@@ -1,0 +1,64 @@
+"""Custom op ``seda_fast::infer_phases`` around :func:`seda_fast.kernels.infer_phases`: the whole
+inference chain as a fixed schedule of phases (one GEMM over all rows per phase),
+``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
+
+``impl``: ``"phases"`` (one launch per phase; on CUDA the whole call is one cached CUDA-graph
+replay) or ``"persistent"`` (one cooperative launch with a grid barrier between phases; CUDA only).
+The op takes the weights as one flat list (parts ``"semantic"`` then ``"translator"`` of
+:func:`seda_fast.ops.weights.weight_paths`), so ``torch.compile`` traces a call as one opaque op.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import schedule
+from .runtime import check_dtype, compute_dtype, kernels
+from .weights import in_dtype, model_view, op_args, prepared, weight_paths
+
+IMPLS = ("phases", "persistent")
+
+
+def _capturing(device: torch.device) -> bool:
+    """Inside a caller's CUDA-graph capture the call must not capture a graph of its own."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int,
+                      K2: int, ln_eps: float, dtype: torch.dtype, impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logits, s, m)`` in ``dtype`` from the flat weight list (cast to ``dtype`` once and cached)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    weights, (visual, noise) = in_dtype(weights, [visual, noise], dtype)
+    check_dtype(weights[0].dtype)
+    paths = weight_paths(n_hidden, "semantic") + weight_paths(n_hidden, "translator")
+    n_sem = len(weight_paths(n_hidden, "semantic"))
+    learner = model_view(weights[:n_sem], n_hidden, "semantic").learner
+    translator = model_view(weights[n_sem:], n_hidden, "translator").translator
+    tables = {"learner": prepared(learner, T, K1, visual.device), "translator": prepared(translator, T, K2, visual.device)}
+    c0, c1 = schedule.start_coefficients(T)
+    graph = impl == "phases" and visual.device.type == "cuda" and not _capturing(visual.device)
+    return kernels().infer_phases(visual.contiguous(), dict(zip(paths, weights)), tables, ln_eps=ln_eps,
+                                  start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph)
+
+
+# The op; its body stays callable as ``infer_phases_impl``.
+infer_phases_op = torch.library.custom_op("seda_fast::infer_phases", infer_phases_impl, mutates_args=())
+
+
+@infer_phases_op.register_fake
+def _(visual, noise, weights, n_hidden, T, K1, K2, ln_eps, dtype, impl):
+    B, d, C = visual.shape[0], weights[0].shape[0], weights[-1].shape[0]
+    return visual.new_empty(B, C, dtype=dtype), visual.new_empty(B, d, dtype=dtype), visual.new_empty(B, d, dtype=dtype)
+
+
+def infer_phases(model, visual: Tensor, noise: Tensor | None = None, impl: str = "phases"):
+    """``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])`` for a :class:`seda_fast.SeDA`
+    ``model`` as a phase schedule (``impl`` as in :data:`IMPLS`), in the compute dtype (autocast's
+    when on, else the parameters'); no autograd history."""
+    dtype = compute_dtype(model, visual)
+    sem, n_hidden = op_args(model, "semantic")
+    tr, _ = op_args(model, "translator")
+    cfg = model.config
+    return torch.ops.seda_fast.infer_phases(visual, noise, sem + tr, n_hidden, cfg.diffusion_steps, cfg.learner_steps,
+                                            cfg.translator_steps, float(model.visual_proj.norm.eps), dtype, impl)
