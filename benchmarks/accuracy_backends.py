@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import sys
 import time
@@ -30,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from seda_fast import outputs  # noqa: E402
 from seda_fast.apps import baselines, data, demo  # noqa: E402
-from seda_fast import outputs
 from seda_fast.config import SeDAConfig  # noqa: E402
+from seda_fast.ops.runtime import interpreter_enabled  # noqa: E402
 from seda_fast.apps.trainer import Trainer, make_model  # noqa: E402
 
 SMALL = dict(dim=64, hidden=128, layers=2, learner_steps=4, translator_steps=4)
@@ -60,10 +60,10 @@ def main(argv=None) -> int:
         out = outputs.out_dir(args) / f"accuracy_backends_{device.type}.json"
     except FileNotFoundError as err:
         parser.error(str(err))
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type == "cpu" and not interpreter_enabled():
         parser.error("on CPU the fused backend runs in Triton's interpreter: set TRITON_INTERPRET=1")
     progress = not args.no_progress
-    v_tr, y_tr, v_te, y_te, _ = demo._features(demo.MODES["quick"], None, progress)
+    v_tr, y_tr, v_te, y_te, _ = demo.features(demo.MODES["quick"], None, progress)
     v_tr, y_tr = v_tr[:args.train].to(device), y_tr[:args.train].to(device)
     v_te, y_te = v_te.to(device), y_te.to(device)
     text = data.class_text_features().to(device)

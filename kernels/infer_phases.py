@@ -170,7 +170,8 @@ class PhaseTiles:
 TARGET_TILES = 128  # tiles per H-wide phase the small-batch picker aims at (132 SMs)
 
 
-def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16) -> PhaseTiles:
+def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16,
+                     impl: str = "phases") -> PhaseTiles:
     """Tile ``BM x BN x BK`` (and warps, stages) shared by every phase of a call.
 
     * fp32 (the parity path, IEEE FMA dots): ``16 x 32 x 32``, 4 warps, 2 stages, narrowed as below.
@@ -181,12 +182,17 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     * fp16/bf16, ``B > 256`` (throughput, wgmma): ``128 x 64 x 32`` with 8 warps (two warpgroups of
       M = 64) once an H-wide phase has >= 4 tiles per SM (B >= 4224 at H = 1024), else
       ``64 x 64 x 32`` with 4 warps, so mid-size batches still fill the SMs. 2 stages.
+    * ``impl="persistent"``, fp16/bf16, ``B > 256``: ``64 x 64 x 32`` with 8 warps at every such
+      batch. Its one kernel holds every phase body, and under triton 3.6.0 (the GPU image's) it
+      spills at both tiles above: 64x64x32 (4 warps) 4 stores, 128x64x32 (8 warps) 2 stores, both at
+      the 255-register cap. With 8 warps the 64x64 tile takes 223 registers and spills nothing.
 
     Against the sm_90a compile report (triton 3.7.1, default model d=512, H=1024, L=2, ptxas with
     ``maxnreg=255``; ``tests/ops/test_infer_phases.py`` compiles every config picked here and
     requires zero spills). Registers, worst phase kind of ``infer_phase_kernel`` / the persistent
     kernel: bf16 16x16x64 110/210, 16x32x64 177/223, 16x64x64 135/188, 64x64x32 200/255,
-    128x64x32 (8 warps) 189/255; fp32 16x16x32 174/202, 16x32x32 212/251; no spills anywhere.
+    128x64x32 (8 warps) 189/255; fp32 16x16x32 174/202, 16x32x32 212/251; no spills anywhere
+    (the persistent kernel at 64x64x32 with 8 warps: 223 under triton 3.6.0, no spills).
     Rejected: 64x128x32 (4 warps) sits at the 255 cap in three phase kinds; 128x128x32 (8 warps)
     spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel. The
     128 x 256 TMA tiles need descriptor loads and a split epilogue: not in this version.
@@ -198,6 +204,8 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
         BM, BN, BK, warps, stages = 16, 32, 32, 4, 2
     elif batch <= 256:
         BM, BN, BK, warps, stages = 16, 64, 64, 4, 2
+    elif impl == "persistent":
+        BM, BN, BK, warps, stages = 64, 64, 32, 8, 2
     elif triton.cdiv(batch, 128) * triton.cdiv(H, 64) >= 4 * 132:
         BM, BN, BK, warps, stages = 128, 64, 32, 8, 2
     else:
@@ -658,7 +666,7 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         noise = noise.to(dtype)
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     phases = build_schedule(d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"])
-    tiles = tiles or pick_phase_tiles(B, d, H, dtype)
+    tiles = tiles or pick_phase_tiles(B, d, H, dtype, impl)
     if impl == "persistent":
         widest = max(phase_tiles(p, B, tiles) for p in phases)
         if device.type != "cuda":

@@ -77,7 +77,7 @@ TUNING_NOTES = [
 METHODS = ("linear probe", "one-step mapping", "SeDA", "SeDA K1=K2=1", "SeDA random text")
 
 
-def _features(mode: dict, cache, progress: bool):
+def features(mode: dict, cache, progress: bool):
     """Standardised ``(v_train, y_train, v_test, y_test, info)`` from the cached extractor."""
     start = time.perf_counter()
     v_tr, y_tr, info_tr = data.visual_features("train", mode["train"], mode["image_size"], cache=cache,
@@ -132,7 +132,7 @@ def fmnist_data(quick: bool, cache, progress: bool, train: int | None = None) ->
     training images instead of the mode's (the study's pool)."""
     name = "quick" if quick else "full"
     mode = MODES[name] if train is None else {**MODES[name], "train": train}
-    v_tr, y_tr, v_te, y_te, feat_info = _features(mode, cache, progress)
+    v_tr, y_tr, v_te, y_te, feat_info = features(mode, cache, progress)
     text_start = time.perf_counter()
     class_text = data.class_text_features()
     text_seconds = time.perf_counter() - text_start

@@ -37,8 +37,10 @@ from ..ops.runtime import interpreter_enabled, kernels  # noqa: E402
 from ..presets import DEFAULT as DEFAULT_MODEL, SMALL as SMALL_MODEL  # noqa: E402
 
 # (name, model kwargs, dtype, batch, step): every block config kernels/_heuristics.pick_blocks ships
-# (fp16/bf16 latency and throughput, fp32) on the default model, and the small test model, for
-# inference; the training step's kernels at the two training batches (256, 4096) and in fp32.
+# (fp16/bf16 latency and throughput, fp32) on the default model, and the small test model, for the
+# row-block inference ("inference"); the training step's kernels at the two training batches (256,
+# 4096) and in fp32; the phase-schedule inference ("inference-phases") at both bf16 regimes and fp32
+# (tests/ops/test_infer_phases.py compiles every tile it ships, the persistent kernel included).
 SHIPPED = [
     ("default", DEFAULT_MODEL, "bfloat16", 64, "inference"),
     ("default", DEFAULT_MODEL, "bfloat16", 16384, "inference"),
@@ -51,6 +53,9 @@ SHIPPED = [
     ("default", DEFAULT_MODEL, "bfloat16", 256, "training"),
     ("default", DEFAULT_MODEL, "bfloat16", 4096, "training"),
     ("default", DEFAULT_MODEL, "float32", 256, "training"),
+    ("default", DEFAULT_MODEL, "bfloat16", 64, "inference-phases"),
+    ("default", DEFAULT_MODEL, "bfloat16", 16384, "inference-phases"),
+    ("default", DEFAULT_MODEL, "float32", 64, "inference-phases"),
 ]
 # The subset CI compiles: every block config of the default model in bf16/fp32 and the small one.
 QUICK = [SHIPPED[0], SHIPPED[1], SHIPPED[4], SHIPPED[5], SHIPPED[8]]
@@ -72,8 +77,9 @@ def capture(model_kwargs: dict, dtype: str, batch: int, step: str = "inference")
     from ..model import SeDA
     torch.manual_seed(0)
     k = kernels()
-    if step == "inference":
+    if step in ("inference", "inference-phases"):
         model = SeDA(SeDAConfig(**model_kwargs)).to(getattr(torch, dtype)).eval()
+        model.fused_impl = "rowblock" if step == "inference" else "phases"
         visual = torch.empty(batch, model.config.visual_dim, dtype=getattr(torch, dtype))
         with torch.no_grad(), k.capture_launches() as launches:
             TRITON.infer(model, visual, None)

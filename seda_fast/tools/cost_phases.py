@@ -69,14 +69,16 @@ class PhaseCost:
         return max(self.terms, key=self.terms.get)
 
 
-def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> list[PhaseCost]:
-    """Per phase of one call: tiles, FLOPs, bytes and the time of each term (see the module doc)."""
+def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
+                impl: str = "phases") -> list[PhaseCost]:
+    """Per phase of one call: tiles (``impl``'s, :func:`pick_phase_tiles`), FLOPs, bytes and the
+    time of each term (see the module doc)."""
     import torch
     ip = _ip()
     e = _DTYPE_BYTES[dtype]
     d, H, C, Dv = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim
     phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps)
-    tiles = ip.pick_phase_tiles(batch, d, H, getattr(torch, dtype))
+    tiles = ip.pick_phase_tiles(batch, d, H, getattr(torch, dtype), "persistent" if impl == "persistent" else "phases")
     BM, BN = tiles.BM, tiles.BN
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     act_bytes = batch * (5 * d + 4 * H + C) * e   # y z x s x0 g | cond h h sp | logits
@@ -123,7 +125,7 @@ def predict(cfg: SeDAConfig, batch: int, impl: str = "phases", dtype: str = "bfl
     ``"persistent"``): the phases' times plus the sync cost (module doc)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    costs = phase_costs(cfg, batch, dtype, ceilings)
+    costs = phase_costs(cfg, batch, dtype, ceilings, impl)
     n = len(costs)
     sync = {"phases": ceilings.launch_s + n * ceilings.graph_boundary_s,
             "phases-raw": n * ceilings.launch_s,

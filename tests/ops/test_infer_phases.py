@@ -209,6 +209,9 @@ def test_tile_picker():
     assert (big.BM, big.BN, big.num_warps) == (128, 64, 8) and IP.job_tiles(16384, 1024, big) >= 132 * 4
     mid = IP.pick_phase_tiles(1024, 512, 1024, torch.bfloat16)
     assert (mid.BM, mid.BN) == (64, 64) and IP.job_tiles(1024, 1024, mid) >= 128
+    for batch in (1024, 16384):  # the persistent kernel's own throughput tile (no spills under triton 3.6.0)
+        assert IP.pick_phase_tiles(batch, 512, 1024, torch.bfloat16, "persistent") == IP.PhaseTiles(64, 64, 32, 8, 2)
+    assert IP.pick_phase_tiles(64, 512, 1024, torch.bfloat16, "persistent") == t64
 
 
 def test_persistent_refuses_a_multi_program_grid_on_the_interpreter():
@@ -284,12 +287,12 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
                         f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
             tables[st] = {"e": torch.empty(K1, H), "ddim": torch.empty(K1, 2), "wh": e(L - 1, H, H),
                           "bh": e(L - 1, H)}
-        with K.capture_launches() as launches:
-            for impl in ("phases", "persistent"):
+        for impl in ("phases", "persistent"):
+            with K.capture_launches() as launches:
                 K.infer_phases(e(B, Dv), weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9,
                                noise=e(B, d), impl=impl, programs=1)
-        rows += [dict(r, tiles=IP.pick_phase_tiles(B, d, H, dt).__dict__)
-                 for r in cr.compile_unique(launches, dtype, seen, batch=B)]
+            rows += [dict(r, tiles=IP.pick_phase_tiles(B, d, H, dt, impl).__dict__)
+                     for r in cr.compile_unique(launches, dtype, seen, batch=B)]
     return rows
 
 

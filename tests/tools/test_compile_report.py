@@ -25,11 +25,16 @@ TRAINING_KERNELS = ("class_sums_kernel", "ema_update_kernel", "denoiser_x0_loss_
                     "semantic_sampler_kernel", "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel")
 
 
+KERNELS = {"inference": INFERENCE_KERNELS, "training": TRAINING_KERNELS, "inference-phases": ("infer_phase_kernel",)}
+
+
 def test_every_shipped_kernel_compiled(rows):
     seen = {(r["config"], r["dtype"], r["batch"], r["step"], r["kernel"]) for r in rows}
     for name, _, dtype, batch, step in cr.SHIPPED:
-        for kernel in INFERENCE_KERNELS if step == "inference" else TRAINING_KERNELS:
+        for kernel in KERNELS[step]:
             assert (name, dtype, batch, step, kernel) in seen, (name, dtype, batch, step, kernel)
+    phase_kinds = {(r["dtype"], r["batch"], r.get("KIND")) for r in rows if r["step"] == "inference-phases"}
+    assert len(phase_kinds) == 3 * 7  # every phase kind of the schedule, per shipped phase config
 
 
 def test_no_spills_and_shared_memory_fits(rows):
