@@ -86,7 +86,7 @@ import triton.language as tl
 
 from . import _blocks as blk
 from ._barrier import grid_barrier
-from ._heuristics import check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
+from ._heuristics import Blocks, check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
 from ._launch import launch
 
 # ----------------------------------------------------------------------------- schedule (host)
@@ -157,14 +157,7 @@ def phase_count(layers: int, K1: int, K2: int) -> int:
 # ----------------------------------------------------------------------------- tiles (host)
 
 
-@dataclass(frozen=True)
-class PhaseTiles:
-    BM: int
-    BN: int
-    BK: int
-    num_warps: int
-    num_stages: int
-    maxnreg: int = 255
+PhaseTiles = Blocks  # a call's tiles: the same fields as the row-block kernels' (BM, BN, BK, warps, stages)
 
 
 TARGET_TILES = 128  # tiles per H-wide phase the small-batch picker aims at (132 SMs)
@@ -456,62 +449,15 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
     for p in range(n_phases):
         row = sched_ptr + p * 8
         kind = tl.load(row)
-        if kind == 0:
-            _phase(0, row, pid, nprog,
-                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
-                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
-                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
-                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
-                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
-        elif kind == 1:
-            _phase(1, row, pid, nprog,
-                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
-                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
-                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
-                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
-                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
-        elif kind == 2:
-            _phase(2, row, pid, nprog,
-                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
-                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
-                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
-                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
-                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
-        elif kind == 3:
-            _phase(3, row, pid, nprog,
-                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
-                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
-                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
-                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
-                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
-        elif kind == 4:
-            _phase(4, row, pid, nprog,
-                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
-                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
-                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
-                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
-                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
-        elif kind == 5:
-            _phase(5, row, pid, nprog,
-                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
-                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
-                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
-                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
-                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
-        else:
-            _phase(6, row, pid, nprog,
-                   v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
-                   wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
-                   wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
-                   wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
-                   wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                   ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+        for KIND in tl.static_range(7):  # one call site, unrolled: each copy gets its kind as a constant
+            if kind == KIND:
+                _phase(KIND, row, pid, nprog,
+                       v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
+                       wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
+                       wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
+                       wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
+                       wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                       ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
         if p + 1 < n_phases:
             grid_barrier(counter_ptr, (p + 1) * nprog)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import SeDAConfig
-from .cost_model import H200, Ceilings, _DTYPE_BYTES
+from .cost_model import H200, Ceilings, Prediction, _DTYPE_BYTES
 
 IMPLS = ("eager", "cuda_graph", "torch_compile")
 _MATMULS = ("mm", "addmm")
@@ -83,22 +83,12 @@ def aten_ops(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", tables: bool 
     return ops
 
 
-@dataclass(frozen=True)
-class BaselinePrediction:
-    impl: str
-    batch: int
-    time_s: float
-    bound: str
-    terms: dict
-    counts: dict
-
-
 def _kernel_s(flops: float, nbytes: float, peak: float, ceilings: Ceilings) -> float:
     return max(flops / peak, nbytes / ceilings.copy_bytes_per_s)
 
 
 def predict(cfg: SeDAConfig, batch: int, impl: str = "eager", dtype: str = "bfloat16",
-            ceilings: Ceilings = H200) -> BaselinePrediction:
+            ceilings: Ceilings = H200) -> Prediction:
     """Predicted time of one call of ``impl`` (:data:`IMPLS`), its bound and the counts behind it."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -127,4 +117,4 @@ def predict(cfg: SeDAConfig, batch: int, impl: str = "eager", dtype: str = "bflo
         time_s = terms["GPU"] + terms["sync"]
     counts = {"aten_ops": len(ops), "kernels": n_kernels, "flops": sum(o.flops for o in kernels),
               "bytes": sum(o.bytes for o in kernels)}
-    return BaselinePrediction(impl, batch, time_s, bound, terms, counts)
+    return Prediction(impl, batch, time_s, bound, terms, counts)
