@@ -25,10 +25,10 @@ from .ops import translator_pfin, translator_unroll
 #   (one CUDA-graph replay per call on CUDA); "persistent": the same phases in one cooperative launch
 #   with grid barriers (CUDA only).
 FUSED_IMPLS = ("rowblock", "phases", "persistent")
-# What "auto" runs: the implementation the cost model predicts fastest at every batch size it checks
-# (B = 1, 64, 1024, 16384; tests/tools/test_cost_phases.py holds it to that), among those that have
-# no unmeasured way to hang: "persistent" spins on a grid barrier that no GPU has run yet, so it is
-# opt-in until a GPU run has measured it.
+# What "auto" runs: the implementation the cost model predicts fastest (or within 5 %) at every batch
+# size it checks (B = 1, 64, 1024, 16384, in bf16, fp16 and fp32; tests/tools/test_cost_baselines.py
+# holds it to that), among those with no unmeasured way to hang: "persistent" spins on a grid
+# barrier that no GPU has run yet, so it is opt-in until a GPU run has measured it.
 AUTO_IMPL = "phases"
 
 
