@@ -104,8 +104,8 @@ class SeDA(nn.Module):
         """Which fused inference runs on the triton backend: ``"auto"`` (the cost model's pick,
         ``seda_fast.backends.AUTO_IMPL``), ``"rowblock"``, ``"phases"`` or ``"persistent"`` (CUDA
         only); see :func:`seda_fast.fused_impls`. It changes neither the state_dict nor the numbers
-        beyond the dtype's rounding."""
-        return self._fused_impl
+        beyond the dtype's rounding. (A whole model pickled before the knob existed reads "auto".)"""
+        return getattr(self, "_fused_impl", "auto")
 
     @fused_impl.setter
     def fused_impl(self, value: str) -> None:

@@ -327,3 +327,5 @@ def test_fused_impl_knob():
         with pytest.raises(RuntimeError, match="needs a CUDA device"), torch.no_grad():
             model.infer(v)
     assert "fused_impl" not in str(list(model.state_dict()))
+    del model._fused_impl  # a whole model pickled before the knob existed
+    assert model.fused_impl == "auto"
