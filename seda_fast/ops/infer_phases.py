@@ -16,9 +16,6 @@ from .. import schedule
 from .runtime import check_dtype, compute_dtype, kernels
 from .weights import in_dtype, model_view, op_args, prepared, weight_paths
 
-IMPLS = ("phases", "persistent")
-
-
 def _capturing(device: torch.device) -> bool:
     """Inside a caller's CUDA-graph capture the call must not capture a graph of its own."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -27,12 +24,11 @@ def _capturing(device: torch.device) -> bool:
 def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int,
                       K2: int, ln_eps: float, dtype: torch.dtype, impl: str) -> tuple[Tensor, Tensor, Tensor]:
     """``(logits, s, m)`` in ``dtype`` from the flat weight list (cast to ``dtype`` once and cached)."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     weights, (visual, noise) = in_dtype(weights, [visual, noise], dtype)
     check_dtype(weights[0].dtype)
-    paths = weight_paths(n_hidden, "semantic") + weight_paths(n_hidden, "translator")
-    n_sem = len(weight_paths(n_hidden, "semantic"))
+    sem_paths = weight_paths(n_hidden, "semantic")
+    paths = sem_paths + weight_paths(n_hidden, "translator")
+    n_sem = len(sem_paths)
     learner = model_view(weights[:n_sem], n_hidden, "semantic").learner
     translator = model_view(weights[n_sem:], n_hidden, "translator").translator
     tables = {"learner": prepared(learner, T, K1, visual.device), "translator": prepared(translator, T, K2, visual.device)}
@@ -54,8 +50,8 @@ def _(visual, noise, weights, n_hidden, T, K1, K2, ln_eps, dtype, impl):
 
 def infer_phases(model, visual: Tensor, noise: Tensor | None = None, impl: str = "phases"):
     """``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])`` for a :class:`seda_fast.SeDA`
-    ``model`` as a phase schedule (``impl`` as in :data:`IMPLS`), in the compute dtype (autocast's
-    when on, else the parameters'); no autograd history."""
+    ``model`` as a phase schedule (``impl``: ``"phases"`` or ``"persistent"``, checked by the
+    launcher), in the compute dtype (autocast's when on, else the parameters'); no autograd history."""
     dtype = compute_dtype(model, visual)
     sem, n_hidden = op_args(model, "semantic")
     tr, _ = op_args(model, "translator")

@@ -9,6 +9,7 @@ from), the autocast copies of the weights, and the flat weight list the custom o
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import torch
@@ -86,9 +87,11 @@ _PFIN = ("p_m.weight", "p_u.weight", "p_u.bias", "down.weight", "down.bias", "g_
 PARTS = {"semantic": ("visual_proj", "learner"), "translator": ("translator", "pfin", "head")}
 
 
-def weight_paths(n_hidden: int, part: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def weight_paths(n_hidden: int, part: str) -> tuple[str, ...]:
     """Dotted parameter names one fused inference op reads, in its argument order: ``part`` is
-    ``"semantic"`` (projector + Learner) or ``"translator"`` (Translator + PFIN + head)."""
+    ``"semantic"`` (projector + Learner) or ``"translator"`` (Translator + PFIN + head). Cached:
+    every fused inference call reads them."""
     paths = []
     for name in PARTS[part]:
         if name == "visual_proj":
@@ -100,7 +103,7 @@ def weight_paths(n_hidden: int, part: str) -> list[str]:
         else:
             paths += [f"{name}.{p}" for p in _DEN]
             paths += [f"{name}.hidden.{i}.{p}" for i in range(n_hidden) for p in ("weight", "bias")]
-    return paths
+    return tuple(paths)
 
 
 def _get(module, path: str):
