@@ -23,7 +23,8 @@ Jobs, in order of value:
    ceilings in the report.
 3. Inference, bf16, B = 64 and 16384: ``eager`` (the eager backend as users run it) with
    ``cuda_graph`` (a CUDA graph of the eager loop, tables precomputed), each fused
-   implementation (``fused:<impl>``), and ``torch_compile`` (``max-autotune`` with the compile
+   implementation (``fused:<impl>``; ``fused:phases-raw`` one launch per phase without the CUDA
+   graph, ``fused:phases-nopdl`` the graph without programmatic dependent launch), and ``torch_compile`` (``max-autotune`` with the compile
    budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
    otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
@@ -58,6 +59,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ROW_PREFIX = "@@row "
 HANG_ENV = "SEDA_GPU_CHECK_HANG"
 GRACE_S = 60.0  # how far past the budget a job already started may run
+# extra providers timed beside "fused:phases" on CUDA: "raw" = one launch per phase (no CUDA graph),
+# "nopdl" = the graph replay without programmatic dependent launch
+PHASE_VARIANTS = {"phases": ("raw", "nopdl")}
 
 sys.path.insert(0, str(ROOT))
 from seda_fast.presets import DEFAULT, TINY  # noqa: E402  (d=512, H=1024, L=2, K1=K2=10 / the smoke model)
@@ -99,7 +103,8 @@ def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
         common = dict(dtype=dtype, batches=list(batches))
         jobs.append(Job(f"infer-eager-{tag}", "infer", dict(common, providers=["eager", "cuda_graph"]), 180))
         for impl in impls:
-            jobs.append(Job(f"infer-fused-{impl}-{tag}", "infer", dict(common, providers=[f"fused:{impl}"]), 180))
+            providers = [f"fused:{impl}"] + [f"fused:{impl}-{v}" for v in (() if dry else PHASE_VARIANTS.get(impl, ()))]
+            jobs.append(Job(f"infer-fused-{impl}-{tag}", "infer", dict(common, providers=providers), 180))
         jobs.append(Job(f"infer-compile-{tag}", "infer", dict(common, providers=["torch_compile"]), 300))
     for provider in ("eager", "fused", "torch_compile"):
         jobs.append(Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
@@ -345,6 +350,19 @@ def _model(dtype, device, cfg):
     return sf.SeDA(sf.SeDAConfig(**cfg)).to(device=device, dtype=dtype).eval()
 
 
+def _fused_call(model, v, variant: str):
+    """``model.infer(v)`` launched as ``variant`` says (see :data:`PHASE_VARIANTS`; "" = the default)."""
+    if not variant:
+        return lambda: model.infer(v)
+    from seda_fast.ops.infer_phases import launch_options
+    options = {"raw": dict(graph=False), "nopdl": dict(pdl=False)}[variant]
+
+    def call():
+        with launch_options(**options):
+            return model.infer(v)
+    return call
+
+
 def child_infer(job, args, device) -> None:
     import torch
 
@@ -395,11 +413,11 @@ def child_infer(job, args, device) -> None:
                     row.update(compile_mode=compile_mode, compile_s=round(time.perf_counter() - c0, 1))
                     fn = lambda: compiled(model, v, tables=tables)  # noqa: E731
                 elif provider.startswith("fused:"):
-                    impl = provider.split(":", 1)[1]
+                    impl, _, variant = provider.split(":", 1)[1].partition("-")
                     if hasattr(model, "fused_impl"):
                         model.fused_impl = impl
                     model.backend = "triton"
-                    fn = lambda: model.infer(v)  # noqa: E731
+                    fn = _fused_call(model, v, variant)
                 else:
                     raise ValueError(f"unknown provider {provider!r}")
                 out = fn()

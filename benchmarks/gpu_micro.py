@@ -14,7 +14,8 @@ the interpreter, so the code cannot rot; those figures are never device claims.
 * :func:`barrier_round_trip` - one grid barrier (:func:`seda_fast.kernels._barrier.grid_barrier`)
   in a cooperative launch with one program per SM;
 * :func:`pdl` - whether programmatic dependent launch (``launch_pdl=True`` + ``gdc_wait``) runs and
-  gives the right answer, and the per-kernel time of a dependent chain with and without it.
+  gives the right answer, and the per-kernel time of a dependent chain with and without it;
+* :func:`pdl_graph_boundary` - the kernel boundary inside a CUDA graph with and without it.
 """
 from __future__ import annotations
 
@@ -193,6 +194,34 @@ def pdl(device: torch.device, dry: bool) -> dict:
     return out
 
 
+def pdl_graph_boundary(device: torch.device, dry: bool) -> dict:
+    """One kernel boundary inside a CUDA graph when every kernel is a programmatic dependent launch
+    (the fused ``"phases"`` inference on Hopper): a 100-kernel chain of ``_pdl_step_kernel``
+    against a 1-kernel one, captured with and without ``launch_pdl``."""
+    if device.type != "cuda":
+        return {"skipped": "CUDA graphs need a CUDA device"}
+    from seda_fast.tools import bench
+    n, block = 1 << 12, 1024
+    bufs = [torch.zeros(n, device=device), torch.zeros(n, device=device)]
+
+    def chain(k, use_pdl):
+        def fn():
+            for i in range(k):
+                _pdl_step_kernel[(n // block,)](bufs[i % 2], bufs[(i + 1) % 2], n, BLOCK=block, USE_GDC=use_pdl,
+                                                launch_pdl=use_pdl)
+        return bench.cuda_graph(fn)
+    out = {"unit": "us per kernel boundary in a CUDA graph, programmatic dependent launch"}
+    for use_pdl, key in ((False, "without_pdl_us"), (True, "with_pdl_us")):
+        try:
+            t_long = _events_ms(chain(100, use_pdl), 5, 50, True)
+            t_short = _events_ms(chain(1, use_pdl), 5, 50, True)
+            out[key] = (t_long - t_short) / 99 * 1e3
+        except Exception as exc:  # capture of programmatic launches unsupported here: record why
+            out[f"error_{key}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    out["value"] = out.get("with_pdl_us")
+    return out
+
+
 def compile_check(arch: int = 90) -> list[dict]:
     """Compile the Triton microbenchmark kernels for ``sm_{arch}a`` without a GPU (as the compile
     report does for the library's kernels): registers, spills and the instructions each must
@@ -241,4 +270,4 @@ CEILINGS = {  # name -> function; the order the GPU run measures them in
     "launch_cost": launch_cost,
     "graph_boundary": graph_boundary,
 }
-SYNC = {"barrier_round_trip": barrier_round_trip, "pdl": pdl}  # may hang or fail: a child process of their own
+SYNC = {"barrier_round_trip": barrier_round_trip, "pdl": pdl, "pdl_graph_boundary": pdl_graph_boundary}  # may hang or fail: a child process of their own

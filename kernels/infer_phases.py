@@ -50,7 +50,11 @@ Two schedulers over the same phase bodies (:func:`_phase`) and the same schedule
 
 * ``"phases"``: one launch of :func:`infer_phase_kernel` per phase (``KIND`` constexpr), grid =
   that phase's tile count. Runs under the interpreter. On CUDA the whole call can be captured in
-  a CUDA graph (``graph=True``), cached per (batch, dtype, device, weight/table pointers).
+  a CUDA graph (``graph=True``), cached per (batch, dtype, device, weight/table pointers). On
+  Hopper the launches use programmatic dependent launch (``pdl``): each phase starts with
+  ``griddepcontrol.wait`` (the previous phase's grid has finished and its stores are visible) and
+  then releases the next launch, whose programs get scheduled while this phase runs. Phase p + 2
+  reading phase p's output is safe too: phase p + 1 cannot finish before its own wait on p returned.
 * ``"persistent"``: ONE cooperative launch of :func:`infer_persistent_kernel`; each program walks
   the schedule, takes tiles ``pid, pid + P, ...`` of each phase, and waits at the grid barrier of
   ``_barrier.py`` between phases. Under the interpreter programs run one after another, so a
@@ -72,12 +76,13 @@ relies on the PTX memory model (an acquire at gpu scope orders the later weak lo
 cooperative groups' grid sync does; untested on a GPU.
 
 Not in this version (planned): TMA descriptors and 128 x 256 tiles at large B, prefetching the
-next phase's weight tile before the barrier, programmatic dependent launch, split-K for B = 1 (64
-tiles per H-wide phase at most). Nothing here has run on a GPU yet: the CUDA-graph and cooperative
-paths are written, not executed.
+next phase's weight tile before the barrier, split-K for B = 1 (64 tiles per H-wide phase at most).
+Nothing here has run on a GPU yet: the CUDA-graph, programmatic-launch and cooperative paths are
+written and compiled for sm_90a, not executed.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -421,8 +426,14 @@ def infer_phase_kernel(sched_ptr, phase,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
                        ln_eps, c0, c1, B, Dv, d, H, C,
                        KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
-    """Scheduler (b): one launch per phase, one program per tile (``KIND`` = the phase's kind)."""
+                       BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr = False):
+    """Scheduler (b): one launch per phase, one program per tile (``KIND`` = the phase's kind).
+    ``PDL`` (launched with ``launch_pdl=True``): wait for the previous launch's grid (its stores are
+    visible after ``griddepcontrol.wait``), then let the next launch start its programs at once,
+    so its launch overlaps this phase instead of following it."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     _phase(KIND, sched_ptr + phase * 8, tl.program_id(0), tl.num_programs(0),
            v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
            wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
@@ -554,7 +565,7 @@ def _buffers(B, d, H, C, dtype, device):
                 g=e(B, d), logits=e(B, C))
 
 
-def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, programs):
+def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, programs, pdl=False):
     B, Dv, d, H, C = (dims[k] for k in ("B", "Dv", "d", "H", "C"))
     lowp, prec = dot_mode(visual.dtype, visual.device)
     has_noise = xi is not None
@@ -564,6 +575,9 @@ def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, 
     meta = dict(HAS_NOISE=has_noise, BM=tiles.BM, BN=tiles.BN, BK=tiles.BK, LOWP=lowp, PREC=prec,
                 num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.maxnreg)
     if impl == "phases":
+        meta["PDL"] = pdl
+        if pdl:
+            meta["launch_pdl"] = True
         for p, phase in enumerate(phases):
             launch(infer_phase_kernel, (phase_tiles(phase, B, tiles),), sched, p, *acts, *wargs, *scalars,
                    KIND=phase.kind, **meta)
@@ -584,9 +598,14 @@ def persistent_programs(device: torch.device, max_tiles: int, ctas_per_sm: int =
     return max(1, min(max_tiles, sms * ctas_per_sm))
 
 
+def pdl_available(device: torch.device) -> bool:
+    """Programmatic dependent launch: CUDA devices of compute capability 9.0 (Hopper) or newer."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0: float, start_c1: float,
                  noise=None, impl: str = "phases", programs: int | None = None, graph: bool = False,
-                 tiles: PhaseTiles | None = None):
+                 tiles: PhaseTiles | None = None, pdl: bool | None = None):
     """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
 
     ``weights``: the model's parameters by dotted name (``visual_proj.linear.weight``,
@@ -600,6 +619,8 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     ``impl``: ``"phases"`` (one launch per phase; ``graph=True`` on CUDA replays a cached CUDA graph
     of the whole call) or ``"persistent"`` (one cooperative launch; CUDA, or the interpreter with
     ``programs=1`` only). ``graph=True`` is ignored off CUDA. ``tiles`` overrides :func:`pick_phase_tiles` (tests, compile report).
+    ``pdl``: launch ``impl="phases"`` with programmatic dependent launch (``None``: where
+    :func:`pdl_available`; ``True`` off such a device raises).
     Outputs are in the compute dtype (new tensors, also on graph replay).
     """
     if impl not in IMPLS:
@@ -608,6 +629,11 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         raise ValueError("graph=True captures impl='phases' only (the persistent call is already one launch)")
     dims, flat = _check(visual, weights, tables, noise)
     dtype, device = visual.dtype, visual.device
+    if pdl is None:
+        pdl = impl == "phases" and pdl_available(device)
+    elif pdl and (impl != "phases" or not pdl_available(device)):
+        raise ValueError("pdl=True needs impl='phases' on a CUDA device of compute capability 9.0 or newer "
+                         f"(got impl={impl!r} on {device})")
     if noise is not None and noise.dtype != dtype:
         noise = noise.to(dtype)
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
@@ -627,17 +653,17 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         elif programs > persistent_programs(device, programs):
             raise ValueError(f"programs={programs} exceeds what the device holds at once")
     if graph and device.type == "cuda" and impl == "phases":
-        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles)
+        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl)
     sched = _schedule_table(phases, (d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], device), device)
     bufs = _buffers(B, d, H, C, dtype, device)
     if impl == "persistent":
         bufs["counter"] = torch.zeros(1, dtype=torch.int32, device=device)
     _launch_all(impl, visual.contiguous(), None if noise is None else noise.contiguous(), bufs, _weight_args(flat),
-                sched, phases, dims, ln_eps, start_c0, start_c1, tiles, programs)
+                sched, phases, dims, ln_eps, start_c0, start_c1, tiles, programs, pdl)
     return bufs["logits"], bufs["s"], bufs["z"]
 
 
-def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles):
+def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
     """CUDA only: the whole ``"phases"`` call captured once per (batch, dtype, device, noise or not,
     tiles, and the address of every weight and table) and replayed. New weight/table tensors (e.g.
     ``fused.prepared`` rebuilt after a weight change) have new addresses, so they capture a new
@@ -645,7 +671,7 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles):
     graph's static buffers and outputs cloned out of them."""
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
-    key = (B, dtype, device, noise is None, tiles, ln_eps, c0, c1, tuple(t.data_ptr() for t in flat),
+    key = (B, dtype, device, noise is None, tiles, pdl, ln_eps, c0, c1, tuple(t.data_ptr() for t in flat),
            tuple(tuple(t.shape) for t in flat))
     entry = _GRAPHS.get(key)
     if entry is None:
@@ -657,7 +683,8 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles):
         wargs = _weight_args(flat)
 
         def run():
-            _launch_all("phases", static_v, static_xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, None)
+            _launch_all("phases", static_v, static_xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, None,
+                        pdl)
 
         static_v.copy_(visual)
         if static_xi is not None:
@@ -668,8 +695,16 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles):
             run()  # compiles every kernel outside the capture
         torch.cuda.current_stream(device).wait_stream(side)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            run()
+        try:
+            with torch.cuda.graph(g):
+                run()
+        except RuntimeError as exc:
+            if not pdl:
+                raise
+            # a driver or runtime that cannot capture programmatic launches: capture plain launches
+            warnings.warn(f"infer_phases: capturing launches with programmatic dependent launch failed ({exc}); "
+                          "capturing without it", RuntimeWarning, stacklevel=3)
+            return _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, False)
         if len(_GRAPHS) >= MAX_GRAPHS:
             _GRAPHS.pop(next(iter(_GRAPHS)))
         entry = _GRAPHS[key] = (g, static_v, static_xi, bufs, flat)  # flat: keeps the captured tensors alive

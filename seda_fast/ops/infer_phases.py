@@ -2,12 +2,14 @@
 inference chain as a fixed schedule of phases (one GEMM over all rows per phase),
 ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
 
-``impl``: ``"phases"`` (one launch per phase; on CUDA the whole call is one cached CUDA-graph
-replay) or ``"persistent"`` (one cooperative launch with a grid barrier between phases; CUDA only).
+``impl``: ``"phases"`` (one launch per phase, programmatic dependent launch on Hopper; on CUDA the
+whole call is one cached CUDA-graph replay, see :func:`launch_options`) or ``"persistent"`` (one cooperative launch with a grid barrier between phases; CUDA only).
 The op takes the weights as one flat list (parts ``"semantic"`` then ``"translator"`` of
 :func:`seda_fast.ops.weights.weight_paths`), so ``torch.compile`` traces a call as one opaque op.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
@@ -15,6 +17,23 @@ from torch import Tensor
 from .. import schedule
 from .runtime import check_dtype, compute_dtype, kernels
 from .weights import in_dtype, model_view, op_args, prepared, weight_paths
+
+_LAUNCH = {"graph": True, "pdl": None}  # how impl="phases" launches on CUDA; see launch_options
+
+
+@contextlib.contextmanager
+def launch_options(graph: bool = True, pdl: bool | None = None):
+    """Inside the block, ``impl="phases"`` on CUDA launches as asked: ``graph=False`` makes one
+    launch per phase instead of replaying the cached CUDA graph of the whole call; ``pdl``
+    ``True``/``False`` forces programmatic dependent launch on or off (``None``: on where the device
+    has it). The numbers do not change; the GPU script times each way."""
+    saved = dict(_LAUNCH)
+    _LAUNCH.update(graph=graph, pdl=pdl)
+    try:
+        yield
+    finally:
+        _LAUNCH.update(saved)
+
 
 def _capturing(device: torch.device) -> bool:
     """Inside a caller's CUDA-graph capture the call must not capture a graph of its own."""
@@ -33,9 +52,10 @@ def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor
     translator = model_view(weights[n_sem:], n_hidden, "translator").translator
     tables = {"learner": prepared(learner, T, K1, visual.device), "translator": prepared(translator, T, K2, visual.device)}
     c0, c1 = schedule.start_coefficients(T)
-    graph = impl == "phases" and visual.device.type == "cuda" and not _capturing(visual.device)
+    graph = impl == "phases" and visual.device.type == "cuda" and _LAUNCH["graph"] and not _capturing(visual.device)
+    pdl = _LAUNCH["pdl"] if impl == "phases" else None
     return kernels().infer_phases(visual.contiguous(), dict(zip(paths, weights)), tables, ln_eps=ln_eps,
-                                  start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph)
+                                  start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph, pdl=pdl)
 
 
 # The op; its body stays callable as ``infer_phases_impl``.

@@ -109,10 +109,13 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
     k = kernels()
     fn = launch.kernel
     meta = dict(launch.meta)
-    options = {key: meta.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in meta}
+    options = {key: meta.pop(key) for key in ("num_warps", "num_stages", "maxnreg", "launch_pdl",
+                                              "launch_cooperative_grid") if key in meta}
     num_warps, num_stages = options.get("num_warps", 4), options.get("num_stages", 3)  # triton's defaults
     if "LOWP" in meta:  # kernels with tl.dot: the dot mode the launcher would pick on CUDA
         meta["LOWP"], meta["PREC"] = k._heuristics.dot_mode(getattr(torch, dtype), torch.device("cuda"))
+    if "PDL" in meta:  # kernels with programmatic dependent launch: on, as on Hopper
+        meta["PDL"], options["launch_pdl"] = True, True
     signature, constexprs, attrs = {}, dict(meta), {}
     for i, (name, arg) in enumerate(zip(fn.arg_names, launch.args)):
         ty, key = native_specialize_impl(BaseBackend, arg, False, True, True)
@@ -146,6 +149,7 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
         "spill_stores": len(re.findall(r"\bSTL(\.\w+)*\b", sass)),
         "spill_loads": len(re.findall(r"\bLDL(\.\w+)*\b", sass)),
         "shared_bytes": shared, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
+        "griddepcontrol": "griddepcontrol.wait" in ptx,
         "compile_seconds": round(seconds, 2),
     }
 

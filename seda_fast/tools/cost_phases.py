@@ -20,7 +20,8 @@ Per phase, for each of its jobs (``[B, N] = [B, K] W^T``, tiles ``BM x BN``):
 
 A phase takes the longest of its terms; the call adds them up, plus its sync cost:
 
-* ``"phases"`` (graph replay): one ``graph_boundary_s`` per phase and one ``launch_s`` for the replay;
+* ``"phases"`` (graph replay of programmatic dependent launches, as on the H200): one
+  ``pdl_boundary_s`` per phase and one ``launch_s`` for the replay;
 * ``"phases-raw"`` (no graph): one ``launch_s`` per phase (Python launches);
 * ``"persistent"``: one ``launch_s`` plus one ``barrier_s`` per phase but the last; its tiles are
   spread over the co-resident grid (``sms`` programs), the same waves as above.
@@ -127,7 +128,7 @@ def predict(cfg: SeDAConfig, batch: int, impl: str = "phases", dtype: str = "bfl
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     costs = phase_costs(cfg, batch, dtype, ceilings, impl)
     n = len(costs)
-    sync = {"phases": ceilings.launch_s + n * ceilings.graph_boundary_s,
+    sync = {"phases": ceilings.launch_s + n * ceilings.pdl_boundary_s,
             "phases-raw": n * ceilings.launch_s,
             "persistent": ceilings.launch_s + (n - 1) * ceilings.barrier_s}[impl]
     terms = {"compute": 0.0, "L2": 0.0, "HBM": 0.0}

@@ -234,6 +234,11 @@ def test_rejects_bad_input_before_launch():
             _call(model, v, torch.randn(2, model.config.dim, device=DEVICE))
         with pytest.raises(ValueError, match="impl"):
             _call(model, v, impl="rowblock")
+        if DEVICE.type != "cuda":  # programmatic dependent launch needs Hopper
+            with pytest.raises(ValueError, match="pdl"):
+                _call(model, v, pdl=True)
+        with pytest.raises(ValueError, match="pdl"):
+            _call(model, v, impl="persistent", programs=1, pdl=True)
     assert c.count == 0
 
 
@@ -299,7 +304,9 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
 def test_sm90_compile_zero_spills(tmp_path):
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
     assert_sm90_clean(rows, ["infer_phase_kernel", "infer_persistent_kernel"], fields=("KIND",))
-    kinds = {(r["dtype"], r["batch"], r.get("KIND")) for r in rows if r["kernel"] == "infer_phase_kernel"}
+    phase_rows = [r for r in rows if r["kernel"] == "infer_phase_kernel"]
+    assert all(r["PDL"] and r["griddepcontrol"] for r in phase_rows)  # compiled as Hopper launches it
+    kinds = {(r["dtype"], r["batch"], r.get("KIND")) for r in phase_rows}
     for dtype, batch in COMPILE_CASES:
         assert {k for dt, b, k in kinds if (dt, b) == (dtype, batch)} == set(range(7)), (dtype, batch)
 

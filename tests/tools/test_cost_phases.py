@@ -1,5 +1,7 @@
 """Cost model of the phase-schedule inference (seda_fast/tools/cost_phases.py): its counts come from the
 launcher's own schedule and tiles, and its predictions are finite and ordered as the sync costs say."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -66,3 +68,14 @@ def test_predictions():
     assert big.time_s >= cost_model.inference_cost(cfg, 16384).floor_s  # never below the floor
     with pytest.raises(ValueError, match="impl"):
         cost_phases.predict(cfg, 1, "rowblock")
+
+
+def test_graph_replay_pays_the_pdl_boundary():
+    """``"phases"`` on the H200 is a graph of programmatic dependent launches: its sync term moves
+    with ``pdl_boundary_s`` (a GPU run's measurement) and nothing else does."""
+    cfg = presets.config("default")
+    faster = dataclasses.replace(cost_model.H200, pdl_boundary_s=0.5e-6)
+    base, fast = cost_phases.predict(cfg, 64), cost_phases.predict(cfg, 64, ceilings=faster)
+    assert base.terms["sync"] - fast.terms["sync"] == pytest.approx(66 * 0.8e-6)
+    for impl in ("phases-raw", "persistent"):
+        assert cost_phases.predict(cfg, 64, impl).time_s == cost_phases.predict(cfg, 64, impl, ceilings=faster).time_s

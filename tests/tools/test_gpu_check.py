@@ -115,3 +115,27 @@ def test_micro_kernels_compile_for_sm90a():
                                            "_empty_kernel"]
     for r in rows:
         assert r["local_bytes"] == 0 and r["stack_bytes"] == 0 and not r["missing"], r
+
+
+def test_gpu_plan_times_the_phase_variants():
+    """On the GPU, the ``phases`` job also times one launch per phase (no graph) and the graph without
+    programmatic dependent launch; a variant gives the default call's numbers (checked on CPU,
+    where both launch options change nothing)."""
+    import torch
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    jobs = {j.name: j for j in gpu_check.plan(False, ("rowblock", "phases"))}
+    assert jobs["infer-fused-phases-bfloat16-B64-16384"].params["providers"] == [
+        "fused:phases", "fused:phases-raw", "fused:phases-nopdl"]
+    assert jobs["infer-fused-rowblock-bfloat16-B64-16384"].params["providers"] == ["fused:rowblock"]
+    model = gpu_check._model(torch.float32, torch.device("cpu"), gpu_check.TINY)
+    model.backend, model.fused_impl = "triton", "phases"
+    v = torch.randn(3, model.config.visual_dim)
+    with torch.no_grad():
+        want = gpu_check._fused_call(model, v, "")()
+        for variant in ("raw", "nopdl"):
+            for a, b in zip(gpu_check._fused_call(model, v, variant)(), want):
+                assert torch.equal(a, b)
