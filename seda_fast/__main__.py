@@ -18,6 +18,8 @@ COMMANDS = {
     "compile-report": ("seda_fast.tools.compile_report",
                        "compile every shipped kernel config for sm_90a: registers, spills, shared memory"),
     "cost-model": ("seda_fast.tools.cost_model", "FLOPs, bytes and time floor of one inference call (H200 ceilings)"),
+    "cost-training": ("seda_fast.tools.cost_training",
+                      "predicted training-step time per stage: eager, torch.compile, the fused phase design"),
 }
 
 

@@ -2,7 +2,7 @@
 ``torch.compile``, at the ceilings of :class:`seda_fast.tools.cost_model.Ceilings`.
 
 Counts, not totals: :func:`aten_ops` runs the reference (:func:`seda_fast.reference.infer`) on the
-meta device under a dispatch mode and records every aten op with its shapes, so any batch and
+meta device under a dispatch mode (:func:`record_aten_ops`) and records every aten op with its shapes, so any batch and
 config costs nothing to count. An op whose first output aliases an input (a view: ``t``,
 ``select``, ``unsqueeze``...) launches no kernel; every other op is one kernel that reads its
 tensor inputs and writes its outputs once; ``mm``/``addmm`` do ``2 M N K`` FLOPs.
@@ -22,6 +22,7 @@ tensor inputs and writes its outputs once; ``mm``/``addmm`` do ``2 M N K`` FLOPs
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from ..config import SeDAConfig
@@ -38,21 +39,34 @@ class AtenOp:
     bytes: int      # tensor inputs read + outputs written, once each
     flops: float    # 2 M N K for a matmul, else 0
     out_bytes: int
+    mnk: tuple = ()     # a matmul's (M, N, K): ``[M, K] @ [K, N]``
+    depth: int = 0      # matmuls on the longest chain of matmuls that leads to this op, itself included
 
 
-def aten_ops(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", tables: bool = False) -> list[AtenOp]:
-    """Every aten op of one :func:`seda_fast.reference.infer` call (``tables``: with the weight-only
-    tables precomputed), recorded on the meta device."""
+def record_aten_ops(fn) -> list[AtenOp]:
+    """Every aten op ``fn()`` dispatches (run it on meta tensors: any size costs nothing), in order,
+    autograd's backward included when ``fn`` calls it. ``depth`` follows the data: an op's inputs'
+    largest depth, plus one for a matmul (in-place ops and views carry it to their tensor)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from .. import reference
-    from ..model import SeDA
 
     def nbytes(x) -> int:
         return x.numel() * x.element_size() if isinstance(x, torch.Tensor) else 0
 
+    def tensors(xs):
+        for a in xs:
+            if isinstance(a, torch.Tensor):
+                yield a
+            elif isinstance(a, (list, tuple)):
+                yield from (t for t in a if isinstance(t, torch.Tensor))
+
     ops: list[AtenOp] = []
+    depth: dict[int, int] = {}  # id(tensor) -> depth, dropped when the tensor dies (its id may be reused)
+
+    def remember(t, level: int) -> None:
+        if id(t) not in depth:
+            weakref.finalize(t, depth.pop, id(t), None)  # holding t itself would change what torch dispatches
+        depth[id(t)] = max(level, depth[id(t)] if id(t) in depth else 0)
 
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -62,15 +76,32 @@ def aten_ops(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", tables: bool 
             view = bool(returns) and returns[0].alias_info is not None
             name = func.overloadpacket.__name__
             flat = list(args) + list((kwargs or {}).values())
-            read = sum(nbytes(a) for a in flat) + sum(nbytes(t) for a in flat if isinstance(a, (list, tuple))
-                                                      for t in a)
+            inputs = list(tensors(flat))
+            read = sum(nbytes(t) for t in inputs)
             written = sum(nbytes(o) for o in outs)
-            flops = 0.0
+            flops, mnk = 0.0, ()
             if name in _MATMULS:
                 a, b = (args[0], args[1]) if name == "mm" else (args[1], args[2])
-                flops = 2.0 * a.shape[0] * a.shape[1] * b.shape[1]
-            ops.append(AtenOp(name, view, 0 if view else read + written, flops, written))
+                mnk = (a.shape[0], b.shape[1], a.shape[1])
+                flops = 2.0 * mnk[0] * mnk[1] * mnk[2]
+            level = max((depth.get(id(t), 0) for t in inputs), default=0) + (1 if mnk else 0)
+            for t in list(tensors(outs)) + (inputs if func._schema.is_mutable else []):
+                remember(t, level)
+            ops.append(AtenOp(name, view, 0 if view else read + written, flops, written, mnk, level))
             return out
+
+    with Record():
+        fn()
+    return ops
+
+
+def aten_ops(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", tables: bool = False) -> list[AtenOp]:
+    """Every aten op of one :func:`seda_fast.reference.infer` call (``tables``: with the weight-only
+    tables precomputed), recorded on the meta device."""
+    import torch
+
+    from .. import reference
+    from ..model import SeDA
 
     torch_dtype = getattr(torch, dtype)
     with torch.device("meta"):
@@ -78,9 +109,7 @@ def aten_ops(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", tables: bool 
         visual = torch.empty(batch, cfg.visual_dim, dtype=torch_dtype)
     with torch.no_grad():
         tabs = reference.inference_tables(model, torch_dtype, visual.device) if tables else None
-        with Record():
-            reference.infer(model, visual, tables=tabs)
-    return ops
+        return record_aten_ops(lambda: reference.infer(model, visual, tables=tabs))
 
 
 def _kernel_s(flops: float, nbytes: float, peak: float, ceilings: Ceilings) -> float:
@@ -94,8 +123,15 @@ def predict(cfg: SeDAConfig, batch: int, impl: str = "eager", dtype: str = "bflo
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if dtype not in _DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPE_BYTES)}, got {dtype!r}")
+    return predict_ops(aten_ops(cfg, batch, dtype, tables=impl != "eager"), batch, impl, dtype, ceilings)
+
+
+def predict_ops(ops: list[AtenOp], batch: int, impl: str = "eager", dtype: str = "bfloat16",
+                ceilings: Ceilings = H200) -> Prediction:
+    """:func:`predict` for any recorded op list (an inference call, a training step)."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     peak = ceilings.bf16_flops if dtype != "float32" else ceilings.fp32_flops
-    ops = aten_ops(cfg, batch, dtype, tables=impl != "eager")
     kernels = [o for o in ops if not o.view]
     if impl == "torch_compile":
         matmuls = [o for o in kernels if o.name in _MATMULS]

@@ -80,7 +80,6 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     d, H, C, Dv = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim
     phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps)
     tiles = ip.pick_phase_tiles(batch, d, H, getattr(torch, dtype), "persistent" if impl == "persistent" else "phases")
-    BM, BN = tiles.BM, tiles.BN
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     act_bytes = batch * (5 * d + 4 * H + C) * e   # y z x s x0 g | cond h h sp | logits
     spill_acts = act_bytes > L2_BYTES
@@ -89,26 +88,36 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     for ph in phases:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
         for name, N, K in ph.jobs:
-            t = ip.job_tiles(batch, N, tiles)
-            rows_pad = math.ceil(batch / BM) * BM
-            cols_pad = math.ceil(N / BN) * BN
-            n_tiles += t
-            flops += 2.0 * rows_pad * cols_pad * K
-            per_tile = (BN * K + BM * K + (_EPILOGUE_READS[name] + 1) * BM * BN) * e
-            l2 += t * per_tile
+            t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name])
+            n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
             wkey = (name, ph.row[1], ph.row[3])  # job, stage, layer: the distinct weight
             if wkey not in seen_weights:
                 seen_weights.add(wkey)
                 hbm += N * K * e
             if spill_acts:
                 hbm += batch * (K + (_EPILOGUE_READS[name] + 1) * N) * e
-        busy = min(n_tiles, ceilings.sms)
-        waves = math.ceil(n_tiles / ceilings.sms)
-        terms = {"compute": flops / (peak * busy / ceilings.sms),
-                 "L2": max(waves * (l2 / n_tiles) / ceilings.l2_per_sm_bytes_per_s, l2 / ceilings.l2_bytes_per_s),
-                 "HBM": hbm / ceilings.copy_bytes_per_s}
-        out.append(PhaseCost(ph.name, n_tiles, flops, l2, hbm, terms))
+        out.append(PhaseCost(ph.name, n_tiles, flops, l2, hbm, phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)))
     return out
+
+
+def job_counts(M: int, N: int, K: int, tiles, e: int, epilogue_reads: int = 0) -> tuple[int, float, float]:
+    """One GEMM job ``[M, N] = [M, K] [K, N]`` cut into ``tiles.BM x tiles.BN`` tiles: ``(tiles, FLOPs
+    as executed (padded), L2 -> SM bytes)``; a tile reads its ``BN K`` and ``BM K`` operand slices,
+    ``epilogue_reads`` ``[BM, BN]`` tiles, and stores one, ``e`` bytes per value."""
+    BM, BN = tiles.BM, tiles.BN
+    t = math.ceil(M / BM) * math.ceil(N / BN)
+    flops = 2.0 * math.ceil(M / BM) * BM * math.ceil(N / BN) * BN * K
+    return t, flops, t * (BN * K + BM * K + (epilogue_reads + 1) * BM * BN) * e
+
+
+def phase_terms(n_tiles: int, flops: float, l2: float, hbm: float, peak: float, ceilings: Ceilings) -> dict:
+    """Seconds per term of one phase (module doc): compute on the SMs that have a tile, L2 (per-SM
+    link times waves, or the aggregate, whichever is longer), HBM."""
+    busy = min(n_tiles, ceilings.sms)
+    waves = math.ceil(n_tiles / ceilings.sms)
+    return {"compute": flops / (peak * busy / ceilings.sms),
+            "L2": max(waves * (l2 / n_tiles) / ceilings.l2_per_sm_bytes_per_s, l2 / ceilings.l2_bytes_per_s),
+            "HBM": hbm / ceilings.copy_bytes_per_s}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 
 from seda_fast.__main__ import COMMANDS, main
 
-EXPECTED = ("demo", "env", "bench", "memory", "compile-report", "cost-model", "study")
+EXPECTED = ("demo", "env", "bench", "memory", "compile-report", "cost-model", "cost-training", "study")
 
 
 def test_usage_lists_every_command(capsys):

@@ -1,0 +1,277 @@
+"""Predicted time of one training step (loss + backward, no optimizer) per stage: eager,
+``torch.compile``, and the phase design of the fused training (every matmul of the step a GEMM over
+all SMs, the element-wise work in its epilogue), under each activation policy.
+
+Counts, not totals. :func:`step_ops` runs the eager step (:func:`seda_fast.reference.learner_loss` /
+``translator_loss``, then ``backward``) on the meta device and records every aten op
+(:func:`seda_fast.tools.cost_baselines.record_aten_ops`): its bytes, a matmul's ``(M, N, K)``, and
+its *depth*, the number of matmuls on the longest data chain leading to it. The model is the
+parameters' dtype (bf16 stands in for autocast: autocast's per-use weight casts are left out,
+which flatters eager and compile).
+
+* ``eager`` / ``torch_compile``: :func:`seda_fast.tools.cost_baselines.predict_ops` on the step's
+  ops (the same rules as for inference: eager host-bound at ``aten_op_s`` per op, compile as one
+  kernel per matmul plus one fused epilogue pass, each a graph boundary).
+* ``phases-save`` / ``phases-recompute``: the matmuls grouped by depth, one *phase* per depth
+  (every matmul of a depth has its inputs ready once the previous depth is done, so they ride
+  together); a phase's jobs are tiled by the inference launcher's picker
+  (:func:`kernels.infer_phases.pick_phase_tiles` on the job's M rows) and costed like an inference
+  phase (:func:`seda_fast.tools.cost_phases.phase_terms`). A job with fewer tiles than SMs and a
+  long reduction (a weight gradient, reducing over the batch) is split over K into
+  ``min(sms / tiles, K / 128)`` parts whose fp32 partials are reduced in a fixed order (their
+  bytes are added to its L2 traffic; the reduction is assumed to ride in the next phase). Element-
+  wise work, reductions (LayerNorm, cross-entropy, bias sums) and the time-embedding MLP are assumed
+  fused into the GEMMs' prologues and epilogues (one extra tile read per job). Sync: one
+  programmatic-launch graph boundary per phase, plus one launch for the step's graph replay.
+  HBM: every weight once per use-depth, and, when the saved activations exceed the L2
+  (:data:`seda_fast.tools.cost_phases.L2_BYTES`), every operand and output of every job.
+  * ``save``: the backward reads every per-step activation the forward stored (as eager autograd
+    does; the saved bytes are autograd's, counted with ``saved_tensors_hooks``).
+  * ``recompute`` (stage 2): the unroll keeps only each step's ``x_k`` and ``m_k`` (``2 d`` values a
+    row per step) and the backward runs each step's forward again: the per-step forward matmuls
+    (the difference of two recordings, ``K2`` and ``K2 - 1`` steps) are added ``K2`` times as
+    phases of their own (conservative: they could ride in the backward's phases). Stage 1 has no
+    loop, so both policies are the same there.
+
+What the model leaves out: the row-block training ops the library ships today (their counted
+estimate is in ``seda_fast/kernels``' docstrings), the optimizer step, tail effects inside a wave.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from ..config import SeDAConfig
+from .cost_baselines import AtenOp, predict_ops, record_aten_ops
+from .cost_model import H200, Ceilings, Prediction, _DTYPE_BYTES
+from .cost_phases import L2_BYTES, job_counts, phase_terms
+
+STAGES = (1, 2)
+BATCHES = (256, 4096)
+POLICIES = ("save", "recompute")
+IMPLS = ("eager", "torch_compile") + tuple(f"phases-{p}" for p in POLICIES)
+SPLIT_MIN_K = 128  # a split-K part reduces at least this many rows
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One recorded training step: its aten ops (forward then backward; ``n_forward`` of them are
+    the forward's) and the bytes autograd saved for the backward (parameters excluded)."""
+    ops: list
+    n_forward: int
+    saved_bytes: int
+
+
+def step_ops(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bfloat16") -> StepRecord:
+    """Record one eager training step of ``stage`` (loss + backward) at ``batch`` on the meta device."""
+    import torch
+
+    from .. import reference
+    from ..model import SeDA
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    torch_dtype = getattr(torch, dtype)
+    with torch.device("meta"):
+        model = SeDA(cfg, backend="eager").to(torch_dtype).train()
+        visual = torch.empty(batch, cfg.visual_dim, dtype=torch_dtype)
+        text = torch.empty(cfg.num_classes, cfg.text_dim, dtype=torch_dtype)
+        labels = torch.zeros(batch, dtype=torch.long)
+    model.set_stage(stage)
+    params = {id(p) for p in model.parameters()}
+    live: set = set()  # ids of the saved tensors alive now (a dead tensor's id may be reused)
+    saved = [0]
+
+    def pack(t):
+        base = t._base if t._base is not None else t
+        if id(t) not in params and id(base) not in params and id(t) not in live:
+            live.add(id(t))
+            weakref.finalize(t, live.discard, id(t))
+            saved[0] += t.numel() * t.element_size()
+        return t
+
+    state = {}
+
+    def forward():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if stage == 1:
+                state["loss"] = reference.learner_loss(model, visual, labels)[0]
+            else:
+                state["loss"] = reference.translator_loss(model, visual, labels, text, True)[0]
+
+    fwd = record_aten_ops(forward)
+    bwd = record_aten_ops(lambda: state["loss"].backward())
+    top = max((o.depth for o in fwd), default=0)  # the backward's chains start where the forward's end
+    bwd = [replace(o, depth=o.depth + top) for o in bwd]
+    return StepRecord(fwd + bwd, len(fwd), saved[0])
+
+
+def _matmuls(ops) -> list[AtenOp]:
+    return [o for o in ops if o.mnk]
+
+
+def per_step_forward(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16") -> tuple[list[tuple], int]:
+    """One step of the stage-2 unroll's forward: its matmuls as ``(relative depth, (M, N, K))`` and
+    the bytes autograd saves for it (a recording at ``K2`` minus one at ``K2 - 1`` steps; the
+    time-embedding MLP over the ``[K2, d]`` table also changes shape with ``K2`` and is left out)."""
+    K2 = cfg.translator_steps
+    if K2 < 2:
+        raise ValueError("the per-step difference needs translator_steps >= 2")
+    full = step_ops(cfg, batch, 2, dtype)
+    less = step_ops(replace(cfg, translator_steps=K2 - 1), batch, 2, dtype)
+    extra = Counter(o.mnk for o in _matmuls(full.ops[:full.n_forward]))
+    extra.subtract(Counter(o.mnk for o in _matmuls(less.ops[:less.n_forward])))
+    # the step's chain: the extra matmuls in the full recording's last unroll step, by their depth
+    shapes = Counter({mnk: n for mnk, n in extra.items() if n > 0 and mnk[0] == batch})  # not the [K2, *] table MLP
+    jobs, need = [], Counter(shapes)
+    for o in reversed(_matmuls(full.ops[:full.n_forward])):
+        if need[o.mnk] > 0 and o.name in ("mm", "addmm"):
+            need[o.mnk] -= 1
+            jobs.append((o.depth, o.mnk))
+        if not +need:
+            break
+    low = min(dep for dep, _ in jobs)
+    return [(dep - low, mnk) for dep, mnk in reversed(jobs)], full.saved_bytes - less.saved_bytes
+
+
+@dataclass(frozen=True)
+class Phase:
+    jobs: tuple         # (M, N, K) of each GEMM in the phase
+
+
+def phases_of(ops) -> list[Phase]:
+    """The matmuls of ``ops`` grouped by depth, in order of depth."""
+    by_depth: dict[int, list] = {}
+    for o in _matmuls(ops):
+        by_depth.setdefault(o.depth, []).append(o.mnk)
+    return [Phase(tuple(by_depth[k])) for k in sorted(by_depth)]
+
+
+def _phase_cost(phase: Phase, dtype: str, cfg: SeDAConfig, ceilings: Ceilings, activations_in_hbm: bool):
+    import torch
+
+    from ..ops.runtime import kernels
+    ip = kernels().infer_phases_module
+    e = _DTYPE_BYTES[dtype]
+    n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
+    for M, N, K in phase.jobs:
+        tiles = ip.pick_phase_tiles(M, cfg.dim, cfg.hidden, getattr(torch, dtype))
+        t, f, b = job_counts(M, N, K, tiles, e, epilogue_reads=1)
+        split = 1
+        if t < ceilings.sms and K >= 2 * SPLIT_MIN_K:
+            split = max(1, min(math.ceil(ceilings.sms / t), K // SPLIT_MIN_K))
+        n_tiles += t * split
+        flops += f
+        l2 += b + (2 * split * M * N * 4 if split > 1 else 0)  # fp32 partials written and read once
+        hbm += (M * K + K * N + M * N) * e if activations_in_hbm else min(M, N) * K * e  # a weight operand
+    peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
+    return n_tiles, flops, l2, phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)
+
+
+def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save", dtype: str = "bfloat16",
+                   ceilings: Ceilings = H200, record: StepRecord | None = None) -> Prediction:
+    """The phase design's predicted step time (module doc) under ``policy`` (:data:`POLICIES`)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    record = record or step_ops(cfg, batch, stage, dtype)
+    phases = phases_of(record.ops)
+    saved = record.saved_bytes
+    if policy == "recompute" and stage == 2:
+        step_jobs, step_saved = per_step_forward(cfg, batch, dtype)
+        depths = sorted({dep for dep, _ in step_jobs})
+        one_step = [Phase(tuple(mnk for dep, mnk in step_jobs if dep == k)) for k in depths]
+        phases = phases + one_step * cfg.translator_steps
+        saved = saved - cfg.translator_steps * (step_saved - 2 * batch * cfg.dim * _DTYPE_BYTES[dtype])
+    in_hbm = saved > L2_BYTES
+    terms = {"compute": 0.0, "L2": 0.0, "HBM": 0.0}
+    tiles, flops, l2 = 0, 0.0, 0.0
+    for ph in phases:
+        t, f, b, pt = _phase_cost(ph, dtype, cfg, ceilings, in_hbm)
+        tiles, flops, l2 = tiles + t, flops + f, l2 + b
+        bound = max(pt, key=pt.get)
+        terms[bound] += pt[bound]
+    terms["sync"] = ceilings.launch_s + len(phases) * ceilings.pdl_boundary_s
+    bound = max(terms, key=terms.get)
+    counts = {"phases": len(phases), "tiles": tiles, "flops": flops, "l2_bytes": l2, "saved_bytes": saved}
+    return Prediction(f"phases-{policy}", batch, sum(terms.values()), bound, terms, counts)
+
+
+def predict(cfg: SeDAConfig, batch: int, stage: int, impl: str, dtype: str = "bfloat16",
+            ceilings: Ceilings = H200, record: StepRecord | None = None) -> Prediction:
+    """Predicted step time of ``impl`` (:data:`IMPLS`) for ``stage`` at ``batch``."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    record = record or step_ops(cfg, batch, stage, dtype)
+    if impl.startswith("phases-"):
+        return predict_phases(cfg, batch, stage, impl.split("-", 1)[1], dtype, ceilings, record)
+    p = predict_ops(record.ops, batch, impl, dtype, ceilings)
+    return replace(p, counts=dict(p.counts, saved_bytes=record.saved_bytes))
+
+
+def comparison(cfg: SeDAConfig, batches=BATCHES, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> list[dict]:
+    """Per stage, batch and implementation: predicted seconds, bound, FLOPs, phases and saved bytes."""
+    rows = []
+    for stage in STAGES:
+        for b in batches:
+            record = step_ops(cfg, b, stage, dtype)
+            for impl in IMPLS:
+                p = predict(cfg, b, stage, impl, dtype, ceilings, record)
+                rows.append({"stage": stage, "batch": b, "impl": impl, "time_s": p.time_s, "bound": p.bound,
+                             "flops": p.counts["flops"], "phases": p.counts.get("phases"),
+                             "saved_bytes": p.counts["saved_bytes"]})
+    return rows
+
+
+TARGETS = (  # (stage, batch, impl, against, at least this many times faster)
+    (2, 256, "phases-save", "eager", 3.0), (2, 256, "phases-save", "torch_compile", 1.5),
+    (1, 256, "phases-save", "eager", 2.0), (2, 4096, "phases-save", "torch_compile", 1.2),
+)
+
+
+def target_lines(rows: list[dict]) -> list[str]:
+    """The fused-training targets against these predictions, met or missed, with the figures."""
+    t = {(r["stage"], r["batch"], r["impl"]): r for r in rows}
+    out = []
+    for stage, b, impl, other, want in TARGETS:
+        if (stage, b, impl) in t and (stage, b, other) in t:
+            got = t[(stage, b, other)]["time_s"] / t[(stage, b, impl)]["time_s"]
+            out.append(f"stage {stage}, B={b}: {impl} {got:.2f}x {other} (target {want}x): "
+                       f"{'met' if got >= want else 'missed'}")
+    for b in dict.fromkeys(r["batch"] for r in rows):
+        if (2, b, "phases-recompute") in t and (2, b, "eager") in t:
+            ratio = t[(2, b, "phases-recompute")]["saved_bytes"] / t[(2, b, "eager")]["saved_bytes"]
+            out.append(f"stage 2, B={b}: recompute saves {ratio:.2f}x eager's activation bytes (target <= 0.5x "
+                       f"of eager's peak memory: {'met' if ratio <= 0.5 else 'missed'} on saved bytes)")
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| stage | B | impl | ms | bound | TFLOP | phases | saved MiB |", "|---:|---:|---|---:|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['stage']} | {r['batch']} | {r['impl']} | {r['time_s'] * 1e3:.3f} | {r['bound']} "
+                     f"| {r['flops'] / 1e12:.3f} | {r['phases'] if r['phases'] is not None else ''} "
+                     f"| {r['saved_bytes'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m seda_fast cost-training``: the table and the targets at the default config."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m seda_fast cost-training",
+                                     description="Predicted training-step time (loss + backward) per stage, batch "
+                                                 "and implementation (eager, torch.compile, the fused phase design "
+                                                 "with saved or recomputed activations), at the default config and "
+                                                 "the H200's ceilings")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPE_BYTES))
+    args = parser.parse_args(argv)
+    from ..presets import config
+    rows = comparison(config("default"), dtype=args.dtype)
+    print(table(rows))
+    print()
+    print("\n".join(target_lines(rows)))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The training-step cost model (seda_fast/tools/cost_training.py): its counts follow the eager step
+by construction, the policies differ only where they should, and the table and targets print."""
+import pytest
+
+from seda_fast import presets
+from seda_fast.tools import cost_training as ct
+
+
+def _cfg():
+    return presets.config("small", translator_steps=3, learner_steps=2)  # d = 48, H = 80, L = 3
+
+
+def test_per_step_forward_is_one_translator_and_pfin_step():
+    """The difference of two recordings is exactly one unroll step's GEMMs: the denoiser (W_x, the
+    L - 1 residual layers, W_o) and PFIN (W_pm, W_pu, W_gm, W_gu, W_pd), in their data order."""
+    cfg, B = _cfg(), 11
+    d, H, L = cfg.dim, cfg.hidden, cfg.layers
+    jobs, saved = ct.per_step_forward(cfg, B, "float32")
+    shapes = sorted(mnk for _, mnk in jobs)
+    want = sorted([(B, H, d)] + [(B, H, H)] * (L - 1) + [(B, d, H)] + [(B, H, d)] * 2 + [(B, d, d)] * 2
+                  + [(B, d, H)])
+    assert shapes == want
+    depth = {mnk: dep for dep, mnk in jobs if mnk == (B, H, H)}
+    assert min(dep for dep, _ in jobs) == 0 and max(dep for dep, _ in jobs) == L + 2  # A, R x (L-1), O, P, D
+    assert depth and saved > 2 * B * d * 4  # the step saves more than the recompute policy keeps
+
+
+@pytest.mark.parametrize("stage", ct.STAGES)
+def test_backward_recorded_and_flops_add_up(stage):
+    cfg, B = _cfg(), 9
+    rec = ct.step_ops(cfg, B, stage, "float32")
+    fwd, bwd = rec.ops[:rec.n_forward], rec.ops[rec.n_forward:]
+    f_fwd = sum(o.flops for o in fwd if o.mnk)
+    f_bwd = sum(o.flops for o in bwd if o.mnk)
+    assert f_fwd > 0 and f_fwd < f_bwd <= 2 * f_fwd  # gradients of activations and weights, at most 2x
+    assert min(o.depth for o in bwd if o.mnk) > max(o.depth for o in fwd)  # the backward follows the loss
+    phases = ct.phases_of(rec.ops)
+    assert sum(len(p.jobs) for p in phases) == sum(1 for o in rec.ops if o.mnk)
+
+
+def test_policies():
+    cfg, B = _cfg(), 9
+    rec = ct.step_ops(cfg, B, 2, "bfloat16")
+    save = ct.predict(cfg, B, 2, "phases-save", record=rec)
+    rec_ = ct.predict(cfg, B, 2, "phases-recompute", record=rec)
+    step_jobs, step_saved = ct.per_step_forward(cfg, B, "bfloat16")
+    levels = len({dep for dep, _ in step_jobs})
+    assert rec_.counts["phases"] == save.counts["phases"] + cfg.translator_steps * levels
+    one_step = [ct.Phase(((m, n, k),)) for _, (m, n, k) in step_jobs]
+    extra = cfg.translator_steps * sum(ct._phase_cost(p, "bfloat16", cfg, ct.H200, False)[1] for p in one_step)
+    assert rec_.counts["flops"] == pytest.approx(save.counts["flops"] + extra)  # as the tiles execute them
+    assert rec_.counts["saved_bytes"] == save.counts["saved_bytes"] - cfg.translator_steps * (
+        step_saved - 2 * B * cfg.dim * 2)
+    assert rec_.time_s > save.time_s
+    one = ct.step_ops(cfg, B, 1, "bfloat16")  # stage 1 has no loop: the policies agree
+    a, b = (ct.predict(cfg, B, 1, impl, record=one) for impl in ("phases-save", "phases-recompute"))
+    assert (a.time_s, a.counts) == (b.time_s, b.counts)
+
+
+def test_baselines_and_bad_arguments():
+    cfg, B = _cfg(), 9
+    rec = ct.step_ops(cfg, B, 2, "bfloat16")
+    eager = ct.predict(cfg, B, 2, "eager", record=rec)
+    assert eager.bound == "host" and eager.time_s == pytest.approx(len(rec.ops) * 5e-6)
+    assert ct.predict(cfg, B, 2, "torch_compile", record=rec).time_s < eager.time_s
+    with pytest.raises(ValueError, match="impl"):
+        ct.predict(cfg, B, 2, "rowblock", record=rec)
+    with pytest.raises(ValueError, match="policy"):
+        ct.predict_phases(cfg, B, 2, "keep", record=rec)
+    with pytest.raises(ValueError, match="stage"):
+        ct.step_ops(cfg, B, 3)
+
+
+def test_table_and_targets(capsys):
+    rows = ct.comparison(_cfg(), batches=(8,))
+    assert {r["impl"] for r in rows} == set(ct.IMPLS) and {r["stage"] for r in rows} == set(ct.STAGES)
+    text = ct.table(rows)
+    assert text.count("| phases-recompute |") == 2
+    lines = ct.target_lines(rows)
+    assert any("stage 2, B=8: recompute saves" in ln for ln in lines)
+    assert ct.main(["--dtype", "bfloat16"]) == 0  # the default config's table
+    out = capsys.readouterr().out
+    assert "| 2 | 4096 | phases-save |" in out and "target 1.2x" in out
