@@ -486,6 +486,7 @@ IMPLS = ("phases", "persistent")
 _SCHEDULES: dict = {}   # (d, H, C, Dv, L, K1, K2, device) -> int32 [n_phases, 8] schedule table
 _GRAPHS: dict = {}      # see _graph_call
 MAX_GRAPHS = 8
+_PDL_CAPTURE_FAILED = False  # set when this process could not capture programmatic launches
 
 
 def _schedule_table(phases, key, device) -> torch.Tensor:
@@ -669,8 +670,10 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
     ``fused.prepared`` rebuilt after a weight change) have new addresses, so they capture a new
     graph; in-place weight updates are read by the replay as they are. Inputs are copied into the
     graph's static buffers and outputs cloned out of them."""
+    global _PDL_CAPTURE_FAILED
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
+    pdl = pdl and not _PDL_CAPTURE_FAILED
     key = (B, dtype, device, noise is None, tiles, pdl, ln_eps, c0, c1, tuple(t.data_ptr() for t in flat),
            tuple(tuple(t.shape) for t in flat))
     entry = _GRAPHS.get(key)
@@ -701,6 +704,7 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
         except RuntimeError as exc:
             if not pdl:
                 raise
+            _PDL_CAPTURE_FAILED = True  # later captures go straight to plain launches
             # a driver or runtime that cannot capture programmatic launches: capture plain launches
             warnings.warn(f"infer_phases: capturing launches with programmatic dependent launch failed ({exc}); "
                           "capturing without it", RuntimeWarning, stacklevel=3)

@@ -23,7 +23,8 @@ which flatters eager and compile).
   wise work, reductions (LayerNorm, cross-entropy, bias sums) and the time-embedding MLP are assumed
   fused into the GEMMs' prologues and epilogues (one extra tile read per job). Sync: one
   programmatic-launch graph boundary per phase, plus one launch for the step's graph replay.
-  HBM: every weight once per use-depth, and, when the saved activations exceed the L2
+  HBM: every weight read once per use, every fp32 weight gradient written once, and, when the
+  saved activations exceed the L2
   (:data:`seda_fast.tools.cost_phases.L2_BYTES`), every operand and output of every job.
   * ``save``: the backward reads every per-step activation the forward stored (as eager autograd
     does; the saved bytes are autograd's, counted with ``saved_tensors_hooks``).
@@ -148,7 +149,8 @@ def phases_of(ops) -> list[Phase]:
     return [Phase(tuple(by_depth[k])) for k in sorted(by_depth)]
 
 
-def _phase_cost(phase: Phase, dtype: str, cfg: SeDAConfig, ceilings: Ceilings, activations_in_hbm: bool):
+def _phase_cost(phase: Phase, batch: int, dtype: str, cfg: SeDAConfig, ceilings: Ceilings,
+                activations_in_hbm: bool):
     import torch
 
     from ..ops.runtime import kernels
@@ -164,7 +166,12 @@ def _phase_cost(phase: Phase, dtype: str, cfg: SeDAConfig, ceilings: Ceilings, a
         n_tiles += t * split
         flops += f
         l2 += b + (2 * split * M * N * 4 if split > 1 else 0)  # fp32 partials written and read once
-        hbm += (M * K + K * N + M * N) * e if activations_in_hbm else min(M, N) * K * e  # a weight operand
+        if activations_in_hbm:
+            hbm += (M * K + K * N + M * N) * e
+        elif K == batch:  # a weight gradient: its fp32 result leaves the chip
+            hbm += M * N * 4
+        else:  # an activation GEMM: its weight comes in
+            hbm += N * K * e
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     return n_tiles, flops, l2, phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)
 
@@ -187,7 +194,7 @@ def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save"
     terms = {"compute": 0.0, "L2": 0.0, "HBM": 0.0}
     tiles, flops, l2 = 0, 0.0, 0.0
     for ph in phases:
-        t, f, b, pt = _phase_cost(ph, dtype, cfg, ceilings, in_hbm)
+        t, f, b, pt = _phase_cost(ph, batch, dtype, cfg, ceilings, in_hbm)
         tiles, flops, l2 = tiles + t, flops + f, l2 + b
         bound = max(pt, key=pt.get)
         terms[bound] += pt[bound]

@@ -47,7 +47,7 @@ def test_policies():
     levels = len({dep for dep, _ in step_jobs})
     assert rec_.counts["phases"] == save.counts["phases"] + cfg.translator_steps * levels
     one_step = [ct.Phase(((m, n, k),)) for _, (m, n, k) in step_jobs]
-    extra = cfg.translator_steps * sum(ct._phase_cost(p, "bfloat16", cfg, ct.H200, False)[1] for p in one_step)
+    extra = cfg.translator_steps * sum(ct._phase_cost(p, B, "bfloat16", cfg, ct.H200, False)[1] for p in one_step)
     assert rec_.counts["flops"] == pytest.approx(save.counts["flops"] + extra)  # as the tiles execute them
     assert rec_.counts["saved_bytes"] == save.counts["saved_bytes"] - cfg.translator_steps * (
         step_saved - 2 * B * cfg.dim * 2)
