@@ -177,9 +177,11 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
       and ``BN`` the widest of 64/32/16 that still gives an H-wide phase >= :data:`TARGET_TILES`
       tiles (B = 64, H = 1024: 4 row blocks x 32 column blocks of 32 = 128 tiles; B = 1: BN = 16, 64
       tiles; narrower than 16 is not a legal dot). More tiles at B = 1 would need split-K: not done.
-    * fp16/bf16, ``B > 256`` (throughput, wgmma): ``128 x 64 x 32`` with 8 warps (two warpgroups of
-      M = 64) once an H-wide phase has >= 4 tiles per SM (B >= 4224 at H = 1024), else
-      ``64 x 64 x 32`` with 4 warps, so mid-size batches still fill the SMs. 2 stages.
+    * fp16/bf16, ``B > 256`` (throughput, wgmma): the widest tile that still gives an H-wide phase
+      >= 4 tiles per SM: ``128 x 128 x 64`` with 8 warps and 3 stages (B >= 8448 at H = 1024; half
+      the L2 -> SM bytes per FLOP of 128 x 64), else ``128 x 64 x 32`` with 8 warps (two warpgroups
+      of M = 64; B >= 4224), else ``64 x 64 x 32`` with 4 warps, so mid-size batches still fill the
+      SMs. 2 stages below 128 x 128.
     * ``impl="persistent"``, fp16/bf16, ``B > 256``: ``64 x 64 x 32`` with 8 warps at every such
       batch. Its one kernel holds every phase body, and under triton 3.6.0 (the GPU image's) it
       spills at both tiles above: 64x64x32 (4 warps) 4 stores, 128x64x32 (8 warps) 2 stores, both at
@@ -189,11 +191,14 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     ``maxnreg=255``; ``tests/ops/test_infer_phases.py`` compiles every config picked here and
     requires zero spills). Registers, worst phase kind of ``infer_phase_kernel`` / the persistent
     kernel: bf16 16x16x64 110/210, 16x32x64 177/223, 16x64x64 135/188, 64x64x32 200/255,
-    128x64x32 (8 warps) 189/255; fp32 16x16x32 174/202, 16x32x32 212/251; no spills anywhere
-    (the persistent kernel at 64x64x32 with 8 warps: 223 under triton 3.6.0, no spills).
+    128x64x32 (8 warps) 189/255, 128x128x64 (8 warps, 3 stages; phase kernel only) 255 with 97 KiB of
+    shared memory (the same under triton 3.6.0); fp32 16x16x32 174/202, 16x32x32 212/251; no spills
+    anywhere (the persistent kernel at 64x64x32 with 8 warps: 223 under triton 3.6.0, no spills).
     Rejected: 64x128x32 (4 warps) sits at the 255 cap in three phase kinds; 128x128x32 (8 warps)
-    spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel. The
-    128 x 256 TMA tiles need descriptor loads and a split epilogue: not in this version.
+    spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel;
+    128x256 (8 warps, BK 32 or 64) spills 5 to 181 stores in four phase kinds of the phase kernel
+    (the accumulator alone is 128 registers a thread, and the epilogue's tiles come on top). A
+    128 x 256 tile would need a split epilogue (and TMA descriptor loads): not in this version.
 
     ``BN``/``BK`` are clamped to the next power of two of the real widths (>= 16), like
     ``_heuristics.clamp_block``.
@@ -204,6 +209,8 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
         BM, BN, BK, warps, stages = 16, 64, 64, 4, 2
     elif impl == "persistent":
         BM, BN, BK, warps, stages = 64, 64, 32, 8, 2
+    elif triton.cdiv(batch, 128) * triton.cdiv(H, 128) >= 4 * 132:
+        BM, BN, BK, warps, stages = 128, 128, 64, 8, 3
     elif triton.cdiv(batch, 128) * triton.cdiv(H, 64) >= 4 * 132:
         BM, BN, BK, warps, stages = 128, 64, 32, 8, 2
     else:

@@ -69,6 +69,7 @@ CASES = [  # batch, layers, K, noise, classes, impl, tiles
     pytest.param(33, 1, 4, False, 1, "phases", None, id="B33-L1-K4-C1-fp32"),
     pytest.param(1, 3, 4, True, 7, "phases", SMALL_TILES, id="B1-L3-K4-noise-BK16-fp32"),
     pytest.param(33, 3, 1, False, 7, "phases", SMALL_TILES, id="B33-L3-K1-BK16-fp32"),
+    pytest.param(33, 3, 2, True, 7, "phases", IP.PhaseTiles(128, 128, 64, 8, 3), id="B33-L3-K2-noise-128x128-fp32"),
     pytest.param(33, 3, 4, True, 7, "persistent", None, id="persistent-B33-L3-K4-noise-fp32"),
     pytest.param(1, 1, 1, False, 1, "persistent", None, id="persistent-B1-L1-K1-C1-fp32"),
 ]
@@ -206,7 +207,9 @@ def test_tile_picker():
     t1 = IP.pick_phase_tiles(1, 512, 1024, torch.bfloat16)
     assert (t1.BM, t1.BN) == (16, 16)
     big = IP.pick_phase_tiles(16384, 512, 1024, torch.bfloat16)
-    assert (big.BM, big.BN, big.num_warps) == (128, 64, 8) and IP.job_tiles(16384, 1024, big) >= 132 * 4
+    assert (big.BM, big.BN, big.num_warps) == (128, 128, 8) and IP.job_tiles(16384, 1024, big) >= 132 * 4
+    between = IP.pick_phase_tiles(8192, 512, 1024, torch.bfloat16)
+    assert (between.BM, between.BN) == (128, 64) and IP.job_tiles(8192, 1024, between) >= 132 * 4
     mid = IP.pick_phase_tiles(1024, 512, 1024, torch.bfloat16)
     assert (mid.BM, mid.BN) == (64, 64) and IP.job_tiles(1024, 1024, mid) >= 128
     for batch in (1024, 16384):  # the persistent kernel's own throughput tile (no spills under triton 3.6.0)
@@ -266,9 +269,9 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 
 # (dtype, batch): every tile config pick_phase_tiles ships for the default model (d=512, H=1024,
 # L=2, Dv=1280, C=10): bf16/fp16 latency BN = 16 (B=1), 32 (B=64), 64 (B=256), throughput 64x64
-# (B=1024) and 128x64 (B=16384); fp32 BN = 16 (B=1), 32 (B=64).
-COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 1024), ("bfloat16", 16384),
-                 ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64)]
+# (B=1024), 128x64 (B=8192) and 128x128 (B=16384); fp32 BN = 16 (B=1), 32 (B=64).
+COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 1024), ("bfloat16", 8192),
+                 ("bfloat16", 16384), ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64)]
 
 
 def compile_rows(cases=COMPILE_CASES) -> list[dict]:
