@@ -81,9 +81,9 @@ def sampling_tables(den, T: int, K: int, dim: int, dtype: torch.dtype, device):
 
     Row k-1 belongs to step k (t = tau_k): ``(a_k, b_k)`` and ``e(tau_k)``.
     """
-    tau = torch.tensor(schedule.sampling_timesteps(T, K)[1:], device=device)
+    tau = schedule.sampling_timesteps_on(T, K, device)
     coef_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    coef = schedule.ddim_coefficients(T, K).to(device=device, dtype=coef_dtype)
+    coef = schedule.ddim_coefficients_on(T, K, device, coef_dtype)
     return coef, time_features(den, tau, dim, dtype)
 
 

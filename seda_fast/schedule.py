@@ -41,6 +41,44 @@ def alpha_bar(T: int) -> torch.Tensor:
     return torch.tensor(_alpha_bar(int(T)), dtype=torch.float64)
 
 
+_DEVICE: dict = {}  # (table, T, K, dtype, device) -> the table on that device, built once
+
+
+def _on_device(key: tuple, make, device) -> torch.Tensor:
+    """``make()`` (a host tensor) on ``device``, copied there once per process and kept.
+
+    A host-to-device copy from pageable memory on every training step would wait for the stream
+    each time, and inside a CUDA-graph capture it would record a copy from a host buffer that is
+    freed before the replay. Under torch.compile the plain copy is traced instead (the compiler
+    folds the constant). Callers must not write to the returned tensor."""
+    device = torch.device(device)
+    if device.type == "cpu" or torch.compiler.is_compiling():
+        return make().to(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = key + (device,)
+    table = _DEVICE.get(key)
+    if table is None:
+        table = _DEVICE[key] = make().to(device)
+    return table
+
+
+def alpha_bar_on(T: int, device) -> torch.Tensor:
+    """:func:`alpha_bar` on ``device`` (cached there, read-only)."""
+    return _on_device(("abar", int(T)), lambda: alpha_bar(T), device)
+
+
+def sampling_timesteps_on(T: int, K: int, device) -> torch.Tensor:
+    """``tau_1 .. tau_K`` (:func:`sampling_timesteps` without ``tau_0``) as int64 ``[K]`` on
+    ``device`` (cached there, read-only)."""
+    return _on_device(("tau", int(T), int(K)), lambda: torch.tensor(sampling_timesteps(T, K)[1:]), device)
+
+
+def ddim_coefficients_on(T: int, K: int, device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """:func:`ddim_coefficients` in ``dtype`` on ``device`` (cached there, read-only)."""
+    return _on_device(("ddim", int(T), int(K), dtype), lambda: ddim_coefficients(T, K).to(dtype), device)
+
+
 def sampling_timesteps(T: int, K: int) -> list[int]:
     """``tau_k = round(k * T / K)`` for k = 0..K, halves rounded up (exact integer arithmetic)."""
     if not 1 <= K <= T:
@@ -81,5 +119,5 @@ def start_coefficients(T: int) -> tuple[float, float]:
 
 def noising_coefficients(T: int, t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample ``(sqrt(abar_t), sqrt(1 - abar_t))`` as ``[B, 1]`` columns for integer t in 1..T."""
-    abar = alpha_bar(T).to(t.device)[t]
+    abar = alpha_bar_on(T, t.device)[t]
     return abar.sqrt().to(dtype).unsqueeze(1), (1.0 - abar).sqrt().to(dtype).unsqueeze(1)

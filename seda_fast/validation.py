@@ -39,10 +39,18 @@ def check_device(name: str, x: torch.Tensor, device: torch.device, owner: str = 
         raise ValueError(f"{name} is on {x.device} but {owner} is on {device}; move it with .to({str(device)!r})")
 
 
+def stream_capturing(x: torch.Tensor) -> bool:
+    """Whether ``x`` lives on a CUDA device whose current stream is capturing a CUDA graph (a check
+    that reads a value back to the host would fail there)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def check_labels(labels, batch: int, num_classes: int | None, device: torch.device | None = None,
                  name: str = "labels", owner: str = "the model", dtypes: tuple = INT_DTYPES) -> None:
     """``labels`` must be an integer ``[batch]`` tensor (of one of ``dtypes``) with values in
-    ``[0, num_classes)`` (range unchecked when ``num_classes`` is None: the check syncs)."""
+    ``[0, num_classes)`` (range unchecked when ``num_classes`` is None: the check syncs). While a
+    CUDA graph is being captured the range is checked by a device-side assert instead (no sync; a
+    bad label then fails the replay with that message)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
     if labels.dtype not in dtypes:
@@ -54,6 +62,10 @@ def check_labels(labels, batch: int, num_classes: int | None, device: torch.devi
         check_device(name, labels, device, owner)
     if num_classes is None or torch.compiler.is_compiling():
         return  # a data-dependent branch would break the graph; cross_entropy still rejects bad ids
+    if stream_capturing(labels):  # reading the range would sync: check on the device, at replay
+        torch._assert_async((labels.min() >= 0) & (labels.max() < num_classes),
+                            f"{name} must be in [0, {num_classes})")
+        return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"{name} must be in [0, {num_classes}), got values in [{lo}, {hi}]")

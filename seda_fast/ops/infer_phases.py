@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import schedule
+from ..validation import stream_capturing
 from .runtime import check_dtype, compute_dtype, kernels
 from .weights import in_dtype, model_view, op_args, prepared, weight_paths
 
@@ -35,11 +36,6 @@ def launch_options(graph: bool = True, pdl: bool | None = None):
         _LAUNCH.update(saved)
 
 
-def _capturing(device: torch.device) -> bool:
-    """Inside a caller's CUDA-graph capture the call must not capture a graph of its own."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int,
                       K2: int, ln_eps: float, dtype: torch.dtype, impl: str) -> tuple[Tensor, Tensor, Tensor]:
     """``(logits, s, m)`` in ``dtype`` from the flat weight list (cast to ``dtype`` once and cached)."""
@@ -52,7 +48,8 @@ def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor
     translator = model_view(weights[n_sem:], n_hidden, "translator").translator
     tables = {"learner": prepared(learner, T, K1, visual.device), "translator": prepared(translator, T, K2, visual.device)}
     c0, c1 = schedule.start_coefficients(T)
-    graph = impl == "phases" and visual.device.type == "cuda" and _LAUNCH["graph"] and not _capturing(visual.device)
+    # inside a caller's own CUDA-graph capture the call must not capture a graph of its own
+    graph = impl == "phases" and visual.device.type == "cuda" and _LAUNCH["graph"] and not stream_capturing(visual)
     pdl = _LAUNCH["pdl"] if impl == "phases" else None
     return kernels().infer_phases(visual.contiguous(), dict(zip(paths, weights)), tables, ln_eps=ln_eps,
                                   start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph, pdl=pdl)

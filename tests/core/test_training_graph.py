@@ -1,0 +1,142 @@
+"""A whole fused training step (loss, backward, optimizer) as one CUDA graph.
+
+On the CPU: no op of the step reads a value back to the host while a capture is on (a
+``.item()`` would fail the capture), a bad label still fails loudly then, the schedule tables
+are built on the device once (no host-to-device copy per step), and the Triton launches per step
+follow the documented counts. On a GPU: the captured step replays with the numbers of the same
+steps run directly.
+"""
+import collections
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from helpers import make_batch, make_model
+from seda_fast import schedule, validation
+from seda_fast.ops.runtime import kernels
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# aten ops that copy a value to the host (and so synchronize, and cannot be captured)
+HOST_READS = {"_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
+              "masked_select", "is_nonzero", "equal"}
+
+
+class _HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in HOST_READS:
+            self.seen[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _step(model, stage, visual, labels, text, opt=None):
+    loss = model.learner_loss(visual, labels) if stage == 1 else model.translator_loss(visual, labels, text)
+    loss.backward()
+    if opt is not None:
+        opt.step()
+    return loss
+
+
+def _model_and_batch(stage, batch=6, **cfg):
+    model = make_model(**cfg).to(DEVICE).train()
+    visual, labels, text = (t.to(DEVICE) for t in make_batch(model.config, batch, seed=1))
+    model.learner_loss(visual, labels)  # every class present gets a center (eager)
+    model.backend = "triton"
+    model.set_stage(stage)
+    return model, visual, labels, text
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_no_host_read_while_capturing(stage, monkeypatch):
+    """With a capture on, the fused step reads nothing back to the host: the label range check
+    becomes a device-side assert."""
+    model, visual, labels, text = _model_and_batch(stage, layers=2, learner_steps=2, translator_steps=2)
+    monkeypatch.setattr(validation, "stream_capturing", lambda x: True)
+    with _HostReads() as reads:
+        _step(model, stage, visual, labels, text)
+    assert not reads.seen, dict(reads.seen)
+    with _HostReads() as reads, pytest.raises(RuntimeError, match=r"labels must be in \[0, "):
+        _step(model, stage, visual, torch.full_like(labels, model.config.num_classes), text)
+
+
+def test_label_range_still_checked_before_launch_without_capture():
+    model, visual, labels, text = _model_and_batch(2, layers=1, learner_steps=1, translator_steps=1)
+    with kernels().count_launches() as c, pytest.raises(ValueError, match=r"labels must be in \[0, "):
+        _step(model, 2, visual, labels - 1, text)
+    assert c.count == 0
+
+
+def test_schedule_tables_are_built_once_per_device():
+    if DEVICE.type != "cuda":  # on the CPU nothing is copied, so nothing is kept
+        assert schedule.alpha_bar_on(50, "cpu") is not schedule.alpha_bar_on(50, "cpu")
+        assert torch.equal(schedule.ddim_coefficients_on(50, 4, "cpu", torch.float32),
+                           schedule.ddim_coefficients(50, 4).float())
+        assert schedule.sampling_timesteps_on(50, 4, "cpu").tolist() == schedule.sampling_timesteps(50, 4)[1:]
+        return
+    a = schedule.alpha_bar_on(50, DEVICE)  # pragma: no cover - GPU only
+    assert a is schedule.alpha_bar_on(50, DEVICE) and torch.equal(a.cpu(), schedule.alpha_bar(50))
+
+
+@pytest.mark.parametrize("layers,steps", [(1, 1), (2, 3), (3, 4)])
+def test_launches_per_step(layers, steps):
+    """Triton launches of one fused step (loss + backward), through the launch hook:
+    stage 1: center sums + EMA, the noised-denoiser x0 loss, the center loss (forward, backward),
+    the x0 loss backward and its weight gradients (2 launches when L = 1, else 3);
+    stage 2: the Learner sampler, the x0 loss, the unroll forward; the x0 loss backward and its
+    weight gradients; per unroll step one backward kernel and 4 (L = 1) or 5 weight-gradient launches."""
+    wgrad_x0 = 2 if layers == 1 else 3
+    want = {1: 6 + wgrad_x0, 2: 3 + 1 + wgrad_x0 + steps * (1 + (4 if layers == 1 else 5))}
+    for stage in (1, 2):
+        model, visual, labels, text = _model_and_batch(stage, layers=layers, learner_steps=steps,
+                                                       translator_steps=steps)
+        with kernels().count_launches() as c:
+            _step(model, stage, visual, labels, text)
+        assert c.count == want[stage], (stage, collections.Counter(c.names))
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("stage", [1, 2])
+def test_whole_step_replays_as_one_cuda_graph(stage):  # pragma: no cover - GPU only
+    """Capture ``loss.backward(); opt.step()`` (AdamW with ``capturable=True``) once, replay it,
+    and compare with the same steps run directly on a copy: the random draws come from the default
+    CUDA generator, reseeded before each replay and each direct step (a graph replays its random
+    ops from the generator's state at replay time, as a direct call would)."""
+    model, visual, labels, text = _model_and_batch(stage, batch=24, layers=2, learner_steps=3, translator_steps=3)
+    twin = copy.deepcopy(model)
+
+    def adamw(m):
+        return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, capturable=True)
+    opt, twin_opt = adamw(model), adamw(twin)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: Triton compiles, AdamW builds its state, tables reach the device
+        torch.cuda.manual_seed(11)
+        opt.zero_grad(set_to_none=True)
+        _step(model, stage, visual, labels, text, opt)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.manual_seed(11)
+    twin_opt.zero_grad(set_to_none=True)
+    _step(twin, stage, visual, labels, text, twin_opt)
+
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with kernels().count_launches() as captured, torch.cuda.graph(graph):
+        static_loss = _step(model, stage, visual, labels, text, opt)
+    assert captured.count > 0
+    for r in range(3):
+        torch.cuda.manual_seed(20 + r)
+        with kernels().count_launches() as replayed:
+            graph.replay()
+        assert replayed.count == 0  # no launch from Python
+        torch.cuda.manual_seed(20 + r)
+        twin_opt.zero_grad(set_to_none=True)
+        loss = _step(twin, stage, visual, labels, text, twin_opt)
+        torch.testing.assert_close(static_loss, loss.detach(), rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(model.centers, twin.centers, rtol=1e-5, atol=1e-6)
