@@ -29,7 +29,8 @@ Jobs, in order of value:
    otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
 5. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
-   eager, fused, torch.compile; each with the step's peak memory.
+   eager, fused, fused_graph (the fused step captured whole in one CUDA graph and replayed),
+   torch.compile; each with the step's peak memory.
 6. The GPU-only test cases: every kernel test file, ``-x``, one child (and timeout) per file.
 
 Every timing row carries its error against the fp32 eager reference: inference, the largest
@@ -106,7 +107,7 @@ def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
             providers = [f"fused:{impl}"] + [f"fused:{impl}-{v}" for v in (() if dry else PHASE_VARIANTS.get(impl, ()))]
             jobs.append(Job(f"infer-fused-{impl}-{tag}", "infer", dict(common, providers=providers), 180))
         jobs.append(Job(f"infer-compile-{tag}", "infer", dict(common, providers=["torch_compile"]), 300))
-    for provider in ("eager", "fused", "torch_compile"):
+    for provider in ("eager", "fused", "fused_graph", "torch_compile"):
         jobs.append(Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
                                                           amp="float32" if dry else "bfloat16"), 300))
     for name in GPU_TEST_FILES:
@@ -477,7 +478,11 @@ def child_train(job, args, device) -> None:
                 if provider == "torch_compile" and not cuda:
                     emit(dict(row, status="skipped", reason="torch.compile is timed on the GPU only"))
                     continue
-                backend = "triton" if provider == "fused" else "eager"
+                if provider == "fused_graph" and not cuda:
+                    emit(dict(row, status="skipped", reason="CUDA graphs need a CUDA device"))
+                    continue
+                graphed = provider == "fused_graph"
+                backend = "triton" if provider in ("fused", "fused_graph") else "eager"
                 model, v, y, text = build(backend, batch)
                 model.set_stage(stage)
                 fn = torch.compile(model) if provider == "torch_compile" else model
@@ -489,14 +494,18 @@ def child_train(job, args, device) -> None:
                 row["max_grad_rel_err_vs_fp32"] = max(
                     float((g.float() - r).norm() / r.norm().clamp_min(1e-30)) for g, r in zip(grads, ref_grads))
                 del ref_model, ref_grads, grads
-                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+                opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
+                                        capturable=graphed)
 
-                def step():
-                    with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
+                def step():  # autocast's weight-cast cache must be off inside a graph capture
+                    with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32,
+                                        cache_enabled=not graphed):
                         loss = fn(v, y, text=text)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                if graphed:  # the whole step (loss, backward, AdamW) captured once, then replayed
+                    step = bench.cuda_graph(step)
                 row.update(bench.summarize(bench.device_times(step, warm, iters, cuda)))
                 row["peak_mb"] = memory.peak_bytes(step, device) / 2**20
                 row["status"] = "ok"

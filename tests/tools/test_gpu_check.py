@@ -40,6 +40,7 @@ def test_dry_run_end_to_end_and_report(tmp_path):
         assert micro[name]["status"] == "ok" and micro[name]["value"] > 0, micro[name]
     assert micro["barrier_round_trip"]["counter_ok"]  # the barrier's code ran on a one-program grid
     assert micro["graph_boundary"]["status"] == micro["pdl"]["status"] == "skipped"
+    assert micro["pdl_graph_boundary"]["status"] == "skipped"
     infer = _by(doc, section="inference", status="ok")
     assert {(r["provider"], r["batch"]) for r in infer} == {(p, b) for p in ("eager", "fused:rowblock", "fused:phases")
                                                               for b in (1, 3)}
@@ -48,6 +49,7 @@ def test_dry_run_end_to_end_and_report(tmp_path):
         assert r["max_abs_err_vs_fp32"] < 1e-5 and r["rel_err_logits_vs_fp32"] < 1e-5
     train = _by(doc, section="training", status="ok")
     assert {(r["provider"], r["stage"]) for r in train} == {(p, s) for p in ("eager", "fused") for s in (1, 2)}
+    assert {r["status"] for r in _by(doc, section="training", provider="fused_graph")} == {"skipped"}  # CUDA only
     for r in train:
         assert r["median_ms"] > 0 and r["peak_mb"] > 0
         assert r["loss_rel_err_vs_fp32"] < 1e-5 and r["max_grad_rel_err_vs_fp32"] < 1e-4
