@@ -52,7 +52,7 @@ def _on_device(key: tuple, make, device) -> torch.Tensor:
     freed before the replay. Under torch.compile the plain copy is traced instead (the compiler
     folds the constant). Callers must not write to the returned tensor."""
     device = torch.device(device)
-    if device.type == "cpu" or torch.compiler.is_compiling():
+    if device.type != "cuda" or torch.compiler.is_compiling():
         return make().to(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())

@@ -1,6 +1,7 @@
 """Predicted time of one training step (loss + backward, no optimizer) per stage: eager,
-``torch.compile``, and the phase design of the fused training (every matmul of the step a GEMM over
-all SMs, the element-wise work in its epilogue), under each activation policy.
+``torch.compile``, the row-block training ops the library ships, and the phase design of the
+fused training (every matmul of the step a GEMM over all SMs, the element-wise work in its
+epilogue) under each activation policy.
 
 Counts, not totals. :func:`step_ops` runs the eager step (:func:`seda_fast.reference.learner_loss` /
 ``translator_loss``, then ``backward``) on the meta device and records every aten op
@@ -12,6 +13,8 @@ which flatters eager and compile).
 * ``eager`` / ``torch_compile``: :func:`seda_fast.tools.cost_baselines.predict_ops` on the step's
   ops (the same rules as for inference: eager host-bound at ``aten_op_s`` per op, compile as one
   kernel per matmul plus one fused epilogue pass, each a graph boundary).
+* ``rowblock`` / ``rowblock-graph``: the training ops the library ships today
+  (:func:`predict_rowblock`), issued op by op from Python or captured whole in one CUDA graph.
 * ``phases-save`` / ``phases-recompute``: the matmuls grouped by depth, one *phase* per depth
   (every matmul of a depth has its inputs ready once the previous depth is done, so they ride
   together); a phase's jobs are tiled by the inference launcher's picker
@@ -34,8 +37,8 @@ which flatters eager and compile).
     phases of their own (conservative: they could ride in the backward's phases). Stage 1 has no
     loop, so both policies are the same there.
 
-What the model leaves out: the row-block training ops the library ships today (their counted
-estimate is in ``seda_fast/kernels``' docstrings), the optimizer step, tail effects inside a wave.
+What the model leaves out: the optimizer step, tail effects inside a wave, and (row-block) the
+torch glue's GPU work.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ from .cost_phases import L2_BYTES, job_counts, phase_terms
 STAGES = (1, 2)
 BATCHES = (256, 4096)
 POLICIES = ("save", "recompute")
-IMPLS = ("eager", "torch_compile") + tuple(f"phases-{p}" for p in POLICIES)
+IMPLS = ("eager", "torch_compile", "rowblock", "rowblock-graph") + tuple(f"phases-{p}" for p in POLICIES)
 SPLIT_MIN_K = 128  # a split-K part reduces at least this many rows
 
 
@@ -204,6 +207,91 @@ def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save"
     return Prediction(f"phases-{policy}", batch, sum(terms.values()), bound, terms, counts)
 
 
+def fused_step_counts(cfg: SeDAConfig, stage: int) -> tuple[int, int]:
+    """``(aten ops, Triton launches)`` of one step of the training ops the library ships (the
+    ``"triton"`` backend's pieces in the reference losses, loss + backward), counted on the CPU
+    with the launches captured, not run. Neither depends on the batch: four rows are recorded."""
+    import torch
+
+    from .. import reference
+    from ..backends import TRITON
+    from ..model import SeDA
+    from ..ops.runtime import kernels
+    torch.manual_seed(0)
+    model = SeDA(cfg, backend="eager").train()
+    model.set_stage(stage)
+    visual, text = torch.randn(4, cfg.visual_dim), torch.randn(cfg.num_classes, cfg.text_dim)
+    labels = torch.arange(4) % cfg.num_classes
+
+    def step():
+        if stage == 1:
+            loss = reference.learner_loss(model, visual, labels, pieces=TRITON.pieces)[0]
+        else:
+            loss = reference.translator_loss(model, visual, labels, text, True, pieces=TRITON.pieces)[0]
+        loss.backward()
+    with kernels().capture_launches(keep_args=False) as launches:
+        ops = record_aten_ops(step)
+    return len(ops), len(launches)
+
+
+def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
+                     record: StepRecord | None = None, graph: bool = False) -> Prediction:
+    """The training ops the library ships: row-block kernels (a program owns ``BM`` rows, as
+    :func:`seda_fast.kernels.pick_blocks` picks them, and streams the whole weight of every
+    activation GEMM of the step it computes, re-reading its fp32 activation block once per ``BN``
+    output tile; stage 2's backward also recomputes each unroll step's forward) plus
+    weight-gradient launches (one program per 64 x 64 output tile over all rows), and the torch
+    glue around them (its GPU work is left out). Host: every aten op at ``aten_op_s`` and every Triton launch at
+    ``launch_s`` (:func:`fused_step_counts`), overlapped with the GPU (the longer counts); with
+    ``graph`` (the step captured whole) no host term, one graph boundary per launch and glue op."""
+    import torch
+
+    from ..kernels import pick_blocks
+    record = record or step_ops(cfg, batch, stage, dtype)
+    e = _DTYPE_BYTES[dtype]
+    blocks = pick_blocks(batch, cfg.dim, cfg.hidden, None, getattr(torch, dtype))
+    programs = math.ceil(batch / blocks.BM)
+    rows = min(blocks.BM, batch)
+    per_program, act_flops, wgrad = 0.0, 0.0, {"compute": 0.0, "L2": 0.0, "HBM": 0.0}
+    peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
+    wtiles = _tiles(64, 64)
+    shapes = [o.mnk for o in _matmuls(record.ops)]
+    if stage == 2:  # the unroll's backward recomputes each step's forward from x_k and m_k
+        shapes += [mnk for _, mnk in per_step_forward(cfg, batch, dtype)[0]] * cfg.translator_steps
+    for M, N, K in shapes:
+        if K == batch and M != batch:  # a weight gradient: its own launch over all rows
+            t, f, b = job_counts(M, N, K, wtiles, e)
+            pt = phase_terms(t, f, b, M * N * 4, peak, ceilings)
+            bound = max(pt, key=pt.get)
+            wgrad[bound] += pt[bound]
+        else:  # an activation GEMM inside a row-block kernel
+            per_program += N * K * e + math.ceil(N / blocks.BN) * rows * K * 4
+            act_flops += 2.0 * M * N * K
+    busy = min(programs, ceilings.sms)
+    waves = math.ceil(programs / ceilings.sms)
+    gpu = {"compute": act_flops / (peak * busy / ceilings.sms),
+           "L2": max(waves * per_program / ceilings.l2_per_sm_bytes_per_s,
+                     programs * per_program / ceilings.l2_bytes_per_s)}
+    gpu_s = max(gpu.values()) + sum(wgrad.values())
+    n_ops, n_launches = fused_step_counts(cfg, stage)
+    boundaries = (n_ops + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
+    if graph:
+        terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}
+        time_s = sum(terms.values())
+    else:  # the host issues the step while the GPU runs it: the longer of the two
+        terms = {"GPU": gpu_s + boundaries, "host": n_ops * ceilings.aten_op_s + n_launches * ceilings.launch_s}
+        time_s = max(terms.values())
+    counts = {"programs": programs, "l2_bytes_per_program": per_program, "aten_ops": n_ops, "launches": n_launches,
+              "flops": sum(2.0 * m * n * k for m, n, k in shapes), "saved_bytes": None}
+    return Prediction("rowblock-graph" if graph else "rowblock", batch, time_s, max(terms, key=terms.get), terms,
+                      counts)
+
+
+def _tiles(BM: int, BN: int):
+    from ..ops.runtime import kernels
+    return kernels().infer_phases_module.PhaseTiles(BM, BN, 32, 4, 2)
+
+
 def predict(cfg: SeDAConfig, batch: int, stage: int, impl: str, dtype: str = "bfloat16",
             ceilings: Ceilings = H200, record: StepRecord | None = None) -> Prediction:
     """Predicted step time of ``impl`` (:data:`IMPLS`) for ``stage`` at ``batch``."""
@@ -212,6 +300,8 @@ def predict(cfg: SeDAConfig, batch: int, stage: int, impl: str, dtype: str = "bf
     record = record or step_ops(cfg, batch, stage, dtype)
     if impl.startswith("phases-"):
         return predict_phases(cfg, batch, stage, impl.split("-", 1)[1], dtype, ceilings, record)
+    if impl.startswith("rowblock"):
+        return predict_rowblock(cfg, batch, stage, dtype, ceilings, record, graph=impl == "rowblock-graph")
     p = predict_ops(record.ops, batch, impl, dtype, ceilings)
     return replace(p, counts=dict(p.counts, saved_bytes=record.saved_bytes))
 
@@ -258,7 +348,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['stage']} | {r['batch']} | {r['impl']} | {r['time_s'] * 1e3:.3f} | {r['bound']} "
                      f"| {r['flops'] / 1e12:.3f} | {r['phases'] if r['phases'] is not None else ''} "
-                     f"| {r['saved_bytes'] / 2**20:.1f} |")
+                     f"| {'' if r['saved_bytes'] is None else format(r['saved_bytes'] / 2**20, '.1f')} |")
     return "\n".join(lines)
 
 

@@ -64,7 +64,7 @@ def test_baselines_and_bad_arguments():
     assert eager.bound == "host" and eager.time_s == pytest.approx(len(rec.ops) * 5e-6)
     assert ct.predict(cfg, B, 2, "torch_compile", record=rec).time_s < eager.time_s
     with pytest.raises(ValueError, match="impl"):
-        ct.predict(cfg, B, 2, "rowblock", record=rec)
+        ct.predict(cfg, B, 2, "jit", record=rec)
     with pytest.raises(ValueError, match="policy"):
         ct.predict_phases(cfg, B, 2, "keep", record=rec)
     with pytest.raises(ValueError, match="stage"):
@@ -81,3 +81,22 @@ def test_table_and_targets(capsys):
     assert ct.main(["--dtype", "bfloat16"]) == 0  # the default config's table
     out = capsys.readouterr().out
     assert "| 2 | 4096 | phases-save |" in out and "target 1.2x" in out
+
+
+def test_rowblock_counts_are_the_shipped_ops():
+    """The row-block prediction's launches are the training ops' own (the same count the launch
+    hook sees in tests/core/test_training_graph.py), its host term is priced per op and launch, and
+    capturing the step in a graph removes the host term."""
+    cfg, B = _cfg(), 9
+    K = cfg.translator_steps
+    n_ops, n_launches = ct.fused_step_counts(cfg, 2)
+    assert n_launches == 3 + 1 + 3 + K * (1 + 5) and n_ops > n_launches  # L = 3: 3 x0-loss wgrad launches
+    assert ct.fused_step_counts(cfg, 1)[1] == 6 + 3
+    rec = ct.step_ops(cfg, B, 2, "bfloat16")
+    raw = ct.predict(cfg, B, 2, "rowblock", record=rec)
+    graphed = ct.predict(cfg, B, 2, "rowblock-graph", record=rec)
+    assert raw.terms["host"] == pytest.approx(n_ops * 5e-6 + n_launches * 20e-6)
+    assert "host" not in graphed.terms and graphed.time_s <= raw.time_s + 20e-6  # + the replay's launch
+    step_flops = sum(2.0 * m * n * k for _, (m, n, k) in ct.per_step_forward(cfg, B, "bfloat16")[0])
+    eager_flops = sum(o.flops for o in rec.ops if o.mnk)
+    assert raw.counts["flops"] == pytest.approx(eager_flops + K * step_flops)  # the backward recomputes each step
