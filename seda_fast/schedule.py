@@ -45,7 +45,8 @@ _DEVICE: dict = {}  # (table, T, K, dtype, device) -> the table on that device, 
 
 
 def _on_device(key: tuple, make, device) -> torch.Tensor:
-    """``make()`` (a host tensor) on ``device``, copied there once per process and kept.
+    """``make(device)`` (a table built on the host and copied to ``device``), kept per CUDA device
+    after its first copy.
 
     A host-to-device copy from pageable memory on every training step would wait for the stream
     each time, and inside a CUDA-graph capture it would record a copy from a host buffer that is
@@ -53,30 +54,32 @@ def _on_device(key: tuple, make, device) -> torch.Tensor:
     folds the constant). Callers must not write to the returned tensor."""
     device = torch.device(device)
     if device.type != "cuda" or torch.compiler.is_compiling():
-        return make().to(device)
+        return make(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     key = key + (device,)
     table = _DEVICE.get(key)
     if table is None:
-        table = _DEVICE[key] = make().to(device)
+        table = _DEVICE[key] = make(device)
     return table
 
 
 def alpha_bar_on(T: int, device) -> torch.Tensor:
     """:func:`alpha_bar` on ``device`` (cached there, read-only)."""
-    return _on_device(("abar", int(T)), lambda: alpha_bar(T), device)
+    return _on_device(("abar", int(T)), lambda dev: alpha_bar(T).to(dev), device)
 
 
 def sampling_timesteps_on(T: int, K: int, device) -> torch.Tensor:
     """``tau_1 .. tau_K`` (:func:`sampling_timesteps` without ``tau_0``) as int64 ``[K]`` on
     ``device`` (cached there, read-only)."""
-    return _on_device(("tau", int(T), int(K)), lambda: torch.tensor(sampling_timesteps(T, K)[1:]), device)
+    return _on_device(("tau", int(T), int(K)), lambda dev: torch.tensor(sampling_timesteps(T, K)[1:], device=dev),
+                      device)
 
 
 def ddim_coefficients_on(T: int, K: int, device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """:func:`ddim_coefficients` in ``dtype`` on ``device`` (cached there, read-only)."""
-    return _on_device(("ddim", int(T), int(K), dtype), lambda: ddim_coefficients(T, K).to(dtype), device)
+    return _on_device(("ddim", int(T), int(K), dtype),
+                      lambda dev: ddim_coefficients(T, K).to(device=dev, dtype=dtype), device)
 
 
 def sampling_timesteps(T: int, K: int) -> list[int]:

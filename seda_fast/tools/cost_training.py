@@ -130,7 +130,7 @@ def per_step_forward(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16") -> tu
     shapes = Counter({mnk: n for mnk, n in extra.items() if n > 0 and mnk[0] == batch})  # not the [K2, *] table MLP
     jobs, need = [], Counter(shapes)
     for o in reversed(_matmuls(full.ops[:full.n_forward])):
-        if need[o.mnk] > 0 and o.name in ("mm", "addmm"):
+        if need[o.mnk] > 0:
             need[o.mnk] -= 1
             jobs.append((o.depth, o.mnk))
         if not +need:
