@@ -11,27 +11,16 @@ import copy
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import make_batch, make_model
 from seda_fast import schedule, validation
 from seda_fast.ops.runtime import kernels
+from seda_fast.tools.cost_baselines import record_aten_ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # aten ops that copy a value to the host (and so synchronize, and cannot be captured)
 HOST_READS = {"_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
               "masked_select", "is_nonzero", "equal"}
-
-
-class _HostReads(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in HOST_READS:
-            self.seen[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _step(model, stage, visual, labels, text, opt=None):
@@ -57,10 +46,10 @@ def test_no_host_read_while_capturing(stage, monkeypatch):
     becomes a device-side assert."""
     model, visual, labels, text = _model_and_batch(stage, layers=2, learner_steps=2, translator_steps=2)
     monkeypatch.setattr(validation, "stream_capturing", lambda x: True)
-    with _HostReads() as reads:
-        _step(model, stage, visual, labels, text)
-    assert not reads.seen, dict(reads.seen)
-    with _HostReads() as reads, pytest.raises(RuntimeError, match=r"labels must be in \[0, "):
+    reads = collections.Counter(o.name for o in record_aten_ops(lambda: _step(model, stage, visual, labels, text))
+                                if o.name in HOST_READS)
+    assert not reads, dict(reads)
+    with pytest.raises(RuntimeError, match=r"labels must be in \[0, "):
         _step(model, stage, visual, torch.full_like(labels, model.config.num_classes), text)
 
 
