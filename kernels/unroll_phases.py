@@ -1,0 +1,643 @@
+"""The stage-2 training unroll (K2-step Translator + PFIN loop) as phases: forward and backward.
+
+The same operation as ``translator_unroll.py`` (``(x_start [B, d], m_start [B, d], cond [B, H],
+e_table [K, H], ddim [K, 2]) -> m [B, d]`` and every gradient), tiled the way ``infer_phases.py``
+tiles inference: a phase is one GEMM (or two or three riding together) over ALL rows, cut into
+``BM x BN`` output tiles spread over all programs, with its element-wise work in the prologue and
+epilogue. Activations live in ``[slots, B, width]`` buffers in the compute dtype; running
+gradients (``gm = dL/dm``, ``gx = dL/dx``, ``gh = dL/dh``, ``gcond``) are fp32.
+
+Forward, step ``i = 0 .. K-1`` (DDIM step k = K - i, table row K - 1 - i), the phases of
+``infer_phases`` with every intermediate kept (``slot`` = i, or 0 under ``policy="recompute"``)::
+
+    A      a = x_i W_x + cond + e_k ; h_0 = SiLU(a)                     n = H, K = d
+    R_l    z_l = h_l W_l + b_l ; h_{l+1} = h_l + SiLU(z_l)              n = H, K = H
+    O      x0 = h_{L-1} W_o + b_o ; x_{i+1} = a_k x_i + b_k x0          n = d, K = H
+    PG     p = m_i W_pm + x0 W_pu + b_p + e_k, sp = SiLU(p)             n = H, K = 2d
+           g = sigmoid(m_i W_gm + x0 W_gu + b_g)                        n = d, K = 2d
+    D      delta = sp W_pd + b_pd ; m_{i+1} = m_i + g delta             n = d, K = H
+
+PG of step i rides in A of step i + 1 and D of step i in R_0 (O when L = 1) of step i + 1, as in
+inference: ``K (L + 1) + 2`` forward phases.
+
+Backward, step ``i = K-1 .. 0``, from ``gm = dL/dm_{i+1}`` and ``gx = dL/dx_{i+1}``::
+
+    BP     g_p = ((gm g) W_pd^T) SiLU'(p)          (gm g formed in the prologue)   n = H, K = d
+           column block 0 also stores g_delta = gm g and g_q = gm delta g (1 - g)
+    BM     gm <- gm + g_p W_pm^T + g_q W_gm^T ;  gx0 = g_p W_pu^T + g_q W_gu^T + b_k gx   2 x (n = d, K = H + d)
+    BO     gh = gx0 W_o^T ; g_pre = gh SiLU'(pre)  (pre = z_{L-2}, or a when L = 1)  n = H, K = d
+    BR_l   gh <- gh + gz_l W_l^T ; g_pre of the layer below                          n = H, K = H
+           (when the layer below is the input layer: ga = gh SiLU'(a), gcond += ga)
+    BX     gx <- ga W_x^T + a_k gx                  (rides in BP of step i - 1)      n = d, K = H
+
+``K (L + 2) + 1`` backward phases. Weight gradients are GEMMs ``G^T X`` tiled over (out, in) and
+split over rows, each split writing its own fp32 partial (no atomics); the host sums the partials
+in a fixed order (bitwise reproducible). Bias and time-embedding gradients are the per-split
+column sums of ``G``, summed the same way. Policies:
+
+* ``"save"``: the forward keeps every step's activations (``K`` slots); the backward keeps every
+  step's ``G``; ONE weight-gradient phase at the end treats the K slots as ``K B`` rows.
+* ``"recompute"``: the forward keeps only ``x_i`` and ``m_i``; before each backward step its
+  forward phases run again into one slot (same kernels, same tiles: bitwise the forward's values),
+  and a weight-gradient phase per step accumulates into the partials.
+
+Phases per call: forward ``K (L + 1) + 2``; backward ``K (L + 2) + 2`` (save) or
+``K ((L + 3) + (L + 2) + 1) + 1`` (recompute). Every launch is one :func:`unroll_phase_kernel`
+(``KIND`` constexpr) over that phase's tiles.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _blocks as blk
+from ._heuristics import check_matrix, clamp_block, dot_mode
+from ._launch import launch
+from .infer_phases import PhaseTiles, pick_phase_tiles
+from .translator_unroll import _check, _pointers
+
+POLICIES = ("save", "recompute")
+F_A, F_R, F_O, B_P, B_M, B_O, B_R, W_GRAD = range(8)
+KIND_NAMES = ("A", "R", "O", "BP", "BM", "BO", "BR", "W")
+# schedule row: kind, i (main job's step), layer, main, side, i_side (riding job's step), flags, 0
+SCHED_COLS = 8
+FLAG_X_NEXT = 1   # O: store x_{i+1}
+FLAG_M_NEXT = 2   # D: store m_{i+1} (the recompute's D stores only delta)
+FLAG_ACC = 4      # W: add to the weight-gradient partials
+
+
+# ----------------------------------------------------------------------------- schedule (host)
+
+
+def _forward_rows(steps, layers: int, ride: bool, store_next: bool) -> list[tuple]:
+    """Rows of the forward phases of ``steps`` (in order); ``ride``: PG/D of a step ride in the
+    next step's A/R_0 (or O) phases."""
+    nh = layers - 1
+    rows = []
+    xn = FLAG_X_NEXT if store_next else 0
+    mn = FLAG_M_NEXT if store_next else 0
+    prev = None
+    for pos, i in enumerate(steps):
+        last = i == steps[-1] and pos == len(steps) - 1
+        side = prev if ride else None
+        rows.append((F_A, i, 0, 1, int(side is not None), side or 0, 0, 0))
+        for layer in range(nh):
+            d_here = side is not None and layer == 0
+            rows.append((F_R, i, layer, 1, int(d_here), side or 0, mn if d_here else 0, 0))
+        d_in_o = side is not None and nh == 0
+        flags = (xn if store_next and not last else 0) | (mn if d_in_o else 0)
+        rows.append((F_O, i, nh, 1, int(d_in_o), side or 0, flags, 0))
+        if not ride:
+            rows.append((F_A, 0, 0, 0, 1, i, 0, 0))
+            rows.append((F_R, 0, 0, 0, 1, i, FLAG_M_NEXT if store_next else 0, 0))
+        prev = i
+    if ride:
+        rows.append((F_A, 0, 0, 0, 1, prev, 0, 0))
+        rows.append((F_R, 0, 0, 0, 1, prev, mn, 0))
+    return rows
+
+
+def _backward_rows(i: int, layers: int, bx_of: int | None) -> list[tuple]:
+    nh = layers - 1
+    rows = [(B_P, i, 0, 1, int(bx_of is not None), bx_of or 0, 0, 0), (B_M, i, 0, 1, 0, 0, 0, 0),
+            (B_O, i, nh, 1, 0, 0, 0, 0)]
+    rows += [(B_R, i, layer, 1, 0, 0, 0, 0) for layer in reversed(range(nh))]
+    return rows
+
+
+def build_schedule(layers: int, K: int, policy: str) -> tuple[list[tuple], list[tuple]]:
+    """``(forward rows, backward rows)`` of one training unroll (see the module docstring)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    fwd = _forward_rows(list(range(K)), layers, ride=True, store_next=True)
+    bwd = []
+    for i in reversed(range(K)):
+        if policy == "recompute":
+            bwd += _forward_rows([i], layers, ride=False, store_next=False)
+        bwd += _backward_rows(i, layers, i + 1 if i + 1 < K else None)
+        if policy == "recompute":
+            bwd.append((W_GRAD, i, 0, 1, 0, 0, FLAG_ACC if i < K - 1 else 0, 0))
+    bwd.append((B_P, 0, 0, 0, 1, 0, 0, 0))  # BX of step 0
+    if policy == "save":
+        bwd.append((W_GRAD, 0, 0, 1, 0, 0, 0, 0))
+    return fwd, bwd
+
+
+def phase_counts(layers: int, K: int, policy: str) -> tuple[int, int]:
+    """``(forward, backward)`` phases (= launches) of one training unroll."""
+    fwd, bwd = build_schedule(layers, K, policy)
+    return len(fwd), len(bwd)
+
+
+# ----------------------------------------------------------------------------- tiles (host)
+
+
+def wgrad_tiles(dtype: torch.dtype, N: int, Kdim: int) -> tuple[int, int, int]:
+    """``(WBN, WBK, WBB)``: weight-gradient output tile over (out, in) and rows per K step:
+    fp16/bf16 ``64 x 64`` over 32 rows (wgmma's M = 64), fp32 ``32 x 32`` over 32 rows."""
+    w = 64 if dtype != torch.float32 else 32
+    return clamp_block(w, N), clamp_block(w, Kdim), 32
+
+
+def wgrad_jobs(d: int, H: int, nh: int) -> list[tuple]:
+    """The weight-gradient jobs as ``(name, N, Kdim, layers)``: ``dW = G^T X``."""
+    jobs = [("w_x", H, d, 1), ("w_hidden", H, H, nh), ("w_out", d, H, 1), ("w_pd", d, H, 1),
+            ("w_in_m", H + d, d, 1), ("w_in_x", H + d, d, 1)]
+    return jobs
+
+
+def split_rows(B: int, slots: int, out_tiles: int, target: int = 264) -> int:
+    """Splits per slot of the weight-gradient row reduction: enough (output tiles x slots x
+    splits) programs for two waves of 132 SMs, no split under 64 rows."""
+    want = triton.cdiv(target, max(out_tiles * slots, 1))
+    return max(1, min(want, triton.cdiv(B, 64)))
+
+
+# ----------------------------------------------------------------------------- device code
+
+
+@triton.jit
+def _tile(t, N, BM: tl.constexpr, BN: tl.constexpr):
+    ncols = tl.cdiv(N, BN)
+    return (t // ncols).to(tl.int64) * BM, (t % ncols) * BN
+
+
+@triton.jit
+def _gated_matmul_tile(acc, a_ptr, b_ptr, stride, rows, w_ptr, n0, N, Kdim,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``acc += (A * B)[:rows, :Kdim] @ W[:Kdim, n0 : n0 + BN]`` (``W [Kdim, N]``); the element-wise
+    product is formed as each K slice is loaded."""
+    offs_m = tl.arange(0, BM)
+    offs_n = n0 + tl.arange(0, BN)
+    for k0 in range(0, Kdim, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        mask = (offs_m[:, None] < rows) & (offs_k[None, :] < Kdim)
+        off = offs_m[:, None] * stride + offs_k[None, :]
+        x = tl.load(a_ptr + off, mask=mask, other=0.0).to(tl.float32) \
+            * tl.load(b_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
+                    mask=(offs_k[:, None] < Kdim) & (offs_n[None, :] < N), other=0.0)
+        if LOWP:
+            acc = tl.dot(x.to(w.dtype), w, acc)
+        else:
+            acc = tl.dot(x, w.to(tl.float32), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _wgrad_tile(acc, gsum, g_ptr, x_ptr, rows, N, Kdim, n0, k0,
+                BN: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``acc [BN, BK] += G[:rows, n0:]^T X[:rows, k0:]`` (``G [rows, N]``, ``X [rows, Kdim]``
+    contiguous) and ``gsum [BN] += sum_rows G``."""
+    offs_n = n0 + tl.arange(0, BN)
+    offs_k = k0 + tl.arange(0, BK)
+    for r0 in range(0, rows, BB):
+        offs_b = (r0 + tl.arange(0, BB)).to(tl.int64)
+        bmask = offs_b < rows
+        gt = tl.load(g_ptr + offs_b[None, :] * N + offs_n[:, None], mask=bmask[None, :] & (offs_n[:, None] < N),
+                     other=0.0)
+        x = tl.load(x_ptr + offs_b[:, None] * Kdim + offs_k[None, :], mask=bmask[:, None] & (offs_k[None, :] < Kdim),
+                    other=0.0)
+        if LOWP:
+            acc = tl.dot(gt, x.to(gt.dtype), acc)
+        else:
+            acc = tl.dot(gt.to(tl.float32), x.to(tl.float32), acc, input_precision=PREC)
+        gsum += tl.sum(gt.to(tl.float32), axis=1)
+    return acc, gsum
+
+
+@triton.jit
+def unroll_phase_kernel(sched_ptr, phase,
+                        xs_ptr, ms_ptr, cond_ptr, e_ptr, dd_ptr,
+                        wx_ptr, wh_ptr, bh_ptr, wo_ptr, bo_ptr,
+                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr,
+                        a_ptr, z_ptr, h_ptr, x0_ptr, p_ptr, sp_ptr, g_ptr, dl_ptr,
+                        gm_ptr, gx_ptr, gh_ptr, gcond_ptr, ga_ptr, gz_ptr, gx0_ptr, gdel_ptr, gpq_ptr,
+                        part_ptr, cs_ptr,
+                        B, d, H, NH, K, S, SB,
+                        KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
+                        LOWP: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr = False):
+    """One phase (schedule row ``phase``) of the training unroll; one program per output tile.
+
+    Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
+    ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``; ``ga``
+    ``[S, B, H]``, ``gz [NH, S, B, H]``, ``gx0``, ``gdel`` ``[S, B, d]``, ``gpq [S, B, H + d]``. States
+    ``xs [K, B, d]``, ``ms [K + 1, B, d]``. fp32: ``gm``, ``gx [B, d]``, ``gh``, ``gcond [B, H]``.
+    ``part``: the six weight-gradient jobs' fp32 partials, one after another, ``[S * SB, N, Kdim]``
+    each (the hidden job ``[NH, S * SB, H, H]``); ``cs``: their column sums ``[K * SB, N]`` each
+    (five jobs; the last one shares the fifth's G)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    row = sched_ptr + phase * 8
+    i = tl.load(row + 1)
+    layer = tl.load(row + 2)
+    main = tl.load(row + 3)
+    side = tl.load(row + 4)
+    i_side = tl.load(row + 5)
+    flags = tl.load(row + 6)
+    pid = tl.program_id(0)
+    BH = B.to(tl.int64) * H
+    Bd = B.to(tl.int64) * d
+    slot = (i % S).to(tl.int64)
+    slot2 = (i_side % S).to(tl.int64)
+    kr = K - 1 - i            # table row of step i
+    kr2 = K - 1 - i_side
+    rb = tl.cdiv(B, BM)
+    tiles_h = rb * tl.cdiv(H, BN)
+    tiles_d = rb * tl.cdiv(d, BN)
+    t = pid
+    if KIND == 0:  # A (+ PG of step i_side)
+        n_a = main * tiles_h
+        n_p = side * tiles_h
+        if t < n_a:  # a = x W_x + cond + e ; h_0 = SiLU(a)
+            r0, n0 = _tile(t, H, BM, BN)
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), xs_ptr + i.to(tl.int64) * Bd + r0 * d, d, B - r0,
+                                  wx_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
+            acc += blk.load_tile(cond_ptr + r0 * H, H, B - r0, n0, H, BM, BN)
+            acc += blk.load_vec(e_ptr + kr * H, n0, H, BN)[None, :]
+            blk.store_tile(a_ptr + slot * BH + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+            blk.store_tile(h_ptr + slot * BH + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+        elif t < n_a + n_p:  # p = m W_pm + x0 W_pu + b_p + e ; sp = SiLU(p)
+            r0, n0 = _tile(t - n_a, H, BM, BN)
+            m_rows = ms_ptr + i_side.to(tl.int64) * Bd + r0 * d
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), m_rows, d, B - r0, wpm_ptr, n0, H, d,
+                                  BM, BN, BK, LOWP, PREC)
+            acc = blk.matmul_tile(acc, x0_ptr + slot2 * Bd + r0 * d, d, B - r0, wpu_ptr, n0, H, d,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bp_ptr, n0, H, BN)[None, :]
+            acc += blk.load_vec(e_ptr + kr2 * H, n0, H, BN)[None, :]
+            blk.store_tile(p_ptr + slot2 * BH + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+            blk.store_tile(sp_ptr + slot2 * BH + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+        else:  # g = sigmoid(m W_gm + x0 W_gu + b_g)
+            r0, n0 = _tile(t - n_a - n_p, d, BM, BN)
+            m_rows = ms_ptr + i_side.to(tl.int64) * Bd + r0 * d
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), m_rows, d, B - r0, wgm_ptr, n0, d, d,
+                                  BM, BN, BK, LOWP, PREC)
+            acc = blk.matmul_tile(acc, x0_ptr + slot2 * Bd + r0 * d, d, B - r0, wgu_ptr, n0, d, d,
+                                  BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bg_ptr, n0, d, BN)[None, :]
+            blk.store_tile(g_ptr + slot2 * Bd + r0 * d, d, B - r0, n0, d, tl.sigmoid(acc), BM, BN)
+    elif KIND == 1 or KIND == 2:  # R_l or O (+ D of step i_side)
+        if KIND == 1:
+            n_main = main * tiles_h
+        else:
+            n_main = main * tiles_d
+        h_in = h_ptr + (layer.to(tl.int64) * S + slot) * BH
+        if t < n_main:
+            if KIND == 1:  # z = h W_l + b_l ; h' = h + SiLU(z)
+                r0, n0 = _tile(t, H, BM, BN)
+                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
+                                      wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC)
+                acc += blk.load_vec(bh_ptr + layer * H, n0, H, BN)[None, :]
+                blk.store_tile(z_ptr + (layer.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+                res = blk.load_tile(h_in + r0 * H, H, B - r0, n0, H, BM, BN) + blk.silu(acc)
+                blk.store_tile(h_in + S * BH + r0 * H, H, B - r0, n0, H, res, BM, BN)
+            else:  # x0 = h W_o + b_o ; x_{i+1} = a_k x_i + b_k x0
+                r0, n0 = _tile(t, d, BM, BN)
+                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
+                                      wo_ptr, n0, d, H, BM, BN, BK, LOWP, PREC)
+                x0 = acc + blk.load_vec(bo_ptr, n0, d, BN)[None, :]
+                blk.store_tile(x0_ptr + slot * Bd + r0 * d, d, B - r0, n0, d, x0, BM, BN)
+                if (flags & 1) != 0:
+                    x_rows = xs_ptr + i.to(tl.int64) * Bd + r0 * d
+                    xn = tl.load(dd_ptr + 2 * kr) * blk.load_tile(x_rows, d, B - r0, n0, d, BM, BN) \
+                        + tl.load(dd_ptr + 2 * kr + 1) * x0
+                    blk.store_tile(x_rows + Bd, d, B - r0, n0, d, xn, BM, BN)
+        elif t < n_main + side * tiles_d:  # delta = sp W_pd + b_pd ; m_{i+1} = m_i + g delta
+            r0, n0 = _tile(t - n_main, d, BM, BN)
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), sp_ptr + slot2 * BH + r0 * H, H, B - r0,
+                                  wpd_ptr, n0, d, H, BM, BN, BK, LOWP, PREC)
+            acc += blk.load_vec(bpd_ptr, n0, d, BN)[None, :]
+            blk.store_tile(dl_ptr + slot2 * Bd + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+            if (flags & 2) != 0:
+                m_rows = ms_ptr + i_side.to(tl.int64) * Bd + r0 * d
+                mm = blk.load_tile(m_rows, d, B - r0, n0, d, BM, BN) \
+                    + blk.load_tile(g_ptr + slot2 * Bd + r0 * d, d, B - r0, n0, d, BM, BN) * acc
+                blk.store_tile(m_rows + Bd, d, B - r0, n0, d, mm, BM, BN)
+    elif KIND == 3:  # BP (+ BX of step i_side)
+        n_p = main * tiles_h
+        if t < n_p:  # g_p = ((gm g) W_pd^T) SiLU'(p); column block 0: g_delta, g_q
+            r0, n0 = _tile(t, H, BM, BN)
+            g_rows = g_ptr + slot * Bd + r0 * d
+            acc = _gated_matmul_tile(tl.zeros((BM, BN), tl.float32), gm_ptr + r0 * d, g_rows, d, B - r0,
+                                     wpd_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
+            acc *= blk.dsilu(blk.load_tile(p_ptr + slot * BH + r0 * H, H, B - r0, n0, H, BM, BN))
+            gpq_rows = gpq_ptr + slot * B * (H + d) + r0 * (H + d)
+            blk.store_tile(gpq_rows, H + d, B - r0, n0, H, acc, BM, BN)
+            if n0 == 0:
+                for j0 in range(0, d, BN):
+                    gm = blk.load_tile(gm_ptr + r0 * d, d, B - r0, j0, d, BM, BN)
+                    g = blk.load_tile(g_rows, d, B - r0, j0, d, BM, BN)
+                    dl = blk.load_tile(dl_ptr + slot * Bd + r0 * d, d, B - r0, j0, d, BM, BN)
+                    blk.store_tile(gdel_ptr + slot * Bd + r0 * d, d, B - r0, j0, d, gm * g, BM, BN)
+                    blk.store_tile(gpq_rows + H, H + d, B - r0, j0, d, gm * dl * g * (1.0 - g), BM, BN)
+        elif t < n_p + side * tiles_d:  # gx <- ga W_x^T + a_k gx  (step i_side)
+            r0, n0 = _tile(t - n_p, d, BM, BN)
+            acc = tl.load(dd_ptr + 2 * kr2) * blk.load_tile(gx_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
+            acc = blk.matmul_tile(acc, ga_ptr + slot2 * BH + r0 * H, H, B - r0, wx_ptr, n0, d, H,
+                                  BM, BN, BK, LOWP, PREC, W_KN=True)
+            blk.store_tile(gx_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+    elif KIND == 4:  # BM: gm <- gm + [g_p | g_q] [W_pm; W_gm] ; gx0 = [g_p | g_q] [W_pu; W_gu] + b_k gx
+        gpq_rows = gpq_ptr + slot * B * (H + d)
+        if t < tiles_d:
+            r0, n0 = _tile(t, d, BM, BN)
+            acc = blk.load_tile(gm_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
+            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d), H + d, B - r0, wpm_ptr, n0, d, H,
+                                  BM, BN, BK, LOWP, PREC, W_KN=True)
+            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d) + H, H + d, B - r0, wgm_ptr, n0, d, d,
+                                  BM, BN, BK, LOWP, PREC, W_KN=True)
+            blk.store_tile(gm_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+        else:
+            r0, n0 = _tile(t - tiles_d, d, BM, BN)
+            acc = tl.load(dd_ptr + 2 * kr + 1) * blk.load_tile(gx_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
+            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d), H + d, B - r0, wpu_ptr, n0, d, H,
+                                  BM, BN, BK, LOWP, PREC, W_KN=True)
+            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d) + H, H + d, B - r0, wgu_ptr, n0, d, d,
+                                  BM, BN, BK, LOWP, PREC, W_KN=True)
+            blk.store_tile(gx0_ptr + slot * Bd + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+    elif KIND == 5 or KIND == 6:  # BO / BR_l: gh (+)= G W^T, then the gradient below the layer's SiLU
+        r0, n0 = _tile(t, H, BM, BN)
+        if KIND == 5:
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr + slot * Bd + r0 * d, d, B - r0,
+                                  wo_ptr, n0, H, d, BM, BN, BK, LOWP, PREC, W_KN=True)
+        else:
+            acc = blk.load_tile(gh_ptr + r0 * H, H, B - r0, n0, H, BM, BN)
+            acc = blk.matmul_tile(acc, gz_ptr + (layer.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0,
+                                  wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC, W_KN=True)
+        below = layer - 1  # the residual layer under this gradient (-1: the input layer)
+        if below >= 0:
+            off = (below.to(tl.int64) * S + slot) * BH + r0 * H
+            gzb = acc * blk.dsilu(blk.load_tile(z_ptr + off, H, B - r0, n0, H, BM, BN))
+            blk.store_tile(gz_ptr + off, H, B - r0, n0, H, gzb, BM, BN)
+            blk.store_tile(gh_ptr + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+        else:
+            ga = acc * blk.dsilu(blk.load_tile(a_ptr + slot * BH + r0 * H, H, B - r0, n0, H, BM, BN))
+            blk.store_tile(ga_ptr + slot * BH + r0 * H, H, B - r0, n0, H, ga, BM, BN)
+            gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, BM, BN) + ga
+            blk.store_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, gc, BM, BN)
+    else:  # W: dW = G^T X; tiles over (job, layer, partial = slot x split, out block, in block)
+        SP = S * SB
+        z64 = (pid * 0).to(tl.int64)   # runtime zeros keep every branch's values the same type
+        kb_d = tl.cdiv(d, WBK)
+        kb_h = tl.cdiv(H, WBK)
+        c0 = SP * tl.cdiv(H, WBN) * kb_d             # w_x      [H, d]
+        c1 = NH * SP * tl.cdiv(H, WBN) * kb_h        # w_hidden [NH, H, H]
+        c2 = SP * tl.cdiv(d, WBN) * kb_h             # w_out, w_pd [d, H]
+        c4 = SP * tl.cdiv(H + d, WBN) * kb_d         # w_in_m, w_in_x [H + d, d]
+        SPl = z64 + SP
+        Kl = z64 + K * SB
+        if t < c0:
+            j, N, Kd = pid * 0, H + pid * 0, d + pid * 0
+            g_base, x_base, lstride, poff, coff = ga_ptr, xs_ptr, z64, z64, z64
+        elif t < c0 + c1:
+            t -= c0
+            j, N, Kd = pid * 0 + 1, H + pid * 0, H + pid * 0
+            g_base, x_base, lstride = gz_ptr, h_ptr, z64 + S * BH
+            poff, coff = SPl * H * d, Kl * H
+        elif t < c0 + c1 + c2:
+            t -= c0 + c1
+            j, N, Kd = pid * 0 + 2, d + pid * 0, H + pid * 0
+            g_base, x_base, lstride = gx0_ptr, h_ptr + NH.to(tl.int64) * S * BH, z64
+            poff, coff = SPl * H * d + NH * SPl * H * H, Kl * H + NH * Kl * H
+        elif t < c0 + c1 + 2 * c2:
+            t -= c0 + c1 + c2
+            j, N, Kd = pid * 0 + 3, d + pid * 0, H + pid * 0
+            g_base, x_base, lstride = gdel_ptr, sp_ptr, z64
+            poff, coff = SPl * H * d * 2 + NH * SPl * H * H, Kl * H + NH * Kl * H + Kl * d
+        elif t < c0 + c1 + 2 * c2 + c4:
+            t -= c0 + c1 + 2 * c2
+            j, N, Kd = pid * 0 + 4, H + d + pid * 0, d + pid * 0
+            g_base, x_base, lstride = gpq_ptr, ms_ptr, z64
+            poff, coff = SPl * H * d * 3 + NH * SPl * H * H, Kl * H + NH * Kl * H + 2 * Kl * d
+        else:
+            t -= c0 + c1 + 2 * c2 + c4
+            j, N, Kd = pid * 0 + 5, H + d + pid * 0, d + pid * 0
+            g_base, x_base, lstride = gpq_ptr, x0_ptr, z64
+            poff, coff = SPl * H * d * 3 + NH * SPl * H * H + SPl * (H + d) * d, z64
+        nbk = tl.cdiv(Kd, WBK)
+        per_layer = SP * tl.cdiv(N, WBN) * nbk
+        lay = t // per_layer
+        t = t % per_layer
+        sp_idx = t // (tl.cdiv(N, WBN) * nbk)   # partial: slot * SB + split
+        t = t % (tl.cdiv(N, WBN) * nbk)
+        n0 = (t // nbk) * WBN
+        k0 = (t % nbk) * WBK
+        s_in = sp_idx // SB
+        split = sp_idx % SB
+        rows_split = tl.cdiv(B, SB)
+        r_lo = split * rows_split
+        r_hi = tl.minimum(r_lo + rows_split, B)
+        step = tl.where(S == K, s_in, i)  # "save": the slot's own step; "recompute": the phase's
+        # x_i and m_i live in the [K(+1), B, d] state planes (by step), the rest in slots
+        x_plane = tl.where((j == 0) | (j == 4), step, s_in).to(tl.int64)
+        g_rows = g_base + lay.to(tl.int64) * lstride + (s_in.to(tl.int64) * B + r_lo) * N
+        x_rows = x_base + lay.to(tl.int64) * lstride + (x_plane * B + r_lo) * Kd
+        acc, gsum = _wgrad_tile(tl.zeros((WBN, WBK), tl.float32), tl.zeros((WBN,), tl.float32), g_rows, x_rows,
+                                r_hi - r_lo, N, Kd, n0, k0, WBN, WBK, WBB, LOWP, PREC)
+        offs_n = n0 + tl.arange(0, WBN)
+        offs_k = k0 + tl.arange(0, WBK)
+        pmask = (offs_n[:, None] < N) & (offs_k[None, :] < Kd)
+        pp = part_ptr + poff + ((lay * SP + sp_idx).to(tl.int64) * N + offs_n[:, None]) * Kd + offs_k[None, :]
+        if (flags & 4) != 0:
+            acc += tl.load(pp, mask=pmask, other=0.0)
+        tl.store(pp, acc, mask=pmask)
+        if j < 5:
+            if k0 == 0:
+                cp = cs_ptr + coff + ((lay * K + step) * SB + split).to(tl.int64) * N + offs_n
+                tl.store(cp, gsum, mask=offs_n < N)
+
+
+# ----------------------------------------------------------------------------- launcher
+
+_SCHEDULES: dict = {}  # (L, K, policy, device) -> int32 [forward + backward rows, 8]
+_ACT_NAMES = ("a", "z", "h", "x0", "p", "sp", "g", "dl")
+
+
+def _act_shapes(B, d, H, nh, slots):
+    return dict(a=(slots, B, H), z=(max(nh, 1), slots, B, H), h=(nh + 1, slots, B, H), x0=(slots, B, d),
+                p=(slots, B, H), sp=(slots, B, H), g=(slots, B, d), dl=(slots, B, d))
+
+
+def _views(flat, shapes):
+    out, o = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        out[name] = flat[o:o + n].view(shape)
+        o += n
+    return out
+
+
+def _act_numel(B, d, H, nh, slots):
+    return sum(math.prod(shape) for shape in _act_shapes(B, d, H, nh, slots).values())
+
+
+def saved_bytes(B: int, d: int, H: int, layers: int, K: int, dtype: torch.dtype, policy: str) -> int:
+    """Bytes the forward keeps for the backward under ``policy``: the states ``xs``, ``ms`` and,
+    under ``"save"``, every step's activations (what :func:`unroll_phases_forward` returns)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    acts = _act_numel(B, d, H, layers - 1, K) if policy == "save" else 0
+    return ((2 * K + 1) * B * d + acts) * torch.empty((), dtype=dtype).element_size()
+
+
+def _schedule(layers, K, policy, device):
+    key = (layers, K, policy, device)
+    entry = _SCHEDULES.get(key)
+    if entry is None:
+        fwd, bwd = build_schedule(layers, K, policy)
+        table = torch.tensor(fwd + bwd, dtype=torch.int32, device=device).contiguous()
+        entry = _SCHEDULES[key] = (fwd, bwd, table)
+    return entry
+
+
+def _grid(row, B, d, H, nh, tiles, wt, SP) -> int:
+    """Programs of one phase (sum of its jobs' tiles), as the kernel counts them."""
+    kind, main, side = row[0], row[3], row[4]
+    rb = triton.cdiv(B, tiles.BM)
+    th, td = rb * triton.cdiv(H, tiles.BN), rb * triton.cdiv(d, tiles.BN)
+    if kind == F_A:
+        return main * th + side * (th + td)
+    if kind in (F_R, B_P):
+        return main * th + side * td
+    if kind == F_O:
+        return (main + side) * td
+    if kind == B_M:
+        return 2 * td
+    if kind in (B_O, B_R):
+        return th
+    nb = triton.cdiv
+    WBN, WBK = wt
+    return SP * (nb(H, WBN) * nb(d, WBK) + nh * nb(H, WBN) * nb(H, WBK) + 2 * nb(d, WBN) * nb(H, WBK)
+                 + 2 * nb(H + d, WBN) * nb(d, WBK))
+
+
+class _Call:
+    """One call's arguments for :func:`unroll_phase_kernel` and the launches over a row range."""
+
+    def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl):
+        B, d = xs.shape[1], xs.shape[2]
+        H = cond.shape[1]
+        K = xs.shape[0]
+        dtype, device = weights[0].dtype, xs.device
+        self.dims = (B, d, H, nh, K)
+        self.tiles = tiles or pick_phase_tiles(B, d, H, dtype)
+        self.wt = wgrad_tiles(dtype, min(d, H), min(d, H))[:2]
+        self.slots, self.splits = slots, splits
+        g = grads or {}
+        dummy = xs  # any valid pointer for buffers a phase range never touches
+        a = [acts[n] for n in _ACT_NAMES]
+        gb = [g.get(n, dummy) for n in ("gm", "gx", "gh", "gcond", "ga", "gz", "gx0", "gdel", "gpq", "part", "cs")]
+        self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
+                     B, d, H, nh, K, slots, splits)
+        lowp, prec = dot_mode(dtype, device)
+        t = self.tiles
+        self.meta = dict(BM=t.BM, BN=t.BN, BK=t.BK, WBN=self.wt[0], WBK=self.wt[1], WBB=32, LOWP=lowp, PREC=prec,
+                         num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg, PDL=pdl)
+        if pdl:
+            self.meta["launch_pdl"] = True
+
+    def run(self, table, rows, first):
+        B, d, H, nh, _ = self.dims
+        for p, row in enumerate(rows):
+            launch(unroll_phase_kernel, (_grid(row, B, d, H, nh, self.tiles, self.wt, self.slots * self.splits),),
+                   table, first + p, *self.args, KIND=row[0], **self.meta)
+
+
+def _check_states(xs, ms, B, d, K, dtype, device):
+    for name, t, planes in (("xs", xs, K), ("ms", ms, K + 1)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (planes, B, d) or t.dtype != dtype \
+                or t.device != device or not t.is_contiguous():
+            got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a contiguous {dtype} [{planes}, {B}, {d}] tensor on {device}, got {got}")
+
+
+def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out,
+                          w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, *, policy: str = "save",
+                          tiles: PhaseTiles | None = None, pdl: bool = False):
+    """The unrolled loop as ``K (L + 1) + 2`` phase launches (arguments as
+    :func:`seda_fast.kernels.translator_unroll_forward`; ``pdl``: programmatic dependent launch,
+    Hopper only).
+
+    Returns ``(m [B, d], xs [K, B, d], ms [K + 1, B, d], acts)`` in the weights' dtype: the per-step
+    states and, under ``policy="save"``, every step's activations as one flat tensor (empty under
+    ``"recompute"``). :func:`unroll_phases_backward` takes all three with the same ``policy``."""
+    weights = (w_x, w_hidden, b_hidden, w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g)
+    B, d, H, nh, K = _check(x_start, cond, e_table, ddim, weights, "x_start")
+    check_matrix("m_start", m_start, B, d, None, x_start.device, batch_rows=True)
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    dtype, device = w_x.dtype, x_start.device
+    slots = K if policy == "save" else 1
+    xs = torch.empty(K, B, d, dtype=dtype, device=device)
+    ms = torch.empty(K + 1, B, d, dtype=dtype, device=device)
+    xs[0].copy_(x_start)
+    ms[0].copy_(m_start)
+    flat = torch.empty(_act_numel(B, d, H, nh, slots), dtype=dtype, device=device)
+    acts = _views(flat, _act_shapes(B, d, H, nh, slots))
+    fwd, _, table = _schedule(nh + 1, K, policy, device)
+    _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl).run(table, fwd, 0)
+    return ms[K].clone(), xs, ms, (flat if policy == "save" else flat.new_empty(0))
+
+
+def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out,
+                           w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, *, policy: str = "save",
+                           tiles: PhaseTiles | None = None, pdl: bool = False):
+    """Every gradient of :func:`unroll_phases_forward` from ``grad_m = dL/dm [B, d]`` and its saved
+    ``xs``, ``ms``, ``acts``, in the order of :func:`seda_fast.kernels.translator_unroll_backward`
+    (inputs, then the 13 weights), in the weights' dtype. Accumulated in fp32 in a fixed order
+    (bitwise reproducible). Launches: :func:`phase_counts`."""
+    weights = (w_x, w_hidden, b_hidden, w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g)
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if not isinstance(xs, torch.Tensor) or xs.dim() != 3:
+        raise ValueError(f"xs must be a [K, B, d] tensor, got {getattr(xs, 'shape', type(xs).__name__)}")
+    B, d, H, nh, K = _check(xs[0], cond, e_table, ddim, weights, "xs[k]")
+    dtype, device = w_x.dtype, xs.device
+    _check_states(xs, ms, B, d, K, dtype, device)
+    check_matrix("grad_m", grad_m, B, d, None, device, batch_rows=True)
+    slots = K if policy == "save" else 1
+    shapes = _act_shapes(B, d, H, nh, slots)
+    if policy == "save":
+        want = _act_numel(B, d, H, nh, slots)
+        if not isinstance(acts, torch.Tensor) or acts.dim() != 1 or acts.numel() != want or acts.dtype != dtype \
+                or acts.device != device:
+            raise ValueError(f"acts must be the forward's flat {dtype} activations of {want} values on {device} "
+                             f"(policy='save'), got {getattr(acts, 'shape', type(acts).__name__)}")
+        act = _views(acts, shapes)
+    else:
+        act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
+    tiles = tiles or pick_phase_tiles(B, d, H, dtype)
+    wt = wgrad_tiles(dtype, min(d, H), min(d, H))
+    out_tiles = max(triton.cdiv(H, wt[0]) * triton.cdiv(d, wt[1]), 1)
+    splits = split_rows(B, slots, out_tiles)
+    SP = slots * splits
+    f32 = dict(device=device, dtype=torch.float32)
+    e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
+    part_sizes = [SP * H * d, nh * SP * H * H, SP * d * H, SP * d * H, SP * (H + d) * d, SP * (H + d) * d]
+    cs_sizes = [K * splits * H, nh * K * splits * H, K * splits * d, K * splits * d, K * splits * (H + d)]
+    g = dict(gm=torch.empty(B, d, **f32).copy_(grad_m), gx=torch.zeros(B, d, **f32), gh=torch.empty(B, H, **f32),
+             gcond=torch.zeros(B, H, **f32), ga=e(slots, B, H), gz=e(max(nh, 1), slots, B, H), gx0=e(slots, B, d),
+             gdel=e(slots, B, d), gpq=e(slots, B, H + d), part=torch.empty(sum(part_sizes), **f32),
+             cs=torch.empty(sum(cs_sizes), **f32))
+    fwd, bwd, table = _schedule(nh + 1, K, policy, device)
+    _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl).run(table, bwd, len(fwd))
+
+    parts = torch.split(g["part"], part_sizes)
+    css = torch.split(g["cs"], cs_sizes)
+    dw = lambda i, n, k, lay=1: parts[i].view(lay, SP, n, k).sum(1)  # noqa: E731  (fixed order)
+    cs = lambda i, n, lay=1: css[i].view(lay, K, splits, n).sum(2)  # noqa: E731  [layers, K, n] per step
+    w_in_m, w_in_x = dw(4, H + d, d)[0], dw(5, H + d, d)[0]
+    ga_sum, gpq_sum = cs(0, H)[0], cs(4, H + d)[0]                 # [K, .] by step i
+    out = lambda t: t.to(dtype).contiguous()  # noqa: E731
+    grad_e = (ga_sum + gpq_sum[:, :H]).flip(0)                      # table row K - 1 - i
+    grad_w_hidden = out(dw(1, H, H, nh)) if nh else torch.empty_like(w_hidden)
+    grad_b_hidden = out(cs(1, H, nh).sum(1)) if nh else torch.empty_like(b_hidden)
+    return (out(g["gx"]), out(g["gm"]), out(g["gcond"]), out(grad_e),
+            out(dw(0, H, d)[0]), grad_w_hidden, grad_b_hidden, out(dw(2, d, H)[0]), out(cs(2, d)[0].sum(0)),
+            out(w_in_m[:H]), out(w_in_x[:H]), out(gpq_sum[:, :H].sum(0)), out(dw(3, d, H)[0]), out(cs(3, d)[0].sum(0)),
+            out(w_in_m[H:]), out(w_in_x[H:]), out(gpq_sum[:, H:].sum(0)))
