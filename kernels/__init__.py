@@ -15,6 +15,10 @@ and returns plain tensors:
 * :func:`translator_unroll_forward` / :func:`translator_unroll_backward` (``translator_unroll.py``):
   the stage-2 training unroll (K2-step Translator loop + PFIN), forward saving only the per-step
   ``x_k``/``m_k`` and a backward that walks the loop in reverse, recomputing each step.
+* :func:`unroll_phases_forward` / :func:`unroll_phases_backward` (``unroll_phases.py``): the same
+  unroll as phase GEMMs over all rows (one launch per phase), saving or recomputing activations.
+* :func:`infer_phases` (``infer_phases.py``): the whole inference chain as a phase schedule, one
+  launch per phase or one persistent launch with grid barriers.
 
 Every launcher launches through :func:`launch` (``_launch.py``), so :func:`count_launches` sees
 every kernel launch of this package.
@@ -39,8 +43,11 @@ __all__ = ["semantic_sample", "semantic_sampler_kernel", "translator_pfin", "tra
            "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel", "denoiser_x0_loss_forward",
            "denoiser_x0_loss_backward", "denoiser_x0_loss_fwd_kernel", "denoiser_x0_loss_bwd_kernel"]
 
-# Phase-schedule inference (issue #11): one GEMM over all rows per phase, two schedulers.
+# Phase schedules: one GEMM over all rows per phase (inference, and the stage-2 training unroll).
 from . import infer_phases as infer_phases_module  # noqa: E402
+from . import unroll_phases as unroll_phases_module  # noqa: E402
 from .infer_phases import infer_persistent_kernel, infer_phase_kernel, infer_phases  # noqa: E402
+from .unroll_phases import unroll_phase_kernel, unroll_phases_backward, unroll_phases_forward  # noqa: E402
 
-__all__ += ["infer_phases", "infer_phase_kernel", "infer_persistent_kernel", "infer_phases_module"]
+__all__ += ["infer_phases", "infer_phase_kernel", "infer_persistent_kernel", "infer_phases_module",
+            "unroll_phases_module", "unroll_phase_kernel", "unroll_phases_forward", "unroll_phases_backward"]

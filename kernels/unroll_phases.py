@@ -241,8 +241,9 @@ def unroll_phase_kernel(sched_ptr, phase,
     i_side = tl.load(row + 5)
     flags = tl.load(row + 6)
     pid = tl.program_id(0)
-    BH = B.to(tl.int64) * H
-    Bd = B.to(tl.int64) * d
+    z64 = (pid * 0).to(tl.int64)  # runtime int64 zero: sizes equal to 1 arrive as constants
+    BH = (z64 + B) * H
+    Bd = (z64 + B) * d
     slot = (i % S).to(tl.int64)
     slot2 = (i_side % S).to(tl.int64)
     kr = K - 1 - i            # table row of step i
@@ -381,8 +382,7 @@ def unroll_phase_kernel(sched_ptr, phase,
             gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, BM, BN) + ga
             blk.store_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, gc, BM, BN)
     else:  # W: dW = G^T X; tiles over (job, layer, partial = slot x split, out block, in block)
-        SP = S * SB
-        z64 = (pid * 0).to(tl.int64)   # runtime zeros keep every branch's values the same type
+        SP = S * SB  # (z64: runtime zeros keep every branch's values the same type)
         kb_d = tl.cdiv(d, WBK)
         kb_h = tl.cdiv(H, WBK)
         c0 = SP * tl.cdiv(H, WBN) * kb_d             # w_x      [H, d]
@@ -402,7 +402,7 @@ def unroll_phase_kernel(sched_ptr, phase,
         elif t < c0 + c1 + c2:
             t -= c0 + c1
             j, N, Kd = pid * 0 + 2, d + pid * 0, H + pid * 0
-            g_base, x_base, lstride = gx0_ptr, h_ptr + NH.to(tl.int64) * S * BH, z64
+            g_base, x_base, lstride = gx0_ptr, h_ptr + (z64 + NH) * S * BH, z64
             poff, coff = SPl * H * d + NH * SPl * H * H, Kl * H + NH * Kl * H
         elif t < c0 + c1 + 2 * c2:
             t -= c0 + c1 + c2
@@ -476,13 +476,18 @@ def _act_numel(B, d, H, nh, slots):
     return sum(math.prod(shape) for shape in _act_shapes(B, d, H, nh, slots).values())
 
 
-def saved_bytes(B: int, d: int, H: int, layers: int, K: int, dtype: torch.dtype, policy: str) -> int:
-    """Bytes the forward keeps for the backward under ``policy``: the states ``xs``, ``ms`` and,
-    under ``"save"``, every step's activations (what :func:`unroll_phases_forward` returns)."""
+def saved_numel(B: int, d: int, H: int, layers: int, K: int, policy: str) -> int:
+    """Values of the flat ``acts`` the forward returns under ``policy`` (0 under ``"recompute"``)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    acts = _act_numel(B, d, H, layers - 1, K) if policy == "save" else 0
-    return ((2 * K + 1) * B * d + acts) * torch.empty((), dtype=dtype).element_size()
+    return _act_numel(B, d, H, layers - 1, K) if policy == "save" else 0
+
+
+def saved_bytes(B: int, d: int, H: int, layers: int, K: int, dtype: torch.dtype, policy: str) -> int:
+    """Bytes the forward keeps for the backward under ``policy``: the states ``xs [K, B, d]``,
+    ``ms [K + 1, B, d]`` and the flat ``acts``."""
+    numel = (2 * K + 1) * B * d + saved_numel(B, d, H, layers, K, policy)
+    return numel * torch.empty((), dtype=dtype).element_size()
 
 
 def _schedule(layers, K, policy, device):
@@ -633,7 +638,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     cs = lambda i, n, lay=1: css[i].view(lay, K, splits, n).sum(2)  # noqa: E731  [layers, K, n] per step
     w_in_m, w_in_x = dw(4, H + d, d)[0], dw(5, H + d, d)[0]
     ga_sum, gpq_sum = cs(0, H)[0], cs(4, H + d)[0]                 # [K, .] by step i
-    out = lambda t: t.to(dtype).contiguous()  # noqa: E731
+    out = lambda t: t.to(dtype, copy=True, memory_format=torch.contiguous_format)  # noqa: E731 (no aliasing)
     grad_e = (ga_sum + gpq_sum[:, :H]).flip(0)                      # table row K - 1 - i
     grad_w_hidden = out(dw(1, H, H, nh)) if nh else torch.empty_like(w_hidden)
     grad_b_hidden = out(cs(1, H, nh).sum(1)) if nh else torch.empty_like(b_hidden)

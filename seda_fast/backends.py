@@ -17,7 +17,7 @@ import torch
 
 from . import reference
 from .ops import center_loss, center_update, denoiser_x0_loss, infer_phases, runtime, semantic_sampler
-from .ops import translator_pfin, translator_unroll
+from .ops import translator_pfin, translator_unroll, unroll_phases
 
 # The fused inference implementations (``SeDA.fused_impl``), all over the same math:
 # "rowblock": a program owns a row block and runs a whole sampling loop (2 launches);
@@ -30,6 +30,29 @@ FUSED_IMPLS = ("rowblock", "phases", "persistent")
 # holds it to that), among those with no unmeasured way to hang: "persistent" spins on a grid
 # barrier that no GPU has run yet, so it is opt-in until a GPU run has measured it.
 AUTO_IMPL = "phases"
+# Training: the stage-2 unroll runs as row-block kernels ("rowblock") or as phases (every other
+# value of ``SeDA.fused_impl``: there is no persistent training kernel). The cost model
+# (``python -m seda_fast cost-training``) predicts phases several times faster at B = 256 and 4096.
+ACTIVATION_POLICIES = ("save", "recompute")
+
+
+def training_impl(model) -> str:
+    """The stage-2 unroll implementation ``model.fused_impl`` selects: ``"rowblock"`` or ``"phases"``."""
+    return "rowblock" if model.fused_impl == "rowblock" else "phases"
+
+
+def activation_policy(model, batch: int, dtype: torch.dtype) -> str:
+    """The phase unroll's activation policy for ``batch`` rows in ``dtype``: ``model.activation_memory``
+    ``None`` (default) saves every step's activations (the fast policy); ``"save"``/``"recompute"``
+    force one; an int is a budget in bytes: save when the saved activations fit in it, else recompute."""
+    budget = model.activation_memory
+    if budget is None:
+        return "save"
+    if isinstance(budget, str):
+        return budget
+    cfg = model.config
+    need = unroll_phases.saved_bytes(cfg, batch, dtype, "save")
+    return "save" if need <= budget else "recompute"
 
 
 class Backend(Protocol):
@@ -73,8 +96,9 @@ class FusedPieces(reference.EagerPieces):
     Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), forward noising +
     Learner denoiser + x0 loss in one op, the center constraint with a streaming log-sum-exp.
     Stage 2: ``s`` from the fused Learner sampler (no grad), the random-t diffusion term through the
-    same x0-loss op, and the K2-step Translator + PFIN unroll, which keeps only the per-step states
-    for its backward."""
+    same x0-loss op, and the K2-step Translator + PFIN unroll (:func:`training_impl`: phase GEMMs
+    over all rows under :func:`activation_policy`, or the row-block kernels, which keep only the
+    per-step states for their backward)."""
 
     def check(self, model) -> None:
         runtime.check_dtype(model.visual_proj.linear.weight.dtype)
@@ -96,7 +120,11 @@ class FusedPieces(reference.EagerPieces):
         cfg, den = model.config, model.translator
         T = cfg.diffusion_steps
         ddim, e_table = reference.sampling_tables(den, T, cfg.translator_steps, cfg.dim, s.dtype, s.device)
-        return translator_unroll.translator_unroll(den, model.pfin, reference._start(T, s, xi), z, cond, e_table, ddim)
+        args = (den, model.pfin, reference._start(T, s, xi), z, cond, e_table, ddim)
+        if training_impl(model) == "rowblock":
+            return translator_unroll.translator_unroll(*args)
+        dtype = runtime.autocast_dtype(s.device, model.translator.in_x.weight.dtype)
+        return unroll_phases.unroll_phases(*args, policy=activation_policy(model, s.shape[0], dtype))
 
 
 class TritonBackend:

@@ -59,14 +59,16 @@ class SeDA(nn.Module):
 
     ``backend``: ``"eager"`` (the reference), ``"triton"`` (fused kernels) or ``"auto"``; it can
     be changed on a live model and does not change the state_dict. ``fused_impl`` picks the fused
-    inference implementation (:attr:`fused_impl`). ``check_inputs=True`` adds the
-    NaN/Inf checks that cost a device sync. A new model is in stage 1 (see :meth:`set_stage`).
+    inference implementation (:attr:`fused_impl`) and the stage-2 training unroll's;
+    ``activation_memory`` its activation policy (:attr:`activation_memory`). ``check_inputs=True``
+    adds the NaN/Inf checks that cost a device sync. A new model is in stage 1 (see :meth:`set_stage`).
     """
 
     STAGE1_PARTS = ("visual_proj", "learner", "readout", "aux_visual")
     STAGE2_PARTS = ("text_proj", "translator", "pfin", "head", "aux_text")
 
-    def __init__(self, config: SeDAConfig, backend: str = "auto", check_inputs: bool = False):
+    def __init__(self, config: SeDAConfig, backend: str = "auto", check_inputs: bool = False,
+                 activation_memory: int | str | None = None):
         super().__init__()
         if not isinstance(config, SeDAConfig):
             raise TypeError(f"config must be a SeDAConfig, got {type(config).__name__}")
@@ -85,6 +87,7 @@ class SeDA(nn.Module):
         self.register_buffer("centers_initialized", torch.zeros(C, dtype=torch.bool))
         self.backend = backend
         self.fused_impl = "auto"
+        self.activation_memory = activation_memory
         self.check_inputs = bool(check_inputs)
         self.set_stage(1)
 
@@ -103,8 +106,9 @@ class SeDA(nn.Module):
     def fused_impl(self) -> str:
         """Which fused inference runs on the triton backend: ``"auto"`` (the cost model's pick,
         ``seda_fast.backends.AUTO_IMPL``), ``"rowblock"``, ``"phases"`` or ``"persistent"`` (CUDA
-        only); see :func:`seda_fast.fused_impls`. It changes neither the state_dict nor the numbers
-        beyond the dtype's rounding. (A whole model pickled before the knob existed reads "auto".)"""
+        only); see :func:`seda_fast.fused_impls`. Stage-2 training runs its unroll as row blocks
+        under ``"rowblock"`` and as phases otherwise (:func:`seda_fast.backends.training_impl`).
+        It changes neither the state_dict nor the numbers beyond the dtype's rounding. (A whole model pickled before the knob existed reads "auto".)"""
         return getattr(self, "_fused_impl", "auto")
 
     @fused_impl.setter
@@ -112,6 +116,25 @@ class SeDA(nn.Module):
         if value not in FUSED_IMPLS:
             raise ValueError(f"fused_impl must be one of {FUSED_IMPLS}, got {value!r}")
         self._fused_impl = value
+
+    @property
+    def activation_memory(self) -> int | str | None:
+        """What the fused stage-2 unroll (phases) keeps for its backward: ``None`` (default) every
+        step's activations (fastest; ``python -m seda_fast memory`` shows the bytes), ``"save"`` the
+        same, ``"recompute"`` only the per-step states (each step's forward runs again in the
+        backward), or a budget in bytes: save when the saved activations fit in it, else recompute
+        (:func:`seda_fast.backends.activation_policy`). The row-block unroll always recomputes. It
+        changes neither the state_dict nor the numbers (recomputed values are bitwise the saved ones)."""
+        return getattr(self, "_activation_memory", None)
+
+    @activation_memory.setter
+    def activation_memory(self, value) -> None:
+        ok = value is None or value in backends.ACTIVATION_POLICIES or (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        if not ok:
+            raise ValueError(f"activation_memory must be None, one of {backends.ACTIVATION_POLICIES} or a "
+                             f"budget in bytes (an int >= 0), got {value!r}")
+        self._activation_memory = value
 
     @property
     def stage(self) -> int:

@@ -71,6 +71,20 @@ def _backward(ctx, grad_m, grad_xs, grad_ms):
 translator_unroll_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def unroll_inputs(den, pfin, x_start: Tensor, m_start: Tensor, cond: Tensor, e_table: Tensor,
+                  ddim: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """``(inputs, weights)`` of the unroll ops from the modules: ``x_start, m_start, cond, e_table,
+    ddim`` (contiguous, in the compute dtype; ``ddim`` fp32) and the 13 Translator + PFIN weights
+    (residual layers stacked), cast differentiably to the compute dtype (autocast's when on)."""
+    H = den.in_x.weight.shape[0]
+    w_hidden, b_hidden = hidden_stack(den, H, den.in_x.weight.dtype, x_start.device)
+    weights = [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, pfin.p_m.weight, pfin.p_u.weight,
+               pfin.p_u.bias, pfin.down.weight, pfin.down.bias, pfin.g_m.weight, pfin.g_u.weight, pfin.g_u.bias]
+    cast = in_compute_dtype(weights + [x_start, m_start, cond, e_table], x_start.device)
+    inputs = [t.contiguous() for t in cast[13:]] + [ddim.to(device=x_start.device, dtype=torch.float32).contiguous()]
+    return inputs, cast[:13]
+
+
 def translator_unroll(den, pfin, x_start: Tensor, m_start: Tensor, cond: Tensor, e_table: Tensor,
                       ddim: Tensor) -> Tensor:
     """The stage-2 training unroll (``reference.translator_pfin_sample``'s loop from an explicit start)
@@ -79,12 +93,6 @@ def translator_unroll(den, pfin, x_start: Tensor, m_start: Tensor, cond: Tensor,
     ``cond [B, H]`` (``s W_c + b_a``), ``e_table [K, H]`` (row k-1 = e(tau_k)), ``ddim [K, 2]`` fp32
     -> final ``m [B, d]``. Gradients reach every tensor argument but ``ddim`` and the modules'
     parameters; under ``torch.autocast`` it computes in the autocast dtype."""
-    H = den.in_x.weight.shape[0]
-    w_hidden, b_hidden = hidden_stack(den, H, den.in_x.weight.dtype, x_start.device)
-    weights = [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, pfin.p_m.weight, pfin.p_u.weight,
-               pfin.p_u.bias, pfin.down.weight, pfin.down.bias, pfin.g_m.weight, pfin.g_u.weight, pfin.g_u.bias]
-    cast = in_compute_dtype(weights + [x_start, m_start, cond, e_table], x_start.device)
-    weights, (x_start, m_start, cond, e_table) = cast[:13], cast[13:]
-    m, _, _ = translator_unroll_fwd(x_start.contiguous(), m_start.contiguous(), cond.contiguous(), e_table.contiguous(),
-                         ddim.to(device=x_start.device, dtype=torch.float32).contiguous(), *weights)
+    inputs, weights = unroll_inputs(den, pfin, x_start, m_start, cond, e_table, ddim)
+    m, _, _ = translator_unroll_fwd(*inputs, *weights)
     return m

@@ -8,67 +8,23 @@ sm_90a compile check runs in a subprocess without the interpreter (it cannot com
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from seda_fast import reference, schedule
+from seda_fast import reference
 from seda_fast.ops import translator_unroll as ops
 from seda_fast.ops.runtime import kernels
-from helpers import (case_ids, assert_compiled_step_matches, assert_directional_derivatives, assert_flash_rule, assert_matches_reference,
-                     assert_sm90_clean, compile_rows_in_subprocess, rel)
+from helpers import (UNROLL_NAMES as NAMES, eager_unroll as _eager_unroll, run_unroll as _run,
+                     unroll_problem as _problem, case_ids, assert_compiled_step_matches, assert_directional_derivatives,
+                     assert_flash_rule, assert_matches_reference, assert_sm90_clean, compile_rows_in_subprocess, rel)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = kernels()
-NAMES = ["m", "grad x_start", "grad m_start", "grad cond", "grad e_table", "grad w_x", "grad w_hidden",
-         "grad b_hidden", "grad w_out", "grad b_out", "grad w_pm", "grad w_pu", "grad b_p", "grad w_pd", "grad b_pd",
-         "grad w_gm", "grad w_gu", "grad b_g"]
-
-
-def _problem(B, d, H, L, steps, seed=0, dtype=torch.float32):
-    """``(inputs, ddim, weights, upstream)``: ``x_start, m_start, cond, e_table``; the DDIM table of
-    T = 1000; the 13 weights (scaled like nn.Linear's init, biases non-zero); ``dL/dm``. Fresh per seed."""
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=1.0):
-        return scale * torch.randn(*shape, generator=g)
-    weights = [r(H, d, scale=d ** -0.5), r(L - 1, H, H, scale=H ** -0.5), r(L - 1, H, scale=0.3),
-               r(d, H, scale=H ** -0.5), r(d, scale=0.3),
-               r(H, d, scale=d ** -0.5), r(H, d, scale=d ** -0.5), r(H, scale=0.3), r(d, H, scale=H ** -0.5),
-               r(d, scale=0.3), r(d, d, scale=d ** -0.5), r(d, d, scale=d ** -0.5), r(d, scale=0.3)]
-    inputs = [r(B, d), r(B, d), r(B, H), r(steps, H)]
-    upstream = r(B, d)
-    cast = lambda ts: [t.to(DEVICE, dtype).contiguous() for t in ts]  # noqa: E731
-    ddim = schedule.ddim_coefficients(1000, steps).to(DEVICE, torch.float32)
-    return cast(inputs), ddim, cast(weights), upstream.to(DEVICE, dtype)
-
-
-def _eager_unroll(x, m, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd,
-                  w_gm, w_gu, b_g):
-    """``reference.translator_pfin_sample``'s loop from ``x``, ``m`` on namespaces holding these tensors."""
-    lin = lambda w, b=None: SimpleNamespace(weight=w, bias=b)  # noqa: E731
-    den = SimpleNamespace(in_x=lin(w_x), out=lin(w_out, b_out),
-                          hidden=[lin(w_hidden[i], b_hidden[i]) for i in range(w_hidden.shape[0])])
-    pfin = SimpleNamespace(p_m=lin(w_pm), p_u=lin(w_pu, b_p), down=lin(w_pd, b_pd), g_m=lin(w_gm),
-                           g_u=lin(w_gu, b_g))
-    for k in range(e_table.shape[0], 0, -1):
-        x0_hat, _ = reference.denoise(den, x, e_table[k - 1], cond)
-        m = reference.pfin_step(pfin, m, x0_hat, e_table[k - 1])
-        x = reference._ddim_update(x, x0_hat, ddim[k - 1])
-    return m
 
 
 def _fused_unroll(x, m, cond, e_table, ddim, *weights):
     return ops.translator_unroll_fwd(x, m, cond, e_table, ddim, *weights)[0]
-
-
-def _run(fn, inputs, ddim, weights, upstream, dtype=None):
-    """``m`` and the gradients of the 4 inputs and 13 weights for ``<m, upstream>``."""
-    args = [t.detach().to(dtype or t.dtype).clone().requires_grad_() for t in inputs + weights]
-    m = fn(*args[:4], ddim, *args[4:])
-    (m * upstream.to(m.dtype)).sum().backward()
-    return [m.detach()] + [t.grad for t in args]
 
 
 SHAPES = [(33, 48, 80, 3, 4), (1, 38, 37, 1, 1), (17, 70, 20, 1, 2),

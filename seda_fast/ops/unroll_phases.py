@@ -1,0 +1,104 @@
+"""Custom ops around :mod:`seda_fast.kernels.unroll_phases`: the stage-2 training unroll (K2-step
+Translator + PFIN loop) as phase GEMMs over all rows, forward and backward, under an activation
+policy (``"save"``: every step's activations are kept; ``"recompute"``: only the per-step states,
+each step's forward runs again in the backward).
+
+``seda_fast::unroll_phases_fwd(x_start, m_start, cond, e_table, ddim, <13 weights>, policy)
+-> (m [B, d], xs, ms, acts)``: ``xs [K, B, d]``, ``ms [K + 1, B, d]`` and the flat ``acts``
+(empty under ``"recompute"``) are auxiliary non-differentiable outputs saved for
+``seda_fast::unroll_phases_bwd``, which returns the gradients of every input but ``ddim``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..validation import stream_capturing
+from .runtime import kernels
+from .translator_unroll import unroll_inputs
+
+POLICIES = ("save", "recompute")
+
+
+def saved_bytes(cfg, batch: int, dtype: torch.dtype, policy: str) -> int:
+    """Bytes the phase unroll's forward keeps for its backward for a :class:`seda_fast.SeDAConfig`."""
+    return kernels().unroll_phases_module.saved_bytes(batch, cfg.dim, cfg.hidden, cfg.layers, cfg.translator_steps,
+                                                      dtype, policy)
+
+
+def _pdl(t: Tensor) -> bool:
+    """Programmatic dependent launch where the GPU has it, but not inside a caller's CUDA-graph
+    capture (a capture of programmatic launches is not measured on a GPU yet)."""
+    return kernels().infer_phases_module.pdl_available(t.device) and not stream_capturing(t)
+
+
+@torch.library.custom_op("seda_fast::unroll_phases_fwd", mutates_args=())
+def unroll_phases_fwd(x_start: Tensor, m_start: Tensor, cond: Tensor, e_table: Tensor, ddim: Tensor,
+                      w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor, b_out: Tensor, w_pm: Tensor,
+                      w_pu: Tensor, b_p: Tensor, w_pd: Tensor, b_pd: Tensor, w_gm: Tensor, w_gu: Tensor, b_g: Tensor,
+                      policy: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(m [B, d], xs [K, B, d], ms [K + 1, B, d], acts [n])``, all in the weights' dtype."""
+    return kernels().unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out,
+                                           b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, policy=policy,
+                                           pdl=_pdl(x_start))
+
+
+@unroll_phases_fwd.register_fake
+def _(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, *rest):
+    *weights, policy = rest
+    (B, d), K, H = x_start.shape, e_table.shape[0], w_x.shape[0]
+    n = kernels().unroll_phases_module.saved_numel(B, d, H, w_hidden.shape[0] + 1, K, policy)
+    new = lambda *shape: x_start.new_empty(*shape, dtype=w_x.dtype)  # noqa: E731
+    return new(B, d), new(K, B, d), new(K + 1, B, d), new(n)
+
+
+@torch.library.custom_op("seda_fast::unroll_phases_bwd", mutates_args=())
+def unroll_phases_bwd(grad_m: Tensor, xs: Tensor, ms: Tensor, acts: Tensor, cond: Tensor, e_table: Tensor,
+                      ddim: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor, b_out: Tensor,
+                      w_pm: Tensor, w_pu: Tensor, b_p: Tensor, w_pd: Tensor, b_pd: Tensor, w_gm: Tensor,
+                      w_gu: Tensor, b_g: Tensor, policy: str) -> list[Tensor]:
+    """Gradients of ``x_start, m_start, cond, e_table`` and the 13 weights (weights' dtype)."""
+    return list(kernels().unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden,
+                                                 w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g,
+                                                 policy=policy, pdl=_pdl(grad_m)))
+
+
+@unroll_phases_bwd.register_fake
+def _(grad_m, xs, ms, acts, cond, e_table, ddim, *rest):
+    *weights, _policy = rest
+    like = [grad_m, grad_m, cond, e_table, *weights]
+    return [torch.empty_like(t, dtype=weights[0].dtype) for t in like]
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, cond, e_table, ddim, *weights, policy = inputs
+    _, xs, ms, acts = output
+    ctx.save_for_backward(xs, ms, acts, cond, e_table, ddim, *weights)
+    ctx.mark_non_differentiable(xs, ms, acts)
+    ctx.set_materialize_grads(False)
+    ctx.policy = policy
+    ctx.dtypes = [t.dtype for t in inputs[:-1]]
+
+
+def _backward(ctx, grad_m, *_aux):
+    xs, ms, acts, cond, e_table, ddim, *weights = ctx.saved_tensors
+    if grad_m is None:
+        return (None,) * 19
+    grads = unroll_phases_bwd(grad_m.contiguous(), xs, ms, acts, cond, e_table, ddim, *weights,
+                              ctx.policy)
+    grads = [g.to(dt) for g, dt in zip(grads, ctx.dtypes[:4] + ctx.dtypes[5:])]
+    return (*grads[:4], None, *grads[4:], None)
+
+
+unroll_phases_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def unroll_phases(den, pfin, x_start: Tensor, m_start: Tensor, cond: Tensor, e_table: Tensor, ddim: Tensor,
+                  policy: str = "save") -> Tensor:
+    """:func:`seda_fast.ops.translator_unroll.translator_unroll` (same arguments, same result, every
+    gradient) as phases, under the activation ``policy`` (``"save"`` or ``"recompute"``)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    inputs, weights = unroll_inputs(den, pfin, x_start, m_start, cond, e_table, ddim)
+    m, _, _, _ = unroll_phases_fwd(*inputs, *weights, policy)
+    return m

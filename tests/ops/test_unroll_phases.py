@@ -1,0 +1,263 @@
+"""Stage-2 training unroll as phases: ``seda_fast.ops.unroll_phases`` / the
+``seda_fast::unroll_phases_fwd`` and ``_bwd`` ops under both activation policies, forward and every
+gradient against the eager loop of ``reference.translator_pfin_sample`` and its autograd.
+
+On CPU the kernels run in Triton's interpreter (tests/conftest.py) on small grids; the sm_90a
+compile check runs in a subprocess without the interpreter (it cannot compile).
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seda_fast import reference
+from seda_fast.ops import unroll_phases as ops
+from seda_fast.ops.runtime import kernels
+from helpers import (UNROLL_NAMES as NAMES, eager_unroll, run_unroll, unroll_problem, case_ids,
+                     assert_compiled_step_matches, assert_directional_derivatives, assert_flash_rule,
+                     assert_matches_reference, assert_sm90_clean, compile_rows_in_subprocess, rel)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+K = kernels()
+U = K.unroll_phases_module
+POLICIES = ops.POLICIES
+
+
+def _phases(policy):
+    def fused(x, m, cond, e_table, ddim, *weights):
+        return ops.unroll_phases_fwd(x, m, cond, e_table, ddim, *weights, policy)[0]
+    return fused
+
+
+# odd widths, d > H and d < H, batch 1 and 33 (3 row blocks of 16), L = 1 to 3, K = 1 to 4
+SHAPES = [(33, 20, 37, 3, 4), (1, 38, 37, 1, 1), (17, 22, 20, 1, 2), (5, 20, 70, 2, 3)]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("B,d,H,L,steps", SHAPES, ids=case_ids("B,d,H,L,steps", SHAPES))
+def test_fp32_parity_with_reference_autograd(B, d, H, L, steps, policy):
+    """``m`` and all 17 gradients within 1e-5 of the fp32 reference's autograd and of the fp64 one."""
+    inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=B + L + steps)
+    out = run_unroll(_phases(policy), inputs, ddim, weights, upstream)
+    ref = run_unroll(eager_unroll, inputs, ddim, weights, upstream)
+    ref64 = run_unroll(eager_unroll, inputs, ddim.double(), weights, upstream, torch.float64)
+    assert_matches_reference(NAMES, out, ref, ref64, [None] + inputs + weights, L)
+
+
+def test_policies_agree_and_recompute_keeps_only_the_states():
+    """"recompute" reruns each step's forward with the same kernels and tiles: ``m`` and every
+    activation-path gradient are bitwise those of "save"; the weight gradients differ only in the
+    fp32 order of the split-row partial sums (per slot vs accumulated per step). It saves only
+    ``xs``/``ms``: ``acts`` is empty, and :func:`saved_bytes` says so."""
+    B, d, H, L, steps = 19, 20, 24, 2, 3
+    inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=3)
+    save, rec = (run_unroll(_phases(p), inputs, ddim, weights, upstream) for p in POLICIES)
+    for name, a, b in zip(NAMES[:5], save, rec):
+        assert torch.equal(a, b), name
+    for name, a, b in zip(NAMES[5:], save[5:], rec[5:]):
+        assert rel(b, a) < 1e-6, name
+    _, xs, ms, acts = ops.unroll_phases_fwd(*inputs, ddim, *weights, "recompute")
+    assert acts.numel() == 0 and xs.shape == (steps, B, d) and ms.shape == (steps + 1, B, d)
+    _, _, _, acts = ops.unroll_phases_fwd(*inputs, ddim, *weights, "save")
+    item = acts.element_size()
+    assert U.saved_bytes(B, d, H, L, steps, torch.float32, "save") == (xs.numel() + ms.numel() + acts.numel()) * item
+    assert U.saved_bytes(B, d, H, L, steps, torch.float32, "recompute") == (xs.numel() + ms.numel()) * item
+
+
+def test_module_entry_point_matches_translator_pfin_sample():
+    """``unroll_phases(den, pfin, ...)`` from the model's own start state = the reference sampler,
+    module parameter gradients included."""
+    from helpers import make_model
+    models = [make_model(seed=2, layers=2, translator_steps=3) for _ in range(2)]
+    cfg = models[0].config
+    g = torch.Generator().manual_seed(9)
+    s, z, xi = (torch.randn(9, cfg.dim, generator=g) for _ in range(3))
+    grads = []
+    for i, model in enumerate(models):
+        model.set_stage(2)
+        if i == 0:
+            den = model.translator
+            ddim, e_table = reference.sampling_tables(den, cfg.diffusion_steps, cfg.translator_steps, cfg.dim,
+                                                      s.dtype, s.device)
+            m = ops.unroll_phases(den, model.pfin, reference._start(cfg.diffusion_steps, s, xi), z,
+                                  reference.condition_term(den, s), e_table, ddim, policy="recompute")
+        else:
+            _, m = reference.translator_pfin_sample(model, s, z, xi)
+        (m * torch.linspace(-1, 1, cfg.dim)).sum().backward()
+        grads.append([m.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) == 1 + 9 + 2 + 8  # m, translator (L = 2), PFIN
+    for i, (o, r) in enumerate(zip(*grads)):
+        assert o.shape == r.shape and rel(o, r) < 1e-5, (i, rel(o, r))
+
+
+def test_fp16_flash_attention_rule():
+    """Kernel error <= 2 x (torch fp16 error) + atol, both vs the fp32 reference on the same rounded
+    inputs; atol = 2^-10 max|ref| (one fp16 ulp at the tensor's scale: the final store's rounding)."""
+    inputs, ddim, weights, upstream = unroll_problem(17, 48, 40, 2, 3, seed=5, dtype=torch.float16)
+    out = run_unroll(_phases("save"), inputs, ddim, weights, upstream)
+    ref16 = run_unroll(eager_unroll, inputs, ddim, weights, upstream)
+    ref32 = run_unroll(eager_unroll, inputs, ddim, weights, upstream, torch.float32)
+    for name, o, r16, r32 in zip(NAMES, out, ref16, ref32):
+        assert o.dtype == torch.float16, name
+        assert_flash_rule(name, o, r16, r32, 2.0 ** -10 * r32.abs().max().item())
+
+
+def test_finite_difference_directional_derivatives_fp32():
+    """The fused backward against central differences of the fused forward itself, per argument
+    (the method and its bound: ``tests/ops/test_translator_unroll.py``'s test of the same name)."""
+    inputs, ddim, weights, _ = unroll_problem(3, 5, 6, 2, 2, seed=7)
+    g = torch.Generator().manual_seed(8)
+    v = torch.randn(3, 5, generator=g).to(DEVICE)
+    fused = _phases("recompute")
+    grads = run_unroll(fused, inputs, ddim, weights, v)[1:]
+    args = inputs + weights
+
+    def loss(a):
+        return (fused(*a[:4], ddim, *a[4:]).double() * v.double()).sum().item()
+    assert_directional_derivatives(loss, args, grads, NAMES[1:], g)
+
+
+def test_opcheck_custom_ops():
+    inputs, ddim, weights, upstream = unroll_problem(3, 6, 7, 2, 2, seed=11)
+    for policy in POLICIES:
+        args = [t.clone().requires_grad_() for t in inputs]
+        torch.library.opcheck(ops.unroll_phases_fwd,
+                              (*args, ddim, *[w.clone().requires_grad_() for w in weights], policy))
+        _, xs, ms, acts = ops.unroll_phases_fwd(*inputs, ddim, *weights, policy)
+        torch.library.opcheck(ops.unroll_phases_bwd,
+                              (upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, policy))
+
+
+def test_torch_compile_traces_without_graph_break():
+    inputs, ddim, weights, upstream = unroll_problem(9, 20, 24, 2, 2, seed=13)
+    fused = _phases("save")
+
+    def step(*args):
+        m = fused(*args[:4], ddim, *args[4:])
+        return (m * upstream).sum() + torch.tanh(m).sum()
+
+    assert_compiled_step_matches(step, inputs + weights)
+
+
+@pytest.mark.parametrize("L", [1, 3])
+def test_launch_counts_and_determinism(L):
+    """One launch per phase (forward K (L + 1) + 2; backward K (L + 2) + 2 under "save",
+    K (2 L + 6) + 1 under "recompute"), each launch's grid the phase's tile count; two runs
+    bitwise identical, every gradient included."""
+    steps = 2
+    inputs, ddim, weights, upstream = unroll_problem(17, 20, 19, L, steps, seed=17)  # 2 row blocks
+    for policy in POLICIES:
+        fwd, bwd = U.phase_counts(L, steps, policy)
+        assert fwd == steps * (L + 1) + 2
+        assert bwd == (steps * (L + 2) + 2 if policy == "save" else steps * (2 * L + 6) + 1)
+        runs = []
+        for _ in range(2):
+            with K.count_launches() as c:
+                runs.append(run_unroll(_phases(policy), inputs, ddim, weights, upstream))
+            assert c.names == ["unroll_phase_kernel"] * (fwd + bwd), policy
+        for name, x, y in zip(NAMES, *runs):
+            assert torch.equal(x, y), (policy, name)
+
+
+def test_every_tile_of_a_phase_is_one_program():
+    """The grids the launcher asks for are the tile counts the kernel decodes: a phase of ``n``
+    jobs over ``[B, N_j]`` outputs gets ``sum_j cdiv(B, BM) cdiv(N_j, BN)`` programs, and the
+    weight-gradient phase one program per (job, layer, slot x split, out tile, in tile)."""
+    B, d, H, L, steps = 40, 38, 37, 2, 2
+    inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=19)
+    with K.capture_launches() as launches:
+        m, xs, ms, acts = U.unroll_phases_forward(*inputs, ddim, *weights, policy="save")
+        U.unroll_phases_backward(upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, policy="save")
+    tiles = U.pick_phase_tiles(B, d, H, torch.float32)
+    rb = -(-B // tiles.BM)
+    th, td = rb * -(-H // tiles.BN), rb * -(-d // tiles.BN)
+    fwd, bwd = U.build_schedule(L, steps, "save")
+    want = {U.F_A: {th, th + td, th + th + td}, U.F_R: {th, th + td, td}, U.F_O: {td, 2 * td},
+            U.B_P: {th, th + td, td}, U.B_M: {2 * td}, U.B_O: {th}, U.B_R: {th}}
+    for launch, row in zip(launches, fwd + bwd):
+        if row[0] != U.W_GRAD:
+            assert launch.grid[0] in want[row[0]], (U.KIND_NAMES[row[0]], launch.grid)
+    WBN, WBK, _ = U.wgrad_tiles(torch.float32, d, d)
+    c = lambda n, b: -(-n // b)  # noqa: E731
+    out_tiles = c(H, WBN) * c(d, WBK) + (L - 1) * c(H, WBN) * c(H, WBK) + 2 * c(d, WBN) * c(H, WBK) \
+        + 2 * c(H + d, WBN) * c(d, WBK)
+    splits = U.split_rows(B, steps, c(H, WBN) * c(d, WBK))
+    assert launches[-1].grid[0] == out_tiles * steps * splits
+
+
+# --------------------------------------------------------------------------- argument checks
+
+def _args():
+    inputs, ddim, weights, _ = unroll_problem(4, 6, 7, 2, 2, seed=29)
+    return inputs + [ddim] + weights
+
+
+def test_forward_rejects_bad_input_before_launch():
+    """The shared checks of the row-block op (tested there one argument at a time) and the policy."""
+    x, m, cond, e, ddim, *w = _args()
+    cases = [("x_start", dict(), (x[0], m)), ("m_start", dict(), (x, m[:-1].contiguous())),
+             ("policy", dict(policy="keep"), (x, m))]
+    for name, kw, (x_, m_) in cases:
+        with K.count_launches() as c, pytest.raises(ValueError, match=name):
+            U.unroll_phases_forward(x_, m_, cond, e, ddim, *w, **kw)
+        assert c.count == 0, name
+    with pytest.raises(ValueError, match="policy"):
+        ops.unroll_phases(None, None, x, m, cond, e, ddim, policy="all")
+
+
+def test_backward_rejects_bad_input_before_launch():
+    x, m, cond, e, ddim, *w = _args()
+    _, xs, ms, acts = U.unroll_phases_forward(x, m, cond, e, ddim, *w, policy="save")
+    cases = [("xs", (m, xs[:1].contiguous(), ms, acts), "save"), ("ms", (m, xs, ms[:-1].contiguous(), acts), "save"),
+             ("ms", (m, xs, ms.half(), acts), "save"), ("grad_m", (m[:, 1:].contiguous(), xs, ms, acts), "save"),
+             ("acts", (m, xs, ms, acts[:-1]), "save"), ("acts", (m, xs, ms, acts.half()), "save"),
+             ("policy", (m, xs, ms, acts), "keep")]
+    for name, (gm, xs_, ms_, acts_), policy in cases:
+        with K.count_launches() as c, pytest.raises(ValueError, match=name):
+            U.unroll_phases_backward(gm, xs_, ms_, acts_, cond, e, ddim, *w, policy=policy)
+        assert c.count == 0, name
+
+
+# --------------------------------------------------------------------------- sm_90a compile
+
+COMPILE_CASES = [("bfloat16", 256), ("bfloat16", 4096), ("float32", 256)]
+DEFAULT = dict(d=512, H=1024, L=2, K=10)
+
+
+def compile_rows() -> list[dict]:
+    """Capture both policies' forward and backward launches at the default size for
+    :data:`COMPILE_CASES` and compile each distinct (kernel, dtype, meta) for sm_90a."""
+    from seda_fast.tools import compile_report as cr
+    d, H, L, steps = DEFAULT["d"], DEFAULT["H"], DEFAULT["L"], DEFAULT["K"]
+    rows, seen = [], set()
+    for dtype, B in COMPILE_CASES:
+        dt = getattr(torch, dtype)
+        e = lambda *shape: torch.empty(*shape, dtype=dt)  # noqa: E731
+        w = [e(H, d), e(L - 1, H, H), e(L - 1, H), e(d, H), e(d), e(H, d), e(H, d), e(H), e(d, H), e(d), e(d, d),
+             e(d, d), e(d)]
+        with K.capture_launches() as launches:
+            U.unroll_phases_forward(e(B, d), e(B, d), e(B, H), e(steps, H), torch.empty(steps, 2), *w)
+            for policy in POLICIES:
+                acts = e(U.saved_numel(B, d, H, L, steps, policy))
+                U.unroll_phases_backward(e(B, d), e(steps, B, d), e(steps + 1, B, d), acts, e(B, H), e(steps, H),
+                                         torch.empty(steps, 2), *w, policy=policy)
+        rows += cr.compile_unique(launches, dtype, seen, batch=B)
+    return rows
+
+
+def test_sm90_compile_zero_spills(tmp_path):
+    """Every phase kind of every shipped tile config: no spills, within the register file and
+    shared memory; bf16 phases use the tensor cores (wgmma at BM = 64 and in the weight-gradient
+    phase's 64-row tiles, mma.sync at BM = 16)."""
+    rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
+    assert_sm90_clean(rows, ["unroll_phase_kernel"], fields=("KIND",))
+    assert {r["KIND"] for r in rows} == set(range(8))
+    for r in rows:
+        if r["dtype"] == "bfloat16":
+            assert r["wgmma"] if (r["BM"] == 64 or r["KIND"] == U.W_GRAD) else r["mma_sync"], r
+
+
+if __name__ == "__main__":  # the compile check's subprocess: python tests/ops/test_unroll_phases.py OUT.json
+    Path(sys.argv[1]).write_text(json.dumps(compile_rows(), indent=1))
