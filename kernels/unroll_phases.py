@@ -31,12 +31,13 @@ Backward, step ``i = K-1 .. 0``, from ``gm = dL/dm_{i+1}`` and ``gx = dL/dx_{i+1
     BX     gx <- ga W_x^T + a_k gx                  (rides in BP of step i - 1)      n = d, K = H
 
 ``K (L + 2) + 1`` backward phases. Weight gradients are GEMMs ``G^T X`` tiled over (out, in) and
-split over rows, each split writing its own fp32 partial (no atomics); the host sums the partials
-in a fixed order (bitwise reproducible). Bias and time-embedding gradients are the per-split
-column sums of ``G``, summed the same way. Policies:
+split over rows, each split writing its own fp32 partial (no atomics; a split walks its rows in
+every slot, slot by slot); the host sums the partials in a fixed order (bitwise reproducible).
+Bias and time-embedding gradients are the per-step, per-split column sums of ``G``, summed the
+same way. Policies:
 
 * ``"save"``: the forward keeps every step's activations (``K`` slots); the backward keeps every
-  step's ``G``; ONE weight-gradient phase at the end treats the K slots as ``K B`` rows.
+  step's ``G``; ONE weight-gradient phase at the end reduces over all ``K B`` rows.
 * ``"recompute"``: the forward keeps only ``x_i`` and ``m_i``; before each backward step its
   forward phases run again into one slot (same kernels, same tiles: bitwise the forward's values),
   and a weight-gradient phase per step accumulates into the partials.
@@ -149,10 +150,10 @@ def wgrad_jobs(d: int, H: int, nh: int) -> list[tuple]:
     return jobs
 
 
-def split_rows(B: int, slots: int, out_tiles: int, target: int = 264) -> int:
-    """Splits per slot of the weight-gradient row reduction: enough (output tiles x slots x
-    splits) programs for two waves of 132 SMs, no split under 64 rows."""
-    want = triton.cdiv(target, max(out_tiles * slots, 1))
+def split_rows(B: int, out_tiles: int, target: int = 264) -> int:
+    """Row splits of the weight-gradient reduction (each split: the same rows of every slot):
+    enough (output tiles x splits) programs for two waves of 132 SMs, no split under 64 rows."""
+    want = triton.cdiv(target, max(out_tiles, 1))
     return max(1, min(want, triton.cdiv(B, 64)))
 
 
@@ -227,9 +228,10 @@ def unroll_phase_kernel(sched_ptr, phase,
     ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``; ``ga``
     ``[S, B, H]``, ``gz [NH, S, B, H]``, ``gx0``, ``gdel`` ``[S, B, d]``, ``gpq [S, B, H + d]``. States
     ``xs [K, B, d]``, ``ms [K + 1, B, d]``. fp32: ``gm``, ``gx [B, d]``, ``gh``, ``gcond [B, H]``.
-    ``part``: the six weight-gradient jobs' fp32 partials, one after another, ``[S * SB, N, Kdim]``
-    each (the hidden job ``[NH, S * SB, H, H]``); ``cs``: their column sums ``[K * SB, N]`` each
-    (five jobs; the last one shares the fifth's G)."""
+    ``part``: the six weight-gradient jobs' fp32 partials, one after another, ``[SB, N, Kdim]``
+    each (the hidden job ``[NH, SB, H, H]``; partial j sums row split j of every slot, slot by
+    slot); ``cs``: their per-step column sums ``[K, SB, N]`` each (five jobs; the last one shares
+    the fifth's G)."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -382,7 +384,7 @@ def unroll_phase_kernel(sched_ptr, phase,
             gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, BM, BN) + ga
             blk.store_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, gc, BM, BN)
     else:  # W: dW = G^T X; tiles over (job, layer, partial = slot x split, out block, in block)
-        SP = S * SB  # (z64: runtime zeros keep every branch's values the same type)
+        SP = SB  # partials per job (layer): one per row split; a tile walks its split in every slot
         kb_d = tl.cdiv(d, WBK)
         kb_h = tl.cdiv(H, WBK)
         c0 = SP * tl.cdiv(H, WBN) * kb_d             # w_x      [H, d]
@@ -423,33 +425,34 @@ def unroll_phase_kernel(sched_ptr, phase,
         per_layer = SP * tl.cdiv(N, WBN) * nbk
         lay = t // per_layer
         t = t % per_layer
-        sp_idx = t // (tl.cdiv(N, WBN) * nbk)   # partial: slot * SB + split
+        sp_idx = t // (tl.cdiv(N, WBN) * nbk)   # partial = row split
         t = t % (tl.cdiv(N, WBN) * nbk)
         n0 = (t // nbk) * WBN
         k0 = (t % nbk) * WBK
-        s_in = sp_idx // SB
-        split = sp_idx % SB
+        split = sp_idx
         rows_split = tl.cdiv(B, SB)
         r_lo = split * rows_split
         r_hi = tl.minimum(r_lo + rows_split, B)
-        step = tl.where(S == K, s_in, i)  # "save": the slot's own step; "recompute": the phase's
-        # x_i and m_i live in the [K(+1), B, d] state planes (by step), the rest in slots
-        x_plane = tl.where((j == 0) | (j == 4), step, s_in).to(tl.int64)
-        g_rows = g_base + lay.to(tl.int64) * lstride + (s_in.to(tl.int64) * B + r_lo) * N
-        x_rows = x_base + lay.to(tl.int64) * lstride + (x_plane * B + r_lo) * Kd
-        acc, gsum = _wgrad_tile(tl.zeros((WBN, WBK), tl.float32), tl.zeros((WBN,), tl.float32), g_rows, x_rows,
-                                r_hi - r_lo, N, Kd, n0, k0, WBN, WBK, WBB, LOWP, PREC)
         offs_n = n0 + tl.arange(0, WBN)
         offs_k = k0 + tl.arange(0, WBK)
+        acc = tl.zeros((WBN, WBK), tl.float32)
+        for s_in in range(S):  # slot by slot, in order: the column sums stay per step
+            step = tl.where(S == K, s_in, i)  # "save": the slot's own step; "recompute": the phase's
+            # x_i and m_i live in the [K(+1), B, d] state planes (by step), the rest in slots
+            x_plane = tl.where((j == 0) | (j == 4), step, s_in).to(tl.int64)
+            g_rows = g_base + lay.to(tl.int64) * lstride + ((z64 + s_in) * B + r_lo) * N
+            x_rows = x_base + lay.to(tl.int64) * lstride + (x_plane * B + r_lo) * Kd
+            acc, gsum = _wgrad_tile(acc, tl.zeros((WBN,), tl.float32), g_rows, x_rows, r_hi - r_lo, N, Kd, n0, k0,
+                                    WBN, WBK, WBB, LOWP, PREC)
+            if j < 5:
+                if k0 == 0:
+                    cp = cs_ptr + coff + ((lay * K + step) * SB + split).to(tl.int64) * N + offs_n
+                    tl.store(cp, gsum, mask=offs_n < N)
         pmask = (offs_n[:, None] < N) & (offs_k[None, :] < Kd)
         pp = part_ptr + poff + ((lay * SP + sp_idx).to(tl.int64) * N + offs_n[:, None]) * Kd + offs_k[None, :]
         if (flags & 4) != 0:
             acc += tl.load(pp, mask=pmask, other=0.0)
         tl.store(pp, acc, mask=pmask)
-        if j < 5:
-            if k0 == 0:
-                cp = cs_ptr + coff + ((lay * K + step) * SB + split).to(tl.int64) * N + offs_n
-                tl.store(cp, gsum, mask=offs_n < N)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -500,25 +503,28 @@ def _schedule(layers, K, policy, device):
     return entry
 
 
-def _grid(row, B, d, H, nh, tiles, wt, SP) -> int:
-    """Programs of one phase (sum of its jobs' tiles), as the kernel counts them."""
+def phase_jobs(row, B: int, d: int, H: int, nh: int, slots: int) -> list[tuple]:
+    """The GEMM jobs of one schedule row as ``(name, M, N, K)`` (``[M, N]`` outputs reducing over K;
+    a weight-gradient job's M x N is its (layers x out, in), its K the ``B x slots`` rows it reduces);
+    the launcher's grids and the cost model both count from these."""
     kind, main, side = row[0], row[3], row[4]
-    rb = triton.cdiv(B, tiles.BM)
-    th, td = rb * triton.cdiv(H, tiles.BN), rb * triton.cdiv(d, tiles.BN)
-    if kind == F_A:
-        return main * th + side * (th + td)
-    if kind in (F_R, B_P):
-        return main * th + side * td
-    if kind == F_O:
-        return (main + side) * td
-    if kind == B_M:
-        return 2 * td
-    if kind in (B_O, B_R):
-        return th
-    nb = triton.cdiv
+    jobs = {F_A: [("A", B, H, d)] * main + [("P", B, H, 2 * d), ("G", B, d, 2 * d)] * side,
+            F_R: [("R", B, H, H)] * main + [("D", B, d, H)] * side,
+            F_O: [("O", B, d, H)] * main + [("D", B, d, H)] * side,
+            B_P: [("BP", B, H, d)] * main + [("BX", B, d, H)] * side,
+            B_M: [("BM", B, d, H + d), ("BM_x0", B, d, H + d)],
+            B_O: [("BO", B, H, d)], B_R: [("BR", B, H, H)]}.get(kind)
+    if jobs is not None:
+        return jobs
+    return [(name, N * layers, Kd, B * slots) for name, N, Kd, layers in wgrad_jobs(d, H, nh) if layers]
+
+
+def _grid(row, B, d, H, nh, tiles, wt, SP) -> int:
+    """Programs of one phase (one per output tile of each job), as the kernel decodes them."""
+    if row[0] != W_GRAD:
+        return sum(triton.cdiv(M, tiles.BM) * triton.cdiv(N, tiles.BN) for _, M, N, _ in phase_jobs(row, B, d, H, nh, 1))
     WBN, WBK = wt
-    return SP * (nb(H, WBN) * nb(d, WBK) + nh * nb(H, WBN) * nb(H, WBK) + 2 * nb(d, WBN) * nb(H, WBK)
-                 + 2 * nb(H + d, WBN) * nb(d, WBK))
+    return SP * sum(layers * triton.cdiv(N, WBN) * triton.cdiv(Kd, WBK) for _, N, Kd, layers in wgrad_jobs(d, H, nh))
 
 
 class _Call:
@@ -549,7 +555,7 @@ class _Call:
     def run(self, table, rows, first):
         B, d, H, nh, _ = self.dims
         for p, row in enumerate(rows):
-            launch(unroll_phase_kernel, (_grid(row, B, d, H, nh, self.tiles, self.wt, self.slots * self.splits),),
+            launch(unroll_phase_kernel, (_grid(row, B, d, H, nh, self.tiles, self.wt, self.splits),),
                    table, first + p, *self.args, KIND=row[0], **self.meta)
 
 
@@ -619,8 +625,8 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     tiles = tiles or pick_phase_tiles(B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H))
     out_tiles = max(triton.cdiv(H, wt[0]) * triton.cdiv(d, wt[1]), 1)
-    splits = split_rows(B, slots, out_tiles)
-    SP = slots * splits
+    splits = split_rows(B, out_tiles)
+    SP = splits
     f32 = dict(device=device, dtype=torch.float32)
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     part_sizes = [SP * H * d, nh * SP * H * H, SP * d * H, SP * d * H, SP * (H + d) * d, SP * (H + d) * d]

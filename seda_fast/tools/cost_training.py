@@ -55,7 +55,9 @@ from .cost_phases import L2_BYTES, job_counts, phase_terms
 STAGES = (1, 2)
 BATCHES = (256, 4096)
 POLICIES = ("save", "recompute")
-IMPLS = ("eager", "torch_compile", "rowblock", "rowblock-graph") + tuple(f"phases-{p}" for p in POLICIES)
+SHIPPED = ("rowblock",) + tuple(f"unroll-phases-{p}" for p in POLICIES)  # the fused training paths of today
+IMPLS = ("eager", "torch_compile") + tuple(i + g for i in SHIPPED for g in ("", "-graph")) \
+    + tuple(f"phases-{p}" for p in POLICIES)
 SPLIT_MIN_K = 128  # a split-K part reduces at least this many rows
 
 
@@ -207,10 +209,11 @@ def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save"
     return Prediction(f"phases-{policy}", batch, sum(terms.values()), bound, terms, counts)
 
 
-def fused_step_counts(cfg: SeDAConfig, stage: int) -> tuple[int, int]:
+def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> tuple[int, int]:
     """``(aten ops, Triton launches)`` of one step of the training ops the library ships (the
     ``"triton"`` backend's pieces in the reference losses, loss + backward), counted on the CPU
-    with the launches captured, not run. Neither depends on the batch: four rows are recorded."""
+    with the launches captured, not run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the
+    stage-2 unroll's implementation. Neither depends on the batch: four rows are recorded."""
     import torch
 
     from .. import reference
@@ -220,6 +223,9 @@ def fused_step_counts(cfg: SeDAConfig, stage: int) -> tuple[int, int]:
     torch.manual_seed(0)
     model = SeDA(cfg, backend="eager").train()
     model.set_stage(stage)
+    model.fused_impl = "rowblock" if unroll == "rowblock" else "phases"
+    if unroll != "rowblock":
+        model.activation_memory = unroll.split("-", 1)[1]
     visual, text = torch.randn(4, cfg.visual_dim), torch.randn(cfg.num_classes, cfg.text_dim)
     labels = torch.arange(4) % cfg.num_classes
 
@@ -234,20 +240,24 @@ def fused_step_counts(cfg: SeDAConfig, stage: int) -> tuple[int, int]:
     return len(ops), len(launches)
 
 
-def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
-                     record: StepRecord | None = None, graph: bool = False) -> Prediction:
-    """The training ops the library ships: row-block kernels (a program owns ``BM`` rows, as
-    :func:`seda_fast.kernels.pick_blocks` picks them, and streams the whole weight of every
-    activation GEMM of the step it computes, re-reading its fp32 activation block once per ``BN``
-    output tile; stage 2's backward also recomputes each unroll step's forward) plus
-    weight-gradient launches (one program per 64 x 64 output tile over all rows), and the torch
-    glue around them (its GPU work is left out). Host: every aten op at ``aten_op_s`` and every Triton launch at
-    ``launch_s`` (:func:`fused_step_counts`), overlapped with the GPU (the longer counts); with
-    ``graph`` (the step captured whole) no host term, one graph boundary per launch and glue op."""
+def unroll_shapes(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16") -> Counter:
+    """The eager stage-2 step's matmuls that belong to the unroll, as a Counter of ``(M, N, K)``:
+    each step's forward matmuls (:func:`per_step_forward`) ``K2`` times and, for each, its two
+    backward matmuls (input gradient ``(M, K, N)``, weight gradient ``(N, K, M)``)."""
+    K2 = cfg.translator_steps
+    out = Counter()
+    for _, (M, N, K) in per_step_forward(cfg, batch, dtype)[0]:
+        out[(M, N, K)] += K2
+        out[(M, K, N)] += K2
+        out[(N, K, M)] += K2
+    return out
+
+
+def _rowblock_gpu(shapes, batch: int, cfg: SeDAConfig, dtype: str, ceilings: Ceilings) -> tuple[float, dict]:
+    """GPU seconds of ``shapes`` run the row-block way (see :func:`predict_rowblock`) and its counts."""
     import torch
 
     from ..kernels import pick_blocks
-    record = record or step_ops(cfg, batch, stage, dtype)
     e = _DTYPE_BYTES[dtype]
     blocks = pick_blocks(batch, cfg.dim, cfg.hidden, None, getattr(torch, dtype))
     programs = math.ceil(batch / blocks.BM)
@@ -255,9 +265,6 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     per_program, act_flops, wgrad = 0.0, 0.0, {"compute": 0.0, "L2": 0.0, "HBM": 0.0}
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     wtiles = _tiles(64, 64)
-    shapes = [o.mnk for o in _matmuls(record.ops)]
-    if stage == 2:  # the unroll's backward recomputes each step's forward from x_k and m_k
-        shapes += [mnk for _, mnk in per_step_forward(cfg, batch, dtype)[0]] * cfg.translator_steps
     for M, N, K in shapes:
         if K == batch and M != batch:  # a weight gradient: its own launch over all rows
             t, f, b = job_counts(M, N, K, wtiles, e)
@@ -272,8 +279,82 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     gpu = {"compute": act_flops / (peak * busy / ceilings.sms),
            "L2": max(waves * per_program / ceilings.l2_per_sm_bytes_per_s,
                      programs * per_program / ceilings.l2_bytes_per_s)}
-    gpu_s = max(gpu.values()) + sum(wgrad.values())
-    n_ops, n_launches = fused_step_counts(cfg, stage)
+    return max(gpu.values()) + sum(wgrad.values()), {"programs": programs, "l2_bytes_per_program": per_program}
+
+
+def unroll_phase_costs(cfg: SeDAConfig, batch: int, policy: str, dtype: str = "bfloat16",
+                       ceilings: Ceilings = H200) -> list[dict]:
+    """Per phase of the shipped phase unroll (:mod:`seda_fast.kernels.unroll_phases`, forward then
+    backward, its own schedule, jobs and tiles): tiles, FLOPs, L2 -> SM bytes, HBM bytes and the
+    seconds of its binding term. Activation GEMMs read their weight from HBM once and their
+    operands from L2 (from HBM too when the saved activations exceed the L2); a weight-gradient
+    job is tiled by the kernel's weight-gradient tile over its row splits, and writes (and the host
+    re-reads) one fp32 partial per split."""
+    import torch
+
+    from ..ops.runtime import kernels
+    U = kernels().unroll_phases_module
+    d, H, L, K2 = cfg.dim, cfg.hidden, cfg.layers, cfg.translator_steps
+    tdt = getattr(torch, dtype)
+    e = _DTYPE_BYTES[dtype]
+    tiles = U.pick_phase_tiles(batch, d, H, tdt)
+    slots = K2 if policy == "save" else 1
+    WBN, WBK, _ = U.wgrad_tiles(tdt, min(d, H), min(d, H))
+    splits = U.split_rows(batch, math.ceil(H / WBN) * math.ceil(d / WBK))
+    in_hbm = U.saved_bytes(batch, d, H, L, K2, tdt, policy) > L2_BYTES
+    peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
+    fwd, bwd = U.build_schedule(L, K2, policy)
+    out = []
+    for row in fwd + bwd:
+        n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
+        for _, M, N, Kr in U.phase_jobs(row, batch, d, H, L - 1, slots):
+            if row[0] == U.W_GRAD:  # G^T X over Kr rows, SP partials of [M, N] fp32
+                wt = _tiles(WBN, WBK)
+                t, f, b = job_counts(M, N, Kr, wt, e)
+                t *= splits
+                b += 2 * splits * M * N * 4
+                hbm += 2 * splits * M * N * 4 + (Kr * (M + N) * e if in_hbm else 0)
+            else:
+                t, f, b = job_counts(M, N, Kr, tiles, e, epilogue_reads=1)
+                hbm += N * Kr * e + ((M * Kr + 2 * M * N) * e if in_hbm else 0)
+            n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
+        pt = phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)
+        bound = max(pt, key=pt.get)
+        out.append({"kind": U.KIND_NAMES[row[0]], "tiles": n_tiles, "flops": flops, "l2_bytes": l2, "hbm_bytes": hbm,
+                    "bound": bound, "time_s": pt[bound]})
+    return out
+
+
+def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
+                     record: StepRecord | None = None, graph: bool = False, unroll: str = "rowblock") -> Prediction:
+    """The training ops the library ships: row-block kernels (a program owns ``BM`` rows, as
+    :func:`seda_fast.kernels.pick_blocks` picks them, and streams the whole weight of every
+    activation GEMM of the step it computes, re-reading its fp32 activation block once per ``BN``
+    output tile; stage 2's backward also recomputes each unroll step's forward) plus
+    weight-gradient launches (one program per 64 x 64 output tile over all rows), and the torch
+    glue around them (its GPU work is left out). ``unroll="phases-<policy>"`` (stage 2): the unroll
+    runs as phases instead (:func:`unroll_phase_costs`; its matmuls, :func:`unroll_shapes`, leave
+    the row-block part). Host: every aten op at ``aten_op_s`` and every Triton launch at
+    ``launch_s`` (:func:`fused_step_counts`), overlapped with the GPU (the longer counts); with
+    ``graph`` (the step captured whole) no host term, one graph boundary per launch and glue op."""
+    record = record or step_ops(cfg, batch, stage, dtype)
+    shapes = [o.mnk for o in _matmuls(record.ops)]
+    phases = []
+    if stage == 2 and unroll == "rowblock":  # the unroll's backward recomputes each step's forward from x_k and m_k
+        shapes += [mnk for _, mnk in per_step_forward(cfg, batch, dtype)[0]] * cfg.translator_steps
+    elif stage == 2:
+        left = unroll_shapes(cfg, batch, dtype)
+        rest = []
+        for mnk in shapes:
+            if left[mnk] > 0:
+                left[mnk] -= 1
+            else:
+                rest.append(mnk)
+        shapes = rest
+        phases = unroll_phase_costs(cfg, batch, unroll.split("-", 1)[1], dtype, ceilings)
+    gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
+    gpu_s += sum(p["time_s"] for p in phases)
+    n_ops, n_launches = fused_step_counts(cfg, stage, unroll if stage == 2 else "rowblock")
     boundaries = (n_ops + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
     if graph:
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}
@@ -281,10 +362,10 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     else:  # the host issues the step while the GPU runs it: the longer of the two
         terms = {"GPU": gpu_s + boundaries, "host": n_ops * ceilings.aten_op_s + n_launches * ceilings.launch_s}
         time_s = max(terms.values())
-    counts = {"programs": programs, "l2_bytes_per_program": per_program, "aten_ops": n_ops, "launches": n_launches,
-              "flops": sum(2.0 * m * n * k for m, n, k in shapes), "saved_bytes": None}
-    return Prediction("rowblock-graph" if graph else "rowblock", batch, time_s, max(terms, key=terms.get), terms,
-                      counts)
+    counts.update(aten_ops=n_ops, launches=n_launches, flops=sum(2.0 * m * n * k for m, n, k in shapes)
+                  + sum(p["flops"] for p in phases), saved_bytes=None, phases=len(phases) or None)
+    name = "rowblock" if unroll == "rowblock" else f"unroll-{unroll}"
+    return Prediction(name + ("-graph" if graph else ""), batch, time_s, max(terms, key=terms.get), terms, counts)
 
 
 def _tiles(BM: int, BN: int):
@@ -300,8 +381,11 @@ def predict(cfg: SeDAConfig, batch: int, stage: int, impl: str, dtype: str = "bf
     record = record or step_ops(cfg, batch, stage, dtype)
     if impl.startswith("phases-"):
         return predict_phases(cfg, batch, stage, impl.split("-", 1)[1], dtype, ceilings, record)
-    if impl.startswith("rowblock"):
-        return predict_rowblock(cfg, batch, stage, dtype, ceilings, record, graph=impl == "rowblock-graph")
+    if impl.startswith(("rowblock", "unroll-")):
+        graph = impl.endswith("-graph")
+        base = impl[:-len("-graph")] if graph else impl
+        unroll = "rowblock" if base == "rowblock" else base[len("unroll-"):]
+        return predict_rowblock(cfg, batch, stage, dtype, ceilings, record, graph=graph, unroll=unroll)
     p = predict_ops(record.ops, batch, impl, dtype, ceilings)
     return replace(p, counts=dict(p.counts, saved_bytes=record.saved_bytes))
 

@@ -17,11 +17,13 @@ from helpers import case_ids, make_batch, make_model, rel
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _loss_and_grads(backend, stage, batch, seed=3, text_kind="class", **cfg):
+def _loss_and_grads(backend, stage, batch, seed=3, text_kind="class", fused_impl="auto", activation_memory=None,
+                    **cfg):
     """One loss + backward on a fresh model (centers set by one eager stage-1 batch first, so both
     backends start from the same state): ``(loss, parts, param grads, visual grad, text grad, centers)``.
     ``text_kind="sample"``: per-sample texts ``[B, Dt]`` instead of class texts."""
     model = make_model(seed=seed, **cfg).to(DEVICE).train()
+    model.fused_impl, model.activation_memory = fused_impl, activation_memory
     visual, labels, text = (t.to(DEVICE) for t in make_batch(model.config, batch, seed=seed + 1))
     if text_kind == "sample":
         text = torch.randn(batch, model.config.text_dim, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
@@ -68,6 +70,43 @@ def test_parity_with_eager_autograd(stage, layers, steps, batch, text_kind):
     else:  # stage 2 reads visual only under no_grad; text reaches the loss through the aux classifier
         assert gv is None and rgv is None and rel(gt, rgt) < 1e-5
     assert rel(mu, rmu) < 1e-6
+
+
+@pytest.mark.parametrize("fused_impl,activation_memory", [("rowblock", None), ("phases", "recompute"),
+                                                          ("phases", 0)])
+def test_stage2_unroll_implementations_match_eager(fused_impl, activation_memory):
+    """Every stage-2 unroll implementation and activation policy (the default, phases saving
+    everything, is covered above): row blocks; phases recomputing; a zero-byte budget, which
+    recomputes. Loss and every gradient within 1e-5 of eager."""
+    cfg = dict(layers=2, learner_steps=2, translator_steps=3)
+    out = _loss_and_grads("triton", 2, 19, fused_impl=fused_impl, activation_memory=activation_memory, **cfg)
+    ref = _loss_and_grads("eager", 2, 19, **cfg)
+    assert rel(out[0], ref[0]) < 1e-5
+    assert out[2].keys() == ref[2].keys()
+    for name in out[2]:
+        assert rel(out[2][name], ref[2][name]) < 1e-5, name
+    assert rel(out[4], ref[4]) < 1e-5
+
+
+def test_training_impl_and_activation_policy_selection():
+    """``fused_impl`` picks the unroll ("rowblock" only for itself); ``activation_memory`` picks the
+    policy (None: save; a budget: save when the saved bytes fit), and rejects anything else."""
+    from seda_fast import backends
+    from seda_fast.ops import unroll_phases
+    model = make_model(seed=0)
+    assert backends.training_impl(model) == "phases"
+    model.fused_impl = "rowblock"
+    assert backends.training_impl(model) == "rowblock"
+    assert backends.activation_policy(model, 64, torch.float32) == "save"
+    need = unroll_phases.saved_bytes(model.config, 64, torch.bfloat16, "save")
+    assert need > unroll_phases.saved_bytes(model.config, 64, torch.bfloat16, "recompute")
+    for budget, policy in ((need, "save"), (need - 1, "recompute"), ("recompute", "recompute"), ("save", "save")):
+        model.activation_memory = budget
+        assert backends.activation_policy(model, 64, torch.bfloat16) == policy, budget
+    for bad in ("keep", -1, 1.5, True):
+        with pytest.raises(ValueError, match="activation_memory"):
+            model.activation_memory = bad
+    assert sf.SeDA(model.config, activation_memory="recompute").activation_memory == "recompute"
 
 
 def _train(backend, steps=50, batch=16, seed=0):
