@@ -29,8 +29,10 @@ Jobs, in order of value:
    otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
 5. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
-   eager, fused, fused_graph (the fused step captured whole in one CUDA graph and replayed),
-   torch.compile; each with the step's peak memory.
+   eager, fused (the stage-2 unroll as phases, saving its activations), fused_graph (the fused
+   step captured whole in one CUDA graph and replayed), torch.compile; then stage 2 only with the
+   other unrolls (``fused-recompute``, ``fused-rowblock``, each also ``_graph``); each with the
+   step's peak memory.
 6. The GPU-only test cases: every kernel test file, ``-x``, one child (and timeout) per file.
 
 Every timing row carries its error against the fp32 eager reference: inference, the largest
@@ -63,13 +65,17 @@ GRACE_S = 60.0  # how far past the budget a job already started may run
 # extra providers timed beside "fused:phases" on CUDA: "raw" = one launch per phase (no CUDA graph),
 # "nopdl" = the graph replay without programmatic dependent launch
 PHASE_VARIANTS = {"phases": ("raw", "nopdl")}
+# stage-2 training variants of the fused providers: name -> (SeDA.fused_impl, SeDA.activation_memory);
+# plain "fused" is the default (phases, saving every step's activations)
+TRAIN_VARIANTS = {"recompute": ("phases", "recompute"), "rowblock": ("rowblock", None)}
 
 sys.path.insert(0, str(ROOT))
 from seda_fast.presets import DEFAULT, TINY  # noqa: E402  (d=512, H=1024, L=2, K1=K2=10 / the smoke model)
 
 # Kernel test files whose bf16 / throughput-tile / autocast / compile-on-CUDA cases only run on a GPU.
 GPU_TEST_FILES = ("core/test_triton_inference.py", "ops/test_infer_phases.py", "ops/test_denoiser_x0_loss.py",
-                  "ops/test_translator_unroll.py", "ops/test_center_loss.py", "ops/test_center_update.py",
+                  "ops/test_translator_unroll.py", "ops/test_unroll_phases.py", "ops/test_center_loss.py",
+                  "ops/test_center_update.py",
                   "core/test_triton_training.py", "core/test_training_graph.py")
 
 
@@ -107,7 +113,8 @@ def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
             providers = [f"fused:{impl}"] + [f"fused:{impl}-{v}" for v in (() if dry else PHASE_VARIANTS.get(impl, ()))]
             jobs.append(Job(f"infer-fused-{impl}-{tag}", "infer", dict(common, providers=providers), 180))
         jobs.append(Job(f"infer-compile-{tag}", "infer", dict(common, providers=["torch_compile"]), 300))
-    for provider in ("eager", "fused", "fused_graph", "torch_compile"):
+    variants = tuple(f"fused-{v}{g}" for v in TRAIN_VARIANTS for g in ("", "_graph"))
+    for provider in ("eager", "fused", "fused_graph", "torch_compile") + variants:
         jobs.append(Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
                                                           amp="float32" if dry else "bfloat16"), 300))
     for name in GPU_TEST_FILES:
@@ -468,7 +475,9 @@ def child_train(job, args, device) -> None:
         grads = torch.autograd.grad(loss, params)
         return loss.detach().float(), grads
 
-    for stage in (1, 2):
+    graphed = provider.endswith("_graph")
+    variant = provider[len("fused-"):].removesuffix("_graph") if provider.startswith("fused-") else None
+    for stage in (1, 2) if variant is None else (2,):  # a variant changes only the stage-2 unroll
         for batch in job.params["batches"]:
             row = {"section": "training", "provider": provider, "stage": stage, "batch": batch,
                    "amp": job.params["amp"], "dry_run": args.dry_run}
@@ -478,12 +487,15 @@ def child_train(job, args, device) -> None:
                 if provider == "torch_compile" and not cuda:
                     emit(dict(row, status="skipped", reason="torch.compile is timed on the GPU only"))
                     continue
-                if provider == "fused_graph" and not cuda:
+                if graphed and not cuda:
                     emit(dict(row, status="skipped", reason="CUDA graphs need a CUDA device"))
                     continue
-                graphed = provider == "fused_graph"
-                backend = "triton" if provider in ("fused", "fused_graph") else "eager"
+                backend = "triton" if provider.startswith("fused") else "eager"
                 model, v, y, text = build(backend, batch)
+                if variant is not None:
+                    model.fused_impl, model.activation_memory = TRAIN_VARIANTS[variant]
+                row["unroll"] = ("rowblock" if model.fused_impl == "rowblock" else "phases") if backend == "triton" \
+                    else None
                 model.set_stage(stage)
                 fn = torch.compile(model) if provider == "torch_compile" else model
                 ref_model, *_ = build("eager", batch)

@@ -30,20 +30,19 @@ Backward, step ``i = K-1 .. 0``, from ``gm = dL/dm_{i+1}`` and ``gx = dL/dx_{i+1
            (when the layer below is the input layer: ga = gh SiLU'(a), gcond += ga)
     BX     gx <- ga W_x^T + a_k gx                  (rides in BP of step i - 1)      n = d, K = H
 
-``K (L + 2) + 1`` backward phases. Weight gradients are GEMMs ``G^T X`` tiled over (out, in) and
-split over rows, each split writing its own fp32 partial (no atomics; a split walks its rows in
-every slot, slot by slot); the host sums the partials in a fixed order (bitwise reproducible).
+``K (L + 2) + 1`` backward phases, and after each step's, its weight-gradient phase W. Weight gradients are GEMMs ``G^T X`` tiled over (out, in) and
+split over rows, each split writing its own fp32 partial (no atomics; each step's W phase adds to
+them); the host sums the partials in a fixed order (bitwise reproducible).
 Bias and time-embedding gradients are the per-step, per-split column sums of ``G``, summed the
 same way. Policies:
 
-* ``"save"``: the forward keeps every step's activations (``K`` slots); the backward keeps every
-  step's ``G``; ONE weight-gradient phase at the end reduces over all ``K B`` rows.
+* ``"save"``: the forward keeps every step's activations (``K`` slots).
 * ``"recompute"``: the forward keeps only ``x_i`` and ``m_i``; before each backward step its
-  forward phases run again into one slot (same kernels, same tiles: bitwise the forward's values),
-  and a weight-gradient phase per step accumulates into the partials.
+  forward phases run again into one slot (same kernels, same tiles: bitwise the forward's values).
 
-Phases per call: forward ``K (L + 1) + 2``; backward ``K (L + 2) + 2`` (save) or
-``K ((L + 3) + (L + 2) + 1) + 1`` (recompute). Every launch is one :func:`unroll_phase_kernel`
+The backward's activation gradients ``G`` live in one slot (a step's W phase consumes them before
+the next step overwrites them). Phases per call: forward ``K (L + 1) + 2``; backward
+``K (L + 3) + 1`` (save) or ``K ((L + 3) + (L + 3)) + 1`` (recompute). Every launch is one :func:`unroll_phase_kernel`
 (``KIND`` constexpr) over that phase's tiles.
 """
 from __future__ import annotations
@@ -119,11 +118,8 @@ def build_schedule(layers: int, K: int, policy: str) -> tuple[list[tuple], list[
         if policy == "recompute":
             bwd += _forward_rows([i], layers, ride=False, store_next=False)
         bwd += _backward_rows(i, layers, i + 1 if i + 1 < K else None)
-        if policy == "recompute":
-            bwd.append((W_GRAD, i, 0, 1, 0, 0, FLAG_ACC if i < K - 1 else 0, 0))
+        bwd.append((W_GRAD, i, 0, 1, 0, 0, FLAG_ACC if i < K - 1 else 0, 0))
     bwd.append((B_P, 0, 0, 0, 1, 0, 0, 0))  # BX of step 0
-    if policy == "save":
-        bwd.append((W_GRAD, 0, 0, 1, 0, 0, 0, 0))
     return fwd, bwd
 
 
@@ -151,8 +147,8 @@ def wgrad_jobs(d: int, H: int, nh: int) -> list[tuple]:
 
 
 def split_rows(B: int, out_tiles: int, target: int = 264) -> int:
-    """Row splits of the weight-gradient reduction (each split: the same rows of every slot):
-    enough (output tiles x splits) programs for two waves of 132 SMs, no split under 64 rows."""
+    """Row splits of a step's weight-gradient reduction: enough (output tiles x splits) programs
+    for two waves of 132 SMs, no split under 64 rows."""
     want = triton.cdiv(target, max(out_tiles, 1))
     return max(1, min(want, triton.cdiv(B, 64)))
 
@@ -217,7 +213,7 @@ def unroll_phase_kernel(sched_ptr, phase,
                         wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr,
                         a_ptr, z_ptr, h_ptr, x0_ptr, p_ptr, sp_ptr, g_ptr, dl_ptr,
                         gm_ptr, gx_ptr, gh_ptr, gcond_ptr, ga_ptr, gz_ptr, gx0_ptr, gdel_ptr, gpq_ptr,
-                        part_ptr, cs_ptr,
+                        pw_x, pw_h, pw_o, pw_pd, pw_im, pw_ix, cs_ptr,
                         B, d, H, NH, K, S, SB,
                         KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
@@ -225,13 +221,12 @@ def unroll_phase_kernel(sched_ptr, phase,
     """One phase (schedule row ``phase``) of the training unroll; one program per output tile.
 
     Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
-    ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``; ``ga``
-    ``[S, B, H]``, ``gz [NH, S, B, H]``, ``gx0``, ``gdel`` ``[S, B, d]``, ``gpq [S, B, H + d]``. States
+    ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. One step's
+    gradients: ``ga [B, H]``, ``gz [NH, B, H]``, ``gx0``, ``gdel`` ``[B, d]``, ``gpq [B, H + d]``. States
     ``xs [K, B, d]``, ``ms [K + 1, B, d]``. fp32: ``gm``, ``gx [B, d]``, ``gh``, ``gcond [B, H]``.
-    ``part``: the six weight-gradient jobs' fp32 partials, one after another, ``[SB, N, Kdim]``
-    each (the hidden job ``[NH, SB, H, H]``; partial j sums row split j of every slot, slot by
-    slot); ``cs``: their per-step column sums ``[K, SB, N]`` each (five jobs; the last one shares
-    the fifth's G)."""
+    ``pw_*``: the six weight-gradient jobs' fp32 partials ``[layers, SB, N, Kdim]`` (partial j: row
+    split j, summed over the steps' W phases); ``cs``: their per-step column sums ``[layers, K, SB, N]``
+    one after another (five jobs; the last one shares the fifth's G)."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -330,23 +325,23 @@ def unroll_phase_kernel(sched_ptr, phase,
             acc = _gated_matmul_tile(tl.zeros((BM, BN), tl.float32), gm_ptr + r0 * d, g_rows, d, B - r0,
                                      wpd_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
             acc *= blk.dsilu(blk.load_tile(p_ptr + slot * BH + r0 * H, H, B - r0, n0, H, BM, BN))
-            gpq_rows = gpq_ptr + slot * B * (H + d) + r0 * (H + d)
+            gpq_rows = gpq_ptr + r0 * (H + d)
             blk.store_tile(gpq_rows, H + d, B - r0, n0, H, acc, BM, BN)
             if n0 == 0:
                 for j0 in range(0, d, BN):
                     gm = blk.load_tile(gm_ptr + r0 * d, d, B - r0, j0, d, BM, BN)
                     g = blk.load_tile(g_rows, d, B - r0, j0, d, BM, BN)
                     dl = blk.load_tile(dl_ptr + slot * Bd + r0 * d, d, B - r0, j0, d, BM, BN)
-                    blk.store_tile(gdel_ptr + slot * Bd + r0 * d, d, B - r0, j0, d, gm * g, BM, BN)
+                    blk.store_tile(gdel_ptr + r0 * d, d, B - r0, j0, d, gm * g, BM, BN)
                     blk.store_tile(gpq_rows + H, H + d, B - r0, j0, d, gm * dl * g * (1.0 - g), BM, BN)
         elif t < n_p + side * tiles_d:  # gx <- ga W_x^T + a_k gx  (step i_side)
             r0, n0 = _tile(t - n_p, d, BM, BN)
             acc = tl.load(dd_ptr + 2 * kr2) * blk.load_tile(gx_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
-            acc = blk.matmul_tile(acc, ga_ptr + slot2 * BH + r0 * H, H, B - r0, wx_ptr, n0, d, H,
+            acc = blk.matmul_tile(acc, ga_ptr + r0 * H, H, B - r0, wx_ptr, n0, d, H,
                                   BM, BN, BK, LOWP, PREC, W_KN=True)
             blk.store_tile(gx_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
     elif KIND == 4:  # BM: gm <- gm + [g_p | g_q] [W_pm; W_gm] ; gx0 = [g_p | g_q] [W_pu; W_gu] + b_k gx
-        gpq_rows = gpq_ptr + slot * B * (H + d)
+        gpq_rows = gpq_ptr
         if t < tiles_d:
             r0, n0 = _tile(t, d, BM, BN)
             acc = blk.load_tile(gm_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
@@ -362,97 +357,89 @@ def unroll_phase_kernel(sched_ptr, phase,
                                   BM, BN, BK, LOWP, PREC, W_KN=True)
             acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d) + H, H + d, B - r0, wgu_ptr, n0, d, d,
                                   BM, BN, BK, LOWP, PREC, W_KN=True)
-            blk.store_tile(gx0_ptr + slot * Bd + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+            blk.store_tile(gx0_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
     elif KIND == 5 or KIND == 6:  # BO / BR_l: gh (+)= G W^T, then the gradient below the layer's SiLU
         r0, n0 = _tile(t, H, BM, BN)
         if KIND == 5:
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr + slot * Bd + r0 * d, d, B - r0,
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr + r0 * d, d, B - r0,
                                   wo_ptr, n0, H, d, BM, BN, BK, LOWP, PREC, W_KN=True)
         else:
             acc = blk.load_tile(gh_ptr + r0 * H, H, B - r0, n0, H, BM, BN)
-            acc = blk.matmul_tile(acc, gz_ptr + (layer.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0,
+            acc = blk.matmul_tile(acc, gz_ptr + layer.to(tl.int64) * BH + r0 * H, H, B - r0,
                                   wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC, W_KN=True)
         below = layer - 1  # the residual layer under this gradient (-1: the input layer)
         if below >= 0:
-            off = (below.to(tl.int64) * S + slot) * BH + r0 * H
-            gzb = acc * blk.dsilu(blk.load_tile(z_ptr + off, H, B - r0, n0, H, BM, BN))
-            blk.store_tile(gz_ptr + off, H, B - r0, n0, H, gzb, BM, BN)
+            zb = blk.load_tile(z_ptr + (below.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, n0, H, BM, BN)
+            blk.store_tile(gz_ptr + below.to(tl.int64) * BH + r0 * H, H, B - r0, n0, H, acc * blk.dsilu(zb), BM, BN)
             blk.store_tile(gh_ptr + r0 * H, H, B - r0, n0, H, acc, BM, BN)
         else:
             ga = acc * blk.dsilu(blk.load_tile(a_ptr + slot * BH + r0 * H, H, B - r0, n0, H, BM, BN))
-            blk.store_tile(ga_ptr + slot * BH + r0 * H, H, B - r0, n0, H, ga, BM, BN)
+            blk.store_tile(ga_ptr + r0 * H, H, B - r0, n0, H, ga, BM, BN)
             gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, BM, BN) + ga
             blk.store_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, gc, BM, BN)
-    else:  # W: dW = G^T X; tiles over (job, layer, partial = slot x split, out block, in block)
-        SP = SB  # partials per job (layer): one per row split; a tile walks its split in every slot
+    else:  # W of step i: dW (+)= G^T X; tiles over (job, layer, row split, out block, in block)
         kb_d = tl.cdiv(d, WBK)
         kb_h = tl.cdiv(H, WBK)
-        c0 = SP * tl.cdiv(H, WBN) * kb_d             # w_x      [H, d]
-        c1 = NH * SP * tl.cdiv(H, WBN) * kb_h        # w_hidden [NH, H, H]
-        c2 = SP * tl.cdiv(d, WBN) * kb_h             # w_out, w_pd [d, H]
-        c4 = SP * tl.cdiv(H + d, WBN) * kb_d         # w_in_m, w_in_x [H + d, d]
-        SPl = z64 + SP
+        c0 = SB * tl.cdiv(H, WBN) * kb_d             # w_x      [H, d]
+        c1 = NH * SB * tl.cdiv(H, WBN) * kb_h        # w_hidden [NH, H, H]
+        c2 = SB * tl.cdiv(d, WBN) * kb_h             # w_out, w_pd [d, H]
+        c4 = SB * tl.cdiv(H + d, WBN) * kb_d         # w_in_m, w_in_x [H + d, d]
         Kl = z64 + K * SB
+        x_slot = slot * BH   # (z64 keeps every branch's values the same type)
         if t < c0:
             j, N, Kd = pid * 0, H + pid * 0, d + pid * 0
-            g_base, x_base, lstride, poff, coff = ga_ptr, xs_ptr, z64, z64, z64
+            g_base, x_base, part, glay, xlay, coff = ga_ptr, xs_ptr + i.to(tl.int64) * Bd, pw_x, z64, z64, z64
         elif t < c0 + c1:
             t -= c0
             j, N, Kd = pid * 0 + 1, H + pid * 0, H + pid * 0
-            g_base, x_base, lstride = gz_ptr, h_ptr, z64 + S * BH
-            poff, coff = SPl * H * d, Kl * H
+            g_base, x_base, part, glay, xlay = gz_ptr, h_ptr + x_slot, pw_h, z64 + BH, z64 + S * BH
+            coff = Kl * H
         elif t < c0 + c1 + c2:
             t -= c0 + c1
             j, N, Kd = pid * 0 + 2, d + pid * 0, H + pid * 0
-            g_base, x_base, lstride = gx0_ptr, h_ptr + (z64 + NH) * S * BH, z64
-            poff, coff = SPl * H * d + NH * SPl * H * H, Kl * H + NH * Kl * H
+            g_base, x_base, part, glay, xlay = gx0_ptr, h_ptr + (z64 + NH) * S * BH + x_slot, pw_o, z64, z64
+            coff = Kl * H + NH * Kl * H
         elif t < c0 + c1 + 2 * c2:
             t -= c0 + c1 + c2
             j, N, Kd = pid * 0 + 3, d + pid * 0, H + pid * 0
-            g_base, x_base, lstride = gdel_ptr, sp_ptr, z64
-            poff, coff = SPl * H * d * 2 + NH * SPl * H * H, Kl * H + NH * Kl * H + Kl * d
+            g_base, x_base, part, glay, xlay = gdel_ptr, sp_ptr + x_slot, pw_pd, z64, z64
+            coff = Kl * H + NH * Kl * H + Kl * d
         elif t < c0 + c1 + 2 * c2 + c4:
             t -= c0 + c1 + 2 * c2
             j, N, Kd = pid * 0 + 4, H + d + pid * 0, d + pid * 0
-            g_base, x_base, lstride = gpq_ptr, ms_ptr, z64
-            poff, coff = SPl * H * d * 3 + NH * SPl * H * H, Kl * H + NH * Kl * H + 2 * Kl * d
+            g_base, x_base, part, glay, xlay = gpq_ptr, ms_ptr + i.to(tl.int64) * Bd, pw_im, z64, z64
+            coff = Kl * H + NH * Kl * H + 2 * Kl * d
         else:
             t -= c0 + c1 + 2 * c2 + c4
             j, N, Kd = pid * 0 + 5, H + d + pid * 0, d + pid * 0
-            g_base, x_base, lstride = gpq_ptr, x0_ptr, z64
-            poff, coff = SPl * H * d * 3 + NH * SPl * H * H + SPl * (H + d) * d, z64
+            g_base, x_base, part, glay, xlay = gpq_ptr, x0_ptr + slot * Bd, pw_ix, z64, z64
+            coff = z64
         nbk = tl.cdiv(Kd, WBK)
-        per_layer = SP * tl.cdiv(N, WBN) * nbk
+        per_layer = SB * tl.cdiv(N, WBN) * nbk
         lay = t // per_layer
         t = t % per_layer
-        sp_idx = t // (tl.cdiv(N, WBN) * nbk)   # partial = row split
+        split = t // (tl.cdiv(N, WBN) * nbk)
         t = t % (tl.cdiv(N, WBN) * nbk)
         n0 = (t // nbk) * WBN
         k0 = (t % nbk) * WBK
-        split = sp_idx
         rows_split = tl.cdiv(B, SB)
         r_lo = split * rows_split
         r_hi = tl.minimum(r_lo + rows_split, B)
+        g_rows = g_base + lay.to(tl.int64) * glay + r_lo.to(tl.int64) * N
+        x_rows = x_base + lay.to(tl.int64) * xlay + r_lo.to(tl.int64) * Kd
+        acc, gsum = _wgrad_tile(tl.zeros((WBN, WBK), tl.float32), tl.zeros((WBN,), tl.float32), g_rows, x_rows,
+                                r_hi - r_lo, N, Kd, n0, k0, WBN, WBK, WBB, LOWP, PREC)
         offs_n = n0 + tl.arange(0, WBN)
         offs_k = k0 + tl.arange(0, WBK)
-        acc = tl.zeros((WBN, WBK), tl.float32)
-        for s_in in range(S):  # slot by slot, in order: the column sums stay per step
-            step = tl.where(S == K, s_in, i)  # "save": the slot's own step; "recompute": the phase's
-            # x_i and m_i live in the [K(+1), B, d] state planes (by step), the rest in slots
-            x_plane = tl.where((j == 0) | (j == 4), step, s_in).to(tl.int64)
-            g_rows = g_base + lay.to(tl.int64) * lstride + ((z64 + s_in) * B + r_lo) * N
-            x_rows = x_base + lay.to(tl.int64) * lstride + (x_plane * B + r_lo) * Kd
-            acc, gsum = _wgrad_tile(acc, tl.zeros((WBN,), tl.float32), g_rows, x_rows, r_hi - r_lo, N, Kd, n0, k0,
-                                    WBN, WBK, WBB, LOWP, PREC)
-            if j < 5:
-                if k0 == 0:
-                    cp = cs_ptr + coff + ((lay * K + step) * SB + split).to(tl.int64) * N + offs_n
-                    tl.store(cp, gsum, mask=offs_n < N)
         pmask = (offs_n[:, None] < N) & (offs_k[None, :] < Kd)
-        pp = part_ptr + poff + ((lay * SP + sp_idx).to(tl.int64) * N + offs_n[:, None]) * Kd + offs_k[None, :]
+        pp = part + ((lay * SB + split).to(tl.int64) * N + offs_n[:, None]) * Kd + offs_k[None, :]
         if (flags & 4) != 0:
             acc += tl.load(pp, mask=pmask, other=0.0)
         tl.store(pp, acc, mask=pmask)
+        if j < 5:
+            if k0 == 0:
+                cp = cs_ptr + coff + ((lay * K + i) * SB + split).to(tl.int64) * N + offs_n
+                tl.store(cp, gsum, mask=offs_n < N)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -503,10 +490,10 @@ def _schedule(layers, K, policy, device):
     return entry
 
 
-def phase_jobs(row, B: int, d: int, H: int, nh: int, slots: int) -> list[tuple]:
+def phase_jobs(row, B: int, d: int, H: int, nh: int) -> list[tuple]:
     """The GEMM jobs of one schedule row as ``(name, M, N, K)`` (``[M, N]`` outputs reducing over K;
-    a weight-gradient job's M x N is its (layers x out, in), its K the ``B x slots`` rows it reduces);
-    the launcher's grids and the cost model both count from these."""
+    a weight-gradient job's M x N is its (layers x out, in), its K the step's B rows); the
+    launcher's grids and the cost model both count from these."""
     kind, main, side = row[0], row[3], row[4]
     jobs = {F_A: [("A", B, H, d)] * main + [("P", B, H, 2 * d), ("G", B, d, 2 * d)] * side,
             F_R: [("R", B, H, H)] * main + [("D", B, d, H)] * side,
@@ -516,13 +503,13 @@ def phase_jobs(row, B: int, d: int, H: int, nh: int, slots: int) -> list[tuple]:
             B_O: [("BO", B, H, d)], B_R: [("BR", B, H, H)]}.get(kind)
     if jobs is not None:
         return jobs
-    return [(name, N * layers, Kd, B * slots) for name, N, Kd, layers in wgrad_jobs(d, H, nh) if layers]
+    return [(name, N * layers, Kd, B) for name, N, Kd, layers in wgrad_jobs(d, H, nh) if layers]
 
 
 def _grid(row, B, d, H, nh, tiles, wt, SP) -> int:
     """Programs of one phase (one per output tile of each job), as the kernel decodes them."""
     if row[0] != W_GRAD:
-        return sum(triton.cdiv(M, tiles.BM) * triton.cdiv(N, tiles.BN) for _, M, N, _ in phase_jobs(row, B, d, H, nh, 1))
+        return sum(triton.cdiv(M, tiles.BM) * triton.cdiv(N, tiles.BN) for _, M, N, _ in phase_jobs(row, B, d, H, nh))
     WBN, WBK = wt
     return SP * sum(layers * triton.cdiv(N, WBN) * triton.cdiv(Kd, WBK) for _, N, Kd, layers in wgrad_jobs(d, H, nh))
 
@@ -542,7 +529,8 @@ class _Call:
         g = grads or {}
         dummy = xs  # any valid pointer for buffers a phase range never touches
         a = [acts[n] for n in _ACT_NAMES]
-        gb = [g.get(n, dummy) for n in ("gm", "gx", "gh", "gcond", "ga", "gz", "gx0", "gdel", "gpq", "part", "cs")]
+        gb = [g.get(n, dummy) for n in ("gm", "gx", "gh", "gcond", "ga", "gz", "gx0", "gdel", "gpq")]
+        gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)]
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits)
         lowp, prec = dot_mode(dtype, device)
@@ -626,29 +614,31 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     wt = wgrad_tiles(dtype, min(d, H), min(d, H))
     out_tiles = max(triton.cdiv(H, wt[0]) * triton.cdiv(d, wt[1]), 1)
     splits = split_rows(B, out_tiles)
-    SP = splits
     f32 = dict(device=device, dtype=torch.float32)
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
-    part_sizes = [SP * H * d, nh * SP * H * H, SP * d * H, SP * d * H, SP * (H + d) * d, SP * (H + d) * d]
-    cs_sizes = [K * splits * H, nh * K * splits * H, K * splits * d, K * splits * d, K * splits * (H + d)]
+    jobs = wgrad_jobs(d, H, nh)
+    cs_sizes = [layers * K * splits * N for _, N, _, layers in jobs[:5]]
     g = dict(gm=torch.empty(B, d, **f32).copy_(grad_m), gx=torch.zeros(B, d, **f32), gh=torch.empty(B, H, **f32),
-             gcond=torch.zeros(B, H, **f32), ga=e(slots, B, H), gz=e(max(nh, 1), slots, B, H), gx0=e(slots, B, d),
-             gdel=e(slots, B, d), gpq=e(slots, B, H + d), part=torch.empty(sum(part_sizes), **f32),
-             cs=torch.empty(sum(cs_sizes), **f32))
+             gcond=torch.zeros(B, H, **f32), ga=e(B, H), gz=e(max(nh, 1), B, H), gx0=e(B, d), gdel=e(B, d),
+             gpq=e(B, H + d), cs=torch.empty(sum(cs_sizes), **f32),
+             part=[torch.empty(layers, splits, N, Kd, **f32) if layers else torch.empty(1, **f32)
+                   for _, N, Kd, layers in jobs])
     fwd, bwd, table = _schedule(nh + 1, K, policy, device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl).run(table, bwd, len(fwd))
+    del g["ga"], g["gz"], g["gx0"], g["gdel"], g["gpq"], act, g["gh"]
 
-    parts = torch.split(g["part"], part_sizes)
-    css = torch.split(g["cs"], cs_sizes)
-    dw = lambda i, n, k, lay=1: parts[i].view(lay, SP, n, k).sum(1)  # noqa: E731  (fixed order)
+    # partials summed in a fixed order (none to sum with one split: the partial is the gradient)
+    dw_x, dw_h, dw_o, dw_pd, dw_in_m, dw_in_x = (p if p.dim() == 1 else p[:, 0] if splits == 1 else p.sum(1)
+                                                 for p in g.pop("part"))
+    css = torch.split(g.pop("cs"), cs_sizes)
     cs = lambda i, n, lay=1: css[i].view(lay, K, splits, n).sum(2)  # noqa: E731  [layers, K, n] per step
-    w_in_m, w_in_x = dw(4, H + d, d)[0], dw(5, H + d, d)[0]
     ga_sum, gpq_sum = cs(0, H)[0], cs(4, H + d)[0]                 # [K, .] by step i
-    out = lambda t: t.to(dtype, copy=True, memory_format=torch.contiguous_format)  # noqa: E731 (no aliasing)
+    out = lambda t: t.to(dtype)  # noqa: E731
+    copy = lambda t: t.to(dtype, copy=True)  # noqa: E731  (the second half of a shared buffer: no aliasing)
     grad_e = (ga_sum + gpq_sum[:, :H]).flip(0)                      # table row K - 1 - i
-    grad_w_hidden = out(dw(1, H, H, nh)) if nh else torch.empty_like(w_hidden)
+    grad_w_hidden = out(dw_h) if nh else torch.empty_like(w_hidden)
     grad_b_hidden = out(cs(1, H, nh).sum(1)) if nh else torch.empty_like(b_hidden)
     return (out(g["gx"]), out(g["gm"]), out(g["gcond"]), out(grad_e),
-            out(dw(0, H, d)[0]), grad_w_hidden, grad_b_hidden, out(dw(2, d, H)[0]), out(cs(2, d)[0].sum(0)),
-            out(w_in_m[:H]), out(w_in_x[:H]), out(gpq_sum[:, :H].sum(0)), out(dw(3, d, H)[0]), out(cs(3, d)[0].sum(0)),
-            out(w_in_m[H:]), out(w_in_x[H:]), out(gpq_sum[:, H:].sum(0)))
+            out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]), out(cs(2, d)[0].sum(0)),
+            out(dw_in_m[0, :H]), out(dw_in_x[0, :H]), out(gpq_sum[:, :H].sum(0)), out(dw_pd[0]),
+            out(cs(3, d)[0].sum(0)), copy(dw_in_m[0, H:]), copy(dw_in_x[0, H:]), out(gpq_sum[:, H:].sum(0)))

@@ -298,7 +298,6 @@ def unroll_phase_costs(cfg: SeDAConfig, batch: int, policy: str, dtype: str = "b
     tdt = getattr(torch, dtype)
     e = _DTYPE_BYTES[dtype]
     tiles = U.pick_phase_tiles(batch, d, H, tdt)
-    slots = K2 if policy == "save" else 1
     WBN, WBK, _ = U.wgrad_tiles(tdt, min(d, H), min(d, H))
     splits = U.split_rows(batch, math.ceil(H / WBN) * math.ceil(d / WBK))
     in_hbm = U.saved_bytes(batch, d, H, L, K2, tdt, policy) > L2_BYTES
@@ -307,7 +306,7 @@ def unroll_phase_costs(cfg: SeDAConfig, batch: int, policy: str, dtype: str = "b
     out = []
     for row in fwd + bwd:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
-        for _, M, N, Kr in U.phase_jobs(row, batch, d, H, L - 1, slots):
+        for _, M, N, Kr in U.phase_jobs(row, batch, d, H, L - 1):
             if row[0] == U.W_GRAD:  # G^T X over Kr rows, SP partials of [M, N] fp32
                 wt = _tiles(WBN, WBK)
                 t, f, b = job_counts(M, N, Kr, wt, e)

@@ -1,9 +1,10 @@
 """Peak memory of one training step's loss + backward, eager vs fused (stage 2, over a sweep).
 
 ``python -m seda_fast memory [--json PATH]`` (or ``python -m seda_fast.tools.memory``) measures the
-stage-2 step (the K2-step unroll is where eager autograd keeps O(K B (L + 3) H) activations and the
-fused op keeps O(K B d)) on a sweep of
-K, B, d, H around the default config, on CPU:
+stage-2 step (the K2-step unroll is where eager autograd keeps O(K B (L + 3) H) activations) on a
+sweep of K, B, d, H around the default config, on CPU, for eager and for each fused unroll
+(:data:`FUSED`): the row-block kernels and the phase kernels under each activation policy
+(``"save"`` keeps every step's activations, ``"recompute"`` only the per-step states, O(K B d)):
 
 * Peak = the largest number of bytes allocated above the level at the start of the step, from
   ``loss = model.translator_loss(...)`` to the end of ``loss.backward()`` (parameter gradients are
@@ -15,9 +16,9 @@ K, B, d, H around the default config, on CPU:
   (``capture_launches(keep_args=False)``: the same allocations, no interpreter time).
   ``tests/core/test_triton_training.py`` checks that a real interpreted run reaches the same peak to the
   byte once the interpreter's lingering host views of kernel arguments are collected.
-* ``fused_saved_states_mib`` is what the fused unroll keeps from forward to backward, ``xs`` and
-  ``ms``: ``(2 K + 1) B d`` fp32 values; the rest of its peak is the per-step workspace
-  (B ((2L + 5) H + 9 d) values), the fp32 weight-gradient accumulators and the parameter gradients.
+* ``saved_states_mib``: what a recomputing unroll keeps from forward to backward, ``xs`` and
+  ``ms``, ``(2 K + 1) B d`` values (fp32 here); the rest of its peak is the per-step workspace,
+  the fp32 weight-gradient accumulators and the parameter gradients.
 """
 from __future__ import annotations
 
@@ -94,24 +95,30 @@ def stage2_step_peak(model, visual, labels, text, generator=None, run_kernels: b
     return peak_bytes(stage2_step(model, visual, labels, text, generator, run_kernels), visual.device)
 
 
-def sweep(device: torch.device, cases, run_kernels: bool = False, seed: int = 0) -> list[dict]:
-    """One row per ``(K, B, d, H)`` with both backends' peaks (MiB) and their ratio."""
+# the fused stage-2 unrolls measured: name -> (SeDA.fused_impl, SeDA.activation_memory)
+FUSED = {"rowblock": ("rowblock", None), "phases_save": ("phases", "save"), "phases_recompute": ("phases", "recompute")}
+
+
+def sweep(device: torch.device, cases, run_kernels: bool = False, seed: int = 0, fused=tuple(FUSED)) -> list[dict]:
+    """One row per ``(K, B, d, H)``: eager's peak and each ``fused`` unroll's (MiB), and their ratios."""
     rows = []
     for K, B, d, H in cases:
         cfg = SeDAConfig(visual_dim=1280, text_dim=384, num_classes=10, dim=d, hidden=H, learner_steps=K,
                          translator_steps=K)
         row = {"K": K, "B": B, "d": d, "H": H, "L": cfg.layers}
-        for backend in ("eager", "triton"):
+        for name in ("eager",) + tuple(fused):
             torch.manual_seed(seed)
-            model = SeDA(cfg, backend=backend).to(device).train()
+            model = SeDA(cfg, backend="eager" if name == "eager" else "triton").to(device).train()
+            if name != "eager":
+                model.fused_impl, model.activation_memory = FUSED[name]
             g = torch.Generator(device=device).manual_seed(seed)
             visual = torch.randn(B, cfg.visual_dim, device=device, generator=g)
             labels = torch.randint(0, cfg.num_classes, (B,), device=device, generator=g)
             text = torch.randn(cfg.num_classes, cfg.text_dim, device=device, generator=g)
-            row[f"{backend}_mib"] = stage2_step_peak(model, visual, labels, text, g, run_kernels) / 2**20
-        row["fused_over_eager"] = row["triton_mib"] / row["eager_mib"]
-        # what the fused unroll keeps between forward and backward: xs, ms (fp32)
-        row["fused_saved_states_mib"] = (2 * K + 1) * B * d * 4 / 2**20
+            row[f"{name}_mib"] = stage2_step_peak(model, visual, labels, text, g, run_kernels) / 2**20
+        for name in fused:
+            row[f"{name}_over_eager"] = row[f"{name}_mib"] / row["eager_mib"]
+        row["saved_states_mib"] = (2 * K + 1) * B * d * 4 / 2**20
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     return rows

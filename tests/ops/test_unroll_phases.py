@@ -61,17 +61,14 @@ def test_weight_gradients_split_over_rows(policy):
 
 
 def test_policies_agree_and_recompute_keeps_only_the_states():
-    """"recompute" reruns each step's forward with the same kernels and tiles: ``m`` and every
-    activation-path gradient are bitwise those of "save"; the weight gradients differ only in the
-    fp32 order of the split-row partial sums (per slot vs accumulated per step). It saves only
-    ``xs``/``ms``: ``acts`` is empty, and :func:`saved_bytes` says so."""
+    """"recompute" reruns each step's forward with the same kernels and tiles, and both policies
+    reduce the weight gradients in the same order: ``m`` and every gradient are bitwise those of
+    "save". It saves only ``xs``/``ms``: ``acts`` is empty, and :func:`saved_bytes` says so."""
     B, d, H, L, steps = 19, 20, 24, 2, 3
     inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=3)
     save, rec = (run_unroll(_phases(p), inputs, ddim, weights, upstream) for p in POLICIES)
-    for name, a, b in zip(NAMES[:5], save, rec):
+    for name, a, b in zip(NAMES, save, rec):
         assert torch.equal(a, b), name
-    for name, a, b in zip(NAMES[5:], save[5:], rec[5:]):
-        assert rel(b, a) < 1e-6, name
     _, xs, ms, acts = ops.unroll_phases_fwd(*inputs, ddim, *weights, "recompute")
     assert acts.numel() == 0 and xs.shape == (steps, B, d) and ms.shape == (steps + 1, B, d)
     _, _, _, acts = ops.unroll_phases_fwd(*inputs, ddim, *weights, "save")
@@ -157,7 +154,7 @@ def test_torch_compile_traces_without_graph_break():
 
 @pytest.mark.parametrize("L", [1, 3])
 def test_launch_counts_and_determinism(L):
-    """One launch per phase (forward K (L + 1) + 2; backward K (L + 2) + 2 under "save",
+    """One launch per phase (forward K (L + 1) + 2; backward K (L + 3) + 1 under "save",
     K (2 L + 6) + 1 under "recompute"), each launch's grid the phase's tile count; two runs
     bitwise identical, every gradient included."""
     steps = 2
@@ -165,7 +162,7 @@ def test_launch_counts_and_determinism(L):
     for policy in POLICIES:
         fwd, bwd = U.phase_counts(L, steps, policy)
         assert fwd == steps * (L + 1) + 2
-        assert bwd == (steps * (L + 2) + 2 if policy == "save" else steps * (2 * L + 6) + 1)
+        assert bwd == (steps * (L + 3) + 1 if policy == "save" else steps * (2 * L + 6) + 1)
         runs = []
         for _ in range(2):
             with K.count_launches() as c:
@@ -190,6 +187,7 @@ def test_every_tile_of_a_phase_is_one_program():
     fwd, bwd = U.build_schedule(L, steps, "save")
     want = {U.F_A: {th, th + td, th + th + td}, U.F_R: {th, th + td, td}, U.F_O: {td, 2 * td},
             U.B_P: {th, th + td, td}, U.B_M: {2 * td}, U.B_O: {th}, U.B_R: {th}}
+    assert len(launches) == len(fwd + bwd)
     for launch, row in zip(launches, fwd + bwd):
         if row[0] != U.W_GRAD:
             assert launch.grid[0] in want[row[0]], (U.KIND_NAMES[row[0]], launch.grid)
@@ -198,7 +196,8 @@ def test_every_tile_of_a_phase_is_one_program():
     out_tiles = c(H, WBN) * c(d, WBK) + (L - 1) * c(H, WBN) * c(H, WBK) + 2 * c(d, WBN) * c(H, WBK) \
         + 2 * c(H + d, WBN) * c(d, WBK)
     splits = U.split_rows(B, c(H, WBN) * c(d, WBK))
-    assert launches[-1].grid[0] == out_tiles * splits
+    w_grids = [launch.grid[0] for launch, row in zip(launches, fwd + bwd) if row[0] == U.W_GRAD]
+    assert w_grids == [out_tiles * splits] * steps
 
 
 # --------------------------------------------------------------------------- argument checks
