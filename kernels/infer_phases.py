@@ -159,6 +159,12 @@ def phase_count(layers: int, K1: int, K2: int) -> int:
     return 6 + (K1 + K2) * (layers + 1)
 
 
+def semantic_phase_count(layers: int, K1: int) -> int:
+    """Phases of the schedule's prefix that ends with ``s`` (projector, LayerNorm, the Learner):
+    ``2 + K1 (L+1)``; ``infer_phases(..., semantic_only=True)`` runs only these."""
+    return 2 + K1 * (layers + 1)
+
+
 # ----------------------------------------------------------------------------- tiles (host)
 
 
@@ -496,9 +502,12 @@ MAX_GRAPHS = 8
 _PDL_CAPTURE_FAILED = False  # set when this process could not capture programmatic launches
 
 
-def _schedule_table(phases, key, device) -> torch.Tensor:
+def _schedule_table(dims, device) -> torch.Tensor:
+    """The whole call's schedule table (a ``semantic_only`` call launches a prefix of it)."""
+    key = (dims["d"], dims["H"], dims["C"], dims["Dv"], dims["layers"], dims["K1"], dims["K2"], device)
     table = _SCHEDULES.get(key)
     if table is None:
+        phases = build_schedule(*key[:-1])
         table = torch.tensor([p.row for p in phases], dtype=torch.int32, device=device).contiguous()
         _SCHEDULES[key] = table
     return table
@@ -613,8 +622,10 @@ def pdl_available(device: torch.device) -> bool:
 
 def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0: float, start_c1: float,
                  noise=None, impl: str = "phases", programs: int | None = None, graph: bool = False,
-                 tiles: PhaseTiles | None = None, pdl: bool | None = None):
-    """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``.
+                 tiles: PhaseTiles | None = None, pdl: bool | None = None, semantic_only: bool = False):
+    """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``;
+    with ``semantic_only`` only the schedule's first :func:`semantic_phase_count` phases run and the
+    result is ``(z [B, d], s [B, d])`` (the projected visual feature and the Learner's sample).
 
     ``weights``: the model's parameters by dotted name (``visual_proj.linear.weight``,
     ``learner.in_x.weight``, ..., ``pfin.down.bias``, ``head.weight``; the residual layers come from
@@ -646,6 +657,8 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         noise = noise.to(dtype)
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     phases = build_schedule(d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"])
+    if semantic_only:
+        phases = phases[:semantic_phase_count(dims["layers"], dims["K1"])]
     tiles = tiles or pick_phase_tiles(B, d, H, dtype, impl)
     if impl == "persistent":
         widest = max(phase_tiles(p, B, tiles) for p in phases)
@@ -661,14 +674,15 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         elif programs > persistent_programs(device, programs):
             raise ValueError(f"programs={programs} exceeds what the device holds at once")
     if graph and device.type == "cuda" and impl == "phases":
-        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl)
-    sched = _schedule_table(phases, (d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], device), device)
+        out = _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl)
+        return (out[2], out[1]) if semantic_only else out
+    sched = _schedule_table(dims, device)
     bufs = _buffers(B, d, H, C, dtype, device)
     if impl == "persistent":
         bufs["counter"] = torch.zeros(1, dtype=torch.int32, device=device)
     _launch_all(impl, visual.contiguous(), None if noise is None else noise.contiguous(), bufs, _weight_args(flat),
                 sched, phases, dims, ln_eps, start_c0, start_c1, tiles, programs, pdl)
-    return bufs["logits"], bufs["s"], bufs["z"]
+    return (bufs["z"], bufs["s"]) if semantic_only else (bufs["logits"], bufs["s"], bufs["z"])
 
 
 def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
@@ -681,12 +695,11 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
     pdl = pdl and not _PDL_CAPTURE_FAILED
-    key = (B, dtype, device, noise is None, tiles, pdl, ln_eps, c0, c1, tuple(t.data_ptr() for t in flat),
-           tuple(tuple(t.shape) for t in flat))
+    key = (B, dtype, device, noise is None, tiles, pdl, len(phases), ln_eps, c0, c1,
+           tuple(t.data_ptr() for t in flat), tuple(tuple(t.shape) for t in flat))
     entry = _GRAPHS.get(key)
     if entry is None:
-        sched = _schedule_table(phases, (d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], device),
-                                device)
+        sched = _schedule_table(dims, device)
         static_v = torch.empty_like(visual)
         static_xi = None if noise is None else torch.empty_like(noise)
         bufs = _buffers(B, d, H, C, dtype, device)

@@ -95,7 +95,7 @@ class FusedPieces(reference.EagerPieces):
 
     Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), forward noising +
     Learner denoiser + x0 loss in one op, the center constraint with a streaming log-sum-exp.
-    Stage 2: ``s`` from the fused Learner sampler (no grad), the random-t diffusion term through the
+    Stage 2: ``s`` from the fused Learner sampler or the phase schedule's prefix (no grad), the random-t diffusion term through the
     same x0-loss op, and the K2-step Translator + PFIN unroll (:func:`training_impl`: phase GEMMs
     over all rows under :func:`activation_policy`, or the row-block kernels, which keep only the
     per-step states for their backward)."""
@@ -114,7 +114,9 @@ class FusedPieces(reference.EagerPieces):
         return center_loss.center_loss(r, centers, labels, temperature)
 
     def semantic(self, model, visual, z):
-        return semantic_sampler.semantic_sample(model, visual)[1].to(z.dtype)
+        if training_impl(model) == "rowblock":
+            return semantic_sampler.semantic_sample(model, visual)[1].to(z.dtype)
+        return infer_phases.semantic_phases(model, visual)[1].to(z.dtype)
 
     def unroll(self, model, s, z, xi, cond):
         cfg, den = model.config, model.translator
@@ -155,9 +157,12 @@ class TritonBackend:
         return impl
 
     def semantic(self, model, visual):
-        """``s`` from the Learner sampler's own launch (every implementation: the phase schedule
-        computes ``s`` only on its way to the logits)."""
-        return semantic_sampler.semantic_sample(model, visual)[1]
+        """``s`` from the Learner sampler's own launch (``"rowblock"``) or the phase schedule's
+        prefix that ends with it (``"phases"``, ``"persistent"``)."""
+        impl = self.resolve_impl(model, visual.device)
+        if impl == "rowblock":
+            return semantic_sampler.semantic_sample(model, visual)[1]
+        return infer_phases.semantic_phases(model, visual, impl)[1]
 
     def infer(self, model, visual, noise=None):
         impl = self.resolve_impl(model, visual.device)

@@ -13,6 +13,7 @@ from seda_fast import reference
 @pytest.mark.parametrize("preset,dtype,batch", CASES)
 def test_translator_unroll(benchmark, device, nvml, provider, mode, preset, dtype, batch):
     model = model_for(preset, dtype, device, stage=2)
+    model.fused_impl = "rowblock"  # the row-block kernels (bench_unroll_phases.py: the phase kernels)
     cfg = model.config
     dt = getattr(torch, dtype)
     g = torch.Generator(device).manual_seed(1)

@@ -64,9 +64,13 @@ def test_fp32_parity(batch, layers, steps, noise, classes, impl):
         assert rel(o, r) < 1e-5, f"{name}: relative error {rel(o, r):.2e}"
 
 
-def test_model_dispatch_and_semantic():
-    """``SeDA(backend="triton")`` goes through the fused path for infer, forward and semantic."""
+@pytest.mark.parametrize("fused_impl", ["rowblock", "phases"])
+def test_model_dispatch_and_semantic(fused_impl):
+    """``SeDA(backend="triton")`` goes through the fused path for infer, forward and semantic; the
+    semantic feature alone is the sampler's one launch ("rowblock") or the phase schedule's prefix
+    (one launch per phase; on CUDA a replay of its captured graph, no launch from Python)."""
     model = _model(learner_steps=3, translator_steps=2)
+    model.fused_impl = fused_impl
     v = _visual(model, 5)
     with torch.no_grad():
         ref_logits, ref_s, _ = reference.infer(model, v)
@@ -75,7 +79,10 @@ def test_model_dispatch_and_semantic():
         assert rel(model.semantic(v), ref_s) < 1e-5
         with K.count_launches() as c:
             model.semantic(v)
-    assert c.names == ["semantic_sampler_kernel"]
+    n = K.infer_phases_module.semantic_phase_count(model.config.layers, 3)
+    want = {"rowblock": ["semantic_sampler_kernel"],
+            "phases": [] if DEVICE.type == "cuda" else ["infer_phase_kernel"] * n}[fused_impl]
+    assert c.names == want
 
 
 def _lowp_rule(dtype, batch=33, **overrides):

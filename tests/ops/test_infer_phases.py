@@ -201,6 +201,23 @@ def test_default_schedule_has_66_phases():
     assert len(names1) == IP.phase_count(1, 2, 3) and names1.count("O+D") == 2
 
 
+@pytest.mark.parametrize("impl", ["phases", "persistent"])
+def test_semantic_only_runs_the_schedule_prefix(impl):
+    """``semantic_only=True``: the first ``2 + K1 (L + 1)`` phases, one launch each (or one
+    persistent launch), giving ``(z, s)`` within 1e-5 of the reference's projector and sampler."""
+    model = _model(layers=2, steps=3)
+    v, _ = _inputs(model, 33, False)
+    with K.count_launches() as c:
+        z, s = _call(model, v, impl=impl, semantic_only=True, **({"programs": 1} if impl == "persistent" else {}))
+    want = IP.semantic_phase_count(2, 3)
+    assert want == 2 + 3 * 3
+    assert c.names == (["infer_phase_kernel"] * want if impl == "phases" else ["infer_persistent_kernel"])
+    with torch.no_grad():
+        assert rel(z, reference.project(model.visual_proj, v)) < 1e-5 and rel(s, reference.semantic(model, v)) < 1e-5
+        logits, s_full, _ = _call(model, v, impl=impl, **({"programs": 1} if impl == "persistent" else {}))
+    assert torch.equal(s, s_full)
+
+
 def test_tile_picker():
     t64 = IP.pick_phase_tiles(64, 512, 1024, torch.bfloat16)
     assert (t64.BM, t64.BN) == (16, 32) and IP.job_tiles(64, 1024, t64) >= IP.TARGET_TILES

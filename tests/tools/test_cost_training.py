@@ -100,3 +100,25 @@ def test_rowblock_counts_are_the_shipped_ops():
     step_flops = sum(2.0 * m * n * k for _, (m, n, k) in ct.per_step_forward(cfg, B, "bfloat16")[0])
     eager_flops = sum(o.flops for o in rec.ops if o.mnk)
     assert raw.counts["flops"] == pytest.approx(eager_flops + K * step_flops)  # the backward recomputes each step
+
+
+@pytest.mark.parametrize("policy", ["save", "recompute"])
+def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
+    """The shipped phase unroll is costed from its own schedule: one cost row per phase of
+    ``kernels.unroll_phases.build_schedule`` (after the semantic prefix's), the launch count is the
+    step's as the launch hook sees it (the semantic prefix as one graph replay), and the step's
+    FLOPs are the row-block rest's plus the phases'."""
+    from seda_fast.ops.runtime import kernels
+    U, IP = kernels().unroll_phases_module, kernels().infer_phases_module
+    cfg, B = _cfg(), 9
+    K, L = cfg.translator_steps, cfg.layers
+    fwd, bwd = U.phase_counts(L, K, policy)
+    n_ops, n_launches = ct.fused_step_counts(cfg, 2, f"phases-{policy}")
+    assert n_launches == 1 + 1 + fwd + 1 + 3 + bwd  # semantic replay, x0 loss, unroll fwd, x0 bwd + 3 wgrad, bwd
+    rows = ct.unroll_phase_costs(cfg, B, policy)
+    assert len(rows) == fwd + bwd and all(r["time_s"] > 0 for r in rows)
+    sem = ct.semantic_phase_costs(cfg, B)
+    assert len(sem) == IP.semantic_phase_count(L, cfg.learner_steps)
+    p = ct.predict(cfg, B, 2, f"unroll-phases-{policy}")
+    assert p.counts["phases"] == len(sem) + len(rows) and p.counts["launches"] == n_launches
+    assert p.counts["flops"] > sum(r["flops"] for r in rows + sem)
