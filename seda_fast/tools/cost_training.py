@@ -322,8 +322,8 @@ def unroll_phase_costs(cfg: SeDAConfig, batch: int, policy: str, dtype: str = "b
     d, H, L, K2 = cfg.dim, cfg.hidden, cfg.layers, cfg.translator_steps
     tdt = getattr(torch, dtype)
     e = _DTYPE_BYTES[dtype]
-    tiles = U.pick_phase_tiles(batch, d, H, tdt)
-    WBN, WBK, _ = U.wgrad_tiles(tdt, min(d, H), min(d, H))
+    tiles = U.pick_unroll_tiles(batch, d, H, tdt)
+    WBN, WBK, _ = U.wgrad_tiles(tdt, min(d, H), min(d, H), tiles)
     splits = U.split_rows(batch, math.ceil(H / WBN) * math.ceil(d / WBK))
     in_hbm = U.saved_bytes(batch, d, H, L, K2, tdt, policy) > L2_BYTES
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops

@@ -60,6 +60,20 @@ def test_weight_gradients_split_over_rows(policy):
     assert_matches_reference(NAMES, out, ref, ref64, [None] + inputs + weights, L)
 
 
+def test_wide_tile_parity():
+    """The 128-row tile large bf16 batches take (forced here in fp32, 33 rows in one masked
+    tile) gives the reference's ``m`` and gradients."""
+    B, d, H, L, steps = 33, 20, 19, 2, 2
+    inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=31)
+    wide = U.PhaseTiles(128, 64, 64, 8, 3)
+    m, xs, ms, acts = U.unroll_phases_forward(*inputs, ddim, *weights, tiles=wide)
+    grads = U.unroll_phases_backward(upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, tiles=wide)
+    ref = run_unroll(eager_unroll, inputs, ddim, weights, upstream)
+    for name, o, r in zip(NAMES, (m, *grads), ref):
+        if r is not None and r.numel():
+            assert rel(o, r) < 1e-5, name
+
+
 def test_policies_agree_and_recompute_keeps_only_the_states():
     """"recompute" reruns each step's forward with the same kernels and tiles, and both policies
     reduce the weight gradients in the same order: ``m`` and every gradient are bitwise those of
@@ -172,6 +186,19 @@ def test_launch_counts_and_determinism(L):
             assert torch.equal(x, y), (policy, name)
 
 
+def test_tile_picker():
+    """fp32 and small batches take the inference picker's tile; fp16/bf16 batches that give an
+    H-wide phase at least 132 tiles of 128 x 64 take it, and their weight gradients 128 x 128."""
+    d, H = 512, 1024
+    assert U.pick_unroll_tiles(4096, d, H, torch.float32) == U.pick_phase_tiles(4096, d, H, torch.float32)
+    assert U.pick_unroll_tiles(256, d, H, torch.bfloat16) == U.pick_phase_tiles(256, d, H, torch.bfloat16)
+    assert U.pick_unroll_tiles(1024, d, H, torch.bfloat16) == U.pick_phase_tiles(1024, d, H, torch.bfloat16)
+    wide = U.pick_unroll_tiles(1025, d, H, torch.bfloat16)
+    assert (wide.BM, wide.BN, wide.BK, wide.num_warps, wide.num_stages) == (128, 64, 64, 8, 3)
+    assert U.wgrad_tiles(torch.bfloat16, d, d, wide)[:2] == (128, 128)
+    assert U.wgrad_tiles(torch.bfloat16, d, d, U.pick_unroll_tiles(256, d, H))[:2] == (64, 64)
+
+
 def test_every_tile_of_a_phase_is_one_program():
     """The grids the launcher asks for are the tile counts the kernel decodes: a phase of ``n``
     jobs over ``[B, N_j]`` outputs gets ``sum_j cdiv(B, BM) cdiv(N_j, BN)`` programs, and the
@@ -181,7 +208,7 @@ def test_every_tile_of_a_phase_is_one_program():
     with K.capture_launches() as launches:
         m, xs, ms, acts = U.unroll_phases_forward(*inputs, ddim, *weights, policy="save")
         U.unroll_phases_backward(upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, policy="save")
-    tiles = U.pick_phase_tiles(B, d, H, torch.float32)
+    tiles = U.pick_unroll_tiles(B, d, H, torch.float32)
     rb = -(-B // tiles.BM)
     th, td = rb * -(-H // tiles.BN), rb * -(-d // tiles.BN)
     fwd, bwd = U.build_schedule(L, steps, "save")
@@ -261,15 +288,16 @@ def compile_rows() -> list[dict]:
 
 
 def test_sm90_compile_zero_spills(tmp_path):
-    """Every phase kind of every shipped tile config: no spills, within the register file and
-    shared memory; bf16 phases use the tensor cores (wgmma at BM = 64 and in the weight-gradient
-    phase's 64-row tiles, mma.sync at BM = 16)."""
+    """Every phase kind of every shipped tile config (B = 4096: the 128-row tile of
+    :func:`pick_unroll_tiles`): no spills, within the register file and shared memory; bf16 phases
+    use the tensor cores (wgmma at BM >= 64 and in the weight-gradient phase's 64- or 128-row
+    tiles, mma.sync at BM = 16)."""
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
     assert_sm90_clean(rows, ["unroll_phase_kernel"], fields=("KIND",))
     assert {r["KIND"] for r in rows} == set(range(8))
     for r in rows:
         if r["dtype"] == "bfloat16":
-            assert r["wgmma"] if (r["BM"] == 64 or r["KIND"] == U.W_GRAD) else r["mma_sync"], r
+            assert r["wgmma"] if (r["BM"] >= 64 or r["KIND"] == U.W_GRAD) else r["mma_sync"], r
 
 
 if __name__ == "__main__":  # the compile check's subprocess: python tests/ops/test_unroll_phases.py OUT.json
