@@ -56,7 +56,7 @@ import triton.language as tl
 from . import _blocks as blk
 from ._heuristics import check_matrix, clamp_block, dot_mode
 from ._launch import launch
-from .infer_phases import PhaseTiles, pick_phase_tiles
+from .infer_phases import PhaseTiles, _tile, pick_phase_tiles
 from .translator_unroll import _check, _pointers
 
 POLICIES = ("save", "recompute")
@@ -174,12 +174,6 @@ def split_rows(B: int, out_tiles: int, target: int = 264) -> int:
 
 
 # ----------------------------------------------------------------------------- device code
-
-
-@triton.jit
-def _tile(t, N, BM: tl.constexpr, BN: tl.constexpr):
-    ncols = tl.cdiv(N, BN)
-    return (t // ncols).to(tl.int64) * BM, (t % ncols) * BN
 
 
 @triton.jit

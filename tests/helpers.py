@@ -188,3 +188,29 @@ def run_unroll(fn, inputs, ddim, weights, upstream, dtype=None):
     m = fn(*args[:4], ddim, *args[4:])
     (m * upstream.to(m.dtype)).sum().backward()
     return [m.detach()] + [t.grad for t in args]
+
+
+def assert_unroll_entry_matches_sampler(unroll) -> None:
+    """``unroll(den, pfin, x_start, m_start, cond, e_table, ddim)`` (a module-level unroll op) from a
+    model's own start state = the reference sampler (``reference.translator_pfin_sample`` with
+    explicit noise), module parameter gradients included."""
+    models = [make_model(seed=2, layers=2, translator_steps=3) for _ in range(2)]
+    cfg = models[0].config
+    g = torch.Generator().manual_seed(9)
+    s, z, xi = (torch.randn(9, cfg.dim, generator=g) for _ in range(3))
+    grads = []
+    for i, model in enumerate(models):
+        model.set_stage(2)
+        if i == 0:
+            den = model.translator
+            ddim, e_table = reference.sampling_tables(den, cfg.diffusion_steps, cfg.translator_steps, cfg.dim,
+                                                      s.dtype, s.device)
+            m = unroll(den, model.pfin, reference._start(cfg.diffusion_steps, s, xi), z,
+                       reference.condition_term(den, s), e_table, ddim)
+        else:
+            _, m = reference.translator_pfin_sample(model, s, z, xi)
+        (m * torch.linspace(-1, 1, cfg.dim)).sum().backward()
+        grads.append([m.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) == 1 + 9 + 2 + 8  # m, translator (L = 2), PFIN
+    for i, (o, r) in enumerate(zip(*grads)):
+        assert o.shape == r.shape and rel(o, r) < 1e-5, (i, rel(o, r))

@@ -54,3 +54,22 @@ def run_op(benchmark, nvml, op: str, provider: str, mode: str, preset: str, dtyp
     assert all(torch.isfinite(o).all() for o in (out if isinstance(out, tuple) else (out,)))
     info = {"kind": f"op:{op}:{mode}", "provider": provider, "config": preset, "dtype": dtype, "batch": batch}
     run_benchmark(benchmark, fn, nvml, batch, info)
+
+
+def unroll_case(model, provider: str, batch: int, device, dtype: str):
+    """``(forward, inputs)`` of the stage-2 unroll as the loss calls it: ``<m, g>`` from the
+    model's ``s``-conditioned loop, differentiable in ``z`` and the translator's and PFIN's weights."""
+    from seda_fast import reference
+    cfg = model.config
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device).manual_seed(1)
+    s, xi = (torch.randn(batch, cfg.dim, device=device, generator=g).to(dt) for _ in range(2))
+    z = torch.randn(batch, cfg.dim, device=device, generator=g).to(dt).requires_grad_()
+    gm = torch.randn(batch, cfg.dim, device=device, generator=g).to(dt)
+    params = [p for m in (model.translator, model.pfin) for p in m.parameters() if p.requires_grad]
+
+    def forward():
+        cond = reference.condition_term(model.translator, s)
+        m = PIECES[provider].unroll(model, s, z, xi, cond)
+        return (m.float() * gm.float()).sum()
+    return forward, [z, *params]

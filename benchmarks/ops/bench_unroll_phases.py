@@ -2,10 +2,8 @@
 against its eager twin; the scalar is ``<m, g>``, differentiated in ``z`` and the translator's and
 PFIN's weights (the row-block kernels of the same unroll: ``bench_translator_unroll.py``)."""
 import pytest
-import torch
 
-from _op_bench import CASES, MODES, PIECES, model_for, run_op
-from seda_fast import reference
+from _op_bench import CASES, MODES, PIECES, model_for, run_op, unroll_case
 
 
 @pytest.mark.parametrize("policy", ["save", "recompute"])
@@ -17,16 +15,5 @@ def test_unroll_phases(benchmark, device, nvml, provider, mode, preset, dtype, b
         pytest.skip("the eager twin has no activation policy: timed once")
     model = model_for(preset, dtype, device, stage=2)
     model.fused_impl, model.activation_memory = "phases", policy
-    cfg = model.config
-    dt = getattr(torch, dtype)
-    g = torch.Generator(device).manual_seed(1)
-    s, xi = (torch.randn(batch, cfg.dim, device=device, generator=g).to(dt) for _ in range(2))
-    z = torch.randn(batch, cfg.dim, device=device, generator=g).to(dt).requires_grad_()
-    gm = torch.randn(batch, cfg.dim, device=device, generator=g).to(dt)
-    params = [p for m in (model.translator, model.pfin) for p in m.parameters() if p.requires_grad]
-
-    def forward():
-        cond = reference.condition_term(model.translator, s)
-        m = PIECES[provider].unroll(model, s, z, xi, cond)
-        return (m.float() * gm.float()).sum()
-    run_op(benchmark, nvml, f"unroll_phases_{policy}", provider, mode, preset, dtype, batch, forward, [z, *params])
+    forward, inputs = unroll_case(model, provider, batch, device, dtype)
+    run_op(benchmark, nvml, f"unroll_phases_{policy}", provider, mode, preset, dtype, batch, forward, inputs)

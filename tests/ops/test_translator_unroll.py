@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from seda_fast import reference
 from seda_fast.ops import translator_unroll as ops
 from seda_fast.ops.runtime import kernels
 from helpers import (UNROLL_NAMES as NAMES, eager_unroll as _eager_unroll, run_unroll as _run,
-                     unroll_problem as _problem, case_ids, assert_compiled_step_matches, assert_directional_derivatives,
+                     unroll_problem as _problem, assert_unroll_entry_matches_sampler, case_ids, assert_compiled_step_matches, assert_directional_derivatives,
                      assert_flash_rule, assert_matches_reference, assert_sm90_clean, compile_rows_in_subprocess, rel)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,27 +44,7 @@ def test_fp32_parity_with_reference_autograd(B, d, H, L, steps):
 def test_module_entry_point_matches_translator_pfin_sample():
     """``translator_unroll(den, pfin, ...)`` from the model's own start state = the reference sampler
     (``reference.translator_pfin_sample`` with explicit noise), module parameter gradients included."""
-    from helpers import make_model
-    models = [make_model(seed=2, layers=2, translator_steps=3) for _ in range(2)]
-    cfg = models[0].config
-    g = torch.Generator().manual_seed(9)
-    s, z, xi = (torch.randn(9, cfg.dim, generator=g) for _ in range(3))
-    grads = []
-    for i, model in enumerate(models):
-        model.set_stage(2)
-        if i == 0:
-            den = model.translator
-            ddim, e_table = reference.sampling_tables(den, cfg.diffusion_steps, cfg.translator_steps, cfg.dim,
-                                                      s.dtype, s.device)
-            m = ops.translator_unroll(den, model.pfin, reference._start(cfg.diffusion_steps, s, xi), z,
-                                      reference.condition_term(den, s), e_table, ddim)
-        else:
-            _, m = reference.translator_pfin_sample(model, s, z, xi)
-        (m * torch.linspace(-1, 1, cfg.dim)).sum().backward()
-        grads.append([m.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(grads[1]) == 1 + 9 + 2 + 8  # m, translator (L = 2), PFIN
-    for i, (o, r) in enumerate(zip(*grads)):
-        assert o.shape == r.shape and rel(o, r) < 1e-5, (i, rel(o, r))
+    assert_unroll_entry_matches_sampler(ops.translator_unroll)
 
 
 def test_fp16_flash_attention_rule():

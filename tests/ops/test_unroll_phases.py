@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from seda_fast import reference
 from seda_fast.ops import unroll_phases as ops
 from seda_fast.ops.runtime import kernels
 from helpers import (UNROLL_NAMES as NAMES, eager_unroll, run_unroll, unroll_problem, case_ids,
+                     assert_unroll_entry_matches_sampler,
                      assert_compiled_step_matches, assert_directional_derivatives, assert_flash_rule,
                      assert_matches_reference, assert_sm90_clean, compile_rows_in_subprocess, rel)
 
@@ -94,27 +94,7 @@ def test_policies_agree_and_recompute_keeps_only_the_states():
 def test_module_entry_point_matches_translator_pfin_sample():
     """``unroll_phases(den, pfin, ...)`` from the model's own start state = the reference sampler,
     module parameter gradients included."""
-    from helpers import make_model
-    models = [make_model(seed=2, layers=2, translator_steps=3) for _ in range(2)]
-    cfg = models[0].config
-    g = torch.Generator().manual_seed(9)
-    s, z, xi = (torch.randn(9, cfg.dim, generator=g) for _ in range(3))
-    grads = []
-    for i, model in enumerate(models):
-        model.set_stage(2)
-        if i == 0:
-            den = model.translator
-            ddim, e_table = reference.sampling_tables(den, cfg.diffusion_steps, cfg.translator_steps, cfg.dim,
-                                                      s.dtype, s.device)
-            m = ops.unroll_phases(den, model.pfin, reference._start(cfg.diffusion_steps, s, xi), z,
-                                  reference.condition_term(den, s), e_table, ddim, policy="recompute")
-        else:
-            _, m = reference.translator_pfin_sample(model, s, z, xi)
-        (m * torch.linspace(-1, 1, cfg.dim)).sum().backward()
-        grads.append([m.detach()] + [p.grad for p in model.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(grads[1]) == 1 + 9 + 2 + 8  # m, translator (L = 2), PFIN
-    for i, (o, r) in enumerate(zip(*grads)):
-        assert o.shape == r.shape and rel(o, r) < 1e-5, (i, rel(o, r))
+    assert_unroll_entry_matches_sampler(lambda *a: ops.unroll_phases(*a, policy="recompute"))
 
 
 def test_fp16_flash_attention_rule():
