@@ -30,11 +30,11 @@ Backward, step ``i = K-1 .. 0``, from ``gm = dL/dm_{i+1}`` and ``gx = dL/dx_{i+1
            (when the layer below is the input layer: ga = gh SiLU'(a), gcond += ga)
     BX     gx <- ga W_x^T + a_k gx                  (rides in BP of step i - 1)      n = d, K = H
 
-``K (L + 2) + 1`` backward phases, and after each step's, its weight-gradient phase W. Weight gradients are GEMMs ``G^T X`` tiled over (out, in) and
-split over rows, each split writing its own fp32 partial (no atomics; each step's W phase adds to
-them); the host sums the partials in a fixed order (bitwise reproducible).
-Bias and time-embedding gradients are the per-step, per-split column sums of ``G``, summed the
-same way. Policies:
+``K (L + 2) + 1`` backward phases, and after each step's, its weight-gradient phase W. Weight
+gradients are GEMMs ``G^T X`` tiled over (out, in) and split over rows, each split writing its own
+fp32 partial (no atomics; each step's W phase adds to them); the host sums the partials in a fixed
+order (bitwise reproducible). Bias and time-embedding gradients are the per-step, per-split column
+sums of ``G``, summed the same way. Policies:
 
 * ``"save"``: the forward keeps every step's activations (``K`` slots).
 * ``"recompute"``: the forward keeps only ``x_i`` and ``m_i``; before each backward step its
@@ -42,8 +42,11 @@ same way. Policies:
 
 The backward's activation gradients ``G`` live in one slot (a step's W phase consumes them before
 the next step overwrites them). Phases per call: forward ``K (L + 1) + 2``; backward
-``K (L + 3) + 1`` (save) or ``K ((L + 3) + (L + 3)) + 1`` (recompute). Every launch is one :func:`unroll_phase_kernel`
-(``KIND`` constexpr) over that phase's tiles.
+``K (L + 3) + 1`` (save) or ``K ((L + 3) + (L + 3)) + 1`` (recompute). Every launch is one
+:func:`unroll_phase_kernel` (``KIND`` constexpr) over that phase's tiles (:func:`pick_unroll_tiles`),
+with programmatic dependent launch on Hopper when the caller asks (``pdl``). A phase reads whole
+rows only of buffers no tile of the same phase writes; in-place updates (``gm``, ``gx``, ``gh``,
+``gcond``) touch only the tile's own elements. Nothing here has run on a GPU yet.
 """
 from __future__ import annotations
 

@@ -67,10 +67,14 @@ def _tools():
     return bin_dir / "cuobjdump"
 
 
+# a "training" entry's steps: (stage, SeDA.fused_impl, SeDA.activation_memory)
+TRAINING_STEPS = ((1, "auto", None), (2, "phases", "save"), (2, "phases", "recompute"), (2, "rowblock", None))
+
+
 def capture(model_kwargs: dict, dtype: str, batch: int, step: str = "inference"):
-    """The launches one fused inference call (or one stage-1 and one stage-2 training step: loss and
-    backward; fp32 parameters, low precision through autocast) makes for this config (captured,
-    not run)."""
+    """The launches one fused inference call (or one stage-1 training step and a stage-2 step with
+    each unroll and policy, :data:`TRAINING_STEPS`: loss and backward; fp32 parameters, low
+    precision through autocast) makes for this config (captured, not run)."""
     from .. import reference
     from ..backends import TRITON
     from ..config import SeDAConfig
@@ -89,9 +93,10 @@ def capture(model_kwargs: dict, dtype: str, batch: int, step: str = "inference")
     visual, text = torch.randn(batch, cfg.visual_dim), torch.randn(cfg.num_classes, cfg.text_dim)
     labels = torch.arange(batch) % cfg.num_classes
     amp = torch.autocast("cpu", dtype=getattr(torch, dtype), enabled=dtype != "float32")
-    with k.capture_launches() as launches:
-        for stage in (1, 2):
+    with k.capture_launches() as launches:  # stage 1, then stage 2 with every unroll and policy
+        for stage, fused_impl, policy in TRAINING_STEPS:
             model.set_stage(stage)
+            model.fused_impl, model.activation_memory = fused_impl, policy
             with amp:  # the launchers directly: the module's backend check wants CUDA or the interpreter
                 loss = reference.learner_loss(model, visual, labels, pieces=TRITON.pieces)[0] if stage == 1 else \
                     reference.translator_loss(model, visual, labels, text, True, pieces=TRITON.pieces)[0]

@@ -1,5 +1,5 @@
 """Predicted time of one training step (loss + backward, no optimizer) per stage: eager,
-``torch.compile``, the row-block training ops the library ships, and the phase design of the
+``torch.compile``, the fused training paths the library ships, and the phase design of the
 fused training (every matmul of the step a GEMM over all SMs, the element-wise work in its
 epilogue) under each activation policy.
 
@@ -13,9 +13,16 @@ which flatters eager and compile).
 * ``eager`` / ``torch_compile``: :func:`seda_fast.tools.cost_baselines.predict_ops` on the step's
   ops (the same rules as for inference: eager host-bound at ``aten_op_s`` per op, compile as one
   kernel per matmul plus one fused epilogue pass, each a graph boundary).
-* ``rowblock`` / ``rowblock-graph``: the training ops the library ships today
-  (:func:`predict_rowblock`), issued op by op from Python or captured whole in one CUDA graph.
-* ``phases-save`` / ``phases-recompute``: the matmuls grouped by depth, one *phase* per depth
+* ``rowblock`` / ``rowblock-graph``: the row-block training ops (:func:`predict_rowblock`), issued
+  op by op from Python or captured whole in one CUDA graph.
+* ``unroll-phases-save`` / ``unroll-phases-recompute`` (each also ``-graph``; stage 2): what the
+  library ships by default, the row-block path with the unroll and the Learner's sample run as
+  phases: their matmuls (:func:`unroll_shapes`, :func:`semantic_shapes`; Counter-matched, so the
+  few input gradients autograd skips for the first step are matched elsewhere) leave the
+  row-block part, and the phases are costed from the kernels' own schedules, jobs and tiles
+  (:func:`unroll_phase_costs`, :func:`semantic_phase_costs`).
+* ``phases-save`` / ``phases-recompute`` (the design of a whole phase step, built only for the
+  unroll): the matmuls grouped by depth, one *phase* per depth
   (every matmul of a depth has its inputs ready once the previous depth is done, so they ride
   together); a phase's jobs are tiled by the inference launcher's picker
   (:func:`kernels.infer_phases.pick_phase_tiles` on the job's M rows) and costed like an inference
@@ -471,9 +478,10 @@ def main(argv=None) -> int:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m seda_fast cost-training",
                                      description="Predicted training-step time (loss + backward) per stage, batch "
-                                                 "and implementation (eager, torch.compile, the fused phase design "
-                                                 "with saved or recomputed activations), at the default config and "
-                                                 "the H200's ceilings")
+                                                 "and implementation (eager, torch.compile, the fused paths shipped: "
+                                                 "row blocks and the phase unroll with saved or recomputed "
+                                                 "activations, each also as one CUDA graph; the design of a whole "
+                                                 "phase step), at the default config and the H200's ceilings")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPE_BYTES))
     args = parser.parse_args(argv)
     from ..presets import config

@@ -18,11 +18,12 @@ def rows():
 
 
 INFERENCE_KERNELS = ("semantic_sampler_kernel", "translator_pfin_kernel")
-# one stage-1 + one stage-2 fused training step (the stage-2 loss reads s from the Learner's sampler)
+# one stage-1 fused training step and stage-2 steps with each unroll (the phase unroll's stage-2 loss
+# reads s from the phase schedule's prefix, the row-block one's from the Learner's sampler)
 TRAINING_KERNELS = ("class_sums_kernel", "ema_update_kernel", "denoiser_x0_loss_fwd_kernel",
                     "denoiser_x0_loss_bwd_kernel", "denoiser_wgrad_kernel", "center_loss_fwd_kernel",
-                    "center_loss_bwd_kernel",
-                    "semantic_sampler_kernel", "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel")
+                    "center_loss_bwd_kernel", "semantic_sampler_kernel", "translator_unroll_fwd_kernel",
+                    "translator_unroll_bwd_step_kernel", "infer_phase_kernel", "unroll_phase_kernel")
 
 
 KERNELS = {"inference": INFERENCE_KERNELS, "training": TRAINING_KERNELS, "inference-phases": ("infer_phase_kernel",)}
@@ -45,10 +46,11 @@ def test_no_spills_and_shared_memory_fits(rows):
 
 
 def test_tensor_core_paths(rows):
-    """bf16 throughput tiles (BM = 64) use Hopper's wgmma; the latency tiles (BM = 16) mma.sync; the
-    weight-gradient tiles (no BM; M = BN = 64) wgmma."""
+    """bf16 throughput tiles (BM >= 64) use Hopper's wgmma; the latency tiles (BM = 16) mma.sync; the
+    weight-gradient tiles (M = BN = 64 or 128, whatever the phase's BM) wgmma."""
     for r in rows:
-        if r["dtype"] == "bfloat16" and r["kernel"] == "denoiser_wgrad_kernel":
+        wgrad = r["kernel"] == "denoiser_wgrad_kernel" or (r["kernel"] == "unroll_phase_kernel" and r.get("KIND") == 7)
+        if r["dtype"] == "bfloat16" and wgrad:
             assert r["wgmma"], r
         elif r["dtype"] == "bfloat16" and (r["BM"] or 0) >= 64:
             assert r["wgmma"], r
