@@ -16,6 +16,12 @@ if not torch.cuda.is_available():
 
 torch.use_deterministic_algorithms(True, warn_only=True)
 
+# transformers imports the `kernels` distribution it depends on; from the checkout's root our
+# `kernels/` (the Triton sources) would shadow it (seda_fast.apps.data.import_hub_kernels)
+from seda_fast.apps.data import import_hub_kernels  # noqa: E402
+
+import_hub_kernels()
+
 
 @pytest.fixture(autouse=True)
 def _seed():

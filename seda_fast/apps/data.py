@@ -24,10 +24,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import importlib
 import io
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -370,6 +372,26 @@ def text_model_path() -> Path:
 
 
 @torch.no_grad()
+
+def import_hub_kernels() -> None:
+    """Import the ``kernels`` distribution that transformers depends on (Hugging Face's), if it is
+    installed, before this checkout's top-level ``kernels/`` (the Triton sources, installed as
+    ``seda_fast.kernels``) can shadow it: run from the checkout's root (``python -m ...``), the
+    root is on ``sys.path`` and ``import kernels`` would find the Triton sources, and transformers'
+    ``from kernels import ...`` would fail. Call it before importing transformers or
+    sentence-transformers; it does nothing once a ``kernels`` module is imported."""
+    if "kernels" in sys.modules:
+        return
+    root = Path(__file__).resolve().parents[2]
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    try:
+        importlib.import_module("kernels")
+    except ImportError:  # not installed: transformers then finds no usable version and skips it
+        pass
+    finally:
+        sys.path[:] = saved
+
 def text_features(sentences=CLASS_DESCRIPTIONS, batch_size: int = 64) -> torch.Tensor:
     """Encode sentences with all-MiniLM-L6-v2 (offline): ``[len(sentences), 384]`` float32, unit rows."""
     if isinstance(sentences, str):
@@ -381,6 +403,7 @@ def text_features(sentences=CLASS_DESCRIPTIONS, batch_size: int = 64) -> torch.T
         raise ValueError("sentences is empty; need at least one sentence")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import_hub_kernels()
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(text_model_path()), device="cpu")
