@@ -231,7 +231,8 @@ def test_dry_run_peak_equals_a_real_run(monkeypatch):
     interpreter can run, a real run reaches the same peak, to the byte, once the interpreter's host
     views of the kernel arguments are collected right after each launch (as on a GPU, where nothing
     holds them; without the collection the interpreter's frees come later and its peak is 2-10%
-    higher)."""
+    higher). One unmeasured dry run first builds what a process caches once (the phase schedules'
+    tables), so neither measured run pays for it."""
     import gc
     k = kernels()
     launch = k._launch.launch
@@ -240,17 +241,17 @@ def test_dry_run_peak_equals_a_real_run(monkeypatch):
         out = launch(*args, **meta)
         gc.collect()
         return out
-    for module in (k._denoiser, k.translator_unroll, k.unroll_phases, k.semantic_sampler, k.center_loss,
-                   k.center_update):
+    for module in (k._denoiser, k.translator_unroll, k.unroll_phases, k.infer_phases_module, k.semantic_sampler,
+                   k.center_loss, k.center_update):
         monkeypatch.setattr(module, "launch", launch_and_collect)
     for fused_impl, policy in memory.FUSED.values():
         peaks = []
-        for run in (True, False):
+        for run in (False, True, False):
             model = make_model(seed=0).train()
             model.backend, model.fused_impl, model.activation_memory = "triton", fused_impl, policy
-            visual, labels, text = make_batch(model.config, 33)
+            visual, labels, text = make_batch(model.config, 17)
             peaks.append(memory.stage2_step_peak(model, visual, labels, text, torch.Generator().manual_seed(0), run))
-        assert peaks[0] == peaks[1] > 0, (fused_impl, policy, peaks)
+        assert peaks[1] == peaks[2] > 0, (fused_impl, policy, peaks)
 
 
 @pytest.mark.skipif(DEVICE.type == "cuda", reason="CPU sizing; the GPU script measures max_memory_allocated")

@@ -35,8 +35,11 @@ def _phases(policy):
 SHAPES = [(33, 20, 37, 3, 4), (1, 38, 37, 1, 1), (17, 22, 20, 1, 2), (5, 20, 70, 2, 3)]
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("B,d,H,L,steps", SHAPES, ids=case_ids("B,d,H,L,steps", SHAPES))
+# every shape saving; two recomputing (the policies are also compared bitwise below)
+CASES = [(*shape, "save") for shape in SHAPES] + [(*SHAPES[1], "recompute"), (*SHAPES[3], "recompute")]
+
+
+@pytest.mark.parametrize("B,d,H,L,steps,policy", CASES, ids=case_ids("B,d,H,L,steps,policy", CASES))
 def test_fp32_parity_with_reference_autograd(B, d, H, L, steps, policy):
     """``m`` and all 17 gradients within 1e-5 of the fp32 reference's autograd and of the fp64 one."""
     inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=B + L + steps)
