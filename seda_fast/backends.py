@@ -95,10 +95,10 @@ class FusedPieces(reference.EagerPieces):
 
     Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), forward noising +
     Learner denoiser + x0 loss in one op, the center constraint with a streaming log-sum-exp.
-    Stage 2: ``s`` from the fused Learner sampler or the phase schedule's prefix (no grad), the random-t diffusion term through the
-    same x0-loss op, and the K2-step Translator + PFIN unroll (:func:`training_impl`: phase GEMMs
-    over all rows under :func:`activation_policy`, or the row-block kernels, which keep only the
-    per-step states for their backward)."""
+    Stage 2: ``s`` from the fused Learner sampler or the phase schedule's prefix (no grad), the
+    random-t diffusion term through the same x0-loss op, and the K2-step Translator + PFIN unroll
+    (:func:`training_impl`: phase GEMMs over all rows under :func:`activation_policy`, or the
+    row-block kernels, which keep only the per-step states for their backward)."""
 
     def check(self, model) -> None:
         runtime.check_dtype(model.visual_proj.linear.weight.dtype)

@@ -108,7 +108,8 @@ class SeDA(nn.Module):
         ``seda_fast.backends.AUTO_IMPL``), ``"rowblock"``, ``"phases"`` or ``"persistent"`` (CUDA
         only); see :func:`seda_fast.fused_impls`. Stage-2 training runs its unroll as row blocks
         under ``"rowblock"`` and as phases otherwise (:func:`seda_fast.backends.training_impl`).
-        It changes neither the state_dict nor the numbers beyond the dtype's rounding. (A whole model pickled before the knob existed reads "auto".)"""
+        It changes neither the state_dict nor the numbers beyond the dtype's rounding. (A whole
+        model pickled before the knob existed reads "auto".)"""
         return getattr(self, "_fused_impl", "auto")
 
     @fused_impl.setter

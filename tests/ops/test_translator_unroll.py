@@ -15,8 +15,9 @@ import torch
 from seda_fast.ops import translator_unroll as ops
 from seda_fast.ops.runtime import kernels
 from helpers import (UNROLL_NAMES as NAMES, eager_unroll as _eager_unroll, run_unroll as _run,
-                     unroll_problem as _problem, assert_unroll_entry_matches_sampler, case_ids, assert_compiled_step_matches, assert_directional_derivatives,
-                     assert_flash_rule, assert_matches_reference, assert_sm90_clean, compile_rows_in_subprocess, rel)
+                     unroll_problem as _problem, assert_unroll_entry_matches_sampler, case_ids,
+                     assert_compiled_step_matches, assert_directional_derivatives, assert_flash_rule,
+                     assert_matches_reference, assert_sm90_clean, compile_rows_in_subprocess)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = kernels()
