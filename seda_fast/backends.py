@@ -33,7 +33,7 @@ AUTO_IMPL = "phases"
 # Training: the stage-2 unroll runs as row-block kernels ("rowblock") or as phases (every other
 # value of ``SeDA.fused_impl``: there is no persistent training kernel). The cost model
 # (``python -m seda_fast cost-training``) predicts phases several times faster at B = 256 and 4096.
-ACTIVATION_POLICIES = ("save", "recompute")
+ACTIVATION_POLICIES = unroll_phases.POLICIES
 
 
 def training_impl(model) -> str:

