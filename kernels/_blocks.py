@@ -201,3 +201,27 @@ def pfin_update_rows(m_ptr, m_stride, rows, sp_ptr, g_ptr, wpd_ptr, bpd_ptr, out
         m = load_tile(m_ptr, m_stride, rows, n0, d, BM, BN) + load_tile(g_ptr, d, BM, n0, d, BM, BN) * delta
         store_tile(out_ptr, out_stride, out_rows, n0, d, m, BM, BN)
     tl.debug_barrier()
+
+
+@triton.jit
+def _half(acc, part: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    lo, hi = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
+    if part == 0:
+        out = lo
+    else:
+        out = hi
+    return out
+
+
+@triton.jit
+def col_part(acc, part: tl.constexpr, PARTS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Columns ``[part BN/PARTS, (part + 1) BN/PARTS)`` of ``acc [BM, BN]`` (``PARTS`` 1, 2 or 4). A
+    split epilogue works on one part at a time, so the tiles it loads for a wide accumulator are
+    never all live in registers together."""
+    if PARTS == 1:
+        out = acc
+    elif PARTS == 2:
+        out = _half(acc, part, BM, BN)
+    else:
+        out = _half(_half(acc, part // 2, BM, BN), part % 2, BM, BN // 2)
+    return out

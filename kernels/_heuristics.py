@@ -37,6 +37,7 @@ class Blocks:
     num_warps: int
     num_stages: int
     maxnreg: int = 255
+    epi_parts: int = 1  # phase kernels: the epilogue runs on this many column parts of the tile, one at a time
 
 
 def clamp_block(block: int, width: int) -> int:

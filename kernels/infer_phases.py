@@ -75,8 +75,9 @@ are what make one program's stores visible to the next phase's readers; the oper
 relies on the PTX memory model (an acquire at gpu scope orders the later weak loads of the CTA), as
 cooperative groups' grid sync does; untested on a GPU.
 
-Not in this version (planned): TMA descriptors and 128 x 256 tiles at large B, prefetching the
-next phase's weight tile before the barrier, split-K for B = 1 (64 tiles per H-wide phase at most).
+Not in this version (planned): TMA descriptor loads (the 128 x 256 tiles load through pointers,
+``cp.async``), prefetching the next phase's weight tile before the barrier, split-K for B = 1 (64
+tiles per H-wide phase at most).
 Nothing here has run on a GPU yet: the CUDA-graph, programmatic-launch and cooperative paths are
 written and compiled for sm_90a, not executed.
 """
@@ -171,7 +172,10 @@ def semantic_phase_count(layers: int, K1: int) -> int:
 PhaseTiles = Blocks  # a call's tiles: the same fields as the row-block kernels' (BM, BN, BK, warps, stages)
 
 
-TARGET_TILES = 128  # tiles per H-wide phase the small-batch picker aims at (132 SMs)
+TARGET_TILES = 128  # tiles per H-wide phase the pickers aim at (about one wave on 132 SMs)
+# fp16/bf16 throughput tiles, widest first (pick_phase_tiles takes the first that gives TARGET_TILES)
+THROUGHPUT_TILES = (PhaseTiles(128, 256, 32, 8, 3, epi_parts=4), PhaseTiles(128, 128, 64, 8, 3),
+                    PhaseTiles(128, 64, 32, 8, 2), PhaseTiles(64, 64, 32, 4, 2))
 
 
 def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16,
@@ -183,11 +187,16 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
       and ``BN`` the widest of 64/32/16 that still gives an H-wide phase >= :data:`TARGET_TILES`
       tiles (B = 64, H = 1024: 4 row blocks x 32 column blocks of 32 = 128 tiles; B = 1: BN = 16, 64
       tiles; narrower than 16 is not a legal dot). More tiles at B = 1 would need split-K: not done.
-    * fp16/bf16, ``B > 256`` (throughput, wgmma): the widest tile that still gives an H-wide phase
-      >= 4 tiles per SM: ``128 x 128 x 64`` with 8 warps and 3 stages (B >= 8448 at H = 1024; half
-      the L2 -> SM bytes per FLOP of 128 x 64), else ``128 x 64 x 32`` with 8 warps (two warpgroups
-      of M = 64; B >= 4224), else ``64 x 64 x 32`` with 4 warps, so mid-size batches still fill the
-      SMs. 2 stages below 128 x 128.
+    * fp16/bf16, ``B > 256`` (throughput, wgmma): the first of :data:`THROUGHPUT_TILES` that gives an
+      H-wide phase >= :data:`TARGET_TILES` tiles (about one wave): ``128 x 256 x 32`` with 8 warps, 3
+      stages and an epilogue split in 4 column parts (B >= 3969 at H = 1024), ``128 x 128 x 64``
+      with 8 warps and 3 stages (B >= 1921), ``128 x 64 x 32`` with 8 warps (B >= 897), else
+      ``64 x 64 x 32`` with 4 warps. The wider the tile, the fewer L2 -> SM bytes per FLOP (per
+      output value a tile reads ``K (1/BM + 1/BN)`` operands); the cost model
+      (``python -m seda_fast.tools.cost_phases``) puts the first of them that fills a wave at or
+      within 2% of the fastest of these four at every batch from 257 to 16384 (B = 16384: 3.04 ms
+      at 128 x 256, 3.86 at 128 x 128; B = 4096: 0.96 at 128 x 256, 1.05 at 128 x 128, 1.46 at
+      128 x 64, 1.87 at 64 x 64).
     * ``impl="persistent"``, fp16/bf16, ``B > 256``: ``64 x 64 x 32`` with 8 warps at every such
       batch. Its one kernel holds every phase body, and under triton 3.6.0 (the GPU image's) it
       spills at both tiles above: 64x64x32 (4 warps) 4 stores, 128x64x32 (8 warps) 2 stores, both at
@@ -198,13 +207,17 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     requires zero spills). Registers, worst phase kind of ``infer_phase_kernel`` / the persistent
     kernel: bf16 16x16x64 110/210, 16x32x64 177/223, 16x64x64 135/188, 64x64x32 200/255,
     128x64x32 (8 warps) 189/255, 128x128x64 (8 warps, 3 stages; phase kernel only) 255 with 97 KiB of
-    shared memory (the same under triton 3.6.0); fp32 16x16x32 174/202, 16x32x32 212/251; no spills
+    shared memory, 128x256x32 (8 warps, 3 stages, 4 epilogue parts; phase kernel only) 255 with
+    73 KiB (both the same under triton 3.6.0); fp32 16x16x32 174/202, 16x32x32 212/251; no spills
     anywhere (the persistent kernel at 64x64x32 with 8 warps: 223 under triton 3.6.0, no spills).
+    The 128 x 256 accumulator alone is 128 registers a thread: with the whole tile's epilogue (its
+    loaded ``[BM, BN]`` tiles on top) four phase kinds spilled 5 to 181 stores; the epilogue now
+    runs on column parts of the accumulator one after another (``_blocks.col_part``): 2 parts still
+    spill 8 stores in R, 4 parts none. ``BK = 64`` at 128 x 256 spills 4 stores in COND_LN (its
+    LayerNorm prologue holds a ``[BM, BK]`` fp32 slice). The head's tile is ``BN`` narrowed to the
+    classes (:func:`head_block`; unnarrowed, 128 x 256 spills 23 stores there under triton 3.6.0).
     Rejected: 64x128x32 (4 warps) sits at the 255 cap in three phase kinds; 128x128x32 (8 warps)
-    spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel;
-    128x256 (8 warps, BK 32 or 64) spills 5 to 181 stores in four phase kinds of the phase kernel
-    (the accumulator alone is 128 registers a thread, and the epilogue's tiles come on top). A
-    128 x 256 tile would need a split epilogue (and TMA descriptor loads): not in this version.
+    spills 131 stores in the persistent kernel; 64x128x64 spills 2 in the persistent kernel.
 
     ``BN``/``BK`` are clamped to the next power of two of the real widths (>= 16), like
     ``_heuristics.clamp_block``.
@@ -215,12 +228,15 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
         BM, BN, BK, warps, stages = 16, 64, 64, 4, 2
     elif impl == "persistent":
         BM, BN, BK, warps, stages = 64, 64, 32, 8, 2
-    elif triton.cdiv(batch, 128) * triton.cdiv(H, 128) >= 4 * 132:
-        BM, BN, BK, warps, stages = 128, 128, 64, 8, 3
-    elif triton.cdiv(batch, 128) * triton.cdiv(H, 64) >= 4 * 132:
-        BM, BN, BK, warps, stages = 128, 64, 32, 8, 2
     else:
-        BM, BN, BK, warps, stages = 64, 64, 32, 4, 2
+        wide = max(d, H)
+        for tiles in THROUGHPUT_TILES:
+            BN = clamp_block(tiles.BN, wide)
+            if triton.cdiv(batch, tiles.BM) * triton.cdiv(H, BN) >= TARGET_TILES:
+                break
+        parts = tiles.epi_parts if BN == tiles.BN else 1
+        return PhaseTiles(tiles.BM, BN, clamp_block(tiles.BK, wide), tiles.num_warps, tiles.num_stages,
+                          epi_parts=parts)
     BN = clamp_block(BN, max(d, H))
     BK = clamp_block(BK, max(d, H))
     if BM == 16:
@@ -230,13 +246,24 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     return PhaseTiles(BM, BN, BK, warps, stages)
 
 
-def job_tiles(batch: int, n: int, tiles: PhaseTiles) -> int:
-    return triton.cdiv(batch, tiles.BM) * triton.cdiv(n, tiles.BN)
+def head_block(tiles: PhaseTiles, C: int) -> int:
+    """The head's column tile: ``BN`` narrowed to the classes (``C = 10``: 16), so a wide tile
+    does not compute (and hold in registers) hundreds of empty logit columns."""
+    return clamp_block(tiles.BN, C)
+
+
+def job_block(name: str, n: int, tiles: PhaseTiles) -> int:
+    """Column tile of job ``name`` (output width ``n``): ``BN``, the head's :func:`head_block`."""
+    return head_block(tiles, n) if name == "head" else tiles.BN
+
+
+def job_tiles(batch: int, n: int, tiles: PhaseTiles, name: str = "") -> int:
+    return triton.cdiv(batch, tiles.BM) * triton.cdiv(n, job_block(name, n, tiles))
 
 
 def phase_tiles(phase: Phase, batch: int, tiles: PhaseTiles) -> int:
     """Programs one launch of ``phase`` needs (sum over its jobs), as the kernel counts them."""
-    return sum(job_tiles(batch, n, tiles) for _, n, _ in phase.jobs)
+    return sum(job_tiles(batch, n, tiles, name) for name, n, _ in phase.jobs)
 
 
 # ----------------------------------------------------------------------------- device code
@@ -285,17 +312,17 @@ def _ln_matmul_tile(acc, y_ptr, rows, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, n0, N
         y = tl.load(y_ptr + offs_m[:, None] * d + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
         zk = (y - mean[:, None]) * rstd[:, None] * blk.load_vec(lnw_ptr, k0, d, BK)[None, :] \
             + blk.load_vec(lnb_ptr, k0, d, BK)[None, :]
-        zk = tl.where(mask, zk, 0.0)
-        zk = zk.to(z_ptr.dtype.element_ty).to(tl.float32)  # the stored z, in the compute dtype
+        zk = tl.where(mask, zk, 0.0).to(z_ptr.dtype.element_ty)  # the stored z, in the compute dtype
         if write:
-            tl.store(z_ptr + offs_m[:, None] * d + offs_k[None, :], zk.to(z_ptr.dtype.element_ty), mask=mask)
-            tl.store(x_ptr + offs_m[:, None] * d + offs_k[None, :], (c0 * zk).to(x_ptr.dtype.element_ty), mask=mask)
+            tl.store(z_ptr + offs_m[:, None] * d + offs_k[None, :], zk, mask=mask)
+            tl.store(x_ptr + offs_m[:, None] * d + offs_k[None, :], (c0 * zk.to(tl.float32)).to(x_ptr.dtype.element_ty),
+                     mask=mask)
         w = tl.load(w_ptr + offs_n[None, :] * d + offs_k[:, None],
                     mask=(offs_n[None, :] < N) & (offs_k[:, None] < d), other=0.0)
         if LOWP:
             acc = tl.dot(zk.to(w.dtype), w, acc)
         else:
-            acc = tl.dot(zk, w.to(tl.float32), acc, input_precision=PREC)
+            acc = tl.dot(zk.to(tl.float32), w.to(tl.float32), acc, input_precision=PREC)
     return acc
 
 
@@ -308,7 +335,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
            ln_eps, c0, c1, B, Dv, d, H, C,
            HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-           LOWP: tl.constexpr, PREC: tl.constexpr):
+           LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr):
     """The tiles ``pid, pid + nprog, ...`` of one phase (schedule row at ``row_ptr``)."""
     stage = tl.load(row_ptr + 1)
     krow = tl.load(row_ptr + 2)
@@ -324,14 +351,17 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
         wx, wh, bh, wo, bo, e_tab, dd = wx2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr
     h_in = h_ptr + (layer % 2).to(tl.int64) * B * H      # A writes h[0]; layer l reads h[l%2]
     h_out = h_ptr + ((layer + 1) % 2).to(tl.int64) * B * H
+    BE: tl.constexpr = BN // EPI  # epilogue part width (EPI = 2: two halves, one after the other)
     if KIND == 0:  # PROJ: y = v W_v + b_v
         total = tl.cdiv(B, BM) * tl.cdiv(d, BN)
         for t in range(pid, total, nprog):
             r0, n0 = _tile(t, d, BM, BN)
             acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), v_ptr + r0 * Dv, Dv, B - r0, wv_ptr, n0, d, Dv,
                                   BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bv_ptr, n0, d, BN)[None, :]
-            blk.store_tile(y_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                out = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bv_ptr, ne, d, BE)[None, :]
+                blk.store_tile(y_ptr + r0 * d, d, B - r0, ne, d, out, BM, BE)
     elif KIND == 1:  # COND_LN: cond = LN(y) W_c1 + b_a1; column block 0 writes z and x = c0 z
         total = tl.cdiv(B, BM) * tl.cdiv(H, BN)
         for t in range(pid, total, nprog):
@@ -340,22 +370,26 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
             acc = _ln_matmul_tile(tl.zeros((BM, BN), tl.float32), y_ptr + r0 * d, B - r0, mean, rstd,
                                   lnw_ptr, lnb_ptr, wc1_ptr, n0, H, d, z_ptr + r0 * d, x_ptr + r0 * d, c0, n0 == 0,
                                   BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bc1_ptr, n0, H, BN)[None, :]
-            blk.store_tile(cond_ptr + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                out = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bc1_ptr, ne, H, BE)[None, :]
+                blk.store_tile(cond_ptr + r0 * H, H, B - r0, ne, H, out, BM, BE)
     elif KIND == 2:  # COND_T: cond = s W_c2 + b_a2; column block 0 writes x = c0 s + c1 xi
         total = tl.cdiv(B, BM) * tl.cdiv(H, BN)
         for t in range(pid, total, nprog):
             r0, n0 = _tile(t, H, BM, BN)
             acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), s_ptr + r0 * d, d, B - r0, wc2_ptr, n0, H, d,
                                   BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bc2_ptr, n0, H, BN)[None, :]
-            blk.store_tile(cond_ptr + r0 * H, H, B - r0, n0, H, acc, BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                out = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bc2_ptr, ne, H, BE)[None, :]
+                blk.store_tile(cond_ptr + r0 * H, H, B - r0, ne, H, out, BM, BE)
             if n0 == 0:
-                for j0 in range(0, d, BN):
-                    xs = c0 * blk.load_tile(s_ptr + r0 * d, d, B - r0, j0, d, BM, BN)
+                for j0 in range(0, d, BE):
+                    xs = c0 * blk.load_tile(s_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
                     if HAS_NOISE:
-                        xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BN)
-                    blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BN)
+                        xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
+                    blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BE)
     elif KIND == 3:  # A (+ P + G): h0 = SiLU(x W_x + cond + e_k); PFIN's projections of step side_krow + 1
         n_a = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
         n_p = side * tl.cdiv(B, BM) * tl.cdiv(H, BN)
@@ -365,24 +399,30 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                 r0, n0 = _tile(t, H, BM, BN)
                 acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * d, d, B - r0, wx, n0, H, d,
                                       BM, BN, BK, LOWP, PREC)
-                acc += blk.load_tile(cond_ptr + r0 * H, H, B - r0, n0, H, BM, BN)
-                acc += blk.load_vec(e_tab + krow * H, n0, H, BN)[None, :]
-                blk.store_tile(h_ptr + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+                for part in tl.static_range(EPI):
+                    ne = n0 + part * BE
+                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                    a += blk.load_vec(e_tab + krow * H, ne, H, BE)[None, :]
+                    blk.store_tile(h_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             elif t < n_a + n_p:
                 r0, n0 = _tile(t - n_a, H, BM, BN)
                 acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, wpm_ptr, n0, H, d,
                                       BM, BN, BK, LOWP, PREC)
                 acc = blk.matmul_tile(acc, x0_ptr + r0 * d, d, B - r0, wpu_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
-                acc += blk.load_vec(bp_ptr, n0, H, BN)[None, :]
-                acc += blk.load_vec(e2_ptr + side_krow * H, n0, H, BN)[None, :]
-                blk.store_tile(sp_ptr + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+                for part in tl.static_range(EPI):
+                    ne = n0 + part * BE
+                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bp_ptr, ne, H, BE)[None, :]
+                    a += blk.load_vec(e2_ptr + side_krow * H, ne, H, BE)[None, :]
+                    blk.store_tile(sp_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             else:
                 r0, n0 = _tile(t - n_a - n_p, d, BM, BN)
                 acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, wgm_ptr, n0, d, d,
                                       BM, BN, BK, LOWP, PREC)
                 acc = blk.matmul_tile(acc, x0_ptr + r0 * d, d, B - r0, wgu_ptr, n0, d, d, BM, BN, BK, LOWP, PREC)
-                acc += blk.load_vec(bg_ptr, n0, d, BN)[None, :]
-                blk.store_tile(g_ptr + r0 * d, d, B - r0, n0, d, tl.sigmoid(acc), BM, BN)
+                for part in tl.static_range(EPI):
+                    ne = n0 + part * BE
+                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bg_ptr, ne, d, BE)[None, :]
+                    blk.store_tile(g_ptr + r0 * d, d, B - r0, ne, d, tl.sigmoid(a), BM, BE)
     elif KIND == 4 or KIND == 5:  # R (+ D) or O (+ D)
         if KIND == 4:
             n_main = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
@@ -395,39 +435,45 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                     r0, n0 = _tile(t, H, BM, BN)
                     acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
                                           wh + layer * H * H, n0, H, H, BM, BN, BK, LOWP, PREC)
-                    acc += blk.load_vec(bh + layer * H, n0, H, BN)[None, :]
-                    res = blk.load_tile(h_in + r0 * H, H, B - r0, n0, H, BM, BN) + blk.silu(acc)
-                    blk.store_tile(h_out + r0 * H, H, B - r0, n0, H, res, BM, BN)
+                    for part in tl.static_range(EPI):
+                        ne = n0 + part * BE
+                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bh + layer * H, ne, H, BE)[None, :]
+                        res = blk.load_tile(h_in + r0 * H, H, B - r0, ne, H, BM, BE) + blk.silu(a)
+                        blk.store_tile(h_out + r0 * H, H, B - r0, ne, H, res, BM, BE)
                 else:  # x0 = h W_o + b_o ; x <- a_k x + b_k x0 (into s on the Learner's last step)
                     r0, n0 = _tile(t, d, BM, BN)
                     acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
                                           wo, n0, d, H, BM, BN, BK, LOWP, PREC)
-                    x0 = acc + blk.load_vec(bo, n0, d, BN)[None, :]
-                    if (flags & 1) != 0:
-                        blk.store_tile(x0_ptr + r0 * d, d, B - r0, n0, d, x0, BM, BN)
                     a_k = tl.load(dd + 2 * krow)
                     b_k = tl.load(dd + 2 * krow + 1)
-                    xn = a_k * blk.load_tile(x_ptr + r0 * d, d, B - r0, n0, d, BM, BN) + b_k * x0
-                    if (flags & 2) != 0:
-                        blk.store_tile(s_ptr + r0 * d, d, B - r0, n0, d, xn, BM, BN)
-                    else:
-                        blk.store_tile(x_ptr + r0 * d, d, B - r0, n0, d, xn, BM, BN)
+                    for part in tl.static_range(EPI):
+                        ne = n0 + part * BE
+                        x0 = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bo, ne, d, BE)[None, :]
+                        if (flags & 1) != 0:
+                            blk.store_tile(x0_ptr + r0 * d, d, B - r0, ne, d, x0, BM, BE)
+                        xn = a_k * blk.load_tile(x_ptr + r0 * d, d, B - r0, ne, d, BM, BE) + b_k * x0
+                        if (flags & 2) != 0:
+                            blk.store_tile(s_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
+                        else:
+                            blk.store_tile(x_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
             else:  # D: m <- m + g (SiLU(p) W_pd + b_pd), in place (m lives in z's buffer)
                 r0, n0 = _tile(t - n_main, d, BM, BN)
                 acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), sp_ptr + r0 * H, H, B - r0, wpd_ptr, n0, d, H,
                                       BM, BN, BK, LOWP, PREC)
-                acc += blk.load_vec(bpd_ptr, n0, d, BN)[None, :]
-                mm = blk.load_tile(z_ptr + r0 * d, d, B - r0, n0, d, BM, BN) \
-                    + blk.load_tile(g_ptr + r0 * d, d, B - r0, n0, d, BM, BN) * acc
-                blk.store_tile(z_ptr + r0 * d, d, B - r0, n0, d, mm, BM, BN)
-    else:  # HEAD: logits = m W_h + b_h
-        total = tl.cdiv(B, BM) * tl.cdiv(C, BN)
+                for part in tl.static_range(EPI):
+                    ne = n0 + part * BE
+                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bpd_ptr, ne, d, BE)[None, :]
+                    mm = blk.load_tile(z_ptr + r0 * d, d, B - r0, ne, d, BM, BE) \
+                        + blk.load_tile(g_ptr + r0 * d, d, B - r0, ne, d, BM, BE) * a
+                    blk.store_tile(z_ptr + r0 * d, d, B - r0, ne, d, mm, BM, BE)
+    else:  # HEAD: logits = m W_h + b_h, in BM x BNH tiles (BNH: BN narrowed to the classes)
+        total = tl.cdiv(B, BM) * tl.cdiv(C, BNH)
         for t in range(pid, total, nprog):
-            r0, n0 = _tile(t, C, BM, BN)
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, whd_ptr, n0, C, d,
-                                  BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bhd_ptr, n0, C, BN)[None, :]
-            blk.store_tile(logits_ptr + r0 * C, C, B - r0, n0, C, acc, BM, BN)
+            r0, n0 = _tile(t, C, BM, BNH)
+            acc = blk.matmul_tile(tl.zeros((BM, BNH), tl.float32), z_ptr + r0 * d, d, B - r0, whd_ptr, n0, C, d,
+                                  BM, BNH, BK, LOWP, PREC)
+            acc += blk.load_vec(bhd_ptr, n0, C, BNH)[None, :]
+            blk.store_tile(logits_ptr + r0 * C, C, B - r0, n0, C, acc, BM, BNH)
 
 
 @triton.jit
@@ -439,7 +485,8 @@ def infer_phase_kernel(sched_ptr, phase,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
                        ln_eps, c0, c1, B, Dv, d, H, C,
                        KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr = False):
+                       BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr,
+                       PDL: tl.constexpr = False):
     """Scheduler (b): one launch per phase, one program per tile (``KIND`` = the phase's kind).
     ``PDL`` (launched with ``launch_pdl=True``): wait for the previous launch's grid (its stores are
     visible after ``griddepcontrol.wait``), then let the next launch start its programs at once,
@@ -453,7 +500,7 @@ def infer_phase_kernel(sched_ptr, phase,
            wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-           ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+           ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH)
 
 
 @triton.jit
@@ -465,7 +512,8 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                             wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
                             ln_eps, c0, c1, B, Dv, d, H, C,
                             HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                            BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+                            BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr,
+                            BNH: tl.constexpr):
     """Scheduler (a): every program walks the whole schedule; a grid barrier after every phase but
     the last (the host zeroes ``counter`` before the launch)."""
     pid = tl.program_id(0)
@@ -481,7 +529,7 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                        wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
                        wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                       ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC)
+                       ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH)
         if p + 1 < n_phases:
             grid_barrier(counter_ptr, (p + 1) * nprog)
 
@@ -589,7 +637,8 @@ def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, 
     acts = (visual, bufs["y"], bufs["z"], bufs["x"], bufs["s"], bufs["x0"], bufs["cond"], bufs["h"], bufs["sp"],
             bufs["g"], bufs["logits"], xi if has_noise else bufs["s"])
     scalars = (float(ln_eps), float(c0), float(c1), B, Dv, d, H, C)
-    meta = dict(HAS_NOISE=has_noise, BM=tiles.BM, BN=tiles.BN, BK=tiles.BK, LOWP=lowp, PREC=prec,
+    meta = dict(HAS_NOISE=has_noise, BM=tiles.BM, BN=tiles.BN, BK=tiles.BK, LOWP=lowp, PREC=prec, EPI=tiles.epi_parts,
+                BNH=head_block(tiles, C),
                 num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.maxnreg)
     if impl == "phases":
         meta["PDL"] = pdl
@@ -674,8 +723,8 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         elif programs > persistent_programs(device, programs):
             raise ValueError(f"programs={programs} exceeds what the device holds at once")
     if graph and device.type == "cuda" and impl == "phases":
-        out = _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl)
-        return (out[2], out[1]) if semantic_only else out
+        names = ("z", "s") if semantic_only else ("logits", "s", "z")
+        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl, names)
     sched = _schedule_table(dims, device)
     bufs = _buffers(B, d, H, C, dtype, device)
     if impl == "persistent":
@@ -685,12 +734,12 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     return (bufs["z"], bufs["s"]) if semantic_only else (bufs["logits"], bufs["s"], bufs["z"])
 
 
-def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
+def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, names):
     """CUDA only: the whole ``"phases"`` call captured once per (batch, dtype, device, noise or not,
     tiles, and the address of every weight and table) and replayed. New weight/table tensors (e.g.
     ``fused.prepared`` rebuilt after a weight change) have new addresses, so they capture a new
     graph; in-place weight updates are read by the replay as they are. Inputs are copied into the
-    graph's static buffers and outputs cloned out of them."""
+    graph's static buffers and the buffers ``names`` cloned out of them (returned in that order)."""
     global _PDL_CAPTURE_FAILED
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
@@ -728,7 +777,7 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
             # a driver or runtime that cannot capture programmatic launches: capture plain launches
             warnings.warn(f"infer_phases: capturing launches with programmatic dependent launch failed ({exc}); "
                           "capturing without it", RuntimeWarning, stacklevel=3)
-            return _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, False)
+            return _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, False, names)
         if len(_GRAPHS) >= MAX_GRAPHS:
             _GRAPHS.pop(next(iter(_GRAPHS)))
         entry = _GRAPHS[key] = (g, static_v, static_xi, bufs, flat)  # flat: keeps the captured tensors alive
@@ -737,7 +786,7 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl):
     if static_xi is not None:
         static_xi.copy_(noise)
     g.replay()
-    return bufs["logits"].clone(), bufs["s"].clone(), bufs["z"].clone()
+    return tuple(bufs[n].clone() for n in names)
 
 
 def clear_graphs() -> None:

@@ -88,7 +88,7 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     for ph in phases:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
         for name, N, K in ph.jobs:
-            t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name])
+            t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name], ip.job_block(name, N, tiles))
             n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
             wkey = (name, ph.row[1], ph.row[3])  # job, stage, layer: the distinct weight
             if wkey not in seen_weights:
@@ -100,11 +100,13 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     return out
 
 
-def job_counts(M: int, N: int, K: int, tiles, e: int, epilogue_reads: int = 0) -> tuple[int, float, float]:
-    """One GEMM job ``[M, N] = [M, K] [K, N]`` cut into ``tiles.BM x tiles.BN`` tiles: ``(tiles, FLOPs
-    as executed (padded), L2 -> SM bytes)``; a tile reads its ``BN K`` and ``BM K`` operand slices,
-    ``epilogue_reads`` ``[BM, BN]`` tiles, and stores one, ``e`` bytes per value."""
-    BM, BN = tiles.BM, tiles.BN
+def job_counts(M: int, N: int, K: int, tiles, e: int, epilogue_reads: int = 0,
+               bn: int | None = None) -> tuple[int, float, float]:
+    """One GEMM job ``[M, N] = [M, K] [K, N]`` cut into ``tiles.BM x BN`` tiles (``bn``, default
+    ``tiles.BN``): ``(tiles, FLOPs as executed (padded), L2 -> SM bytes)``; a tile reads its ``BN K``
+    and ``BM K`` operand slices, ``epilogue_reads`` ``[BM, BN]`` tiles, and stores one, ``e`` bytes
+    per value."""
+    BM, BN = tiles.BM, bn or tiles.BN
     t = math.ceil(M / BM) * math.ceil(N / BN)
     flops = 2.0 * math.ceil(M / BM) * BM * math.ceil(N / BN) * BN * K
     return t, flops, t * (BN * K + BM * K + (epilogue_reads + 1) * BM * BN) * e

@@ -70,6 +70,12 @@ CASES = [  # batch, layers, K, noise, classes, impl, tiles
     pytest.param(1, 3, 4, True, 7, "phases", SMALL_TILES, id="B1-L3-K4-noise-BK16-fp32"),
     pytest.param(33, 3, 1, False, 7, "phases", SMALL_TILES, id="B33-L3-K1-BK16-fp32"),
     pytest.param(33, 3, 2, True, 7, "phases", IP.PhaseTiles(128, 128, 64, 8, 3), id="B33-L3-K2-noise-128x128-fp32"),
+    # split epilogues (parts of 16 columns; H = 24 and d = 14 leave masked and empty parts) and the
+    # shipped 128 x 256 tile; C = 19 gives the head a column tile of its own (two at BN 16)
+    pytest.param(33, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), id="B33-L3-K2-noise-C19-epi2-fp32"),
+    pytest.param(17, 2, 3, False, 7, "phases", IP.PhaseTiles(16, 64, 16, 4, 2, epi_parts=4), id="B17-L2-K3-epi4-fp32"),
+    pytest.param(5, 1, 2, True, 19, "phases", SMALL_TILES, id="B5-L1-K2-noise-C19-BK16-fp32"),
+    pytest.param(33, 2, 2, True, 7, "phases", IP.THROUGHPUT_TILES[0], id="B33-L2-K2-noise-128x256-epi4-fp32"),
     pytest.param(33, 3, 4, True, 7, "persistent", None, id="persistent-B33-L3-K4-noise-fp32"),
     pytest.param(1, 1, 1, False, 1, "persistent", None, id="persistent-B1-L1-K1-C1-fp32"),
 ]
@@ -223,12 +229,14 @@ def test_tile_picker():
     assert (t64.BM, t64.BN) == (16, 32) and IP.job_tiles(64, 1024, t64) >= IP.TARGET_TILES
     t1 = IP.pick_phase_tiles(1, 512, 1024, torch.bfloat16)
     assert (t1.BM, t1.BN) == (16, 16)
-    big = IP.pick_phase_tiles(16384, 512, 1024, torch.bfloat16)
-    assert (big.BM, big.BN, big.num_warps) == (128, 128, 8) and IP.job_tiles(16384, 1024, big) >= 132 * 4
-    between = IP.pick_phase_tiles(8192, 512, 1024, torch.bfloat16)
-    assert (between.BM, between.BN) == (128, 64) and IP.job_tiles(8192, 1024, between) >= 132 * 4
-    mid = IP.pick_phase_tiles(1024, 512, 1024, torch.bfloat16)
-    assert (mid.BM, mid.BN) == (64, 64) and IP.job_tiles(1024, 1024, mid) >= 128
+    # throughput: the widest tile that still gives one wave (TARGET_TILES) of H-wide tiles
+    picks = {b: IP.pick_phase_tiles(b, 512, 1024, torch.bfloat16) for b in (257, 512, 1024, 2048, 4096, 16384)}
+    assert [(t.BM, t.BN, t.epi_parts) for t in picks.values()] == [
+        (64, 64, 1), (64, 64, 1), (128, 64, 1), (128, 128, 1), (128, 256, 4), (128, 256, 4)]
+    assert all(IP.job_tiles(b, 1024, t) >= IP.TARGET_TILES for b, t in picks.items() if b > 512)
+    assert IP.job_tiles(3968, 1024, IP.THROUGHPUT_TILES[0]) < IP.TARGET_TILES  # one row block short
+    assert IP.pick_phase_tiles(3968, 512, 1024, torch.float16) == IP.THROUGHPUT_TILES[1]
+    assert IP.head_block(picks[16384], 10) == 16 and IP.job_tiles(16384, 10, picks[16384], "head") == 128
     for batch in (1024, 16384):  # the persistent kernel's own throughput tile (no spills under triton 3.6.0)
         assert IP.pick_phase_tiles(batch, 512, 1024, torch.bfloat16, "persistent") == IP.PhaseTiles(64, 64, 32, 8, 2)
     assert IP.pick_phase_tiles(64, 512, 1024, torch.bfloat16, "persistent") == t64
@@ -286,9 +294,11 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 
 # (dtype, batch): every tile config pick_phase_tiles ships for the default model (d=512, H=1024,
 # L=2, Dv=1280, C=10): bf16/fp16 latency BN = 16 (B=1), 32 (B=64), 64 (B=256), throughput 64x64
-# (B=1024), 128x64 (B=8192) and 128x128 (B=16384); fp32 BN = 16 (B=1), 32 (B=64).
-COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 1024), ("bfloat16", 8192),
-                 ("bfloat16", 16384), ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64)]
+# (B=512), 128x64 (B=1024), 128x128 (B=2048) and 128x256 with 4 epilogue parts (B=16384); fp32
+# BN = 16 (B=1), 32 (B=64).
+COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 512), ("bfloat16", 1024),
+                 ("bfloat16", 2048), ("bfloat16", 16384), ("float16", 64), ("float16", 16384), ("float32", 1),
+                 ("float32", 64)]
 
 
 def compile_rows(cases=COMPILE_CASES) -> list[dict]:
