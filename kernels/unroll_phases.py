@@ -59,7 +59,7 @@ import triton.language as tl
 from . import _blocks as blk
 from ._heuristics import check_matrix, clamp_block, dot_mode
 from ._launch import launch
-from .infer_phases import PhaseTiles, _tile, pick_phase_tiles
+from .infer_phases import TARGET_TILES, PhaseTiles, _tile, pick_phase_tiles
 from .translator_unroll import _check, _pointers
 
 POLICIES = ("save", "recompute")
@@ -135,22 +135,41 @@ def phase_counts(layers: int, K: int, policy: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- tiles (host)
 
 
-WIDE_MIN_TILES = 132  # the 128-row tile once an H-wide phase fills the SMs with it at least once
+# fp16/bf16 activation tiles above the latency regime, widest first, each with the H-wide tiles a
+# phase must have for it to be picked (pick_unroll_tiles)
+UNROLL_TILES = ((PhaseTiles(128, 128, 64, 8, 3, epi_parts=2), 3 * TARGET_TILES // 4),
+                (PhaseTiles(64, 64, 32, 4, 2), TARGET_TILES // 2))
 
 
 def pick_unroll_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16) -> PhaseTiles:
-    """Tile of the unroll's activation phases: the inference picker's
-    (:func:`seda_fast.kernels.infer_phases.pick_phase_tiles`), except that fp16/bf16 batches whose
-    H-wide phases have at least :data:`WIDE_MIN_TILES` tiles of ``128 x 64`` take that tile with
-    ``BK = 64``, 8 warps (two M = 64 warpgroups) and 3 stages (B >= 1025 at H = 1024; the weight
-    gradients then take 128 x 128, :func:`wgrad_tiles`). A training step's phases are few and
-    large enough that a wave or two of them keeps the SMs busy, and the cost model gives 2.7 ms
-    instead of 3.5 for the default unroll at B = 4096 (fewer L2 -> SM bytes than 64 x 64).
-    sm_90a compile report (triton 3.7.1, default model, B = 4096): 112-212 registers, no spills,
-    73-121 KiB of shared memory. Rejected: 128 x 128 (2.1 ms predicted) spills 6-10 stores in
-    the residual layers' backward phase at BK 32 or 64, 2 or 3 stages."""
-    if dtype != torch.float32 and batch > 256 and triton.cdiv(batch, 128) * triton.cdiv(H, 64) >= WIDE_MIN_TILES:
-        return PhaseTiles(128, clamp_block(64, max(d, H)), clamp_block(64, max(d, H)), 8, 3)
+    """Tile of the unroll's activation phases. fp16/bf16: the first of :data:`UNROLL_TILES` whose
+    H-wide phases have enough tiles: ``128 x 128 x 64`` (8 warps, 3 stages, the epilogue in 2
+    column parts) from 96 tiles (B >= 1409 at H = 1024; the weight gradients then take
+    128 x 128 too, :func:`wgrad_tiles`), ``64 x 64 x 32`` (4 warps, 2 stages) from 64 tiles
+    (B >= 193); smaller batches and fp32 take the inference picker's tiles
+    (:func:`seda_fast.kernels.infer_phases.pick_phase_tiles`: 16-row tiles, narrow columns).
+
+    A training step's phases are few and large, so a wave or two of wide tiles beats more, narrower
+    ones: the cost model (``seda_fast.tools.cost_training.unroll_phase_costs``, default model,
+    K2 = 10, save) gives, in ms, B = 256: 0.42 (64 x 64) against 0.58 (16 x 64); B = 1024: 0.95
+    (64 x 64) / 1.17 (128 x 128); B = 4096: 2.13 (128 x 128) / 2.67 (128 x 64) / 3.48 (64 x 64).
+    The two thresholds are fitted to that model: the pick is within 1% of the best of 16 x 64,
+    32 x 64, 64 x 64, 128 x 64 and 128 x 128 at every B from 193 to 8192 (with 128 tiles instead
+    of 96 it is 20% off at B = 1857).
+
+    sm_90a compile report (default model; triton 3.7.1 and 3.6.0): 128 x 128 with the split
+    epilogue 154-238 registers, no spills, 65-145 KiB of shared memory. Rejected: 128 x 128 with
+    the whole-tile epilogue (6-10 spill stores in the residual layers' backward phase),
+    128 x 256 x 32 with 4 epilogue parts (59 spill stores where the accumulator starts from a
+    loaded tile, BM).
+    """
+    if dtype != torch.float32:
+        wide = max(d, H)
+        for tiles, need in UNROLL_TILES:
+            BN = clamp_block(tiles.BN, wide)
+            if triton.cdiv(batch, tiles.BM) * triton.cdiv(H, BN) >= need:
+                return PhaseTiles(tiles.BM, BN, clamp_block(tiles.BK, wide), tiles.num_warps, tiles.num_stages,
+                                  epi_parts=tiles.epi_parts if BN == tiles.BN else 1)
     return pick_phase_tiles(batch, d, H, dtype)
 
 
@@ -169,9 +188,19 @@ def wgrad_jobs(d: int, H: int, nh: int) -> list[tuple]:
     return jobs
 
 
+def wgrad_out_tiles(d: int, H: int, nh: int, wt: tuple[int, int]) -> int:
+    """Output tiles (``WBN x WBK``, :func:`wgrad_tiles`) of one weight-gradient phase: every job's, every
+    layer's."""
+    WBN, WBK = wt
+    return sum(layers * triton.cdiv(N, WBN) * triton.cdiv(Kd, WBK) for _, N, Kd, layers in wgrad_jobs(d, H, nh))
+
+
 def split_rows(B: int, out_tiles: int, target: int = 264) -> int:
     """Row splits of a step's weight-gradient reduction: enough (output tiles x splits) programs
-    for two waves of 132 SMs, no split under 64 rows."""
+    for two waves of 132 SMs, no split under 64 rows. ``out_tiles``: the whole phase's
+    (:func:`wgrad_out_tiles`). Each split adds an fp32 partial of every weight that each step's
+    phase reads and writes back, so no more splits than the waves need (default model: 1 at
+    B = 256, 2 at B = 4096)."""
     want = triton.cdiv(target, max(out_tiles, 1))
     return max(1, min(want, triton.cdiv(B, 64)))
 
@@ -234,8 +263,10 @@ def unroll_phase_kernel(sched_ptr, phase,
                         B, d, H, NH, K, S, SB,
                         KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
-                        LOWP: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr = False):
+                        LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr = 1, PDL: tl.constexpr = False):
     """One phase (schedule row ``phase``) of the training unroll; one program per output tile.
+    ``EPI``: the epilogues run on that many column parts of the tile, one after another
+    (``_blocks.col_part``), so a wide tile's loaded epilogue tiles are not all live at once.
 
     Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
     ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. One step's
@@ -266,6 +297,7 @@ def unroll_phase_kernel(sched_ptr, phase,
     tiles_h = rb * tl.cdiv(H, BN)
     tiles_d = rb * tl.cdiv(d, BN)
     t = pid
+    BE: tl.constexpr = BN // EPI  # epilogue part width
     if KIND == 0:  # A (+ PG of step i_side)
         n_a = main * tiles_h
         n_p = side * tiles_h
@@ -273,10 +305,12 @@ def unroll_phase_kernel(sched_ptr, phase,
             r0, n0 = _tile(t, H, BM, BN)
             acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), xs_ptr + i.to(tl.int64) * Bd + r0 * d, d, B - r0,
                                   wx_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
-            acc += blk.load_tile(cond_ptr + r0 * H, H, B - r0, n0, H, BM, BN)
-            acc += blk.load_vec(e_ptr + kr * H, n0, H, BN)[None, :]
-            blk.store_tile(a_ptr + slot * BH + r0 * H, H, B - r0, n0, H, acc, BM, BN)
-            blk.store_tile(h_ptr + slot * BH + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                a += blk.load_vec(e_ptr + kr * H, ne, H, BE)[None, :]
+                blk.store_tile(a_ptr + slot * BH + r0 * H, H, B - r0, ne, H, a, BM, BE)
+                blk.store_tile(h_ptr + slot * BH + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
         elif t < n_a + n_p:  # p = m W_pm + x0 W_pu + b_p + e ; sp = SiLU(p)
             r0, n0 = _tile(t - n_a, H, BM, BN)
             m_rows = ms_ptr + i_side.to(tl.int64) * Bd + r0 * d
@@ -284,10 +318,12 @@ def unroll_phase_kernel(sched_ptr, phase,
                                   BM, BN, BK, LOWP, PREC)
             acc = blk.matmul_tile(acc, x0_ptr + slot2 * Bd + r0 * d, d, B - r0, wpu_ptr, n0, H, d,
                                   BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bp_ptr, n0, H, BN)[None, :]
-            acc += blk.load_vec(e_ptr + kr2 * H, n0, H, BN)[None, :]
-            blk.store_tile(p_ptr + slot2 * BH + r0 * H, H, B - r0, n0, H, acc, BM, BN)
-            blk.store_tile(sp_ptr + slot2 * BH + r0 * H, H, B - r0, n0, H, blk.silu(acc), BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                pp = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bp_ptr, ne, H, BE)[None, :]
+                pp += blk.load_vec(e_ptr + kr2 * H, ne, H, BE)[None, :]
+                blk.store_tile(p_ptr + slot2 * BH + r0 * H, H, B - r0, ne, H, pp, BM, BE)
+                blk.store_tile(sp_ptr + slot2 * BH + r0 * H, H, B - r0, ne, H, blk.silu(pp), BM, BE)
         else:  # g = sigmoid(m W_gm + x0 W_gu + b_g)
             r0, n0 = _tile(t - n_a - n_p, d, BM, BN)
             m_rows = ms_ptr + i_side.to(tl.int64) * Bd + r0 * d
@@ -295,8 +331,10 @@ def unroll_phase_kernel(sched_ptr, phase,
                                   BM, BN, BK, LOWP, PREC)
             acc = blk.matmul_tile(acc, x0_ptr + slot2 * Bd + r0 * d, d, B - r0, wgu_ptr, n0, d, d,
                                   BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bg_ptr, n0, d, BN)[None, :]
-            blk.store_tile(g_ptr + slot2 * Bd + r0 * d, d, B - r0, n0, d, tl.sigmoid(acc), BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                gg = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bg_ptr, ne, d, BE)[None, :]
+                blk.store_tile(g_ptr + slot2 * Bd + r0 * d, d, B - r0, ne, d, tl.sigmoid(gg), BM, BE)
     elif KIND == 1 or KIND == 2:  # R_l or O (+ D of step i_side)
         if KIND == 1:
             n_main = main * tiles_h
@@ -308,32 +346,38 @@ def unroll_phase_kernel(sched_ptr, phase,
                 r0, n0 = _tile(t, H, BM, BN)
                 acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
                                       wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC)
-                acc += blk.load_vec(bh_ptr + layer * H, n0, H, BN)[None, :]
-                blk.store_tile(z_ptr + (layer.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, n0, H, acc, BM, BN)
-                res = blk.load_tile(h_in + r0 * H, H, B - r0, n0, H, BM, BN) + blk.silu(acc)
-                blk.store_tile(h_in + S * BH + r0 * H, H, B - r0, n0, H, res, BM, BN)
+                for part in tl.static_range(EPI):
+                    ne = n0 + part * BE
+                    zz = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bh_ptr + layer * H, ne, H, BE)[None, :]
+                    blk.store_tile(z_ptr + (layer.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, ne, H, zz, BM, BE)
+                    res = blk.load_tile(h_in + r0 * H, H, B - r0, ne, H, BM, BE) + blk.silu(zz)
+                    blk.store_tile(h_in + S * BH + r0 * H, H, B - r0, ne, H, res, BM, BE)
             else:  # x0 = h W_o + b_o ; x_{i+1} = a_k x_i + b_k x0
                 r0, n0 = _tile(t, d, BM, BN)
                 acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
                                       wo_ptr, n0, d, H, BM, BN, BK, LOWP, PREC)
-                x0 = acc + blk.load_vec(bo_ptr, n0, d, BN)[None, :]
-                blk.store_tile(x0_ptr + slot * Bd + r0 * d, d, B - r0, n0, d, x0, BM, BN)
-                if (flags & 1) != 0:
-                    x_rows = xs_ptr + i.to(tl.int64) * Bd + r0 * d
-                    xn = tl.load(dd_ptr + 2 * kr) * blk.load_tile(x_rows, d, B - r0, n0, d, BM, BN) \
-                        + tl.load(dd_ptr + 2 * kr + 1) * x0
-                    blk.store_tile(x_rows + Bd, d, B - r0, n0, d, xn, BM, BN)
+                for part in tl.static_range(EPI):
+                    ne = n0 + part * BE
+                    x0 = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bo_ptr, ne, d, BE)[None, :]
+                    blk.store_tile(x0_ptr + slot * Bd + r0 * d, d, B - r0, ne, d, x0, BM, BE)
+                    if (flags & 1) != 0:
+                        x_rows = xs_ptr + i.to(tl.int64) * Bd + r0 * d
+                        xn = tl.load(dd_ptr + 2 * kr) * blk.load_tile(x_rows, d, B - r0, ne, d, BM, BE) \
+                            + tl.load(dd_ptr + 2 * kr + 1) * x0
+                        blk.store_tile(x_rows + Bd, d, B - r0, ne, d, xn, BM, BE)
         elif t < n_main + side * tiles_d:  # delta = sp W_pd + b_pd ; m_{i+1} = m_i + g delta
             r0, n0 = _tile(t - n_main, d, BM, BN)
             acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), sp_ptr + slot2 * BH + r0 * H, H, B - r0,
                                   wpd_ptr, n0, d, H, BM, BN, BK, LOWP, PREC)
-            acc += blk.load_vec(bpd_ptr, n0, d, BN)[None, :]
-            blk.store_tile(dl_ptr + slot2 * Bd + r0 * d, d, B - r0, n0, d, acc, BM, BN)
-            if (flags & 2) != 0:
-                m_rows = ms_ptr + i_side.to(tl.int64) * Bd + r0 * d
-                mm = blk.load_tile(m_rows, d, B - r0, n0, d, BM, BN) \
-                    + blk.load_tile(g_ptr + slot2 * Bd + r0 * d, d, B - r0, n0, d, BM, BN) * acc
-                blk.store_tile(m_rows + Bd, d, B - r0, n0, d, mm, BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                dl = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bpd_ptr, ne, d, BE)[None, :]
+                blk.store_tile(dl_ptr + slot2 * Bd + r0 * d, d, B - r0, ne, d, dl, BM, BE)
+                if (flags & 2) != 0:
+                    m_rows = ms_ptr + i_side.to(tl.int64) * Bd + r0 * d
+                    mm = blk.load_tile(m_rows, d, B - r0, ne, d, BM, BE) \
+                        + blk.load_tile(g_ptr + slot2 * Bd + r0 * d, d, B - r0, ne, d, BM, BE) * dl
+                    blk.store_tile(m_rows + Bd, d, B - r0, ne, d, mm, BM, BE)
     elif KIND == 3:  # BP (+ BX of step i_side)
         n_p = main * tiles_h
         if t < n_p:  # g_p = ((gm g) W_pd^T) SiLU'(p); column block 0: g_delta, g_q
@@ -341,16 +385,19 @@ def unroll_phase_kernel(sched_ptr, phase,
             g_rows = g_ptr + slot * Bd + r0 * d
             acc = _gated_matmul_tile(tl.zeros((BM, BN), tl.float32), gm_ptr + r0 * d, g_rows, d, B - r0,
                                      wpd_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
-            acc *= blk.dsilu(blk.load_tile(p_ptr + slot * BH + r0 * H, H, B - r0, n0, H, BM, BN))
             gpq_rows = gpq_ptr + r0 * (H + d)
-            blk.store_tile(gpq_rows, H + d, B - r0, n0, H, acc, BM, BN)
+            for part in tl.static_range(EPI):
+                ne = n0 + part * BE
+                gp = blk.col_part(acc, part, EPI, BM, BN) \
+                    * blk.dsilu(blk.load_tile(p_ptr + slot * BH + r0 * H, H, B - r0, ne, H, BM, BE))
+                blk.store_tile(gpq_rows, H + d, B - r0, ne, H, gp, BM, BE)
             if n0 == 0:
-                for j0 in range(0, d, BN):
-                    gm = blk.load_tile(gm_ptr + r0 * d, d, B - r0, j0, d, BM, BN)
-                    g = blk.load_tile(g_rows, d, B - r0, j0, d, BM, BN)
-                    dl = blk.load_tile(dl_ptr + slot * Bd + r0 * d, d, B - r0, j0, d, BM, BN)
-                    blk.store_tile(gdel_ptr + r0 * d, d, B - r0, j0, d, gm * g, BM, BN)
-                    blk.store_tile(gpq_rows + H, H + d, B - r0, j0, d, gm * dl * g * (1.0 - g), BM, BN)
+                for j0 in range(0, d, BE):
+                    gm = blk.load_tile(gm_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
+                    g = blk.load_tile(g_rows, d, B - r0, j0, d, BM, BE)
+                    dl = blk.load_tile(dl_ptr + slot * Bd + r0 * d, d, B - r0, j0, d, BM, BE)
+                    blk.store_tile(gdel_ptr + r0 * d, d, B - r0, j0, d, gm * g, BM, BE)
+                    blk.store_tile(gpq_rows + H, H + d, B - r0, j0, d, gm * dl * g * (1.0 - g), BM, BE)
         elif t < n_p + side * tiles_d:  # gx <- ga W_x^T + a_k gx  (step i_side)
             r0, n0 = _tile(t - n_p, d, BM, BN)
             acc = tl.load(dd_ptr + 2 * kr2) * blk.load_tile(gx_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
@@ -385,15 +432,18 @@ def unroll_phase_kernel(sched_ptr, phase,
             acc = blk.matmul_tile(acc, gz_ptr + layer.to(tl.int64) * BH + r0 * H, H, B - r0,
                                   wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC, W_KN=True)
         below = layer - 1  # the residual layer under this gradient (-1: the input layer)
-        if below >= 0:
-            zb = blk.load_tile(z_ptr + (below.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, n0, H, BM, BN)
-            blk.store_tile(gz_ptr + below.to(tl.int64) * BH + r0 * H, H, B - r0, n0, H, acc * blk.dsilu(zb), BM, BN)
-            blk.store_tile(gh_ptr + r0 * H, H, B - r0, n0, H, acc, BM, BN)
-        else:
-            ga = acc * blk.dsilu(blk.load_tile(a_ptr + slot * BH + r0 * H, H, B - r0, n0, H, BM, BN))
-            blk.store_tile(ga_ptr + r0 * H, H, B - r0, n0, H, ga, BM, BN)
-            gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, BM, BN) + ga
-            blk.store_tile(gcond_ptr + r0 * H, H, B - r0, n0, H, gc, BM, BN)
+        for part in tl.static_range(EPI):
+            ne = n0 + part * BE
+            gh = blk.col_part(acc, part, EPI, BM, BN)
+            if below >= 0:
+                zb = blk.load_tile(z_ptr + (below.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, ne, H, BM, BE)
+                blk.store_tile(gz_ptr + below.to(tl.int64) * BH + r0 * H, H, B - r0, ne, H, gh * blk.dsilu(zb), BM, BE)
+                blk.store_tile(gh_ptr + r0 * H, H, B - r0, ne, H, gh, BM, BE)
+            else:
+                ga = gh * blk.dsilu(blk.load_tile(a_ptr + slot * BH + r0 * H, H, B - r0, ne, H, BM, BE))
+                blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
+                gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE) + ga
+                blk.store_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, gc, BM, BE)
     else:  # W of step i: dW (+)= G^T X; tiles over (job, layer, row split, out block, in block)
         kb_d = tl.cdiv(d, WBK)
         kb_h = tl.cdiv(H, WBK)
@@ -527,8 +577,7 @@ def _grid(row, B, d, H, nh, tiles, wt, SP) -> int:
     """Programs of one phase (one per output tile of each job), as the kernel decodes them."""
     if row[0] != W_GRAD:
         return sum(triton.cdiv(M, tiles.BM) * triton.cdiv(N, tiles.BN) for _, M, N, _ in phase_jobs(row, B, d, H, nh))
-    WBN, WBK = wt
-    return SP * sum(layers * triton.cdiv(N, WBN) * triton.cdiv(Kd, WBK) for _, N, Kd, layers in wgrad_jobs(d, H, nh))
+    return SP * wgrad_out_tiles(d, H, nh, wt)
 
 
 class _Call:
@@ -552,7 +601,8 @@ class _Call:
                      B, d, H, nh, K, slots, splits)
         lowp, prec = dot_mode(dtype, device)
         t = self.tiles
-        self.meta = dict(BM=t.BM, BN=t.BN, BK=t.BK, WBN=self.wt[0], WBK=self.wt[1], WBB=32, LOWP=lowp, PREC=prec,
+        self.meta = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1], WBB=32,
+                         LOWP=lowp, PREC=prec,
                          num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg, PDL=pdl)
         if pdl:
             self.meta["launch_pdl"] = True
@@ -629,8 +679,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
         act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
     tiles = tiles or pick_unroll_tiles(B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)
-    out_tiles = max(triton.cdiv(H, wt[0]) * triton.cdiv(d, wt[1]), 1)
-    splits = split_rows(B, out_tiles)
+    splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt[:2]))
     f32 = dict(device=device, dtype=torch.float32)
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     jobs = wgrad_jobs(d, H, nh)

@@ -331,7 +331,7 @@ def unroll_phase_costs(cfg: SeDAConfig, batch: int, policy: str, dtype: str = "b
     e = _DTYPE_BYTES[dtype]
     tiles = U.pick_unroll_tiles(batch, d, H, tdt)
     WBN, WBK, _ = U.wgrad_tiles(tdt, min(d, H), min(d, H), tiles)
-    splits = U.split_rows(batch, math.ceil(H / WBN) * math.ceil(d / WBK))
+    splits = U.split_rows(batch, U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK)))
     in_hbm = U.saved_bytes(batch, d, H, L, K2, tdt, policy) > L2_BYTES
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     fwd, bwd = U.build_schedule(L, K2, policy)

@@ -55,7 +55,7 @@ def test_weight_gradients_split_over_rows(policy):
     fp32 partial, summed in a fixed order), and every gradient still matches the reference."""
     B, d, H, L, steps = 130, 20, 19, 2, 2
     WBN, WBK, _ = U.wgrad_tiles(torch.float32, d, d)
-    assert U.split_rows(B, -(-H // WBN) * -(-d // WBK)) == 3
+    assert U.split_rows(B, U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK))) == 3
     inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=23)
     out = run_unroll(_phases(policy), inputs, ddim, weights, upstream)
     ref = run_unroll(eager_unroll, inputs, ddim, weights, upstream)
@@ -63,14 +63,18 @@ def test_weight_gradients_split_over_rows(policy):
     assert_matches_reference(NAMES, out, ref, ref64, [None] + inputs + weights, L)
 
 
-def test_wide_tile_parity():
+@pytest.mark.parametrize("tiles", [
+    pytest.param(U.UNROLL_TILES[0][0], id="128x128-epi2"),
+    pytest.param(U.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), id="16x32-epi2"),  # parts of 16: d=20, H=37 masked
+])
+def test_wide_and_split_epilogue_tile_parity(tiles):
     """The 128-row tile large bf16 batches take (forced here in fp32, 33 rows in one masked
-    tile) gives the reference's ``m`` and gradients."""
-    B, d, H, L, steps = 33, 20, 19, 2, 2
+    tile), and a split epilogue over several column tiles, give the reference's ``m`` and
+    gradients."""
+    B, d, H, L, steps = 33, 20, 37, 2, 2
     inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=31)
-    wide = U.PhaseTiles(128, 64, 64, 8, 3)
-    m, xs, ms, acts = U.unroll_phases_forward(*inputs, ddim, *weights, tiles=wide)
-    grads = U.unroll_phases_backward(upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, tiles=wide)
+    m, xs, ms, acts = U.unroll_phases_forward(*inputs, ddim, *weights, tiles=tiles)
+    grads = U.unroll_phases_backward(upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, tiles=tiles)
     ref = run_unroll(eager_unroll, inputs, ddim, weights, upstream)
     for name, o, r in zip(NAMES, (m, *grads), ref):
         if r is not None and r.numel():
@@ -170,14 +174,16 @@ def test_launch_counts_and_determinism(L):
 
 
 def test_tile_picker():
-    """fp32 and small batches take the inference picker's tile; fp16/bf16 batches that give an
-    H-wide phase at least 132 tiles of 128 x 64 take it, and their weight gradients 128 x 128."""
+    """fp32 and small batches take the inference picker's tile; larger fp16/bf16 batches the first
+    of UNROLL_TILES with enough H-wide tiles (64 x 64 from 64, 128 x 128 from 96), and with the
+    128-row tile the weight gradients take 128 x 128."""
     d, H = 512, 1024
     assert U.pick_unroll_tiles(4096, d, H, torch.float32) == U.pick_phase_tiles(4096, d, H, torch.float32)
-    assert U.pick_unroll_tiles(256, d, H, torch.bfloat16) == U.pick_phase_tiles(256, d, H, torch.bfloat16)
-    assert U.pick_unroll_tiles(1024, d, H, torch.bfloat16) == U.pick_phase_tiles(1024, d, H, torch.bfloat16)
-    wide = U.pick_unroll_tiles(1025, d, H, torch.bfloat16)
-    assert (wide.BM, wide.BN, wide.BK, wide.num_warps, wide.num_stages) == (128, 64, 64, 8, 3)
+    assert U.pick_unroll_tiles(192, d, H, torch.bfloat16) == U.pick_phase_tiles(192, d, H, torch.bfloat16)
+    (wide, _), (mid, _) = U.UNROLL_TILES
+    for B, want in ((193, mid), (256, mid), (1408, mid), (1409, wide), (4096, wide)):
+        assert U.pick_unroll_tiles(B, d, H, torch.bfloat16) == want, B
+    assert (wide.BM, wide.BN, wide.BK, wide.num_warps, wide.num_stages, wide.epi_parts) == (128, 128, 64, 8, 3, 2)
     assert U.wgrad_tiles(torch.bfloat16, d, d, wide)[:2] == (128, 128)
     assert U.wgrad_tiles(torch.bfloat16, d, d, U.pick_unroll_tiles(256, d, H))[:2] == (64, 64)
 
@@ -205,7 +211,8 @@ def test_every_tile_of_a_phase_is_one_program():
     c = lambda n, b: -(-n // b)  # noqa: E731
     out_tiles = c(H, WBN) * c(d, WBK) + (L - 1) * c(H, WBN) * c(H, WBK) + 2 * c(d, WBN) * c(H, WBK) \
         + 2 * c(H + d, WBN) * c(d, WBK)
-    splits = U.split_rows(B, c(H, WBN) * c(d, WBK))
+    assert U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK)) == out_tiles
+    splits = U.split_rows(B, out_tiles)
     w_grids = [launch.grid[0] for launch, row in zip(launches, fwd + bwd) if row[0] == U.W_GRAD]
     assert w_grids == [out_tiles * splits] * steps
 
@@ -245,7 +252,7 @@ def test_backward_rejects_bad_input_before_launch():
 
 # --------------------------------------------------------------------------- sm_90a compile
 
-COMPILE_CASES = [("bfloat16", 256), ("bfloat16", 4096), ("float32", 256)]
+COMPILE_CASES = [("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 4096), ("float32", 256)]
 DEFAULT = dict(d=512, H=1024, L=2, K=10)
 
 
@@ -271,8 +278,8 @@ def compile_rows() -> list[dict]:
 
 
 def test_sm90_compile_zero_spills(tmp_path):
-    """Every phase kind of every shipped tile config (B = 4096: the 128-row tile of
-    :func:`pick_unroll_tiles`): no spills, within the register file and shared memory; bf16 phases
+    """Every phase kind of every shipped tile config (B = 64: 16-row tiles, 256: 64 x 64, 4096:
+    128 x 128 with the split epilogue, :func:`pick_unroll_tiles`): no spills, within the register file and shared memory; bf16 phases
     use the tensor cores (wgmma at BM >= 64 and in the weight-gradient phase's 64- or 128-row
     tiles, mma.sync at BM = 16)."""
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
