@@ -17,6 +17,8 @@ and returns plain tensors:
   ``x_k``/``m_k`` and a backward that walks the loop in reverse, recomputing each step.
 * :func:`unroll_phases_forward` / :func:`unroll_phases_backward` (``unroll_phases.py``): the same
   unroll as phase GEMMs over all rows (one launch per phase), saving or recomputing activations.
+* :func:`denoise_phases_forward` / :func:`denoise_phases_backward` (``denoise_phases.py``): the
+  random-t diffusion term's denoiser as phases, on the unroll's phase kernel (stage 2's term).
 * :func:`infer_phases` (``infer_phases.py``): the whole inference chain as a phase schedule, one
   launch per phase or one persistent launch with grid barriers.
 
@@ -48,6 +50,9 @@ from . import infer_phases as infer_phases_module  # noqa: E402
 from . import unroll_phases as unroll_phases_module  # noqa: E402
 from .infer_phases import infer_persistent_kernel, infer_phase_kernel, infer_phases  # noqa: E402
 from .unroll_phases import unroll_phase_kernel, unroll_phases_backward, unroll_phases_forward  # noqa: E402
+from . import denoise_phases as denoise_phases_module  # noqa: E402
+from .denoise_phases import denoise_phases_backward, denoise_phases_forward  # noqa: E402
 
 __all__ += ["infer_phases", "infer_phase_kernel", "infer_persistent_kernel", "infer_phases_module",
-            "unroll_phases_module", "unroll_phase_kernel", "unroll_phases_forward", "unroll_phases_backward"]
+            "unroll_phases_module", "unroll_phase_kernel", "unroll_phases_forward", "unroll_phases_backward",
+            "denoise_phases_module", "denoise_phases_forward", "denoise_phases_backward"]

@@ -401,7 +401,8 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                                       BM, BN, BK, LOWP, PREC)
                 for part in tl.static_range(EPI):
                     ne = n0 + part * BE
-                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                    a = blk.col_part(acc, part, EPI, BM, BN) \
+                        + blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
                     a += blk.load_vec(e_tab + krow * H, ne, H, BE)[None, :]
                     blk.store_tile(h_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             elif t < n_a + n_p:

@@ -191,8 +191,9 @@ _PFIN_SHAPES = (("w_pm", "H", "d"), ("w_pu", "H", "d"), ("b_p", "H", None), ("w_
                 ("w_gm", "d", "d"), ("w_gu", "d", "d"), ("b_g", "d", None))
 
 
-def _check(x, cond, e_table, ddim, weights, x_name):
-    """Shapes/dtypes/devices of the shared arguments (before any launch); returns ``(B, d, H, n_hidden, K)``."""
+def check_denoiser(x, cond, weights, x_name):
+    """``x [B, d]``, ``cond [B, H]`` and the five denoiser weights ``(w_x, w_hidden, b_hidden, w_out,
+    b_out)`` (before any launch); returns ``(B, d, H, n_hidden)``."""
     check_matrix(x_name, x, None, None, batch_rows=True)
     B, d = x.shape
     device = x.device
@@ -203,6 +204,13 @@ def _check(x, cond, e_table, ddim, weights, x_name):
     n_hidden = check_hidden(w_hidden, b_hidden, H, dtype, device)
     check_matrix("w_out", w_out, d, H, dtype, device)
     check_vector("b_out", b_out, d, dtype, device)
+    return B, d, H, n_hidden
+
+
+def _check(x, cond, e_table, ddim, weights, x_name):
+    """Shapes/dtypes/devices of the shared arguments (before any launch); returns ``(B, d, H, n_hidden, K)``."""
+    B, d, H, n_hidden = check_denoiser(x, cond, weights, x_name)
+    device, dtype = x.device, weights[0].dtype
     sizes = {"d": d, "H": H}
     for (name, rows, cols), t in zip(_PFIN_SHAPES, weights[5:]):
         if cols is None:

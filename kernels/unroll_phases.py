@@ -188,11 +188,12 @@ def wgrad_jobs(d: int, H: int, nh: int) -> list[tuple]:
     return jobs
 
 
-def wgrad_out_tiles(d: int, H: int, nh: int, wt: tuple[int, int]) -> int:
-    """Output tiles (``WBN x WBK``, :func:`wgrad_tiles`) of one weight-gradient phase: every job's, every
-    layer's."""
+def wgrad_out_tiles(d: int, H: int, nh: int, wt: tuple[int, int], n_jobs: int = 6) -> int:
+    """Output tiles (``WBN x WBK``, :func:`wgrad_tiles`) of one weight-gradient phase: every layer's of
+    its first ``n_jobs`` jobs (all six here; the denoiser alone, ``denoise_phases.py``, runs three)."""
     WBN, WBK = wt
-    return sum(layers * triton.cdiv(N, WBN) * triton.cdiv(Kd, WBK) for _, N, Kd, layers in wgrad_jobs(d, H, nh))
+    return sum(layers * triton.cdiv(N, WBN) * triton.cdiv(Kd, WBK)
+               for _, N, Kd, layers in wgrad_jobs(d, H, nh)[:n_jobs])
 
 
 def split_rows(B: int, out_tiles: int, target: int = 264) -> int:
@@ -557,10 +558,11 @@ def _schedule(layers, K, policy, device):
     return entry
 
 
-def phase_jobs(row, B: int, d: int, H: int, nh: int) -> list[tuple]:
+def phase_jobs(row, B: int, d: int, H: int, nh: int, n_wgrad: int = 6) -> list[tuple]:
     """The GEMM jobs of one schedule row as ``(name, M, N, K)`` (``[M, N]`` outputs reducing over K;
-    a weight-gradient job's M x N is its (layers x out, in), its K the step's B rows); the
-    launcher's grids and the cost model both count from these."""
+    a weight-gradient job's M x N is its (layers x out, in), its K the step's B rows; the first
+    ``n_wgrad`` weight-gradient jobs run); the launcher's grids and the cost model both count from
+    these."""
     kind, main, side = row[0], row[3], row[4]
     jobs = {F_A: [("A", B, H, d)] * main + [("P", B, H, 2 * d), ("G", B, d, 2 * d)] * side,
             F_R: [("R", B, H, H)] * main + [("D", B, d, H)] * side,
@@ -570,20 +572,22 @@ def phase_jobs(row, B: int, d: int, H: int, nh: int) -> list[tuple]:
             B_O: [("BO", B, H, d)], B_R: [("BR", B, H, H)]}.get(kind)
     if jobs is not None:
         return jobs
-    return [(name, N * layers, Kd, B) for name, N, Kd, layers in wgrad_jobs(d, H, nh) if layers]
+    return [(name, N * layers, Kd, B) for name, N, Kd, layers in wgrad_jobs(d, H, nh)[:n_wgrad] if layers]
 
 
-def _grid(row, B, d, H, nh, tiles, wt, SP) -> int:
+def _grid(row, B, d, H, nh, tiles, wt, SP, n_wgrad) -> int:
     """Programs of one phase (one per output tile of each job), as the kernel decodes them."""
     if row[0] != W_GRAD:
         return sum(triton.cdiv(M, tiles.BM) * triton.cdiv(N, tiles.BN) for _, M, N, _ in phase_jobs(row, B, d, H, nh))
-    return SP * wgrad_out_tiles(d, H, nh, wt)
+    return SP * wgrad_out_tiles(d, H, nh, wt, n_wgrad)
 
 
 class _Call:
-    """One call's arguments for :func:`unroll_phase_kernel` and the launches over a row range."""
+    """One call's arguments for :func:`unroll_phase_kernel` and the launches over a row range
+    (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones)."""
 
-    def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl):
+    def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
+                 wgrad_jobs: int = 6):
         B, d = xs.shape[1], xs.shape[2]
         H = cond.shape[1]
         K = xs.shape[0]
@@ -591,7 +595,7 @@ class _Call:
         self.dims = (B, d, H, nh, K)
         self.tiles = tiles or pick_unroll_tiles(B, d, H, dtype)
         self.wt = wgrad_tiles(dtype, min(d, H), min(d, H), self.tiles)[:2]
-        self.slots, self.splits = slots, splits
+        self.slots, self.splits, self.wgrad_jobs = slots, splits, wgrad_jobs
         g = grads or {}
         dummy = xs  # any valid pointer for buffers a phase range never touches
         a = [acts[n] for n in _ACT_NAMES]
@@ -610,8 +614,8 @@ class _Call:
     def run(self, table, rows, first):
         B, d, H, nh, _ = self.dims
         for p, row in enumerate(rows):
-            launch(unroll_phase_kernel, (_grid(row, B, d, H, nh, self.tiles, self.wt, self.splits),),
-                   table, first + p, *self.args, KIND=row[0], **self.meta)
+            grid = _grid(row, B, d, H, nh, self.tiles, self.wt, self.splits, self.wgrad_jobs)
+            launch(unroll_phase_kernel, (grid,), table, first + p, *self.args, KIND=row[0], **self.meta)
 
 
 def _check_states(xs, ms, B, d, K, dtype, device):

@@ -16,8 +16,8 @@ from typing import Protocol
 import torch
 
 from . import reference
-from .ops import center_loss, center_update, denoiser_x0_loss, infer_phases, runtime, semantic_sampler
-from .ops import translator_pfin, translator_unroll, unroll_phases
+from .ops import center_loss, center_update, denoise_phases, denoiser_x0_loss, infer_phases, runtime
+from .ops import semantic_sampler, translator_pfin, translator_unroll, unroll_phases
 
 # The fused inference implementations (``SeDA.fused_impl``), all over the same math:
 # "rowblock": a program owns a row block and runs a whole sampling loop (2 launches);
@@ -30,14 +30,16 @@ FUSED_IMPLS = ("rowblock", "phases", "persistent")
 # holds it to that), among those with no unmeasured way to hang: "persistent" spins on a grid
 # barrier that no GPU has run yet, so it is opt-in until a GPU run has measured it.
 AUTO_IMPL = "phases"
-# Training: the stage-2 unroll runs as row-block kernels ("rowblock") or as phases (every other
-# value of ``SeDA.fused_impl``: there is no persistent training kernel). The cost model
-# (``python -m seda_fast cost-training``) predicts phases several times faster at B = 256 and 4096.
+# Training: stage 2's unroll and random-t diffusion term run as row-block kernels ("rowblock") or
+# as phases (every other value of ``SeDA.fused_impl``: there is no persistent training kernel). The
+# cost model (``python -m seda_fast cost-training``) predicts phases several times faster at
+# B = 256 and 4096.
 ACTIVATION_POLICIES = unroll_phases.POLICIES
 
 
 def training_impl(model) -> str:
-    """The stage-2 unroll implementation ``model.fused_impl`` selects: ``"rowblock"`` or ``"phases"``."""
+    """The stage-2 implementation (unroll, diffusion term, ``s``) ``model.fused_impl`` selects: ``"rowblock"``
+    or ``"phases"``."""
     return "rowblock" if model.fused_impl == "rowblock" else "phases"
 
 
@@ -95,10 +97,11 @@ class FusedPieces(reference.EagerPieces):
 
     Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), forward noising +
     Learner denoiser + x0 loss in one op, the center constraint with a streaming log-sum-exp.
-    Stage 2: ``s`` from the fused Learner sampler or the phase schedule's prefix (no grad), the
-    random-t diffusion term through the same x0-loss op, and the K2-step Translator + PFIN unroll
-    (:func:`training_impl`: phase GEMMs over all rows under :func:`activation_policy`, or the
-    row-block kernels, which keep only the per-step states for their backward)."""
+    Stage 2, by :func:`training_impl`: with phases, ``s`` from the phase schedule's prefix (no
+    grad), the random-t diffusion term's denoiser as phases (``seda_fast::denoise_phases``) and the
+    K2-step Translator + PFIN unroll as phase GEMMs over all rows under :func:`activation_policy`;
+    with row blocks, the fused Learner sampler, the same x0-loss op as stage 1 and the row-block
+    unroll, which keeps only the per-step states for its backward."""
 
     def check(self, model) -> None:
         runtime.check_dtype(model.visual_proj.linear.weight.dtype)
@@ -109,6 +112,11 @@ class FusedPieces(reference.EagerPieces):
 
     def diffusion_term(self, den, x0, eps, t, e_t, cond, T: int):
         return denoiser_x0_loss.denoise_x0_loss(den, x0, eps, t, e_t, cond, T)
+
+    def diffusion_loss(self, model, den, x0, eps, t, e_t, cond, T: int):
+        if training_impl(model) == "rowblock":
+            return self.diffusion_term(den, x0, eps, t, e_t, cond, T)[0]
+        return denoise_phases.denoise_x0_loss(den, x0, eps, t, e_t, cond, T)
 
     def center_loss(self, r, centers, labels, temperature: float):
         return center_loss.center_loss(r, centers, labels, temperature)

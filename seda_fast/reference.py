@@ -237,6 +237,10 @@ class EagerPieces:
         x0_hat, a = denoise(den, _noised(T, x0, t, eps), e_t, cond)
         return F.mse_loss(x0_hat, x0), a
 
+    def diffusion_loss(self, model, den, x0, eps, t, e_t, cond, T: int):
+        """The random-t diffusion term's loss alone (stage 2: nothing reads its ``a``)."""
+        return self.diffusion_term(den, x0, eps, t, e_t, cond, T)[0]
+
     def center_loss(self, r, centers, labels, temperature: float):
         return F.cross_entropy(center_logits(r, centers, temperature), labels)
 
@@ -288,8 +292,8 @@ def translator_loss(model, visual, labels, text, per_class_text: bool, generator
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
     xi = torch.randn(z.shape[0], cfg.dim, device=z.device, dtype=torch.float32, **_rng(generator))
     cond = condition_term(den, s)
-    l_diff, _ = pieces.diffusion_term(den, target, eps, t, time_features(den, t, cfg.dim, z.dtype), cond,
-                                      cfg.diffusion_steps)
+    l_diff = pieces.diffusion_loss(model, den, target, eps, t, time_features(den, t, cfg.dim, z.dtype), cond,
+                                   cfg.diffusion_steps)
     m = pieces.unroll(model, s, z, xi, cond)
     return stage2_objective(model, l_diff, m, u_y, target, labels)
 

@@ -70,6 +70,16 @@ def _backward(ctx, grad_loss, grad_a, grad_xt, grad_x0, grad_z):
 denoiser_x0_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def check_no_grad(target, eps) -> None:
+    """The diffusion term's ``target`` and ``eps`` must not require grad (checked before any launch):
+    the target is under stop-gradient (SPEC) and the noise a random draw, so no gradient is formed
+    for them and one asked for would be silently dropped."""
+    for name, tensor in (("target", target), ("eps", eps)):
+        if isinstance(tensor, Tensor) and tensor.requires_grad:
+            raise ValueError(f"{name} must not require grad: the diffusion target is under stop-gradient "
+                             "(SPEC) and the noise is a random draw; detach it")
+
+
 def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, cond: Tensor,
                     diffusion_steps: int) -> tuple[Tensor, Tensor]:
     """The random-t diffusion term ``||D(x_t, t, c) - x0||^2`` (mean over batch and features, fp32) with
@@ -78,10 +88,7 @@ def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, co
     ``t [B]`` integer steps, ``e_t [B, H]``, ``cond [B, H]`` -> ``(loss, a [B, H])``. Gradients reach
     ``e_t``, ``cond``, ``a``'s consumers and the denoiser's parameters; under ``torch.autocast`` the
     denoiser computes in the autocast dtype while ``target`` keeps its own dtype in the loss."""
-    for name, tensor in (("target", target), ("eps", eps)):
-        if isinstance(tensor, Tensor) and tensor.requires_grad:
-            raise ValueError(f"{name} must not require grad: the diffusion target is under stop-gradient "
-                             "(SPEC) and the noise is a random draw; detach it")
+    check_no_grad(target, eps)
     sa, sb = schedule.noising_coefficients(diffusion_steps, t, torch.float32)
     w_hidden, b_hidden = hidden_stack(den, den.in_x.weight.shape[0], den.in_x.weight.dtype, target.device)
     w_x, w_hidden, b_hidden, w_out, b_out, e_t, cond = in_compute_dtype(

@@ -55,7 +55,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from ..config import SeDAConfig
-from .cost_baselines import AtenOp, predict_ops, record_aten_ops
+from .cost_baselines import AtenOp, _kernel_s, predict_ops, record_aten_ops
 from .cost_model import H200, Ceilings, Prediction, _DTYPE_BYTES
 from .cost_phases import L2_BYTES, job_counts, phase_terms
 
@@ -264,6 +264,20 @@ def unroll_shapes(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16") -> Count
     return out
 
 
+def denoise_shapes(cfg: SeDAConfig, batch: int) -> Counter:
+    """The eager stage-2 step's matmuls of the random-t diffusion term: the denoiser's forward and,
+    for each, its weight gradient and (all but the first, whose input ``x_t`` needs none) its input
+    gradient, as ``(M, N, K)``."""
+    d, H, nh = cfg.dim, cfg.hidden, cfg.layers - 1
+    fwd = [(batch, H, d)] + [(batch, H, H)] * nh + [(batch, d, H)]
+    out = Counter(fwd)
+    for i, (M, N, K) in enumerate(fwd):
+        out[(N, K, M)] += 1
+        if i:
+            out[(M, K, N)] += 1
+    return out
+
+
 def semantic_shapes(cfg: SeDAConfig, batch: int) -> Counter:
     """The eager stage-2 step's matmuls of the Learner's sample (its condition term and K1 steps;
     the visual projection also feeds ``m``'s start, so it stays with the glue)."""
@@ -318,27 +332,51 @@ def unroll_phase_costs(cfg: SeDAConfig, batch: int, policy: str, dtype: str = "b
                        ceilings: Ceilings = H200) -> list[dict]:
     """Per phase of the shipped phase unroll (:mod:`seda_fast.kernels.unroll_phases`, forward then
     backward, its own schedule, jobs and tiles): tiles, FLOPs, L2 -> SM bytes, HBM bytes and the
-    seconds of its binding term. Activation GEMMs read their weight from HBM once and their
-    operands from L2 (from HBM too when the saved activations exceed the L2); a weight-gradient
-    job is tiled by the kernel's weight-gradient tile over its row splits, and writes (and the host
-    re-reads) one fp32 partial per split."""
+    seconds of its binding term (:func:`_kernel_phase_costs`)."""
     import torch
 
     from ..ops.runtime import kernels
     U = kernels().unroll_phases_module
     d, H, L, K2 = cfg.dim, cfg.hidden, cfg.layers, cfg.translator_steps
+    fwd, bwd = U.build_schedule(L, K2, policy)
+    in_hbm = U.saved_bytes(batch, d, H, L, K2, getattr(torch, dtype), policy) > L2_BYTES
+    return _kernel_phase_costs(cfg, batch, fwd + bwd, 6, in_hbm, dtype, ceilings)
+
+
+def denoise_phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> list[dict]:
+    """Per phase of stage 2's random-t diffusion term as phases (:mod:`seda_fast.kernels.denoise_phases`:
+    the unroll's phase kernel on its own schedule, three weight-gradient jobs), as
+    :func:`unroll_phase_costs`."""
+    from ..ops.runtime import kernels
+    D = kernels().denoise_phases_module
+    fwd, bwd = D.build_schedule(cfg.layers)
+    saved = D.saved_numel(batch, cfg.dim, cfg.hidden, cfg.layers) * _DTYPE_BYTES[dtype]
+    return _kernel_phase_costs(cfg, batch, fwd + bwd, D.WGRAD_JOBS, saved > L2_BYTES, dtype, ceilings)
+
+
+def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, n_wgrad: int, in_hbm: bool, dtype: str,
+                        ceilings: Ceilings) -> list[dict]:
+    """Per schedule row of ``unroll_phase_kernel`` (the launcher's tiles, :func:`pick_unroll_tiles`;
+    weight-gradient tiles and row splits as its launchers pick them, over the first ``n_wgrad``
+    jobs). Activation GEMMs read their weight from HBM once and their operands from L2 (from HBM
+    too when ``in_hbm``: the saved activations exceed the L2); a weight-gradient job is tiled by the
+    kernel's weight-gradient tile over its row splits, and writes (and the host re-reads) one fp32
+    partial per split."""
+    import torch
+
+    from ..ops.runtime import kernels
+    U = kernels().unroll_phases_module
+    d, H, L = cfg.dim, cfg.hidden, cfg.layers
     tdt = getattr(torch, dtype)
     e = _DTYPE_BYTES[dtype]
     tiles = U.pick_unroll_tiles(batch, d, H, tdt)
     WBN, WBK, _ = U.wgrad_tiles(tdt, min(d, H), min(d, H), tiles)
-    splits = U.split_rows(batch, U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK)))
-    in_hbm = U.saved_bytes(batch, d, H, L, K2, tdt, policy) > L2_BYTES
+    splits = U.split_rows(batch, U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK), n_wgrad))
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
-    fwd, bwd = U.build_schedule(L, K2, policy)
     out = []
-    for row in fwd + bwd:
+    for row in rows:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
-        for _, M, N, Kr in U.phase_jobs(row, batch, d, H, L - 1):
+        for _, M, N, Kr in U.phase_jobs(row, batch, d, H, L - 1, n_wgrad):
             if row[0] == U.W_GRAD:  # G^T X over Kr rows, SP partials of [M, N] fp32
                 wt = _tiles(WBN, WBK)
                 t, f, b = job_counts(M, N, Kr, wt, e)
@@ -363,29 +401,37 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     activation GEMM of the step it computes, re-reading its fp32 activation block once per ``BN``
     output tile; stage 2's backward also recomputes each unroll step's forward) plus
     weight-gradient launches (one program per 64 x 64 output tile over all rows), and the torch
-    glue around them (its GPU work is left out). ``unroll="phases-<policy>"`` (stage 2): the unroll
-    runs as phases instead (:func:`unroll_phase_costs`; its matmuls, :func:`unroll_shapes`, leave
-    the row-block part). Host: every aten op at ``aten_op_s`` and every Triton launch at
+    glue around them (its element-wise GPU work is left out). ``unroll="phases-<policy>"`` (stage 2):
+    the unroll, the random-t diffusion term and the Learner's sample run as phases instead
+    (:func:`unroll_phase_costs`, :func:`denoise_phase_costs`, :func:`semantic_phase_costs`; their
+    matmuls, :func:`unroll_shapes`, :func:`denoise_shapes`, :func:`semantic_shapes`, leave the
+    step's), and the matmuls left are the glue's (projectors, time MLP, heads), torch's, costed as
+    the eager baseline costs one (roofline of FLOPs and HBM bytes); no row-block kernel runs. Host: every aten op at ``aten_op_s`` and every Triton launch at
     ``launch_s`` (:func:`fused_step_counts`), overlapped with the GPU (the longer counts); with
     ``graph`` (the step captured whole) no host term, one graph boundary per launch and glue op."""
     record = record or step_ops(cfg, batch, stage, dtype)
     shapes = [o.mnk for o in _matmuls(record.ops)]
-    phases = []
+    phases, glue_s, glue_flops = [], 0.0, 0.0
     if stage == 2 and unroll == "rowblock":  # the unroll's backward recomputes each step's forward from x_k and m_k
         shapes += [mnk for _, mnk in per_step_forward(cfg, batch, dtype)[0]] * cfg.translator_steps
-    elif stage == 2:  # the unroll and the Learner's sample run as phases
-        left = unroll_shapes(cfg, batch, dtype) + semantic_shapes(cfg, batch)
+    elif stage == 2:  # the unroll, the random-t diffusion term and the Learner's sample run as phases
+        left = unroll_shapes(cfg, batch, dtype) + semantic_shapes(cfg, batch) + denoise_shapes(cfg, batch)
         rest = []
         for mnk in shapes:
             if left[mnk] > 0:
                 left[mnk] -= 1
             else:
                 rest.append(mnk)
-        shapes = rest
         phases = semantic_phase_costs(cfg, batch, dtype, ceilings) \
+            + denoise_phase_costs(cfg, batch, dtype, ceilings) \
             + unroll_phase_costs(cfg, batch, unroll.split("-", 1)[1], dtype, ceilings)
+        # what is left is the glue's matmuls, torch's own: costed as the eager baseline costs a matmul
+        e, peak = _DTYPE_BYTES[dtype], ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
+        glue_s = sum(_kernel_s(2.0 * M * N * K, (M * K + K * N + M * N) * e, peak, ceilings) for M, N, K in rest)
+        glue_flops = sum(2.0 * M * N * K for M, N, K in rest)
+        shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
-    gpu_s += sum(p["time_s"] for p in phases)
+    gpu_s += glue_s + sum(p["time_s"] for p in phases)
     n_ops, n_launches = fused_step_counts(cfg, stage, unroll if stage == 2 else "rowblock")
     boundaries = (n_ops + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
     if graph:
@@ -394,8 +440,8 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     else:  # the host issues the step while the GPU runs it: the longer of the two
         terms = {"GPU": gpu_s + boundaries, "host": n_ops * ceilings.aten_op_s + n_launches * ceilings.launch_s}
         time_s = max(terms.values())
-    counts.update(aten_ops=n_ops, launches=n_launches, flops=sum(2.0 * m * n * k for m, n, k in shapes)
-                  + sum(p["flops"] for p in phases), saved_bytes=None, phases=len(phases) or None)
+    counts.update(aten_ops=n_ops, launches=n_launches, flops=sum(2.0 * m * n * k for m, n, k in shapes) + glue_flops
+                  + sum(p["flops"] for p in phases), saved_bytes=None, phases=len(phases) or None, glue_s=glue_s)
     name = "rowblock" if unroll == "rowblock" else f"unroll-{unroll}"
     return Prediction(name + ("-graph" if graph else ""), batch, time_s, max(terms, key=terms.get), terms, counts)
 

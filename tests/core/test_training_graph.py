@@ -78,16 +78,17 @@ def test_launches_per_step(layers, steps, fused_impl):
     stage 1: center sums + EMA, the noised-denoiser x0 loss, the center loss (forward, backward),
     the x0 loss backward and its weight gradients (2 launches when L = 1, else 3);
     stage 2: the semantic feature, the x0 loss, the unroll forward; the x0 loss backward and its
-    weight gradients; the unroll backward. Row blocks: the Learner sampler's 1 launch, the unroll
-    forward's 1, per unroll step one backward kernel and 4 (L = 1) or 5 weight-gradient launches.
-    Phases (``"save"``; one launch per phase, the semantic prefix without its CUDA graph): the
-    schedule's first 2 + K1 (L + 1) phases, K (L + 1) + 2 forward and K (L + 3) + 1 backward phases."""
+    weight gradients; the unroll backward. Row blocks: the Learner sampler's 1 launch, the x0 loss
+    op's, the unroll forward's 1, per unroll step one backward kernel and 4 (L = 1) or 5
+    weight-gradient launches. Phases (``"save"``; one launch per phase, the semantic prefix without
+    its CUDA graph): the schedule's first 2 + K1 (L + 1) phases, the diffusion term's L + 1 forward
+    and L + 1 backward phases, the unroll's K (L + 1) + 2 forward and K (L + 3) + 1 backward phases."""
     from seda_fast.ops.infer_phases import launch_options
     wgrad_x0 = 2 if layers == 1 else 3
     if fused_impl == "rowblock":
         stage2 = 3 + 1 + wgrad_x0 + steps * (1 + (4 if layers == 1 else 5))
     else:
-        stage2 = (2 + steps * (layers + 1)) + 1 + (steps * (layers + 1) + 2) + 1 + wgrad_x0 + steps * (layers + 3) + 1
+        stage2 = (2 + steps * (layers + 1)) + 2 * (layers + 1) + (steps * (layers + 1) + 2) + steps * (layers + 3) + 1
     want = {1: 6 + wgrad_x0, 2: stage2}
     for stage in (1, 2):
         model, visual, labels, text = _model_and_batch(stage, layers=layers, learner_steps=steps,

@@ -72,7 +72,8 @@ CASES = [  # batch, layers, K, noise, classes, impl, tiles
     pytest.param(33, 3, 2, True, 7, "phases", IP.PhaseTiles(128, 128, 64, 8, 3), id="B33-L3-K2-noise-128x128-fp32"),
     # split epilogues (parts of 16 columns; H = 24 and d = 14 leave masked and empty parts) and the
     # shipped 128 x 256 tile; C = 19 gives the head a column tile of its own (two at BN 16)
-    pytest.param(33, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), id="B33-L3-K2-noise-C19-epi2-fp32"),
+    pytest.param(33, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2),
+                 id="B33-L3-K2-noise-C19-epi2-fp32"),
     pytest.param(17, 2, 3, False, 7, "phases", IP.PhaseTiles(16, 64, 16, 4, 2, epi_parts=4), id="B17-L2-K3-epi4-fp32"),
     pytest.param(5, 1, 2, True, 19, "phases", SMALL_TILES, id="B5-L1-K2-noise-C19-BK16-fp32"),
     pytest.param(33, 2, 2, True, 7, "phases", IP.THROUGHPUT_TILES[0], id="B33-L2-K2-noise-128x256-epi4-fp32"),

@@ -279,9 +279,9 @@ def compile_rows() -> list[dict]:
 
 def test_sm90_compile_zero_spills(tmp_path):
     """Every phase kind of every shipped tile config (B = 64: 16-row tiles, 256: 64 x 64, 4096:
-    128 x 128 with the split epilogue, :func:`pick_unroll_tiles`): no spills, within the register file and shared memory; bf16 phases
-    use the tensor cores (wgmma at BM >= 64 and in the weight-gradient phase's 64- or 128-row
-    tiles, mma.sync at BM = 16)."""
+    128 x 128 with the split epilogue, :func:`pick_unroll_tiles`): no spills, within the register
+    file and shared memory; bf16 phases use the tensor cores (wgmma at BM >= 64 and in the
+    weight-gradient phase's 64- or 128-row tiles, mma.sync at BM = 16)."""
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
     assert_sm90_clean(rows, ["unroll_phase_kernel"], fields=("KIND",))
     assert {r["KIND"] for r in rows} == set(range(8))

@@ -104,21 +104,23 @@ def test_rowblock_counts_are_the_shipped_ops():
 
 @pytest.mark.parametrize("policy", ["save", "recompute"])
 def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
-    """The shipped phase unroll is costed from its own schedule: one cost row per phase of
-    ``kernels.unroll_phases.build_schedule`` (after the semantic prefix's), the launch count is the
-    step's as the launch hook sees it (the semantic prefix as one graph replay), and the step's
-    FLOPs are the row-block rest's plus the phases'."""
+    """The shipped phase path is costed from the kernels' own schedules: one cost row per phase of
+    ``kernels.unroll_phases.build_schedule`` and of ``kernels.denoise_phases.build_schedule`` (beside
+    the semantic prefix's), the launch count is the step's as the launch hook sees it (the semantic
+    prefix as one graph replay), and the step's FLOPs are the glue's matmuls' plus the phases'."""
     from seda_fast.ops.runtime import kernels
-    U, IP = kernels().unroll_phases_module, kernels().infer_phases_module
+    U, IP, D = kernels().unroll_phases_module, kernels().infer_phases_module, kernels().denoise_phases_module
     cfg, B = _cfg(), 9
     K, L = cfg.translator_steps, cfg.layers
     fwd, bwd = U.phase_counts(L, K, policy)
     n_ops, n_launches = ct.fused_step_counts(cfg, 2, f"phases-{policy}")
-    assert n_launches == 1 + 1 + fwd + 1 + 3 + bwd  # semantic replay, x0 loss, unroll fwd, x0 bwd + 3 wgrad, bwd
+    assert n_launches == 1 + sum(D.phase_counts(L)) + fwd + bwd  # semantic replay, diffusion term, unroll
     rows = ct.unroll_phase_costs(cfg, B, policy)
     assert len(rows) == fwd + bwd and all(r["time_s"] > 0 for r in rows)
+    den = ct.denoise_phase_costs(cfg, B)
+    assert len(den) == sum(D.phase_counts(L)) and all(r["time_s"] > 0 for r in den)
     sem = ct.semantic_phase_costs(cfg, B)
     assert len(sem) == IP.semantic_phase_count(L, cfg.learner_steps)
     p = ct.predict(cfg, B, 2, f"unroll-phases-{policy}")
-    assert p.counts["phases"] == len(sem) + len(rows) and p.counts["launches"] == n_launches
-    assert p.counts["flops"] > sum(r["flops"] for r in rows + sem)
+    assert p.counts["phases"] == len(sem) + len(den) + len(rows) and p.counts["launches"] == n_launches
+    assert p.counts["glue_s"] > 0 and p.counts["flops"] > sum(r["flops"] for r in rows + den + sem)

@@ -1,0 +1,152 @@
+"""The random-t diffusion term's denoiser as phases: one denoiser pass over all rows, forward and backward.
+
+``x_t [B, d]``, ``cond [B, H]`` (the caller's ``c W_c + b_a`` plus the rows' time embeddings
+``e(t_b)``) -> ``x0_hat [B, d]``, and the backward from ``dL/dx0_hat``. The math is one step of the
+stage-2 unroll without PFIN, so it runs on :func:`seda_fast.kernels.unroll_phases.unroll_phase_kernel`
+(its phase bodies, tiles and weight-gradient reduction) with a schedule of its own::
+
+    forward   A, R_0 .. R_{L-2}, O                   L + 1 phases (a, z, h, x0_hat kept)
+    backward  BO, BR_{L-2} .. BR_0, W                L + 1 phases
+
+``BO``/``BR`` form ``gh``, the residual layers' ``gz`` and, at the input layer, ``ga = gh SiLU'(a)``
+(= ``dL/dcond``, accumulated into fp32 ``gcond``); ``W`` reduces ``dW_x``, ``dW_l``, ``dW_o`` and
+their bias column sums over the rows (row splits into fp32 partials summed in a fixed order, no
+atomics). There is no ``dL/dx_t``: the diffusion target is under stop-gradient and the noise is a
+random draw. The time-embedding row the phase kernel adds is a zero row (``cond`` carries
+``e(t_b)``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._heuristics import check_matrix
+from .translator_unroll import check_denoiser
+from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _views, pick_unroll_tiles,
+                            split_rows, wgrad_out_tiles, wgrad_tiles)
+
+WGRAD_JOBS = 3  # w_x, w_hidden, w_out: the phase kernel's first three weight-gradient jobs
+_SCHEDULES: dict = {}
+_ZEROS: dict = {}
+
+
+def build_schedule(layers: int) -> tuple[list[tuple], list[tuple]]:
+    """``(forward rows, backward rows)`` in the phase kernel's row format (see the module doc)."""
+    nh = layers - 1
+    fwd = [(F_A, 0, 0, 1, 0, 0, 0, 0)] + [(F_R, 0, lay, 1, 0, 0, 0, 0) for lay in range(nh)] \
+        + [(F_O, 0, nh, 1, 0, 0, 0, 0)]
+    bwd = [(B_O, 0, nh, 1, 0, 0, 0, 0)] + [(B_R, 0, lay, 1, 0, 0, 0, 0) for lay in reversed(range(nh))] \
+        + [(W_GRAD, 0, 0, 1, 0, 0, 0, 0)]
+    return fwd, bwd
+
+
+def phase_counts(layers: int) -> tuple[int, int]:
+    """``(forward, backward)`` launches: ``L + 1`` each."""
+    return layers + 1, layers + 1
+
+
+def _schedule(layers, device):
+    key = (layers, device)
+    entry = _SCHEDULES.get(key)
+    if entry is None:
+        fwd, bwd = build_schedule(layers)
+        entry = _SCHEDULES[key] = (fwd, bwd, torch.tensor(fwd + bwd, dtype=torch.int32, device=device).contiguous())
+    return entry
+
+
+def _act_shapes(B, d, H, nh):
+    return dict(a=(1, B, H), z=(max(nh, 1), 1, B, H), h=(nh + 1, 1, B, H), x0=(1, B, d))
+
+
+def saved_numel(B: int, d: int, H: int, layers: int) -> int:
+    """Values of the flat ``acts`` the forward keeps (``a``, the residual pre-activations, every
+    ``h`` and ``x0_hat``)."""
+    return sum(math.prod(s) for s in _act_shapes(B, d, H, layers - 1).values())
+
+
+def _zero_tables(H, dtype, device):
+    """The zero time-embedding row ``[1, H]`` and DDIM row ``[1, 2]`` the phase kernel reads, made once
+    per (H, dtype, device): no kernel writes them, and a step issues no allocations for them. Not
+    cached when first asked for inside a CUDA-graph capture (their zero fill would exist only in
+    that graph)."""
+    key = (H, dtype, device)
+    tables = _ZEROS.get(key)
+    if tables is None:
+        tables = (torch.zeros(1, H, dtype=dtype, device=device), torch.zeros(1, 2, dtype=torch.float32, device=device))
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _ZEROS[key] = tables
+    return tables
+
+
+def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, pdl):
+    """The phase kernel's arguments for this schedule: one step (K = 1, a zero time row), no PFIN
+    (its weights and buffers are stand-ins no phase here reads)."""
+    e_row, ddim = _zero_tables(cond.shape[1], cond.dtype, cond.device)
+    stand_in = weights[0]
+    full = tuple(weights) + (stand_in,) * 8
+    act = dict(acts, p=x_t, sp=x_t, g=x_t, dl=x_t)
+    if grads is not None:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
+        grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
+    xs = x_t.unsqueeze(0)
+    return _Call(xs, xs, cond, e_row, ddim, full, nh, act, grads, 1, splits, tiles, pdl, wgrad_jobs=WGRAD_JOBS)
+
+
+def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, tiles: PhaseTiles | None = None,
+                           pdl: bool = False):
+    """``(x0_hat [B, d], acts)`` in the weights' dtype; ``acts``: the flat activations
+    :func:`denoise_phases_backward` reads. ``x_t [B, d]``, ``cond [B, H]`` in the weights' dtype;
+    weights as :func:`seda_fast.kernels.translator_unroll_forward`'s first five."""
+    weights = (w_x, w_hidden, b_hidden, w_out, b_out)
+    B, d, H, nh = _check_args(x_t, cond, weights)
+    flat = torch.empty(saved_numel(B, d, H, nh + 1), dtype=w_x.dtype, device=x_t.device)
+    acts = _views(flat, _act_shapes(B, d, H, nh))
+    fwd, _, table = _schedule(nh + 1, x_t.device)
+    _call(x_t, cond, weights, nh, acts, None, 1, tiles, pdl).run(table, fwd, 0)
+    return acts["x0"][0].clone(), flat
+
+
+def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,
+                            tiles: PhaseTiles | None = None, pdl: bool = False):
+    """``(grad_cond [B, H], grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` in the
+    weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]`` and the forward's ``acts``; accumulated in
+    fp32 in a fixed order (bitwise reproducible). ``L + 1`` launches."""
+    weights = (w_x, w_hidden, b_hidden, w_out, b_out)
+    B, d, H, nh = _check_args(x_t, cond, weights)
+    dtype, device = w_x.dtype, x_t.device
+    check_matrix("grad_x0", grad_x0, B, d, None, device, batch_rows=True)
+    want = saved_numel(B, d, H, nh + 1)
+    if not isinstance(acts, torch.Tensor) or acts.dim() != 1 or acts.numel() != want or acts.dtype != dtype \
+            or acts.device != device:
+        raise ValueError(f"acts must be the forward's flat {dtype} activations of {want} values on {device}, "
+                         f"got {getattr(acts, 'shape', type(acts).__name__)}")
+    tiles = tiles or pick_unroll_tiles(B, d, H, dtype)
+    wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)[:2]
+    splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt, WGRAD_JOBS))
+    f32 = dict(device=device, dtype=torch.float32)
+    sizes = [(1, H), (nh, H), (1, d)]  # column sums of ga, gz per layer, gx0 (bias gradients)
+    g = dict(gh=torch.empty(B, H, **f32), gcond=torch.zeros(B, H, **f32),
+             ga=torch.empty(B, H, dtype=dtype, device=device),
+             gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device), gx0=grad_x0.to(dtype).contiguous(),
+             cs=torch.empty(sum(lay * splits * n for lay, n in sizes), **f32),
+             part=[torch.empty(1, splits, H, d, **f32),
+                   torch.empty(nh, splits, H, H, **f32) if nh else torch.empty(1, **f32),
+                   torch.empty(1, splits, d, H, **f32)])
+    _, bwd, table = _schedule(nh + 1, device)
+    fwd_len = len(table) - len(bwd)
+    _call(x_t, cond, weights, nh, _views(acts, _act_shapes(B, d, H, nh)), g, splits, tiles, pdl) \
+        .run(table, bwd, fwd_len)
+    cs = torch.split(g["cs"], [lay * splits * n for lay, n in sizes])
+    out = lambda t: t.to(dtype)  # noqa: E731
+    dw_x, dw_h, dw_o = (p if p.dim() == 1 else p[:, 0] if splits == 1 else p.sum(1) for p in g["part"])
+    grad_w_hidden = out(dw_h) if nh else torch.empty_like(w_hidden)
+    grad_b_hidden = out(cs[1].view(nh, splits, H).sum(1)) if nh else torch.empty_like(b_hidden)
+    return (out(g["gcond"]), out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]),
+            out(cs[2].view(splits, d).sum(0)))
+
+
+def _check_args(x_t, cond, weights):
+    """Shapes, dtypes and devices (before any launch): ``(B, d, H, n_hidden)``; ``x_t`` in the weights' dtype."""
+    B, d, H, nh = check_denoiser(x_t, cond, weights, "x_t")
+    check_matrix("x_t", x_t, B, d, weights[0].dtype, x_t.device, batch_rows=True)
+    return B, d, H, nh

@@ -1,0 +1,84 @@
+"""Custom ops around :mod:`seda_fast.kernels.denoise_phases`: the random-t diffusion term's denoiser as
+phase GEMMs over all rows (stage 2's, whose ``a`` nothing else reads), forward and backward.
+
+``seda_fast::denoise_phases_fwd(x_t, cond, <5 weights>) -> (x0_hat [B, d], acts)``: ``acts`` (the
+flat saved activations) is an auxiliary non-differentiable output for
+``seda_fast::denoise_phases_bwd``, which returns the gradients of ``cond`` and the five weights.
+``x_t`` gets none: it is noised from the stop-gradient target with a random draw.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import schedule
+from .denoiser_x0_loss import check_no_grad
+from .runtime import in_compute_dtype, kernels
+from .unroll_phases import _pdl
+from .weights import hidden_stack
+
+
+@torch.library.custom_op("seda_fast::denoise_phases_fwd", mutates_args=())
+def denoise_phases_fwd(x_t: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor,
+                       b_out: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x0_hat [B, d], acts [n])`` in the weights' dtype."""
+    return kernels().denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, pdl=_pdl(x_t))
+
+
+@denoise_phases_fwd.register_fake
+def _(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out):
+    (B, d), H = x_t.shape, w_x.shape[0]
+    n = kernels().denoise_phases_module.saved_numel(B, d, H, w_hidden.shape[0] + 1)
+    return x_t.new_empty(B, d, dtype=w_x.dtype), x_t.new_empty(n, dtype=w_x.dtype)
+
+
+@torch.library.custom_op("seda_fast::denoise_phases_bwd", mutates_args=())
+def denoise_phases_bwd(grad_x0: Tensor, x_t: Tensor, acts: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor,
+                       b_hidden: Tensor, w_out: Tensor, b_out: Tensor) -> list[Tensor]:
+    """Gradients of ``cond`` and the five weights (weights' dtype)."""
+    return list(kernels().denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w_out, b_out,
+                                                  pdl=_pdl(grad_x0)))
+
+
+@denoise_phases_bwd.register_fake
+def _(grad_x0, x_t, acts, cond, *weights):
+    return [torch.empty_like(t, dtype=weights[0].dtype) for t in (cond, *weights)]
+
+
+def _setup_context(ctx, inputs, output):
+    x_t, cond, *weights = inputs
+    _, acts = output
+    ctx.save_for_backward(x_t, acts, cond, *weights)
+    ctx.mark_non_differentiable(acts)
+    ctx.set_materialize_grads(False)
+    ctx.dtypes = [t.dtype for t in inputs[1:]]
+
+
+def _backward(ctx, grad_x0, _grad_acts):
+    x_t, acts, cond, *weights = ctx.saved_tensors
+    if grad_x0 is None:
+        return (None,) * 7
+    grads = denoise_phases_bwd(grad_x0.contiguous(), x_t, acts, cond, *weights)
+    return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
+
+
+denoise_phases_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, cond: Tensor,
+                    diffusion_steps: int) -> Tensor:
+    """The random-t diffusion term ``mean ||D(x_t, t, c) - x0||^2`` (fp32) as phases, for a caller that
+    does not need the denoiser's ``a``: ``den`` a ``model.Denoiser``, ``target`` (x0) and ``eps``
+    ``[B, d]`` (no gradient: the stop-gradient target and a random draw), ``t [B]`` integer steps,
+    ``e_t [B, H]``, ``cond [B, H]``. ``x_t`` and ``cond + e_t`` are formed in torch; gradients reach
+    ``e_t``, ``cond`` and the denoiser's parameters. Under ``torch.autocast`` the denoiser computes in
+    the autocast dtype and the loss is taken in fp32."""
+    check_no_grad(target, eps)
+    sa, sb = schedule.noising_coefficients(diffusion_steps, t, target.dtype)
+    w_hidden, b_hidden = hidden_stack(den, den.in_x.weight.shape[0], den.in_x.weight.dtype, target.device)
+    w_x, w_hidden, b_hidden, w_out, b_out, x_t, cond_t = in_compute_dtype(
+        [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, sa * target + sb * eps, cond + e_t],
+        target.device)
+    x0_hat, _ = denoise_phases_fwd(x_t.contiguous(), cond_t.contiguous(), w_x, w_hidden, b_hidden, w_out, b_out)
+    diff = x0_hat.float() - target.float()
+    return (diff * diff).sum() / target.numel()
