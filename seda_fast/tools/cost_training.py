@@ -16,11 +16,13 @@ which flatters eager and compile).
 * ``rowblock`` / ``rowblock-graph``: the row-block training ops (:func:`predict_rowblock`), issued
   op by op from Python or captured whole in one CUDA graph.
 * ``unroll-phases-save`` / ``unroll-phases-recompute`` (each also ``-graph``; stage 2): what the
-  library ships by default, the row-block path with the unroll and the Learner's sample run as
-  phases: their matmuls (:func:`unroll_shapes`, :func:`semantic_shapes`; Counter-matched, so the
-  few input gradients autograd skips for the first step are matched elsewhere) leave the
-  row-block part, and the phases are costed from the kernels' own schedules, jobs and tiles
-  (:func:`unroll_phase_costs`, :func:`semantic_phase_costs`).
+  library ships by default, stage 2 with the unroll, the random-t diffusion term and the
+  Learner's sample run as phases: their matmuls (:func:`unroll_shapes`, :func:`denoise_shapes`,
+  :func:`semantic_shapes`; Counter-matched, so the few input gradients autograd skips for the
+  first step are matched elsewhere) leave the step's, the phases are costed from the kernels' own
+  schedules, jobs and tiles (:func:`unroll_phase_costs`, :func:`denoise_phase_costs`,
+  :func:`semantic_phase_costs`), and the matmuls left, the glue's, as torch's (the eager
+  baseline's roofline of FLOPs and HBM bytes).
 * ``phases-save`` / ``phases-recompute`` (the design of a whole phase step, built only for the
   unroll): the matmuls grouped by depth, one *phase* per depth
   (every matmul of a depth has its inputs ready once the previous depth is done, so they ride
@@ -44,8 +46,8 @@ which flatters eager and compile).
     phases of their own (conservative: they could ride in the backward's phases). Stage 1 has no
     loop, so both policies are the same there.
 
-What the model leaves out: the optimizer step, tail effects inside a wave, and (row-block) the
-torch glue's GPU work.
+What the model leaves out: the optimizer step, tail effects inside a wave, and the torch glue's
+element-wise GPU work (its kernel boundaries are counted).
 """
 from __future__ import annotations
 
