@@ -41,6 +41,7 @@ class AtenOp:
     out_bytes: int
     mnk: tuple = ()     # a matmul's (M, N, K): ``[M, K] @ [K, N]``
     depth: int = 0      # matmuls on the longest chain of matmuls that leads to this op, itself included
+    namespace: str = "aten"  # the op's library: "seda_fast" for the fused custom ops (their launches are counted apart)
 
 
 def record_aten_ops(fn) -> list[AtenOp]:
@@ -87,7 +88,7 @@ def record_aten_ops(fn) -> list[AtenOp]:
             level = max((depth.get(id(t), 0) for t in inputs), default=0) + (1 if mnk else 0)
             for t in list(tensors(outs)) + (inputs if func._schema.is_mutable else []):
                 remember(t, level)
-            ops.append(AtenOp(name, view, 0 if view else read + written, flops, written, mnk, level))
+            ops.append(AtenOp(name, view, 0 if view else read + written, flops, written, mnk, level, func.namespace))
             return out
 
     with Record():

@@ -218,13 +218,15 @@ def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save"
     return Prediction(f"phases-{policy}", batch, sum(terms.values()), bound, terms, counts)
 
 
-def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> tuple[int, int]:
-    """``(aten ops, Triton launches)`` of one step of the training ops the library ships (the
-    ``"triton"`` backend's pieces in the reference losses, loss + backward), counted on the CPU
+def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> tuple[int, int, int]:
+    """``(aten ops, glue kernels, Triton launches)`` of one step of the training ops the library ships
+    (the ``"triton"`` backend's pieces in the reference losses, loss + backward), counted on the CPU
     with the launches captured, not run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the
-    stage-2 unroll's implementation. The phase schedule's semantic prefix counts as on CUDA: one
-    graph replay, plus its input copy and output clone. Neither depends on the batch: four rows
-    are recorded."""
+    stage-2 implementation. Glue kernels are the aten ops that launch one: not views (``t``,
+    ``detach``, ``view``...), as the baselines count them, and not the fused custom ops
+    (``seda_fast::*``), whose own launches are the third count. The phase schedule's semantic
+    prefix counts as on CUDA: one graph replay, plus its input copy and output clone. None depends
+    on the batch: four rows are recorded."""
     import torch
 
     from .. import reference
@@ -250,7 +252,9 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> 
         ops = record_aten_ops(step)
     names = [kernels().kernel_name(launch.kernel) for launch in launches]
     semantic = names.count("infer_phase_kernel")  # on CUDA: one replay of the prefix's captured graph
-    return len(ops) + (2 if semantic else 0), len(names) - semantic + (1 if semantic else 0)
+    glue = sum(1 for o in ops if not o.view and o.namespace != "seda_fast")
+    extra = 2 if semantic else 0  # the replay's input copy and output clone
+    return len(ops) + extra, glue + extra, len(names) - semantic + (1 if semantic else 0)
 
 
 def unroll_shapes(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16") -> Counter:
@@ -408,9 +412,11 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     (:func:`unroll_phase_costs`, :func:`denoise_phase_costs`, :func:`semantic_phase_costs`; their
     matmuls, :func:`unroll_shapes`, :func:`denoise_shapes`, :func:`semantic_shapes`, leave the
     step's), and the matmuls left are the glue's (projectors, time MLP, heads), torch's, costed as
-    the eager baseline costs one (roofline of FLOPs and HBM bytes); no row-block kernel runs. Host: every aten op at ``aten_op_s`` and every Triton launch at
-    ``launch_s`` (:func:`fused_step_counts`), overlapped with the GPU (the longer counts); with
-    ``graph`` (the step captured whole) no host term, one graph boundary per launch and glue op."""
+    the eager baseline costs one (roofline of FLOPs and HBM bytes); no row-block kernel runs.
+    Host: every aten op at ``aten_op_s`` and every Triton launch at ``launch_s``
+    (:func:`fused_step_counts`), overlapped with the GPU (the longer counts); with ``graph`` (the
+    step captured whole) no host term, one graph boundary per launch and glue kernel (views launch
+    none, as in the baselines)."""
     record = record or step_ops(cfg, batch, stage, dtype)
     shapes = [o.mnk for o in _matmuls(record.ops)]
     phases, glue_s, glue_flops = [], 0.0, 0.0
@@ -434,15 +440,15 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)
-    n_ops, n_launches = fused_step_counts(cfg, stage, unroll if stage == 2 else "rowblock")
-    boundaries = (n_ops + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
+    n_ops, n_glue, n_launches = fused_step_counts(cfg, stage, unroll if stage == 2 else "rowblock")
+    boundaries = (n_glue + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
     if graph:
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}
         time_s = sum(terms.values())
     else:  # the host issues the step while the GPU runs it: the longer of the two
         terms = {"GPU": gpu_s + boundaries, "host": n_ops * ceilings.aten_op_s + n_launches * ceilings.launch_s}
         time_s = max(terms.values())
-    counts.update(aten_ops=n_ops, launches=n_launches, flops=sum(2.0 * m * n * k for m, n, k in shapes) + glue_flops
+    counts.update(aten_ops=n_ops, glue_kernels=n_glue, launches=n_launches, flops=sum(2.0 * m * n * k for m, n, k in shapes) + glue_flops
                   + sum(p["flops"] for p in phases), saved_bytes=None, phases=len(phases) or None, glue_s=glue_s)
     name = "rowblock" if unroll == "rowblock" else f"unroll-{unroll}"
     return Prediction(name + ("-graph" if graph else ""), batch, time_s, max(terms, key=terms.get), terms, counts)

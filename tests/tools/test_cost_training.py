@@ -89,13 +89,15 @@ def test_rowblock_counts_are_the_shipped_ops():
     capturing the step in a graph removes the host term."""
     cfg, B = _cfg(), 9
     K = cfg.translator_steps
-    n_ops, n_launches = ct.fused_step_counts(cfg, 2)
+    n_ops, n_glue, n_launches = ct.fused_step_counts(cfg, 2)
     assert n_launches == 3 + 1 + 3 + K * (1 + 5) and n_ops > n_launches  # L = 3: 3 x0-loss wgrad launches
-    assert ct.fused_step_counts(cfg, 1)[1] == 6 + 3
+    assert 0 < n_glue < n_ops  # views (t, detach, view...) and the custom ops themselves launch no glue kernel
+    assert ct.fused_step_counts(cfg, 1)[2] == 6 + 3
     rec = ct.step_ops(cfg, B, 2, "bfloat16")
     raw = ct.predict(cfg, B, 2, "rowblock", record=rec)
     graphed = ct.predict(cfg, B, 2, "rowblock-graph", record=rec)
     assert raw.terms["host"] == pytest.approx(n_ops * 5e-6 + n_launches * 20e-6)
+    assert graphed.terms["sync"] == pytest.approx(20e-6 + (n_glue + n_launches) * 1.3e-6)
     assert "host" not in graphed.terms and graphed.time_s <= raw.time_s + 20e-6  # + the replay's launch
     step_flops = sum(2.0 * m * n * k for _, (m, n, k) in ct.per_step_forward(cfg, B, "bfloat16")[0])
     eager_flops = sum(o.flops for o in rec.ops if o.mnk)
@@ -113,7 +115,7 @@ def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
     cfg, B = _cfg(), 9
     K, L = cfg.translator_steps, cfg.layers
     fwd, bwd = U.phase_counts(L, K, policy)
-    n_ops, n_launches = ct.fused_step_counts(cfg, 2, f"phases-{policy}")
+    n_ops, _, n_launches = ct.fused_step_counts(cfg, 2, f"phases-{policy}")
     assert n_launches == 1 + sum(D.phase_counts(L)) + fwd + bwd  # semantic replay, diffusion term, unroll
     rows = ct.unroll_phase_costs(cfg, B, policy)
     assert len(rows) == fwd + bwd and all(r["time_s"] > 0 for r in rows)
