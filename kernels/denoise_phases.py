@@ -5,7 +5,7 @@
 stage-2 unroll without PFIN, so it runs on :func:`seda_fast.kernels.unroll_phases.unroll_phase_kernel`
 (its phase bodies, tiles and weight-gradient reduction) with a schedule of its own::
 
-    forward   A, R_0 .. R_{L-2}, O                   L + 1 phases (a, z, h, x0_hat kept)
+    forward   A, R_0 .. R_{L-2}, O                   L + 1 phases (a, z, h kept; x0_hat returned)
     backward  BO, BR_{L-2} .. BR_0, W                L + 1 phases
 
 ``BO``/``BR`` form ``gh``, the residual layers' ``gz`` and, at the input layer, ``ga = gh SiLU'(a)``
@@ -56,12 +56,13 @@ def _schedule(layers, device):
 
 
 def _act_shapes(B, d, H, nh):
-    return dict(a=(1, B, H), z=(max(nh, 1), 1, B, H), h=(nh + 1, 1, B, H), x0=(1, B, d))
+    return dict(a=(1, B, H), z=(max(nh, 1), 1, B, H), h=(nh + 1, 1, B, H))
 
 
 def saved_numel(B: int, d: int, H: int, layers: int) -> int:
-    """Values of the flat ``acts`` the forward keeps (``a``, the residual pre-activations, every
-    ``h`` and ``x0_hat``)."""
+    """Values of the flat ``acts`` the forward keeps for the backward (``a``, the residual
+    pre-activations and every ``h``; ``x0_hat`` is the forward's own output, which the backward
+    does not read)."""
     return sum(math.prod(s) for s in _act_shapes(B, d, H, layers - 1).values())
 
 
@@ -86,6 +87,7 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, pdl):
     stand_in = weights[0]
     full = tuple(weights) + (stand_in,) * 8
     act = dict(acts, p=x_t, sp=x_t, g=x_t, dl=x_t)
+    act.setdefault("x0", x_t.unsqueeze(0))  # the backward writes no x0_hat: any [1, B, d] stand-in
     if grads is not None:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
         grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
     xs = x_t.unsqueeze(0)
@@ -100,10 +102,11 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
     B, d, H, nh = _check_args(x_t, cond, weights)
     flat = torch.empty(saved_numel(B, d, H, nh + 1), dtype=w_x.dtype, device=x_t.device)
-    acts = _views(flat, _act_shapes(B, d, H, nh))
+    x0_hat = torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)
+    acts = dict(_views(flat, _act_shapes(B, d, H, nh)), x0=x0_hat.unsqueeze(0))
     fwd, _, table = _schedule(nh + 1, x_t.device)
     _call(x_t, cond, weights, nh, acts, None, 1, tiles, pdl).run(table, fwd, 0)
-    return acts["x0"][0].clone(), flat
+    return x0_hat, flat
 
 
 def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,
