@@ -33,6 +33,18 @@ def model_for(preset: str, dtype: str, device, stage: int = 1):
     return model.to(getattr(torch, dtype)).set_stage(stage)
 
 
+def diffusion_inputs(cfg, batch: int, dtype: str, device):
+    """``(x0, eps, t, e_t, cond, g)`` for a random-t diffusion term: ``x0``, ``eps [B, d]``, steps ``t [B]``,
+    ``e_t``, ``cond [B, H]`` (requiring grad), in ``dtype``; ``g`` the seeded generator, for more draws."""
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device).manual_seed(1)
+    x0, eps = (torch.randn(batch, cfg.dim, device=device, generator=g).to(dt) for _ in range(2))
+    t = torch.randint(1, cfg.diffusion_steps + 1, (batch,), device=device, generator=g)
+    e_t, cond = (torch.randn(batch, cfg.hidden, device=device, generator=g).to(dt).requires_grad_()
+                 for _ in range(2))
+    return x0, eps, t, e_t, cond, g
+
+
 def run_op(benchmark, nvml, op: str, provider: str, mode: str, preset: str, dtype: str, batch: int,
            forward, inputs) -> None:
     """Time ``mode`` of ``forward()`` (a scalar, differentiable in ``inputs``) for ``provider``."""

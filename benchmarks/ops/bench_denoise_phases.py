@@ -2,9 +2,8 @@
 its eager twin: the loss alone (stage 2 reads nothing else of the term), differentiated in ``e_t``,
 ``cond`` and the Translator denoiser's weights."""
 import pytest
-import torch
 
-from _op_bench import CASES, MODES, PIECES, model_for, run_op
+from _op_bench import CASES, MODES, PIECES, diffusion_inputs, model_for, run_op
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -13,12 +12,7 @@ from _op_bench import CASES, MODES, PIECES, model_for, run_op
 def test_denoise_phases(benchmark, device, nvml, provider, mode, preset, dtype, batch):
     model = model_for(preset, dtype, device, stage=2)
     cfg, den = model.config, model.translator
-    dt = getattr(torch, dtype)
-    g = torch.Generator(device).manual_seed(1)
-    x0, eps = (torch.randn(batch, cfg.dim, device=device, generator=g).to(dt) for _ in range(2))
-    t = torch.randint(1, cfg.diffusion_steps + 1, (batch,), device=device, generator=g)
-    e_t, cond = (torch.randn(batch, cfg.hidden, device=device, generator=g).to(dt).requires_grad_()
-                 for _ in range(2))
+    x0, eps, t, e_t, cond, _ = diffusion_inputs(cfg, batch, dtype, device)
 
     def forward():
         return PIECES[provider].diffusion_loss(model, den, x0, eps, t, e_t, cond, cfg.diffusion_steps)

@@ -4,7 +4,7 @@ center constraint reads ``a``), differentiated in ``e_t``, ``cond`` and the deno
 import pytest
 import torch
 
-from _op_bench import CASES, MODES, PIECES, model_for, run_op
+from _op_bench import CASES, MODES, PIECES, diffusion_inputs, model_for, run_op
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -13,13 +13,8 @@ from _op_bench import CASES, MODES, PIECES, model_for, run_op
 def test_denoiser_x0_loss(benchmark, device, nvml, provider, mode, preset, dtype, batch):
     model = model_for(preset, dtype, device)
     cfg, den = model.config, model.learner
-    dt = getattr(torch, dtype)
-    g = torch.Generator(device).manual_seed(1)
-    x0, eps = (torch.randn(batch, cfg.dim, device=device, generator=g).to(dt) for _ in range(2))
-    t = torch.randint(1, cfg.diffusion_steps + 1, (batch,), device=device, generator=g)
-    e_t, cond = (torch.randn(batch, cfg.hidden, device=device, generator=g).to(dt).requires_grad_()
-                 for _ in range(2))
-    ga = 0.1 * torch.randn(batch, cfg.hidden, device=device, generator=g).to(dt)
+    x0, eps, t, e_t, cond, g = diffusion_inputs(cfg, batch, dtype, device)
+    ga = 0.1 * torch.randn(batch, cfg.hidden, device=device, generator=g).to(getattr(torch, dtype))
 
     def forward():
         loss, a = PIECES[provider].diffusion_term(den, x0, eps, t, e_t, cond, cfg.diffusion_steps)
