@@ -23,11 +23,10 @@ import torch
 
 from ._heuristics import check_matrix
 from .translator_unroll import check_denoiser
-from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _views, pick_unroll_tiles,
-                            split_rows, wgrad_out_tiles, wgrad_tiles)
+from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _views, check_flat_acts,
+                            pick_unroll_tiles, schedule_table, split_rows, sum_partials, wgrad_out_tiles, wgrad_tiles)
 
 WGRAD_JOBS = 3  # w_x, w_hidden, w_out: the phase kernel's first three weight-gradient jobs
-_SCHEDULES: dict = {}
 _ZEROS: dict = {}
 
 
@@ -44,15 +43,6 @@ def build_schedule(layers: int) -> tuple[list[tuple], list[tuple]]:
 def phase_counts(layers: int) -> tuple[int, int]:
     """``(forward, backward)`` launches: ``L + 1`` each."""
     return layers + 1, layers + 1
-
-
-def _schedule(layers, device):
-    key = (layers, device)
-    entry = _SCHEDULES.get(key)
-    if entry is None:
-        fwd, bwd = build_schedule(layers)
-        entry = _SCHEDULES[key] = (fwd, bwd, torch.tensor(fwd + bwd, dtype=torch.int32, device=device).contiguous())
-    return entry
 
 
 def _act_shapes(B, d, H, nh):
@@ -104,7 +94,7 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
     flat = torch.empty(saved_numel(B, d, H, nh + 1), dtype=w_x.dtype, device=x_t.device)
     x0_hat = torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)
     acts = dict(_views(flat, _act_shapes(B, d, H, nh)), x0=x0_hat.unsqueeze(0))
-    fwd, _, table = _schedule(nh + 1, x_t.device)
+    fwd, _, table = schedule_table(build_schedule, (nh + 1,), x_t.device)
     _call(x_t, cond, weights, nh, acts, None, 1, tiles, pdl).run(table, fwd, 0)
     return x0_hat, flat
 
@@ -118,11 +108,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w
     B, d, H, nh = _check_args(x_t, cond, weights)
     dtype, device = w_x.dtype, x_t.device
     check_matrix("grad_x0", grad_x0, B, d, None, device, batch_rows=True)
-    want = saved_numel(B, d, H, nh + 1)
-    if not isinstance(acts, torch.Tensor) or acts.dim() != 1 or acts.numel() != want or acts.dtype != dtype \
-            or acts.device != device:
-        raise ValueError(f"acts must be the forward's flat {dtype} activations of {want} values on {device}, "
-                         f"got {getattr(acts, 'shape', type(acts).__name__)}")
+    check_flat_acts(acts, saved_numel(B, d, H, nh + 1), dtype, device)
     tiles = tiles or pick_unroll_tiles(B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)[:2]
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt, WGRAD_JOBS))
@@ -135,13 +121,13 @@ def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w
              part=[torch.empty(1, splits, H, d, **f32),
                    torch.empty(nh, splits, H, H, **f32) if nh else torch.empty(1, **f32),
                    torch.empty(1, splits, d, H, **f32)])
-    _, bwd, table = _schedule(nh + 1, device)
+    _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
     _call(x_t, cond, weights, nh, _views(acts, _act_shapes(B, d, H, nh)), g, splits, tiles, pdl) \
         .run(table, bwd, fwd_len)
     cs = torch.split(g["cs"], [lay * splits * n for lay, n in sizes])
     out = lambda t: t.to(dtype)  # noqa: E731
-    dw_x, dw_h, dw_o = (p if p.dim() == 1 else p[:, 0] if splits == 1 else p.sum(1) for p in g["part"])
+    dw_x, dw_h, dw_o = sum_partials(g["part"], splits)
     grad_w_hidden = out(dw_h) if nh else torch.empty_like(w_hidden)
     grad_b_hidden = out(cs[1].view(nh, splits, H).sum(1)) if nh else torch.empty_like(b_hidden)
     return (out(g["gcond"]), out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]),

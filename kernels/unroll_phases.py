@@ -512,7 +512,7 @@ def unroll_phase_kernel(sched_ptr, phase,
 
 # ----------------------------------------------------------------------------- launcher
 
-_SCHEDULES: dict = {}  # (L, K, policy, device) -> int32 [forward + backward rows, 8]
+_SCHEDULES: dict = {}  # (build, args, device) -> (forward rows, backward rows, int32 table [rows, 8])
 _ACT_NAMES = ("a", "z", "h", "x0", "p", "sp", "g", "dl")
 
 
@@ -548,14 +548,31 @@ def saved_bytes(B: int, d: int, H: int, layers: int, K: int, dtype: torch.dtype,
     return numel * torch.empty((), dtype=dtype).element_size()
 
 
-def _schedule(layers, K, policy, device):
-    key = (layers, K, policy, device)
+def schedule_table(build, args: tuple, device) -> tuple[list[tuple], list[tuple], torch.Tensor]:
+    """``(forward rows, backward rows, int32 table on device)`` of ``build(*args)`` (this module's
+    :func:`build_schedule`, or another schedule of the phase kernel), made once per
+    (build, args, device)."""
+    key = (build, args, device)
     entry = _SCHEDULES.get(key)
     if entry is None:
-        fwd, bwd = build_schedule(layers, K, policy)
+        fwd, bwd = build(*args)
         table = torch.tensor(fwd + bwd, dtype=torch.int32, device=device).contiguous()
         entry = _SCHEDULES[key] = (fwd, bwd, table)
     return entry
+
+
+def check_flat_acts(acts, want: int, dtype, device, what: str = "") -> None:
+    """``acts`` must be a forward's flat ``[want]`` activations of ``dtype`` on ``device`` (before any launch)."""
+    if not isinstance(acts, torch.Tensor) or acts.dim() != 1 or acts.numel() != want or acts.dtype != dtype \
+            or acts.device != device:
+        raise ValueError(f"acts must be the forward's flat {dtype} activations of {want} values on {device}{what}, "
+                         f"got {getattr(acts, 'shape', type(acts).__name__)}")
+
+
+def sum_partials(parts, splits: int) -> list:
+    """The weight-gradient partials ``[layers, splits, N, Kd]`` summed over their row splits in a fixed
+    order (none to sum with one split: the partial is the gradient); 1-D stand-ins pass through."""
+    return [p if p.dim() == 1 else p[:, 0] if splits == 1 else p.sum(1) for p in parts]
 
 
 def phase_jobs(row, B: int, d: int, H: int, nh: int, n_wgrad: int = 6) -> list[tuple]:
@@ -649,7 +666,7 @@ def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, 
     ms[0].copy_(m_start)
     flat = torch.empty(_act_numel(B, d, H, nh, slots), dtype=dtype, device=device)
     acts = _views(flat, _act_shapes(B, d, H, nh, slots))
-    fwd, _, table = _schedule(nh + 1, K, policy, device)
+    fwd, _, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl).run(table, fwd, 0)
     return ms[K].clone(), xs, ms, (flat if policy == "save" else flat.new_empty(0))
 
@@ -673,11 +690,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     slots = K if policy == "save" else 1
     shapes = _act_shapes(B, d, H, nh, slots)
     if policy == "save":
-        want = _act_numel(B, d, H, nh, slots)
-        if not isinstance(acts, torch.Tensor) or acts.dim() != 1 or acts.numel() != want or acts.dtype != dtype \
-                or acts.device != device:
-            raise ValueError(f"acts must be the forward's flat {dtype} activations of {want} values on {device} "
-                             f"(policy='save'), got {getattr(acts, 'shape', type(acts).__name__)}")
+        check_flat_acts(acts, _act_numel(B, d, H, nh, slots), dtype, device, " (policy='save')")
         act = _views(acts, shapes)
     else:
         act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
@@ -693,13 +706,11 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
              gpq=e(B, H + d), cs=torch.empty(sum(cs_sizes), **f32),
              part=[torch.empty(layers, splits, N, Kd, **f32) if layers else torch.empty(1, **f32)
                    for _, N, Kd, layers in jobs])
-    fwd, bwd, table = _schedule(nh + 1, K, policy, device)
+    fwd, bwd, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl).run(table, bwd, len(fwd))
     del g["ga"], g["gz"], g["gx0"], g["gdel"], g["gpq"], act, g["gh"]
 
-    # partials summed in a fixed order (none to sum with one split: the partial is the gradient)
-    dw_x, dw_h, dw_o, dw_pd, dw_in_m, dw_in_x = (p if p.dim() == 1 else p[:, 0] if splits == 1 else p.sum(1)
-                                                 for p in g.pop("part"))
+    dw_x, dw_h, dw_o, dw_pd, dw_in_m, dw_in_x = sum_partials(g.pop("part"), splits)
     css = torch.split(g.pop("cs"), cs_sizes)
     cs = lambda i, n, lay=1: css[i].view(lay, K, splits, n).sum(2)  # noqa: E731  [layers, K, n] per step
     ga_sum, gpq_sum = cs(0, H)[0], cs(4, H + d)[0]                 # [K, .] by step i

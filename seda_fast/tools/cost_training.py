@@ -418,25 +418,26 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     step captured whole) no host term, one graph boundary per launch and glue kernel (views launch
     none, as in the baselines)."""
     record = record or step_ops(cfg, batch, stage, dtype)
-    shapes = [o.mnk for o in _matmuls(record.ops)]
+    matmuls = _matmuls(record.ops)
+    shapes = [o.mnk for o in matmuls]
     phases, glue_s, glue_flops = [], 0.0, 0.0
     if stage == 2 and unroll == "rowblock":  # the unroll's backward recomputes each step's forward from x_k and m_k
         shapes += [mnk for _, mnk in per_step_forward(cfg, batch, dtype)[0]] * cfg.translator_steps
     elif stage == 2:  # the unroll, the random-t diffusion term and the Learner's sample run as phases
         left = unroll_shapes(cfg, batch, dtype) + semantic_shapes(cfg, batch) + denoise_shapes(cfg, batch)
         rest = []
-        for mnk in shapes:
-            if left[mnk] > 0:
-                left[mnk] -= 1
+        for o in matmuls:
+            if left[o.mnk] > 0:
+                left[o.mnk] -= 1
             else:
-                rest.append(mnk)
+                rest.append(o)
         phases = semantic_phase_costs(cfg, batch, dtype, ceilings) \
             + denoise_phase_costs(cfg, batch, dtype, ceilings) \
             + unroll_phase_costs(cfg, batch, unroll.split("-", 1)[1], dtype, ceilings)
-        # what is left is the glue's matmuls, torch's own: costed as the eager baseline costs a matmul
-        e, peak = _DTYPE_BYTES[dtype], ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
-        glue_s = sum(_kernel_s(2.0 * M * N * K, (M * K + K * N + M * N) * e, peak, ceilings) for M, N, K in rest)
-        glue_flops = sum(2.0 * M * N * K for M, N, K in rest)
+        # what is left is the glue's matmuls, torch's own: the recorded ops, costed as the eager baseline costs them
+        peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
+        glue_s = sum(_kernel_s(o.flops, o.bytes, peak, ceilings) for o in rest)
+        glue_flops = sum(o.flops for o in rest)
         shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)
@@ -448,8 +449,9 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     else:  # the host issues the step while the GPU runs it: the longer of the two
         terms = {"GPU": gpu_s + boundaries, "host": n_ops * ceilings.aten_op_s + n_launches * ceilings.launch_s}
         time_s = max(terms.values())
-    counts.update(aten_ops=n_ops, glue_kernels=n_glue, launches=n_launches, flops=sum(2.0 * m * n * k for m, n, k in shapes) + glue_flops
-                  + sum(p["flops"] for p in phases), saved_bytes=None, phases=len(phases) or None, glue_s=glue_s)
+    flops = sum(2.0 * m * n * k for m, n, k in shapes) + glue_flops + sum(p["flops"] for p in phases)
+    counts.update(aten_ops=n_ops, glue_kernels=n_glue, launches=n_launches, flops=flops, saved_bytes=None,
+                  phases=len(phases) or None, glue_s=glue_s)
     name = "rowblock" if unroll == "rowblock" else f"unroll-{unroll}"
     return Prediction(name + ("-graph" if graph else ""), batch, time_s, max(terms, key=terms.get), terms, counts)
 
