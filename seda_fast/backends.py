@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from . import reference
+from . import reference, schedule
 from .ops import center_loss, center_update, denoise_phases, denoiser_x0_loss, infer_phases, runtime
 from .ops import semantic_sampler, translator_pfin, translator_unroll, unroll_phases
 
@@ -93,7 +93,9 @@ class EagerBackend:
 class FusedPieces(reference.EagerPieces):
     """:class:`seda_fast.reference.EagerPieces` with the heavy parts as fused custom ops; the cheap
     ``[B, d]``/``[B, C]`` glue (projectors, time embedding and MLP, heads, cross-entropies, the
-    alignment MSE) stays in torch and its autograd.
+    alignment MSE) stays in torch and its autograd, with its constant tables (time embedding,
+    noising coefficients) gathered from the device cache and, in stage 2, one time MLP for the
+    random steps and the unroll's steps.
 
     Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), forward noising +
     Learner denoiser + x0 loss in one op, the center constraint with a streaming log-sum-exp.
@@ -109,6 +111,18 @@ class FusedPieces(reference.EagerPieces):
     def update_centers(self, model, z, labels) -> None:
         center_update.update_centers(model.centers, model.centers_initialized, z, labels,
                                      model.config.center_momentum)
+
+    def time_features(self, den, t, dim: int, dtype, T: int):
+        return reference.time_mlp(den, reference.embedding_table(T, dim, dtype, t.device)[t])
+
+    def translator_tables(self, den, t, T: int, K: int, dim: int, dtype):
+        """One gather of the cached embedding table and one time MLP for the random steps and the
+        unroll's steps together (the same values as two, a dozen fewer kernels each way)."""
+        tau = schedule.sampling_timesteps_on(T, K, t.device)
+        emb = reference.embedding_table(T, dim, dtype, t.device)[torch.cat([t, tau])]
+        e_t, e_table = reference.time_mlp(den, emb).split([t.shape[0], K])
+        # the unroll saves its e_table for the backward: a copy, so the [B, H] rows are not kept with it
+        return e_t, (reference.ddim_table(T, K, dtype, t.device), e_table.clone())
 
     def diffusion_term(self, den, x0, eps, t, e_t, cond, T: int):
         return denoiser_x0_loss.denoise_x0_loss(den, x0, eps, t, e_t, cond, T)
@@ -126,10 +140,10 @@ class FusedPieces(reference.EagerPieces):
             return semantic_sampler.semantic_sample(model, visual)[1].to(z.dtype)
         return infer_phases.semantic_phases(model, visual)[1].to(z.dtype)
 
-    def unroll(self, model, s, z, xi, cond):
+    def unroll(self, model, s, z, xi, cond, tables=None):
         cfg, den = model.config, model.translator
         T = cfg.diffusion_steps
-        ddim, e_table = reference.sampling_tables(den, T, cfg.translator_steps, cfg.dim, s.dtype, s.device)
+        ddim, e_table = tables or reference.sampling_tables(den, T, cfg.translator_steps, cfg.dim, s.dtype, s.device)
         args = (den, model.pfin, reference._start(T, s, xi), z, cond, e_table, ddim)
         if training_impl(model) == "rowblock":
             return translator_unroll.translator_unroll(*args)

@@ -43,11 +43,22 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(dtype)
 
 
-def time_features(den, t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """``e_t = W_e2 SiLU(W_e1 emb(t) + b_e1) + b_e2``: ``t [N] -> [N, H]``."""
-    emb = sinusoidal_embedding(t, dim, dtype)
+def embedding_table(T: int, dim: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """:func:`sinusoidal_embedding` of every step t = 0..T, ``[T + 1, dim]`` (cached per device,
+    read-only): ``table[t]`` is ``emb(t)`` in one gather."""
+    return schedule.device_cached(("emb", int(T), int(dim), dtype),
+                                  lambda dev: sinusoidal_embedding(torch.arange(T + 1, device=dev), dim, dtype), device)
+
+
+def time_mlp(den, emb: torch.Tensor) -> torch.Tensor:
+    """``W_e2 SiLU(W_e1 emb + b_e1) + b_e2``: ``[N, dim] -> [N, H]``."""
     h = F.silu(F.linear(emb, den.time_in.weight, den.time_in.bias))
     return F.linear(h, den.time_out.weight, den.time_out.bias)
+
+
+def time_features(den, t: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """``e_t = W_e2 SiLU(W_e1 emb(t) + b_e1) + b_e2``: ``t [N] -> [N, H]``."""
+    return time_mlp(den, sinusoidal_embedding(t, dim, dtype))
 
 
 def condition_term(den, c: torch.Tensor) -> torch.Tensor:
@@ -81,10 +92,13 @@ def sampling_tables(den, T: int, K: int, dim: int, dtype: torch.dtype, device):
 
     Row k-1 belongs to step k (t = tau_k): ``(a_k, b_k)`` and ``e(tau_k)``.
     """
-    tau = schedule.sampling_timesteps_on(T, K, device)
-    coef_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    coef = schedule.ddim_coefficients_on(T, K, device, coef_dtype)
-    return coef, time_features(den, tau, dim, dtype)
+    return ddim_table(T, K, dtype, device), time_features(den, schedule.sampling_timesteps_on(T, K, device), dim, dtype)
+
+
+def ddim_table(T: int, K: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """A K-step sampler's ``[K, 2]`` DDIM coefficients for a model computing in ``dtype``: float64
+    for float64, float32 otherwise (cached per device, read-only)."""
+    return schedule.ddim_coefficients_on(T, K, device, torch.float64 if dtype == torch.float64 else torch.float32)
 
 
 def _ddim_update(x, x0_hat, coef_row):
@@ -202,6 +216,14 @@ def center_logits(r: torch.Tensor, centers: torch.Tensor, temperature: float) ->
     return -sq / temperature
 
 
+def weighted_sum(first: torch.Tensor, *terms: tuple[float, torch.Tensor]) -> torch.Tensor:
+    """``first + sum_i w_i x_i`` for ``terms = ((w_i, x_i), ...)``, left to right, one ``add(alpha=w)``
+    per term (one kernel each way instead of a multiply and an add)."""
+    for w, x in terms:
+        first = torch.add(first, x, alpha=w)
+    return first
+
+
 def _rng(generator) -> dict:
     """``generator=`` only when one is given: the explicit ``generator=None`` overloads of
     randint/randn reject the symbolic batch size torch.compile uses after a shape change."""
@@ -232,6 +254,15 @@ class EagerPieces:
     def update_centers(self, model, z: torch.Tensor, labels: torch.Tensor) -> None:
         update_centers(model, z, labels)
 
+    def time_features(self, den, t, dim: int, dtype, T: int):
+        """``e_t [B, H]`` of the random steps ``t [B]`` (in 1..T)."""
+        return time_features(den, t, dim, dtype)
+
+    def translator_tables(self, den, t, T: int, K: int, dim: int, dtype):
+        """Stage 2's time features: ``(e_t [B, H], (ddim [K, 2], e_table [K, H]))``, the random steps'
+        and the K-step unroll's tables (:func:`sampling_tables`)."""
+        return time_features(den, t, dim, dtype), sampling_tables(den, T, K, dim, dtype, t.device)
+
     def diffusion_term(self, den, x0, eps, t, e_t, cond, T: int):
         """Random-t diffusion term ``(mean ||D(x_t) - x0||^2, a)`` with ``x_t`` noised from ``x0``."""
         x0_hat, a = denoise(den, _noised(T, x0, t, eps), e_t, cond)
@@ -248,9 +279,10 @@ class EagerPieces:
         """The Learner's sample ``s`` of ``z`` (called under no_grad)."""
         return learner_sample(model, z)
 
-    def unroll(self, model, s, z, xi, cond):
-        """The K2-step Translator + PFIN loop from start noise ``xi``: the final ``m [B, d]``."""
-        return translator_pfin_sample(model, s, z, xi)[1]
+    def unroll(self, model, s, z, xi, cond, tables=None):
+        """The K2-step Translator + PFIN loop from start noise ``xi``: the final ``m [B, d]``;
+        ``tables`` its ``(ddim, e_table)``, computed here when None."""
+        return translator_pfin_sample(model, s, z, xi, tables)[1]
 
 
 EAGER = EagerPieces()
@@ -268,12 +300,12 @@ def learner_loss(model, visual: torch.Tensor, labels: torch.Tensor, generator=No
     centers = model.centers.to(z.dtype)
     x0 = centers[labels]
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
-    e_t = time_features(den, t, cfg.dim, z.dtype)
+    e_t = pieces.time_features(den, t, cfg.dim, z.dtype, cfg.diffusion_steps)
     l_diff, a = pieces.diffusion_term(den, x0, eps, t, e_t, condition_term(den, z), cfg.diffusion_steps)
     r = F.linear(a, model.readout.weight)
     l_sc = pieces.center_loss(r, centers, labels, cfg.center_temperature)
     l_aux = F.cross_entropy(F.linear(z, model.aux_visual.weight, model.aux_visual.bias), labels)
-    loss = l_diff + cfg.lambda_sc * l_sc + cfg.lambda_aux * l_aux
+    loss = weighted_sum(l_diff, (cfg.lambda_sc, l_sc), (cfg.lambda_aux, l_aux))
     return loss, {"diffusion": l_diff.detach(), "center": l_sc.detach(), "aux": l_aux.detach()}
 
 
@@ -292,9 +324,9 @@ def translator_loss(model, visual, labels, text, per_class_text: bool, generator
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
     xi = torch.randn(z.shape[0], cfg.dim, device=z.device, dtype=torch.float32, **_rng(generator))
     cond = condition_term(den, s)
-    l_diff = pieces.diffusion_loss(model, den, target, eps, t, time_features(den, t, cfg.dim, z.dtype), cond,
-                                   cfg.diffusion_steps)
-    m = pieces.unroll(model, s, z, xi, cond)
+    e_t, tables = pieces.translator_tables(den, t, cfg.diffusion_steps, cfg.translator_steps, cfg.dim, z.dtype)
+    l_diff = pieces.diffusion_loss(model, den, target, eps, t, e_t, cond, cfg.diffusion_steps)
+    m = pieces.unroll(model, s, z, xi, cond, tables)
     return stage2_objective(model, l_diff, m, u_y, target, labels)
 
 
@@ -306,6 +338,6 @@ def stage2_objective(model, l_diff, m, u_y, target, labels):
     l_cls = F.cross_entropy(F.linear(m, model.head.weight, model.head.bias), labels)
     l_al = F.mse_loss(m, target)
     l_aux = F.cross_entropy(F.linear(u_y, model.aux_text.weight, model.aux_text.bias), labels)
-    loss = l_diff + cfg.lambda_cls * l_cls + cfg.lambda_al * l_al + cfg.lambda_aux * l_aux
+    loss = weighted_sum(l_diff, (cfg.lambda_cls, l_cls), (cfg.lambda_al, l_al), (cfg.lambda_aux, l_aux))
     parts = {"diffusion": l_diff.detach(), "cls": l_cls.detach(), "align": l_al.detach(), "aux": l_aux.detach()}
     return loss, parts

@@ -44,42 +44,46 @@ def alpha_bar(T: int) -> torch.Tensor:
 _DEVICE: dict = {}  # (table, T, K, dtype, device) -> the table on that device, built once
 
 
-def _on_device(key: tuple, make, device) -> torch.Tensor:
-    """``make(device)`` (a table built on the host and copied to ``device``), kept per CUDA device
-    after its first copy.
+def device_cached(key: tuple, make, device) -> torch.Tensor:
+    """``make(device)``, a constant table built for ``device``, kept per device after its first build
+    (``key`` names the table and its arguments). Callers must not write to the returned tensor.
 
     A host-to-device copy from pageable memory on every training step would wait for the stream
-    each time, and inside a CUDA-graph capture it would record a copy from a host buffer that is
-    freed before the replay. Under torch.compile the plain copy is traced instead (the compiler
-    folds the constant). Callers must not write to the returned tensor."""
+    each time, inside a CUDA-graph capture it would record a copy from a host buffer that is freed
+    before the replay, and rebuilding a table on every step is kernels a captured step pays for.
+    The table is built outside inference mode and autograd, so a table first built during
+    ``torch.inference_mode()`` can still be saved for a later training step's backward. Not cached:
+    under torch.compile (the plain build is traced, and the compiler folds the constant) and on the
+    meta device (the cost models' recordings then do not depend on call order)."""
     device = torch.device(device)
-    if device.type != "cuda" or torch.compiler.is_compiling():
+    if device.type == "meta" or torch.compiler.is_compiling():
         return make(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     key = key + (device,)
     table = _DEVICE.get(key)
     if table is None:
-        table = _DEVICE[key] = make(device)
+        with torch.inference_mode(False), torch.no_grad():
+            table = _DEVICE[key] = make(device)
     return table
 
 
 def alpha_bar_on(T: int, device) -> torch.Tensor:
     """:func:`alpha_bar` on ``device`` (cached there, read-only)."""
-    return _on_device(("abar", int(T)), lambda dev: alpha_bar(T).to(dev), device)
+    return device_cached(("abar", int(T)), lambda dev: alpha_bar(T).to(dev), device)
 
 
 def sampling_timesteps_on(T: int, K: int, device) -> torch.Tensor:
     """``tau_1 .. tau_K`` (:func:`sampling_timesteps` without ``tau_0``) as int64 ``[K]`` on
     ``device`` (cached there, read-only)."""
-    return _on_device(("tau", int(T), int(K)), lambda dev: torch.tensor(sampling_timesteps(T, K)[1:], device=dev),
-                      device)
+    return device_cached(("tau", int(T), int(K)),
+                         lambda dev: torch.tensor(sampling_timesteps(T, K)[1:], device=dev), device)
 
 
 def ddim_coefficients_on(T: int, K: int, device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """:func:`ddim_coefficients` in ``dtype`` on ``device`` (cached there, read-only)."""
-    return _on_device(("ddim", int(T), int(K), dtype),
-                      lambda dev: ddim_coefficients(T, K).to(device=dev, dtype=dtype), device)
+    return device_cached(("ddim", int(T), int(K), dtype),
+                         lambda dev: ddim_coefficients(T, K).to(device=dev, dtype=dtype), device)
 
 
 def sampling_timesteps(T: int, K: int) -> list[int]:
@@ -124,3 +128,11 @@ def noising_coefficients(T: int, t: torch.Tensor, dtype: torch.dtype) -> tuple[t
     """Per-sample ``(sqrt(abar_t), sqrt(1 - abar_t))`` as ``[B, 1]`` columns for integer t in 1..T."""
     abar = alpha_bar_on(T, t.device)[t]
     return abar.sqrt().to(dtype).unsqueeze(1), (1.0 - abar).sqrt().to(dtype).unsqueeze(1)
+
+
+def noising_table_on(T: int, device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`noising_coefficients` of every t = 0..T as one ``[T + 1, 2]`` table in ``dtype`` on
+    ``device`` (cached there, read-only): ``table[t]`` is ``[B, 2]`` in one gather, the same values."""
+    return device_cached(("noising", int(T), dtype),
+                         lambda dev: torch.cat(noising_coefficients(T, torch.arange(T + 1, device=dev), dtype), 1),
+                         device)

@@ -75,10 +75,10 @@ def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, co
     ``e_t``, ``cond`` and the denoiser's parameters. Under ``torch.autocast`` the denoiser computes in
     the autocast dtype and the loss is taken in fp32."""
     check_no_grad(target, eps)
-    sa, sb = schedule.noising_coefficients(diffusion_steps, t, target.dtype)
+    coef = schedule.noising_table_on(diffusion_steps, t.device, target.dtype)[t]  # [B, 2]: sqrt(abar_t), sqrt(1 - abar_t)
     w_hidden, b_hidden = hidden_stack(den, den.in_x.weight.shape[0], den.in_x.weight.dtype, target.device)
     w_x, w_hidden, b_hidden, w_out, b_out, x_t, cond_t = in_compute_dtype(
-        [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, torch.addcmul(sa * target, sb, eps),
+        [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, torch.addcmul(coef[:, :1] * target, coef[:, 1:], eps),
          cond + e_t], target.device)
     x0_hat, _ = denoise_phases_fwd(x_t.contiguous(), cond_t.contiguous(), w_x, w_hidden, b_hidden, w_out, b_out)
     return F.mse_loss(x0_hat.float(), target.float())  # one kernel each way (a captured step pays per kernel)

@@ -244,3 +244,32 @@ def test_a_non_finite_row_leaves_the_centers_of_other_rows_alone(backend):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     opt.step()
     assert torch.isfinite(model.centers).all()
+
+
+def test_embedding_table_rows_are_the_embedding():
+    """The cached table's row t is ``emb(t)`` bit for bit, in each dtype."""
+    t = torch.tensor([0, 1, 17, 500, 1000])
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        assert torch.equal(reference.embedding_table(1000, 10, dtype, "cpu")[t],
+                           reference.sinusoidal_embedding(t, 10, dtype))
+
+
+@pytest.mark.parametrize("K", [1, 4])
+def test_fused_translator_tables_match_the_eager_pieces(K):
+    """The fused glue's one time MLP over the random steps and the unroll's steps gives the eager
+    pieces' two, values and gradients (it only batches the rows)."""
+    from seda_fast.backends import TRITON
+    model = make_model(translator_steps=K)
+    model.set_stage(2)  # the Translator trains
+    cfg, den = model.config, model.translator
+    t = torch.randint(1, cfg.diffusion_steps + 1, (7,))
+    out = {}
+    for name, pieces in (("eager", reference.EAGER), ("fused", TRITON.pieces)):
+        den.zero_grad()
+        e_t, (ddim, e_table) = pieces.translator_tables(den, t, cfg.diffusion_steps, K, cfg.dim, torch.float32)
+        (e_t.square().sum() + e_table.sin().sum()).backward()
+        out[name] = [e_t, ddim, e_table] + [p.grad.clone() for p in (den.time_in.weight, den.time_in.bias,
+                                                                      den.time_out.weight, den.time_out.bias)]
+    for a, b in zip(out["eager"], out["fused"]):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    assert out["fused"][0].shape == (7, cfg.hidden) and out["fused"][2].shape == (K, cfg.hidden)

@@ -63,3 +63,38 @@ def test_start_and_noising_coefficients():
     sa, sb = schedule.noising_coefficients(1000, t, torch.float32)
     assert sa.shape == (3, 1) and sa.dtype == torch.float32
     np.testing.assert_allclose((sa ** 2 + sb ** 2).squeeze(1).numpy(), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_noising_table_gathers_the_same_coefficients(dtype):
+    """One gather of the cached ``[T + 1, 2]`` table gives noising_coefficients' values bit for bit."""
+    t = torch.randint(1, 1001, (37,))
+    table = schedule.noising_table_on(1000, "cpu", dtype)
+    assert table.shape == (1001, 2) and table.dtype == dtype
+    sa, sb = schedule.noising_coefficients(1000, t, dtype)
+    assert torch.equal(table[t], torch.cat([sa, sb], 1))
+
+
+def test_device_cached_builds_once_and_never_on_meta():
+    builds = []
+
+    def make(dev):
+        builds.append(dev)
+        return torch.zeros(3, device=dev)
+    key = ("test-table", object())  # a key no other test shares
+    first = schedule.device_cached(key, make, "cpu")
+    assert schedule.device_cached(key, make, "cpu") is first and len(builds) == 1
+    schedule.device_cached(key, make, "meta")
+    schedule.device_cached(key, make, "meta")
+    assert len(builds) == 3  # the cost models' meta recordings see every build
+
+
+def test_a_table_first_built_in_inference_mode_serves_a_training_backward():
+    """The cache builds outside inference mode: a table first needed by inference (here the DDIM
+    coefficients of an unusual T, K) is saved for a later training step's backward without error."""
+    with torch.inference_mode():
+        schedule.ddim_coefficients_on(997, 3, "cpu", torch.float32)
+    coef = schedule.ddim_coefficients_on(997, 3, "cpu", torch.float32)
+    x = torch.randn(4, requires_grad=True)
+    (coef[0, 0] * x).sum().backward()  # mul saves coef for x's gradient
+    assert not coef.is_inference() and torch.equal(x.grad, coef[0, 0].expand(4))

@@ -258,7 +258,7 @@ def test_dry_run_peak_equals_a_real_run(monkeypatch):
 def test_stage2_peak_memory_at_the_default_config_is_under_half_of_eager():
     """The target: stage-2 step (loss + backward) peak <= 0.5x eager at the default config
     (d = 512, H = 1024, L = 2, K2 = 10, B = 256, fp32) for the recomputing unrolls (row blocks and
-    phases; measured 0.46x and 0.499x: the phase path's diffusion term keeps its denoiser's
+    phases; measured 0.46x and 0.498x: the phase path's diffusion term keeps its denoiser's
     activations until its backward, after the unroll's), whose peaks grow with K far slower than
     eager's (they save O(K B d), eager O(K B (L + 3) H)); the saving phase unroll keeps about what
     eager autograd keeps (measured 1.13x eager's peak)."""
