@@ -23,8 +23,8 @@ import torch
 
 from ._heuristics import check_matrix
 from .translator_unroll import check_denoiser
-from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _views, check_flat_acts,
-                            pick_unroll_tiles, schedule_table, split_rows, sum_partials, wgrad_out_tiles, wgrad_tiles)
+from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _views, call_tiles, check_flat_acts,
+                            schedule_table, split_rows, sum_partials, wgrad_out_tiles, wgrad_tiles)
 
 WGRAD_JOBS = 3  # w_x, w_hidden, w_out: the phase kernel's first three weight-gradient jobs
 _ZEROS: dict = {}
@@ -70,7 +70,7 @@ def _zero_tables(H, dtype, device):
     return tables
 
 
-def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, pdl):
+def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl):
     """The phase kernel's arguments for this schedule: one step (K = 1, a zero time row), no PFIN
     (its weights and buffers are stand-ins no phase here reads)."""
     e_row, ddim = _zero_tables(cond.shape[1], cond.dtype, cond.device)
@@ -81,11 +81,12 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, pdl):
     if grads is not None:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
         grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
     xs = x_t.unsqueeze(0)
-    return _Call(xs, xs, cond, e_row, ddim, full, nh, act, grads, 1, splits, tiles, pdl, wgrad_jobs=WGRAD_JOBS)
+    return _Call(xs, xs, cond, e_row, ddim, full, nh, act, grads, 1, splits, tiles, pdl, wgrad_jobs=WGRAD_JOBS,
+                 wide=wide)
 
 
 def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, tiles: PhaseTiles | None = None,
-                           pdl: bool = False):
+                           wide: PhaseTiles | None = None, pdl: bool = False):
     """``(x0_hat [B, d], acts)`` in the weights' dtype; ``acts``: the flat activations
     :func:`denoise_phases_backward` reads. ``x_t [B, d]``, ``cond [B, H]`` in the weights' dtype;
     weights as :func:`seda_fast.kernels.translator_unroll_forward`'s first five."""
@@ -95,12 +96,12 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
     x0_hat = torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)
     acts = dict(_views(flat, _act_shapes(B, d, H, nh)), x0=x0_hat.unsqueeze(0))
     fwd, _, table = schedule_table(build_schedule, (nh + 1,), x_t.device)
-    _call(x_t, cond, weights, nh, acts, None, 1, tiles, pdl).run(table, fwd, 0)
+    _call(x_t, cond, weights, nh, acts, None, 1, tiles, wide, pdl).run(table, fwd, 0)
     return x0_hat, flat
 
 
 def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,
-                            tiles: PhaseTiles | None = None, pdl: bool = False):
+                            tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
     """``(grad_cond [B, H], grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` in the
     weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]`` and the forward's ``acts``; accumulated in
     fp32 in a fixed order (bitwise reproducible). ``L + 1`` launches."""
@@ -109,7 +110,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w
     dtype, device = w_x.dtype, x_t.device
     check_matrix("grad_x0", grad_x0, B, d, None, device, batch_rows=True)
     check_flat_acts(acts, saved_numel(B, d, H, nh + 1), dtype, device)
-    tiles = tiles or pick_unroll_tiles(B, d, H, dtype)
+    tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)[:2]
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt, WGRAD_JOBS))
     f32 = dict(device=device, dtype=torch.float32)
@@ -123,7 +124,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w
                    torch.empty(1, splits, d, H, **f32)])
     _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
-    _call(x_t, cond, weights, nh, _views(acts, _act_shapes(B, d, H, nh)), g, splits, tiles, pdl) \
+    _call(x_t, cond, weights, nh, _views(acts, _act_shapes(B, d, H, nh)), g, splits, tiles, wide, pdl) \
         .run(table, bwd, fwd_len)
     cs = torch.split(g["cs"], [lay * splits * n for lay, n in sizes])
     out = lambda t: t.to(dtype)  # noqa: E731

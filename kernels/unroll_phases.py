@@ -159,9 +159,8 @@ def pick_unroll_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfl
 
     sm_90a compile report (default model; triton 3.7.1 and 3.6.0): 128 x 128 with the split
     epilogue 154-238 registers, no spills, 65-145 KiB of shared memory. Rejected: 128 x 128 with
-    the whole-tile epilogue (6-10 spill stores in the residual layers' backward phase),
-    128 x 256 x 32 with 4 epilogue parts (59 spill stores where the accumulator starts from a
-    loaded tile, BM).
+    the whole-tile epilogue (6-10 spill stores in the residual layers' backward phase). Over the
+    128 x 128 tile, the phases with a wave of wider tiles take 128 x 256 (:func:`pick_wide_tiles`).
     """
     if dtype != torch.float32:
         wide = max(d, H)
@@ -173,12 +172,58 @@ def pick_unroll_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfl
     return pick_phase_tiles(batch, d, H, dtype)
 
 
+WIDE_TILES = PhaseTiles(128, 256, 32, 8, 3, epi_parts=4)
+WIDE_NEED = 3 * TARGET_TILES // 4  # a phase takes WIDE_TILES when it still has this many of them
+
+
+def pick_wide_tiles(tiles: PhaseTiles, d: int, H: int) -> PhaseTiles | None:
+    """The wider tile the activation phases of a call whose tile is ``tiles`` may take, phase by
+    phase (:func:`row_tiles`): :data:`WIDE_TILES` (128 x 256 x 32, 8 warps, 3 stages, the epilogue
+    in 4 column parts) over the 128 x 128 tile of :data:`UNROLL_TILES`; None for any other tile.
+
+    The same work in tiles twice as wide reads 3/4 of the bytes per FLOP from L2 (a 128 x 128 tile
+    does 64 FLOP per byte, below what the H200's compute needs from an L2 of about 10 TB/s), so
+    it wins wherever the phase still has a wave of them. The cost model
+    (``seda_fast.tools.cost_training``, default model, K2 = 10, save) gives the unroll 1.84 ms at
+    B = 4096 with 128 x 128 everywhere and 1.43 ms with :func:`row_tiles` and the 128 x 256
+    weight-gradient tile (:func:`wgrad_tiles`); with the 96-tile threshold the unroll is within 0.5%
+    of taking the better of the two tiles phase by phase, at every B from 1409 to 16384 (a phase of
+    one d-wide job keeps 128 x 128 up to B = 6016). sm_90a compile report (triton 3.7.1 and 3.6.0):
+    no spills in any phase kind, at most 255 registers and 129 KiB of shared memory; the residual
+    layers' and the PFIN-input backward phases (BR, BM) add their running gradient in the split
+    epilogue instead of starting the accumulator from it, which spilled 8 and 59 stores."""
+    if (tiles.BM, tiles.BN) != (UNROLL_TILES[0][0].BM, UNROLL_TILES[0][0].BN):
+        return None
+    BN = clamp_block(WIDE_TILES.BN, max(d, H))
+    return None if BN <= tiles.BN else WIDE_TILES
+
+
+def row_tiles(row, B: int, d: int, H: int, nh: int, tiles: PhaseTiles, wide: PhaseTiles | None) -> PhaseTiles:
+    """The tile of one activation phase (schedule ``row``): ``wide`` when given and the phase has at
+    least :data:`WIDE_NEED` of its tiles, else the call's ``tiles``; the weight-gradient phase is
+    tiled by :func:`wgrad_tiles` and launched with ``tiles``' warps and stages."""
+    if wide is None or row[0] == W_GRAD:
+        return tiles
+    n = sum(triton.cdiv(M, wide.BM) * triton.cdiv(N, wide.BN) for _, M, N, _ in phase_jobs(row, B, d, H, nh))
+    return wide if n >= WIDE_NEED else tiles
+
+
 def wgrad_tiles(dtype: torch.dtype, N: int, Kdim: int, tiles: PhaseTiles | None = None) -> tuple[int, int, int]:
     """``(WBN, WBK, WBB)``: weight-gradient output tile over (out, in) and rows per K step:
-    fp16/bf16 ``64 x 64`` over 32 rows (wgmma's M = 64), or ``128 x 128`` with the activation
-    phases' 128-row tile (its 8 warps; 212 registers, no spills); fp32 ``32 x 32`` over 32 rows."""
-    w = 32 if dtype == torch.float32 else 128 if tiles is not None and tiles.BM == 128 else 64
-    return clamp_block(w, N), clamp_block(w, Kdim), 32
+    fp16/bf16 ``64 x 64`` over 32 rows (wgmma's M = 64), or ``128 x 256`` with the activation
+    phases' 128-row tile (its 8 warps; 212 registers, no spills; 128 x 128 read 4/3 the L2 bytes
+    per FLOP); fp32 ``32 x 32`` over 32 rows."""
+    if dtype == torch.float32:
+        return clamp_block(32, N), clamp_block(32, Kdim), 32
+    if tiles is not None and tiles.BM == 128:
+        return clamp_block(128, N), clamp_block(256, Kdim), 32
+    return clamp_block(64, N), clamp_block(64, Kdim), 32
+
+
+def wgrad_epilogue_parts(WBK: int) -> int:
+    """Column parts of the weight-gradient tile's partial update: 4 at ``WBK = 256`` (the whole
+    128 x 256 fp32 partial loaded beside the accumulator spilled 39 stores), else 1."""
+    return 4 if WBK >= 256 else 1
 
 
 def wgrad_jobs(d: int, H: int, nh: int) -> list[tuple]:
@@ -196,12 +241,13 @@ def wgrad_out_tiles(d: int, H: int, nh: int, wt: tuple[int, int], n_jobs: int = 
                for _, N, Kd, layers in wgrad_jobs(d, H, nh)[:n_jobs])
 
 
-def split_rows(B: int, out_tiles: int, target: int = 264) -> int:
+def split_rows(B: int, out_tiles: int, target: int = TARGET_TILES) -> int:
     """Row splits of a step's weight-gradient reduction: enough (output tiles x splits) programs
-    for two waves of 132 SMs, no split under 64 rows. ``out_tiles``: the whole phase's
+    for about a wave of 132 SMs, no split under 64 rows. ``out_tiles``: the whole phase's
     (:func:`wgrad_out_tiles`). Each split adds an fp32 partial of every weight that each step's
-    phase reads and writes back, so no more splits than the waves need (default model: 1 at
-    B = 256, 2 at B = 4096)."""
+    phase reads and writes back, so no more splits than the wave needs (default model: 1 at
+    B = 256 and at B = 4096, where two splits of 128 x 256 tiles cost the W phases 0.48 ms
+    against 0.45 by the cost model, three 0.51)."""
     want = triton.cdiv(target, max(out_tiles, 1))
     return max(1, min(want, triton.cdiv(B, 64)))
 
@@ -264,10 +310,12 @@ def unroll_phase_kernel(sched_ptr, phase,
                         B, d, H, NH, K, S, SB,
                         KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
-                        LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr = 1, PDL: tl.constexpr = False):
+                        LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr = 1, WEPI: tl.constexpr = 1,
+                        PDL: tl.constexpr = False):
     """One phase (schedule row ``phase``) of the training unroll; one program per output tile.
     ``EPI``: the epilogues run on that many column parts of the tile, one after another
-    (``_blocks.col_part``), so a wide tile's loaded epilogue tiles are not all live at once.
+    (``_blocks.col_part``), so a wide tile's loaded epilogue tiles are not all live at once;
+    ``WEPI``: the same for the weight-gradient tile's partial (``wgrad_epilogue_parts``).
 
     Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
     ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. One step's
@@ -406,36 +454,42 @@ def unroll_phase_kernel(sched_ptr, phase,
                                   BM, BN, BK, LOWP, PREC, W_KN=True)
             blk.store_tile(gx_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
     elif KIND == 4:  # BM: gm <- gm + [g_p | g_q] [W_pm; W_gm] ; gx0 = [g_p | g_q] [W_pu; W_gu] + b_k gx
+        # the loaded term joins in the epilogue, part by part: a wide accumulator never starts from a
+        # whole loaded tile (that spilled at 128 x 256)
         gpq_rows = gpq_ptr
-        if t < tiles_d:
+        to_gm = t < tiles_d
+        if to_gm:
             r0, n0 = _tile(t, d, BM, BN)
-            acc = blk.load_tile(gm_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
-            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d), H + d, B - r0, wpm_ptr, n0, d, H,
-                                  BM, BN, BK, LOWP, PREC, W_KN=True)
-            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d) + H, H + d, B - r0, wgm_ptr, n0, d, d,
-                                  BM, BN, BK, LOWP, PREC, W_KN=True)
-            blk.store_tile(gm_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+            w_g, w_q, src, scale = wpm_ptr, wgm_ptr, gm_ptr, 1.0
         else:
             r0, n0 = _tile(t - tiles_d, d, BM, BN)
-            acc = tl.load(dd_ptr + 2 * kr + 1) * blk.load_tile(gx_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
-            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d), H + d, B - r0, wpu_ptr, n0, d, H,
-                                  BM, BN, BK, LOWP, PREC, W_KN=True)
-            acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d) + H, H + d, B - r0, wgu_ptr, n0, d, d,
-                                  BM, BN, BK, LOWP, PREC, W_KN=True)
-            blk.store_tile(gx0_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
+            w_g, w_q, src, scale = wpu_ptr, wgu_ptr, gx_ptr, tl.load(dd_ptr + 2 * kr + 1)
+        acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gpq_rows + r0 * (H + d), H + d, B - r0, w_g, n0, d, H,
+                              BM, BN, BK, LOWP, PREC, W_KN=True)
+        acc = blk.matmul_tile(acc, gpq_rows + r0 * (H + d) + H, H + d, B - r0, w_q, n0, d, d,
+                              BM, BN, BK, LOWP, PREC, W_KN=True)
+        for part in tl.static_range(EPI):
+            ne = n0 + part * BE
+            out = blk.col_part(acc, part, EPI, BM, BN) + scale * blk.load_tile(src + r0 * d, d, B - r0, ne, d, BM, BE)
+            if to_gm:
+                blk.store_tile(gm_ptr + r0 * d, d, B - r0, ne, d, out, BM, BE)
+            else:
+                blk.store_tile(gx0_ptr + r0 * d, d, B - r0, ne, d, out, BM, BE)
     elif KIND == 5 or KIND == 6:  # BO / BR_l: gh (+)= G W^T, then the gradient below the layer's SiLU
         r0, n0 = _tile(t, H, BM, BN)
         if KIND == 5:
             acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr + r0 * d, d, B - r0,
                                   wo_ptr, n0, H, d, BM, BN, BK, LOWP, PREC, W_KN=True)
-        else:
-            acc = blk.load_tile(gh_ptr + r0 * H, H, B - r0, n0, H, BM, BN)
-            acc = blk.matmul_tile(acc, gz_ptr + layer.to(tl.int64) * BH + r0 * H, H, B - r0,
-                                  wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC, W_KN=True)
+        else:  # gh's running value joins in the epilogue (as in BM)
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gz_ptr + layer.to(tl.int64) * BH + r0 * H, H,
+                                  B - r0, wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC,
+                                  W_KN=True)
         below = layer - 1  # the residual layer under this gradient (-1: the input layer)
         for part in tl.static_range(EPI):
             ne = n0 + part * BE
             gh = blk.col_part(acc, part, EPI, BM, BN)
+            if KIND == 6:
+                gh += blk.load_tile(gh_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
             if below >= 0:
                 zb = blk.load_tile(z_ptr + (below.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, ne, H, BM, BE)
                 blk.store_tile(gz_ptr + below.to(tl.int64) * BH + r0 * H, H, B - r0, ne, H, gh * blk.dsilu(zb), BM, BE)
@@ -498,12 +552,15 @@ def unroll_phase_kernel(sched_ptr, phase,
         acc, gsum = _wgrad_tile(tl.zeros((WBN, WBK), tl.float32), tl.zeros((WBN,), tl.float32), g_rows, x_rows,
                                 r_hi - r_lo, N, Kd, n0, k0, WBN, WBK, WBB, LOWP, PREC)
         offs_n = n0 + tl.arange(0, WBN)
-        offs_k = k0 + tl.arange(0, WBK)
-        pmask = (offs_n[:, None] < N) & (offs_k[None, :] < Kd)
-        pp = part + ((lay * SB + split).to(tl.int64) * N + offs_n[:, None]) * Kd + offs_k[None, :]
-        if (flags & 4) != 0:
-            acc += tl.load(pp, mask=pmask, other=0.0)
-        tl.store(pp, acc, mask=pmask)
+        WE: tl.constexpr = WBK // WEPI  # the partial's read-modify-write in column parts, as EPI
+        for wp in tl.static_range(WEPI):
+            offs_k = k0 + wp * WE + tl.arange(0, WE)
+            pmask = (offs_n[:, None] < N) & (offs_k[None, :] < Kd)
+            pp = part + ((lay * SB + split).to(tl.int64) * N + offs_n[:, None]) * Kd + offs_k[None, :]
+            val = blk.col_part(acc, wp, WEPI, WBN, WBK)
+            if (flags & 4) != 0:
+                val += tl.load(pp, mask=pmask, other=0.0)
+            tl.store(pp, val, mask=pmask)
         if j < 5:
             if k0 == 0:
                 cp = cs_ptr + coff + ((lay * K + i) * SB + split).to(tl.int64) * N + offs_n
@@ -604,13 +661,13 @@ class _Call:
     (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones)."""
 
     def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
-                 wgrad_jobs: int = 6):
+                 wgrad_jobs: int = 6, wide: PhaseTiles | None = None):
         B, d = xs.shape[1], xs.shape[2]
         H = cond.shape[1]
         K = xs.shape[0]
         dtype, device = weights[0].dtype, xs.device
         self.dims = (B, d, H, nh, K)
-        self.tiles = tiles or pick_unroll_tiles(B, d, H, dtype)
+        self.tiles, self.wide = call_tiles(tiles, wide, B, d, H, dtype)
         self.wt = wgrad_tiles(dtype, min(d, H), min(d, H), self.tiles)[:2]
         self.slots, self.splits, self.wgrad_jobs = slots, splits, wgrad_jobs
         g = grads or {}
@@ -620,19 +677,33 @@ class _Call:
         gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)]
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits)
-        lowp, prec = dot_mode(dtype, device)
-        t = self.tiles
-        self.meta = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1], WBB=32,
-                         LOWP=lowp, PREC=prec,
-                         num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg, PDL=pdl)
-        if pdl:
-            self.meta["launch_pdl"] = True
+        self.lowp_prec, self.pdl = dot_mode(dtype, device), pdl
+
+    def meta(self, t: PhaseTiles) -> dict:
+        lowp, prec = self.lowp_prec
+        meta = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1], WBB=32,
+                    WEPI=wgrad_epilogue_parts(self.wt[1]),
+                    LOWP=lowp, PREC=prec,
+                    num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg, PDL=self.pdl)
+        if self.pdl:
+            meta["launch_pdl"] = True
+        return meta
 
     def run(self, table, rows, first):
         B, d, H, nh, _ = self.dims
         for p, row in enumerate(rows):
-            grid = _grid(row, B, d, H, nh, self.tiles, self.wt, self.splits, self.wgrad_jobs)
-            launch(unroll_phase_kernel, (grid,), table, first + p, *self.args, KIND=row[0], **self.meta)
+            tiles = row_tiles(row, B, d, H, nh, self.tiles, self.wide)
+            grid = _grid(row, B, d, H, nh, tiles, self.wt, self.splits, self.wgrad_jobs)
+            launch(unroll_phase_kernel, (grid,), table, first + p, *self.args, KIND=row[0], **self.meta(tiles))
+
+
+def call_tiles(tiles: PhaseTiles | None, wide: PhaseTiles | None, B: int, d: int, H: int, dtype) -> tuple:
+    """``(tiles, wide)`` of a call: both picked (:func:`pick_unroll_tiles`, :func:`pick_wide_tiles`)
+    when ``tiles`` is None; given tiles are used as given (``wide`` None: every phase on ``tiles``)."""
+    if tiles is None:
+        tiles = pick_unroll_tiles(B, d, H, dtype)
+        return tiles, pick_wide_tiles(tiles, d, H)
+    return tiles, wide
 
 
 def _check_states(xs, ms, B, d, K, dtype, device):
@@ -645,7 +716,7 @@ def _check_states(xs, ms, B, d, K, dtype, device):
 
 def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out,
                           w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, *, policy: str = "save",
-                          tiles: PhaseTiles | None = None, pdl: bool = False):
+                          tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
     """The unrolled loop as ``K (L + 1) + 2`` phase launches (arguments as
     :func:`seda_fast.kernels.translator_unroll_forward`; ``pdl``: programmatic dependent launch,
     Hopper only).
@@ -667,13 +738,13 @@ def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, 
     flat = torch.empty(_act_numel(B, d, H, nh, slots), dtype=dtype, device=device)
     acts = _views(flat, _act_shapes(B, d, H, nh, slots))
     fwd, _, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
-    _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl).run(table, fwd, 0)
+    _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl, wide=wide).run(table, fwd, 0)
     return ms[K].clone(), xs, ms, (flat if policy == "save" else flat.new_empty(0))
 
 
 def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out,
                            w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, *, policy: str = "save",
-                           tiles: PhaseTiles | None = None, pdl: bool = False):
+                           tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
     """Every gradient of :func:`unroll_phases_forward` from ``grad_m = dL/dm [B, d]`` and its saved
     ``xs``, ``ms``, ``acts``, in the order of :func:`seda_fast.kernels.translator_unroll_backward`
     (inputs, then the 13 weights), in the weights' dtype. Accumulated in fp32 in a fixed order
@@ -694,7 +765,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
         act = _views(acts, shapes)
     else:
         act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
-    tiles = tiles or pick_unroll_tiles(B, d, H, dtype)
+    tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt[:2]))
     f32 = dict(device=device, dtype=torch.float32)
@@ -707,7 +778,8 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
              part=[torch.empty(layers, splits, N, Kd, **f32) if layers else torch.empty(1, **f32)
                    for _, N, Kd, layers in jobs])
     fwd, bwd, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
-    _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl).run(table, bwd, len(fwd))
+    _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl, wide=wide) \
+        .run(table, bwd, len(fwd))
     del g["ga"], g["gz"], g["gx0"], g["gdel"], g["gpq"], act, g["gh"]
 
     dw_x, dw_h, dw_o, dw_pd, dw_in_m, dw_in_x = sum_partials(g.pop("part"), splits)

@@ -365,7 +365,7 @@ def denoise_phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ce
 
 def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, n_wgrad: int, in_hbm: bool, dtype: str,
                         ceilings: Ceilings) -> list[dict]:
-    """Per schedule row of ``unroll_phase_kernel`` (the launcher's tiles, :func:`pick_unroll_tiles`;
+    """Per schedule row of ``unroll_phase_kernel`` (the launcher's tiles, row by row: ``row_tiles``;
     weight-gradient tiles and row splits as its launchers pick them, over the first ``n_wgrad``
     jobs). Activation GEMMs read their weight from HBM once and their operands from L2 (from HBM
     too when ``in_hbm``: the saved activations exceed the L2); a weight-gradient job is tiled by the
@@ -378,13 +378,14 @@ def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, n_wgrad: int, in_hbm:
     d, H, L = cfg.dim, cfg.hidden, cfg.layers
     tdt = getattr(torch, dtype)
     e = _DTYPE_BYTES[dtype]
-    tiles = U.pick_unroll_tiles(batch, d, H, tdt)
+    tiles, wide = U.call_tiles(None, None, batch, d, H, tdt)
     WBN, WBK, _ = U.wgrad_tiles(tdt, min(d, H), min(d, H), tiles)
     splits = U.split_rows(batch, U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK), n_wgrad))
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     out = []
     for row in rows:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
+        row_tiles = U.row_tiles(row, batch, d, H, L - 1, tiles, wide)
         for _, M, N, Kr in U.phase_jobs(row, batch, d, H, L - 1, n_wgrad):
             if row[0] == U.W_GRAD:  # G^T X over Kr rows, SP partials of [M, N] fp32
                 wt = _tiles(WBN, WBK)
@@ -393,7 +394,7 @@ def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, n_wgrad: int, in_hbm:
                 b += 2 * splits * M * N * 4
                 hbm += 2 * splits * M * N * 4 + (Kr * (M + N) * e if in_hbm else 0)
             else:
-                t, f, b = job_counts(M, N, Kr, tiles, e, epilogue_reads=1)
+                t, f, b = job_counts(M, N, Kr, row_tiles, e, epilogue_reads=1)
                 hbm += N * Kr * e + ((M * Kr + 2 * M * N) * e if in_hbm else 0)
             n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
         pt = phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)

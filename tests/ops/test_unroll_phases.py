@@ -65,6 +65,7 @@ def test_weight_gradients_split_over_rows(policy):
 
 @pytest.mark.parametrize("tiles", [
     pytest.param(U.UNROLL_TILES[0][0], id="128x128-epi2"),
+    pytest.param(U.WIDE_TILES, id="128x256-epi4"),
     pytest.param(U.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), id="16x32-epi2"),  # parts of 16: d=20, H=37 masked
 ])
 def test_wide_and_split_epilogue_tile_parity(tiles):
@@ -75,6 +76,29 @@ def test_wide_and_split_epilogue_tile_parity(tiles):
     inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=31)
     m, xs, ms, acts = U.unroll_phases_forward(*inputs, ddim, *weights, tiles=tiles)
     grads = U.unroll_phases_backward(upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, tiles=tiles)
+    ref = run_unroll(eager_unroll, inputs, ddim, weights, upstream)
+    for name, o, r in zip(NAMES, (m, *grads), ref):
+        if r is not None and r.numel():
+            assert rel(o, r) < 1e-5, name
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_phases_on_two_tiles_in_one_call(policy, monkeypatch):
+    """Each phase picks its own tile (:func:`row_tiles`): with the threshold lowered to fit a small
+    problem, the phases with many tiles run on the wide tile (16 x 64, its epilogue in 4 parts) and
+    the others on the call's (16 x 32), in one call, and ``m`` and every gradient still match the
+    reference."""
+    B, d, H, L, steps = 40, 38, 37, 2, 2
+    tiles, wide = U.PhaseTiles(16, 32, 16, 4, 2), U.PhaseTiles(16, 64, 16, 4, 2, epi_parts=4)
+    monkeypatch.setattr(U, "WIDE_NEED", 6)
+    inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=37)
+    with K.capture_launches() as launches:
+        U.unroll_phases_forward(*inputs, ddim, *weights, policy=policy, tiles=tiles, wide=wide)
+    widths = {launch.meta["BN"] for launch in launches}
+    assert widths == {32, 64}, widths  # both tiles ran (3 x 1 wide tiles: the O phase stays narrow)
+    m, xs, ms, acts = U.unroll_phases_forward(*inputs, ddim, *weights, policy=policy, tiles=tiles, wide=wide)
+    grads = U.unroll_phases_backward(upstream, xs, ms, acts, inputs[2], inputs[3], ddim, *weights, policy=policy,
+                                     tiles=tiles, wide=wide)
     ref = run_unroll(eager_unroll, inputs, ddim, weights, upstream)
     for name, o, r in zip(NAMES, (m, *grads), ref):
         if r is not None and r.numel():
@@ -184,8 +208,27 @@ def test_tile_picker():
     for B, want in ((193, mid), (256, mid), (1408, mid), (1409, wide), (4096, wide)):
         assert U.pick_unroll_tiles(B, d, H, torch.bfloat16) == want, B
     assert (wide.BM, wide.BN, wide.BK, wide.num_warps, wide.num_stages, wide.epi_parts) == (128, 128, 64, 8, 3, 2)
-    assert U.wgrad_tiles(torch.bfloat16, d, d, wide)[:2] == (128, 128)
+    assert U.wgrad_tiles(torch.bfloat16, d, d, wide)[:2] == (128, 256)
     assert U.wgrad_tiles(torch.bfloat16, d, d, U.pick_unroll_tiles(256, d, H))[:2] == (64, 64)
+
+
+def test_wide_tiles_go_to_the_phases_that_fill_a_wave():
+    """Over the 128 x 128 tile, a phase takes 128 x 256 when it has at least 96 of them: at B = 4096
+    (default widths) every activation phase but those of a single d-wide job (32 x 2 = 64 tiles: an
+    O phase alone, or PFIN's delta riding alone); none at B = 1024 (64 x 64 tiles), and the
+    weight-gradient phase never (it has its own tile)."""
+    d, H, L, K2 = 512, 1024, 2, 10
+    tiles, wide = U.call_tiles(None, None, 4096, d, H, torch.bfloat16)
+    assert tiles == U.UNROLL_TILES[0][0] and wide == U.WIDE_TILES
+    assert U.call_tiles(None, None, 1024, d, H, torch.bfloat16)[1] is None
+    assert U.call_tiles(None, None, 4096, d, H, torch.float32)[1] is None
+    assert U.call_tiles(tiles, None, 4096, d, H, torch.bfloat16) == (tiles, None)  # given tiles: as given
+    fwd, bwd = U.build_schedule(L, K2, "save")
+    for row in fwd + bwd:
+        got = U.row_tiles(row, 4096, d, H, L - 1, tiles, wide)
+        jobs = U.phase_jobs(row, 4096, d, H, L - 1)
+        narrow = row[0] == U.W_GRAD or (len(jobs) == 1 and jobs[0][2] == d)
+        assert got == (tiles if narrow else wide), (U.KIND_NAMES[row[0]], row)
 
 
 def test_every_tile_of_a_phase_is_one_program():
@@ -279,7 +322,8 @@ def compile_rows() -> list[dict]:
 
 def test_sm90_compile_zero_spills(tmp_path):
     """Every phase kind of every shipped tile config (B = 64: 16-row tiles, 256: 64 x 64, 4096:
-    128 x 128 with the split epilogue, :func:`pick_unroll_tiles`): no spills, within the register
+    128 x 128 with the split epilogue and 128 x 256 where :func:`row_tiles` widens, 128 x 256
+    weight-gradient tiles): no spills, within the register
     file and shared memory; bf16 phases use the tensor cores (wgmma at BM >= 64 and in the
     weight-gradient phase's 64- or 128-row tiles, mma.sync at BM = 16)."""
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
