@@ -29,10 +29,10 @@ Jobs, in order of value:
    otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
 5. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
-   eager, fused (the stage-2 unroll as phases, saving its activations), fused_graph (the fused
-   step captured whole in one CUDA graph and replayed), torch.compile; then stage 2 only with the
-   other unrolls (``fused-recompute``, ``fused-rowblock``, each also ``_graph``); each with the
-   step's peak memory.
+   eager, fused (phases: stage 1's diffusion term, stage 2's unroll saving its activations),
+   fused_graph (the fused step captured whole in one CUDA graph and replayed), torch.compile; then
+   the other implementations (``fused-recompute``, stage 2 only; ``fused-rowblock``, both stages;
+   each also ``_graph``); each with the step's peak memory.
 6. The GPU-only test cases: every kernel test file, ``-x``, one child (and timeout) per file.
 
 Every timing row carries its error against the fp32 eager reference: inference, the largest
@@ -477,7 +477,7 @@ def child_train(job, args, device) -> None:
 
     graphed = provider.endswith("_graph")
     variant = provider[len("fused-"):].removesuffix("_graph") if provider.startswith("fused-") else None
-    for stage in (1, 2) if variant is None else (2,):  # a variant changes only the stage-2 unroll
+    for stage in (1, 2) if variant in (None, "rowblock") else (2,):  # recompute changes only the stage-2 unroll
         for batch in job.params["batches"]:
             row = {"section": "training", "provider": provider, "stage": stage, "batch": batch,
                    "amp": job.params["amp"], "dry_run": args.dry_run}

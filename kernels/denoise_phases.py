@@ -1,7 +1,8 @@
 """The random-t diffusion term's denoiser as phases: one denoiser pass over all rows, forward and backward.
 
 ``x_t [B, d]``, ``cond [B, H]`` (the caller's ``c W_c + b_a`` plus the rows' time embeddings
-``e(t_b)``) -> ``x0_hat [B, d]``, and the backward from ``dL/dx0_hat``. The math is one step of the
+``e(t_b)``) -> ``x0_hat [B, d]`` and the input layer's pre-activation ``a [B, H]``, and the
+backward from ``dL/dx0_hat`` and, when ``a`` has a consumer (stage 1's center constraint), ``dL/da``. The math is one step of the
 stage-2 unroll without PFIN, so it runs on :func:`seda_fast.kernels.unroll_phases.unroll_phase_kernel`
 (its phase bodies, tiles and weight-gradient reduction) with a schedule of its own::
 
@@ -46,13 +47,12 @@ def phase_counts(layers: int) -> tuple[int, int]:
 
 
 def _act_shapes(B, d, H, nh):
-    return dict(a=(1, B, H), z=(max(nh, 1), 1, B, H), h=(nh + 1, 1, B, H))
+    return dict(z=(max(nh, 1), 1, B, H), h=(nh + 1, 1, B, H))
 
 
 def saved_numel(B: int, d: int, H: int, layers: int) -> int:
-    """Values of the flat ``acts`` the forward keeps for the backward (``a``, the residual
-    pre-activations and every ``h``; ``x0_hat`` is the forward's own output, which the backward
-    does not read)."""
+    """Values of the flat ``acts`` the forward keeps for the backward (the residual pre-activations
+    and every ``h``; ``a`` and ``x0_hat`` are outputs of their own, and the backward reads ``a``)."""
     return sum(math.prod(s) for s in _act_shapes(B, d, H, layers - 1).values())
 
 
@@ -87,35 +87,45 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl):
 
 def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, tiles: PhaseTiles | None = None,
                            wide: PhaseTiles | None = None, pdl: bool = False):
-    """``(x0_hat [B, d], acts)`` in the weights' dtype; ``acts``: the flat activations
-    :func:`denoise_phases_backward` reads. ``x_t [B, d]``, ``cond [B, H]`` in the weights' dtype;
-    weights as :func:`seda_fast.kernels.translator_unroll_forward`'s first five."""
+    """``(x0_hat [B, d], a [B, H], acts)`` in the weights' dtype: the denoiser's output, its input
+    layer's pre-activation ``a = x_t W_x + cond`` and the flat activations
+    :func:`denoise_phases_backward` reads beside ``a``. ``x_t [B, d]``, ``cond [B, H]`` in the
+    weights' dtype; weights as :func:`seda_fast.kernels.translator_unroll_forward`'s first five."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
     B, d, H, nh = _check_args(x_t, cond, weights)
     flat = torch.empty(saved_numel(B, d, H, nh + 1), dtype=w_x.dtype, device=x_t.device)
     x0_hat = torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)
-    acts = dict(_views(flat, _act_shapes(B, d, H, nh)), x0=x0_hat.unsqueeze(0))
+    a = torch.empty(B, H, dtype=w_x.dtype, device=x_t.device)
+    acts = dict(_views(flat, _act_shapes(B, d, H, nh)), a=a.unsqueeze(0), x0=x0_hat.unsqueeze(0))
     fwd, _, table = schedule_table(build_schedule, (nh + 1,), x_t.device)
     _call(x_t, cond, weights, nh, acts, None, 1, tiles, wide, pdl).run(table, fwd, 0)
-    return x0_hat, flat
+    return x0_hat, a, flat
 
 
-def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,
-                            tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
+def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,
+                            grad_a=None, tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None,
+                            pdl: bool = False):
     """``(grad_cond [B, H], grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` in the
-    weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]`` and the forward's ``acts``; accumulated in
-    fp32 in a fixed order (bitwise reproducible). ``L + 1`` launches."""
+    weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
+    a consumer of ``a`` sends one, ``grad_a = dL/da [B, H]``; accumulated in fp32 in a fixed order
+    (bitwise reproducible). ``L + 1`` launches. ``grad_a`` reaches ``cond`` through the fp32
+    accumulator the input phase adds to (it starts from ``grad_a``) and ``W_x`` through one fp32
+    ``grad_a^T x_t`` added to the phases' sum."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
     B, d, H, nh = _check_args(x_t, cond, weights)
     dtype, device = w_x.dtype, x_t.device
     check_matrix("grad_x0", grad_x0, B, d, None, device, batch_rows=True)
+    check_matrix("a", a, B, H, dtype, device, batch_rows=True)
+    if grad_a is not None:
+        check_matrix("grad_a", grad_a, B, H, None, device, batch_rows=True)
     check_flat_acts(acts, saved_numel(B, d, H, nh + 1), dtype, device)
     tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)[:2]
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt, WGRAD_JOBS))
     f32 = dict(device=device, dtype=torch.float32)
     sizes = [(1, H), (nh, H), (1, d)]  # column sums of ga, gz per layer, gx0 (bias gradients)
-    g = dict(gh=torch.empty(B, H, **f32), gcond=torch.zeros(B, H, **f32),
+    gcond = torch.zeros(B, H, **f32) if grad_a is None else grad_a.to(torch.float32, copy=True).contiguous()
+    g = dict(gh=torch.empty(B, H, **f32), gcond=gcond,
              ga=torch.empty(B, H, dtype=dtype, device=device),
              gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device), gx0=grad_x0.to(dtype).contiguous(),
              cs=torch.empty(sum(lay * splits * n for lay, n in sizes), **f32),
@@ -124,11 +134,13 @@ def denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w
                    torch.empty(1, splits, d, H, **f32)])
     _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
-    _call(x_t, cond, weights, nh, _views(acts, _act_shapes(B, d, H, nh)), g, splits, tiles, wide, pdl) \
-        .run(table, bwd, fwd_len)
+    act = dict(_views(acts, _act_shapes(B, d, H, nh)), a=a.unsqueeze(0))
+    _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl).run(table, bwd, fwd_len)
     cs = torch.split(g["cs"], [lay * splits * n for lay, n in sizes])
     out = lambda t: t.to(dtype)  # noqa: E731
     dw_x, dw_h, dw_o = sum_partials(g["part"], splits)
+    if grad_a is not None:
+        dw_x = dw_x + (grad_a.float().t() @ x_t.float()).unsqueeze(0)
     grad_w_hidden = out(dw_h) if nh else torch.empty_like(w_hidden)
     grad_b_hidden = out(cs[1].view(nh, splits, H).sum(1)) if nh else torch.empty_like(b_hidden)
     return (out(g["gcond"]), out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]),

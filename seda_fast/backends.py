@@ -38,8 +38,8 @@ ACTIVATION_POLICIES = unroll_phases.POLICIES
 
 
 def training_impl(model) -> str:
-    """The stage-2 implementation (unroll, diffusion term, ``s``) ``model.fused_impl`` selects: ``"rowblock"``
-    or ``"phases"``."""
+    """The training implementation (stage 1's diffusion term; stage 2's unroll, diffusion term and ``s``)
+    ``model.fused_impl`` selects: ``"rowblock"`` or ``"phases"``."""
     return "rowblock" if model.fused_impl == "rowblock" else "phases"
 
 
@@ -97,13 +97,15 @@ class FusedPieces(reference.EagerPieces):
     noising coefficients) gathered from the device cache and, in stage 2, one time MLP for the
     random steps and the unroll's steps.
 
-    Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), forward noising +
-    Learner denoiser + x0 loss in one op, the center constraint with a streaming log-sum-exp.
+    Stage 1: the center EMA (deterministic, all-reduced under torch.distributed), the center
+    constraint with a streaming log-sum-exp, and, by :func:`training_impl`, the forward noising +
+    Learner denoiser + x0 loss as phases (``seda_fast::denoise_phases``, which also returns the
+    ``a`` the constraint reads and takes its gradient) or in one row-block op.
     Stage 2, by :func:`training_impl`: with phases, ``s`` from the phase schedule's prefix (no
-    grad), the random-t diffusion term's denoiser as phases (``seda_fast::denoise_phases``) and the
-    K2-step Translator + PFIN unroll as phase GEMMs over all rows under :func:`activation_policy`;
-    with row blocks, the fused Learner sampler, the same x0-loss op as stage 1 and the row-block
-    unroll, which keeps only the per-step states for its backward."""
+    grad), the random-t diffusion term's denoiser as phases and the K2-step Translator + PFIN
+    unroll as phase GEMMs over all rows under :func:`activation_policy`; with row blocks, the fused
+    Learner sampler, the row-block x0-loss op and the row-block unroll, which keeps only the
+    per-step states for its backward."""
 
     def check(self, model) -> None:
         runtime.check_dtype(model.visual_proj.linear.weight.dtype)
@@ -124,12 +126,14 @@ class FusedPieces(reference.EagerPieces):
         # the unroll saves its e_table for the backward: a copy, so the [B, H] rows are not kept with it
         return e_t, (reference.ddim_table(T, K, dtype, t.device), e_table.clone())
 
-    def diffusion_term(self, den, x0, eps, t, e_t, cond, T: int):
-        return denoiser_x0_loss.denoise_x0_loss(den, x0, eps, t, e_t, cond, T)
+    def diffusion_term(self, model, den, x0, eps, t, e_t, cond, T: int):
+        if training_impl(model) == "rowblock":
+            return denoiser_x0_loss.denoise_x0_loss(den, x0, eps, t, e_t, cond, T)
+        return denoise_phases.denoise_x0_term(den, x0, eps, t, e_t, cond, T)
 
     def diffusion_loss(self, model, den, x0, eps, t, e_t, cond, T: int):
         if training_impl(model) == "rowblock":
-            return self.diffusion_term(den, x0, eps, t, e_t, cond, T)[0]
+            return self.diffusion_term(model, den, x0, eps, t, e_t, cond, T)[0]
         return denoise_phases.denoise_x0_loss(den, x0, eps, t, e_t, cond, T)
 
     def center_loss(self, r, centers, labels, temperature: float):

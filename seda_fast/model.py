@@ -59,8 +59,8 @@ class SeDA(nn.Module):
 
     ``backend``: ``"eager"`` (the reference), ``"triton"`` (fused kernels) or ``"auto"``; it can
     be changed on a live model and does not change the state_dict. ``fused_impl`` picks the fused
-    inference implementation (:attr:`fused_impl`) and the stage-2 training unroll's;
-    ``activation_memory`` its activation policy (:attr:`activation_memory`). ``check_inputs=True``
+    inference implementation (:attr:`fused_impl`) and the fused training's;
+    ``activation_memory`` the stage-2 unroll's activation policy (:attr:`activation_memory`). ``check_inputs=True``
     adds the NaN/Inf checks that cost a device sync. A new model is in stage 1 (see :meth:`set_stage`).
     """
 
@@ -106,8 +106,9 @@ class SeDA(nn.Module):
     def fused_impl(self) -> str:
         """Which fused inference runs on the triton backend: ``"auto"`` (the cost model's pick,
         ``seda_fast.backends.AUTO_IMPL``), ``"rowblock"``, ``"phases"`` or ``"persistent"`` (CUDA
-        only); see :func:`seda_fast.fused_impls`. Stage-2 training runs its unroll as row blocks
-        under ``"rowblock"`` and as phases otherwise (:func:`seda_fast.backends.training_impl`).
+        only); see :func:`seda_fast.fused_impls`. Training runs stage 1's diffusion term and
+        stage 2's unroll, diffusion term and ``s`` as row blocks under ``"rowblock"`` and as phases
+        otherwise (:func:`seda_fast.backends.training_impl`).
         It changes neither the state_dict nor the numbers beyond the dtype's rounding. (A whole
         model pickled before the knob existed reads "auto".)"""
         return getattr(self, "_fused_impl", "auto")

@@ -263,14 +263,14 @@ class EagerPieces:
         and the K-step unroll's tables (:func:`sampling_tables`)."""
         return time_features(den, t, dim, dtype), sampling_tables(den, T, K, dim, dtype, t.device)
 
-    def diffusion_term(self, den, x0, eps, t, e_t, cond, T: int):
+    def diffusion_term(self, model, den, x0, eps, t, e_t, cond, T: int):
         """Random-t diffusion term ``(mean ||D(x_t) - x0||^2, a)`` with ``x_t`` noised from ``x0``."""
         x0_hat, a = denoise(den, _noised(T, x0, t, eps), e_t, cond)
         return F.mse_loss(x0_hat, x0), a
 
     def diffusion_loss(self, model, den, x0, eps, t, e_t, cond, T: int):
         """The random-t diffusion term's loss alone (stage 2: nothing reads its ``a``)."""
-        return self.diffusion_term(den, x0, eps, t, e_t, cond, T)[0]
+        return self.diffusion_term(model, den, x0, eps, t, e_t, cond, T)[0]
 
     def center_loss(self, r, centers, labels, temperature: float):
         return F.cross_entropy(center_logits(r, centers, temperature), labels)
@@ -301,7 +301,7 @@ def learner_loss(model, visual: torch.Tensor, labels: torch.Tensor, generator=No
     x0 = centers[labels]
     t, eps = _draw_t_eps(cfg.diffusion_steps, z.shape[0], cfg.dim, z.dtype, z.device, generator)
     e_t = pieces.time_features(den, t, cfg.dim, z.dtype, cfg.diffusion_steps)
-    l_diff, a = pieces.diffusion_term(den, x0, eps, t, e_t, condition_term(den, z), cfg.diffusion_steps)
+    l_diff, a = pieces.diffusion_term(model, den, x0, eps, t, e_t, condition_term(den, z), cfg.diffusion_steps)
     r = F.linear(a, model.readout.weight)
     l_sc = pieces.center_loss(r, centers, labels, cfg.center_temperature)
     l_aux = F.cross_entropy(F.linear(z, model.aux_visual.weight, model.aux_visual.bias), labels)

@@ -45,6 +45,22 @@ def diffusion_inputs(cfg, batch: int, dtype: str, device):
     return x0, eps, t, e_t, cond, g
 
 
+def stage1_term(model, provider: str, batch: int, dtype: str, device):
+    """``(forward, inputs)`` for :func:`run_op`: stage 1's random-t diffusion term through
+    ``PIECES[provider]`` on ``model``'s Learner (its ``fused_impl`` picks the fused op), the scalar
+    the loss plus ``<a, g>`` for a fixed random ``g`` (the center constraint reads ``a``),
+    differentiated in ``e_t``, ``cond`` and the denoiser's weights."""
+    cfg, den = model.config, model.learner
+    x0, eps, t, e_t, cond, g = diffusion_inputs(cfg, batch, dtype, device)
+    ga = 0.1 * torch.randn(batch, cfg.hidden, device=device, generator=g).to(getattr(torch, dtype))
+
+    def forward():
+        loss, a = PIECES[provider].diffusion_term(model, den, x0, eps, t, e_t, cond, cfg.diffusion_steps)
+        return loss + (a.float() * ga.float()).sum()
+    return forward, [e_t, cond, den.in_x.weight, *[p for layer in den.hidden for p in layer.parameters()],
+                     den.out.weight, den.out.bias]
+
+
 def run_op(benchmark, nvml, op: str, provider: str, mode: str, preset: str, dtype: str, batch: int,
            forward, inputs) -> None:
     """Time ``mode`` of ``forward()`` (a scalar, differentiable in ``inputs``) for ``provider``."""

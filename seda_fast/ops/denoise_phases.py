@@ -1,10 +1,12 @@
 """Custom ops around :mod:`seda_fast.kernels.denoise_phases`: the random-t diffusion term's denoiser as
-phase GEMMs over all rows (stage 2's, whose ``a`` nothing else reads), forward and backward.
+phase GEMMs over all rows, forward and backward (stage 2's, and stage 1's, whose center
+constraint reads the denoiser's ``a``).
 
-``seda_fast::denoise_phases_fwd(x_t, cond, <5 weights>) -> (x0_hat [B, d], acts)``: ``acts`` (the
-flat saved activations) is an auxiliary non-differentiable output for
-``seda_fast::denoise_phases_bwd``, which returns the gradients of ``cond`` and the five weights.
-``x_t`` gets none: it is noised from the stop-gradient target with a random draw.
+``seda_fast::denoise_phases_fwd(x_t, cond, <5 weights>) -> (x0_hat [B, d], a [B, H], acts)``:
+``acts`` (the flat saved activations) is an auxiliary non-differentiable output for
+``seda_fast::denoise_phases_bwd``, which returns the gradients of ``cond`` and the five weights from
+those of ``x0_hat`` and ``a`` (None when nothing read it). ``x_t`` gets none: it is noised from the
+stop-gradient target with a random draw.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from .weights import hidden_stack
 
 @torch.library.custom_op("seda_fast::denoise_phases_fwd", mutates_args=())
 def denoise_phases_fwd(x_t: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor,
-                       b_out: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x0_hat [B, d], acts [n])`` in the weights' dtype."""
+                       b_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x0_hat [B, d], a [B, H], acts [n])`` in the weights' dtype."""
     return kernels().denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, pdl=_pdl(x_t))
 
 
@@ -30,55 +32,64 @@ def denoise_phases_fwd(x_t: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor,
 def _(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out):
     (B, d), H = x_t.shape, w_x.shape[0]
     n = kernels().denoise_phases_module.saved_numel(B, d, H, w_hidden.shape[0] + 1)
-    return x_t.new_empty(B, d, dtype=w_x.dtype), x_t.new_empty(n, dtype=w_x.dtype)
+    return (x_t.new_empty(B, d, dtype=w_x.dtype), x_t.new_empty(B, H, dtype=w_x.dtype),
+            x_t.new_empty(n, dtype=w_x.dtype))
 
 
 @torch.library.custom_op("seda_fast::denoise_phases_bwd", mutates_args=())
-def denoise_phases_bwd(grad_x0: Tensor, x_t: Tensor, acts: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor,
-                       b_hidden: Tensor, w_out: Tensor, b_out: Tensor) -> list[Tensor]:
-    """Gradients of ``cond`` and the five weights (weights' dtype)."""
-    return list(kernels().denoise_phases_backward(grad_x0, x_t, acts, cond, w_x, w_hidden, b_hidden, w_out, b_out,
-                                                  pdl=_pdl(grad_x0)))
+def denoise_phases_bwd(grad_x0: Tensor, grad_a: Tensor | None, x_t: Tensor, acts: Tensor, a: Tensor, cond: Tensor,
+                       w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor, b_out: Tensor) -> list[Tensor]:
+    """Gradients of ``cond`` and the five weights (weights' dtype); ``grad_a`` None when nothing read ``a``."""
+    return list(kernels().denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out,
+                                                  grad_a=grad_a, pdl=_pdl(grad_x0)))
 
 
 @denoise_phases_bwd.register_fake
-def _(grad_x0, x_t, acts, cond, *weights):
+def _(grad_x0, grad_a, x_t, acts, a, cond, *weights):
     return [torch.empty_like(t, dtype=weights[0].dtype) for t in (cond, *weights)]
 
 
 def _setup_context(ctx, inputs, output):
     x_t, cond, *weights = inputs
-    _, acts = output
-    ctx.save_for_backward(x_t, acts, cond, *weights)
+    x0_hat, a, acts = output
+    ctx.save_for_backward(x_t, acts, a, cond, *weights)
     ctx.mark_non_differentiable(acts)
     ctx.set_materialize_grads(False)
     ctx.dtypes = [t.dtype for t in inputs[1:]]
 
 
-def _backward(ctx, grad_x0, _grad_acts):
-    x_t, acts, cond, *weights = ctx.saved_tensors
-    if grad_x0 is None:
+def _backward(ctx, grad_x0, grad_a, _grad_acts):
+    x_t, acts, a, cond, *weights = ctx.saved_tensors
+    if grad_x0 is None and grad_a is None:
         return (None,) * 7
-    grads = denoise_phases_bwd(grad_x0.contiguous(), x_t, acts, cond, *weights)
+    grad_x0 = torch.zeros(x_t.shape, dtype=x_t.dtype, device=x_t.device) if grad_x0 is None else grad_x0.contiguous()
+    grads = denoise_phases_bwd(grad_x0, None if grad_a is None else grad_a.contiguous(), x_t, acts, a, cond, *weights)
     return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
 
 
 denoise_phases_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, cond: Tensor,
-                    diffusion_steps: int) -> Tensor:
-    """The random-t diffusion term ``mean ||D(x_t, t, c) - x0||^2`` (fp32) as phases, for a caller that
-    does not need the denoiser's ``a``: ``den`` a ``model.Denoiser``, ``target`` (x0) and ``eps``
-    ``[B, d]`` (no gradient: the stop-gradient target and a random draw), ``t [B]`` integer steps,
-    ``e_t [B, H]``, ``cond [B, H]``. ``x_t`` and ``cond + e_t`` are formed in torch; gradients reach
-    ``e_t``, ``cond`` and the denoiser's parameters. Under ``torch.autocast`` the denoiser computes in
-    the autocast dtype and the loss is taken in fp32."""
+def denoise_x0_term(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, cond: Tensor,
+                    diffusion_steps: int) -> tuple[Tensor, Tensor]:
+    """The random-t diffusion term ``mean ||D(x_t, t, c) - x0||^2`` (fp32) as phases, and the denoiser's
+    ``a [B, H]`` (stage 1's center constraint reads it): ``den`` a ``model.Denoiser``, ``target`` (x0)
+    and ``eps`` ``[B, d]`` (no gradient: the stop-gradient target and a random draw), ``t [B]``
+    integer steps, ``e_t [B, H]``, ``cond [B, H]``. ``x_t`` and ``cond + e_t`` are formed in torch;
+    gradients reach ``e_t``, ``cond`` and the denoiser's parameters, from the loss and from ``a``'s
+    consumers. Under ``torch.autocast`` the denoiser computes in the autocast dtype and the loss is
+    taken in fp32."""
     check_no_grad(target, eps)
-    coef = schedule.noising_table_on(diffusion_steps, t.device, target.dtype)[t]  # [B, 2]: sqrt(abar_t), sqrt(1 - abar_t)
+    coef = schedule.noising_table_on(diffusion_steps, t.device, target.dtype)[t]  # [B, 2]: sqrt(abar), sqrt(1 - abar)
+    x_t = torch.addcmul(coef[:, :1] * target, coef[:, 1:], eps)
     w_hidden, b_hidden = hidden_stack(den, den.in_x.weight.shape[0], den.in_x.weight.dtype, target.device)
     w_x, w_hidden, b_hidden, w_out, b_out, x_t, cond_t = in_compute_dtype(
-        [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, torch.addcmul(coef[:, :1] * target, coef[:, 1:], eps),
-         cond + e_t], target.device)
-    x0_hat, _ = denoise_phases_fwd(x_t.contiguous(), cond_t.contiguous(), w_x, w_hidden, b_hidden, w_out, b_out)
-    return F.mse_loss(x0_hat.float(), target.float())  # one kernel each way (a captured step pays per kernel)
+        [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, x_t, cond + e_t], target.device)
+    x0_hat, a, _ = denoise_phases_fwd(x_t.contiguous(), cond_t.contiguous(), w_x, w_hidden, b_hidden, w_out, b_out)
+    return F.mse_loss(x0_hat.float(), target.float()), a  # one kernel each way (a captured step pays per kernel)
+
+
+def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, cond: Tensor,
+                    diffusion_steps: int) -> Tensor:
+    """:func:`denoise_x0_term`'s loss alone, for a caller that does not read ``a`` (stage 2)."""
+    return denoise_x0_term(den, target, eps, t, e_t, cond, diffusion_steps)[0]

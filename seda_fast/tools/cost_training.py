@@ -15,14 +15,15 @@ which flatters eager and compile).
   kernel per matmul plus one fused epilogue pass, each a graph boundary).
 * ``rowblock`` / ``rowblock-graph``: the row-block training ops (:func:`predict_rowblock`), issued
   op by op from Python or captured whole in one CUDA graph.
-* ``unroll-phases-save`` / ``unroll-phases-recompute`` (each also ``-graph``; stage 2): what the
-  library ships by default, stage 2 with the unroll, the random-t diffusion term and the
-  Learner's sample run as phases: their matmuls (:func:`unroll_shapes`, :func:`denoise_shapes`,
-  :func:`semantic_shapes`; Counter-matched, so the few input gradients autograd skips for the
-  first step are matched elsewhere) leave the step's, the phases are costed from the kernels' own
-  schedules, jobs and tiles (:func:`unroll_phase_costs`, :func:`denoise_phase_costs`,
-  :func:`semantic_phase_costs`), and the matmuls left, the glue's, as torch's (the eager
-  baseline's roofline of FLOPs and HBM bytes).
+* ``unroll-phases-save`` / ``unroll-phases-recompute`` (each also ``-graph``): what the library
+  ships by default (``fused_impl="phases"``), stage 2 with the unroll, the random-t diffusion term
+  and the Learner's sample run as phases, stage 1 with its diffusion term as phases (no unroll: one
+  policy, ``-save``, and one fp32 ``dL/da`` matmul for ``W_x`` in the glue): their matmuls
+  (:func:`unroll_shapes`, :func:`denoise_shapes`, :func:`semantic_shapes`; Counter-matched, so the
+  few input gradients autograd skips for the first step are matched elsewhere) leave the step's,
+  the phases are costed from the kernels' own schedules, jobs and tiles
+  (:func:`unroll_phase_costs`, :func:`denoise_phase_costs`, :func:`semantic_phase_costs`), and the
+  matmuls left, the glue's, as torch's (the eager baseline's roofline of FLOPs and HBM bytes).
 * ``phases-save`` / ``phases-recompute`` (the design of a whole phase step, built only for the
   unroll): the matmuls grouped by depth, one *phase* per depth
   (every matmul of a depth has its inputs ready once the previous depth is done, so they ride
@@ -222,7 +223,7 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> 
     """``(aten ops, glue kernels, Triton launches)`` of one step of the training ops the library ships
     (the ``"triton"`` backend's pieces in the reference losses, loss + backward), counted on the CPU
     with the launches captured, not run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the
-    stage-2 implementation. Glue kernels are the aten ops that launch one: not views (``t``,
+    training implementation (the policy is stage 2's). Glue kernels are the aten ops that launch one: not views (``t``,
     ``detach``, ``view``...), as the baselines count them, and not the fused custom ops
     (``seda_fast::*``), whose own launches are the third count. The phase schedule's semantic
     prefix counts as on CUDA: one graph replay, plus its input copy and output clone. The second of
@@ -427,25 +428,32 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     phases, glue_s, glue_flops = [], 0.0, 0.0
     if stage == 2 and unroll == "rowblock":  # the unroll's backward recomputes each step's forward from x_k and m_k
         shapes += [mnk for _, mnk in per_step_forward(cfg, batch, dtype)[0]] * cfg.translator_steps
-    elif stage == 2:  # the unroll, the random-t diffusion term and the Learner's sample run as phases
-        left = unroll_shapes(cfg, batch, dtype) + semantic_shapes(cfg, batch) + denoise_shapes(cfg, batch)
+    elif unroll != "rowblock":  # stage 2: the unroll, the diffusion term and the Learner's sample as phases;
+        # stage 1: the diffusion term as phases
+        left = denoise_shapes(cfg, batch)
+        phases = denoise_phase_costs(cfg, batch, dtype, ceilings)
+        if stage == 2:
+            left += unroll_shapes(cfg, batch, dtype) + semantic_shapes(cfg, batch)
+            phases = semantic_phase_costs(cfg, batch, dtype, ceilings) + phases \
+                + unroll_phase_costs(cfg, batch, unroll.split("-", 1)[1], dtype, ceilings)
         rest = []
         for o in matmuls:
             if left[o.mnk] > 0:
                 left[o.mnk] -= 1
             else:
                 rest.append(o)
-        phases = semantic_phase_costs(cfg, batch, dtype, ceilings) \
-            + denoise_phase_costs(cfg, batch, dtype, ceilings) \
-            + unroll_phase_costs(cfg, batch, unroll.split("-", 1)[1], dtype, ceilings)
         # what is left is the glue's matmuls, torch's own: the recorded ops, costed as the eager baseline costs them
         peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
         glue_s = sum(_kernel_s(o.flops, o.bytes, peak, ceilings) for o in rest)
         glue_flops = sum(o.flops for o in rest)
+        if stage == 1:  # the center constraint's dL/da reaches W_x through one fp32 matmul of its own
+            d, H = cfg.dim, cfg.hidden
+            glue_s += _kernel_s(2.0 * batch * H * d, batch * (H + d) * 4 + 2 * H * d * 4, peak, ceilings)
+            glue_flops += 2.0 * batch * H * d
         shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)
-    n_ops, n_glue, n_launches = fused_step_counts(cfg, stage, unroll if stage == 2 else "rowblock")
+    n_ops, n_glue, n_launches = fused_step_counts(cfg, stage, unroll)
     boundaries = (n_glue + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
     if graph:
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}
@@ -489,7 +497,7 @@ def comparison(cfg: SeDAConfig, batches=BATCHES, dtype: str = "bfloat16", ceilin
         for b in batches:
             record = step_ops(cfg, b, stage, dtype)
             for impl in IMPLS:
-                if stage == 1 and impl.startswith("unroll-"):  # stage 1 has no unroll: the same as rowblock
+                if stage == 1 and impl.startswith("unroll-phases-recompute"):  # stage 1 has no unroll to recompute
                     continue
                 p = predict(cfg, b, stage, impl, dtype, ceilings, record)
                 rows.append({"stage": stage, "batch": b, "impl": impl, "time_s": p.time_s, "bound": p.bound,
@@ -501,6 +509,7 @@ def comparison(cfg: SeDAConfig, batches=BATCHES, dtype: str = "bfloat16", ceilin
 TARGETS = (  # (stage, batch, impl, against, at least this many times faster): the shipped paths, then the design
     (2, 256, "unroll-phases-save", "eager", 3.0), (2, 256, "unroll-phases-save-graph", "torch_compile", 1.5),
     (1, 256, "rowblock", "eager", 2.0), (1, 256, "rowblock-graph", "eager", 2.0),
+    (1, 256, "unroll-phases-save", "eager", 2.0), (1, 256, "unroll-phases-save-graph", "eager", 2.0),
     (2, 4096, "unroll-phases-save-graph", "torch_compile", 1.2),
     (2, 256, "phases-save", "eager", 3.0), (2, 256, "phases-save", "torch_compile", 1.5),
     (1, 256, "phases-save", "eager", 2.0), (2, 4096, "phases-save", "torch_compile", 1.2),

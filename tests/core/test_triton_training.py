@@ -88,9 +88,23 @@ def test_stage2_unroll_implementations_match_eager(fused_impl, activation_memory
     assert rel(out[4], ref[4]) < 1e-5
 
 
+def test_stage1_rowblock_matches_eager():
+    """Stage 1's row-block diffusion term (the phases, the default, are covered above): loss, its
+    parts, every gradient, ``visual``'s and the centers within 1e-5 of eager."""
+    cfg = dict(layers=3, learner_steps=2, translator_steps=2)
+    out = _loss_and_grads("triton", 1, 19, fused_impl="rowblock", **cfg)
+    ref = _loss_and_grads("eager", 1, 19, **cfg)
+    assert rel(out[0], ref[0]) < 1e-5 and all(rel(out[1][k], ref[1][k]) < 1e-5 for k in ref[1])
+    assert out[2].keys() == ref[2].keys()
+    for name in out[2]:
+        assert rel(out[2][name], ref[2][name]) < 1e-5, name
+    assert rel(out[3], ref[3]) < 1e-5 and rel(out[5], ref[5]) < 1e-6
+
+
 def test_training_impl_and_activation_policy_selection():
-    """``fused_impl`` picks the unroll ("rowblock" only for itself); ``activation_memory`` picks the
-    policy (None: save; a budget: save when the saved bytes fit), and rejects anything else."""
+    """``fused_impl`` picks the training implementation ("rowblock" only for itself);
+    ``activation_memory`` picks the policy (None: save; a budget: save when the saved bytes fit),
+    and rejects anything else."""
     from seda_fast import backends
     from seda_fast.ops import unroll_phases
     model = make_model(seed=0)

@@ -1,7 +1,8 @@
-"""The random-t diffusion term as phases: ``seda_fast.ops.denoise_phases.denoise_x0_loss`` / the
-``seda_fast::denoise_phases_fwd`` and ``_bwd`` ops against the reference's noising, ``reference.denoise``
-and ``F.mse_loss``: the loss and the gradients of ``e_t``, ``cond`` and the five denoiser weights
-(stage 2's term: nothing reads its ``a``).
+"""The random-t diffusion term as phases: ``seda_fast.ops.denoise_phases.denoise_x0_loss`` /
+``denoise_x0_term`` and the ``seda_fast::denoise_phases_fwd`` and ``_bwd`` ops against the reference's
+noising, ``reference.denoise`` and ``F.mse_loss``: the loss and the gradients of ``e_t``, ``cond`` and
+the five denoiser weights, from the loss alone (stage 2's term) and from the loss plus a consumer
+of the denoiser's ``a`` (stage 1's, whose center constraint reads it).
 
 On CPU the kernels run in Triton's interpreter (tests/conftest.py); the sm_90a compile check runs in
 a subprocess without the interpreter (it cannot compile).
@@ -53,6 +54,24 @@ def _fused(den, target, eps, t, e_t, cond):
     return ops.denoise_x0_loss(den, target, eps, t, e_t, cond, T)
 
 
+def _with_a(term):
+    """Stage 1's use: the loss plus a function of ``a`` (``mean(a^2) / 2``, whose gradient ``a / n``
+    reaches ``a`` as the center constraint's does; a square, so the sum does not cancel)."""
+    def fn(den, target, eps, t, e_t, cond):
+        loss, a = term(den, target, eps, t, e_t, cond)
+        return loss + 0.5 * (a * a).mean().to(loss.dtype)
+    return fn
+
+
+def _eager_term(den, target, eps, t, e_t, cond):
+    x0_hat, a = reference.denoise(den, reference._noised(T, target, t, eps), e_t, cond)
+    return F.mse_loss(x0_hat, target), a
+
+
+def _fused_term(den, target, eps, t, e_t, cond):
+    return ops.denoise_x0_term(den, target, eps, t, e_t, cond, T)
+
+
 def _run(fn, targets, t, inputs, den, dtype=None):
     """The loss and the gradients of ``e_t``, ``cond`` and the denoiser's weights (``w_hidden``/``b_hidden``
     stacked over the residual layers, ``None`` without any)."""
@@ -85,11 +104,27 @@ def test_fp32_parity_with_reference_autograd(B, d, H, L):
     assert_matches_reference(pick(NAMES), pick(out), pick(ref), pick(ref64), pick([None] + inputs + [None] * 5), L)
 
 
+@pytest.mark.parametrize("B,d,H,L", SHAPES[:2] + SHAPES[3:], ids=case_ids("B,d,H,L", SHAPES[:2] + SHAPES[3:]))
+def test_fp32_parity_with_a_consumer(B, d, H, L):
+    """Stage 1's term: the loss plus a function of ``a``; the value and all 7 gradients within 1e-5
+    of the fp32 and fp64 reference autograd (``dL/da`` reaches ``cond``, ``e_t`` and ``W_x``)."""
+    targets, t, inputs, den = _problem(B, d, H, L, seed=B + L + 1)
+    out = _run(_with_a(_fused_term), targets, t, inputs, den)
+    ref = _run(_with_a(_eager_term), targets, t, inputs, den)
+    ref64 = _run(_with_a(_eager_term), targets, t, inputs, den, torch.float64)
+    keep = [i for i, o in enumerate(out) if o is not None]
+    pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+    assert_matches_reference(pick(NAMES), pick(out), pick(ref), pick(ref64), pick([None] + inputs + [None] * 5), L)
+    a = ops.denoise_x0_term(den, *targets, t, *inputs, T)[1]
+    assert rel(a, _eager_term(den, *targets, t, *inputs)[1]) < 1e-5
+
+
 @pytest.mark.parametrize("tiles", [pytest.param(None, id="picked"),
                                    pytest.param(DP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), id="16x32-epi2")])
 def test_tiles_and_row_splits(tiles):
     """A split epilogue over several column tiles, and the weight gradients split over rows, give
-    the reference's gradients through the launchers directly."""
+    the reference's gradients through the launchers directly, with gradients arriving at both
+    ``x0_hat`` and ``a``."""
     B, d, H, L = 130, 20, 37, 2
     targets, t, inputs, den = _problem(B, d, H, L, seed=3)
     WBN, WBK, _ = DP.wgrad_tiles(torch.float32, d, d)
@@ -99,15 +134,16 @@ def test_tiles_and_row_splits(tiles):
     w = [den.in_x.weight, den.hidden[0].weight.unsqueeze(0), den.hidden[0].bias.unsqueeze(0), den.out.weight,
          den.out.bias]
     w = [x.detach().contiguous() for x in w]
-    x0_hat, acts = DP.denoise_phases_forward(x_t, cond, *w, tiles=tiles)
-    g = torch.randn(B, d, generator=torch.Generator().manual_seed(4)).to(DEVICE)
-    grads = DP.denoise_phases_backward(g, x_t, acts, cond, *w, tiles=tiles)
+    x0_hat, a, acts = DP.denoise_phases_forward(x_t, cond, *w, tiles=tiles)
+    gen = torch.Generator().manual_seed(4)
+    g, ga = torch.randn(B, d, generator=gen).to(DEVICE), torch.randn(B, H, generator=gen).to(DEVICE)
+    grads = DP.denoise_phases_backward(g, x_t, acts, a, cond, *w, grad_a=ga, tiles=tiles)
     args = [cond.clone().requires_grad_()] + [x.clone().requires_grad_() for x in w]
     lin = lambda wt, b=None: SimpleNamespace(weight=wt, bias=b)  # noqa: E731
     ns = SimpleNamespace(in_x=lin(args[1]), out=lin(args[4], args[5]), hidden=[lin(args[2][0], args[3][0])])
-    ref, _ = reference.denoise(ns, x_t, torch.zeros_like(cond), args[0])
-    (ref * g).sum().backward()
-    assert rel(x0_hat, ref.detach()) < 1e-5
+    ref, ref_a = reference.denoise(ns, x_t, torch.zeros_like(cond), args[0])
+    ((ref * g).sum() + (ref_a * ga).sum()).backward()
+    assert rel(x0_hat, ref.detach()) < 1e-5 and rel(a, ref_a.detach()) < 1e-5
     for name, o, a in zip(("cond", "w_x", "w_hidden", "b_hidden", "w_out", "b_out"), grads, args):
         assert o.shape == a.shape and rel(o, a.grad) < 1e-5, name
 
@@ -149,12 +185,14 @@ def test_opcheck_and_torch_compile():
     cond = inputs[0] + inputs[1]
     torch.library.opcheck(ops.denoise_phases_fwd, (x_t, cond.clone().requires_grad_(),
                                                    *[x.clone().requires_grad_() for x in w]))
-    x0_hat, acts = ops.denoise_phases_fwd(x_t, cond, *w)
-    torch.library.opcheck(ops.denoise_phases_bwd, (torch.ones_like(x0_hat), x_t, acts, cond, *w))
+    x0_hat, a, acts = ops.denoise_phases_fwd(x_t, cond, *w)
+    for grad_a in (None, torch.ones_like(a)):
+        torch.library.opcheck(ops.denoise_phases_bwd, (torch.ones_like(x0_hat), grad_a, x_t, acts, a, cond, *w))
 
-    def step(e_t, c):
-        return _fused(den, *targets, t, e_t, c)
-    assert_compiled_step_matches(step, inputs)
+    for term in (_fused, _with_a(_fused_term)):
+        def step(e_t, c, term=term):
+            return term(den, *targets, t, e_t, c)
+        assert_compiled_step_matches(step, inputs)
 
 
 def test_launch_counts_and_determinism():
@@ -182,10 +220,13 @@ def test_launchers_reject_bad_input_before_launch():
         with K.count_launches() as c, pytest.raises(ValueError, match=name):
             DP.denoise_phases_forward(*head, *w)
         assert c.count == 0, name
-    x0_hat, acts = DP.denoise_phases_forward(x_t, cond, *w)
-    for name, args in (("grad_x0", (x0_hat[:, 1:].contiguous(), x_t, acts)), ("acts", (x0_hat, x_t, acts[1:]))):
+    x0_hat, a, acts = DP.denoise_phases_forward(x_t, cond, *w)
+    for name, args, grad_a in (("grad_x0", (x0_hat[:, 1:].contiguous(), x_t, acts, a), None),
+                               ("acts", (x0_hat, x_t, acts[1:], a), None),
+                               ("a", (x0_hat, x_t, acts, a[1:]), None),
+                               ("grad_a", (x0_hat, x_t, acts, a), a[:, 1:])):
         with K.count_launches() as c, pytest.raises(ValueError, match=name):
-            DP.denoise_phases_backward(*args, cond, *w)
+            DP.denoise_phases_backward(*args, cond, *w, grad_a=grad_a)
         assert c.count == 0, name
     for bad in ("target", "eps"):
         tg = [x.clone().requires_grad_() if n == bad else x for n, x in zip(("target", "eps"), targets)]
@@ -211,7 +252,8 @@ def compile_rows() -> list[dict]:
         w = [e(H, d), e(L - 1, H, H), e(L - 1, H), e(d, H), e(d)]
         with K.capture_launches() as launches:
             DP.denoise_phases_forward(e(B, d), e(B, H), *w)
-            DP.denoise_phases_backward(e(B, d), e(B, d), e(DP.saved_numel(B, d, H, L)), e(B, H), *w)
+            DP.denoise_phases_backward(e(B, d), e(B, d), e(DP.saved_numel(B, d, H, L)), e(B, H), e(B, H), *w,
+                                       grad_a=e(B, H))
         rows += cr.compile_unique(launches, dtype, seen, batch=B)
     return rows
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import make_model
-from seda_fast import backends, presets, reference
+from seda_fast import backends, presets, reference, schedule
 from seda_fast.tools import cost_baselines, cost_model
 
 
@@ -24,6 +24,7 @@ def test_meta_recording_sees_the_ops_a_real_call_runs(tables):
     """The meta-device count = the aten ops of a real CPU call of the same config."""
     model = make_model(layers=3, learner_steps=3, translator_steps=2).eval()
     v = torch.randn(5, model.config.visual_dim)
+    schedule._DEVICE.clear()  # the real call builds its schedule tables, as the (uncached) meta recording does
     with torch.no_grad():
         tabs = reference.inference_tables(model, v.dtype, v.device) if tables else None
         with _Count() as real:

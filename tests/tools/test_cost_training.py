@@ -126,3 +126,20 @@ def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
     p = ct.predict(cfg, B, 2, f"unroll-phases-{policy}")
     assert p.counts["phases"] == len(sem) + len(den) + len(rows) and p.counts["launches"] == n_launches
     assert p.counts["glue_s"] > 0 and p.counts["flops"] > sum(r["flops"] for r in rows + den + sem)
+
+
+def test_stage1_phase_prediction_follows_the_diffusion_terms_schedule():
+    """Stage 1 on phases: the diffusion term's own schedule, the launch count the hook sees (center
+    sums + EMA, center loss forward + backward, the term's L + 1 + L + 1 phases), and the glue's
+    FLOPs with the fp32 ``dL/da`` matmul for ``W_x``."""
+    from seda_fast.ops.runtime import kernels
+    D = kernels().denoise_phases_module
+    cfg, B = _cfg(), 9
+    _, _, n_launches = ct.fused_step_counts(cfg, 1, "phases-save")
+    assert n_launches == 4 + sum(D.phase_counts(cfg.layers))
+    p = ct.predict(cfg, B, 1, "unroll-phases-save")
+    den = ct.denoise_phase_costs(cfg, B)
+    assert p.counts["phases"] == len(den) and p.counts["launches"] == n_launches
+    assert p.counts["flops"] > sum(r["flops"] for r in den) + 2.0 * B * cfg.hidden * cfg.dim
+    big = presets.config("default")  # where the phases beat the row blocks' per-program weight streams
+    assert ct.predict(big, 256, 1, "unroll-phases-save-graph").time_s < ct.predict(big, 256, 1, "rowblock-graph").time_s
