@@ -198,20 +198,43 @@ def pick_wide_tiles(tiles: PhaseTiles, d: int, H: int) -> PhaseTiles | None:
     return None if BN <= tiles.BN else WIDE_TILES
 
 
-def row_tiles(row, B: int, d: int, H: int, nh: int, tiles: PhaseTiles, wide: PhaseTiles | None) -> PhaseTiles:
-    """The tile of one activation phase (schedule ``row``): ``wide`` when given and the phase has at
-    least :data:`WIDE_NEED` of its tiles, else the call's ``tiles``; the weight-gradient phase is
-    tiled by :func:`wgrad_tiles` and launched with ``tiles``' warps and stages."""
+def row_tiles(row, B: int, d: int, H: int, nh: int, K: int, tiles: PhaseTiles,
+              wide: PhaseTiles | None) -> PhaseTiles:
+    """The tile of one activation phase (schedule ``row`` of a ``K``-step call): ``wide`` when given
+    and the phase has at least :data:`WIDE_NEED` of its tiles, else the call's ``tiles``; the
+    weight-gradient phase is tiled by :func:`wgrad_tiles` and launched with ``tiles``' warps and
+    stages. A forward job rerun by the ``"recompute"`` policy (alone, or PFIN's jobs without their
+    host) counts as the forward's phase that ran it (:func:`_forward_host`): every job gets the same
+    tile, and so the same K steps, in both runs, and the two policies stay bitwise equal."""
     if wide is None or row[0] == W_GRAD:
         return tiles
-    n = sum(triton.cdiv(M, wide.BM) * triton.cdiv(N, wide.BN) for _, M, N, _ in phase_jobs(row, B, d, H, nh))
+    host = _forward_host(row, nh, K)
+    n = sum(triton.cdiv(M, wide.BM) * triton.cdiv(N, wide.BN) for _, M, N, _ in phase_jobs(host, B, d, H, nh))
     return wide if n >= WIDE_NEED else tiles
+
+
+def _forward_host(row, nh: int, K: int) -> tuple:
+    """The forward phase (:func:`_forward_rows` with riding) that runs the jobs of ``row``: a step's
+    A (and R_0, or O without residual layers) carries the previous step's PG (D); the last step's
+    PG and D run alone. Rows of other kinds host themselves."""
+    kind, i, layer, main, side, i_side = row[:6]
+    if kind not in (F_A, F_R, F_O):
+        return row
+    rides_here = kind == F_A or (kind == F_R and layer == 0) or (kind == F_O and nh == 0)
+    if main:
+        if rides_here and i > 0:
+            return (kind, i, layer, 1, 1, i - 1, 0, 0)
+        return (kind, i, layer, 1, 0, 0, 0, 0)
+    if i_side + 1 < K:  # PG / D of step i_side ride in step i_side + 1's A / R_0 (or O)
+        host = F_A if kind == F_A else F_R if nh else F_O
+        return (host, i_side + 1, 0 if host != F_O else nh, 1, 1, i_side, 0, 0)
+    return (kind, 0, 0, 0, 1, i_side, 0, 0)
 
 
 def wgrad_tiles(dtype: torch.dtype, N: int, Kdim: int, tiles: PhaseTiles | None = None) -> tuple[int, int, int]:
     """``(WBN, WBK, WBB)``: weight-gradient output tile over (out, in) and rows per K step:
     fp16/bf16 ``64 x 64`` over 32 rows (wgmma's M = 64), or ``128 x 256`` with the activation
-    phases' 128-row tile (its 8 warps; 212 registers, no spills; 128 x 128 read 4/3 the L2 bytes
+    phases' 128-row tile (its 8 warps; 250 registers, no spills; 128 x 128 read 4/3 the L2 bytes
     per FLOP); fp32 ``32 x 32`` over 32 rows."""
     if dtype == torch.float32:
         return clamp_block(32, N), clamp_block(32, Kdim), 32
@@ -690,9 +713,9 @@ class _Call:
         return meta
 
     def run(self, table, rows, first):
-        B, d, H, nh, _ = self.dims
+        B, d, H, nh, K = self.dims
         for p, row in enumerate(rows):
-            tiles = row_tiles(row, B, d, H, nh, self.tiles, self.wide)
+            tiles = row_tiles(row, B, d, H, nh, K, self.tiles, self.wide)
             grid = _grid(row, B, d, H, nh, tiles, self.wt, self.splits, self.wgrad_jobs)
             launch(unroll_phase_kernel, (grid,), table, first + p, *self.args, KIND=row[0], **self.meta(tiles))
 

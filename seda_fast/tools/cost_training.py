@@ -350,7 +350,7 @@ def unroll_phase_costs(cfg: SeDAConfig, batch: int, policy: str, dtype: str = "b
     d, H, L, K2 = cfg.dim, cfg.hidden, cfg.layers, cfg.translator_steps
     fwd, bwd = U.build_schedule(L, K2, policy)
     in_hbm = U.saved_bytes(batch, d, H, L, K2, getattr(torch, dtype), policy) > L2_BYTES
-    return _kernel_phase_costs(cfg, batch, fwd + bwd, 6, in_hbm, dtype, ceilings)
+    return _kernel_phase_costs(cfg, batch, fwd + bwd, K2, 6, in_hbm, dtype, ceilings)
 
 
 def denoise_phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> list[dict]:
@@ -361,12 +361,13 @@ def denoise_phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ce
     D = kernels().denoise_phases_module
     fwd, bwd = D.build_schedule(cfg.layers)
     saved = D.saved_numel(batch, cfg.dim, cfg.hidden, cfg.layers) * _DTYPE_BYTES[dtype]
-    return _kernel_phase_costs(cfg, batch, fwd + bwd, D.WGRAD_JOBS, saved > L2_BYTES, dtype, ceilings)
+    return _kernel_phase_costs(cfg, batch, fwd + bwd, 1, D.WGRAD_JOBS, saved > L2_BYTES, dtype, ceilings)
 
 
-def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, n_wgrad: int, in_hbm: bool, dtype: str,
+def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, steps: int, n_wgrad: int, in_hbm: bool, dtype: str,
                         ceilings: Ceilings) -> list[dict]:
-    """Per schedule row of ``unroll_phase_kernel`` (the launcher's tiles, row by row: ``row_tiles``;
+    """Per schedule row of ``unroll_phase_kernel`` for a ``steps``-step call (the launcher's tiles, row
+    by row: ``row_tiles``;
     weight-gradient tiles and row splits as its launchers pick them, over the first ``n_wgrad``
     jobs). Activation GEMMs read their weight from HBM once and their operands from L2 (from HBM
     too when ``in_hbm``: the saved activations exceed the L2); a weight-gradient job is tiled by the
@@ -386,7 +387,7 @@ def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, n_wgrad: int, in_hbm:
     out = []
     for row in rows:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
-        row_tiles = U.row_tiles(row, batch, d, H, L - 1, tiles, wide)
+        row_tiles = U.row_tiles(row, batch, d, H, L - 1, steps, tiles, wide)
         for _, M, N, Kr in U.phase_jobs(row, batch, d, H, L - 1, n_wgrad):
             if row[0] == U.W_GRAD:  # G^T X over Kr rows, SP partials of [M, N] fp32
                 wt = _tiles(WBN, WBK)

@@ -225,7 +225,7 @@ def test_wide_tiles_go_to_the_phases_that_fill_a_wave():
     assert U.call_tiles(tiles, None, 4096, d, H, torch.bfloat16) == (tiles, None)  # given tiles: as given
     fwd, bwd = U.build_schedule(L, K2, "save")
     for row in fwd + bwd:
-        got = U.row_tiles(row, 4096, d, H, L - 1, tiles, wide)
+        got = U.row_tiles(row, 4096, d, H, L - 1, K2, tiles, wide)
         jobs = U.phase_jobs(row, 4096, d, H, L - 1)
         narrow = row[0] == U.W_GRAD or (len(jobs) == 1 and jobs[0][2] == d)
         assert got == (tiles if narrow else wide), (U.KIND_NAMES[row[0]], row)
@@ -258,6 +258,28 @@ def test_every_tile_of_a_phase_is_one_program():
     splits = U.split_rows(B, out_tiles)
     w_grids = [launch.grid[0] for launch, row in zip(launches, fwd + bwd) if row[0] == U.W_GRAD]
     assert w_grids == [out_tiles * splits] * steps
+
+
+@pytest.mark.parametrize("L", [1, 2])
+def test_a_recomputed_job_gets_its_forward_tile(L):
+    """Under "recompute" each step's forward jobs run again, alone (no PFIN job riding): every job
+    (A, R_l, O of a step; PFIN's PG and D of a step) gets the one tile it had in the forward, at the
+    batches where a phase's width decides between the tiles, so the policies stay bitwise equal."""
+    d, H, K2 = 512, 1024, 4
+    fwd, bwd = U.build_schedule(L, K2, "recompute")
+    for B in (1536, 2048, 3072, 4096, 6144):
+        tiles, wide = U.call_tiles(None, None, B, d, H, torch.bfloat16)
+        seen = {}
+        for row in fwd + bwd:
+            if row[0] not in (U.F_A, U.F_R, U.F_O):
+                continue
+            t = U.row_tiles(row, B, d, H, L - 1, K2, tiles, wide)
+            if row[3]:
+                seen.setdefault((row[0], row[1], row[2]), set()).add(t.BN)
+            if row[4]:
+                seen.setdefault(("PG" if row[0] == U.F_A else "D", row[5]), set()).add(t.BN)
+        assert all(len(v) == 1 for v in seen.values()), (B, {k: v for k, v in seen.items() if len(v) > 1})
+        assert {b for v in seen.values() for b in v} <= {128, 256}
 
 
 # --------------------------------------------------------------------------- argument checks
