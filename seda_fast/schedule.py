@@ -53,13 +53,17 @@ def device_cached(key: tuple, make, device) -> torch.Tensor:
     before the replay, and rebuilding a table on every step is kernels a captured step pays for.
     The table is built outside inference mode and autograd, so a table first built during
     ``torch.inference_mode()`` can still be saved for a later training step's backward. Not cached:
-    under torch.compile (the plain build is traced, and the compiler folds the constant) and on the
-    meta device (the cost models' recordings then do not depend on call order)."""
+    under torch.compile (the plain build is traced, and the compiler folds the constant), on the
+    meta device (the cost models' recordings then do not depend on call order), and when first
+    asked for inside a CUDA-graph capture (its build would run only in that graph's replays; the
+    capture recipe's warm-up steps build the tables before it)."""
     device = torch.device(device)
     if device.type == "meta" or torch.compiler.is_compiling():
         return make(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing() and key + (device,) not in _DEVICE:
+        return make(device)
     key = key + (device,)
     table = _DEVICE.get(key)
     if table is None:
