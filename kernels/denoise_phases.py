@@ -2,11 +2,12 @@
 
 ``x_t [B, d]``, ``cond [B, H]`` (the caller's ``c W_c + b_a`` plus the rows' time embeddings
 ``e(t_b)``) -> ``x0_hat [B, d]`` and the input layer's pre-activation ``a [B, H]``, and the
-backward from ``dL/dx0_hat`` and, when ``a`` has a consumer (stage 1's center constraint), ``dL/da``. The math is one step of the
-stage-2 unroll without PFIN, so it runs on :func:`seda_fast.kernels.unroll_phases.unroll_phase_kernel`
-(its phase bodies, tiles and weight-gradient reduction) with a schedule of its own::
+backward from ``dL/dx0_hat`` and, when ``a`` has a consumer (stage 1's center constraint),
+``dL/da``. The math is one step of the stage-2 unroll without PFIN, so it runs on
+:func:`seda_fast.kernels.unroll_phases.unroll_phase_kernel` (its phase bodies, tiles and
+weight-gradient reduction) with a schedule of its own::
 
-    forward   A, R_0 .. R_{L-2}, O                   L + 1 phases (a, z, h kept; x0_hat returned)
+    forward   A, R_0 .. R_{L-2}, O                   L + 1 phases (z, h kept; a, x0_hat returned)
     backward  BO, BR_{L-2} .. BR_0, W                L + 1 phases
 
 ``BO``/``BR`` form ``gh``, the residual layers' ``gz`` and, at the input layer, ``ga = gh SiLU'(a)``

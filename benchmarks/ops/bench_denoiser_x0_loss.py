@@ -1,6 +1,7 @@
 """Forward noising + denoiser + x0 loss (``kernels/denoiser_x0_loss.py``), the random-t diffusion
-term of both stages with ``fused_impl="rowblock"``, against its eager twin at stage 1's use; the scalar is the loss plus ``<a, g>`` (stage 1's
-center constraint reads ``a``), differentiated in ``e_t``, ``cond`` and the denoiser's weights."""
+term of both stages with ``fused_impl="rowblock"``, against its eager twin at stage 1's use
+(``_op_bench.stage1_term``: the loss plus ``<a, g>``, differentiated in ``e_t``, ``cond`` and the
+denoiser's weights)."""
 import pytest
 
 from _op_bench import CASES, MODES, PIECES, model_for, run_op, stage1_term

@@ -89,7 +89,7 @@ def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, co
     ``e_t``, ``cond``, ``a``'s consumers and the denoiser's parameters; under ``torch.autocast`` the
     denoiser computes in the autocast dtype while ``target`` keeps its own dtype in the loss."""
     check_no_grad(target, eps)
-    coef = schedule.noising_table_on(diffusion_steps, t.device, torch.float32)[t]  # [B, 2]: sqrt(abar_t), sqrt(1 - abar_t)
+    coef = schedule.noising_table_on(diffusion_steps, t.device, torch.float32)[t]  # [B, 2]: sqrt(abar), sqrt(1 - abar)
     w_hidden, b_hidden = hidden_stack(den, den.in_x.weight.shape[0], den.in_x.weight.dtype, target.device)
     w_x, w_hidden, b_hidden, w_out, b_out, e_t, cond = in_compute_dtype(
         [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, e_t, cond], target.device)
