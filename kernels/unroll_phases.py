@@ -701,15 +701,18 @@ class _Call:
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits)
         self.lowp_prec, self.pdl = dot_mode(dtype, device), pdl
+        self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most two tiles)
 
     def meta(self, t: PhaseTiles) -> dict:
-        lowp, prec = self.lowp_prec
-        meta = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1], WBB=32,
-                    WEPI=wgrad_epilogue_parts(self.wt[1]),
-                    LOWP=lowp, PREC=prec,
-                    num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg, PDL=self.pdl)
-        if self.pdl:
-            meta["launch_pdl"] = True
+        meta = self.metas.get(t)
+        if meta is None:
+            lowp, prec = self.lowp_prec
+            meta = self.metas[t] = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1],
+                                        WBB=32, WEPI=wgrad_epilogue_parts(self.wt[1]), LOWP=lowp, PREC=prec,
+                                        num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg,
+                                        PDL=self.pdl)
+            if self.pdl:
+                meta["launch_pdl"] = True
         return meta
 
     def run(self, table, rows, first):

@@ -223,9 +223,9 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> 
     """``(aten ops, glue kernels, Triton launches)`` of one step of the training ops the library ships
     (the ``"triton"`` backend's pieces in the reference losses, loss + backward), counted on the CPU
     with the launches captured, not run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the
-    training implementation (the policy is stage 2's). Glue kernels are the aten ops that launch one: not views (``t``,
-    ``detach``, ``view``...), as the baselines count them, and not the fused custom ops
-    (``seda_fast::*``), whose own launches are the third count. The phase schedule's semantic
+    training implementation (the policy is stage 2's). Glue kernels are the aten ops that launch
+    one: not views (``t``, ``detach``, ``view``...), as the baselines count them, and not the fused
+    custom ops (``seda_fast::*``), whose own launches are the third count. The phase schedule's semantic
     prefix counts as on CUDA: one graph replay, plus its input copy and output clone. The second of
     two steps is recorded, so the constant tables a first step builds are not counted. None depends
     on the batch: four rows are recorded."""
