@@ -29,7 +29,10 @@ from ..config import SeDAConfig
 from .cost_model import H200, Ceilings, Prediction, _DTYPE_BYTES
 
 IMPLS = ("eager", "cuda_graph", "torch_compile")
-_MATMULS = ("mm", "addmm")
+_MATMULS = ("mm", "addmm", "matmul")
+# ops whose schema may alias their input but that copy when they change it (a dtype, a layout): a
+# view only when they return the input itself
+_MAYBE_COPY = ("to", "contiguous", "reshape", "type_as")
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,19 @@ class AtenOp:
     mnk: tuple = ()     # a matmul's (M, N, K): ``[M, K] @ [K, N]``
     depth: int = 0      # matmuls on the longest chain of matmuls that leads to this op, itself included
     namespace: str = "aten"  # the op's library: "seda_fast" for the fused custom ops (their launches are counted apart)
+    inside: str = ""    # with ``nested``: the fused custom op whose implementation issued this op
 
 
-def record_aten_ops(fn) -> list[AtenOp]:
+def record_aten_ops(fn, nested: bool = False) -> list[AtenOp]:
     """Every aten op ``fn()`` dispatches (run it on meta tensors: any size costs nothing), in order,
     autograd's backward included when ``fn`` calls it. ``depth`` follows the data: an op's inputs'
-    largest depth, plus one for a matmul (in-place ops and views carry it to their tensor)."""
+    largest depth, plus one for a matmul (in-place ops and views carry it to their tensor).
+    ``nested``: a fused custom op (``seda_fast::*``) is recorded and then its implementation runs
+    under the recorder too, so the torch ops its launcher issues around its Triton launches
+    (allocations, dtype casts, partial sums...) are recorded after it, with ``inside`` its name
+    (needs real tensors: the implementation runs; capture the launches to skip the kernels)."""
     import torch
+    from torch._library.custom_ops import _maybe_get_opdef
     from torch.utils._python_dispatch import TorchDispatchMode
 
     def nbytes(x) -> int:
@@ -69,26 +78,46 @@ def record_aten_ops(fn) -> list[AtenOp]:
             weakref.finalize(t, depth.pop, id(t), None)  # holding t itself would change what torch dispatches
         depth[id(t)] = max(level, depth[id(t)] if id(t) in depth else 0)
 
+    inside: list[str] = []  # the fused custom ops being run, innermost last
+
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
+            opdef = _maybe_get_opdef(func._schema.name) if nested and func.namespace == "seda_fast" else None
+            if opdef is None:
+                out = func(*args, **(kwargs or {}))
+            else:  # its own entry first, then what its implementation issues
+                at = len(ops)
+                ops.append(None)
+                inside.append(func.overloadpacket.__name__)
+                try:
+                    with self:
+                        out = opdef._init_fn(*args, **(kwargs or {}))
+                finally:
+                    inside.pop()
             outs = out if isinstance(out, (tuple, list)) else (out,)
             returns = func._schema.returns
-            view = bool(returns) and returns[0].alias_info is not None
             name = func.overloadpacket.__name__
+            view = bool(returns) and returns[0].alias_info is not None
+            if view and name in _MAYBE_COPY:
+                view = any(out is a for a in args)
             flat = list(args) + list((kwargs or {}).values())
             inputs = list(tensors(flat))
             read = sum(nbytes(t) for t in inputs)
             written = sum(nbytes(o) for o in outs)
             flops, mnk = 0.0, ()
-            if name in _MATMULS:
-                a, b = (args[0], args[1]) if name == "mm" else (args[1], args[2])
+            if name in _MATMULS and (name != "matmul" or args[0].dim() == args[1].dim() == 2):
+                a, b = (args[1], args[2]) if name == "addmm" else (args[0], args[1])
                 mnk = (a.shape[0], b.shape[1], a.shape[1])
                 flops = 2.0 * mnk[0] * mnk[1] * mnk[2]
             level = max((depth.get(id(t), 0) for t in inputs), default=0) + (1 if mnk else 0)
             for t in list(tensors(outs)) + (inputs if func._schema.is_mutable else []):
                 remember(t, level)
-            ops.append(AtenOp(name, view, 0 if view else read + written, flops, written, mnk, level, func.namespace))
+            op = AtenOp(name, view, 0 if view else read + written, flops, written, mnk, level, func.namespace,
+                        inside[-1] if inside else "")
+            if opdef is None:
+                ops.append(op)
+            else:
+                ops[at] = op
             return out
 
     with Record():

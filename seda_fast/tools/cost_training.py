@@ -219,16 +219,29 @@ def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save"
     return Prediction(f"phases-{policy}", batch, sum(terms.values()), bound, terms, counts)
 
 
-def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> tuple[int, int, int]:
+# inside a fused op: ops that launch no kernel (allocations), and the label range check the
+# launchers run on CPU tensors only (on a GPU it would sync, so they skip it there)
+_ALLOCATIONS = ("empty", "empty_like", "empty_strided", "new_empty")
+_CPU_ONLY = ("min", "max", "item", "_local_scalar_dense")
+
+
+def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
+                      dtype: str = "bfloat16") -> tuple[int, int, int]:
     """``(aten ops, glue kernels, Triton launches)`` of one step of the training ops the library ships
-    (the ``"triton"`` backend's pieces in the reference losses, loss + backward), counted on the CPU
-    with the launches captured, not run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the
-    training implementation (the policy is stage 2's). Glue kernels are the aten ops that launch
-    one: not views (``t``, ``detach``, ``view``...), as the baselines count them, and not the fused
-    custom ops (``seda_fast::*``), whose own launches are the third count. The phase schedule's semantic
-    prefix counts as on CUDA: one graph replay, plus its input copy and output clone. The second of
-    two steps is recorded, so the constant tables a first step builds are not counted. None depends
-    on the batch: four rows are recorded."""
+    (the ``"triton"`` backend's pieces in the reference losses, loss + backward, the model in
+    ``dtype`` as the eager step is recorded), counted on the CPU with the launches captured, not
+    run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the training implementation (the
+    policy is stage 2's).
+    - Aten ops: every op the step dispatches, the fused custom ops (``seda_fast::*``) and the torch
+      ops their launchers issue around the launches included (views and allocations too: each costs
+      the host a dispatch), but not the launchers' CPU-only label range check.
+    - Glue kernels: the aten ops that launch one: not views (``t``, ``detach``, ``view``...), as the
+      baselines count them, not allocations, and not the fused custom ops, whose own launches are
+      the third count.
+    The phase schedule's semantic prefix counts as on CUDA: one graph replay (its launcher's ops
+    are not issued per step), plus its input copy and output clone. The second of two steps is
+    recorded, so the constant tables a first step builds are not counted. None depends on the
+    batch: four rows are recorded."""
     import torch
 
     from .. import reference
@@ -236,12 +249,14 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> 
     from ..model import SeDA
     from ..ops.runtime import kernels
     torch.manual_seed(0)
-    model = SeDA(cfg, backend="eager").train()
+    torch_dtype = getattr(torch, dtype)
+    model = SeDA(cfg, backend="eager").to(torch_dtype).train()
     model.set_stage(stage)
     model.fused_impl = "rowblock" if unroll == "rowblock" else "phases"
     if unroll != "rowblock":
         model.activation_memory = unroll.split("-", 1)[1]
-    visual, text = torch.randn(4, cfg.visual_dim), torch.randn(cfg.num_classes, cfg.text_dim)
+    visual = torch.randn(4, cfg.visual_dim, dtype=torch_dtype)
+    text = torch.randn(cfg.num_classes, cfg.text_dim, dtype=torch_dtype)
     labels = torch.arange(4) % cfg.num_classes
 
     def step():
@@ -253,10 +268,11 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock") -> 
     with kernels().capture_launches(keep_args=False):  # a first step builds the cached tables (as on CUDA)
         step()
     with kernels().capture_launches(keep_args=False) as launches:
-        ops = record_aten_ops(step)
+        ops = record_aten_ops(step, nested=True)
+    ops = [o for o in ops if o.inside != "semantic_phases" and not (o.inside and o.name in _CPU_ONLY)]
     names = [kernels().kernel_name(launch.kernel) for launch in launches]
     semantic = names.count("infer_phase_kernel")  # on CUDA: one replay of the prefix's captured graph
-    glue = sum(1 for o in ops if not o.view and o.namespace != "seda_fast")
+    glue = sum(1 for o in ops if not o.view and o.namespace != "seda_fast" and o.name not in _ALLOCATIONS)
     extra = 2 if semantic else 0  # the replay's input copy and output clone
     return len(ops) + extra, glue + extra, len(names) - semantic + (1 if semantic else 0)
 
@@ -454,7 +470,7 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)
-    n_ops, n_glue, n_launches = fused_step_counts(cfg, stage, unroll)
+    n_ops, n_glue, n_launches = fused_step_counts(cfg, stage, unroll, dtype)
     boundaries = (n_glue + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
     if graph:
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}

@@ -69,3 +69,21 @@ def test_auto_runs_the_predicted_fastest_implementation(dtype):
         times = {r["impl"]: r["time_s"] for r in rows if r["batch"] == b}
         best = min(times[i] for i in ("rowblock", "phases"))
         assert times[backends.AUTO_IMPL] <= 1.05 * best, (b, times)
+
+
+def test_nested_recording_sees_what_a_fused_op_issues_around_its_launches():
+    """``nested=True``: a fused custom op is recorded, then the torch ops its launcher issues (here
+    the row mask of the center sums: ``isfinite``, ``all``), tagged with the op's name; a cast that
+    changes the dtype is a kernel, one that keeps it is a view."""
+    from seda_fast.ops import center_update
+    from seda_fast.ops.runtime import kernels
+    z, labels = torch.randn(5, 6, dtype=torch.bfloat16), torch.tensor([0, 1, 0, 2, 1])
+    with kernels().capture_launches(keep_args=False):
+        flat = cost_baselines.record_aten_ops(lambda: center_update.class_sums(z, labels, 3))
+        nested = cost_baselines.record_aten_ops(lambda: center_update.class_sums(z, labels, 3), nested=True)
+    assert [o.name for o in flat] == ["class_sums"] and not flat[0].inside
+    assert nested[0].name == "class_sums" and nested[0].namespace == "seda_fast"
+    inner = [o.name for o in nested[1:] if not o.view]
+    assert {"isfinite", "all"} <= set(inner) and all(o.inside == "class_sums" for o in nested[1:])
+    casts = cost_baselines.record_aten_ops(lambda: (z.to(torch.bfloat16), z.to(torch.float32)))
+    assert [o.view for o in casts if o.name == "to" or o.name == "_to_copy"][-1] is False
