@@ -11,7 +11,8 @@ weight-gradient reduction) with a schedule of its own::
     backward  BO, BR_{L-2} .. BR_0, W                L + 1 phases
 
 ``BO``/``BR`` form ``gh``, the residual layers' ``gz`` and, at the input layer, ``ga = gh SiLU'(a)``
-(= ``dL/dcond``, accumulated into fp32 ``gcond``); ``W`` reduces ``dW_x``, ``dW_l``, ``dW_o`` and
+plus the caller's ``dL/da`` when it sends one (summed in fp32; the sum, ``dL/da`` in full, is
+``dL/dcond``); ``W`` reduces ``dW_x``, ``dW_l``, ``dW_o`` and
 their bias column sums over the rows (row splits into fp32 partials summed in a fixed order, no
 atomics). There is no ``dL/dx_t``: the diffusion target is under stop-gradient and the noise is a
 random draw. The time-embedding row the phase kernel adds is a zero row (``cond`` carries
@@ -73,7 +74,8 @@ def _zero_tables(H, dtype, device):
 
 def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl):
     """The phase kernel's arguments for this schedule: one step (K = 1, a zero time row), no PFIN
-    (its weights and buffers are stand-ins no phase here reads)."""
+    (its weights and buffers are stand-ins no phase here reads), ``ga`` stored in full
+    (``GA_TOTAL``: ``gcond`` starts from the caller's ``dL/da`` or zero)."""
     e_row, ddim = _zero_tables(cond.shape[1], cond.dtype, cond.device)
     stand_in = weights[0]
     full = tuple(weights) + (stand_in,) * 8
@@ -83,7 +85,7 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl):
         grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
     xs = x_t.unsqueeze(0)
     return _Call(xs, xs, cond, e_row, ddim, full, nh, act, grads, 1, splits, tiles, pdl, wgrad_jobs=WGRAD_JOBS,
-                 wide=wide)
+                 wide=wide, ga_total=True)
 
 
 def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, tiles: PhaseTiles | None = None,
@@ -109,9 +111,9 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     """``(grad_cond [B, H], grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` in the
     weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
     a consumer of ``a`` sends one, ``grad_a = dL/da [B, H]``; accumulated in fp32 in a fixed order
-    (bitwise reproducible). ``L + 1`` launches. ``grad_a`` reaches ``cond`` through the fp32
-    accumulator the input phase adds to (it starts from ``grad_a``) and ``W_x`` through one fp32
-    ``grad_a^T x_t`` added to the phases' sum."""
+    (bitwise reproducible). ``L + 1`` launches. ``grad_a`` seeds the fp32 accumulator the input
+    phase adds its ``ga`` to; that phase stores the sum as ``dL/da`` in full, which is ``dL/dcond``
+    and what the weight-gradient phase reduces into ``dW_x``."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
     B, d, H, nh = _check_args(x_t, cond, weights)
     dtype, device = w_x.dtype, x_t.device
@@ -140,11 +142,9 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     cs = torch.split(g["cs"], [lay * splits * n for lay, n in sizes])
     out = lambda t: t.to(dtype)  # noqa: E731
     dw_x, dw_h, dw_o = sum_partials(g["part"], splits)
-    if grad_a is not None:
-        dw_x = dw_x + (grad_a.float().t() @ x_t.float()).unsqueeze(0)
     grad_w_hidden = out(dw_h) if nh else torch.empty_like(w_hidden)
     grad_b_hidden = out(cs[1].view(nh, splits, H).sum(1)) if nh else torch.empty_like(b_hidden)
-    return (out(g["gcond"]), out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]),
+    return (g["ga"], out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]),  # ga: dL/dcond (GA_TOTAL)
             out(cs[2].view(splits, d).sum(0)))
 
 

@@ -27,7 +27,8 @@ Backward, step ``i = K-1 .. 0``, from ``gm = dL/dm_{i+1}`` and ``gx = dL/dx_{i+1
     BM     gm <- gm + g_p W_pm^T + g_q W_gm^T ;  gx0 = g_p W_pu^T + g_q W_gu^T + b_k gx   2 x (n = d, K = H + d)
     BO     gh = gx0 W_o^T ; g_pre = gh SiLU'(pre)  (pre = z_{L-2}, or a when L = 1)  n = H, K = d
     BR_l   gh <- gh + gz_l W_l^T ; g_pre of the layer below                          n = H, K = H
-           (when the layer below is the input layer: ga = gh SiLU'(a), gcond += ga)
+           (when the layer below is the input layer: ga = gh SiLU'(a), gcond += ga; with
+           GA_TOTAL, ga = gcond + gh SiLU'(a) and gcond is left as it was)
     BX     gx <- ga W_x^T + a_k gx                  (rides in BP of step i - 1)      n = d, K = H
 
 ``K (L + 2) + 1`` backward phases, and after each step's, its weight-gradient phase W. Weight
@@ -334,11 +335,14 @@ def unroll_phase_kernel(sched_ptr, phase,
                         KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
                         LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr = 1, WEPI: tl.constexpr = 1,
-                        PDL: tl.constexpr = False):
+                        PDL: tl.constexpr = False, GA_TOTAL: tl.constexpr = False):
     """One phase (schedule row ``phase``) of the training unroll; one program per output tile.
     ``EPI``: the epilogues run on that many column parts of the tile, one after another
     (``_blocks.col_part``), so a wide tile's loaded epilogue tiles are not all live at once;
     ``WEPI``: the same for the weight-gradient tile's partial (``wgrad_epilogue_parts``).
+    ``GA_TOTAL`` (one step only, the diffusion term's): the input layer stores ``ga = gcond + gh
+    SiLU'(a)``, ``dL/da`` in full when a caller's own ``dL/da`` is the ``gcond`` it reads (which it
+    leaves unwritten), so the weight-gradient phase's ``dW_x`` includes it.
 
     Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
     ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. One step's
@@ -519,9 +523,13 @@ def unroll_phase_kernel(sched_ptr, phase,
                 blk.store_tile(gh_ptr + r0 * H, H, B - r0, ne, H, gh, BM, BE)
             else:
                 ga = gh * blk.dsilu(blk.load_tile(a_ptr + slot * BH + r0 * H, H, B - r0, ne, H, BM, BE))
-                blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
-                gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE) + ga
-                blk.store_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, gc, BM, BE)
+                if GA_TOTAL:  # one step: ga in full is dL/dcond, gcond only its seed
+                    ga += blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                    blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
+                else:
+                    blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
+                    gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE) + ga
+                    blk.store_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, gc, BM, BE)
     else:  # W of step i: dW (+)= G^T X; tiles over (job, layer, row split, out block, in block)
         kb_d = tl.cdiv(d, WBK)
         kb_h = tl.cdiv(H, WBK)
@@ -681,10 +689,11 @@ def _grid(row, B, d, H, nh, tiles, wt, SP, n_wgrad) -> int:
 
 class _Call:
     """One call's arguments for :func:`unroll_phase_kernel` and the launches over a row range
-    (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones)."""
+    (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones;
+    ``ga_total``: the kernel's ``GA_TOTAL``)."""
 
     def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
-                 wgrad_jobs: int = 6, wide: PhaseTiles | None = None):
+                 wgrad_jobs: int = 6, wide: PhaseTiles | None = None, ga_total: bool = False):
         B, d = xs.shape[1], xs.shape[2]
         H = cond.shape[1]
         K = xs.shape[0]
@@ -700,7 +709,7 @@ class _Call:
         gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)]
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits)
-        self.lowp_prec, self.pdl = dot_mode(dtype, device), pdl
+        self.lowp_prec, self.pdl, self.ga_total = dot_mode(dtype, device), pdl, ga_total
         self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most two tiles)
 
     def meta(self, t: PhaseTiles) -> dict:
@@ -710,7 +719,7 @@ class _Call:
             meta = self.metas[t] = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1],
                                         WBB=32, WEPI=wgrad_epilogue_parts(self.wt[1]), LOWP=lowp, PREC=prec,
                                         num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg,
-                                        PDL=self.pdl)
+                                        PDL=self.pdl, GA_TOTAL=self.ga_total)
             if self.pdl:
                 meta["launch_pdl"] = True
         return meta

@@ -18,7 +18,7 @@ which flatters eager and compile).
 * ``unroll-phases-save`` / ``unroll-phases-recompute`` (each also ``-graph``): what the library
   ships by default (``fused_impl="phases"``), stage 2 with the unroll, the random-t diffusion term
   and the Learner's sample run as phases, stage 1 with its diffusion term as phases (no unroll: one
-  policy, ``-save``, and one fp32 ``dL/da`` matmul for ``W_x`` in the glue): their matmuls
+  policy, ``-save``; the center constraint's ``dL/da`` joins the term's backward phases): their matmuls
   (:func:`unroll_shapes`, :func:`denoise_shapes`, :func:`semantic_shapes`; Counter-matched, so the
   few input gradients autograd skips for the first step are matched elsewhere) leave the step's,
   the phases are costed from the kernels' own schedules, jobs and tiles
@@ -463,10 +463,6 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
         glue_s = sum(_kernel_s(o.flops, o.bytes, peak, ceilings) for o in rest)
         glue_flops = sum(o.flops for o in rest)
-        if stage == 1:  # the center constraint's dL/da reaches W_x through one fp32 matmul of its own
-            d, H = cfg.dim, cfg.hidden
-            glue_s += _kernel_s(2.0 * batch * H * d, batch * (H + d) * 4 + 2 * H * d * 4, peak, ceilings)
-            glue_flops += 2.0 * batch * H * d
         shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)

@@ -131,7 +131,7 @@ def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
 def test_stage1_phase_prediction_follows_the_diffusion_terms_schedule():
     """Stage 1 on phases: the diffusion term's own schedule, the launch count the hook sees (center
     sums + EMA, center loss forward + backward, the term's L + 1 + L + 1 phases), and the glue's
-    FLOPs with the fp32 ``dL/da`` matmul for ``W_x``."""
+    FLOPs (the center constraint's ``dL/da`` joins the term's phases: no matmul of its own)."""
     from seda_fast.ops.runtime import kernels
     D = kernels().denoise_phases_module
     cfg, B = _cfg(), 9
@@ -140,6 +140,6 @@ def test_stage1_phase_prediction_follows_the_diffusion_terms_schedule():
     p = ct.predict(cfg, B, 1, "unroll-phases-save")
     den = ct.denoise_phase_costs(cfg, B)
     assert p.counts["phases"] == len(den) and p.counts["launches"] == n_launches
-    assert p.counts["flops"] > sum(r["flops"] for r in den) + 2.0 * B * cfg.hidden * cfg.dim
+    assert p.counts["flops"] > sum(r["flops"] for r in den)
     big = presets.config("default")  # where the phases beat the row blocks' per-program weight streams
     assert ct.predict(big, 256, 1, "unroll-phases-save-graph").time_s < ct.predict(big, 256, 1, "rowblock-graph").time_s
