@@ -97,7 +97,8 @@ def record_aten_ops(fn, nested: bool = False) -> list[AtenOp]:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             returns = func._schema.returns
             name = func.overloadpacket.__name__
-            view = bool(returns) and returns[0].alias_info is not None
+            alias = returns[0].alias_info if returns else None
+            view = alias is not None and not alias.is_write  # an in-place op (``copy_``, ``zero_``) writes
             if view and name in _MAYBE_COPY:
                 view = any(out is a for a in args)
             flat = list(args) + list((kwargs or {}).values())

@@ -267,6 +267,7 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
         loss.backward()
     with kernels().capture_launches(keep_args=False):  # a first step builds the cached tables (as on CUDA)
         step()
+    model.zero_grad(set_to_none=True)  # as the eager step is recorded: no gradient to accumulate into
     with kernels().capture_launches(keep_args=False) as launches:
         ops = record_aten_ops(step, nested=True)
     ops = [o for o in ops if o.inside != "semantic_phases" and not (o.inside and o.name in _CPU_ONLY)]
