@@ -26,8 +26,8 @@ import torch
 
 from ._heuristics import check_matrix
 from .translator_unroll import check_denoiser
-from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _views, call_tiles, check_flat_acts,
-                            schedule_table, split_rows, sum_partials, wgrad_out_tiles, wgrad_tiles)
+from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _span, _views, call_tiles,
+                            check_flat_acts, schedule_table, split_grads, split_rows, wgrad_out_tiles, wgrad_tiles)
 
 WGRAD_JOBS = 3  # w_x, w_hidden, w_out: the phase kernel's first three weight-gradient jobs
 _ZEROS: dict = {}
@@ -107,9 +107,10 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
 
 def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,
                             grad_a=None, tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None,
-                            pdl: bool = False):
+                            pdl: bool = False, flat: bool = False):
     """``(grad_cond [B, H], grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` in the
-    weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
+    weights' dtype (views of one buffer laid out as :func:`grad_layout`, which ``flat=True`` returns
+    instead; the weights' are accumulated in one fp32 buffer and cast once) from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
     a consumer of ``a`` sends one, ``grad_a = dL/da [B, H]``; accumulated in fp32 in a fixed order
     (bitwise reproducible). ``L + 1`` launches. ``grad_a`` seeds the fp32 accumulator the input
     phase adds its ``ga`` to; that phase stores the sum as ``dL/da`` in full, which is ``dL/dcond``
@@ -126,26 +127,47 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)[:2]
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt, WGRAD_JOBS))
     f32 = dict(device=device, dtype=torch.float32)
-    sizes = [(1, H), (nh, H), (1, d)]  # column sums of ga, gz per layer, gx0 (bias gradients)
-    gcond = torch.zeros(B, H, **f32) if grad_a is None else grad_a.to(torch.float32, copy=True).contiguous()
-    g = dict(gh=torch.empty(B, H, **f32), gcond=gcond,
-             ga=torch.empty(B, H, dtype=dtype, device=device),
-             gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device), gx0=grad_x0.to(dtype).contiguous(),
-             cs=torch.empty(sum(lay * splits * n for lay, n in sizes), **f32),
-             part=[torch.empty(1, splits, H, d, **f32),
-                   torch.empty(nh, splits, H, H, **f32) if nh else torch.empty(1, **f32),
-                   torch.empty(1, splits, d, H, **f32)])
+    layout = grad_layout(B, d, H, nh)
+    out = torch.empty(sum(math.prod(shape) for _, shape in layout), dtype=dtype, device=device)
+    # the fp32 results (weights, then the column sums of ga, gz, gx0) in one buffer laid out as the
+    # rest of out, cast once at the end; in fp32 that is out itself
+    cast = dtype != torch.float32
+    ws = torch.empty(out.numel() - B * H, **f32) if cast else _span(out, layout, "w_x", "b_out")
+    w_at = _views(ws, dict(layout[1:]))
+    sums = _span(ws, layout[1:], "ga_sum", "b_out")
+    part = [w_at[n].view(lay, 1, *w_at[n].shape[-2:]) if splits == 1 else
+            torch.empty(lay, splits, *w_at[n].shape[-2:], **f32) for n, lay in (("w_x", 1), ("w_hidden", nh),
+                                                                                   ("w_out", 1))]
+    g = dict(gh=torch.empty(B, H, **f32),
+             gcond=torch.zeros(B, H, **f32) if grad_a is None else grad_a.to(torch.float32, copy=True).contiguous(),
+             ga=_span(out, layout, "cond").view(B, H), gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device),
+             gx0=grad_x0.to(dtype).contiguous(), cs=sums if splits == 1 else torch.empty(sums.numel() * splits, **f32),
+             part=[p if p.numel() else torch.empty(1, **f32) for p in part])
     _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
     act = dict(_views(acts, _act_shapes(B, d, H, nh)), a=a.unsqueeze(0))
     _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl).run(table, bwd, fwd_len)
-    cs = torch.split(g["cs"], [lay * splits * n for lay, n in sizes])
-    out = lambda t: t.to(dtype)  # noqa: E731
-    dw_x, dw_h, dw_o = sum_partials(g["part"], splits)
-    grad_w_hidden = out(dw_h) if nh else torch.empty_like(w_hidden)
-    grad_b_hidden = out(cs[1].view(nh, splits, H).sum(1)) if nh else torch.empty_like(b_hidden)
-    return (g["ga"], out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]),  # ga: dL/dcond (GA_TOTAL)
-            out(cs[2].view(splits, d).sum(0)))
+    if splits > 1:  # the row splits' partials and column sums summed in a fixed order, into their places
+        for p, n in zip(part, ("w_x", "w_hidden", "w_out")):
+            if p.numel():
+                torch.sum(p, 1, out=w_at[n].view(p.shape[0], *p.shape[2:]))
+        cs = torch.split(g["cs"], [n * splits for n in (H, nh * H, d)])
+        for c, n, width in zip(cs, ("ga_sum", "b_hidden", "b_out"), (H, H, d)):
+            torch.sum(c.view(-1, splits, width), 1, out=w_at[n].view(-1, width))
+    if cast:
+        _span(out, layout, "w_x", "b_out").copy_(ws)
+    return out if flat else split_grads(out, layout, GRAD_ORDER)
+
+
+GRAD_ORDER = ("cond", "w_x", "w_hidden", "b_hidden", "w_out", "b_out")  # denoise_phases_backward's results
+
+
+def grad_layout(B: int, d: int, H: int, nh: int) -> list[tuple[str, tuple]]:
+    """``(name, shape)`` of each part of the flat buffer :func:`denoise_phases_backward` fills: the
+    kernel's ``dL/dcond``, the weight gradients, then the column sums the weight-gradient phase
+    writes (``ga_sum``, the input layer's, has no weight to go to)."""
+    return [("cond", (B, H)), ("w_x", (H, d)), ("w_hidden", (nh, H, H)), ("w_out", (d, H)), ("ga_sum", (H,)),
+            ("b_hidden", (nh, H)), ("b_out", (d,))]
 
 
 def _check_args(x_t, cond, weights):

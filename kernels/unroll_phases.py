@@ -350,7 +350,8 @@ def unroll_phase_kernel(sched_ptr, phase,
     ``xs [K, B, d]``, ``ms [K + 1, B, d]``. fp32: ``gm``, ``gx [B, d]``, ``gh``, ``gcond [B, H]``.
     ``pw_*``: the six weight-gradient jobs' fp32 partials ``[layers, SB, N, Kdim]`` (partial j: row
     split j, summed over the steps' W phases); ``cs``: their per-step column sums ``[layers, K, SB, N]``
-    one after another (five jobs; the last one shares the fifth's G)."""
+    one after another, step i at row ``K - 1 - i`` (the time table's), five jobs (the last one
+    shares the fifth's G)."""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -594,7 +595,7 @@ def unroll_phase_kernel(sched_ptr, phase,
             tl.store(pp, val, mask=pmask)
         if j < 5:
             if k0 == 0:
-                cp = cs_ptr + coff + ((lay * K + i) * SB + split).to(tl.int64) * N + offs_n
+                cp = cs_ptr + coff + ((lay * K + kr) * SB + split).to(tl.int64) * N + offs_n
                 tl.store(cp, gsum, mask=offs_n < N)
 
 
@@ -610,12 +611,51 @@ def _act_shapes(B, d, H, nh, slots):
 
 
 def _views(flat, shapes):
-    out, o = {}, 0
-    for name, shape in shapes.items():
-        n = math.prod(shape)
-        out[name] = flat[o:o + n].view(shape)
-        o += n
-    return out
+    """``{name: view}`` of consecutive parts of the 1-D ``flat`` (the prefix ``shapes`` covers): one
+    split, then a reshaping view only where a part is not 1-D (each view is a host dispatch)."""
+    sizes = [math.prod(shape) for shape in shapes.values()]
+    parts = torch.split(flat if sum(sizes) == flat.numel() else flat[:sum(sizes)], sizes)
+    return {name: p if len(shape) == 1 else p.view(shape) for (name, shape), p in zip(shapes.items(), parts)}
+
+
+# the flat gradient of the training unroll: every input's and weight's, in an order that keeps
+# together what one fill or one reduction writes (gx and gcond; a PFIN input job's two weights;
+# b_p and b_g)
+GRAD_ORDER = ("gx", "gm", "gcond", "grad_e", "w_x", "w_hidden", "b_hidden", "w_out", "b_out", "w_pm", "w_pu", "b_p",
+              "w_pd", "b_pd", "w_gm", "w_gu", "b_g")  # the order of translator_unroll_backward's results
+_PARTIAL_PLACES = (("w_x",), ("w_hidden",), ("w_out",), ("w_pd",), ("w_pm", "w_gm"), ("w_pu", "w_gu"))
+
+
+def grad_layout(B: int, d: int, H: int, nh: int, K: int) -> list[tuple[str, tuple]]:
+    """``(name, shape)`` of each gradient in the flat buffer :func:`unroll_phases_backward` fills."""
+    return [("gm", (B, d)), ("gx", (B, d)), ("gcond", (B, H)), ("grad_e", (K, H)), ("w_x", (H, d)),
+            ("w_hidden", (nh, H, H)), ("b_hidden", (nh, H)), ("w_out", (d, H)), ("b_out", (d,)), ("w_pm", (H, d)),
+            ("w_gm", (d, d)), ("w_pu", (H, d)), ("w_gu", (d, d)), ("b_p", (H,)), ("b_g", (d,)), ("w_pd", (d, H)),
+            ("b_pd", (d,))]
+
+
+def _span(flat, layout, first: str, last: str | None = None):
+    """The 1-D view of ``flat`` from ``first``'s start to ``last``'s end (``first`` alone by default)."""
+    last = last or first
+    o, lo, hi = 0, None, None
+    for name, shape in layout:
+        if name == first:
+            lo = o
+        o += math.prod(shape)
+        if name == last:
+            hi = o
+    return flat[lo:hi]
+
+
+def split_grads(flat, layout, order) -> tuple:
+    """The views of ``flat`` (laid out as ``layout``) named by ``order``."""
+    views = _views(flat, dict(layout))
+    return tuple(views[name] for name in order)
+
+
+def _in_dtype(ws, layout, dtype, flat: bool):
+    out = ws.to(dtype)  # one cast for every gradient (none in fp32)
+    return out if flat else split_grads(out, layout, GRAD_ORDER)
 
 
 def _act_numel(B, d, H, nh, slots):
@@ -655,12 +695,6 @@ def check_flat_acts(acts, want: int, dtype, device, what: str = "") -> None:
             or acts.device != device:
         raise ValueError(f"acts must be the forward's flat {dtype} activations of {want} values on {device}{what}, "
                          f"got {getattr(acts, 'shape', type(acts).__name__)}")
-
-
-def sum_partials(parts, splits: int) -> list:
-    """The weight-gradient partials ``[layers, splits, N, Kd]`` summed over their row splits in a fixed
-    order (none to sum with one split: the partial is the gradient); 1-D stand-ins pass through."""
-    return [p if p.dim() == 1 else p[:, 0] if splits == 1 else p.sum(1) for p in parts]
 
 
 def phase_jobs(row, B: int, d: int, H: int, nh: int, n_wgrad: int = 6) -> list[tuple]:
@@ -779,11 +813,14 @@ def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, 
 
 def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out,
                            w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, *, policy: str = "save",
-                           tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
+                           tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False,
+                           flat: bool = False):
     """Every gradient of :func:`unroll_phases_forward` from ``grad_m = dL/dm [B, d]`` and its saved
     ``xs``, ``ms``, ``acts``, in the order of :func:`seda_fast.kernels.translator_unroll_backward`
-    (inputs, then the 13 weights), in the weights' dtype. Accumulated in fp32 in a fixed order
-    (bitwise reproducible). Launches: :func:`phase_counts`."""
+    (inputs, then the 13 weights), in the weights' dtype: views of one buffer laid out as
+    :func:`grad_layout`, which ``flat=True`` returns instead. Accumulated in fp32 in a fixed order
+    (bitwise reproducible) into one fp32 buffer of that layout, cast once. Launches:
+    :func:`phase_counts`."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -807,26 +844,34 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     jobs = wgrad_jobs(d, H, nh)
     cs_sizes = [layers * K * splits * N for _, N, _, layers in jobs[:5]]
-    g = dict(gm=torch.empty(B, d, **f32).copy_(grad_m), gx=torch.zeros(B, d, **f32), gh=torch.empty(B, H, **f32),
-             gcond=torch.zeros(B, H, **f32), ga=e(B, H), gz=e(max(nh, 1), B, H), gx0=e(B, d), gdel=e(B, d),
-             gpq=e(B, H + d), cs=torch.empty(sum(cs_sizes), **f32),
-             part=[torch.empty(layers, splits, N, Kd, **f32) if layers else torch.empty(1, **f32)
-                   for _, N, Kd, layers in jobs])
+    # every fp32 result in one buffer laid out as the flat gradient (grad_layout), cast once at the end
+    layout = grad_layout(B, d, H, nh, K)
+    ws = torch.empty(sum(math.prod(shape) for _, shape in layout), **f32)
+    at = _views(ws, dict(layout))
+    at["gm"].copy_(grad_m)
+    _span(ws, layout, "gx", "gcond").zero_()
+    # with one row split a job's partial is its gradient: the kernel accumulates it in place
+    part = [torch.empty(1, **f32) if not layers else
+            _span(ws, layout, *names).view(layers, 1, N, Kd) if splits == 1 else
+            torch.empty(layers, splits, N, Kd, **f32) for (_, N, Kd, layers), names in zip(jobs, _PARTIAL_PLACES)]
+    cs_buf = torch.empty(sum(cs_sizes), **f32)
+    g = dict(gm=at["gm"], gx=at["gx"], gh=torch.empty(B, H, **f32), gcond=at["gcond"], ga=e(B, H),
+             gz=e(max(nh, 1), B, H), gx0=e(B, d), gdel=e(B, d), gpq=e(B, H + d), cs=cs_buf, part=part)
     fwd, bwd, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl, wide=wide) \
         .run(table, bwd, len(fwd))
-    del g["ga"], g["gz"], g["gx0"], g["gdel"], g["gpq"], act, g["gh"]
+    del g, act
 
-    dw_x, dw_h, dw_o, dw_pd, dw_in_m, dw_in_x = sum_partials(g.pop("part"), splits)
-    css = torch.split(g.pop("cs"), cs_sizes)
-    cs = lambda i, n, lay=1: css[i].view(lay, K, splits, n).sum(2)  # noqa: E731  [layers, K, n] per step
-    ga_sum, gpq_sum = cs(0, H)[0], cs(4, H + d)[0]                 # [K, .] by step i
-    out = lambda t: t.to(dtype)  # noqa: E731
-    copy = lambda t: t.to(dtype, copy=True)  # noqa: E731  (the second half of a shared buffer: no aliasing)
-    grad_e = (ga_sum + gpq_sum[:, :H]).flip(0)                      # table row K - 1 - i
-    grad_w_hidden = out(dw_h) if nh else torch.empty_like(w_hidden)
-    grad_b_hidden = out(cs(1, H, nh).sum(1)) if nh else torch.empty_like(b_hidden)
-    return (out(g["gx"]), out(g["gm"]), out(g["gcond"]), out(grad_e),
-            out(dw_x[0]), grad_w_hidden, grad_b_hidden, out(dw_o[0]), out(cs(2, d)[0].sum(0)),
-            out(dw_in_m[0, :H]), out(dw_in_x[0, :H]), out(gpq_sum[:, :H].sum(0)), out(dw_pd[0]),
-            out(cs(3, d)[0].sum(0)), copy(dw_in_m[0, H:]), copy(dw_in_x[0, H:]), out(gpq_sum[:, H:].sum(0)))
+    if splits > 1:  # the partials summed over their row splits in a fixed order, into their places
+        for p, names, (_, N, Kd, layers) in zip(part, _PARTIAL_PLACES, jobs):
+            if layers:
+                torch.sum(p, 1, out=_span(ws, layout, *names).view(layers, N, Kd))
+    css = torch.split(cs_buf, cs_sizes)
+    by_step = lambda i, n: css[i].view(K, splits, n).sum(1) if splits > 1 else css[i].view(K, n)  # noqa: E731
+    torch.add(by_step(0, H), by_step(4, H + d)[:, :H], out=at["grad_e"])  # rows in the table's order
+    if nh:
+        torch.sum(css[1].view(nh, K * splits, H), 1, out=at["b_hidden"])
+    torch.sum(css[2].view(K * splits, d), 0, out=at["b_out"])
+    torch.sum(css[3].view(K * splits, d), 0, out=at["b_pd"])
+    torch.sum(css[4].view(K * splits, H + d), 0, out=_span(ws, layout, "b_p", "b_g"))
+    return _in_dtype(ws, layout, dtype, flat)

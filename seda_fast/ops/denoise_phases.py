@@ -5,8 +5,8 @@ constraint reads the denoiser's ``a``).
 ``seda_fast::denoise_phases_fwd(x_t, cond, <5 weights>) -> (x0_hat [B, d], a [B, H], acts)``:
 ``acts`` (the flat saved activations) is an auxiliary non-differentiable output for
 ``seda_fast::denoise_phases_bwd``, which returns the gradients of ``cond`` and the five weights from
-those of ``x0_hat`` and ``a`` (None when nothing read it). ``x_t`` gets none: it is noised from the
-stop-gradient target with a random draw.
+those of ``x0_hat`` and ``a`` (None when nothing read it), as one flat tensor (split into views
+for autograd). ``x_t`` gets none: it is noised from the stop-gradient target with a random draw.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import schedule
 from .denoiser_x0_loss import check_no_grad
-from .runtime import in_compute_dtype, kernels
+from .runtime import flat_split_plan, in_compute_dtype, kernels, split_flat
 from .unroll_phases import _pdl
 from .weights import hidden_stack
 
@@ -38,15 +38,27 @@ def _(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out):
 
 @torch.library.custom_op("seda_fast::denoise_phases_bwd", mutates_args=())
 def denoise_phases_bwd(grad_x0: Tensor, grad_a: Tensor | None, x_t: Tensor, acts: Tensor, a: Tensor, cond: Tensor,
-                       w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor, b_out: Tensor) -> list[Tensor]:
-    """Gradients of ``cond`` and the five weights (weights' dtype); ``grad_a`` None when nothing read ``a``."""
-    return list(kernels().denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out,
-                                                  grad_a=grad_a, pdl=_pdl(grad_x0)))
+                       w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
+    """Gradients of ``cond`` and the five weights (weights' dtype) as one flat tensor laid out as
+    ``kernels.denoise_phases.grad_layout``; ``grad_a`` None when nothing read ``a``."""
+    return kernels().denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out,
+                                             grad_a=grad_a, pdl=_pdl(grad_x0), flat=True)
+
+
+@torch.compiler.assume_constant_result
+def _plan(B: int, d: int, H: int, nh: int) -> tuple:
+    """The flat gradient's split plan: ``cond``'s and the five weights' gradients in order."""
+    module = kernels().denoise_phases_module
+    return flat_split_plan(module.grad_layout(B, d, H, nh), module.GRAD_ORDER)
+
+
+def _dims(x_t, cond, w_hidden):
+    return x_t.shape[0], x_t.shape[1], cond.shape[1], w_hidden.shape[0]
 
 
 @denoise_phases_bwd.register_fake
-def _(grad_x0, grad_a, x_t, acts, a, cond, *weights):
-    return [torch.empty_like(t, dtype=weights[0].dtype) for t in (cond, *weights)]
+def _(grad_x0, grad_a, x_t, acts, a, cond, w_x, w_hidden, *weights):
+    return x_t.new_empty(sum(_plan(*_dims(x_t, cond, w_hidden))[0]), dtype=w_x.dtype)
 
 
 def _setup_context(ctx, inputs, output):
@@ -63,7 +75,8 @@ def _backward(ctx, grad_x0, grad_a, _grad_acts):
     if grad_x0 is None and grad_a is None:
         return (None,) * 7
     grad_x0 = torch.zeros(x_t.shape, dtype=x_t.dtype, device=x_t.device) if grad_x0 is None else grad_x0.contiguous()
-    grads = denoise_phases_bwd(grad_x0, None if grad_a is None else grad_a.contiguous(), x_t, acts, a, cond, *weights)
+    flat = denoise_phases_bwd(grad_x0, None if grad_a is None else grad_a.contiguous(), x_t, acts, a, cond, *weights)
+    grads = split_flat(flat, _plan(*_dims(x_t, cond, weights[1])))
     return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def _interpreted(fn) -> bool:
     return isinstance(fn, InterpretedFunction)
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it instead of tracing it (it reads a module global)
 def interpreter_mode_mismatch() -> str | None:
     """None when every ``@triton.jit`` function in use was decorated in the mode that
     ``TRITON_INTERPRET`` selects now; otherwise what to do about it.
@@ -119,6 +121,23 @@ def kernels():
     setattr(sys.modules["seda_fast"], "kernels", module)
     _KERNELS = module
     return module
+
+
+def flat_split_plan(layout, order) -> tuple:
+    """How to cut a flat buffer laid out as ``layout`` (``[(name, shape)]``, consecutive) into the
+    parts named by ``order``: ``(sizes, ((part index, shape), ...))``, plain values (a fused
+    op's backward computes it under :func:`torch.compiler.assume_constant_result`)."""
+    names = [name for name, _ in layout]
+    return (tuple(math.prod(shape) for _, shape in layout),
+            tuple((names.index(name), tuple(layout[names.index(name)][1])) for name in order))
+
+
+def split_flat(flat: torch.Tensor, plan: tuple) -> tuple:
+    """The views of ``flat`` that :func:`flat_split_plan`'s ``plan`` names: one split, then a view
+    per part (autograd takes views of one buffer as gradients; a custom op may not return them)."""
+    sizes, picks = plan
+    parts = torch.split(flat, sizes)
+    return tuple(parts[i].view(shape) for i, shape in picks)
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:

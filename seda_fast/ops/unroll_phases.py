@@ -6,7 +6,8 @@ each step's forward runs again in the backward).
 ``seda_fast::unroll_phases_fwd(x_start, m_start, cond, e_table, ddim, <13 weights>, policy)
 -> (m [B, d], xs, ms, acts)``: ``xs [K, B, d]``, ``ms [K + 1, B, d]`` and the flat ``acts``
 (empty under ``"recompute"``) are auxiliary non-differentiable outputs saved for
-``seda_fast::unroll_phases_bwd``, which returns the gradients of every input but ``ddim``.
+``seda_fast::unroll_phases_bwd``, which returns the gradients of every input but ``ddim`` as one
+flat tensor (split into views for autograd).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..validation import stream_capturing
-from .runtime import kernels
+from .runtime import flat_split_plan, kernels, split_flat
 from .translator_unroll import unroll_inputs
 
 POLICIES = ("save", "recompute")
@@ -56,18 +57,30 @@ def _(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, *rest):
 def unroll_phases_bwd(grad_m: Tensor, xs: Tensor, ms: Tensor, acts: Tensor, cond: Tensor, e_table: Tensor,
                       ddim: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor, b_out: Tensor,
                       w_pm: Tensor, w_pu: Tensor, b_p: Tensor, w_pd: Tensor, b_pd: Tensor, w_gm: Tensor,
-                      w_gu: Tensor, b_g: Tensor, policy: str) -> list[Tensor]:
-    """Gradients of ``x_start, m_start, cond, e_table`` and the 13 weights (weights' dtype)."""
-    return list(kernels().unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden,
-                                                 w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g,
-                                                 policy=policy, pdl=_pdl(grad_m)))
+                      w_gu: Tensor, b_g: Tensor, policy: str) -> Tensor:
+    """Gradients of ``x_start, m_start, cond, e_table`` and the 13 weights (weights' dtype), as one
+    flat tensor laid out as ``kernels.unroll_phases.grad_layout`` (:func:`_grads` splits it)."""
+    return kernels().unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden,
+                                            w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g,
+                                            policy=policy, pdl=_pdl(grad_m), flat=True)
+
+
+@torch.compiler.assume_constant_result
+def _plan(B: int, d: int, H: int, nh: int, K: int) -> tuple:
+    """The flat gradient's split plan: the op's inputs' gradients (x_start, m_start, cond, e_table,
+    then the 13 weights) in order."""
+    module = kernels().unroll_phases_module
+    return flat_split_plan(module.grad_layout(B, d, H, nh, K), module.GRAD_ORDER)
+
+
+def _dims(xs, cond, w_hidden):
+    (K, B, d), H = xs.shape, cond.shape[1]
+    return B, d, H, w_hidden.shape[0], K
 
 
 @unroll_phases_bwd.register_fake
-def _(grad_m, xs, ms, acts, cond, e_table, ddim, *rest):
-    *weights, _policy = rest
-    like = [grad_m, grad_m, cond, e_table, *weights]
-    return [torch.empty_like(t, dtype=weights[0].dtype) for t in like]
+def _(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, *rest):
+    return grad_m.new_empty(sum(_plan(*_dims(xs, cond, w_hidden))[0]), dtype=w_x.dtype)
 
 
 def _setup_context(ctx, inputs, output):
@@ -84,8 +97,8 @@ def _backward(ctx, grad_m, *_aux):
     xs, ms, acts, cond, e_table, ddim, *weights = ctx.saved_tensors
     if grad_m is None:
         return (None,) * 19
-    grads = unroll_phases_bwd(grad_m.contiguous(), xs, ms, acts, cond, e_table, ddim, *weights,
-                              ctx.policy)
+    flat = unroll_phases_bwd(grad_m.contiguous(), xs, ms, acts, cond, e_table, ddim, *weights, ctx.policy)
+    grads = split_flat(flat, _plan(*_dims(xs, cond, weights[1])))
     grads = [g.to(dt) for g, dt in zip(grads, ctx.dtypes[:4] + ctx.dtypes[5:])]
     return (*grads[:4], None, *grads[4:], None)
 
