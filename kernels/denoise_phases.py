@@ -75,7 +75,7 @@ def _zero_tables(H, dtype, device):
 def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl):
     """The phase kernel's arguments for this schedule: one step (K = 1, a zero time row), no PFIN
     (its weights and buffers are stand-ins no phase here reads), ``ga`` stored in full
-    (``GA_TOTAL``: ``gcond`` starts from the caller's ``dL/da`` or zero)."""
+    (``GA_TOTAL``; ``GA_SEED`` when ``grads["gcond"]`` holds the caller's ``dL/da``)."""
     e_row, ddim = _zero_tables(cond.shape[1], cond.dtype, cond.device)
     stand_in = weights[0]
     full = tuple(weights) + (stand_in,) * 8
@@ -84,8 +84,9 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl):
     if grads is not None:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
         grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
     xs = x_t.unsqueeze(0)
+    seeded = grads is not None and grads.get("gcond") is not None
     return _Call(xs, xs, cond, e_row, ddim, full, nh, act, grads, 1, splits, tiles, pdl, wgrad_jobs=WGRAD_JOBS,
-                 wide=wide, ga_total=True)
+                 wide=wide, ga_total=True, ga_seed=seeded)
 
 
 def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, tiles: PhaseTiles | None = None,
@@ -112,9 +113,9 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     weights' dtype (views of one buffer laid out as :func:`grad_layout`, which ``flat=True`` returns
     instead; the weights' are accumulated in one fp32 buffer and cast once) from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
     a consumer of ``a`` sends one, ``grad_a = dL/da [B, H]``; accumulated in fp32 in a fixed order
-    (bitwise reproducible). ``L + 1`` launches. ``grad_a`` seeds the fp32 accumulator the input
-    phase adds its ``ga`` to; that phase stores the sum as ``dL/da`` in full, which is ``dL/dcond``
-    and what the weight-gradient phase reduces into ``dW_x``."""
+    (bitwise reproducible). ``L + 1`` launches. The input layer's phase adds ``grad_a`` to its own
+    ``ga`` (in fp32) and stores the sum, ``dL/da`` in full, which is ``dL/dcond`` and what the
+    weight-gradient phase reduces into ``dW_x``."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
     B, d, H, nh = _check_args(x_t, cond, weights)
     dtype, device = w_x.dtype, x_t.device
@@ -133,13 +134,14 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     # rest of out, cast once at the end; in fp32 that is out itself
     cast = dtype != torch.float32
     ws = torch.empty(out.numel() - B * H, **f32) if cast else _span(out, layout, "w_x", "b_out")
-    w_at = _views(ws, dict(layout[1:]))
+    keep = ("w_x", "w_hidden", "w_out") + (("ga_sum", "b_hidden", "b_out") if splits > 1 else ())
+    w_at = _views(ws, dict(layout[1:]), only=keep)
     sums = _span(ws, layout[1:], "ga_sum", "b_out")
     part = [w_at[n].view(lay, 1, *w_at[n].shape[-2:]) if splits == 1 else
             torch.empty(lay, splits, *w_at[n].shape[-2:], **f32) for n, lay in (("w_x", 1), ("w_hidden", nh),
                                                                                    ("w_out", 1))]
     g = dict(gh=torch.empty(B, H, **f32),
-             gcond=torch.zeros(B, H, **f32) if grad_a is None else grad_a.to(torch.float32, copy=True).contiguous(),
+             gcond=None if grad_a is None else grad_a.contiguous(),  # read by the input phase (GA_SEED)
              ga=_span(out, layout, "cond").view(B, H), gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device),
              gx0=grad_x0.to(dtype).contiguous(), cs=sums if splits == 1 else torch.empty(sums.numel() * splits, **f32),
              part=[p if p.numel() else torch.empty(1, **f32) for p in part])

@@ -28,7 +28,7 @@ Backward, step ``i = K-1 .. 0``, from ``gm = dL/dm_{i+1}`` and ``gx = dL/dx_{i+1
     BO     gh = gx0 W_o^T ; g_pre = gh SiLU'(pre)  (pre = z_{L-2}, or a when L = 1)  n = H, K = d
     BR_l   gh <- gh + gz_l W_l^T ; g_pre of the layer below                          n = H, K = H
            (when the layer below is the input layer: ga = gh SiLU'(a), gcond += ga; with
-           GA_TOTAL, ga = gcond + gh SiLU'(a) and gcond is left as it was)
+           GA_TOTAL, ga = [seed +] gh SiLU'(a) and gcond is not written)
     BX     gx <- ga W_x^T + a_k gx                  (rides in BP of step i - 1)      n = d, K = H
 
 ``K (L + 2) + 1`` backward phases, and after each step's, its weight-gradient phase W. Weight
@@ -335,14 +335,15 @@ def unroll_phase_kernel(sched_ptr, phase,
                         KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
                         LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr = 1, WEPI: tl.constexpr = 1,
-                        PDL: tl.constexpr = False, GA_TOTAL: tl.constexpr = False):
+                        PDL: tl.constexpr = False, GA_TOTAL: tl.constexpr = False,
+                        GA_SEED: tl.constexpr = False):
     """One phase (schedule row ``phase``) of the training unroll; one program per output tile.
     ``EPI``: the epilogues run on that many column parts of the tile, one after another
     (``_blocks.col_part``), so a wide tile's loaded epilogue tiles are not all live at once;
     ``WEPI``: the same for the weight-gradient tile's partial (``wgrad_epilogue_parts``).
-    ``GA_TOTAL`` (one step only, the diffusion term's): the input layer stores ``ga = gcond + gh
-    SiLU'(a)``, ``dL/da`` in full when a caller's own ``dL/da`` is the ``gcond`` it reads (which it
-    leaves unwritten), so the weight-gradient phase's ``dW_x`` includes it.
+    ``GA_TOTAL`` (one step only, the diffusion term's): the input layer stores ``ga = gh SiLU'(a)``,
+    plus with ``GA_SEED`` a caller's own ``dL/da`` read from ``gcond`` (any dtype; never written):
+    ``dL/da`` in full, so the weight-gradient phase's ``dW_x`` includes it.
 
     Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
     ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. One step's
@@ -524,8 +525,9 @@ def unroll_phase_kernel(sched_ptr, phase,
                 blk.store_tile(gh_ptr + r0 * H, H, B - r0, ne, H, gh, BM, BE)
             else:
                 ga = gh * blk.dsilu(blk.load_tile(a_ptr + slot * BH + r0 * H, H, B - r0, ne, H, BM, BE))
-                if GA_TOTAL:  # one step: ga in full is dL/dcond, gcond only its seed
-                    ga += blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                if GA_TOTAL:  # one step: ga in full is dL/dcond, gcond (any dtype) only its seed
+                    if GA_SEED:
+                        ga += blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
                     blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
                 else:
                     blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
@@ -610,17 +612,19 @@ def _act_shapes(B, d, H, nh, slots):
                 p=(slots, B, H), sp=(slots, B, H), g=(slots, B, d), dl=(slots, B, d))
 
 
-def _views(flat, shapes):
-    """``{name: view}`` of consecutive parts of the 1-D ``flat`` (the prefix ``shapes`` covers): one
-    split, then a reshaping view only where a part is not 1-D (each view is a host dispatch)."""
+def _views(flat, shapes, only=None):
+    """``{name: view}`` of consecutive parts of the 1-D ``flat`` (the prefix ``shapes`` covers), for
+    the names in ``only`` (default: all): one split, then a reshaping view only where a part is
+    not 1-D (each view is a host dispatch)."""
     sizes = [math.prod(shape) for shape in shapes.values()]
     parts = torch.split(flat if sum(sizes) == flat.numel() else flat[:sum(sizes)], sizes)
-    return {name: p if len(shape) == 1 else p.view(shape) for (name, shape), p in zip(shapes.items(), parts)}
+    return {name: p if len(shape) == 1 else p.view(shape) for (name, shape), p in zip(shapes.items(), parts)
+            if only is None or name in only}
 
 
 # the flat gradient of the training unroll: every input's and weight's, in an order that keeps
 # together what one fill or one reduction writes (gx and gcond; a PFIN input job's two weights;
-# b_p and b_g)
+# b_out and b_pd; b_p and b_g)
 GRAD_ORDER = ("gx", "gm", "gcond", "grad_e", "w_x", "w_hidden", "b_hidden", "w_out", "b_out", "w_pm", "w_pu", "b_p",
               "w_pd", "b_pd", "w_gm", "w_gu", "b_g")  # the order of translator_unroll_backward's results
 _PARTIAL_PLACES = (("w_x",), ("w_hidden",), ("w_out",), ("w_pd",), ("w_pm", "w_gm"), ("w_pu", "w_gu"))
@@ -629,9 +633,9 @@ _PARTIAL_PLACES = (("w_x",), ("w_hidden",), ("w_out",), ("w_pd",), ("w_pm", "w_g
 def grad_layout(B: int, d: int, H: int, nh: int, K: int) -> list[tuple[str, tuple]]:
     """``(name, shape)`` of each gradient in the flat buffer :func:`unroll_phases_backward` fills."""
     return [("gm", (B, d)), ("gx", (B, d)), ("gcond", (B, H)), ("grad_e", (K, H)), ("w_x", (H, d)),
-            ("w_hidden", (nh, H, H)), ("b_hidden", (nh, H)), ("w_out", (d, H)), ("b_out", (d,)), ("w_pm", (H, d)),
-            ("w_gm", (d, d)), ("w_pu", (H, d)), ("w_gu", (d, d)), ("b_p", (H,)), ("b_g", (d,)), ("w_pd", (d, H)),
-            ("b_pd", (d,))]
+            ("w_hidden", (nh, H, H)), ("b_hidden", (nh, H)), ("w_out", (d, H)), ("w_pm", (H, d)), ("w_gm", (d, d)),
+            ("w_pu", (H, d)), ("w_gu", (d, d)), ("w_pd", (d, H)), ("b_out", (d,)), ("b_pd", (d,)), ("b_p", (H,)),
+            ("b_g", (d,))]
 
 
 def _span(flat, layout, first: str, last: str | None = None):
@@ -724,10 +728,11 @@ def _grid(row, B, d, H, nh, tiles, wt, SP, n_wgrad) -> int:
 class _Call:
     """One call's arguments for :func:`unroll_phase_kernel` and the launches over a row range
     (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones;
-    ``ga_total``: the kernel's ``GA_TOTAL``)."""
+    ``ga_total``, ``ga_seed``: the kernel's ``GA_TOTAL``, ``GA_SEED``)."""
 
     def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
-                 wgrad_jobs: int = 6, wide: PhaseTiles | None = None, ga_total: bool = False):
+                 wgrad_jobs: int = 6, wide: PhaseTiles | None = None, ga_total: bool = False,
+                 ga_seed: bool = False):
         B, d = xs.shape[1], xs.shape[2]
         H = cond.shape[1]
         K = xs.shape[0]
@@ -739,11 +744,12 @@ class _Call:
         g = grads or {}
         dummy = xs  # any valid pointer for buffers a phase range never touches
         a = [acts[n] for n in _ACT_NAMES]
-        gb = [g.get(n, dummy) for n in ("gm", "gx", "gh", "gcond", "ga", "gz", "gx0", "gdel", "gpq")]
+        names = ("gm", "gx", "gh", "gcond", "ga", "gz", "gx0", "gdel", "gpq")
+        gb = [dummy if g.get(n) is None else g[n] for n in names]
         gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)]
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits)
-        self.lowp_prec, self.pdl, self.ga_total = dot_mode(dtype, device), pdl, ga_total
+        self.lowp_prec, self.pdl, self.ga = dot_mode(dtype, device), pdl, (ga_total, ga_seed)
         self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most two tiles)
 
     def meta(self, t: PhaseTiles) -> dict:
@@ -753,7 +759,7 @@ class _Call:
             meta = self.metas[t] = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1],
                                         WBB=32, WEPI=wgrad_epilogue_parts(self.wt[1]), LOWP=lowp, PREC=prec,
                                         num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg,
-                                        PDL=self.pdl, GA_TOTAL=self.ga_total)
+                                        PDL=self.pdl, GA_TOTAL=self.ga[0], GA_SEED=self.ga[1])
             if self.pdl:
                 meta["launch_pdl"] = True
         return meta
@@ -847,7 +853,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     # every fp32 result in one buffer laid out as the flat gradient (grad_layout), cast once at the end
     layout = grad_layout(B, d, H, nh, K)
     ws = torch.empty(sum(math.prod(shape) for _, shape in layout), **f32)
-    at = _views(ws, dict(layout))
+    at = _views(ws, dict(layout), only=("gm", "gx", "gcond", "grad_e", "b_hidden"))
     at["gm"].copy_(grad_m)
     _span(ws, layout, "gx", "gcond").zero_()
     # with one row split a job's partial is its gradient: the kernel accumulates it in place
@@ -871,7 +877,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     torch.add(by_step(0, H), by_step(4, H + d)[:, :H], out=at["grad_e"])  # rows in the table's order
     if nh:
         torch.sum(css[1].view(nh, K * splits, H), 1, out=at["b_hidden"])
-    torch.sum(css[2].view(K * splits, d), 0, out=at["b_out"])
-    torch.sum(css[3].view(K * splits, d), 0, out=at["b_pd"])
+    lo, hi = sum(cs_sizes[:2]), sum(cs_sizes[:4])  # b_out's and b_pd's sums: consecutive, as in the layout
+    torch.sum(cs_buf[lo:hi].view(2, K * splits, d), 1, out=_span(ws, layout, "b_out", "b_pd").view(2, d))
     torch.sum(css[4].view(K * splits, H + d), 0, out=_span(ws, layout, "b_p", "b_g"))
     return _in_dtype(ws, layout, dtype, flat)

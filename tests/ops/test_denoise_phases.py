@@ -241,8 +241,9 @@ COMPILE_CASES = [("bfloat16", 256), ("bfloat16", 4096), ("float32", 256)]
 
 
 def compile_rows() -> list[dict]:
-    """The forward and backward launches at the default size (d = 512, H = 1024, L = 2), each distinct
-    (kernel, dtype, meta) compiled for sm_90a (run without the interpreter)."""
+    """The forward and backward (with and without a ``dL/da``) launches at the default size (d = 512,
+    H = 1024, L = 2), each distinct (kernel, dtype, meta) compiled for sm_90a (run without the
+    interpreter)."""
     from seda_fast.tools import compile_report as cr
     d, H, L = 512, 1024, 2
     rows, seen = [], set()
@@ -252,8 +253,9 @@ def compile_rows() -> list[dict]:
         w = [e(H, d), e(L - 1, H, H), e(L - 1, H), e(d, H), e(d)]
         with K.capture_launches() as launches:
             DP.denoise_phases_forward(e(B, d), e(B, H), *w)
-            DP.denoise_phases_backward(e(B, d), e(B, d), e(DP.saved_numel(B, d, H, L)), e(B, H), e(B, H), *w,
-                                       grad_a=e(B, H))
+            for grad_a in (e(B, H), None):  # stage 1's (GA_SEED) and stage 2's
+                DP.denoise_phases_backward(e(B, d), e(B, d), e(DP.saved_numel(B, d, H, L)), e(B, H), e(B, H), *w,
+                                           grad_a=grad_a)
         rows += cr.compile_unique(launches, dtype, seen, batch=B)
     return rows
 
