@@ -23,11 +23,13 @@ from __future__ import annotations
 import math
 
 import torch
+import triton
 
 from ._heuristics import check_matrix
 from .translator_unroll import check_denoiser
 from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _span, _views, call_tiles,
-                            check_flat_acts, schedule_table, split_grads, split_rows, wgrad_out_tiles, wgrad_tiles)
+                            check_flat_acts, row_tiles, schedule_table, split_grads, split_rows, wgrad_out_tiles,
+                            wgrad_tiles)
 
 WGRAD_JOBS = 3  # w_x, w_hidden, w_out: the phase kernel's first three weight-gradient jobs
 _ZEROS: dict = {}
@@ -72,38 +74,53 @@ def _zero_tables(H, dtype, device):
     return tables
 
 
-def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl):
+def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl, x0_loss=None):
     """The phase kernel's arguments for this schedule: one step (K = 1, a zero time row), no PFIN
     (its weights and buffers are stand-ins no phase here reads), ``ga`` stored in full
-    (``GA_TOTAL``; ``GA_SEED`` when ``grads["gcond"]`` holds the caller's ``dL/da``)."""
+    (``GA_TOTAL``; ``GA_SEED`` when ``grads["gcond"]`` holds the caller's ``dL/da``); ``x0_loss``
+    ``(target, lp)`` with ``grads["gx0"]`` for the forward's loss (``X0_LOSS``)."""
     e_row, ddim = _zero_tables(cond.shape[1], cond.dtype, cond.device)
     stand_in = weights[0]
     full = tuple(weights) + (stand_in,) * 8
     act = dict(acts, p=x_t, sp=x_t, g=x_t, dl=x_t)
     act.setdefault("x0", x_t.unsqueeze(0))  # the backward writes no x0_hat: any [1, B, d] stand-in
-    if grads is not None:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
+    if grads is not None and "part" in grads:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
         grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
     xs = x_t.unsqueeze(0)
     seeded = grads is not None and grads.get("gcond") is not None
     return _Call(xs, xs, cond, e_row, ddim, full, nh, act, grads, 1, splits, tiles, pdl, wgrad_jobs=WGRAD_JOBS,
-                 wide=wide, ga_total=True, ga_seed=seeded)
+                 wide=wide, ga_total=True, ga_seed=seeded, x0_loss=x0_loss)
 
 
-def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, tiles: PhaseTiles | None = None,
-                           wide: PhaseTiles | None = None, pdl: bool = False):
+def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, target=None,
+                           tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
     """``(x0_hat [B, d], a [B, H], acts)`` in the weights' dtype: the denoiser's output, its input
     layer's pre-activation ``a = x_t W_x + cond`` and the flat activations
     :func:`denoise_phases_backward` reads beside ``a``. ``x_t [B, d]``, ``cond [B, H]`` in the
-    weights' dtype; weights as :func:`seda_fast.kernels.translator_unroll_forward`'s first five."""
+    weights' dtype; weights as :func:`seda_fast.kernels.translator_unroll_forward`'s first five.
+    With ``target [B, d]`` (any float dtype) also ``loss`` (0-dim fp32, ``mean (x0_hat -
+    target)^2`` from x0_hat before its rounding) and ``grad_x0`` (``dloss/dx0_hat [B, d]``, the
+    weights' dtype), formed in the output phase's epilogue: the return is then
+    ``(x0_hat, a, acts, loss, grad_x0)``."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
     B, d, H, nh = _check_args(x_t, cond, weights)
+    if target is not None:
+        check_matrix("target", target, B, d, None, x_t.device, batch_rows=True)
     flat = torch.empty(saved_numel(B, d, H, nh + 1), dtype=w_x.dtype, device=x_t.device)
     x0_hat = torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)
     a = torch.empty(B, H, dtype=w_x.dtype, device=x_t.device)
     acts = dict(_views(flat, _act_shapes(B, d, H, nh)), a=a.unsqueeze(0), x0=x0_hat.unsqueeze(0))
     fwd, _, table = schedule_table(build_schedule, (nh + 1,), x_t.device)
-    _call(x_t, cond, weights, nh, acts, None, 1, tiles, wide, pdl).run(table, fwd, 0)
-    return x0_hat, a, flat
+    grads, x0_loss = None, None
+    if target is not None:  # one fp32 share of the loss per output-phase tile, summed in a fixed order
+        tiles, wide = call_tiles(tiles, wide, B, d, H, w_x.dtype)
+        o = row_tiles(fwd[-1], B, d, H, nh, 1, tiles, wide)
+        lp = torch.empty(triton.cdiv(B, o.BM) * triton.cdiv(d, o.BN), dtype=torch.float32, device=x_t.device)
+        grads, x0_loss = dict(gx0=torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)), (target.contiguous(), lp)
+    _call(x_t, cond, weights, nh, acts, grads, 1, tiles, wide, pdl, x0_loss).run(table, fwd, 0)
+    if target is None:
+        return x0_hat, a, flat
+    return x0_hat, a, flat, x0_loss[1].sum(), grads["gx0"]
 
 
 def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,

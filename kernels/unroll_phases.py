@@ -330,20 +330,23 @@ def unroll_phase_kernel(sched_ptr, phase,
                         wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr,
                         a_ptr, z_ptr, h_ptr, x0_ptr, p_ptr, sp_ptr, g_ptr, dl_ptr,
                         gm_ptr, gx_ptr, gh_ptr, gcond_ptr, ga_ptr, gz_ptr, gx0_ptr, gdel_ptr, gpq_ptr,
-                        pw_x, pw_h, pw_o, pw_pd, pw_im, pw_ix, cs_ptr,
+                        pw_x, pw_h, pw_o, pw_pd, pw_im, pw_ix, cs_ptr, tgt_ptr, lp_ptr,
                         B, d, H, NH, K, S, SB,
                         KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
                         LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr = 1, WEPI: tl.constexpr = 1,
                         PDL: tl.constexpr = False, GA_TOTAL: tl.constexpr = False,
-                        GA_SEED: tl.constexpr = False):
+                        GA_SEED: tl.constexpr = False, X0_LOSS: tl.constexpr = False):
     """One phase (schedule row ``phase``) of the training unroll; one program per output tile.
     ``EPI``: the epilogues run on that many column parts of the tile, one after another
     (``_blocks.col_part``), so a wide tile's loaded epilogue tiles are not all live at once;
     ``WEPI``: the same for the weight-gradient tile's partial (``wgrad_epilogue_parts``).
     ``GA_TOTAL`` (one step only, the diffusion term's): the input layer stores ``ga = gh SiLU'(a)``,
     plus with ``GA_SEED`` a caller's own ``dL/da`` read from ``gcond`` (any dtype; never written):
-    ``dL/da`` in full, so the weight-gradient phase's ``dW_x`` includes it.
+    ``dL/da`` in full, so the weight-gradient phase's ``dW_x`` includes it. ``X0_LOSS`` (the same
+    term's forward): O also forms ``x0 - target`` (``tgt [B, d]``) and stores the loss
+    ``mean (x0 - target)^2``'s gradient ``2 (x0 - target) / (B d)`` in ``gx0`` and each tile's share
+    of the loss in ``lp[tile]`` (fp32), both from x0 before its rounding to the dtype.
 
     Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
     ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. One step's
@@ -434,15 +437,23 @@ def unroll_phase_kernel(sched_ptr, phase,
                 r0, n0 = _tile(t, d, BM, BN)
                 acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
                                       wo_ptr, n0, d, H, BM, BN, BK, LOWP, PREC)
+                sq = 0.0
                 for part in tl.static_range(EPI):
                     ne = n0 + part * BE
                     x0 = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bo_ptr, ne, d, BE)[None, :]
                     blk.store_tile(x0_ptr + slot * Bd + r0 * d, d, B - r0, ne, d, x0, BM, BE)
+                    if X0_LOSS:  # outside the B x d part x0 is the bias alone: masked out
+                        inside = (tl.arange(0, BM)[:, None] < B - r0) & ((ne + tl.arange(0, BE))[None, :] < d)
+                        diff = tl.where(inside, x0 - blk.load_tile(tgt_ptr + r0 * d, d, B - r0, ne, d, BM, BE), 0.0)
+                        blk.store_tile(gx0_ptr + r0 * d, d, B - r0, ne, d, diff * (2.0 / Bd), BM, BE)
+                        sq += tl.sum(tl.sum(diff * diff, 1), 0)
                     if (flags & 1) != 0:
                         x_rows = xs_ptr + i.to(tl.int64) * Bd + r0 * d
                         xn = tl.load(dd_ptr + 2 * kr) * blk.load_tile(x_rows, d, B - r0, ne, d, BM, BE) \
                             + tl.load(dd_ptr + 2 * kr + 1) * x0
                         blk.store_tile(x_rows + Bd, d, B - r0, ne, d, xn, BM, BE)
+                if X0_LOSS:
+                    tl.store(lp_ptr + t, sq / Bd)
         elif t < n_main + side * tiles_d:  # delta = sp W_pd + b_pd ; m_{i+1} = m_i + g delta
             r0, n0 = _tile(t - n_main, d, BM, BN)
             acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), sp_ptr + slot2 * BH + r0 * H, H, B - r0,
@@ -728,11 +739,12 @@ def _grid(row, B, d, H, nh, tiles, wt, SP, n_wgrad) -> int:
 class _Call:
     """One call's arguments for :func:`unroll_phase_kernel` and the launches over a row range
     (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones;
-    ``ga_total``, ``ga_seed``: the kernel's ``GA_TOTAL``, ``GA_SEED``)."""
+    ``ga_total``, ``ga_seed``: the kernel's ``GA_TOTAL``, ``GA_SEED``; ``x0_loss``: ``(target, lp)``
+    for its ``X0_LOSS``, with ``grads["gx0"]`` the gradient it stores)."""
 
     def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
                  wgrad_jobs: int = 6, wide: PhaseTiles | None = None, ga_total: bool = False,
-                 ga_seed: bool = False):
+                 ga_seed: bool = False, x0_loss: tuple | None = None):
         B, d = xs.shape[1], xs.shape[2]
         H = cond.shape[1]
         K = xs.shape[0]
@@ -746,10 +758,11 @@ class _Call:
         a = [acts[n] for n in _ACT_NAMES]
         names = ("gm", "gx", "gh", "gcond", "ga", "gz", "gx0", "gdel", "gpq")
         gb = [dummy if g.get(n) is None else g[n] for n in names]
-        gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)]
+        gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)] + list(x0_loss or (dummy, dummy))
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits)
         self.lowp_prec, self.pdl, self.ga = dot_mode(dtype, device), pdl, (ga_total, ga_seed)
+        self.x0_loss = x0_loss is not None
         self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most two tiles)
 
     def meta(self, t: PhaseTiles) -> dict:
@@ -759,7 +772,8 @@ class _Call:
             meta = self.metas[t] = dict(BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, WBN=self.wt[0], WBK=self.wt[1],
                                         WBB=32, WEPI=wgrad_epilogue_parts(self.wt[1]), LOWP=lowp, PREC=prec,
                                         num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg,
-                                        PDL=self.pdl, GA_TOTAL=self.ga[0], GA_SEED=self.ga[1])
+                                        PDL=self.pdl, GA_TOTAL=self.ga[0], GA_SEED=self.ga[1],
+                                        X0_LOSS=self.x0_loss)
             if self.pdl:
                 meta["launch_pdl"] = True
         return meta

@@ -2,16 +2,18 @@
 phase GEMMs over all rows, forward and backward (stage 2's, and stage 1's, whose center
 constraint reads the denoiser's ``a``).
 
-``seda_fast::denoise_phases_fwd(x_t, cond, <5 weights>) -> (x0_hat [B, d], a [B, H], acts)``:
-``acts`` (the flat saved activations) is an auxiliary non-differentiable output for
-``seda_fast::denoise_phases_bwd``, which returns the gradients of ``cond`` and the five weights from
-those of ``x0_hat`` and ``a`` (None when nothing read it), as one flat tensor (split into views
-for autograd). ``x_t`` gets none: it is noised from the stop-gradient target with a random draw.
+``seda_fast::denoise_phases_fwd(x_t, target, cond, <5 weights>) -> (loss, a [B, H], acts, grad_x0)``:
+the loss ``mean (x0_hat - target)^2`` and its gradient in ``x0_hat`` are formed in the output
+phase's epilogue (``x0_hat`` itself is not returned); ``acts`` (the flat saved activations) and
+``grad_x0`` are auxiliary non-differentiable outputs for ``seda_fast::denoise_phases_bwd``, which
+returns the gradients of ``cond`` and the five weights from ``dL/dx0_hat`` (``grad_x0`` times the
+loss's upstream gradient) and ``dL/da`` (None when nothing read ``a``), as one flat tensor (split
+into views for autograd). ``x_t`` and ``target`` get none: the target is under stop-gradient and
+``x_t`` is noised from it with a random draw.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import schedule
@@ -22,18 +24,21 @@ from .weights import hidden_stack
 
 
 @torch.library.custom_op("seda_fast::denoise_phases_fwd", mutates_args=())
-def denoise_phases_fwd(x_t: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor,
-                       b_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x0_hat [B, d], a [B, H], acts [n])`` in the weights' dtype."""
-    return kernels().denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, pdl=_pdl(x_t))
+def denoise_phases_fwd(x_t: Tensor, target: Tensor, cond: Tensor, w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor,
+                       w_out: Tensor, b_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(loss [] fp32, a [B, H], acts [n], grad_x0 [B, d])``, ``a``, ``acts`` and ``grad_x0``
+    (``dloss/dx0_hat``) in the weights' dtype; ``loss = mean (x0_hat - target)^2``."""
+    _, a, acts, loss, grad_x0 = kernels().denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out,
+                                                                 target=target, pdl=_pdl(x_t))
+    return loss, a, acts, grad_x0
 
 
 @denoise_phases_fwd.register_fake
-def _(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out):
+def _(x_t, target, cond, w_x, w_hidden, b_hidden, w_out, b_out):
     (B, d), H = x_t.shape, w_x.shape[0]
     n = kernels().denoise_phases_module.saved_numel(B, d, H, w_hidden.shape[0] + 1)
-    return (x_t.new_empty(B, d, dtype=w_x.dtype), x_t.new_empty(B, H, dtype=w_x.dtype),
-            x_t.new_empty(n, dtype=w_x.dtype))
+    return (x_t.new_empty((), dtype=torch.float32), x_t.new_empty(B, H, dtype=w_x.dtype),
+            x_t.new_empty(n, dtype=w_x.dtype), x_t.new_empty(B, d, dtype=w_x.dtype))
 
 
 @torch.library.custom_op("seda_fast::denoise_phases_bwd", mutates_args=())
@@ -62,22 +67,22 @@ def _(grad_x0, grad_a, x_t, acts, a, cond, w_x, w_hidden, *weights):
 
 
 def _setup_context(ctx, inputs, output):
-    x_t, cond, *weights = inputs
-    x0_hat, a, acts = output
-    ctx.save_for_backward(x_t, acts, a, cond, *weights)
-    ctx.mark_non_differentiable(acts)
+    x_t, _target, cond, *weights = inputs
+    _loss, a, acts, unit = output
+    ctx.save_for_backward(x_t, acts, a, cond, unit, *weights)
+    ctx.mark_non_differentiable(acts, unit)
     ctx.set_materialize_grads(False)
-    ctx.dtypes = [t.dtype for t in inputs[1:]]
+    ctx.dtypes = [t.dtype for t in inputs[2:]]
 
 
-def _backward(ctx, grad_x0, grad_a, _grad_acts):
-    x_t, acts, a, cond, *weights = ctx.saved_tensors
-    if grad_x0 is None and grad_a is None:
-        return (None,) * 7
-    grad_x0 = torch.zeros(x_t.shape, dtype=x_t.dtype, device=x_t.device) if grad_x0 is None else grad_x0.contiguous()
+def _backward(ctx, grad_loss, grad_a, _grad_acts, _grad_unit):
+    x_t, acts, a, cond, unit, *weights = ctx.saved_tensors
+    if grad_loss is None and grad_a is None:
+        return (None,) * 8
+    grad_x0 = torch.zeros_like(unit) if grad_loss is None else unit * grad_loss  # dL/dx0_hat
     flat = denoise_phases_bwd(grad_x0, None if grad_a is None else grad_a.contiguous(), x_t, acts, a, cond, *weights)
     grads = split_flat(flat, _plan(*_dims(x_t, cond, weights[1])))
-    return (None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
+    return (None, None, *(g.to(dt) for g, dt in zip(grads, ctx.dtypes)))
 
 
 denoise_phases_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -90,16 +95,17 @@ def denoise_x0_term(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, co
     and ``eps`` ``[B, d]`` (no gradient: the stop-gradient target and a random draw), ``t [B]``
     integer steps, ``e_t [B, H]``, ``cond [B, H]``. ``x_t`` and ``cond + e_t`` are formed in torch;
     gradients reach ``e_t``, ``cond`` and the denoiser's parameters, from the loss and from ``a``'s
-    consumers. Under ``torch.autocast`` the denoiser computes in the autocast dtype and the loss is
-    taken in fp32."""
+    consumers. Under ``torch.autocast`` the denoiser computes in the autocast dtype; the loss is
+    taken in fp32 from the output before its rounding to that dtype."""
     check_no_grad(target, eps)
     coef = schedule.noising_table_on(diffusion_steps, t.device, target.dtype)[t]  # [B, 2]: sqrt(abar), sqrt(1 - abar)
     x_t = torch.addcmul(coef[:, :1] * target, coef[:, 1:], eps)
     w_hidden, b_hidden = hidden_stack(den, den.in_x.weight.shape[0], den.in_x.weight.dtype, target.device)
     w_x, w_hidden, b_hidden, w_out, b_out, x_t, cond_t = in_compute_dtype(
         [den.in_x.weight, w_hidden, b_hidden, den.out.weight, den.out.bias, x_t, cond + e_t], target.device)
-    x0_hat, a, _ = denoise_phases_fwd(x_t.contiguous(), cond_t.contiguous(), w_x, w_hidden, b_hidden, w_out, b_out)
-    return F.mse_loss(x0_hat.float(), target.float()), a  # one kernel each way (a captured step pays per kernel)
+    loss, a, _, _ = denoise_phases_fwd(x_t.contiguous(), target, cond_t.contiguous(), w_x, w_hidden, b_hidden,
+                                       w_out, b_out)
+    return loss, a
 
 
 def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, cond: Tensor,

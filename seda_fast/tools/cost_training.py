@@ -378,18 +378,20 @@ def denoise_phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ce
     D = kernels().denoise_phases_module
     fwd, bwd = D.build_schedule(cfg.layers)
     saved = D.saved_numel(batch, cfg.dim, cfg.hidden, cfg.layers) * _DTYPE_BYTES[dtype]
-    return _kernel_phase_costs(cfg, batch, fwd + bwd, 1, D.WGRAD_JOBS, saved > L2_BYTES, dtype, ceilings)
+    return _kernel_phase_costs(cfg, batch, fwd + bwd, 1, D.WGRAD_JOBS, saved > L2_BYTES, dtype, ceilings,
+                               x0_loss=True)
 
 
 def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, steps: int, n_wgrad: int, in_hbm: bool, dtype: str,
-                        ceilings: Ceilings) -> list[dict]:
+                        ceilings: Ceilings, x0_loss: bool = False) -> list[dict]:
     """Per schedule row of ``unroll_phase_kernel`` for a ``steps``-step call (the launcher's tiles, row
     by row: ``row_tiles``;
     weight-gradient tiles and row splits as its launchers pick them, over the first ``n_wgrad``
     jobs). Activation GEMMs read their weight from HBM once and their operands from L2 (from HBM
     too when ``in_hbm``: the saved activations exceed the L2); a weight-gradient job is tiled by the
     kernel's weight-gradient tile over its row splits, and writes (and the host re-reads) one fp32
-    partial per split."""
+    partial per split. ``x0_loss``: the output phase also reads the target and stores the loss's
+    gradient (the diffusion term's forward)."""
     import torch
 
     from ..ops.runtime import kernels
@@ -413,7 +415,9 @@ def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, steps: int, n_wgrad: 
                 b += 2 * splits * M * N * 4
                 hbm += 2 * splits * M * N * 4 + (Kr * (M + N) * e if in_hbm else 0)
             else:
-                t, f, b = job_counts(M, N, Kr, row_tiles, e, epilogue_reads=1)
+                extra = 1 if x0_loss and row[0] == U.F_O else 0  # the target's tile in, the gradient's out
+                t, f, b = job_counts(M, N, Kr, row_tiles, e, epilogue_reads=1 + extra)
+                b += extra * t * row_tiles.BM * row_tiles.BN * e
                 hbm += N * Kr * e + ((M * Kr + 2 * M * N) * e if in_hbm else 0)
             n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
         pt = phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)

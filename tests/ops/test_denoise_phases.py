@@ -119,6 +119,25 @@ def test_fp32_parity_with_a_consumer(B, d, H, L):
     assert rel(a, _eager_term(den, *targets, t, *inputs)[1]) < 1e-5
 
 
+@pytest.mark.parametrize("B,d,H,L,tiles", [(1, 20, 37, 2, None), (33, 19, 24, 1, None),
+                                           (70, 40, 37, 3, DP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2))],
+                         ids=["B1", "B33-L1", "B70-16x32-epi2"])
+def test_output_phase_forms_the_loss_and_its_gradient(B, d, H, L, tiles):
+    """With ``target``, the output phase's epilogue gives ``mean (x0_hat - target)^2`` and its
+    gradient ``2 (x0_hat - target) / (B d)`` (fp32, before x0_hat's rounding; ragged tiles and a
+    split epilogue masked), and x0_hat is the same as without."""
+    gen = torch.Generator().manual_seed(B + d)
+    r = lambda *shape: torch.randn(*shape, generator=gen).to(DEVICE)  # noqa: E731
+    w = [r(H, d) * 0.2, r(L - 1, H, H) * 0.1, r(L - 1, H) * 0.1, r(d, H) * 0.1, r(d) * 0.1]
+    x_t, cond, target = r(B, d), r(B, H), r(B, d)
+    x0_hat, a, _, loss, grad_x0 = DP.denoise_phases_forward(x_t, cond, *w, target=target, tiles=tiles)
+    plain = DP.denoise_phases_forward(x_t, cond, *w, tiles=tiles)
+    assert torch.equal(x0_hat, plain[0]) and torch.equal(a, plain[1])
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert rel(loss, F.mse_loss(x0_hat, target)) < 1e-6
+    assert rel(grad_x0, 2 * (x0_hat - target) / (B * d)) < 1e-6
+
+
 @pytest.mark.parametrize("tiles", [pytest.param(None, id="picked"),
                                    pytest.param(DP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), id="16x32-epi2")])
 def test_tiles_and_row_splits(tiles):
@@ -183,11 +202,11 @@ def test_opcheck_and_torch_compile():
          den.out.bias]
     w = [x.detach().contiguous() for x in w]
     cond = inputs[0] + inputs[1]
-    torch.library.opcheck(ops.denoise_phases_fwd, (x_t, cond.clone().requires_grad_(),
+    torch.library.opcheck(ops.denoise_phases_fwd, (x_t, targets[0], cond.clone().requires_grad_(),
                                                    *[x.clone().requires_grad_() for x in w]))
-    x0_hat, a, acts = ops.denoise_phases_fwd(x_t, cond, *w)
+    _, a, acts, grad_x0 = ops.denoise_phases_fwd(x_t, targets[0], cond, *w)
     for grad_a in (None, torch.ones_like(a)):
-        torch.library.opcheck(ops.denoise_phases_bwd, (torch.ones_like(x0_hat), grad_a, x_t, acts, a, cond, *w))
+        torch.library.opcheck(ops.denoise_phases_bwd, (grad_x0, grad_a, x_t, acts, a, cond, *w))
 
     for term in (_fused, _with_a(_fused_term)):
         def step(e_t, c, term=term):
@@ -252,7 +271,7 @@ def compile_rows() -> list[dict]:
         e = lambda *shape: torch.empty(*shape, dtype=dt)  # noqa: E731
         w = [e(H, d), e(L - 1, H, H), e(L - 1, H), e(d, H), e(d)]
         with K.capture_launches() as launches:
-            DP.denoise_phases_forward(e(B, d), e(B, H), *w)
+            DP.denoise_phases_forward(e(B, d), e(B, H), *w, target=e(B, d))  # as the op runs it (X0_LOSS)
             for grad_a in (e(B, H), None):  # stage 1's (GA_SEED) and stage 2's
                 DP.denoise_phases_backward(e(B, d), e(B, d), e(DP.saved_numel(B, d, H, L)), e(B, H), e(B, H), *w,
                                            grad_a=grad_a)
