@@ -10,10 +10,11 @@ weight-gradient reduction) with a schedule of its own::
     forward   A, R_0 .. R_{L-2}, O                   L + 1 phases (z, h kept; a, x0_hat returned)
     backward  BO, BR_{L-2} .. BR_0, W                L + 1 phases
 
-``BO``/``BR`` form ``gh``, the residual layers' ``gz`` and, at the input layer, ``ga = gh SiLU'(a)``
-plus the caller's ``dL/da`` when it sends one (summed in fp32; the sum, ``dL/da`` in full, is
-``dL/dcond``); ``W`` reduces ``dW_x``, ``dW_l``, ``dW_o`` and
-their bias column sums over the rows (row splits into fp32 partials summed in a fixed order, no
+With a target, ``O``'s epilogue also forms the loss ``mean (x0_hat - target)^2`` (one fp32 share
+per tile) and its gradient. ``BO``/``BR`` form ``gh``, the residual layers' ``gz`` and, at the
+input layer, ``ga = gh SiLU'(a)`` plus the caller's ``dL/da`` when it sends one (summed in fp32;
+the sum, ``dL/da`` in full, is ``dL/dcond``); ``W`` reduces ``dW_x``, ``dW_l``, ``dW_o`` and their
+bias column sums over the rows (row splits into fp32 partials summed in a fixed order, no
 atomics). There is no ``dL/dx_t``: the diffusion target is under stop-gradient and the noise is a
 random draw. The time-embedding row the phase kernel adds is a zero row (``cond`` carries
 ``e(t_b)``).
@@ -127,10 +128,10 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
                             grad_a=None, tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None,
                             pdl: bool = False, flat: bool = False):
     """``(grad_cond [B, H], grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` in the
-    weights' dtype (views of one buffer laid out as :func:`grad_layout`, which ``flat=True`` returns
-    instead; the weights' are accumulated in one fp32 buffer and cast once) from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
-    a consumer of ``a`` sends one, ``grad_a = dL/da [B, H]``; accumulated in fp32 in a fixed order
-    (bitwise reproducible). ``L + 1`` launches. The input layer's phase adds ``grad_a`` to its own
+    weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
+    a consumer of ``a`` sends one, ``grad_a = dL/da [B, H]``: views of one buffer laid out as
+    :func:`grad_layout`, which ``flat=True`` returns instead. The weights' are accumulated in fp32
+    in a fixed order (bitwise reproducible) in one buffer and cast once. ``L + 1`` launches. The input layer's phase adds ``grad_a`` to its own
     ``ga`` (in fp32) and stores the sum, ``dL/da`` in full, which is ``dL/dcond`` and what the
     weight-gradient phase reduces into ``dW_x``."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
@@ -154,9 +155,9 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     keep = ("w_x", "w_hidden", "w_out") + (("ga_sum", "b_hidden", "b_out") if splits > 1 else ())
     w_at = _views(ws, dict(layout[1:]), only=keep)
     sums = _span(ws, layout[1:], "ga_sum", "b_out")
+    jobs = (("w_x", 1), ("w_hidden", nh), ("w_out", 1))  # with one row split, a partial is its gradient
     part = [w_at[n].view(lay, 1, *w_at[n].shape[-2:]) if splits == 1 else
-            torch.empty(lay, splits, *w_at[n].shape[-2:], **f32) for n, lay in (("w_x", 1), ("w_hidden", nh),
-                                                                                   ("w_out", 1))]
+            torch.empty(lay, splits, *w_at[n].shape[-2:], **f32) for n, lay in jobs]
     g = dict(gh=torch.empty(B, H, **f32),
              gcond=None if grad_a is None else grad_a.contiguous(),  # read by the input phase (GA_SEED)
              ga=_span(out, layout, "cond").view(B, H), gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device),
@@ -167,7 +168,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     act = dict(_views(acts, _act_shapes(B, d, H, nh)), a=a.unsqueeze(0))
     _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl).run(table, bwd, fwd_len)
     if splits > 1:  # the row splits' partials and column sums summed in a fixed order, into their places
-        for p, n in zip(part, ("w_x", "w_hidden", "w_out")):
+        for p, (n, _) in zip(part, jobs):
             if p.numel():
                 torch.sum(p, 1, out=w_at[n].view(p.shape[0], *p.shape[2:]))
         cs = torch.split(g["cs"], [n * splits for n in (H, nh * H, d)])

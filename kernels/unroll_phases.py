@@ -633,16 +633,17 @@ def _views(flat, shapes, only=None):
             if only is None or name in only}
 
 
-# the flat gradient of the training unroll: every input's and weight's, in an order that keeps
-# together what one fill or one reduction writes (gx and gcond; a PFIN input job's two weights;
-# b_out and b_pd; b_p and b_g)
+# unroll_phases_backward's results, in the order of translator_unroll_backward's
 GRAD_ORDER = ("gx", "gm", "gcond", "grad_e", "w_x", "w_hidden", "b_hidden", "w_out", "b_out", "w_pm", "w_pu", "b_p",
-              "w_pd", "b_pd", "w_gm", "w_gu", "b_g")  # the order of translator_unroll_backward's results
+              "w_pd", "b_pd", "w_gm", "w_gu", "b_g")
+# where each weight-gradient job's partial lands in the flat gradient (a PFIN input job: two weights)
 _PARTIAL_PLACES = (("w_x",), ("w_hidden",), ("w_out",), ("w_pd",), ("w_pm", "w_gm"), ("w_pu", "w_gu"))
 
 
 def grad_layout(B: int, d: int, H: int, nh: int, K: int) -> list[tuple[str, tuple]]:
-    """``(name, shape)`` of each gradient in the flat buffer :func:`unroll_phases_backward` fills."""
+    """``(name, shape)`` of each gradient in the flat buffer :func:`unroll_phases_backward` fills, in
+    an order that keeps together what one fill or one reduction writes: gx and gcond; a PFIN input
+    job's two weights; b_out and b_pd; b_p and b_g."""
     return [("gm", (B, d)), ("gx", (B, d)), ("gcond", (B, H)), ("grad_e", (K, H)), ("w_x", (H, d)),
             ("w_hidden", (nh, H, H)), ("b_hidden", (nh, H)), ("w_out", (d, H)), ("w_pm", (H, d)), ("w_gm", (d, d)),
             ("w_pu", (H, d)), ("w_gu", (d, d)), ("w_pd", (d, H)), ("b_out", (d,)), ("b_pd", (d,)), ("b_p", (H,)),
