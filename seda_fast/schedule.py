@@ -62,9 +62,9 @@ def device_cached(key: tuple, make, device) -> torch.Tensor:
         return make(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing() and key + (device,) not in _DEVICE:
-        return make(device)
     key = key + (device,)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing() and key not in _DEVICE:
+        return make(device)
     table = _DEVICE.get(key)
     if table is None:
         with torch.inference_mode(False), torch.no_grad():

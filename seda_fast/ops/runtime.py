@@ -127,9 +127,8 @@ def flat_split_plan(layout, order) -> tuple:
     """How to cut a flat buffer laid out as ``layout`` (``[(name, shape)]``, consecutive) into the
     parts named by ``order``: ``(sizes, ((part index, shape), ...))``, plain values (a fused
     op's backward computes it under :func:`torch.compiler.assume_constant_result`)."""
-    names = [name for name, _ in layout]
-    return (tuple(math.prod(shape) for _, shape in layout),
-            tuple((names.index(name), tuple(layout[names.index(name)][1])) for name in order))
+    index = {name: (i, tuple(shape)) for i, (name, shape) in enumerate(layout)}
+    return tuple(math.prod(shape) for _, shape in layout), tuple(index[name] for name in order)
 
 
 def split_flat(flat: torch.Tensor, plan: tuple) -> tuple:

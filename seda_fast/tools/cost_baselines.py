@@ -29,7 +29,7 @@ from ..config import SeDAConfig
 from .cost_model import H200, Ceilings, Prediction, _DTYPE_BYTES
 
 IMPLS = ("eager", "cuda_graph", "torch_compile")
-_MATMULS = ("mm", "addmm", "matmul")
+_MATMULS = ("mm", "addmm")
 # ops whose schema may alias their input but that copy when they change it (a dtype, a layout): a
 # view only when they return the input itself
 _MAYBE_COPY = ("to", "contiguous", "reshape", "type_as")
@@ -106,8 +106,8 @@ def record_aten_ops(fn, nested: bool = False) -> list[AtenOp]:
             read = sum(nbytes(t) for t in inputs)
             written = sum(nbytes(o) for o in outs)
             flops, mnk = 0.0, ()
-            if name in _MATMULS and (name != "matmul" or args[0].dim() == args[1].dim() == 2):
-                a, b = (args[1], args[2]) if name == "addmm" else (args[0], args[1])
+            if name in _MATMULS:
+                a, b = (args[0], args[1]) if name == "mm" else (args[1], args[2])
                 mnk = (a.shape[0], b.shape[1], a.shape[1])
                 flops = 2.0 * mnk[0] * mnk[1] * mnk[2]
             level = max((depth.get(id(t), 0) for t in inputs), default=0) + (1 if mnk else 0)
