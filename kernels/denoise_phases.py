@@ -26,8 +26,6 @@ import math
 import torch
 import triton
 
-from seda_fast.schedule import device_cached
-
 from ._heuristics import check_matrix
 from .translator_unroll import check_denoiser
 from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _span, _views, call_tiles,
@@ -35,6 +33,7 @@ from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, 
                             wgrad_tiles)
 
 WGRAD_JOBS = 3  # w_x, w_hidden, w_out: the phase kernel's first three weight-gradient jobs
+_ZEROS: dict = {}
 
 
 def build_schedule(layers: int) -> tuple[list[tuple], list[tuple]]:
@@ -63,13 +62,17 @@ def saved_numel(B: int, d: int, H: int, layers: int) -> int:
 
 
 def _zero_tables(H, dtype, device):
-    """The zero time-embedding row ``[1, H]`` and DDIM row ``[1, 2]`` the phase kernel reads, from the
-    per-device table cache (:func:`seda_fast.schedule.device_cached`): no kernel writes them, and a
-    step issues no allocations for them."""
-    return (device_cached(("denoise_zero_e_row", H, dtype), lambda dev: torch.zeros(1, H, dtype=dtype, device=dev),
-                          device),
-            device_cached(("denoise_zero_ddim_row",), lambda dev: torch.zeros(1, 2, dtype=torch.float32, device=dev),
-                          device))
+    """The zero time-embedding row ``[1, H]`` and DDIM row ``[1, 2]`` the phase kernel reads, made once
+    per (H, dtype, device): no kernel writes them, and a step issues no allocations for them. Not
+    cached when first asked for inside a CUDA-graph capture (their zero fill would exist only in
+    that graph)."""
+    key = (H, dtype, device)
+    tables = _ZEROS.get(key)
+    if tables is None:
+        tables = (torch.zeros(1, H, dtype=dtype, device=device), torch.zeros(1, 2, dtype=torch.float32, device=device))
+        if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            _ZEROS[key] = tables
+    return tables
 
 
 def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl, x0_loss=None):

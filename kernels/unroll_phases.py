@@ -57,8 +57,6 @@ import torch
 import triton
 import triton.language as tl
 
-from seda_fast.ops.runtime import flat_split_plan, split_flat
-
 from . import _blocks as blk
 from ._heuristics import check_matrix, clamp_block, dot_mode
 from ._launch import launch
@@ -667,7 +665,8 @@ def _span(flat, layout, first: str, last: str | None = None):
 
 def split_grads(flat, layout, order) -> tuple:
     """The views of ``flat`` (laid out as ``layout``) named by ``order``."""
-    return split_flat(flat, flat_split_plan(layout, order))
+    views = _views(flat, dict(layout))
+    return tuple(views[name] for name in order)
 
 
 def _in_dtype(ws, layout, dtype, flat: bool):
