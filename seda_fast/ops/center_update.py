@@ -1,10 +1,11 @@
 """Custom ops around :mod:`seda_fast.kernels.center_update`: the center EMA as a deterministic
 per-class scatter-mean.
 
+``seda_fast::center_ema_(centers!, initialized!, z, labels, momentum)`` (in place, one launch);
 ``seda_fast::class_sums(z, labels, num_classes) -> (sums [C, d] fp32, counts [C] fp32)`` and
-``seda_fast::ema_update_(centers!, initialized!, sums, counts, momentum)`` (in place);
-:func:`update_centers` (= ``reference.update_centers``) all-reduces sums and counts between the two
-launches under torch.distributed.
+``seda_fast::ema_update_(centers!, initialized!, sums, counts, momentum)`` (in place), the same in
+two launches. :func:`update_centers` (= ``reference.update_centers``) takes the one launch, or under
+torch.distributed the two, with the all-reduce of sums and counts in between.
 """
 from __future__ import annotations
 
@@ -37,13 +38,26 @@ def _(centers, initialized, sums, counts, momentum):
     return None
 
 
+@torch.library.custom_op("seda_fast::center_ema_", mutates_args=("centers", "initialized"))
+def center_ema_(centers: Tensor, initialized: Tensor, z: Tensor, labels: Tensor, momentum: float) -> None:
+    """In place: :func:`class_sums` of ``z`` then :func:`ema_update_` on them, in one launch."""
+    kernels().center_ema(centers, initialized, z, labels, momentum)
+
+
+@center_ema_.register_fake
+def _(centers, initialized, z, labels, momentum):
+    return None
+
+
 def update_centers(centers: Tensor, initialized: Tensor, z: Tensor, labels: Tensor, momentum: float) -> None:
     """``reference.update_centers`` on buffers: ``centers [C, d]``, ``initialized [C]`` bool (both
-    updated in place), ``z [B, d]``, ``labels [B]``. Two launches, with the all-reduce of sums and
-    counts in between under torch.distributed."""
+    updated in place), ``z [B, d]``, ``labels [B]``. One launch; under torch.distributed two, with
+    the all-reduce of sums and counts in between."""
     with torch.no_grad():
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            center_ema_(centers, initialized, z.detach(), labels, float(momentum))
+            return
         sums, counts = class_sums(z.detach(), labels, centers.shape[0])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(sums)
-            torch.distributed.all_reduce(counts)
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(counts)
         ema_update_(centers, initialized, sums, counts, float(momentum))

@@ -47,8 +47,9 @@ def test_center_update_bitwise_equal_to_reference(C, d, dtype):
     Bitwise on CPU: both sum each class's rows in batch order (MKL's sgemm does at these sizes; at
     B >= ~300 it blocks the batch dimension) and round the EMA's mul, mul, add and the IEEE division
     the same way. On CUDA cuBLAS picks its own order and ptxas may fuse the EMA's mul + add into an
-    FMA: a few ulp."""
-    ref, ours = _center_state(C, d, dtype), _center_state(C, d, dtype)
+    FMA: a few ulp. The one-launch update and the two-launch one (sums, then the EMA) are bitwise
+    equal everywhere: the same walk and the same EMA code. B = 33 spans two blocks of rows."""
+    ref, ours, two = _center_state(C, d, dtype), _center_state(C, d, dtype), _center_state(C, d, dtype)
     g = torch.Generator().manual_seed(23)
     batches = [torch.randint(0, min(3, C), (33,), generator=g),   # first batch of classes 0-2
                torch.randint(0, C, (1,), generator=g),              # B = 1: one class, the rest absent
@@ -58,8 +59,10 @@ def test_center_update_bitwise_equal_to_reference(C, d, dtype):
         z = torch.randn(labels.shape[0], d, generator=g).to(DEVICE, dtype)
         reference.update_centers(ref, z, labels)
         center_update_ops.update_centers(ours.centers, ours.centers_initialized, z, labels, 0.9)
+        sums, counts = center_update_ops.class_sums(z, labels, C)  # the two-launch (distributed) path
+        center_update_ops.ema_update_(two.centers, two.centers_initialized, sums, counts, 0.9)
+        assert torch.equal(two.centers, ours.centers) and torch.equal(two.centers_initialized, ours.centers_initialized)
         assert torch.equal(ours.centers_initialized, ref.centers_initialized)
-        sums, counts = center_update_ops.class_sums(z, labels, C)
         ref_sums, ref_counts = reference.class_sums(z, labels, C)
         assert torch.equal(counts, ref_counts)
         if DEVICE.type == "cuda":
@@ -77,18 +80,23 @@ def test_opcheck_custom_ops():
     sums, counts = center_update_ops.class_sums(r, y, 9)
     init = torch.zeros(9, dtype=torch.bool, device=DEVICE)
     torch.library.opcheck(center_update_ops.ema_update_, (mu.clone(), init, sums, counts, 0.9))
+    torch.library.opcheck(center_update_ops.center_ema_, (mu.clone(), init.clone(), r, y, 0.9))
 
 
 def test_launch_counts_and_determinism():
-    """The center update = 2 launches; two runs are bitwise identical."""
+    """The center update = 1 launch (2 with an all-reduce between: the distributed path); two runs
+    are bitwise identical."""
     r, mu, y = _problem(33, 300, 37, seed=17)
     runs = []
     for _ in range(2):
         centers, init = mu.clone(), torch.zeros(300, dtype=torch.bool, device=DEVICE)
         with K.count_launches() as c:
             center_update_ops.update_centers(centers, init, r, y, 0.9)
-        assert c.names == ["class_sums_kernel", "ema_update_kernel"]
+        assert c.names == ["center_ema_kernel"]
         runs.append((centers, init))
+    with K.count_launches() as c:
+        center_update_ops.ema_update_(mu.clone(), init, *center_update_ops.class_sums(r, y, 300), 0.9)
+    assert c.names == ["class_sums_kernel", "ema_update_kernel"]
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 
@@ -105,6 +113,10 @@ def test_launchers_reject_bad_input_before_launch():
         ("sums", lambda: K.ema_update(mu.clone(), init, sums[:, 1:].contiguous(), counts, 0.9)),
         ("counts", lambda: K.ema_update(mu.clone(), init, sums, counts.long(), 0.9)),
         ("momentum", lambda: K.ema_update(mu.clone(), init, sums, counts, 1.5)),
+        ("labels", lambda: K.center_ema(mu.clone(), init, r, y[:3], 0.9)),
+        ("z", lambda: K.center_ema(mu.clone(), init, r[:, :5], y, 0.9)),
+        ("initialized", lambda: K.center_ema(mu.clone(), init[:4], r, y, 0.9)),
+        ("momentum", lambda: K.center_ema(mu.clone(), init, r, y, -0.1)),
     ]
     for name, call in cases:
         with K.count_launches() as c, pytest.raises((ValueError, TypeError), match=name):
@@ -119,19 +131,19 @@ NON_FINITE_CASES = [(7, 37), (20, 150)]
 def test_class_sums_leave_out_non_finite_rows(C, d):
     """A row with a NaN or Inf in one feature adds nothing to its class's sum or count, in both
     backends (the one-hot matmul would otherwise spread 0 * NaN to every class): the sums equal those
-    of the batch without those rows. d = 150: the bad feature lies in a later feature block than the
-    first program's. The fused walk skips the rows, so it is bitwise the walk over the kept rows on CPU;
-    eager multiplies zeroed rows, and MKL pairs the products of a 29-row and a 25-row matmul
-    differently (seen: 6e-8), so eager gets fp32 rounding room."""
+    of the batch without those rows, and so does the one-launch EMA. 45 rows: two blocks of rows;
+    d = 150: the padded tail of a row is masked. The fused walk skips the rows, so it is bitwise the
+    walk over the kept rows on CPU; eager multiplies zeroed rows, and MKL pairs the products of a
+    45-row and a 41-row matmul differently (seen: 6e-8), so eager gets fp32 rounding room."""
     g = torch.Generator().manual_seed(31)
-    labels = torch.randint(0, C, (29,), generator=g).to(DEVICE)
-    z = torch.randn(29, d, generator=g).to(DEVICE)
-    bad = torch.tensor([0, 5, 6, 28], device=DEVICE)
+    labels = torch.randint(0, C, (45,), generator=g).to(DEVICE)
+    z = torch.randn(45, d, generator=g).to(DEVICE)
+    bad = torch.tensor([0, 5, 6, 44], device=DEVICE)
     z[0, d - 1] = float("nan")
     z[5, 3] = float("inf")
     z[6, d // 2] = -float("inf")
-    z[28] = float("nan")
-    keep = torch.ones(29, dtype=torch.bool, device=DEVICE)
+    z[44] = float("nan")
+    keep = torch.ones(45, dtype=torch.bool, device=DEVICE)
     keep[bad] = False
     for impl in (center_update_ops, reference):
         sums, counts = impl.class_sums(z, labels, C)
@@ -144,6 +156,12 @@ def test_class_sums_leave_out_non_finite_rows(C, d):
             torch.testing.assert_close(sums, want_sums, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(center_update_ops.class_sums(z, labels, C)[0], reference.class_sums(z, labels, C)[0],
                                rtol=1e-5, atol=1e-6)
+    states = [_center_state(C, d, torch.float32) for _ in range(2)]
+    for state, (rows, y) in zip(states, [(z, labels), (z[keep], labels[keep])]):
+        center_update_ops.center_ema_(state.centers, state.centers_initialized, rows, y, 0.9)
+    assert torch.isfinite(states[0].centers).all()
+    assert torch.equal(states[0].centers, states[1].centers)
+    assert torch.equal(states[0].centers_initialized, states[1].centers_initialized)
 
 
 # --------------------------------------------------------------------------- sm_90a compile
@@ -152,7 +170,7 @@ COMPILE_CASES = [("bfloat16", 256, 10, 512), ("bfloat16", 4096, 1000, 512), ("fl
 
 
 def compile_rows() -> list[dict]:
-    """Capture both launchers' launches for :data:`COMPILE_CASES` and compile them for sm_90a."""
+    """Capture the three launchers' launches for :data:`COMPILE_CASES` and compile them for sm_90a."""
     from seda_fast.tools import compile_report as cr
     rows, seen = [], set()
     for dtype, B, C, d in COMPILE_CASES:
@@ -162,13 +180,14 @@ def compile_rows() -> list[dict]:
         with K.capture_launches() as launches:
             K.class_sums(r, y, C)
             K.ema_update(mu, torch.zeros(C, dtype=torch.bool), torch.empty(C, d), torch.empty(C), 0.9)
+            K.center_ema(mu, torch.zeros(C, dtype=torch.bool), r, y, 0.9)
         rows += cr.compile_unique(launches, dtype, seen, batch=B, classes=C, d=d)
     return rows
 
 
 def test_sm90_compile_zero_spills(tmp_path):
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
-    assert_sm90_clean(rows, ["class_sums_kernel", "ema_update_kernel"], fields=("classes",))
+    assert_sm90_clean(rows, ["class_sums_kernel", "ema_update_kernel", "center_ema_kernel"], fields=("classes",))
 
 
 if __name__ == "__main__":  # the compile check's subprocess: python tests/ops/test_center_update.py OUT.json
