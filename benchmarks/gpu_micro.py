@@ -8,7 +8,13 @@ the interpreter, so the code cannot rot; those figures are never device claims.
 * :func:`copy_bandwidth` - device-to-device copy, bytes read + written per second;
 * :func:`l2_bandwidth` - a Triton kernel re-reading a working set a quarter of the L2 size with
   L1-bypassing loads (``.cg``), bytes per second summed over the grid;
+* :func:`l2_latency` - one dependent load's round trip (a pointer chase through a working set that
+  stays in the L2), the cost model's ``l2_latency_s`` (the center EMA's walk is a chain of them);
 * :func:`launch_cost` - wall time per launch of an empty Triton kernel from Python;
+* :func:`launch_cost_wide` - the same for a kernel with as many arguments as a phase kernel (the
+  Python launcher's cost grows with them): the cost model's ``launch_s``;
+* :func:`aten_op_cost` - host time per eager aten op issued from Python: a small element-wise op
+  (the cost model's ``aten_op_s``) and a view (``t``), which launches nothing;
 * :func:`graph_boundary` - cost of one kernel boundary inside a CUDA graph (100 tiny kernels
   against 1);
 * :func:`barrier_round_trip` - one grid barrier (:func:`seda_fast.kernels._barrier.grid_barrier`)
@@ -90,6 +96,34 @@ def l2_bandwidth(device: torch.device, dry: bool) -> dict:
 
 
 @triton.jit
+def _chase_kernel(next_ptr, out_ptr, steps):
+    i = tl.load(next_ptr)
+    for _ in range(steps):  # each load's address is the previous load's value
+        i = tl.load(next_ptr + i, cache_modifier=".cg")
+    tl.store(out_ptr, i)
+
+
+def l2_latency(device: torch.device, dry: bool) -> dict:
+    """One program chasing a random cycle through 1 MiB of int32 indices (in the L2, past the L1 by
+    ``.cg``): microseconds per step, the run with 1 step subtracted."""
+    cuda = device.type == "cuda"
+    n = 4096 if dry else 2**18
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(n, generator=gen)
+    nxt = torch.empty(n, dtype=torch.int32)
+    nxt[order] = order.roll(-1).to(torch.int32)  # one cycle through every slot
+    nxt = nxt.to(device)
+    out = torch.empty(1, dtype=torch.int32, device=device)
+    steps = 50 if dry else 20000
+
+    def run(k):
+        return lambda: _chase_kernel[(1,)](nxt, out, k, num_warps=1)
+    long, short = _events_ms(run(steps), 2, 3 if dry else 10, cuda), _events_ms(run(1), 2, 3 if dry else 10, cuda)
+    return {"value": max(long - short, 1e-9) / (steps - 1) * 1e3, "unit": "us per dependent L2 load",
+            "working_set_bytes": n * 4, "steps": steps}
+
+
+@triton.jit
 def _empty_kernel(x_ptr):
     pass
 
@@ -108,6 +142,52 @@ def launch_cost(device: torch.device, dry: bool) -> dict:
         torch.cuda.synchronize()
     return {"value": (time.perf_counter() - t0) / n * 1e6, "unit": "us per launch (Python, empty Triton kernel)",
             "launches": n}
+
+
+def _host_us(fn, n: int, cuda: bool) -> float:
+    """Wall microseconds per call of ``fn`` over ``n`` calls issued back to back (host-bound when the
+    work is tiny), after a warm-up call and with the device idle at the start."""
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+@triton.jit
+def _wide_kernel(p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13, p14, p15,
+                 i0, i1, i2, i3, i4, i5, i6, i7, f0, f1,
+                 C0: tl.constexpr, C1: tl.constexpr, C2: tl.constexpr, C3: tl.constexpr,
+                 C4: tl.constexpr, C5: tl.constexpr, C6: tl.constexpr, C7: tl.constexpr):
+    pass
+
+
+def launch_cost_wide(device: torch.device, dry: bool) -> dict:
+    """An empty kernel with 16 tensors, 8 ints, 2 floats and 8 constexprs, about a phase kernel's
+    argument list."""
+    cuda = device.type == "cuda"
+    ptrs = [torch.zeros(4, device=device) for _ in range(16)]
+    ints = [3 + i for i in range(8)]  # not 1 and not multiples of 16: no specialisation to constants
+    consts = dict(C0=16, C1=32, C2=64, C3=1, C4=2, C5=True, C6=False, C7=4)
+
+    def fn():
+        _wide_kernel[(1,)](*ptrs, *ints, 0.5, 1.5, **consts)
+    n = 20 if dry else 2000
+    return {"value": _host_us(fn, n, cuda), "unit": "us per launch (Python, 26 arguments + 8 constexprs)",
+            "launches": n}
+
+
+def aten_op_cost(device: torch.device, dry: bool) -> dict:
+    """``x + 1`` on a ``[256, 512]`` tensor (bf16 on CUDA), and ``x.t()``, each issued ``n`` times."""
+    cuda = device.type == "cuda"
+    x = torch.randn(256, 512, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
+    n = 20 if dry else 5000
+    return {"value": _host_us(lambda: x + 1, n, cuda), "unit": "us per eager element-wise op (host)",
+            "view_us": _host_us(lambda: x.t(), n, cuda), "ops": n}
 
 
 def graph_boundary(device: torch.device, dry: bool) -> dict:
@@ -267,7 +347,10 @@ CEILINGS = {  # name -> function; the order the GPU run measures them in
     "gemm_bf16": gemm_bf16,
     "copy_bandwidth": copy_bandwidth,
     "l2_bandwidth": l2_bandwidth,
+    "l2_latency": l2_latency,
     "launch_cost": launch_cost,
+    "launch_cost_wide": launch_cost_wide,
+    "aten_op_cost": aten_op_cost,
     "graph_boundary": graph_boundary,
 }
 SYNC = {"barrier_round_trip": barrier_round_trip, "pdl": pdl, "pdl_graph_boundary": pdl_graph_boundary}  # may hang or fail: a child process of their own

@@ -34,6 +34,7 @@ class Ceilings:
     copy_bytes_per_s: float = 4.3e12    # HBM device-to-device copy, bytes read + written per second
     l2_bytes_per_s: float = 10e12       # L2 -> SMs, aggregate
     l2_per_sm_bytes_per_s: float = 115e9
+    l2_latency_s: float = 0.5e-6        # one dependent load's round trip to the L2
     launch_s: float = 20e-6             # one Triton launch from Python
     aten_op_s: float = 5e-6             # host cost of one eager aten op (dispatcher + launch)
     graph_boundary_s: float = 1.3e-6    # one kernel boundary inside a CUDA graph
@@ -42,14 +43,15 @@ class Ceilings:
     sms: int = 132
     source: tuple = (("bf16_flops", "measured on the H200"), ("copy_bytes_per_s", "measured on the H200"),
                      ("fp32_flops", "assumed (datasheet ~67 TFLOP/s)"), ("l2_bytes_per_s", "assumed"),
-                     ("l2_per_sm_bytes_per_s", "assumed"), ("launch_s", "assumed"), ("aten_op_s", "assumed"),
+                     ("l2_per_sm_bytes_per_s", "assumed"), ("l2_latency_s", "assumed"), ("launch_s", "assumed"), ("aten_op_s", "assumed"),
                      ("graph_boundary_s", "assumed"), ("barrier_s", "assumed"),
                      ("pdl_boundary_s", "assumed no cheaper than graph_boundary_s until measured"),
                      ("sms", "H200 datasheet"))
 
     # gpu_check micro row name -> (field, factor from the row's unit to the field's)
     _FROM_MICRO = {"gemm_bf16": ("bf16_flops", 1e12), "copy_bandwidth": ("copy_bytes_per_s", 1e12),
-                   "l2_bandwidth": ("l2_bytes_per_s", 1e12), "launch_cost": ("launch_s", 1e-6),
+                   "l2_bandwidth": ("l2_bytes_per_s", 1e12), "launch_cost_wide": ("launch_s", 1e-6),
+                   "aten_op_cost": ("aten_op_s", 1e-6), "l2_latency": ("l2_latency_s", 1e-6),
                    "graph_boundary": ("graph_boundary_s", 1e-6), "barrier_round_trip": ("barrier_s", 1e-6),
                    "pdl_graph_boundary": ("pdl_boundary_s", 1e-6)}
 
