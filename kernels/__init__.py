@@ -6,7 +6,8 @@ and returns plain tensors:
 * :func:`semantic_sample` (``semantic_sampler.py``): projector + LayerNorm + K1-step Learner loop.
 * :func:`translator_pfin` (``translator_pfin.py``): K2-step Translator loop + PFIN + head.
 * :func:`center_loss_forward` / :func:`center_loss_backward` (``center_loss.py``): the stage-1
-  center constraint's cross-entropy and its gradient, streamed over class tiles.
+  center constraint's cross-entropy and its gradient, streamed over class tiles;
+  :func:`center_loss_train` forms both in one launch.
 * :func:`center_ema` (``center_update.py``): the center EMA as a deterministic per-class
   scatter-mean, in place in one launch; :func:`class_sums` / :func:`ema_update` split it in two for
   a distributed caller (sums and counts, all-reduced, then the in-place update).
@@ -30,7 +31,8 @@ from ._heuristics import LATENCY_MAX_BATCH, Blocks, pick_blocks
 from ._launch import Launch, capture_launches, count_launches, kernel_name, launch
 from .semantic_sampler import semantic_sample, semantic_sampler_kernel
 from .translator_pfin import translator_pfin, translator_pfin_kernel
-from .center_loss import center_loss_backward, center_loss_bwd_kernel, center_loss_forward, center_loss_fwd_kernel
+from .center_loss import (center_loss_backward, center_loss_bwd_kernel, center_loss_forward, center_loss_fwd_kernel,
+                          center_loss_train, center_loss_train_kernel)
 from .center_update import (center_ema, center_ema_kernel, class_sums, class_sums_kernel, ema_update,
                             ema_update_kernel)
 from ._denoiser import denoiser_wgrad_kernel
@@ -42,7 +44,7 @@ from .translator_unroll import (translator_unroll_backward, translator_unroll_bw
 __all__ = ["semantic_sample", "semantic_sampler_kernel", "translator_pfin", "translator_pfin_kernel",
            "count_launches", "capture_launches", "Launch", "kernel_name", "launch", "pick_blocks", "Blocks",
            "LATENCY_MAX_BATCH", "center_loss_forward", "center_loss_backward", "center_loss_fwd_kernel",
-           "center_loss_bwd_kernel", "center_ema", "center_ema_kernel", "class_sums", "class_sums_kernel", "ema_update", "ema_update_kernel",
+           "center_loss_bwd_kernel", "center_loss_train", "center_loss_train_kernel", "center_ema", "center_ema_kernel", "class_sums", "class_sums_kernel", "ema_update", "ema_update_kernel",
            "denoiser_wgrad_kernel", "translator_unroll_forward", "translator_unroll_backward",
            "translator_unroll_fwd_kernel", "translator_unroll_bwd_step_kernel", "denoiser_x0_loss_forward",
            "denoiser_x0_loss_backward", "denoiser_x0_loss_fwd_kernel", "denoiser_x0_loss_bwd_kernel"]

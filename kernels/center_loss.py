@@ -16,10 +16,14 @@ cancels from the loss and from ``p``; the kernels use the shifted logits
 
 The forward saves ``lse [B]`` (fp32, 4 bytes a row); the backward recomputes the logit tiles from
 ``r`` and ``mu`` and accumulates ``(p - onehot) @ mu`` over class tiles, one ``BD``-wide column
-chunk of ``d`` per program. Out-of-range labels are masked (no out-of-bounds read); the launchers
+chunk of ``d`` per program. For a loss that will be differentiated, :func:`center_loss_train` does
+both in one launch: each program forms its rows' lse, then their gradient on its column chunk, so
+the backward is one multiply by the upstream gradient. Out-of-range labels are masked (no out-of-bounds read); the launchers
 check their range when the labels are on the CPU (on CUDA that check would sync the device).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -57,14 +61,10 @@ def _shifted_logits(r_ptr, mu_ptr, rows, c0, C, d, inv_tau,
 
 
 @triton.jit
-def center_loss_fwd_kernel(r_ptr, mu_ptr, y_ptr, loss_ptr, lse_ptr, B, C, d, inv_tau,
-                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                           LOWP: tl.constexpr, PREC: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    row0 = pid * BM
-    offs_m = row0 + tl.arange(0, BM)
-    rmask = offs_m < B
-    y = tl.load(y_ptr + offs_m, mask=rmask, other=-1).to(tl.int32)
+def _row_lse(r_ptr, mu_ptr, y, row0, B, C, d, inv_tau,
+             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr):
+    """``(lse [BM], loss [BM])`` of rows ``row0 ..`` with labels ``y [BM]``: an online log-sum-exp
+    over the class tiles, and ``lse - l_{i,y_i}``."""
     m = tl.full((BM,), float("-inf"), tl.float32)
     s = tl.zeros((BM,), tl.float32)
     target = tl.zeros((BM,), tl.float32)
@@ -76,23 +76,17 @@ def center_loss_fwd_kernel(r_ptr, mu_ptr, y_ptr, loss_ptr, lse_ptr, B, C, d, inv
         offs_c = c0 + tl.arange(0, BN)
         target += tl.sum(tl.where(offs_c[None, :] == y[:, None], logits, 0.0), axis=1)
     lse = m + tl.log(s)
-    tl.store(lse_ptr + offs_m, lse, mask=rmask)
-    tl.store(loss_ptr + offs_m, lse - target, mask=rmask)
+    return lse, lse - target
 
 
 @triton.jit
-def center_loss_bwd_kernel(g_ptr, r_ptr, mu_ptr, y_ptr, lse_ptr, dr_ptr, B, C, d, inv_tau,
-                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
-                           LOWP: tl.constexpr, PREC: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    row0 = pid * BM
-    offs_m = row0 + tl.arange(0, BM)
-    rmask = offs_m < B
-    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    dmask = offs_d < d
-    y = tl.load(y_ptr + offs_m, mask=rmask, other=-1).to(tl.int32)
-    lse = tl.load(lse_ptr + offs_m, mask=rmask, other=float("inf"))  # p = 0 on padding rows
+def _row_grad(r_ptr, mu_ptr, y, lse, row0, offs_d, B, C, d, inv_tau,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+              LOWP: tl.constexpr, PREC: tl.constexpr):
+    """fp32 ``[BM, BD]``: ``sum_c (p_ic - [c = y_i]) mu_c`` on the columns ``offs_d [BD]``, the logit
+    tiles recomputed; ``lse = inf`` on padding rows makes their ``p`` 0."""
     acc = tl.zeros((BM, BD), tl.float32)
+    dmask = offs_d < d
     for c0 in range(0, C, BN):
         logits = _shifted_logits(r_ptr + row0 * d, mu_ptr, B - row0, c0, C, d, inv_tau, BM, BN, BK, LOWP, PREC)
         offs_c = c0 + tl.arange(0, BN)
@@ -103,10 +97,57 @@ def center_loss_bwd_kernel(g_ptr, r_ptr, mu_ptr, y_ptr, lse_ptr, dr_ptr, B, C, d
             acc = tl.dot(dlogits.to(mu.dtype), mu, acc)
         else:
             acc = tl.dot(dlogits, mu.to(tl.float32), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def center_loss_fwd_kernel(r_ptr, mu_ptr, y_ptr, loss_ptr, lse_ptr, B, C, d, inv_tau,
+                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                           LOWP: tl.constexpr, PREC: tl.constexpr):
+    row0 = tl.program_id(0).to(tl.int64) * BM
+    offs_m = row0 + tl.arange(0, BM)
+    rmask = offs_m < B
+    y = tl.load(y_ptr + offs_m, mask=rmask, other=-1).to(tl.int32)
+    lse, loss = _row_lse(r_ptr, mu_ptr, y, row0, B, C, d, inv_tau, BM, BN, BK, LOWP, PREC)
+    tl.store(lse_ptr + offs_m, lse, mask=rmask)
+    tl.store(loss_ptr + offs_m, loss, mask=rmask)
+
+
+@triton.jit
+def center_loss_bwd_kernel(g_ptr, r_ptr, mu_ptr, y_ptr, lse_ptr, dr_ptr, B, C, d, inv_tau,
+                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+                           LOWP: tl.constexpr, PREC: tl.constexpr):
+    row0 = tl.program_id(0).to(tl.int64) * BM
+    offs_m = row0 + tl.arange(0, BM)
+    rmask = offs_m < B
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    y = tl.load(y_ptr + offs_m, mask=rmask, other=-1).to(tl.int32)
+    lse = tl.load(lse_ptr + offs_m, mask=rmask, other=float("inf"))
+    acc = _row_grad(r_ptr, mu_ptr, y, lse, row0, offs_d, B, C, d, inv_tau, BM, BN, BK, BD, LOWP, PREC)
     g = tl.load(g_ptr + offs_m, mask=rmask, other=0.0).to(tl.float32)
     dr = acc * (2.0 * inv_tau * g)[:, None]
     tl.store(dr_ptr + offs_m[:, None] * d + offs_d[None, :], dr.to(dr_ptr.dtype.element_ty),
-             mask=rmask[:, None] & dmask[None, :])
+             mask=rmask[:, None] & (offs_d[None, :] < d))
+
+
+@triton.jit
+def center_loss_train_kernel(r_ptr, mu_ptr, y_ptr, loss_ptr, dr_ptr, B, C, d, inv_tau, scale,
+                             BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr,
+                             LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Forward and gradient at once: ``scale * loss_i`` and ``scale * d loss_i / d r_i`` (the
+    column-chunk programs ``program_id(1) > 0`` recompute the lse and store only the gradient)."""
+    row0 = tl.program_id(0).to(tl.int64) * BM
+    offs_m = row0 + tl.arange(0, BM)
+    rmask = offs_m < B
+    offs_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    y = tl.load(y_ptr + offs_m, mask=rmask, other=-1).to(tl.int32)
+    lse, loss = _row_lse(r_ptr, mu_ptr, y, row0, B, C, d, inv_tau, BM, BN, BK, LOWP, PREC)
+    tl.store(loss_ptr + offs_m, scale * loss, mask=rmask & (tl.program_id(1) == 0))
+    lse = tl.where(rmask, lse, float("inf"))
+    acc = _row_grad(r_ptr, mu_ptr, y, lse, row0, offs_d, B, C, d, inv_tau, BM, BN, BK, BD, LOWP, PREC)
+    dr = acc * (2.0 * inv_tau * scale)
+    tl.store(dr_ptr + offs_m[:, None] * d + offs_d[None, :], dr.to(dr_ptr.dtype.element_ty),
+             mask=rmask[:, None] & (offs_d[None, :] < d))
 
 
 def center_loss_blocks(batch: int, num_classes: int, d: int, dtype: torch.dtype) -> dict:
@@ -173,3 +214,21 @@ def center_loss_backward(grad_loss, r, centers, labels, lse, temperature):
            1.0 / float(temperature), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], BD=cfg["BD"], LOWP=lowp,
            PREC=prec, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return grad_r
+
+
+def center_loss_train(r, centers, labels, temperature, scale: float):
+    """The forward and its gradient in one launch, for a loss that will be differentiated:
+    ``(loss [B] fp32, grad_r [B, d])``, ``scale * loss_i`` and ``scale * d loss_i / d r_i`` (r's dtype);
+    ``scale = 1 / B`` makes their sums the mean's value and gradient."""
+    B, C, d = _check(r, centers, labels, temperature)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite float, got {scale!r}")
+    cfg = center_loss_blocks(B, C, d, r.dtype)
+    lowp, prec = dot_mode(r.dtype, r.device)
+    loss = torch.empty(B, device=r.device, dtype=torch.float32)
+    grad_r = torch.empty_like(r)
+    grid = (triton.cdiv(B, cfg["BM"]), triton.cdiv(d, cfg["BD"]))
+    launch(center_loss_train_kernel, grid, r, centers, labels, loss, grad_r, B, C, d, 1.0 / float(temperature),
+           float(scale), BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], BD=cfg["BD"], LOWP=lowp, PREC=prec,
+           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return loss, grad_r

@@ -427,6 +427,20 @@ def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, steps: int, n_wgrad: 
     return out
 
 
+def center_ema_cost(cfg: SeDAConfig, batch: int, ceilings: Ceilings = H200) -> tuple[float, int, int]:
+    """The stage-1 center EMA on the GPU (``kernels.center_update``), and its launches and host ops
+    beyond what :func:`fused_step_counts` records (four rows: one launch): a program walks at most ``R`` rows,
+    ``RB`` at a time, each block two dependent round trips to the L2 (its labels, then its classes'
+    rows), so the walk is latency-bound: ``2 ceil(min(B, R) / RB) l2_latency_s``. Past ``R`` rows
+    the splits walk side by side and a second launch adds them (its loads issued together: two more
+    round trips; the host also allocates the splits' sums and counts)."""
+    from ..ops.runtime import kernels
+    blocks = kernels().center_update.update_blocks(cfg.num_classes, cfg.dim)
+    walk = 2 * math.ceil(min(batch, blocks["R"]) / blocks["RB"]) * ceilings.l2_latency_s
+    split = batch > blocks["R"]
+    return walk + (2 * ceilings.l2_latency_s if split else 0.0), int(split), 2 * int(split)
+
+
 def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
                      record: StepRecord | None = None, graph: bool = False, unroll: str = "rowblock") -> Prediction:
     """The training ops the library ships: row-block kernels (a program owns ``BM`` rows, as
@@ -434,7 +448,8 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     activation GEMM of the step it computes, re-reading its fp32 activation block once per ``BN``
     output tile; stage 2's backward also recomputes each unroll step's forward) plus
     weight-gradient launches (one program per 64 x 64 output tile over all rows), and the torch
-    glue around them (its element-wise GPU work is left out). ``unroll="phases-<policy>"`` (stage 2):
+    glue around them (its element-wise GPU work is left out); stage 1 adds its center EMA's
+    latency-bound walk (:func:`center_ema_cost`). ``unroll="phases-<policy>"`` (stage 2):
     the unroll, the random-t diffusion term and the Learner's sample run as phases instead
     (:func:`unroll_phase_costs`, :func:`denoise_phase_costs`, :func:`semantic_phase_costs`; their
     matmuls, :func:`unroll_shapes`, :func:`denoise_shapes`, :func:`semantic_shapes`, leave the
@@ -472,6 +487,9 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)
     n_ops, n_glue, n_launches = fused_step_counts(cfg, stage, unroll, dtype)
+    if stage == 1:
+        ema_s, more_launches, more_ops = center_ema_cost(cfg, batch, ceilings)
+        gpu_s, n_launches, n_ops = gpu_s + ema_s, n_launches + more_launches, n_ops + more_ops
     boundaries = (n_glue + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
     if graph:
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}

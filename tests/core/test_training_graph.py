@@ -84,7 +84,8 @@ def test_schedule_tables_are_built_once_per_device():
 @pytest.mark.parametrize("layers,steps", [(1, 1), (2, 3), (3, 4)])
 def test_launches_per_step(layers, steps, fused_impl):
     """Triton launches of one fused step (loss + backward), through the launch hook:
-    stage 1: center sums + EMA, the center loss (forward, backward) and the diffusion term: row
+    stage 1: the center EMA (one launch), the center loss (one: its gradient formed with it) and the
+    diffusion term: row
     blocks, the x0 loss, its backward and its weight gradients (2 launches when L = 1, else 3);
     phases, its L + 1 forward and L + 1 backward phases;
     stage 2: the semantic feature, the x0 loss, the unroll forward; the x0 loss backward and its
@@ -99,7 +100,7 @@ def test_launches_per_step(layers, steps, fused_impl):
         stage2 = 3 + 1 + wgrad_x0 + steps * (1 + (4 if layers == 1 else 5))
     else:
         stage2 = (2 + steps * (layers + 1)) + 2 * (layers + 1) + (steps * (layers + 1) + 2) + steps * (layers + 3) + 1
-    want = {1: 6 + wgrad_x0 if fused_impl == "rowblock" else 4 + 2 * (layers + 1), 2: stage2}
+    want = {1: 4 + wgrad_x0 if fused_impl == "rowblock" else 2 + 2 * (layers + 1), 2: stage2}
     for stage in (1, 2):
         model, visual, labels, text = _model_and_batch(stage, layers=layers, learner_steps=steps,
                                                        translator_steps=steps)

@@ -125,6 +125,7 @@ def test_opcheck_custom_ops():
     torch.library.opcheck(center_loss_ops.center_loss_fwd, (r, mu, y, 0.7))
     _, lse = center_loss_ops.center_loss_fwd(r.detach(), mu, y, 0.7)
     torch.library.opcheck(center_loss_ops.center_loss_bwd, (torch.rand(5, device=DEVICE), r.detach(), mu, y, lse, 0.7))
+    torch.library.opcheck(center_loss_ops.center_loss_train, (r, mu, y, 0.7))
 
 
 def test_torch_compile_traces_without_graph_break():
@@ -142,18 +143,37 @@ def test_torch_compile_traces_without_graph_break():
 
 
 def test_launch_counts_and_determinism():
-    """Forward + backward = 2 launches; two runs are bitwise identical."""
+    """The mean's forward + backward = 1 launch (the gradient formed with the loss); per-row losses
+    = 2 (forward, then backward from the upstream gradients); two runs are bitwise identical."""
     r, mu, y = _problem(33, 300, 37, seed=17)
-    runs = []
-    for _ in range(2):
-        x = r.clone().requires_grad_()
-        with K.count_launches() as c:
-            loss = center_loss_ops.center_loss(x, mu, y, 1.0)
-            loss.backward()
-        assert c.names == ["center_loss_fwd_kernel", "center_loss_bwd_kernel"]
-        runs.append((loss, x.grad))
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+    for reduction, names in (("mean", ["center_loss_train_kernel"]),
+                             ("none", ["center_loss_fwd_kernel", "center_loss_bwd_kernel"])):
+        runs = []
+        for _ in range(2):
+            x = r.clone().requires_grad_()
+            with K.count_launches() as c:
+                loss = center_loss_ops.center_loss(x, mu, y, 1.0, reduction=reduction)
+                loss.sum().backward()
+            assert c.names == names
+            runs.append((loss, x.grad))
+        for a, b in zip(*runs):
+            assert torch.equal(a, b)
+
+
+def test_one_launch_gradient_equals_the_two_launch_one():
+    """The mean's one-launch path (gradient formed in the forward, scaled by 1/B, times the upstream
+    gradient) against the per-row forward and backward launches, with an upstream gradient of 0.3;
+    and no gradient asked for: the plain forward, same loss."""
+    r, mu, y = _problem(21, 19, 37, seed=19)
+    x1, x2 = r.clone().requires_grad_(), r.clone().requires_grad_()
+    one = center_loss_ops.center_loss(x1, mu, y, 0.7)
+    two = center_loss_ops.center_loss(x2, mu, y, 0.7, reduction="none").mean()
+    (0.3 * one).backward()
+    (0.3 * two).backward()
+    assert rel(one, two) < 1e-6 and rel(x1.grad, x2.grad) < 1e-6
+    with torch.no_grad(), K.count_launches() as c:
+        plain = center_loss_ops.center_loss(r, mu, y, 0.7)
+    assert c.names == ["center_loss_fwd_kernel"] and rel(plain, one) < 1e-6
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -179,9 +199,10 @@ def _loss_args():
 def test_center_loss_rejects_bad_input_before_launch(index, bad, name):
     args = _loss_args()
     args[index] = bad(args[index])
-    with K.count_launches() as c, pytest.raises((ValueError, TypeError), match=name):
-        K.center_loss_forward(*args)
-    assert c.count == 0
+    for launcher in (K.center_loss_forward, lambda *a: K.center_loss_train(*a, 0.25)):
+        with K.count_launches() as c, pytest.raises((ValueError, TypeError), match=name):
+            launcher(*args)
+        assert c.count == 0
 
 
 def test_backward_launcher_rejects_bad_input_before_launch():
@@ -190,6 +211,7 @@ def test_backward_launcher_rejects_bad_input_before_launch():
     cases = [
         ("grad_loss", lambda: K.center_loss_backward(torch.ones(3, device=DEVICE), r, mu, y, lse, tau)),
         ("lse", lambda: K.center_loss_backward(torch.ones(4, device=DEVICE), r, mu, y, lse.half(), tau)),
+        ("scale", lambda: K.center_loss_train(r, mu, y, tau, float("inf"))),
     ]
     for name, call in cases:
         with K.count_launches() as c, pytest.raises(ValueError, match=name):
@@ -208,7 +230,7 @@ COMPILE_CASES = [  # (dtype, B, C, d): both row blocks (16 for B <= 256, 64 beyo
 
 
 def compile_rows() -> list[dict]:
-    """Capture every launch of the two launchers for :data:`COMPILE_CASES` and compile it for
+    """Capture every launch of the three launchers for :data:`COMPILE_CASES` and compile it for
     sm_90a (run without the interpreter) with ``compile_report.compile_launch``."""
     from seda_fast.tools import compile_report as cr
     rows, seen = [], set()
@@ -219,13 +241,15 @@ def compile_rows() -> list[dict]:
         with K.capture_launches() as launches:
             K.center_loss_forward(r, mu, y, 1.0)
             K.center_loss_backward(torch.empty(B), r, mu, y, torch.empty(B), 1.0)
+            K.center_loss_train(r, mu, y, 1.0, 1.0 / B)
         rows += cr.compile_unique(launches, dtype, seen, batch=B, classes=C, d=d)
     return rows
 
 
 def test_sm90_compile_zero_spills(tmp_path):
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
-    assert_sm90_clean(rows, ["center_loss_fwd_kernel", "center_loss_bwd_kernel"], fields=("classes",))
+    assert_sm90_clean(rows, ["center_loss_fwd_kernel", "center_loss_bwd_kernel", "center_loss_train_kernel"],
+                      fields=("classes",))
     for r in rows:
         if r["dtype"] == "bfloat16" and r.get("BM") == 64:
             assert r["wgmma"], r  # Hopper's warpgroup MMA on the 64-row tiles

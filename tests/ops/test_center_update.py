@@ -74,6 +74,39 @@ def test_center_update_bitwise_equal_to_reference(C, d, dtype):
     assert 0 < int(ours.centers_initialized.sum()) < C or C == 7
 
 
+def test_row_splits_past_R_rows():
+    """Past ``R`` rows the update is two launches: each split's sums (R rows, a multiple of the
+    walk's block), then their reduction in split order and the EMA. Forced at R = 32 on 70 rows (3
+    splits, the last one short): the splits add the same rows in another association, so against
+    the reference (and the one-launch path) the sums agree to fp32 rounding; counts and flags
+    exactly; two runs bitwise; the distributed path's class_sums (torch.sum over the splits) too."""
+    C, d = 7, 37
+    g = torch.Generator().manual_seed(41)
+    z = torch.randn(70, d, generator=g).to(DEVICE)
+    labels = torch.randint(0, C, (70,), generator=g).to(DEVICE)
+    assert K.center_update.update_blocks(C, d)["RB"] == 32
+    ref = _center_state(C, d, torch.float32)
+    ref.centers += torch.randn(C, d, generator=g).to(DEVICE)
+    ref.centers_initialized[: C // 2] = True
+    runs = []
+    for _ in range(2):
+        ours = _center_state(C, d, torch.float32)
+        ours.centers.copy_(ref.centers)
+        ours.centers_initialized.copy_(ref.centers_initialized)
+        with K.count_launches() as c:
+            K.center_ema(ours.centers, ours.centers_initialized, z, labels, 0.9, rows_per_split=32)
+        assert c.names == ["class_sums_kernel", "ema_update_kernel"]
+        runs.append(ours)
+    reference.update_centers(ref, z, labels)
+    assert torch.equal(runs[0].centers, runs[1].centers)
+    assert torch.equal(runs[0].centers_initialized, ref.centers_initialized)
+    torch.testing.assert_close(runs[0].centers, ref.centers, rtol=1e-5, atol=1e-6)
+    sums, counts = K.class_sums(z, labels, C, rows_per_split=32)
+    ref_sums, ref_counts = reference.class_sums(z, labels, C)
+    assert torch.equal(counts, ref_counts)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-5, atol=1e-6)
+
+
 def test_opcheck_custom_ops():
     r, mu, y = _problem(5, 9, 20, seed=11)
     torch.library.opcheck(center_update_ops.class_sums, (r, y, 9))
@@ -117,6 +150,9 @@ def test_launchers_reject_bad_input_before_launch():
         ("z", lambda: K.center_ema(mu.clone(), init, r[:, :5], y, 0.9)),
         ("initialized", lambda: K.center_ema(mu.clone(), init[:4], r, y, 0.9)),
         ("momentum", lambda: K.center_ema(mu.clone(), init, r, y, -0.1)),
+        ("rows_per_split", lambda: K.center_ema(mu.clone(), init, r, y, 0.9, rows_per_split=0)),
+        ("sums", lambda: K.ema_update(mu.clone(), init, sums[None].half(), counts[None], 0.9)),
+        ("counts", lambda: K.ema_update(mu.clone(), init, sums[None], counts, 0.9)),
     ]
     for name, call in cases:
         with K.count_launches() as c, pytest.raises((ValueError, TypeError), match=name):
@@ -166,7 +202,8 @@ def test_class_sums_leave_out_non_finite_rows(C, d):
 
 # --------------------------------------------------------------------------- sm_90a compile
 
-COMPILE_CASES = [("bfloat16", 256, 10, 512), ("bfloat16", 4096, 1000, 512), ("float32", 4096, 1000, 512)]
+COMPILE_CASES = [("bfloat16", 256, 10, 512), ("bfloat16", 4096, 10, 512), ("bfloat16", 4096, 1000, 512),
+                 ("float32", 256, 1000, 512), ("float32", 4096, 1000, 512)]  # B = 4096: the split path
 
 
 def compile_rows() -> list[dict]:

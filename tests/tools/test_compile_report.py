@@ -20,9 +20,9 @@ def rows():
 INFERENCE_KERNELS = ("semantic_sampler_kernel", "translator_pfin_kernel")
 # one stage-1 fused training step and stage-2 steps with each unroll (the phase unroll's stage-2 loss
 # reads s from the phase schedule's prefix, the row-block one's from the Learner's sampler)
-TRAINING_KERNELS = ("class_sums_kernel", "ema_update_kernel", "denoiser_x0_loss_fwd_kernel",
-                    "denoiser_x0_loss_bwd_kernel", "denoiser_wgrad_kernel", "center_loss_fwd_kernel",
-                    "center_loss_bwd_kernel", "semantic_sampler_kernel", "translator_unroll_fwd_kernel",
+TRAINING_KERNELS = ("center_ema_kernel", "denoiser_x0_loss_fwd_kernel",
+                    "denoiser_x0_loss_bwd_kernel", "denoiser_wgrad_kernel", "center_loss_train_kernel",
+                    "semantic_sampler_kernel", "translator_unroll_fwd_kernel",
                     "translator_unroll_bwd_step_kernel", "infer_phase_kernel", "unroll_phase_kernel")
 
 

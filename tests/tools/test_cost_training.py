@@ -92,7 +92,7 @@ def test_rowblock_counts_are_the_shipped_ops():
     n_ops, n_glue, n_launches = ct.fused_step_counts(cfg, 2)
     assert n_launches == 3 + 1 + 3 + K * (1 + 5) and n_ops > n_launches  # L = 3: 3 x0-loss wgrad launches
     assert 0 < n_glue < n_ops  # views (t, detach, view...) and the custom ops themselves launch no glue kernel
-    assert ct.fused_step_counts(cfg, 1)[2] == 6 + 3
+    assert ct.fused_step_counts(cfg, 1)[2] == 4 + 3  # the center EMA, the center loss, the x0 loss forward and backward; 3 wgrad launches
     rec = ct.step_ops(cfg, B, 2, "bfloat16")
     raw = ct.predict(cfg, B, 2, "rowblock", record=rec)
     graphed = ct.predict(cfg, B, 2, "rowblock-graph", record=rec)
@@ -129,17 +129,36 @@ def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
 
 
 def test_stage1_phase_prediction_follows_the_diffusion_terms_schedule():
-    """Stage 1 on phases: the diffusion term's own schedule, the launch count the hook sees (center
-    sums + EMA, center loss forward + backward, the term's L + 1 + L + 1 phases), and the glue's
+    """Stage 1 on phases: the diffusion term's own schedule, the launch count the hook sees (the
+    center EMA, the center loss with its gradient, the term's L + 1 + L + 1 phases), and the glue's
     FLOPs (the center constraint's ``dL/da`` joins the term's phases: no matmul of its own)."""
     from seda_fast.ops.runtime import kernels
     D = kernels().denoise_phases_module
     cfg, B = _cfg(), 9
     _, _, n_launches = ct.fused_step_counts(cfg, 1, "phases-save")
-    assert n_launches == 4 + sum(D.phase_counts(cfg.layers))
+    assert n_launches == 2 + sum(D.phase_counts(cfg.layers))
     p = ct.predict(cfg, B, 1, "unroll-phases-save")
     den = ct.denoise_phase_costs(cfg, B)
     assert p.counts["phases"] == len(den) and p.counts["launches"] == n_launches
     assert p.counts["flops"] > sum(r["flops"] for r in den)
     big = presets.config("default")  # where the phases beat the row blocks' per-program weight streams
     assert ct.predict(big, 256, 1, "unroll-phases-save-graph").time_s < ct.predict(big, 256, 1, "rowblock-graph").time_s
+
+
+def test_center_ema_cost_follows_the_launcher():
+    """The center EMA's modelled walk (two L2 round trips per block of RB rows, at most R rows a
+    program) and its second launch past R rows, against the launcher's own blocks and launches."""
+    import torch
+    from seda_fast.ops.runtime import kernels
+    K = kernels()
+    cfg = presets.config("default")
+    blocks = K.center_update.update_blocks(cfg.num_classes, cfg.dim)
+    lat = ct.H200.l2_latency_s
+    assert ct.center_ema_cost(cfg, 256) == (2 * -(-256 // blocks["RB"]) * lat, 0, 0)
+    R = blocks["R"]
+    for B, launches in ((R, 1), (R + 1, 2)):
+        with K.capture_launches(keep_args=False) as got:
+            K.center_ema(torch.empty(cfg.num_classes, cfg.dim), torch.zeros(cfg.num_classes, dtype=torch.bool),
+                         torch.empty(B, cfg.dim), torch.zeros(B, dtype=torch.int64), 0.9)
+        assert len(got) == launches == 1 + ct.center_ema_cost(cfg, B)[1]
+    assert ct.center_ema_cost(cfg, 4096)[0] == ct.center_ema_cost(cfg, R)[0] + 2 * lat
