@@ -132,11 +132,12 @@ def flat_split_plan(layout, order) -> tuple:
 
 
 def split_flat(flat: torch.Tensor, plan: tuple) -> tuple:
-    """The views of ``flat`` that :func:`flat_split_plan`'s ``plan`` names: one split, then a view
-    per part (autograd takes views of one buffer as gradients; a custom op may not return them)."""
+    """The views of ``flat`` that :func:`flat_split_plan`'s ``plan`` names: one split, then a
+    reshaping view per part that is not 1-D (each view is a host dispatch; autograd takes views of
+    one buffer as gradients; a custom op may not return them)."""
     sizes, picks = plan
     parts = torch.split(flat, sizes)
-    return tuple(parts[i].view(shape) for i, shape in picks)
+    return tuple(parts[i] if len(shape) == 1 else parts[i].view(shape) for i, shape in picks)
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -254,6 +254,24 @@ def test_launchers_reject_bad_input_before_launch():
         assert c.count == 0
 
 
+def test_flat_gradient_split_is_one_split_and_a_view_per_multi_dim_part():
+    """The backward's flat gradient reaches autograd as views of one buffer, in the op's order: one
+    ``split`` and a reshaping view only for the parts that are not 1-D (each op is a host dispatch)."""
+    from seda_fast.ops.runtime import split_flat
+    from seda_fast.tools.cost_baselines import record_aten_ops
+    B, d, H, nh = 3, 5, 7, 1
+    plan = ops._plan(B, d, H, nh)
+    flat = torch.arange(sum(plan[0]), dtype=torch.float32)
+    parts = split_flat(flat, plan)
+    layout = dict(K.denoise_phases_module.grad_layout(B, d, H, nh))
+    order = K.denoise_phases_module.GRAD_ORDER
+    assert [tuple(p.shape) for p in parts] == [tuple(layout[n]) for n in order]
+    assert all(p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr() for p in parts)
+    names = [o.name for o in record_aten_ops(lambda: split_flat(flat, plan))]
+    assert names.count("split_with_sizes") + names.count("split") == 1
+    assert names.count("view") == sum(len(layout[n]) > 1 for n in order) == len(names) - 1
+
+
 # --------------------------------------------------------------------------- sm_90a compile
 
 COMPILE_CASES = [("bfloat16", 256), ("bfloat16", 4096), ("float32", 256)]
