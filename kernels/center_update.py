@@ -18,7 +18,8 @@ It walks its rows in order, ``RB`` at a time: the ``RB`` labels, then the rows o
 can issue them together: a block costs about two memory round trips, not two per row. Rows are
 added one by one in batch order into fp32 accumulators, so every sum is fixed by ``R`` alone (the
 sequential sum in batch order when one split covers the batch), bitwise reproducible, with no
-atomics. Up to ``R`` rows that is also the order of the eager reference's one-hot sgemm on CPU (MKL,
+atomics. (The splits are added in split order by the EMA launch, and by ``torch.sum`` in
+:func:`class_sums`, the distributed path: both fixed, not bitwise the same as each other.) Up to ``R`` rows that is also the order of the eager reference's one-hot sgemm on CPU (MKL,
 up to a few hundred rows), so the two agree bitwise there. The EMA of a one-launch update is done by
 the program that summed (it reads its classes' flags before it writes them); with splits, by a
 second launch, a program per class block.
@@ -69,6 +70,7 @@ def _ema_block(mu_ptr, init_ptr, sums, counts, offs_c, C, d, alpha, one_minus_al
     mean = tl.div_rn(sums, tl.maximum(counts, 1.0)[:, None])
     ema = tl.where(was_init[:, None], alpha * mu + one_minus_alpha * mean, mean)
     tl.store(ptrs, ema.to(mu_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()  # every warp has read the flags (each holds a copy) before one thread writes them
     tl.store(init_ptr + offs_c, (was_init | present).to(tl.uint8), mask=cmask)
 
 
@@ -142,6 +144,8 @@ def _check_z_labels(z, labels, num_classes: int) -> tuple[int, int]:
     check_labels(labels, B, num_classes, z.device)
     if z.numel() >= 2**31:
         raise ValueError("z must have < 2^31 elements")
+    if d > 65536:  # a program holds whole rows
+        raise ValueError(f"z must be at most 65536 wide for the fused center update, got {d}; use backend='eager'")
     return B, d
 
 
@@ -161,6 +165,8 @@ def _check_centers(centers, initialized) -> tuple[int, int]:
 def _split_sums(z, labels, num_classes: int, cfg: dict, R: int):
     B, d = z.shape
     S = max(1, triton.cdiv(B, R))
+    if S > 65535:  # the grid's second dimension
+        raise ValueError(f"rows_per_split={R} cuts {B} rows into {S} splits; at most 65535 are launched")
     sums = torch.empty(S, num_classes, d, device=z.device, dtype=torch.float32)
     counts = torch.empty(S, num_classes, device=z.device, dtype=torch.float32)
     launch(class_sums_kernel, (triton.cdiv(num_classes, cfg["BN"]), S), z, labels, sums, counts, B, num_classes, d,

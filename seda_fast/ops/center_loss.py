@@ -61,7 +61,9 @@ center_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 @torch.library.custom_op("seda_fast::center_loss_train", mutates_args=())
 def center_loss_train(r: Tensor, centers: Tensor, labels: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """The mean loss (fp32 scalar, a fixed-order sum of the rows' ``loss_i / B``) and its gradient
-    ``grad_r [B, d]`` (r's dtype), in one launch."""
+    ``grad_r [B, d]`` (r's dtype), in one launch. In fp16/bf16 the gradient is rounded when stored
+    and again when the backward scales it (the two-launch path rounds once): within the dtype's
+    tolerance, no second derivative."""
     rows, grad_r = kernels().center_loss_train(r, centers, labels, temperature, 1.0 / r.shape[0])
     return rows.sum(), grad_r
 
@@ -80,6 +82,9 @@ def _setup_train_context(ctx, inputs, output):
 def _train_backward(ctx, grad_loss, grad_grad_r):
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: the saved gradient has no derivative of its own
+        raise RuntimeError("seda_fast::center_loss_train has no second derivative (its gradient is formed in the "
+                           "forward); take double backward with backend='eager'")
     grad_r, = ctx.saved_tensors
     return grad_r * grad_loss, None, None, None
 

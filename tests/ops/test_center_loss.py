@@ -160,6 +160,18 @@ def test_launch_counts_and_determinism():
             assert torch.equal(a, b)
 
 
+def test_double_backward_is_refused_not_silently_wrong():
+    """The one-launch path saves its gradient, which has no derivative of its own: a second
+    derivative through it raises (as the two-launch path's backward op, which has no autograd
+    formula, does) rather than dropping the Hessian term."""
+    r, mu, y = _problem(5, 4, 6, seed=23)
+    x = r.clone().requires_grad_()
+    (g,) = torch.autograd.grad(center_loss_ops.center_loss(x, mu, y, 0.7), x)  # first derivative: fine
+    assert g.shape == x.shape
+    with pytest.raises(RuntimeError, match="second derivative"):
+        torch.autograd.grad(center_loss_ops.center_loss(x, mu, y, 0.7), x, create_graph=True)
+
+
 def test_one_launch_gradient_equals_the_two_launch_one():
     """The mean's one-launch path (gradient formed in the forward, scaled by 1/B, times the upstream
     gradient) against the per-row forward and backward launches, with an upstream gradient of 0.3;

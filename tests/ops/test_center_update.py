@@ -153,6 +153,9 @@ def test_launchers_reject_bad_input_before_launch():
         ("rows_per_split", lambda: K.center_ema(mu.clone(), init, r, y, 0.9, rows_per_split=0)),
         ("sums", lambda: K.ema_update(mu.clone(), init, sums[None].half(), counts[None], 0.9)),
         ("counts", lambda: K.ema_update(mu.clone(), init, sums[None], counts, 0.9)),
+        ("65536 wide", lambda: K.class_sums(torch.zeros(1, 65537, device=DEVICE), y[:1], 5)),
+        ("65535", lambda: K.class_sums(torch.zeros(65536, 6, device=DEVICE),
+                                       torch.zeros(65536, dtype=torch.int64, device=DEVICE), 5, rows_per_split=1)),
     ]
     for name, call in cases:
         with K.count_launches() as c, pytest.raises((ValueError, TypeError), match=name):
