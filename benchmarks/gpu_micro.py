@@ -13,8 +13,9 @@ the interpreter, so the code cannot rot; those figures are never device claims.
 * :func:`launch_cost` - wall time per launch of an empty Triton kernel from Python;
 * :func:`launch_cost_wide` - the same for a kernel with as many arguments as a phase kernel (the
   Python launcher's cost grows with them): the cost model's ``launch_s``;
-* :func:`aten_op_cost` - host time per eager aten op issued from Python: a small element-wise op
-  (the cost model's ``aten_op_s``) and a view (``t``), which launches nothing;
+* :func:`aten_op_cost` / :func:`view_op_cost` - host time per eager aten op issued from Python: a
+  small element-wise op (the cost model's ``aten_op_s``) and a view (``t``, which launches nothing:
+  ``view_op_s``);
 * :func:`graph_boundary` - cost of one kernel boundary inside a CUDA graph (100 tiny kernels
   against 1);
 * :func:`barrier_round_trip` - one grid barrier (:func:`seda_fast.kernels._barrier.grid_barrier`)
@@ -181,13 +182,20 @@ def launch_cost_wide(device: torch.device, dry: bool) -> dict:
             "launches": n}
 
 
-def aten_op_cost(device: torch.device, dry: bool) -> dict:
-    """``x + 1`` on a ``[256, 512]`` tensor (bf16 on CUDA), and ``x.t()``, each issued ``n`` times."""
+def _host_op_cost(device: torch.device, dry: bool, op, what: str) -> dict:
+    """``op(x)`` on a ``[256, 512]`` tensor (bf16 on CUDA), issued ``n`` times."""
     cuda = device.type == "cuda"
     x = torch.randn(256, 512, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
     n = 20 if dry else 5000
-    return {"value": _host_us(lambda: x + 1, n, cuda), "unit": "us per eager element-wise op (host)",
-            "view_us": _host_us(lambda: x.t(), n, cuda), "ops": n}
+    return {"value": _host_us(lambda: op(x), n, cuda), "unit": f"us per eager {what} (host)", "ops": n}
+
+
+def aten_op_cost(device: torch.device, dry: bool) -> dict:
+    return _host_op_cost(device, dry, lambda x: x + 1, "element-wise op")
+
+
+def view_op_cost(device: torch.device, dry: bool) -> dict:
+    return _host_op_cost(device, dry, lambda x: x.t(), "view (t)")
 
 
 def graph_boundary(device: torch.device, dry: bool) -> dict:
@@ -351,6 +359,7 @@ CEILINGS = {  # name -> function; the order the GPU run measures them in
     "launch_cost": launch_cost,
     "launch_cost_wide": launch_cost_wide,
     "aten_op_cost": aten_op_cost,
+    "view_op_cost": view_op_cost,
     "graph_boundary": graph_boundary,
 }
 SYNC = {"barrier_round_trip": barrier_round_trip, "pdl": pdl, "pdl_graph_boundary": pdl_graph_boundary}  # may hang or fail: a child process of their own

@@ -8,8 +8,9 @@ config costs nothing to count. An op whose first output aliases an input (a view
 tensor inputs and writes its outputs once; ``mm``/``addmm`` do ``2 M N K`` FLOPs.
 
 * ``eager`` (the time-embedding tables recomputed each call, as :func:`reference.infer` does without
-  ``tables=``): the host issues every aten op at ``aten_op_s`` and the GPU runs every kernel at
-  ``max(FLOPs / peak, bytes / copy bandwidth)``; the two overlap, so the call takes the longer.
+  ``tables=``): the host issues every aten op at ``aten_op_s`` (a view at ``view_op_s``) and the
+  GPU runs every kernel at ``max(FLOPs / peak, bytes / copy bandwidth)``; the two overlap, so the
+  call takes the longer.
   Activation bytes are counted as HBM traffic: at small B they would sit in L2, which makes the
   GPU term an upper one there, but at small B the host term is the larger anyway.
 * ``cuda_graph`` (tables precomputed, as the benchmark's provider does): the same kernels replayed,
@@ -157,6 +158,12 @@ def predict(cfg: SeDAConfig, batch: int, impl: str = "eager", dtype: str = "bflo
     return predict_ops(aten_ops(cfg, batch, dtype, tables=impl != "eager"), batch, impl, dtype, ceilings)
 
 
+def host_s(n_ops: int, n_views: int, ceilings: Ceilings = H200) -> float:
+    """Host time of issuing ``n_ops`` aten ops of which ``n_views`` are views (``t``, ``view``,
+    ``detach``...: no launch): ``view_op_s`` each, ``aten_op_s`` for the rest."""
+    return (n_ops - n_views) * ceilings.aten_op_s + n_views * ceilings.view_op_s
+
+
 def predict_ops(ops: list[AtenOp], batch: int, impl: str = "eager", dtype: str = "bfloat16",
                 ceilings: Ceilings = H200) -> Prediction:
     """:func:`predict` for any recorded op list (an inference call, a training step)."""
@@ -173,7 +180,7 @@ def predict_ops(ops: list[AtenOp], batch: int, impl: str = "eager", dtype: str =
         gpu = sum(_kernel_s(o.flops, o.bytes, peak, ceilings) for o in kernels)
         n_kernels = len(kernels)
         if impl == "eager":
-            terms = {"GPU": gpu, "host": len(ops) * ceilings.aten_op_s}
+            terms = {"GPU": gpu, "host": host_s(len(ops), sum(o.view for o in ops), ceilings)}
         else:
             terms = {"GPU": gpu, "sync": n_kernels * ceilings.graph_boundary_s}
     if impl == "eager":

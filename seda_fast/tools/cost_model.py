@@ -37,13 +37,15 @@ class Ceilings:
     l2_latency_s: float = 0.5e-6        # one dependent load's round trip to the L2
     launch_s: float = 20e-6             # one Triton launch from Python
     aten_op_s: float = 5e-6             # host cost of one eager aten op (dispatcher + launch)
+    view_op_s: float = 5e-6             # host cost of one view op (t, view, detach...: no launch)
     graph_boundary_s: float = 1.3e-6    # one kernel boundary inside a CUDA graph
     barrier_s: float = 1e-6             # one grid barrier in a persistent kernel
     pdl_boundary_s: float = 1.3e-6      # one boundary in a CUDA graph of programmatic dependent launches
     sms: int = 132
     source: tuple = (("bf16_flops", "measured on the H200"), ("copy_bytes_per_s", "measured on the H200"),
                      ("fp32_flops", "assumed (datasheet ~67 TFLOP/s)"), ("l2_bytes_per_s", "assumed"),
-                     ("l2_per_sm_bytes_per_s", "assumed"), ("l2_latency_s", "assumed"), ("launch_s", "assumed"), ("aten_op_s", "assumed"),
+                     ("l2_per_sm_bytes_per_s", "assumed"), ("l2_latency_s", "assumed"), ("launch_s", "assumed"),
+                     ("aten_op_s", "assumed"), ("view_op_s", "assumed equal to aten_op_s until measured"),
                      ("graph_boundary_s", "assumed"), ("barrier_s", "assumed"),
                      ("pdl_boundary_s", "assumed no cheaper than graph_boundary_s until measured"),
                      ("sms", "H200 datasheet"))
@@ -51,7 +53,8 @@ class Ceilings:
     # gpu_check micro row name -> (field, factor from the row's unit to the field's)
     _FROM_MICRO = {"gemm_bf16": ("bf16_flops", 1e12), "copy_bandwidth": ("copy_bytes_per_s", 1e12),
                    "l2_bandwidth": ("l2_bytes_per_s", 1e12), "launch_cost_wide": ("launch_s", 1e-6),
-                   "aten_op_cost": ("aten_op_s", 1e-6), "l2_latency": ("l2_latency_s", 1e-6),
+                   "aten_op_cost": ("aten_op_s", 1e-6), "view_op_cost": ("view_op_s", 1e-6),
+                   "l2_latency": ("l2_latency_s", 1e-6),
                    "graph_boundary": ("graph_boundary_s", 1e-6), "barrier_round_trip": ("barrier_s", 1e-6),
                    "pdl_graph_boundary": ("pdl_boundary_s", 1e-6)}
 

@@ -58,7 +58,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from ..config import SeDAConfig
-from .cost_baselines import AtenOp, _kernel_s, predict_ops, record_aten_ops
+from .cost_baselines import AtenOp, _kernel_s, host_s, predict_ops, record_aten_ops
 from .cost_model import H200, Ceilings, Prediction, _DTYPE_BYTES
 from .cost_phases import L2_BYTES, job_counts, phase_terms
 
@@ -227,7 +227,13 @@ _CPU_ONLY = ("min", "max", "item", "_local_scalar_dense")
 
 def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
                       dtype: str = "bfloat16") -> tuple[int, int, int]:
-    """``(aten ops, glue kernels, Triton launches)`` of one step of the training ops the library ships
+    """``(aten ops, glue kernels, Triton launches)``: :func:`fused_step_ops`' first three."""
+    return fused_step_ops(cfg, stage, unroll, dtype)[:3]
+
+
+def fused_step_ops(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
+                   dtype: str = "bfloat16") -> tuple[int, int, int, int]:
+    """``(aten ops, glue kernels, Triton launches, views)`` of one step of the training ops the library ships
     (the ``"triton"`` backend's pieces in the reference losses, loss + backward, the model in
     ``dtype`` as the eager step is recorded), counted on the CPU with the launches captured, not
     run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the training implementation (the
@@ -238,6 +244,7 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
     - Glue kernels: the aten ops that launch one: not views (``t``, ``detach``, ``view``...), as the
       baselines count them, not allocations, and not the fused custom ops, whose own launches are
       the third count.
+    - Views: the aten ops that return their input's storage (the host prices them at ``view_op_s``).
     The phase schedule's semantic prefix counts as on CUDA: one graph replay (its launcher's ops
     are not issued per step), plus its input copy and output clone. The second of two steps is
     recorded, so the constant tables a first step builds are not counted. None depends on the
@@ -275,7 +282,8 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
     semantic = names.count("infer_phase_kernel")  # on CUDA: one replay of the prefix's captured graph
     glue = sum(1 for o in ops if not o.view and o.namespace != "seda_fast" and o.name not in _ALLOCATIONS)
     extra = 2 if semantic else 0  # the replay's input copy and output clone
-    return len(ops) + extra, glue + extra, len(names) - semantic + (1 if semantic else 0)
+    views = sum(1 for o in ops if o.view)
+    return len(ops) + extra, glue + extra, len(names) - semantic + (1 if semantic else 0), views
 
 
 def unroll_shapes(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16") -> Counter:
@@ -455,8 +463,8 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     matmuls, :func:`unroll_shapes`, :func:`denoise_shapes`, :func:`semantic_shapes`, leave the
     step's), and the matmuls left are the glue's (projectors, time MLP, heads), torch's, costed as
     the eager baseline costs one (roofline of FLOPs and HBM bytes); no row-block kernel runs.
-    Host: every aten op at ``aten_op_s`` and every Triton launch at ``launch_s``
-    (:func:`fused_step_counts`), overlapped with the GPU (the longer counts); with ``graph`` (the
+    Host: every aten op at ``aten_op_s`` (a view at ``view_op_s``) and every Triton launch at
+    ``launch_s`` (:func:`fused_step_ops`), overlapped with the GPU (the longer counts); with ``graph`` (the
     step captured whole) no host term, one graph boundary per launch and glue kernel (views launch
     none, as in the baselines)."""
     record = record or step_ops(cfg, batch, stage, dtype)
@@ -486,7 +494,7 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)
-    n_ops, n_glue, n_launches = fused_step_counts(cfg, stage, unroll, dtype)
+    n_ops, n_glue, n_launches, n_views = fused_step_ops(cfg, stage, unroll, dtype)
     if stage == 1:
         ema_s, more_launches, more_ops = center_ema_cost(cfg, batch, ceilings)
         gpu_s, n_launches, n_ops = gpu_s + ema_s, n_launches + more_launches, n_ops + more_ops
@@ -495,11 +503,11 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}
         time_s = sum(terms.values())
     else:  # the host issues the step while the GPU runs it: the longer of the two
-        terms = {"GPU": gpu_s + boundaries, "host": n_ops * ceilings.aten_op_s + n_launches * ceilings.launch_s}
+        terms = {"GPU": gpu_s + boundaries, "host": host_s(n_ops, n_views, ceilings) + n_launches * ceilings.launch_s}
         time_s = max(terms.values())
     flops = sum(2.0 * m * n * k for m, n, k in shapes) + glue_flops + sum(p["flops"] for p in phases)
-    counts.update(aten_ops=n_ops, glue_kernels=n_glue, launches=n_launches, flops=flops, saved_bytes=None,
-                  phases=len(phases) or None, glue_s=glue_s)
+    counts.update(aten_ops=n_ops, views=n_views, glue_kernels=n_glue, launches=n_launches, flops=flops,
+                  saved_bytes=None, phases=len(phases) or None, glue_s=glue_s)
     name = "rowblock" if unroll == "rowblock" else f"unroll-{unroll}"
     return Prediction(name + ("-graph" if graph else ""), batch, time_s, max(terms, key=terms.get), terms, counts)
 

@@ -17,7 +17,8 @@ from ..config import SeDAConfig
 KIND = "seda_fast.gpu_check"
 _CEILING_ROWS = (("gemm_bf16", "bf16_flops", 1e12, "TFLOP/s"), ("copy_bandwidth", "copy_bytes_per_s", 1e12, "TB/s"),
                  ("l2_bandwidth", "l2_bytes_per_s", 1e12, "TB/s"), ("launch_cost_wide", "launch_s", 1e-6, "us"),
-                 ("aten_op_cost", "aten_op_s", 1e-6, "us"), ("l2_latency", "l2_latency_s", 1e-6, "us"),
+                 ("aten_op_cost", "aten_op_s", 1e-6, "us"), ("view_op_cost", "view_op_s", 1e-6, "us"),
+                 ("l2_latency", "l2_latency_s", 1e-6, "us"),
                  ("graph_boundary", "graph_boundary_s", 1e-6, "us"), ("barrier_round_trip", "barrier_s", 1e-6, "us"))
 
 

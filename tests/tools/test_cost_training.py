@@ -162,3 +162,18 @@ def test_center_ema_cost_follows_the_launcher():
                          torch.empty(B, cfg.dim), torch.zeros(B, dtype=torch.int64), 0.9)
         assert len(got) == launches == 1 + ct.center_ema_cost(cfg, B)[1]
     assert ct.center_ema_cost(cfg, 4096)[0] == ct.center_ema_cost(cfg, R)[0] + 2 * lat
+
+
+def test_views_are_priced_at_their_own_host_cost():
+    """A view (``t``, ``view``, ``detach``...) launches nothing; the host prices it at ``view_op_s``
+    (assumed equal to ``aten_op_s`` until the GPU run's ``view_op_cost`` measures it), in the eager
+    baseline and in the fused step alike."""
+    from dataclasses import replace
+    cfg, B = _cfg(), 9
+    rec = ct.step_ops(cfg, B, 1, "bfloat16")
+    n_ops, _, _, n_views = ct.fused_step_ops(cfg, 1, "phases-save")
+    assert 0 < n_views < n_ops
+    cheap = replace(ct.H200, view_op_s=1e-6)
+    for impl, views in (("unroll-phases-save", n_views), ("eager", sum(o.view for o in rec.ops))):
+        full = ct.predict(cfg, B, 1, impl, record=rec).terms["host"]
+        assert full - ct.predict(cfg, B, 1, impl, ceilings=cheap, record=rec).terms["host"] == pytest.approx(views * 4e-6)
