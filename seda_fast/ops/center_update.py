@@ -1,7 +1,8 @@
 """Custom ops around :mod:`seda_fast.kernels.center_update`: the center EMA as a deterministic
 per-class scatter-mean.
 
-``seda_fast::center_ema_(centers!, initialized!, z, labels, momentum)`` (in place, one launch);
+``seda_fast::center_ema_(centers!, initialized!, z, labels, momentum)`` (in place, one launch up to
+512 rows, two past them);
 ``seda_fast::class_sums(z, labels, num_classes) -> (sums [C, d] fp32, counts [C] fp32)`` and
 ``seda_fast::ema_update_(centers!, initialized!, sums, counts, momentum)`` (in place), the same in
 two launches. :func:`update_centers` (= ``reference.update_centers``) takes the one launch, or under
@@ -40,7 +41,8 @@ def _(centers, initialized, sums, counts, momentum):
 
 @torch.library.custom_op("seda_fast::center_ema_", mutates_args=("centers", "initialized"))
 def center_ema_(centers: Tensor, initialized: Tensor, z: Tensor, labels: Tensor, momentum: float) -> None:
-    """In place: :func:`class_sums` of ``z`` then :func:`ema_update_` on them, in one launch."""
+    """In place: :func:`class_sums` of ``z`` then :func:`ema_update_` on them, in one launch (two past
+    ``kernels.center_update.update_blocks``' ``R`` rows: the splits' sums, then their EMA)."""
     kernels().center_ema(centers, initialized, z, labels, momentum)
 
 
@@ -51,8 +53,8 @@ def _(centers, initialized, z, labels, momentum):
 
 def update_centers(centers: Tensor, initialized: Tensor, z: Tensor, labels: Tensor, momentum: float) -> None:
     """``reference.update_centers`` on buffers: ``centers [C, d]``, ``initialized [C]`` bool (both
-    updated in place), ``z [B, d]``, ``labels [B]``. One launch; under torch.distributed two, with
-    the all-reduce of sums and counts in between."""
+    updated in place), ``z [B, d]``, ``labels [B]``. One launch (two past 512 rows); under
+    torch.distributed two, with the all-reduce of sums and counts in between."""
     with torch.no_grad():
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             center_ema_(centers, initialized, z.detach(), labels, float(momentum))
