@@ -129,22 +129,6 @@ def _empty_kernel(x_ptr):
     pass
 
 
-def launch_cost(device: torch.device, dry: bool) -> dict:
-    cuda = device.type == "cuda"
-    x = torch.zeros(1, device=device)
-    n = 20 if dry else 2000
-    _empty_kernel[(1,)](x)  # compile
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        _empty_kernel[(1,)](x)
-    if cuda:
-        torch.cuda.synchronize()
-    return {"value": (time.perf_counter() - t0) / n * 1e6, "unit": "us per launch (Python, empty Triton kernel)",
-            "launches": n}
-
-
 def _host_us(fn, n: int, cuda: bool) -> float:
     """Wall microseconds per call of ``fn`` over ``n`` calls issued back to back (host-bound when the
     work is tiny), after a warm-up call and with the device idle at the start."""
@@ -157,6 +141,13 @@ def _host_us(fn, n: int, cuda: bool) -> float:
     if cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / n * 1e6
+
+
+def launch_cost(device: torch.device, dry: bool) -> dict:
+    x = torch.zeros(1, device=device)
+    n = 20 if dry else 2000
+    return {"value": _host_us(lambda: _empty_kernel[(1,)](x), n, device.type == "cuda"),
+            "unit": "us per launch (Python, empty Triton kernel)", "launches": n}
 
 
 @triton.jit

@@ -18,8 +18,9 @@ The forward saves ``lse [B]`` (fp32, 4 bytes a row); the backward recomputes the
 ``r`` and ``mu`` and accumulates ``(p - onehot) @ mu`` over class tiles, one ``BD``-wide column
 chunk of ``d`` per program. For a loss that will be differentiated, :func:`center_loss_train` does
 both in one launch: each program forms its rows' lse, then their gradient on its column chunk, so
-the backward is one multiply by the upstream gradient. Out-of-range labels are masked (no out-of-bounds read); the launchers
-check their range when the labels are on the CPU (on CUDA that check would sync the device).
+the backward is one multiply by the upstream gradient. Out-of-range labels are masked (no
+out-of-bounds read); the launchers check their range when the labels are on the CPU (on CUDA that
+check would sync the device).
 """
 from __future__ import annotations
 

@@ -19,8 +19,9 @@ can issue them together: a block costs about two memory round trips, not two per
 added one by one in batch order into fp32 accumulators, so every sum is fixed by ``R`` alone (the
 sequential sum in batch order when one split covers the batch), bitwise reproducible, with no
 atomics. (The splits are added in split order by the EMA launch, and by ``torch.sum`` in
-:func:`class_sums`, the distributed path: both fixed, not bitwise the same as each other.) Up to ``R`` rows that is also the order of the eager reference's one-hot sgemm on CPU (MKL,
-up to a few hundred rows), so the two agree bitwise there. The EMA of a one-launch update is done by
+:func:`class_sums`, the distributed path: both fixed, not bitwise the same as each other.) Up to
+``R`` rows that is also the order of the eager reference's one-hot sgemm on CPU (MKL, up to a few
+hundred rows), so the two agree bitwise there. The EMA of a one-launch update is done by
 the program that summed (it reads its classes' flags before it writes them); with splits, by a
 second launch, a program per class block.
 """
