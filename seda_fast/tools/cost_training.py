@@ -222,7 +222,7 @@ def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save"
 # inside a fused op: ops that launch no kernel (allocations), and the label range check the
 # launchers run on CPU tensors only (on a GPU it would sync, so they skip it there)
 _ALLOCATIONS = ("empty", "empty_like", "empty_strided", "new_empty")
-_CPU_ONLY = ("min", "max", "item", "_local_scalar_dense")
+_CPU_ONLY = ("aminmax", "stack")
 
 
 def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",

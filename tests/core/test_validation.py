@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import seda_fast as sf
+from seda_fast import validation as val
 
 from helpers import make_batch, make_model
 
@@ -66,10 +67,18 @@ def test_bad_labels(model):
         model(v, y[:4])
     with pytest.raises(ValueError, match=r"labels must be in \[0, 7\)"):
         model(v, torch.tensor([0, 1, 2, 3, 7]))
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 7\)"):
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 7\), got values in \[-1, 4\]"):
         model(v, torch.tensor([0, -1, 2, 3, 4]))
     with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
         model(v, [0, 1, 2, 3, 4])
+
+
+def test_label_range_reads_back_once():
+    """The range check reads the labels back once (one sync on a GPU): one aminmax, no min/max pair."""
+    from seda_fast.tools.cost_baselines import record_aten_ops
+    labels = torch.tensor([3, 0, 6, 2], dtype=torch.int32)
+    names = [o.name for o in record_aten_ops(lambda: val.check_labels(labels, 4, 7))]
+    assert names.count("aminmax") == 1 and not {"min", "max", "item", "_local_scalar_dense"} & set(names), names
 
 
 def test_bad_text_and_noise(model):
