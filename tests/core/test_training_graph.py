@@ -49,8 +49,18 @@ def test_no_host_read_while_capturing(stage, monkeypatch):
     reads = collections.Counter(o.name for o in record_aten_ops(lambda: _step(model, stage, visual, labels, text))
                                 if o.name in HOST_READS)
     assert not reads, dict(reads)
-    with pytest.raises(RuntimeError, match=r"labels must be in \[0, "):
-        _step(model, stage, visual, torch.full_like(labels, model.config.num_classes), text)
+    for bad in (model.config.num_classes, -1):
+        with pytest.raises(RuntimeError, match=r"labels must be in \[0, "):
+            _step(model, stage, visual, torch.full_like(labels, bad), text)
+
+
+def test_label_check_while_capturing_is_four_kernels(monkeypatch):
+    """A captured step pays its label range check on every replay: clamp, eq, all and the assert (the
+    cost model prices these four kernel boundaries), none reading back."""
+    labels = torch.tensor([2, 0, 6], device=DEVICE)
+    monkeypatch.setattr(validation, "stream_capturing", lambda x: True)
+    names = [o.name for o in record_aten_ops(lambda: validation.check_labels(labels, 3, 7)) if not o.view]
+    assert names == ["clamp", "eq", "all", "_assert_async"], names
 
 
 @pytest.mark.parametrize("stage", [1, 2])
