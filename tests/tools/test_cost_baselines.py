@@ -84,6 +84,6 @@ def test_nested_recording_sees_what_a_fused_op_issues_around_its_launches():
     assert [o.name for o in flat] == ["class_sums"] and not flat[0].inside
     assert nested[0].name == "class_sums" and nested[0].namespace == "seda_fast"
     inner = [o.name for o in nested[1:] if not o.view]
-    assert {"empty", "min", "max"} <= set(inner) and all(o.inside == "class_sums" for o in nested[1:])
+    assert {"empty", "aminmax"} <= set(inner) and all(o.inside == "class_sums" for o in nested[1:])
     casts = cost_baselines.record_aten_ops(lambda: (z.to(torch.bfloat16), z.to(torch.float32)))
     assert [o.view for o in casts if o.name == "to" or o.name == "_to_copy"][-1] is False
