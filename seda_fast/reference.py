@@ -110,7 +110,7 @@ def _start(T: int, cond: torch.Tensor, noise: torch.Tensor | None) -> torch.Tens
     """``x_{tau_K} = sqrt(abar_T) c + sqrt(1 - abar_T) xi`` (``noise=None`` means ``xi = 0``)."""
     c0, c1 = schedule.start_coefficients(T)
     x = c0 * cond
-    return x if noise is None else x + c1 * noise.to(cond.dtype)
+    return x if noise is None else torch.add(x, noise.to(cond.dtype), alpha=c1)  # one kernel for + c1 xi
 
 
 # --------------------------------------------------------------------------- samplers
