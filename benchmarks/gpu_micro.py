@@ -189,6 +189,17 @@ def view_op_cost(device: torch.device, dry: bool) -> dict:
     return _host_op_cost(device, dry, lambda x: x.t(), "view (t)")
 
 
+def label_check_cost(device: torch.device, dry: bool) -> dict:
+    """The range check a training step runs on its labels (``[256]`` int64, 10 classes): a reduction
+    and its two scalar reads, the device idle (in a step the first read also waits for the previous
+    step's tail)."""
+    from seda_fast import validation
+    labels = torch.arange(256, device=device) % 10
+    n = 20 if dry else 2000
+    return {"value": _host_us(lambda: validation.check_labels(labels, 256, 10), n, device.type == "cuda"),
+            "unit": "us per label range check (reduction + read-backs)", "checks": n}
+
+
 def graph_boundary(device: torch.device, dry: bool) -> dict:
     if device.type != "cuda":
         return {"skipped": "CUDA graphs need a CUDA device"}
@@ -351,6 +362,7 @@ CEILINGS = {  # name -> function; the order the GPU run measures them in
     "launch_cost_wide": launch_cost_wide,
     "aten_op_cost": aten_op_cost,
     "view_op_cost": view_op_cost,
+    "label_check_cost": label_check_cost,
     "graph_boundary": graph_boundary,
 }
 SYNC = {"barrier_round_trip": barrier_round_trip, "pdl": pdl, "pdl_graph_boundary": pdl_graph_boundary}  # may hang or fail: a child process of their own

@@ -38,6 +38,7 @@ class Ceilings:
     launch_s: float = 20e-6             # one Triton launch from Python
     aten_op_s: float = 5e-6             # host cost of one eager aten op (dispatcher + launch)
     view_op_s: float = 5e-6             # host cost of one view op (t, view, detach...: no launch)
+    label_check_s: float = 25e-6        # a training step's label range check: a reduction, 2 reads, a sync
     graph_boundary_s: float = 1.3e-6    # one kernel boundary inside a CUDA graph
     barrier_s: float = 1e-6             # one grid barrier in a persistent kernel
     pdl_boundary_s: float = 1.3e-6      # one boundary in a CUDA graph of programmatic dependent launches
@@ -46,6 +47,7 @@ class Ceilings:
                      ("fp32_flops", "assumed (datasheet ~67 TFLOP/s)"), ("l2_bytes_per_s", "assumed"),
                      ("l2_per_sm_bytes_per_s", "assumed"), ("l2_latency_s", "assumed"), ("launch_s", "assumed"),
                      ("aten_op_s", "assumed"), ("view_op_s", "assumed equal to aten_op_s until measured"),
+                     ("label_check_s", "assumed: 3 ops and a 10 us sync"),
                      ("graph_boundary_s", "assumed"), ("barrier_s", "assumed"),
                      ("pdl_boundary_s", "assumed no cheaper than graph_boundary_s until measured"),
                      ("sms", "H200 datasheet"))
@@ -54,6 +56,7 @@ class Ceilings:
     _FROM_MICRO = {"gemm_bf16": ("bf16_flops", 1e12), "copy_bandwidth": ("copy_bytes_per_s", 1e12),
                    "l2_bandwidth": ("l2_bytes_per_s", 1e12), "launch_cost_wide": ("launch_s", 1e-6),
                    "aten_op_cost": ("aten_op_s", 1e-6), "view_op_cost": ("view_op_s", 1e-6),
+                   "label_check_cost": ("label_check_s", 1e-6),
                    "l2_latency": ("l2_latency_s", 1e-6),
                    "graph_boundary": ("graph_boundary_s", 1e-6), "barrier_round_trip": ("barrier_s", 1e-6),
                    "pdl_graph_boundary": ("pdl_boundary_s", 1e-6)}

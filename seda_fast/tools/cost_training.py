@@ -222,7 +222,7 @@ def predict_phases(cfg: SeDAConfig, batch: int, stage: int, policy: str = "save"
 # inside a fused op: ops that launch no kernel (allocations), and the label range check the
 # launchers run on CPU tensors only (on a GPU it would sync, so they skip it there)
 _ALLOCATIONS = ("empty", "empty_like", "empty_strided", "new_empty")
-_CPU_ONLY = ("aminmax", "stack")
+_CPU_ONLY = ("aminmax", "item", "_local_scalar_dense")
 
 
 def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
@@ -519,19 +519,39 @@ def _tiles(BM: int, BN: int):
 
 def predict(cfg: SeDAConfig, batch: int, stage: int, impl: str, dtype: str = "bfloat16",
             ceilings: Ceilings = H200, record: StepRecord | None = None) -> Prediction:
-    """Predicted step time of ``impl`` (:data:`IMPLS`) for ``stage`` at ``batch``."""
+    """Predicted step time of ``impl`` (:data:`IMPLS`) for ``stage`` at ``batch``, the model's label
+    range check included (:func:`with_label_check`)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     record = record or step_ops(cfg, batch, stage, dtype)
     if impl.startswith("phases-"):
-        return predict_phases(cfg, batch, stage, impl.split("-", 1)[1], dtype, ceilings, record)
-    if impl.startswith(("rowblock", "unroll-")):
+        p = predict_phases(cfg, batch, stage, impl.split("-", 1)[1], dtype, ceilings, record)
+    elif impl.startswith(("rowblock", "unroll-")):
         graph = impl.endswith("-graph")
         base = impl[:-len("-graph")] if graph else impl
         unroll = "rowblock" if base == "rowblock" else base[len("unroll-"):]
-        return predict_rowblock(cfg, batch, stage, dtype, ceilings, record, graph=graph, unroll=unroll)
-    p = predict_ops(record.ops, batch, impl, dtype, ceilings)
-    return replace(p, counts=dict(p.counts, saved_bytes=record.saved_bytes))
+        p = predict_rowblock(cfg, batch, stage, dtype, ceilings, record, graph=graph, unroll=unroll)
+    else:
+        p = predict_ops(record.ops, batch, impl, dtype, ceilings)
+        p = replace(p, counts=dict(p.counts, saved_bytes=record.saved_bytes))
+    return with_label_check(p, impl, ceilings)
+
+
+LABEL_CHECK_KERNELS = 4  # clamp, eq, all and the device-side assert, while a CUDA graph is captured
+
+
+def with_label_check(p: Prediction, impl: str, ceilings: Ceilings = H200) -> Prediction:
+    """``p`` plus the label range check of a step run as users run it (``model(visual, labels)``;
+    :func:`step_ops` and :func:`fused_step_ops` record the reference's loss, without it): issued from
+    Python its reduction and scalar reads (``label_check_s``), which the host waits on, so
+    nothing overlaps it; in a CUDA graph (``*-graph``, and the whole-phase-step designs) its
+    :data:`LABEL_CHECK_KERNELS` device-side kernels; under torch.compile nothing (the check is
+    skipped while tracing)."""
+    if impl == "torch_compile":
+        return p
+    graph = impl.endswith("-graph") or impl.startswith("phases-")
+    extra = LABEL_CHECK_KERNELS * ceilings.graph_boundary_s if graph else ceilings.label_check_s
+    return replace(p, time_s=p.time_s + extra, terms=dict(p.terms, labels=extra))
 
 
 def comparison(cfg: SeDAConfig, batches=BATCHES, dtype: str = "bfloat16", ceilings: Ceilings = H200) -> list[dict]:

@@ -15,11 +15,14 @@ from . import cost_model
 from ..config import SeDAConfig
 
 KIND = "seda_fast.gpu_check"
-_CEILING_ROWS = (("gemm_bf16", "bf16_flops", 1e12, "TFLOP/s"), ("copy_bandwidth", "copy_bytes_per_s", 1e12, "TB/s"),
-                 ("l2_bandwidth", "l2_bytes_per_s", 1e12, "TB/s"), ("launch_cost_wide", "launch_s", 1e-6, "us"),
-                 ("aten_op_cost", "aten_op_s", 1e-6, "us"), ("view_op_cost", "view_op_s", 1e-6, "us"),
-                 ("l2_latency", "l2_latency_s", 1e-6, "us"),
-                 ("graph_boundary", "graph_boundary_s", 1e-6, "us"), ("barrier_round_trip", "barrier_s", 1e-6, "us"))
+
+
+def _ceiling_rows():
+    """``(micro row name, Ceilings field, factor, unit)`` for every figure a GPU run measures
+    (:attr:`Ceilings._FROM_MICRO`, in its order)."""
+    for name, (fld, factor) in cost_model.Ceilings._FROM_MICRO.items():
+        unit = "us" if factor < 1 else ("TFLOP/s" if fld.endswith("flops") else "TB/s")
+        yield name, fld, factor, unit
 
 
 def is_gpu_check(doc: dict) -> bool:
@@ -59,7 +62,7 @@ def markdown(doc) -> str:
              "|---|---:|---:|---|---|"]
     micro = {r["name"]: r for r in _rows(doc, "micro", None)}
     default = cost_model.H200
-    for name, fld, scale, unit in _CEILING_ROWS:
+    for name, fld, scale, unit in _ceiling_rows():
         row = micro.get(name, {})
         got = row.get("value") if row.get("status") == "ok" else None
         lines.append(f"| {name} | {_f(getattr(default, fld) / scale)} | {_f(got)} | {unit} "

@@ -15,6 +15,7 @@ import torch
 from helpers import make_batch, make_model
 from seda_fast import schedule, validation
 from seda_fast.ops.runtime import kernels
+from seda_fast.tools import cost_training
 from seda_fast.tools.cost_baselines import record_aten_ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,6 +62,7 @@ def test_label_check_while_capturing_is_four_kernels(monkeypatch):
     monkeypatch.setattr(validation, "stream_capturing", lambda x: True)
     names = [o.name for o in record_aten_ops(lambda: validation.check_labels(labels, 3, 7)) if not o.view]
     assert names == ["clamp", "eq", "all", "_assert_async"], names
+    assert len(names) == cost_training.LABEL_CHECK_KERNELS
 
 
 @pytest.mark.parametrize("stage", [1, 2])

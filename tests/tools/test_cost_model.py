@@ -62,6 +62,7 @@ def test_ceilings_from_a_gpu_run():
             {"section": "micro", "name": "launch_cost_wide", "status": "ok", "value": 14.0},
             {"section": "micro", "name": "aten_op_cost", "status": "ok", "value": 4.5},
             {"section": "micro", "name": "view_op_cost", "status": "ok", "value": 1.0},
+            {"section": "micro", "name": "label_check_cost", "status": "ok", "value": 31.0},
             {"section": "micro", "name": "l2_bandwidth", "status": "error"},
             {"section": "micro", "name": "gemm_bf16", "status": "ok", "value": 0.003, "dry_run": True},
             {"section": "env", "name": "device", "status": "ok", "sms": 132}]
@@ -70,7 +71,7 @@ def test_ceilings_from_a_gpu_run():
     assert got.pdl_boundary_s == pytest.approx(0.6e-6)
     # a phase kernel's launch is priced by the wide kernel's (its argument list), not the empty one's
     assert got.launch_s == pytest.approx(14e-6) and got.aten_op_s == pytest.approx(4.5e-6)
-    assert got.view_op_s == pytest.approx(1e-6)
+    assert got.view_op_s == pytest.approx(1e-6) and got.label_check_s == pytest.approx(31e-6)
     assert got.l2_bytes_per_s == cm.H200.l2_bytes_per_s and got.bf16_flops == cm.H200.bf16_flops  # error, dry run
     source = dict(got.source)
     assert source["copy_bytes_per_s"] == "measured: run X" and source["l2_bytes_per_s"] == "assumed"

@@ -1,9 +1,12 @@
 """The training-step cost model (seda_fast/tools/cost_training.py): its counts follow the eager step
 by construction, the policies differ only where they should, and the table and targets print."""
+from dataclasses import replace
+
 import pytest
 
 from seda_fast import presets
 from seda_fast.tools import cost_training as ct
+from seda_fast.tools.cost_model import H200
 
 
 def _cfg():
@@ -61,7 +64,7 @@ def test_baselines_and_bad_arguments():
     cfg, B = _cfg(), 9
     rec = ct.step_ops(cfg, B, 2, "bfloat16")
     eager = ct.predict(cfg, B, 2, "eager", record=rec)
-    assert eager.bound == "host" and eager.time_s == pytest.approx(len(rec.ops) * 5e-6)
+    assert eager.bound == "host" and eager.time_s == pytest.approx(len(rec.ops) * 5e-6 + 25e-6)  # + the label check
     assert ct.predict(cfg, B, 2, "torch_compile", record=rec).time_s < eager.time_s
     with pytest.raises(ValueError, match="impl"):
         ct.predict(cfg, B, 2, "jit", record=rec)
@@ -69,6 +72,23 @@ def test_baselines_and_bad_arguments():
         ct.predict_phases(cfg, B, 2, "keep", record=rec)
     with pytest.raises(ValueError, match="stage"):
         ct.step_ops(cfg, B, 3)
+
+
+def test_label_check_is_priced_as_a_user_step_runs_it():
+    """A step through the model runs the label range check the recorded reference loss skips: issued
+    from Python its measured-or-assumed cost, in a CUDA graph its four kernels, under torch.compile
+    nothing (skipped while tracing)."""
+    cfg, B = _cfg(), 9
+    rec = ct.step_ops(cfg, B, 1, "bfloat16")
+    slow = replace(H200, label_check_s=1e-3)
+    assert ct.LABEL_CHECK_KERNELS == 4  # clamp, eq, all, assert: tests/core/test_training_graph.py counts them
+    for impl, extra in (("eager", H200.label_check_s), ("unroll-phases-save", H200.label_check_s),
+                        ("unroll-phases-save-graph", 4 * H200.graph_boundary_s),
+                        ("rowblock-graph", 4 * H200.graph_boundary_s), ("torch_compile", 0.0)):
+        p, q = ct.predict(cfg, B, 1, impl, record=rec), ct.predict(cfg, B, 1, impl, ceilings=slow, record=rec)
+        assert p.terms.get("labels", 0.0) == pytest.approx(extra), impl
+        issued = impl in ("eager", "unroll-phases-save")
+        assert q.time_s - p.time_s == pytest.approx(1e-3 - extra if issued else 0.0, abs=1e-12), impl
 
 
 def test_table_and_targets(capsys):

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from seda_fast.tools import cost_model
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
@@ -36,7 +38,8 @@ def test_dry_run_end_to_end_and_report(tmp_path):
     env = _by(doc, section="env")[0]
     assert env["versions"]["torch"] and env["status"] == "ok"
     micro = {r["name"]: r for r in _by(doc, section="micro")}
-    for name in ("gemm_bf16", "copy_bandwidth", "l2_bandwidth", "launch_cost", "launch_cost_wide", "aten_op_cost", "view_op_cost", "l2_latency",
+    for name in ("gemm_bf16", "copy_bandwidth", "l2_bandwidth", "launch_cost", "launch_cost_wide", "aten_op_cost", "view_op_cost",
+                 "label_check_cost", "l2_latency",
                  "barrier_round_trip"):
         assert micro[name]["status"] == "ok" and micro[name]["value"] > 0, micro[name]
     assert micro["barrier_round_trip"]["counter_ok"]  # the barrier's code ran on a one-program grid
@@ -65,6 +68,8 @@ def test_dry_run_end_to_end_and_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = (report_dir / "gpu_check.md").read_text()
     assert "dry run" in text and "fused:rowblock" in text and "## Training steps" in text
+    for name in cost_model.Ceilings._FROM_MICRO:  # every figure that replaces an assumption has its row
+        assert f"| {name} |" in text, name
     assert (report_dir / "gpu_check_inference.png").stat().st_size > 0
 
 
