@@ -18,9 +18,9 @@ Jobs, in order of value:
 
 1. ``env``: device, SMs, L2 size, clocks, versions, an NVML snapshot.
 2. ``micro``: ceilings (bf16 matmul, copy and L2 bandwidth, L2 latency, Python launch cost, the
-   host cost of an op, a view and the label check, the kernel boundary in a CUDA graph), then ``sync``: a grid barrier in a cooperative launch and
-   programmatic dependent launch (:mod:`gpu_micro`). They replace the cost model's assumed
-   ceilings in the report.
+   host cost of an op, a view and the label check, the kernel boundary in a CUDA graph), then
+   ``sync``: a grid barrier in a cooperative launch and programmatic dependent launch
+   (:mod:`gpu_micro`). They replace the cost model's assumed ceilings in the report.
 3. Inference, bf16, B = 64 and 16384: ``eager`` (the eager backend as users run it) with
    ``cuda_graph`` (a CUDA graph of the eager loop, tables precomputed), each fused
    implementation (``fused:<impl>``; ``fused:phases-raw`` one launch per phase without the CUDA

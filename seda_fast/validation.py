@@ -63,7 +63,8 @@ def check_labels(labels, batch: int, num_classes: int | None, device: torch.devi
     if num_classes is None or torch.compiler.is_compiling():
         return  # a data-dependent branch would break the graph; cross_entropy still rejects bad ids
     if stream_capturing(labels):  # reading the range would sync: check on the device, at replay
-        in_range = labels.clamp(0, num_classes - 1).eq(labels).all()  # 3 kernels, then the assert's
+        top = min(num_classes - 1, torch.iinfo(labels.dtype).max)  # uint8 labels with C > 256: all in range
+        in_range = labels.clamp(0, top).eq(labels).all()  # 3 kernels, then the assert's
         torch._assert_async(in_range, f"{name} must be in [0, {num_classes})")
         return
     if labels.numel() == 0:

@@ -63,6 +63,9 @@ def test_label_check_while_capturing_is_four_kernels(monkeypatch):
     names = [o.name for o in record_aten_ops(lambda: validation.check_labels(labels, 3, 7)) if not o.view]
     assert names == ["clamp", "eq", "all", "_assert_async"], names
     assert len(names) == cost_training.LABEL_CHECK_KERNELS
+    validation.check_labels(torch.tensor([255, 0], dtype=torch.uint8, device=DEVICE), 2, 300)  # C past uint8
+    with pytest.raises(RuntimeError, match=r"labels must be in \[0, 200\)"):
+        validation.check_labels(torch.tensor([250, 0], dtype=torch.uint8, device=DEVICE), 2, 200)
 
 
 @pytest.mark.parametrize("stage", [1, 2])
