@@ -16,6 +16,8 @@ the interpreter, so the code cannot rot; those figures are never device claims.
 * :func:`aten_op_cost` / :func:`view_op_cost` - host time per eager aten op issued from Python: a
   small element-wise op (the cost model's ``aten_op_s``) and a view (``t``, which launches nothing:
   ``view_op_s``);
+* :func:`label_check_cost` - the label range check a training step runs through the model (a
+  reduction and its read-back): the cost model's ``label_check_s``;
 * :func:`graph_boundary` - cost of one kernel boundary inside a CUDA graph (100 tiny kernels
   against 1);
 * :func:`barrier_round_trip` - one grid barrier (:func:`seda_fast.kernels._barrier.grid_barrier`)
