@@ -1,6 +1,10 @@
 """The training-step cost model (seda_fast/tools/cost_training.py): its counts follow the eager step
 by construction, the policies differ only where they should, and the table and targets print."""
+import contextlib
+import io
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -91,16 +95,57 @@ def test_label_check_is_priced_as_a_user_step_runs_it():
         assert q.time_s - p.time_s == pytest.approx(1e-3 - extra if issued else 0.0, abs=1e-12), impl
 
 
-def test_table_and_targets(capsys):
+@pytest.fixture(scope="module")
+def default_report() -> tuple[str, list[dict]]:
+    """What ``python -m seda_fast cost-training`` prints (the default config's table and targets), and
+    the rows it printed them from."""
+    out, seen = io.StringIO(), []
+    comparison = ct.comparison
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(ct, "comparison", lambda *a, **k: seen.append(comparison(*a, **k)) or seen[-1])
+        assert ct.main(["--dtype", "bfloat16"]) == 0
+    return out.getvalue(), seen[0]
+
+
+def test_table_and_targets(default_report):
     rows = ct.comparison(_cfg(), batches=(8,))
     assert {r["impl"] for r in rows} == set(ct.IMPLS) and {r["stage"] for r in rows} == set(ct.STAGES)
     text = ct.table(rows)
     assert text.count("| phases-recompute |") == 2
     lines = ct.target_lines(rows)
     assert any("stage 2, B=8: recompute saves" in ln for ln in lines)
-    assert ct.main(["--dtype", "bfloat16"]) == 0  # the default config's table
-    out = capsys.readouterr().out
-    assert "| 2 | 4096 | phases-save |" in out and "target 1.2x" in out
+    printed = default_report[0]
+    assert "| 2 | 4096 | phases-save |" in printed and "target 1.2x" in printed
+
+
+# README's training prediction table: its columns, left to right, after stage and B
+README_COLUMNS = ("eager", "torch_compile", "rowblock", "rowblock-graph", "unroll-phases-save",
+                  "unroll-phases-save-graph", "unroll-phases-recompute-graph", "phases-save")
+
+
+def test_readme_training_table_is_what_the_tool_prints(default_report):
+    """Every cell of README's training prediction table is the tool's figure, rounded to the digits
+    README shows, with the tool's bound (docs that match the code)."""
+    printed = {(r["stage"], r["batch"], r["impl"]): (r["time_s"] * 1e3, r["bound"]) for r in default_report[1]}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    head = "| stage | B | eager | torch.compile | row blocks | row blocks, one graph |"
+    assert readme.count(head) == 1
+    body = readme[readme.index(head):].splitlines()[2:]
+    rows = [ln for ln in body[:body.index("")]]
+    assert [tuple(int(c) for c in ln.strip("|").split("|")[:2]) for ln in rows] == [(1, 256), (1, 4096),
+                                                                                    (2, 256), (2, 4096)]
+    for line in rows:
+        stage, batch, *cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(README_COLUMNS), line
+        for impl, cell in zip(README_COLUMNS, cells):
+            key = (int(stage), int(batch), impl)
+            if cell == "as save (no unroll)":
+                assert key[0] == 1 and key not in printed
+                continue
+            shown, bound = re.fullmatch(r"([0-9.]+) \((\w+)\)", cell).groups()
+            ms, tool_bound = printed[key]
+            decimals = len(shown.partition(".")[2])
+            assert (f"{ms:.{decimals}f}", bound) == (shown, tool_bound), (key, cell, ms)
 
 
 def test_rowblock_counts_are_the_shipped_ops():
