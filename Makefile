@@ -14,9 +14,12 @@ demo: setup
 demo-quick: setup
 	$(PY) -m seda_fast demo --quick $(ARGS)
 
-# Tests: CPU, Triton kernels under the interpreter; benchmarks run once each, untimed.
+# Tests: CPU, Triton kernels under the interpreter; benchmarks run once each, untimed. The test
+# files are shared among TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so
+# its module fixtures are built once); TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: setup
-	TRITON_INTERPRET=1 $(PY) -m pytest tests benchmarks -q --benchmark-disable $(ARGS)
+	TRITON_INTERPRET=1 $(PY) -m pytest tests benchmarks -q --benchmark-disable -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: setup
 	$(PY) -m pytest benchmarks $(ARGS)

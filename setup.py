@@ -20,7 +20,7 @@ setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3.5", "hypothesis>=6"],
         "bench": ["nvidia-ml-py>=12", "matplotlib>=3.7"],
         "data": [
             "efficientnet-lite-pytorch>=0.1.0",

@@ -1,5 +1,6 @@
 """The benchmark suite writes the documented fields on CPU, and the report command renders them."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,10 @@ def results(tmp_path_factory):
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_inference.py",
            "-k", "eager or triton or cuda_graph", "--benchmark-json", str(out),
            "--benchmark-min-rounds=1", "--benchmark-max-time=0.001", "--benchmark-warmup=off"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # a child of a pytest-xdist worker inherits PYTEST_XDIST_WORKER, and pytest-benchmark then disables
+    # itself (no JSON): the child is a session of its own
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
