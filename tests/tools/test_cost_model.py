@@ -1,6 +1,7 @@
 """The cost model's counts: the row-block prediction's L2 bytes against the kernels' tile loops
 enumerated one load at a time, and its ceilings replaced by a GPU run's measurements."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +76,13 @@ def test_ceilings_from_a_gpu_run():
     assert got.l2_bytes_per_s == cm.H200.l2_bytes_per_s and got.bf16_flops == cm.H200.bf16_flops  # error, dry run
     source = dict(got.source)
     assert source["copy_bytes_per_s"] == "measured: run X" and source["l2_bytes_per_s"] == "assumed"
+
+
+def test_readme_inference_table_is_what_the_tool_prints():
+    """README's table of predicted inference times is ``cost-model``'s own, line for line (docs that
+    match the code)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+    table = cm.comparison_table(cm.comparison(presets.config("default"))).splitlines()
+    assert len(table) == 6  # header, rule, B = 1, 64, 1024, 16384
+    for line in table:
+        assert line in readme, line

@@ -131,7 +131,7 @@ def test_readme_training_table_is_what_the_tool_prints(default_report):
     head = "| stage | B | eager | torch.compile | row blocks | row blocks, one graph |"
     assert readme.count(head) == 1
     body = readme[readme.index(head):].splitlines()[2:]
-    rows = [ln for ln in body[:body.index("")]]
+    rows = body[:body.index("")]
     assert [tuple(int(c) for c in ln.strip("|").split("|")[:2]) for ln in rows] == [(1, 256), (1, 4096),
                                                                                     (2, 256), (2, 4096)]
     for line in rows:
