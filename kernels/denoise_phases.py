@@ -84,7 +84,8 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl, x0_loss
     stand_in = weights[0]
     full = tuple(weights) + (stand_in,) * 8
     act = dict(acts, p=x_t, sp=x_t, g=x_t, dl=x_t)
-    act.setdefault("x0", x_t.unsqueeze(0))  # the backward writes no x0_hat: any [1, B, d] stand-in
+    if "x0" not in act:  # the backward writes no x0_hat: any pointer stands in
+        act["x0"] = x_t
     if grads is not None and "part" in grads:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
         grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
     xs = x_t.unsqueeze(0)
@@ -110,7 +111,7 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
     flat = torch.empty(saved_numel(B, d, H, nh + 1), dtype=w_x.dtype, device=x_t.device)
     x0_hat = torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)
     a = torch.empty(B, H, dtype=w_x.dtype, device=x_t.device)
-    acts = dict(_views(flat, _act_shapes(B, d, H, nh)), a=a.unsqueeze(0), x0=x0_hat.unsqueeze(0))
+    acts = dict(_views(flat, _act_shapes(B, d, H, nh), shaped=False), a=a, x0=x0_hat)
     fwd, _, table = schedule_table(build_schedule, (nh + 1,), x_t.device)
     grads, x0_loss = None, None
     if target is not None:  # one fp32 share of the loss per output-phase tile, summed in a fixed order
@@ -153,19 +154,20 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     cast = dtype != torch.float32
     ws = torch.empty(out.numel() - B * H, **f32) if cast else _span(out, layout, "w_x", "b_out")
     keep = ("w_x", "w_hidden", "w_out") + (("ga_sum", "b_hidden", "b_out") if splits > 1 else ())
-    w_at = _views(ws, dict(layout[1:]), only=keep)
+    shapes = dict(layout[1:])
+    w_at = _views(ws, shapes, only=keep, shaped=False)
     sums = _span(ws, layout[1:], "ga_sum", "b_out")
     jobs = (("w_x", 1), ("w_hidden", nh), ("w_out", 1))  # with one row split, a partial is its gradient
-    part = [w_at[n].view(lay, 1, *w_at[n].shape[-2:]) if splits == 1 else
-            torch.empty(lay, splits, *w_at[n].shape[-2:], **f32) for n, lay in jobs]
+    part = [w_at[n] if splits == 1 else torch.empty(lay, splits, *shapes[n][-2:], **f32) for n, lay in jobs]
     g = dict(gh=torch.empty(B, H, **f32),
              gcond=None if grad_a is None else grad_a.contiguous(),  # read by the input phase (GA_SEED)
-             ga=_span(out, layout, "cond").view(B, H), gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device),
-             gx0=grad_x0.to(dtype).contiguous(), cs=sums if splits == 1 else torch.empty(sums.numel() * splits, **f32),
+             ga=_span(out, layout, "cond"), gz=torch.empty(max(nh, 1), B, H, dtype=dtype, device=device),
+             gx0=grad_x0 if grad_x0.dtype == dtype else grad_x0.to(dtype),
+             cs=sums if splits == 1 else torch.empty(sums.numel() * splits, **f32),
              part=[p if p.numel() else torch.empty(1, **f32) for p in part])
     _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
-    act = dict(_views(acts, _act_shapes(B, d, H, nh)), a=a.unsqueeze(0))
+    act = dict(_views(acts, _act_shapes(B, d, H, nh), shaped=False), a=a)
     _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl).run(table, bwd, fwd_len)
     if splits > 1:  # the row splits' partials and column sums summed in a fixed order, into their places
         for p, (n, _) in zip(part, jobs):

@@ -623,14 +623,15 @@ def _act_shapes(B, d, H, nh, slots):
                 p=(slots, B, H), sp=(slots, B, H), g=(slots, B, d), dl=(slots, B, d))
 
 
-def _views(flat, shapes, only=None):
+def _views(flat, shapes, only=None, shaped: bool = True):
     """``{name: view}`` of consecutive parts of the 1-D ``flat`` (the prefix ``shapes`` covers), for
     the names in ``only`` (default: all): one split, then a reshaping view only where a part is
-    not 1-D (each view is a host dispatch)."""
+    not 1-D (each view is a host dispatch). ``shaped=False`` keeps every part 1-D: a kernel argument
+    is a pointer, and its shape would cost a dispatch for nothing."""
     sizes = [math.prod(shape) for shape in shapes.values()]
     parts = torch.split(flat if sum(sizes) == flat.numel() else flat[:sum(sizes)], sizes)
-    return {name: p if len(shape) == 1 else p.view(shape) for (name, shape), p in zip(shapes.items(), parts)
-            if only is None or name in only}
+    return {name: p if not shaped or len(shape) == 1 else p.view(shape)
+            for (name, shape), p in zip(shapes.items(), parts) if only is None or name in only}
 
 
 # unroll_phases_backward's results, in the order of translator_unroll_backward's
@@ -826,7 +827,7 @@ def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, 
     xs[0].copy_(x_start)
     ms[0].copy_(m_start)
     flat = torch.empty(_act_numel(B, d, H, nh, slots), dtype=dtype, device=device)
-    acts = _views(flat, _act_shapes(B, d, H, nh, slots))
+    acts = _views(flat, _act_shapes(B, d, H, nh, slots), shaped=False)
     fwd, _, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl, wide=wide).run(table, fwd, 0)
     return ms[K].clone(), xs, ms, (flat if policy == "save" else flat.new_empty(0))
@@ -855,9 +856,9 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     shapes = _act_shapes(B, d, H, nh, slots)
     if policy == "save":
         check_flat_acts(acts, _act_numel(B, d, H, nh, slots), dtype, device, " (policy='save')")
-        act = _views(acts, shapes)
+        act = _views(acts, shapes, shaped=False)
     else:
-        act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
+        act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes, shaped=False)
     tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt[:2]))
@@ -868,12 +869,12 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     # every fp32 result in one buffer laid out as the flat gradient (grad_layout), cast once at the end
     layout = grad_layout(B, d, H, nh, K)
     ws = torch.empty(sum(math.prod(shape) for _, shape in layout), **f32)
-    at = _views(ws, dict(layout), only=("gm", "gx", "gcond", "grad_e", "b_hidden"))
-    at["gm"].copy_(grad_m)
+    at = _views(ws, dict(layout), shaped=False)  # 1-D, one split: shaped below only where an op needs it
+    at["gm"].copy_(grad_m.view(-1))
     _span(ws, layout, "gx", "gcond").zero_()
     # with one row split a job's partial is its gradient: the kernel accumulates it in place
-    part = [torch.empty(1, **f32) if not layers else
-            _span(ws, layout, *names).view(layers, 1, N, Kd) if splits == 1 else
+    place = lambda names: at[names[0]] if len(names) == 1 else _span(ws, layout, *names)  # noqa: E731
+    part = [torch.empty(1, **f32) if not layers else place(names) if splits == 1 else
             torch.empty(layers, splits, N, Kd, **f32) for (_, N, Kd, layers), names in zip(jobs, _PARTIAL_PLACES)]
     cs_buf = torch.empty(sum(cs_sizes), **f32)
     g = dict(gm=at["gm"], gx=at["gx"], gh=torch.empty(B, H, **f32), gcond=at["gcond"], ga=e(B, H),
@@ -886,12 +887,12 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     if splits > 1:  # the partials summed over their row splits in a fixed order, into their places
         for p, names, (_, N, Kd, layers) in zip(part, _PARTIAL_PLACES, jobs):
             if layers:
-                torch.sum(p, 1, out=_span(ws, layout, *names).view(layers, N, Kd))
+                torch.sum(p, 1, out=place(names).view(layers, N, Kd))
     css = torch.split(cs_buf, cs_sizes)
     by_step = lambda i, n: css[i].view(K, splits, n).sum(1) if splits > 1 else css[i].view(K, n)  # noqa: E731
-    torch.add(by_step(0, H), by_step(4, H + d)[:, :H], out=at["grad_e"])  # rows in the table's order
+    torch.add(by_step(0, H), by_step(4, H + d)[:, :H], out=at["grad_e"].view(K, H))  # rows in the table's order
     if nh:
-        torch.sum(css[1].view(nh, K * splits, H), 1, out=at["b_hidden"])
+        torch.sum(css[1].view(nh, K * splits, H), 1, out=at["b_hidden"].view(nh, H))
     lo, hi = sum(cs_sizes[:2]), sum(cs_sizes[:4])  # b_out's and b_pd's sums: consecutive, as in the layout
     torch.sum(cs_buf[lo:hi].view(2, K * splits, d), 1, out=_span(ws, layout, "b_out", "b_pd").view(2, d))
     torch.sum(css[4].view(K * splits, H + d), 0, out=_span(ws, layout, "b_p", "b_g"))

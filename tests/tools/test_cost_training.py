@@ -242,3 +242,21 @@ def test_views_are_priced_at_their_own_host_cost():
     for impl, views in (("unroll-phases-save", n_views), ("eager", sum(o.view for o in rec.ops))):
         full = ct.predict(cfg, B, 1, impl, record=rec).terms["host"]
         assert full - ct.predict(cfg, B, 1, impl, ceilings=cheap, record=rec).terms["host"] == pytest.approx(views * 4e-6)
+
+
+def test_phase_launchers_dispatch_no_reshaping_view_for_a_kernel_argument(monkeypatch):
+    """A kernel reads a pointer, not a shape: the phase ops' launchers hand their kernels 1-D slices
+    of the flat buffers they allocate, so the only reshaping views they dispatch (each a host
+    dispatch the issued step pays) are the ``[1, B, d]`` state plane the denoiser's calls read their
+    sizes from, and in the unroll's backward those its copy and its ``out=`` reductions need."""
+    recorded = []
+    record = ct.record_aten_ops
+    monkeypatch.setattr(ct, "record_aten_ops", lambda *a, **k: recorded.append(record(*a, **k)) or recorded[-1])
+    ct.fused_step_counts(_cfg(), 2, "phases-save")
+    inside = {}
+    for o in recorded[-1]:
+        if o.inside and o.name in ("view", "unsqueeze", "reshape", "_reshape_alias"):
+            inside[o.inside] = inside.get(o.inside, 0) + 1
+    # unroll backward: grad_m flattened for its copy; the time rows' two per-step sums, their out=; the
+    # hidden biases' sum and out=; b_out/b_pd's sum and out=; b_p/b_g's sum (one row split at this size)
+    assert inside == {"denoise_phases_fwd": 1, "denoise_phases_bwd": 1, "unroll_phases_bwd": 9}
