@@ -111,7 +111,7 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
     flat = torch.empty(saved_numel(B, d, H, nh + 1), dtype=w_x.dtype, device=x_t.device)
     x0_hat = torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)
     a = torch.empty(B, H, dtype=w_x.dtype, device=x_t.device)
-    acts = dict(_views(flat, _act_shapes(B, d, H, nh), shaped=False), a=a, x0=x0_hat)
+    acts = dict(_views(flat, _act_shapes(B, d, H, nh)), a=a, x0=x0_hat)
     fwd, _, table = schedule_table(build_schedule, (nh + 1,), x_t.device)
     grads, x0_loss = None, None
     if target is not None:  # one fp32 share of the loss per output-phase tile, summed in a fixed order
@@ -155,7 +155,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     ws = torch.empty(out.numel() - B * H, **f32) if cast else _span(out, layout, "w_x", "b_out")
     keep = ("w_x", "w_hidden", "w_out") + (("ga_sum", "b_hidden", "b_out") if splits > 1 else ())
     shapes = dict(layout[1:])
-    w_at = _views(ws, shapes, only=keep, shaped=False)
+    w_at = _views(ws, shapes, only=keep)
     sums = _span(ws, layout[1:], "ga_sum", "b_out")
     jobs = (("w_x", 1), ("w_hidden", nh), ("w_out", 1))  # with one row split, a partial is its gradient
     part = [w_at[n] if splits == 1 else torch.empty(lay, splits, *shapes[n][-2:], **f32) for n, lay in jobs]
@@ -167,7 +167,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
              part=[p if p.numel() else torch.empty(1, **f32) for p in part])
     _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
-    act = dict(_views(acts, _act_shapes(B, d, H, nh), shaped=False), a=a)
+    act = dict(_views(acts, _act_shapes(B, d, H, nh)), a=a)
     _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl).run(table, bwd, fwd_len)
     if splits > 1:  # the row splits' partials and column sums summed in a fixed order, into their places
         for p, (n, _) in zip(part, jobs):

@@ -623,15 +623,14 @@ def _act_shapes(B, d, H, nh, slots):
                 p=(slots, B, H), sp=(slots, B, H), g=(slots, B, d), dl=(slots, B, d))
 
 
-def _views(flat, shapes, only=None, shaped: bool = True):
-    """``{name: view}`` of consecutive parts of the 1-D ``flat`` (the prefix ``shapes`` covers), for
-    the names in ``only`` (default: all): one split, then a reshaping view only where a part is
-    not 1-D (each view is a host dispatch). ``shaped=False`` keeps every part 1-D: a kernel argument
-    is a pointer, and its shape would cost a dispatch for nothing."""
+def _views(flat, shapes, only=None):
+    """``{name: part}`` of consecutive parts of the 1-D ``flat`` (the prefix ``shapes`` covers), for
+    the names in ``only`` (default: all), in one split. The parts stay 1-D: a kernel argument is a
+    pointer, and a reshaping view would cost a host dispatch for nothing; a caller that needs a
+    shape views that part itself."""
     sizes = [math.prod(shape) for shape in shapes.values()]
     parts = torch.split(flat if sum(sizes) == flat.numel() else flat[:sum(sizes)], sizes)
-    return {name: p if not shaped or len(shape) == 1 else p.view(shape)
-            for (name, shape), p in zip(shapes.items(), parts) if only is None or name in only}
+    return {name: p for name, p in zip(shapes, parts) if only is None or name in only}
 
 
 # unroll_phases_backward's results, in the order of translator_unroll_backward's
@@ -666,8 +665,9 @@ def _span(flat, layout, first: str, last: str | None = None):
 
 def split_grads(flat, layout, order) -> tuple:
     """The views of ``flat`` (laid out as ``layout``) named by ``order``."""
-    views = _views(flat, dict(layout))
-    return tuple(views[name] for name in order)
+    shapes = dict(layout)
+    parts = _views(flat, shapes)
+    return tuple(parts[name] if len(shapes[name]) == 1 else parts[name].view(shapes[name]) for name in order)
 
 
 def _in_dtype(ws, layout, dtype, flat: bool):
@@ -827,7 +827,7 @@ def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, 
     xs[0].copy_(x_start)
     ms[0].copy_(m_start)
     flat = torch.empty(_act_numel(B, d, H, nh, slots), dtype=dtype, device=device)
-    acts = _views(flat, _act_shapes(B, d, H, nh, slots), shaped=False)
+    acts = _views(flat, _act_shapes(B, d, H, nh, slots))
     fwd, _, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl, wide=wide).run(table, fwd, 0)
     return ms[K].clone(), xs, ms, (flat if policy == "save" else flat.new_empty(0))
@@ -856,9 +856,9 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     shapes = _act_shapes(B, d, H, nh, slots)
     if policy == "save":
         check_flat_acts(acts, _act_numel(B, d, H, nh, slots), dtype, device, " (policy='save')")
-        act = _views(acts, shapes, shaped=False)
+        act = _views(acts, shapes)
     else:
-        act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes, shaped=False)
+        act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
     tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
     wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt[:2]))
@@ -869,7 +869,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     # every fp32 result in one buffer laid out as the flat gradient (grad_layout), cast once at the end
     layout = grad_layout(B, d, H, nh, K)
     ws = torch.empty(sum(math.prod(shape) for _, shape in layout), **f32)
-    at = _views(ws, dict(layout), shaped=False)  # 1-D, one split: shaped below only where an op needs it
+    at = _views(ws, dict(layout))  # 1-D, one split: shaped below only where an op needs it
     at["gm"].copy_(grad_m.view(-1))
     _span(ws, layout, "gx", "gcond").zero_()
     # with one row split a job's partial is its gradient: the kernel accumulates it in place
