@@ -138,25 +138,31 @@ def phase_counts(layers: int, K: int, policy: str) -> tuple[int, int]:
 
 # fp16/bf16 activation tiles above the latency regime, widest first, each with the H-wide tiles a
 # phase must have for it to be picked (pick_unroll_tiles)
-UNROLL_TILES = ((PhaseTiles(128, 128, 64, 8, 3, epi_parts=2), 3 * TARGET_TILES // 4),
-                (PhaseTiles(64, 64, 32, 4, 2), TARGET_TILES // 2))
+UNROLL_TILES = ((PhaseTiles(128, 128, 64, 8, 3, epi_parts=2), TARGET_TILES // 2),
+                (PhaseTiles(128, 64, 32, 8, 2), 9 * TARGET_TILES // 16),
+                (PhaseTiles(64, 64, 32, 4, 2), TARGET_TILES // 2),
+                (PhaseTiles(32, 64, 64, 4, 2), 3 * TARGET_TILES // 8))
 
 
 def pick_unroll_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16) -> PhaseTiles:
     """Tile of the unroll's activation phases. fp16/bf16: the first of :data:`UNROLL_TILES` whose
-    H-wide phases have enough tiles: ``128 x 128 x 64`` (8 warps, 3 stages, the epilogue in 2
-    column parts) from 96 tiles (B >= 1409 at H = 1024; the weight gradients then take
-    128 x 128 too, :func:`wgrad_tiles`), ``64 x 64 x 32`` (4 warps, 2 stages) from 64 tiles
-    (B >= 193); smaller batches and fp32 take the inference picker's tiles
-    (:func:`seda_fast.kernels.infer_phases.pick_phase_tiles`: 16-row tiles, narrow columns).
+    H-wide phases have enough tiles (thresholds at H = 1024): ``128 x 128 x 64`` (8 warps, 3 stages,
+    the epilogue in 2 column parts) from 64 tiles (B >= 897), ``128 x 64 x 32`` (8 warps, 2 stages)
+    from 72 (B >= 513), ``64 x 64 x 32`` (4 warps, 2 stages) from 64 (B >= 193), ``32 x 64 x 64``
+    (4 warps, 2 stages) from 48 (B >= 65); smaller batches and fp32 take the inference picker's
+    tiles (:func:`seda_fast.kernels.infer_phases.pick_phase_tiles`: 16-row tiles, narrow columns).
+    With a 128-row tile the weight gradients take 128 x 256 (:func:`wgrad_tiles`).
 
     A training step's phases are few and large, so a wave or two of wide tiles beats more, narrower
     ones: the cost model (``seda_fast.tools.cost_training.unroll_phase_costs``, default model,
-    K2 = 10, save) gives, in ms, B = 256: 0.42 (64 x 64) against 0.58 (16 x 64); B = 1024: 0.95
-    (64 x 64) / 1.17 (128 x 128); B = 4096: 2.13 (128 x 128) / 2.67 (128 x 64) / 3.48 (64 x 64).
-    The two thresholds are fitted to that model: the pick is within 1% of the best of 16 x 64,
-    32 x 64, 64 x 64, 128 x 64 and 128 x 128 at every B from 193 to 8192 (with 128 tiles instead
-    of 96 it is 20% off at B = 1857).
+    K2 = 10, save) gives, in ms, B = 128: 0.214 (32 x 64) against 0.255 (16 x 64) and 0.242
+    (64 x 64); B = 256: 0.263 (64 x 64) / 0.294 (32 x 64) / 0.329 (128 x 64); B = 640: 0.48
+    (128 x 64) / 0.50 (128 x 128) / 0.52 (64 x 64); B = 1024: 0.56 (128 x 128) / 0.60 (128 x 64) /
+    0.75 (64 x 64); B = 4096: 1.43 (128 x 128, with the wide tiles of :func:`pick_wide_tiles`) /
+    2.21 (128 x 64) / 2.88 (64 x 64). The thresholds are fitted to that model: at every B from 16
+    to 8192 (step 16) the pick is within 4% of the best of 16 x 64, 32 x 64, 64 x 64, 128 x 64 and
+    128 x 128 (the worst, B = 497, is 64 x 64 where 128 x 64 would be 3.9% faster: the row blocks'
+    padding decides there, which a tile count does not see).
 
     sm_90a compile report (default model; triton 3.7.1 and 3.6.0): 128 x 128 with the split
     epilogue 154-238 registers, no spills, 65-145 KiB of shared memory. Rejected: 128 x 128 with
@@ -188,7 +194,7 @@ def pick_wide_tiles(tiles: PhaseTiles, d: int, H: int) -> PhaseTiles | None:
     (``seda_fast.tools.cost_training``, default model, K2 = 10, save) gives the unroll 1.84 ms at
     B = 4096 with 128 x 128 everywhere and 1.43 ms with :func:`row_tiles` and the 128 x 256
     weight-gradient tile (:func:`wgrad_tiles`); with the 96-tile threshold the unroll is within 0.5%
-    of taking the better of the two tiles phase by phase, at every B from 1409 to 16384 (a phase of
+    of taking the better of the two tiles phase by phase, at every B from 897 to 16384 (a phase of
     one d-wide job keeps 128 x 128 up to B = 6016). sm_90a compile report (triton 3.7.1 and 3.6.0):
     no spills in any phase kind, at most 255 registers and 129 KiB of shared memory; the residual
     layers' and the PFIN-input backward phases (BR, BM) add their running gradient in the split
@@ -203,8 +209,8 @@ def row_tiles(row, B: int, d: int, H: int, nh: int, K: int, tiles: PhaseTiles,
               wide: PhaseTiles | None) -> PhaseTiles:
     """The tile of one activation phase (schedule ``row`` of a ``K``-step call): ``wide`` when given
     and the phase has at least :data:`WIDE_NEED` of its tiles, else the call's ``tiles``; the
-    weight-gradient phase is tiled by :func:`wgrad_tiles` and launched with ``tiles``' warps and
-    stages. A forward job rerun by the ``"recompute"`` policy (alone, or PFIN's jobs without their
+    weight-gradient phase is tiled by :func:`wgrad_tiles` and launched as
+    :func:`wgrad_launch_tiles` says. A forward job rerun by the ``"recompute"`` policy (alone, or PFIN's jobs without their
     host) counts as the forward's phase that ran it (:func:`_forward_host`): every job gets the same
     tile, and so the same K steps, in both runs, and the two policies stay bitwise equal."""
     if wide is None or row[0] == W_GRAD:
@@ -234,14 +240,34 @@ def _forward_host(row, nh: int, K: int) -> tuple:
 
 def wgrad_tiles(dtype: torch.dtype, N: int, Kdim: int, tiles: PhaseTiles | None = None) -> tuple[int, int, int]:
     """``(WBN, WBK, WBB)``: weight-gradient output tile over (out, in) and rows per K step:
-    fp16/bf16 ``64 x 64`` over 32 rows (wgmma's M = 64), or ``128 x 256`` with the activation
-    phases' 128-row tile (its 8 warps; 250 registers, no spills; 128 x 128 read 4/3 the L2 bytes
-    per FLOP); fp32 ``32 x 32`` over 32 rows."""
+    fp16/bf16 ``128 x 256`` with the activation phases' 128-row tile, else ``128 x 128``, over 32
+    rows, launched with 8 warps (:func:`wgrad_launch_tiles`); fp32 ``32 x 32`` over 32 rows.
+
+    A tile reads ``B (WBN + WBK)`` operand values and read-modify-writes its fp32 partial, so the
+    wider the tile, the fewer L2 bytes per FLOP (64 x 64 reads G and X twice as often as 128 x 128).
+    The cost model (``seda_fast.tools.cost_training``, default model, K2 = 10, save) gives the
+    unroll's ten weight-gradient phases, in us: B = 256: 109 (64 x 64), 78 (128 x 128 or 128 x 256,
+    both then bound by the partials' HBM read-modify-write); B = 640: 126 (128 x 128) / 110
+    (128 x 256); B = 1024: 310 / 176 / 143; B = 4096: 1116 / 579 / 449. The diffusion term's one
+    phase (three jobs, half the output tiles) prefers 128 x 128 up to B = 896 (B = 256: 3.9 us
+    against 7.8; B = 640: 6.3 against 7.8), which the unroll's ten outweigh from the 128-row
+    activation tiles on (B >= 513). sm_90a: 128 x 256 at most 250 registers, no spills (the ops
+    tests' compile check)."""
     if dtype == torch.float32:
         return clamp_block(32, N), clamp_block(32, Kdim), 32
     if tiles is not None and tiles.BM == 128:
         return clamp_block(128, N), clamp_block(256, Kdim), 32
-    return clamp_block(64, N), clamp_block(64, Kdim), 32
+    return clamp_block(128, N), clamp_block(128, Kdim), 32
+
+
+def wgrad_launch_tiles(tiles: PhaseTiles, dtype: torch.dtype) -> PhaseTiles:
+    """The launch meta of a weight-gradient phase in a call whose activation tile is ``tiles``:
+    fp16/bf16 8 warps and 3 stages (two warpgroups over the 128 output rows of
+    :func:`wgrad_tiles`; the activation tile's ``BM``, ``BN``, ``BK`` only size the kernel's
+    scalar tile arithmetic there), fp32 ``tiles`` as they are."""
+    if dtype == torch.float32 or (tiles.num_warps, tiles.num_stages) == (8, 3):
+        return tiles
+    return PhaseTiles(tiles.BM, tiles.BN, tiles.BK, 8, 3, maxnreg=tiles.maxnreg, epi_parts=tiles.epi_parts)
 
 
 def wgrad_epilogue_parts(WBK: int) -> int:
@@ -754,6 +780,7 @@ class _Call:
         self.dims = (B, d, H, nh, K)
         self.tiles, self.wide = call_tiles(tiles, wide, B, d, H, dtype)
         self.wt = wgrad_tiles(dtype, min(d, H), min(d, H), self.tiles)[:2]
+        self.wlaunch = wgrad_launch_tiles(self.tiles, dtype)
         self.slots, self.splits, self.wgrad_jobs = slots, splits, wgrad_jobs
         g = grads or {}
         dummy = xs  # any valid pointer for buffers a phase range never touches
@@ -765,7 +792,8 @@ class _Call:
                      B, d, H, nh, K, slots, splits)
         self.lowp_prec, self.pdl, self.ga = dot_mode(dtype, device), pdl, (ga_total, ga_seed)
         self.x0_loss = x0_loss is not None
-        self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most two tiles)
+        self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most three: its tile, the wide
+        # one, the weight-gradient phase's)
 
     def meta(self, t: PhaseTiles) -> dict:
         meta = self.metas.get(t)
@@ -783,7 +811,7 @@ class _Call:
     def run(self, table, rows, first):
         B, d, H, nh, K = self.dims
         for p, row in enumerate(rows):
-            tiles = row_tiles(row, B, d, H, nh, K, self.tiles, self.wide)
+            tiles = self.wlaunch if row[0] == W_GRAD else row_tiles(row, B, d, H, nh, K, self.tiles, self.wide)
             grid = _grid(row, B, d, H, nh, tiles, self.wt, self.splits, self.wgrad_jobs)
             launch(unroll_phase_kernel, (grid,), table, first + p, *self.args, KIND=row[0], **self.meta(tiles))
 

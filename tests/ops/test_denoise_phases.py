@@ -274,7 +274,7 @@ def test_flat_gradient_split_is_one_split_and_a_view_per_multi_dim_part():
 
 # --------------------------------------------------------------------------- sm_90a compile
 
-COMPILE_CASES = [("bfloat16", 256), ("bfloat16", 4096), ("float32", 256)]
+COMPILE_CASES = [("bfloat16", 128), ("bfloat16", 256), ("bfloat16", 640), ("bfloat16", 4096), ("float32", 256)]
 
 
 def compile_rows() -> list[dict]:

@@ -66,11 +66,13 @@ def test_weight_gradients_split_over_rows(policy):
 @pytest.mark.parametrize("tiles", [
     pytest.param(U.UNROLL_TILES[0][0], id="128x128-epi2"),
     pytest.param(U.WIDE_TILES, id="128x256-epi4"),
+    pytest.param(U.UNROLL_TILES[1][0], id="128x64"),
+    pytest.param(U.UNROLL_TILES[3][0], id="32x64"),
     pytest.param(U.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), id="16x32-epi2"),  # parts of 16: d=20, H=37 masked
 ])
 def test_wide_and_split_epilogue_tile_parity(tiles):
-    """The 128-row tile large bf16 batches take (forced here in fp32, 33 rows in one masked
-    tile), and a split epilogue over several column tiles, give the reference's ``m`` and
+    """The 128- and 32-row tiles bf16 batches take (forced here in fp32, 33 rows in one or two
+    masked tiles), and a split epilogue over several column tiles, give the reference's ``m`` and
     gradients."""
     B, d, H, L, steps = 33, 20, 37, 2, 2
     inputs, ddim, weights, upstream = unroll_problem(B, d, H, L, steps, seed=31)
@@ -199,28 +201,37 @@ def test_launch_counts_and_determinism(L):
 
 def test_tile_picker():
     """fp32 and small batches take the inference picker's tile; larger fp16/bf16 batches the first
-    of UNROLL_TILES with enough H-wide tiles (64 x 64 from 64, 128 x 128 from 96), and with the
-    128-row tile the weight gradients take 128 x 128."""
+    of UNROLL_TILES with enough H-wide tiles (32 x 64 from 48, 64 x 64 from 64, 128 x 64 from 72,
+    128 x 128 from 64); the weight gradients take 128 x 256 with a 128-row tile, else 128 x 128,
+    and launch with 8 warps and 3 stages in fp16/bf16 whatever the activation tile's."""
     d, H = 512, 1024
     assert U.pick_unroll_tiles(4096, d, H, torch.float32) == U.pick_phase_tiles(4096, d, H, torch.float32)
-    assert U.pick_unroll_tiles(192, d, H, torch.bfloat16) == U.pick_phase_tiles(192, d, H, torch.bfloat16)
-    (wide, _), (mid, _) = U.UNROLL_TILES
-    for B, want in ((193, mid), (256, mid), (1408, mid), (1409, wide), (4096, wide)):
+    assert U.pick_unroll_tiles(64, d, H, torch.bfloat16) == U.pick_phase_tiles(64, d, H, torch.bfloat16)
+    (wide, _), (mid128, _), (mid, _), (narrow, _) = U.UNROLL_TILES
+    for B, want in ((65, narrow), (192, narrow), (193, mid), (256, mid), (512, mid), (513, mid128), (896, mid128),
+                    (897, wide), (4096, wide)):
         assert U.pick_unroll_tiles(B, d, H, torch.bfloat16) == want, B
     assert (wide.BM, wide.BN, wide.BK, wide.num_warps, wide.num_stages, wide.epi_parts) == (128, 128, 64, 8, 3, 2)
-    assert U.wgrad_tiles(torch.bfloat16, d, d, wide)[:2] == (128, 256)
-    assert U.wgrad_tiles(torch.bfloat16, d, d, U.pick_unroll_tiles(256, d, H))[:2] == (64, 64)
+    for B, want in ((4096, (128, 256)), (640, (128, 256)), (256, (128, 128)), (128, (128, 128)), (64, (128, 128))):
+        tiles = U.pick_unroll_tiles(B, d, H)
+        assert U.wgrad_tiles(torch.bfloat16, d, d, tiles)[:2] == want, B
+        w = U.wgrad_launch_tiles(tiles, torch.bfloat16)
+        assert (w.BM, w.BN, w.BK, w.num_warps, w.num_stages) == (tiles.BM, tiles.BN, tiles.BK, 8, 3), B
+    fp32 = U.pick_unroll_tiles(256, d, H, torch.float32)
+    assert U.wgrad_tiles(torch.float32, d, d, fp32)[:2] == (32, 32)
+    assert U.wgrad_launch_tiles(fp32, torch.float32) == fp32
 
 
 def test_wide_tiles_go_to_the_phases_that_fill_a_wave():
     """Over the 128 x 128 tile, a phase takes 128 x 256 when it has at least 96 of them: at B = 4096
     (default widths) every activation phase but those of a single d-wide job (32 x 2 = 64 tiles: an
-    O phase alone, or PFIN's delta riding alone); none at B = 1024 (64 x 64 tiles), and the
-    weight-gradient phase never (it has its own tile)."""
+    O phase alone, or PFIN's delta riding alone); none at B = 1024 (128 x 128 tiles, but at most
+    8 x 4 = 32 of the wide ones per H-wide job), none over any other tile (B = 640: 128 x 64), and
+    the weight-gradient phase never (it has its own tile)."""
     d, H, L, K2 = 512, 1024, 2, 10
     tiles, wide = U.call_tiles(None, None, 4096, d, H, torch.bfloat16)
     assert tiles == U.UNROLL_TILES[0][0] and wide == U.WIDE_TILES
-    assert U.call_tiles(None, None, 1024, d, H, torch.bfloat16)[1] is None
+    assert U.call_tiles(None, None, 640, d, H, torch.bfloat16)[1] is None
     assert U.call_tiles(None, None, 4096, d, H, torch.float32)[1] is None
     assert U.call_tiles(tiles, None, 4096, d, H, torch.bfloat16) == (tiles, None)  # given tiles: as given
     fwd, bwd = U.build_schedule(L, K2, "save")
@@ -229,6 +240,9 @@ def test_wide_tiles_go_to_the_phases_that_fill_a_wave():
         jobs = U.phase_jobs(row, 4096, d, H, L - 1)
         narrow = row[0] == U.W_GRAD or (len(jobs) == 1 and jobs[0][2] == d)
         assert got == (tiles if narrow else wide), (U.KIND_NAMES[row[0]], row)
+    tiles, wide = U.call_tiles(None, None, 1024, d, H, torch.bfloat16)
+    assert tiles == U.UNROLL_TILES[0][0] and wide == U.WIDE_TILES
+    assert all(U.row_tiles(row, 1024, d, H, L - 1, K2, tiles, wide) == tiles for row in fwd + bwd)
 
 
 def test_every_tile_of_a_phase_is_one_program():
@@ -317,7 +331,8 @@ def test_backward_rejects_bad_input_before_launch():
 
 # --------------------------------------------------------------------------- sm_90a compile
 
-COMPILE_CASES = [("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 4096), ("float32", 256)]
+COMPILE_CASES = [("bfloat16", 64), ("bfloat16", 128), ("bfloat16", 256), ("bfloat16", 640), ("bfloat16", 4096),
+                 ("float32", 256)]
 DEFAULT = dict(d=512, H=1024, L=2, K=10)
 
 
@@ -343,17 +358,19 @@ def compile_rows() -> list[dict]:
 
 
 def test_sm90_compile_zero_spills(tmp_path):
-    """Every phase kind of every shipped tile config (B = 64: 16-row tiles, 256: 64 x 64, 4096:
-    128 x 128 with the split epilogue and 128 x 256 where :func:`row_tiles` widens, 128 x 256
-    weight-gradient tiles): no spills, within the register
-    file and shared memory; bf16 phases use the tensor cores (wgmma at BM >= 64 and in the
-    weight-gradient phase's 64- or 128-row tiles, mma.sync at BM = 16)."""
+    """Every phase kind of every shipped tile config (B = 64: 16-row tiles, 128: 32 x 64, 256:
+    64 x 64, 640: 128 x 64, 4096: 128 x 128 with the split epilogue and 128 x 256 where
+    :func:`row_tiles` widens; weight-gradient tiles 128 x 128 and 128 x 256 on 8 warps): no
+    spills, within the register file and shared memory; bf16 phases use the tensor cores (wgmma at
+    BM >= 64 and in the weight-gradient phase, mma.sync at BM = 16 and 32)."""
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
     assert_sm90_clean(rows, ["unroll_phase_kernel"], fields=("KIND",))
     assert {r["KIND"] for r in rows} == set(range(8))
     for r in rows:
         if r["dtype"] == "bfloat16":
             assert r["wgmma"] if (r["BM"] >= 64 or r["KIND"] == U.W_GRAD) else r["mma_sync"], r
+            if r["KIND"] == U.W_GRAD:  # launched on its own warps (wgrad_launch_tiles), whatever the call's tile
+                assert (r["num_warps"], r["num_stages"], r["WBN"]) == (8, 3, 128), r
 
 
 if __name__ == "__main__":  # the compile check's subprocess: python tests/ops/test_unroll_phases.py OUT.json
