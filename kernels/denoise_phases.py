@@ -42,7 +42,7 @@ def build_schedule(layers: int) -> tuple[list[tuple], list[tuple]]:
     fwd = [(F_A, 0, 0, 1, 0, 0, 0, 0)] + [(F_R, 0, lay, 1, 0, 0, 0, 0) for lay in range(nh)] \
         + [(F_O, 0, nh, 1, 0, 0, 0, 0)]
     bwd = [(B_O, 0, nh, 1, 0, 0, 0, 0)] + [(B_R, 0, lay, 1, 0, 0, 0, 0) for lay in reversed(range(nh))] \
-        + [(W_GRAD, 0, 0, 1, 0, 0, 0, 0)]
+        + [(W_GRAD, 0, 0, 1, 1, 0, 0, 0)]  # W of one step
     return fwd, bwd
 
 
@@ -144,7 +144,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
         check_matrix("grad_a", grad_a, B, H, None, device, batch_rows=True)
     check_flat_acts(acts, saved_numel(B, d, H, nh + 1), dtype, device)
     tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
-    wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)[:2]
+    wt = wgrad_tiles(dtype, d, H, nh, tiles, WGRAD_JOBS)[:2]
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt, WGRAD_JOBS))
     f32 = dict(device=device, dtype=torch.float32)
     layout = grad_layout(B, d, H, nh)

@@ -31,23 +31,25 @@ Backward, step ``i = K-1 .. 0``, from ``gm = dL/dm_{i+1}`` and ``gx = dL/dx_{i+1
            GA_TOTAL, ga = [seed +] gh SiLU'(a) and gcond is not written)
     BX     gx <- ga W_x^T + a_k gx                  (rides in BP of step i - 1)      n = d, K = H
 
-``K (L + 2) + 1`` backward phases, and after each step's, its weight-gradient phase W. Weight
-gradients are GEMMs ``G^T X`` tiled over (out, in) and split over rows, each split writing its own
-fp32 partial (no atomics; each step's W phase adds to them); the host sums the partials in a fixed
-order (bitwise reproducible). Bias and time-embedding gradients are the per-step, per-split column
-sums of ``G``, summed the same way. Policies:
+``K (L + 2) + 1`` backward phases, and weight-gradient phases W: each reduces the ``P`` steps
+whose backward phases ran since the last one (:func:`grad_slots`: 2 under ``"save"``, 1 under
+``"recompute"``). Weight gradients are GEMMs ``sum_steps G^T X`` tiled over (out, in) and split
+over rows, each split writing its own fp32 partial (no atomics; each later W phase adds to them);
+the host sums the partials in a fixed order (bitwise reproducible). Bias and time-embedding
+gradients are the per-step, per-split column sums of ``G``, summed the same way. Policies:
 
 * ``"save"``: the forward keeps every step's activations (``K`` slots).
 * ``"recompute"``: the forward keeps only ``x_i`` and ``m_i``; before each backward step its
   forward phases run again into one slot (same kernels, same tiles: bitwise the forward's values).
 
-The backward's activation gradients ``G`` live in one slot (a step's W phase consumes them before
-the next step overwrites them). Phases per call: forward ``K (L + 1) + 2``; backward
-``K (L + 3) + 1`` (save) or ``K ((L + 3) + (L + 3)) + 1`` (recompute). Every launch is one
-:func:`unroll_phase_kernel` (``KIND`` constexpr) over that phase's tiles (:func:`pick_unroll_tiles`),
-with programmatic dependent launch on Hopper when the caller asks (``pdl``). A phase reads whole
-rows only of buffers no tile of the same phase writes; in-place updates (``gm``, ``gx``, ``gh``,
-``gcond``) touch only the tile's own elements. Nothing here has run on a GPU yet.
+The backward's activation gradients ``G`` live in ``P`` slots, step i in slot ``i % P`` (a W
+phase consumes its steps' before a later step overwrites them). Phases per call: forward
+``K (L + 1) + 2``; backward ``K (L + 2) + ceil(K / 2) + 1`` (save) or ``K ((L + 3) + (L + 3)) + 1``
+(recompute). Every launch is one :func:`unroll_phase_kernel` (``KIND`` constexpr) over that
+phase's tiles (:func:`pick_unroll_tiles`), with programmatic dependent launch on Hopper when the
+caller asks (``pdl``). A phase reads whole rows only of buffers no tile of the same phase writes;
+in-place updates (``gm``, ``gx``, ``gh``, ``gcond``) touch only the tile's own elements. Nothing
+here has run on a GPU yet.
 """
 from __future__ import annotations
 
@@ -112,17 +114,29 @@ def _backward_rows(i: int, layers: int, bx_of: int | None) -> list[tuple]:
     return rows
 
 
+def grad_slots(K: int, policy: str) -> int:
+    """Steps whose activation gradients the backward keeps at once (its G slots, step i in slot
+    ``i % P``), and so the steps one weight-gradient phase reduces: 2 under ``"save"`` (the second
+    slot halves the W phases and their fp32 partials' read-modify-writes, for ``B (3 H + 3 d)``
+    more values of workspace), 1 under ``"recompute"`` (the step's forward rerun overwrites the one
+    activation slot its W phase reads, so W follows each step)."""
+    return min(2, K) if policy == "save" else 1
+
+
 def build_schedule(layers: int, K: int, policy: str) -> tuple[list[tuple], list[tuple]]:
     """``(forward rows, backward rows)`` of one training unroll (see the module docstring)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    P = grad_slots(K, policy)
     fwd = _forward_rows(list(range(K)), layers, ride=True, store_next=True)
     bwd = []
     for i in reversed(range(K)):
         if policy == "recompute":
             bwd += _forward_rows([i], layers, ride=False, store_next=False)
         bwd += _backward_rows(i, layers, i + 1 if i + 1 < K else None)
-        bwd.append((W_GRAD, i, 0, 1, 0, 0, FLAG_ACC if i < K - 1 else 0, 0))
+        if (K - i) % P == 0 or i == 0:  # W of steps i .. (the last W's first step) - 1
+            n = (K - i) % P or P
+            bwd.append((W_GRAD, i, 0, 1, n, 0, FLAG_ACC if i + n < K else 0, 0))
     bwd.append((B_P, 0, 0, 0, 1, 0, 0, 0))  # BX of step 0
     return fwd, bwd
 
@@ -155,14 +169,15 @@ def pick_unroll_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfl
 
     A training step's phases are few and large, so a wave or two of wide tiles beats more, narrower
     ones: the cost model (``seda_fast.tools.cost_training.unroll_phase_costs``, default model,
-    K2 = 10, save) gives, in ms, B = 128: 0.214 (32 x 64) against 0.255 (16 x 64) and 0.242
-    (64 x 64); B = 256: 0.263 (64 x 64) / 0.294 (32 x 64) / 0.329 (128 x 64); B = 640: 0.48
-    (128 x 64) / 0.50 (128 x 128) / 0.52 (64 x 64); B = 1024: 0.56 (128 x 128) / 0.60 (128 x 64) /
-    0.75 (64 x 64); B = 4096: 1.43 (128 x 128, with the wide tiles of :func:`pick_wide_tiles`) /
-    2.21 (128 x 64) / 2.88 (64 x 64). The thresholds are fitted to that model: at every B from 16
-    to 8192 (step 16) the pick is within 4% of the best of 16 x 64, 32 x 64, 64 x 64, 128 x 64 and
-    128 x 128 (the worst, B = 497, is 64 x 64 where 128 x 64 would be 3.9% faster: the row blocks'
-    padding decides there, which a tile count does not see).
+    K2 = 10, save, the weight-gradient tiles of :func:`wgrad_tiles`) gives, in ms, B = 128: 0.175
+    (32 x 64) against 0.216 (16 x 64) and 0.203 (64 x 64); B = 256: 0.231 (64 x 64) / 0.263
+    (32 x 64) / 0.297 (128 x 64); B = 640: 0.393 (128 x 64) / 0.458 (64 x 64) / 0.464
+    (128 x 128); B = 1024: 0.537 (128 x 128) / 0.574 (128 x 64) / 0.696 (64 x 64); B = 4096:
+    1.425 (128 x 128, with the wide tiles of :func:`pick_wide_tiles`) / 2.21 (128 x 64) / 2.75
+    (64 x 64). The thresholds are fitted to that model: at every B from 16 to 8192 (step 16) the
+    pick is within 4% of the best of 16 x 64, 32 x 64, 64 x 64, 128 x 64 and 128 x 128 (the worst,
+    B = 176, is 32 x 64 where 64 x 64 would be 3.4% faster: the row blocks' padding decides there,
+    which a tile count does not see).
 
     sm_90a compile report (default model; triton 3.7.1 and 3.6.0): 128 x 128 with the split
     epilogue 154-238 registers, no spills, 65-145 KiB of shared memory. Rejected: 128 x 128 with
@@ -191,7 +206,7 @@ def pick_wide_tiles(tiles: PhaseTiles, d: int, H: int) -> PhaseTiles | None:
     The same work in tiles twice as wide reads 3/4 of the bytes per FLOP from L2 (a 128 x 128 tile
     does 64 FLOP per byte, below what the H200's compute needs from an L2 of about 10 TB/s), so
     it wins wherever the phase still has a wave of them. The cost model
-    (``seda_fast.tools.cost_training``, default model, K2 = 10, save) gives the unroll 1.84 ms at
+    (``seda_fast.tools.cost_training``, default model, K2 = 10, save) gives the unroll 1.78 ms at
     B = 4096 with 128 x 128 everywhere and 1.43 ms with :func:`row_tiles` and the 128 x 256
     weight-gradient tile (:func:`wgrad_tiles`); with the 96-tile threshold the unroll is within 0.5%
     of taking the better of the two tiles phase by phase, at every B from 897 to 16384 (a phase of
@@ -210,9 +225,10 @@ def row_tiles(row, B: int, d: int, H: int, nh: int, K: int, tiles: PhaseTiles,
     """The tile of one activation phase (schedule ``row`` of a ``K``-step call): ``wide`` when given
     and the phase has at least :data:`WIDE_NEED` of its tiles, else the call's ``tiles``; the
     weight-gradient phase is tiled by :func:`wgrad_tiles` and launched as
-    :func:`wgrad_launch_tiles` says. A forward job rerun by the ``"recompute"`` policy (alone, or PFIN's jobs without their
-    host) counts as the forward's phase that ran it (:func:`_forward_host`): every job gets the same
-    tile, and so the same K steps, in both runs, and the two policies stay bitwise equal."""
+    :func:`wgrad_launch_tiles` says. A forward job rerun by the ``"recompute"`` policy (alone, or
+    PFIN's jobs without their host) counts as the forward's phase that ran it
+    (:func:`_forward_host`): every job gets the same tile, and so the same K steps, in both runs,
+    and the two policies stay bitwise equal."""
     if wide is None or row[0] == W_GRAD:
         return tiles
     host = _forward_host(row, nh, K)
@@ -238,26 +254,31 @@ def _forward_host(row, nh: int, K: int) -> tuple:
     return (kind, 0, 0, 0, 1, i_side, 0, 0)
 
 
-def wgrad_tiles(dtype: torch.dtype, N: int, Kdim: int, tiles: PhaseTiles | None = None) -> tuple[int, int, int]:
-    """``(WBN, WBK, WBB)``: weight-gradient output tile over (out, in) and rows per K step:
-    fp16/bf16 ``128 x 256`` with the activation phases' 128-row tile, else ``128 x 128``, over 32
-    rows, launched with 8 warps (:func:`wgrad_launch_tiles`); fp32 ``32 x 32`` over 32 rows.
+def wgrad_tiles(dtype: torch.dtype, d: int, H: int, nh: int = 1, tiles: PhaseTiles | None = None,
+                n_jobs: int = 6) -> tuple[int, int, int]:
+    """``(WBN, WBK, WBB)``: weight-gradient output tile over (out, in) and rows per K step of a call
+    whose activation tile is ``tiles``, over the first ``n_jobs`` jobs of :func:`wgrad_jobs`:
+    fp16/bf16 ``128 x 256`` with a 128-row activation tile or when the phase still has a wave
+    (:data:`TARGET_TILES`) of them, else ``128 x 128``, over 32 rows, launched with 8 warps
+    (:func:`wgrad_launch_tiles`); fp32 ``32 x 32`` over 32 rows. Clamped to ``min(d, H)``.
 
-    A tile reads ``B (WBN + WBK)`` operand values and read-modify-writes its fp32 partial, so the
-    wider the tile, the fewer L2 bytes per FLOP (64 x 64 reads G and X twice as often as 128 x 128).
-    The cost model (``seda_fast.tools.cost_training``, default model, K2 = 10, save) gives the
-    unroll's ten weight-gradient phases, in us: B = 256: 109 (64 x 64), 78 (128 x 128 or 128 x 256,
-    both then bound by the partials' HBM read-modify-write); B = 640: 126 (128 x 128) / 110
-    (128 x 256); B = 1024: 310 / 176 / 143; B = 4096: 1116 / 579 / 449. The diffusion term's one
-    phase (three jobs, half the output tiles) prefers 128 x 128 up to B = 896 (B = 256: 3.9 us
-    against 7.8; B = 640: 6.3 against 7.8), which the unroll's ten outweigh from the 128-row
-    activation tiles on (B >= 513). sm_90a: 128 x 256 at most 250 registers, no spills (the ops
-    tests' compile check)."""
+    A tile reads ``B (WBN + WBK)`` operand values per step and read-modify-writes its fp32 partial,
+    so the wider the tile, the fewer L2 bytes per FLOP (64 x 64 reads G and X twice as often as
+    128 x 128), as long as the phase keeps a wave of tiles. The cost model
+    (``seda_fast.tools.cost_training``, default model, K2 = 10, save: five W phases of two steps)
+    gives the unroll's weight-gradient phases (six jobs: 128 tiles of 128 x 256), in us, B = 256:
+    46 (128 x 256) against 55 (128 x 128) and 88 (64 x 64); B = 1024: 122 / 155; B = 4096: 449 /
+    558. The diffusion term's one phase (three jobs: 64 tiles of 128 x 256) takes 128 x 128 below
+    the 128-row activation tile: B = 256: 3.9 us against 7.8; B = 640 (128-row tile): 7.8 against
+    6.3, and from B = 2048 128 x 256 is the faster (13.8 against 15.5). sm_90a: at most 255
+    registers, no spills (the ops tests' compile check, triton 3.7.1 and 3.6.0)."""
+    small = min(d, H)
     if dtype == torch.float32:
-        return clamp_block(32, N), clamp_block(32, Kdim), 32
-    if tiles is not None and tiles.BM == 128:
-        return clamp_block(128, N), clamp_block(256, Kdim), 32
-    return clamp_block(128, N), clamp_block(128, Kdim), 32
+        return clamp_block(32, small), clamp_block(32, small), 32
+    wide = (clamp_block(128, small), clamp_block(256, small))
+    if (tiles is not None and tiles.BM == 128) or wgrad_out_tiles(d, H, nh, wide, n_jobs) >= TARGET_TILES:
+        return (*wide, 32)
+    return clamp_block(128, small), clamp_block(128, small), 32
 
 
 def wgrad_launch_tiles(tiles: PhaseTiles, dtype: torch.dtype) -> PhaseTiles:
@@ -357,7 +378,7 @@ def unroll_phase_kernel(sched_ptr, phase,
                         a_ptr, z_ptr, h_ptr, x0_ptr, p_ptr, sp_ptr, g_ptr, dl_ptr,
                         gm_ptr, gx_ptr, gh_ptr, gcond_ptr, ga_ptr, gz_ptr, gx0_ptr, gdel_ptr, gpq_ptr,
                         pw_x, pw_h, pw_o, pw_pd, pw_im, pw_ix, cs_ptr, tgt_ptr, lp_ptr,
-                        B, d, H, NH, K, S, SB,
+                        B, d, H, NH, K, S, SB, GP,
                         KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                         WBN: tl.constexpr, WBK: tl.constexpr, WBB: tl.constexpr,
                         LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr = 1, WEPI: tl.constexpr = 1,
@@ -375,8 +396,9 @@ def unroll_phase_kernel(sched_ptr, phase,
     of the loss in ``lp[tile]`` (fp32), both from x0 before its rounding to the dtype.
 
     Slot buffers (``S`` slots of B rows; step i uses slot ``i % S``): ``a``, ``sp``, ``p`` ``[S, B, H]``;
-    ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. One step's
-    gradients: ``ga [B, H]``, ``gz [NH, B, H]``, ``gx0``, ``gdel`` ``[B, d]``, ``gpq [B, H + d]``. States
+    ``z [NH, S, B, H]``; ``h [NH + 1, S, B, H]``; ``x0``, ``g``, ``dl`` (delta) ``[S, B, d]``. The steps'
+    gradients (``GP`` slots, step i in slot ``i % GP``): ``ga [GP, B, H]``, ``gz [GP, max(NH, 1), B, H]``,
+    ``gx0``, ``gdel`` ``[GP, B, d]``, ``gpq [GP, B, H + d]``; a W row reduces the steps ``i .. i + side - 1``. States
     ``xs [K, B, d]``, ``ms [K + 1, B, d]``. fp32: ``gm``, ``gx [B, d]``, ``gh``, ``gcond [B, H]``.
     ``pw_*``: the six weight-gradient jobs' fp32 partials ``[layers, SB, N, Kdim]`` (partial j: row
     split j, summed over the steps' W phases); ``cs``: their per-step column sums ``[layers, K, SB, N]``
@@ -400,6 +422,14 @@ def unroll_phase_kernel(sched_ptr, phase,
     slot2 = (i_side % S).to(tl.int64)
     kr = K - 1 - i            # table row of step i
     kr2 = K - 1 - i_side
+    GZ = (z64 + tl.maximum(NH, 1)) * BH  # one G slot of gz [GP, max(NH, 1), B, H]
+    GPQ = (z64 + B) * (H + d)           # one G slot of gpq [GP, B, H + d]
+    gslot = (i % GP).to(tl.int64)       # step i's slot of the activation gradients
+    ga_i = ga_ptr + gslot * BH
+    gz_i = gz_ptr + gslot * GZ
+    gx0_i = gx0_ptr + gslot * Bd
+    gdel_i = gdel_ptr + gslot * Bd
+    gpq_i = gpq_ptr + gslot * GPQ
     rb = tl.cdiv(B, BM)
     tiles_h = rb * tl.cdiv(H, BN)
     tiles_d = rb * tl.cdiv(d, BN)
@@ -471,7 +501,7 @@ def unroll_phase_kernel(sched_ptr, phase,
                     if X0_LOSS:  # outside the B x d part x0 is the bias alone: masked out
                         inside = (tl.arange(0, BM)[:, None] < B - r0) & ((ne + tl.arange(0, BE))[None, :] < d)
                         diff = tl.where(inside, x0 - blk.load_tile(tgt_ptr + r0 * d, d, B - r0, ne, d, BM, BE), 0.0)
-                        blk.store_tile(gx0_ptr + r0 * d, d, B - r0, ne, d, diff * (2.0 / Bd), BM, BE)
+                        blk.store_tile(gx0_i + r0 * d, d, B - r0, ne, d, diff * (2.0 / Bd), BM, BE)
                         sq += tl.sum(tl.sum(diff * diff, 1), 0)
                     if (flags & 1) != 0:
                         x_rows = xs_ptr + i.to(tl.int64) * Bd + r0 * d
@@ -500,7 +530,7 @@ def unroll_phase_kernel(sched_ptr, phase,
             g_rows = g_ptr + slot * Bd + r0 * d
             acc = _gated_matmul_tile(tl.zeros((BM, BN), tl.float32), gm_ptr + r0 * d, g_rows, d, B - r0,
                                      wpd_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
-            gpq_rows = gpq_ptr + r0 * (H + d)
+            gpq_rows = gpq_i + r0 * (H + d)
             for part in tl.static_range(EPI):
                 ne = n0 + part * BE
                 gp = blk.col_part(acc, part, EPI, BM, BN) \
@@ -511,18 +541,19 @@ def unroll_phase_kernel(sched_ptr, phase,
                     gm = blk.load_tile(gm_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
                     g = blk.load_tile(g_rows, d, B - r0, j0, d, BM, BE)
                     dl = blk.load_tile(dl_ptr + slot * Bd + r0 * d, d, B - r0, j0, d, BM, BE)
-                    blk.store_tile(gdel_ptr + r0 * d, d, B - r0, j0, d, gm * g, BM, BE)
+                    blk.store_tile(gdel_i + r0 * d, d, B - r0, j0, d, gm * g, BM, BE)
                     blk.store_tile(gpq_rows + H, H + d, B - r0, j0, d, gm * dl * g * (1.0 - g), BM, BE)
         elif t < n_p + side * tiles_d:  # gx <- ga W_x^T + a_k gx  (step i_side)
             r0, n0 = _tile(t - n_p, d, BM, BN)
             acc = tl.load(dd_ptr + 2 * kr2) * blk.load_tile(gx_ptr + r0 * d, d, B - r0, n0, d, BM, BN)
-            acc = blk.matmul_tile(acc, ga_ptr + r0 * H, H, B - r0, wx_ptr, n0, d, H,
-                                  BM, BN, BK, LOWP, PREC, W_KN=True)
+            ga_side = ga_ptr + (i_side % GP).to(tl.int64) * BH  # step i_side's slot
+            acc = blk.matmul_tile(acc, ga_side + r0 * H, H, B - r0, wx_ptr, n0, d, H, BM, BN, BK, LOWP, PREC,
+                                  W_KN=True)
             blk.store_tile(gx_ptr + r0 * d, d, B - r0, n0, d, acc, BM, BN)
     elif KIND == 4:  # BM: gm <- gm + [g_p | g_q] [W_pm; W_gm] ; gx0 = [g_p | g_q] [W_pu; W_gu] + b_k gx
         # the loaded term joins in the epilogue, part by part: a wide accumulator never starts from a
         # whole loaded tile (that spilled at 128 x 256)
-        gpq_rows = gpq_ptr
+        gpq_rows = gpq_i
         to_gm = t < tiles_d
         if to_gm:
             r0, n0 = _tile(t, d, BM, BN)
@@ -540,14 +571,14 @@ def unroll_phase_kernel(sched_ptr, phase,
             if to_gm:
                 blk.store_tile(gm_ptr + r0 * d, d, B - r0, ne, d, out, BM, BE)
             else:
-                blk.store_tile(gx0_ptr + r0 * d, d, B - r0, ne, d, out, BM, BE)
+                blk.store_tile(gx0_i + r0 * d, d, B - r0, ne, d, out, BM, BE)
     elif KIND == 5 or KIND == 6:  # BO / BR_l: gh (+)= G W^T, then the gradient below the layer's SiLU
         r0, n0 = _tile(t, H, BM, BN)
         if KIND == 5:
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_ptr + r0 * d, d, B - r0,
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gx0_i + r0 * d, d, B - r0,
                                   wo_ptr, n0, H, d, BM, BN, BK, LOWP, PREC, W_KN=True)
         else:  # gh's running value joins in the epilogue (as in BM)
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gz_ptr + layer.to(tl.int64) * BH + r0 * H, H,
+            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), gz_i + layer.to(tl.int64) * BH + r0 * H, H,
                                   B - r0, wh_ptr + layer.to(tl.int64) * H * H, n0, H, H, BM, BN, BK, LOWP, PREC,
                                   W_KN=True)
         below = layer - 1  # the residual layer under this gradient (-1: the input layer)
@@ -558,19 +589,19 @@ def unroll_phase_kernel(sched_ptr, phase,
                 gh += blk.load_tile(gh_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
             if below >= 0:
                 zb = blk.load_tile(z_ptr + (below.to(tl.int64) * S + slot) * BH + r0 * H, H, B - r0, ne, H, BM, BE)
-                blk.store_tile(gz_ptr + below.to(tl.int64) * BH + r0 * H, H, B - r0, ne, H, gh * blk.dsilu(zb), BM, BE)
+                blk.store_tile(gz_i + below.to(tl.int64) * BH + r0 * H, H, B - r0, ne, H, gh * blk.dsilu(zb), BM, BE)
                 blk.store_tile(gh_ptr + r0 * H, H, B - r0, ne, H, gh, BM, BE)
             else:
                 ga = gh * blk.dsilu(blk.load_tile(a_ptr + slot * BH + r0 * H, H, B - r0, ne, H, BM, BE))
                 if GA_TOTAL:  # one step: ga in full is dL/dcond, gcond (any dtype) only its seed
                     if GA_SEED:
                         ga += blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
-                    blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
+                    blk.store_tile(ga_i + r0 * H, H, B - r0, ne, H, ga, BM, BE)
                 else:
-                    blk.store_tile(ga_ptr + r0 * H, H, B - r0, ne, H, ga, BM, BE)
+                    blk.store_tile(ga_i + r0 * H, H, B - r0, ne, H, ga, BM, BE)
                     gc = blk.load_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, BM, BE) + ga
                     blk.store_tile(gcond_ptr + r0 * H, H, B - r0, ne, H, gc, BM, BE)
-    else:  # W of step i: dW (+)= G^T X; tiles over (job, layer, row split, out block, in block)
+    else:  # W of steps i .. i + side - 1: dW (+)= sum_steps G^T X; tiles over (job, layer, row split, out, in)
         kb_d = tl.cdiv(d, WBK)
         kb_h = tl.cdiv(H, WBK)
         c0 = SB * tl.cdiv(H, WBN) * kb_d             # w_x      [H, d]
@@ -578,35 +609,38 @@ def unroll_phase_kernel(sched_ptr, phase,
         c2 = SB * tl.cdiv(d, WBN) * kb_h             # w_out, w_pd [d, H]
         c4 = SB * tl.cdiv(H + d, WBN) * kb_d         # w_in_m, w_in_x [H + d, d]
         Kl = z64 + K * SB
-        x_slot = slot * BH   # (z64 keeps every branch's values the same type)
+        # per job: G's buffer and one step's slot of it; X's buffer, one step's stride and whether
+        # X is a per-step state (indexed by the step) or an activation (by its slot, step % S)
+        # (z64 keeps every branch's values the same type)
         if t < c0:
             j, N, Kd = pid * 0, H + pid * 0, d + pid * 0
-            g_base, x_base, part, glay, xlay, coff = ga_ptr, xs_ptr + i.to(tl.int64) * Bd, pw_x, z64, z64, z64
+            g_buf, g_step, x_buf, x_step, state = ga_ptr, BH, xs_ptr, Bd, pid * 0 + 1
+            part, glay, xlay, coff = pw_x, z64, z64, z64
         elif t < c0 + c1:
             t -= c0
             j, N, Kd = pid * 0 + 1, H + pid * 0, H + pid * 0
-            g_base, x_base, part, glay, xlay = gz_ptr, h_ptr + x_slot, pw_h, z64 + BH, z64 + S * BH
-            coff = Kl * H
+            g_buf, g_step, x_buf, x_step, state = gz_ptr, GZ, h_ptr, BH, pid * 0
+            part, glay, xlay, coff = pw_h, z64 + BH, z64 + S * BH, Kl * H
         elif t < c0 + c1 + c2:
             t -= c0 + c1
             j, N, Kd = pid * 0 + 2, d + pid * 0, H + pid * 0
-            g_base, x_base, part, glay, xlay = gx0_ptr, h_ptr + (z64 + NH) * S * BH + x_slot, pw_o, z64, z64
-            coff = Kl * H + NH * Kl * H
+            g_buf, g_step, x_buf, x_step, state = gx0_ptr, Bd, h_ptr + (z64 + NH) * S * BH, BH, pid * 0
+            part, glay, xlay, coff = pw_o, z64, z64, Kl * H + NH * Kl * H
         elif t < c0 + c1 + 2 * c2:
             t -= c0 + c1 + c2
             j, N, Kd = pid * 0 + 3, d + pid * 0, H + pid * 0
-            g_base, x_base, part, glay, xlay = gdel_ptr, sp_ptr + x_slot, pw_pd, z64, z64
-            coff = Kl * H + NH * Kl * H + Kl * d
+            g_buf, g_step, x_buf, x_step, state = gdel_ptr, Bd, sp_ptr, BH, pid * 0
+            part, glay, xlay, coff = pw_pd, z64, z64, Kl * H + NH * Kl * H + Kl * d
         elif t < c0 + c1 + 2 * c2 + c4:
             t -= c0 + c1 + 2 * c2
             j, N, Kd = pid * 0 + 4, H + d + pid * 0, d + pid * 0
-            g_base, x_base, part, glay, xlay = gpq_ptr, ms_ptr + i.to(tl.int64) * Bd, pw_im, z64, z64
-            coff = Kl * H + NH * Kl * H + 2 * Kl * d
+            g_buf, g_step, x_buf, x_step, state = gpq_ptr, GPQ, ms_ptr, Bd, pid * 0 + 1
+            part, glay, xlay, coff = pw_im, z64, z64, Kl * H + NH * Kl * H + 2 * Kl * d
         else:
             t -= c0 + c1 + 2 * c2 + c4
             j, N, Kd = pid * 0 + 5, H + d + pid * 0, d + pid * 0
-            g_base, x_base, part, glay, xlay = gpq_ptr, x0_ptr + slot * Bd, pw_ix, z64, z64
-            coff = z64
+            g_buf, g_step, x_buf, x_step, state = gpq_ptr, GPQ, x0_ptr, Bd, pid * 0
+            part, glay, xlay, coff = pw_ix, z64, z64, z64
         nbk = tl.cdiv(Kd, WBK)
         per_layer = SB * tl.cdiv(N, WBN) * nbk
         lay = t // per_layer
@@ -618,11 +652,19 @@ def unroll_phase_kernel(sched_ptr, phase,
         rows_split = tl.cdiv(B, SB)
         r_lo = split * rows_split
         r_hi = tl.minimum(r_lo + rows_split, B)
-        g_rows = g_base + lay.to(tl.int64) * glay + r_lo.to(tl.int64) * N
-        x_rows = x_base + lay.to(tl.int64) * xlay + r_lo.to(tl.int64) * Kd
-        acc, gsum = _wgrad_tile(tl.zeros((WBN, WBK), tl.float32), tl.zeros((WBN,), tl.float32), g_rows, x_rows,
-                                r_hi - r_lo, N, Kd, n0, k0, WBN, WBK, WBB, LOWP, PREC)
         offs_n = n0 + tl.arange(0, WBN)
+        acc = tl.zeros((WBN, WBK), tl.float32)
+        for s in range(side):  # the steps this phase reduces, each from its own G slot and X
+            step = i + s
+            xi = tl.where(state == 1, step, step % S).to(tl.int64)
+            g_rows = g_buf + (step % GP).to(tl.int64) * g_step + lay.to(tl.int64) * glay + r_lo.to(tl.int64) * N
+            x_rows = x_buf + xi * x_step + lay.to(tl.int64) * xlay + r_lo.to(tl.int64) * Kd
+            acc, gsum = _wgrad_tile(acc, tl.zeros((WBN,), tl.float32), g_rows, x_rows,
+                                    r_hi - r_lo, N, Kd, n0, k0, WBN, WBK, WBB, LOWP, PREC)
+            if j < 5:
+                if k0 == 0:  # the step's column sums, at its time-table row
+                    cp = cs_ptr + coff + ((lay * K + (K - 1 - step)) * SB + split).to(tl.int64) * N + offs_n
+                    tl.store(cp, gsum, mask=offs_n < N)
         WE: tl.constexpr = WBK // WEPI  # the partial's read-modify-write in column parts, as EPI
         for wp in tl.static_range(WEPI):
             offs_k = k0 + wp * WE + tl.arange(0, WE)
@@ -632,10 +674,6 @@ def unroll_phase_kernel(sched_ptr, phase,
             if (flags & 4) != 0:
                 val += tl.load(pp, mask=pmask, other=0.0)
             tl.store(pp, val, mask=pmask)
-        if j < 5:
-            if k0 == 0:
-                cp = cs_ptr + coff + ((lay * K + kr) * SB + split).to(tl.int64) * N + offs_n
-                tl.store(cp, gsum, mask=offs_n < N)
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -742,9 +780,9 @@ def check_flat_acts(acts, want: int, dtype, device, what: str = "") -> None:
 
 def phase_jobs(row, B: int, d: int, H: int, nh: int, n_wgrad: int = 6) -> list[tuple]:
     """The GEMM jobs of one schedule row as ``(name, M, N, K)`` (``[M, N]`` outputs reducing over K;
-    a weight-gradient job's M x N is its (layers x out, in), its K the step's B rows; the first
-    ``n_wgrad`` weight-gradient jobs run); the launcher's grids and the cost model both count from
-    these."""
+    a weight-gradient job's M x N is its (layers x out, in), its K the B rows of each step the
+    phase reduces; the first ``n_wgrad`` weight-gradient jobs run); the launcher's grids and the
+    cost model both count from these."""
     kind, main, side = row[0], row[3], row[4]
     jobs = {F_A: [("A", B, H, d)] * main + [("P", B, H, 2 * d), ("G", B, d, 2 * d)] * side,
             F_R: [("R", B, H, H)] * main + [("D", B, d, H)] * side,
@@ -754,7 +792,7 @@ def phase_jobs(row, B: int, d: int, H: int, nh: int, n_wgrad: int = 6) -> list[t
             B_O: [("BO", B, H, d)], B_R: [("BR", B, H, H)]}.get(kind)
     if jobs is not None:
         return jobs
-    return [(name, N * layers, Kd, B) for name, N, Kd, layers in wgrad_jobs(d, H, nh)[:n_wgrad] if layers]
+    return [(name, N * layers, Kd, B * side) for name, N, Kd, layers in wgrad_jobs(d, H, nh)[:n_wgrad] if layers]
 
 
 def _grid(row, B, d, H, nh, tiles, wt, SP, n_wgrad) -> int:
@@ -768,18 +806,19 @@ class _Call:
     """One call's arguments for :func:`unroll_phase_kernel` and the launches over a row range
     (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones;
     ``ga_total``, ``ga_seed``: the kernel's ``GA_TOTAL``, ``GA_SEED``; ``x0_loss``: ``(target, lp)``
-    for its ``X0_LOSS``, with ``grads["gx0"]`` the gradient it stores)."""
+    for its ``X0_LOSS``, with ``grads["gx0"]`` the gradient it stores; ``g_slots``: the G slots
+    ``grads``' activation-gradient buffers hold, :func:`grad_slots`)."""
 
     def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
                  wgrad_jobs: int = 6, wide: PhaseTiles | None = None, ga_total: bool = False,
-                 ga_seed: bool = False, x0_loss: tuple | None = None):
+                 ga_seed: bool = False, x0_loss: tuple | None = None, g_slots: int = 1):
         B, d = xs.shape[1], xs.shape[2]
         H = cond.shape[1]
         K = xs.shape[0]
         dtype, device = weights[0].dtype, xs.device
         self.dims = (B, d, H, nh, K)
         self.tiles, self.wide = call_tiles(tiles, wide, B, d, H, dtype)
-        self.wt = wgrad_tiles(dtype, min(d, H), min(d, H), self.tiles)[:2]
+        self.wt = wgrad_tiles(dtype, d, H, nh, self.tiles, wgrad_jobs)[:2]
         self.wlaunch = wgrad_launch_tiles(self.tiles, dtype)
         self.slots, self.splits, self.wgrad_jobs = slots, splits, wgrad_jobs
         g = grads or {}
@@ -789,7 +828,7 @@ class _Call:
         gb = [dummy if g.get(n) is None else g[n] for n in names]
         gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)] + list(x0_loss or (dummy, dummy))
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
-                     B, d, H, nh, K, slots, splits)
+                     B, d, H, nh, K, slots, splits, g_slots)
         self.lowp_prec, self.pdl, self.ga = dot_mode(dtype, device), pdl, (ga_total, ga_seed)
         self.x0_loss = x0_loss is not None
         self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most three: its tile, the wide
@@ -888,7 +927,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     else:
         act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
     tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
-    wt = wgrad_tiles(dtype, min(d, H), min(d, H), tiles)
+    wt = wgrad_tiles(dtype, d, H, nh, tiles)
     splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt[:2]))
     f32 = dict(device=device, dtype=torch.float32)
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
@@ -905,10 +944,11 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     part = [torch.empty(1, **f32) if not layers else place(names) if splits == 1 else
             torch.empty(layers, splits, N, Kd, **f32) for (_, N, Kd, layers), names in zip(jobs, _PARTIAL_PLACES)]
     cs_buf = torch.empty(sum(cs_sizes), **f32)
-    g = dict(gm=at["gm"], gx=at["gx"], gh=torch.empty(B, H, **f32), gcond=at["gcond"], ga=e(B, H),
-             gz=e(max(nh, 1), B, H), gx0=e(B, d), gdel=e(B, d), gpq=e(B, H + d), cs=cs_buf, part=part)
+    P = grad_slots(K, policy)  # the activation gradients of P steps at once, one G slot each
+    g = dict(gm=at["gm"], gx=at["gx"], gh=torch.empty(B, H, **f32), gcond=at["gcond"], ga=e(P, B, H),
+             gz=e(P, max(nh, 1), B, H), gx0=e(P, B, d), gdel=e(P, B, d), gpq=e(P, B, H + d), cs=cs_buf, part=part)
     fwd, bwd, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
-    _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl, wide=wide) \
+    _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl, wide=wide, g_slots=P) \
         .run(table, bwd, len(fwd))
     del g, act
 

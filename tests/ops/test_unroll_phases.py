@@ -181,15 +181,16 @@ def test_torch_compile_traces_without_graph_break():
 
 @pytest.mark.parametrize("L", [1, 3])
 def test_launch_counts_and_determinism(L):
-    """One launch per phase (forward K (L + 1) + 2; backward K (L + 3) + 1 under "save",
-    K (2 L + 6) + 1 under "recompute"), each launch's grid the phase's tile count; two runs
-    bitwise identical, every gradient included."""
-    steps = 2
+    """One launch per phase (forward K (L + 1) + 2; backward K (L + 2) + ceil(K / 2) + 1 under
+    "save", whose weight-gradient phases reduce two steps each, K (2 L + 6) + 1 under
+    "recompute"), each launch's grid the phase's tile count; two runs bitwise identical, every
+    gradient included."""
+    steps = 3  # "save": one weight-gradient phase of two steps, one of one
     inputs, ddim, weights, upstream = unroll_problem(17, 20, 19, L, steps, seed=17)  # 2 row blocks
     for policy in POLICIES:
         fwd, bwd = U.phase_counts(L, steps, policy)
         assert fwd == steps * (L + 1) + 2
-        assert bwd == (steps * (L + 3) + 1 if policy == "save" else steps * (2 * L + 6) + 1)
+        assert bwd == (steps * (L + 2) + 2 + 1 if policy == "save" else steps * (2 * L + 6) + 1)
         runs = []
         for _ in range(2):
             with K.count_launches() as c:
@@ -202,8 +203,9 @@ def test_launch_counts_and_determinism(L):
 def test_tile_picker():
     """fp32 and small batches take the inference picker's tile; larger fp16/bf16 batches the first
     of UNROLL_TILES with enough H-wide tiles (32 x 64 from 48, 64 x 64 from 64, 128 x 64 from 72,
-    128 x 128 from 64); the weight gradients take 128 x 256 with a 128-row tile, else 128 x 128,
-    and launch with 8 warps and 3 stages in fp16/bf16 whatever the activation tile's."""
+    128 x 128 from 64); the weight gradients take 128 x 256 with a 128-row tile or a wave of
+    them (the unroll's six jobs: 128 tiles; the diffusion term's three below the 128-row tile:
+    128 x 128), and launch with 8 warps and 3 stages in fp16/bf16 whatever the activation tile's."""
     d, H = 512, 1024
     assert U.pick_unroll_tiles(4096, d, H, torch.float32) == U.pick_phase_tiles(4096, d, H, torch.float32)
     assert U.pick_unroll_tiles(64, d, H, torch.bfloat16) == U.pick_phase_tiles(64, d, H, torch.bfloat16)
@@ -212,13 +214,15 @@ def test_tile_picker():
                     (897, wide), (4096, wide)):
         assert U.pick_unroll_tiles(B, d, H, torch.bfloat16) == want, B
     assert (wide.BM, wide.BN, wide.BK, wide.num_warps, wide.num_stages, wide.epi_parts) == (128, 128, 64, 8, 3, 2)
-    for B, want in ((4096, (128, 256)), (640, (128, 256)), (256, (128, 128)), (128, (128, 128)), (64, (128, 128))):
+    for B, unroll, denoise in ((4096, (128, 256), (128, 256)), (640, (128, 256), (128, 256)),
+                               (256, (128, 256), (128, 128)), (64, (128, 256), (128, 128))):
         tiles = U.pick_unroll_tiles(B, d, H)
-        assert U.wgrad_tiles(torch.bfloat16, d, d, tiles)[:2] == want, B
+        assert U.wgrad_tiles(torch.bfloat16, d, H, 1, tiles)[:2] == unroll, B
+        assert U.wgrad_tiles(torch.bfloat16, d, H, 1, tiles, n_jobs=3)[:2] == denoise, B
         w = U.wgrad_launch_tiles(tiles, torch.bfloat16)
         assert (w.BM, w.BN, w.BK, w.num_warps, w.num_stages) == (tiles.BM, tiles.BN, tiles.BK, 8, 3), B
     fp32 = U.pick_unroll_tiles(256, d, H, torch.float32)
-    assert U.wgrad_tiles(torch.float32, d, d, fp32)[:2] == (32, 32)
+    assert U.wgrad_tiles(torch.float32, d, H, 1, fp32)[:2] == (32, 32)
     assert U.wgrad_launch_tiles(fp32, torch.float32) == fp32
 
 
@@ -271,7 +275,39 @@ def test_every_tile_of_a_phase_is_one_program():
     assert U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK)) == out_tiles
     splits = U.split_rows(B, out_tiles)
     w_grids = [launch.grid[0] for launch, row in zip(launches, fwd + bwd) if row[0] == U.W_GRAD]
-    assert w_grids == [out_tiles * splits] * steps
+    assert w_grids == [out_tiles * splits] * -(-steps // U.grad_slots(steps, "save"))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 10])
+@pytest.mark.parametrize("policy", POLICIES)
+def test_weight_gradient_phases_cover_each_step_once(policy, steps):
+    """Every step's weight gradients are reduced by exactly one W phase, which runs after the
+    step's own backward phases and before any phase of an earlier step writes the G slot of a
+    step it reads (step i in slot i % P, P = grad_slots: 2 under "save", 1 under "recompute"); the
+    first W writes the partials, the later ones add to them (FLAG_ACC)."""
+    L = 2
+    P = U.grad_slots(steps, policy)
+    assert P == (min(2, steps) if policy == "save" else 1)
+    _, bwd = U.build_schedule(L, steps, policy)
+    covered, done, first = [], set(), True
+    for pos, row in enumerate(bwd):
+        if row[0] == U.W_GRAD:
+            i, n, flags = row[1], row[4], row[6]
+            assert 1 <= n <= P
+            group = list(range(i, i + n))
+            assert all(j in done for j in group)  # after each of its steps' backward phases
+            for j in group:  # from step j's first phase to this W: no other step writes j's G slot,
+                # and no forward phase reruns into the activations it reads
+                start = next(p for p, r in enumerate(bwd) if r[0] in (U.B_P, U.B_M) and r[3] and r[1] == j)
+                between = bwd[start:pos]
+                assert all(r[1] == j or r[1] % P != j % P for r in between if r[0] != U.W_GRAD and r[3])
+                assert not any(r[0] in (U.F_A, U.F_R, U.F_O) for r in between)
+            assert bool(flags & U.FLAG_ACC) == (not first)
+            covered += group
+            first = False
+        elif row[0] in (U.B_M, U.B_O, U.B_R) and row[3]:
+            done.add(row[1])
+    assert sorted(covered) == list(range(steps))
 
 
 @pytest.mark.parametrize("L", [1, 2])
@@ -360,7 +396,7 @@ def compile_rows() -> list[dict]:
 def test_sm90_compile_zero_spills(tmp_path):
     """Every phase kind of every shipped tile config (B = 64: 16-row tiles, 128: 32 x 64, 256:
     64 x 64, 640: 128 x 64, 4096: 128 x 128 with the split epilogue and 128 x 256 where
-    :func:`row_tiles` widens; weight-gradient tiles 128 x 128 and 128 x 256 on 8 warps): no
+    :func:`row_tiles` widens; weight-gradient tiles 128 x 256 on 8 warps): no
     spills, within the register file and shared memory; bf16 phases use the tensor cores (wgmma at
     BM >= 64 and in the weight-gradient phase, mma.sync at BM = 16 and 32)."""
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
@@ -370,7 +406,7 @@ def test_sm90_compile_zero_spills(tmp_path):
         if r["dtype"] == "bfloat16":
             assert r["wgmma"] if (r["BM"] >= 64 or r["KIND"] == U.W_GRAD) else r["mma_sync"], r
             if r["KIND"] == U.W_GRAD:  # launched on its own warps (wgrad_launch_tiles), whatever the call's tile
-                assert (r["num_warps"], r["num_stages"], r["WBN"]) == (8, 3, 128), r
+                assert (r["num_warps"], r["num_stages"], r["WBN"], r["WBK"]) == (8, 3, 128, 256), r
 
 
 if __name__ == "__main__":  # the compile check's subprocess: python tests/ops/test_unroll_phases.py OUT.json
