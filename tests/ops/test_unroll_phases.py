@@ -289,24 +289,24 @@ def test_weight_gradient_phases_cover_each_step_once(policy, steps):
     P = U.grad_slots(steps, policy)
     assert P == (min(2, steps) if policy == "save" else 1)
     _, bwd = U.build_schedule(L, steps, policy)
-    covered, done, first = [], set(), True
+    step_rows = {j: [q for q, r in enumerate(bwd) if r[0] in (U.B_P, U.B_M, U.B_O, U.B_R) and r[3] and r[1] == j]
+                 for j in range(steps)}
+    covered, first = [], True
     for pos, row in enumerate(bwd):
-        if row[0] == U.W_GRAD:
-            i, n, flags = row[1], row[4], row[6]
-            assert 1 <= n <= P
-            group = list(range(i, i + n))
-            assert all(j in done for j in group)  # after each of its steps' backward phases
-            for j in group:  # from step j's first phase to this W: no other step writes j's G slot,
-                # and no forward phase reruns into the activations it reads
-                start = next(p for p, r in enumerate(bwd) if r[0] in (U.B_P, U.B_M) and r[3] and r[1] == j)
-                between = bwd[start:pos]
-                assert all(r[1] == j or r[1] % P != j % P for r in between if r[0] != U.W_GRAD and r[3])
-                assert not any(r[0] in (U.F_A, U.F_R, U.F_O) for r in between)
-            assert bool(flags & U.FLAG_ACC) == (not first)
-            covered += group
-            first = False
-        elif row[0] in (U.B_M, U.B_O, U.B_R) and row[3]:
-            done.add(row[1])
+        if row[0] != U.W_GRAD:
+            continue
+        i, n, flags = row[1], row[4], row[6]
+        assert 1 <= n <= P
+        group = list(range(i, i + n))
+        for j in group:  # after all of step j's phases; from its first to this W no other step writes
+            # j's G slot, and no forward phase reruns into the activations this W reads
+            assert max(step_rows[j]) < pos
+            between = bwd[min(step_rows[j]):pos]
+            assert all(r[1] == j or r[1] % P != j % P for r in between if r[0] != U.W_GRAD and r[3])
+            assert not any(r[0] in (U.F_A, U.F_R, U.F_O) for r in between)
+        assert bool(flags & U.FLAG_ACC) == (not first)
+        covered += group
+        first = False
     assert sorted(covered) == list(range(steps))
 
 
