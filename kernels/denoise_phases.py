@@ -29,8 +29,7 @@ import triton
 from ._heuristics import check_matrix
 from .translator_unroll import check_denoiser
 from .unroll_phases import (B_O, B_R, F_A, F_O, F_R, W_GRAD, PhaseTiles, _Call, _span, _views, call_tiles,
-                            check_flat_acts, row_tiles, schedule_table, split_grads, split_rows, wgrad_out_tiles,
-                            wgrad_tiles)
+                            check_flat_acts, row_tiles, schedule_table, split_grads, wgrad_plan)
 
 WGRAD_JOBS = 3  # w_x, w_hidden, w_out: the phase kernel's first three weight-gradient jobs
 _ZEROS: dict = {}
@@ -84,8 +83,7 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl, x0_loss
     stand_in = weights[0]
     full = tuple(weights) + (stand_in,) * 8
     act = dict(acts, p=x_t, sp=x_t, g=x_t, dl=x_t)
-    if "x0" not in act:  # the backward writes no x0_hat: any pointer stands in
-        act["x0"] = x_t
+    act.setdefault("x0", x_t)  # the backward writes no x0_hat: any pointer stands in
     if grads is not None and "part" in grads:  # the PFIN jobs' fp32 partials: stand-ins past the first WGRAD_JOBS
         grads = dict(grads, part=list(grads["part"]) + [grads["part"][0]] * (6 - WGRAD_JOBS))
     xs = x_t.unsqueeze(0)
@@ -144,8 +142,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
         check_matrix("grad_a", grad_a, B, H, None, device, batch_rows=True)
     check_flat_acts(acts, saved_numel(B, d, H, nh + 1), dtype, device)
     tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
-    wt = wgrad_tiles(dtype, d, H, nh, tiles, WGRAD_JOBS)[:2]
-    splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt, WGRAD_JOBS))
+    _, splits = wgrad_plan(dtype, B, d, H, nh, tiles, WGRAD_JOBS)
     f32 = dict(device=device, dtype=torch.float32)
     layout = grad_layout(B, d, H, nh)
     out = torch.empty(sum(math.prod(shape) for _, shape in layout), dtype=dtype, device=device)

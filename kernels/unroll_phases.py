@@ -323,6 +323,15 @@ def split_rows(B: int, out_tiles: int, target: int = TARGET_TILES) -> int:
     return max(1, min(want, triton.cdiv(B, 64)))
 
 
+def wgrad_plan(dtype: torch.dtype, B: int, d: int, H: int, nh: int, tiles: PhaseTiles,
+               n_jobs: int = 6) -> tuple[tuple[int, int], int]:
+    """``((WBN, WBK), row splits)`` of a call's weight-gradient phases over its first ``n_jobs``
+    jobs: :func:`wgrad_tiles`, and :func:`split_rows` over the phase's output tiles (the backward
+    launchers and the cost model all take them from here)."""
+    wt = wgrad_tiles(dtype, d, H, nh, tiles, n_jobs)[:2]
+    return wt, split_rows(B, wgrad_out_tiles(d, H, nh, wt, n_jobs))
+
+
 # ----------------------------------------------------------------------------- device code
 
 
@@ -927,8 +936,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     else:
         act = _views(torch.empty(_act_numel(B, d, H, nh, 1), dtype=dtype, device=device), shapes)
     tiles, wide = call_tiles(tiles, wide, B, d, H, dtype)
-    wt = wgrad_tiles(dtype, d, H, nh, tiles)
-    splits = split_rows(B, wgrad_out_tiles(d, H, nh, wt[:2]))
+    _, splits = wgrad_plan(dtype, B, d, H, nh, tiles)
     f32 = dict(device=device, dtype=torch.float32)
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     jobs = wgrad_jobs(d, H, nh)

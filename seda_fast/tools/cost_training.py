@@ -408,8 +408,7 @@ def _kernel_phase_costs(cfg: SeDAConfig, batch: int, rows, steps: int, n_wgrad: 
     tdt = getattr(torch, dtype)
     e = _DTYPE_BYTES[dtype]
     tiles, wide = U.call_tiles(None, None, batch, d, H, tdt)
-    WBN, WBK, _ = U.wgrad_tiles(tdt, d, H, L - 1, tiles, n_wgrad)
-    splits = U.split_rows(batch, U.wgrad_out_tiles(d, H, L - 1, (WBN, WBK), n_wgrad))
+    (WBN, WBK), splits = U.wgrad_plan(tdt, batch, d, H, L - 1, tiles, n_wgrad)
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     out = []
     for row in rows:

@@ -146,8 +146,7 @@ def test_tiles_and_row_splits(tiles):
     ``x0_hat`` and ``a``."""
     B, d, H, L = 130, 20, 37, 2
     targets, t, inputs, den = _problem(B, d, H, L, seed=3)
-    WBN, WBK, _ = DP.wgrad_tiles(torch.float32, d, d)
-    assert DP.split_rows(B, DP.wgrad_out_tiles(d, H, L - 1, (WBN, WBK), DP.WGRAD_JOBS)) == 3
+    assert DP.wgrad_plan(torch.float32, B, d, H, L - 1, tiles, DP.WGRAD_JOBS)[1] == 3  # the launcher's row splits
     x_t = reference._noised(T, targets[0], t, targets[1])
     cond = inputs[0] + inputs[1]
     w = [den.in_x.weight, den.hidden[0].weight.unsqueeze(0), den.hidden[0].bias.unsqueeze(0), den.out.weight,
