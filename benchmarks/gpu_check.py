@@ -31,8 +31,9 @@ Jobs, in order of value:
 5. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
    eager, fused (phases: stage 1's diffusion term, stage 2's unroll saving its activations),
    fused_graph (the fused step captured whole in one CUDA graph and replayed), torch.compile; then
-   the other implementations (``fused-recompute``, stage 2 only; ``fused-rowblock``, both stages;
-   each also ``_graph``); each with the step's peak memory.
+   ``fused-raw`` (the phase ops' launches one Python launch each, without their graphs of recurring
+   launches) and the other implementations (``fused-recompute``, stage 2 only; ``fused-rowblock``,
+   both stages; each also ``_graph``); each with the step's peak memory.
 6. The GPU-only test cases: every kernel test file, ``-x``, one child (and timeout) per file.
 
 Every timing row carries its error against the fp32 eager reference: inference, the largest
@@ -66,8 +67,10 @@ GRACE_S = 60.0  # how far past the budget a job already started may run
 # "nopdl" = the graph replay without programmatic dependent launch
 PHASE_VARIANTS = {"phases": ("raw", "nopdl")}
 # stage-2 training variants of the fused providers: name -> (SeDA.fused_impl, SeDA.activation_memory);
-# plain "fused" is the default (phases, saving every step's activations)
-TRAIN_VARIANTS = {"recompute": ("phases", "recompute"), "rowblock": ("rowblock", None)}
+# plain "fused" is the default (phases, saving every step's activations, recurring launches replayed
+# as CUDA graphs); "raw" is the default launched one phase at a time (launch_options(graph=False))
+TRAIN_VARIANTS = {"raw": ("phases", "save"), "recompute": ("phases", "recompute"), "rowblock": ("rowblock", None)}
+UNGRAPHED_VARIANTS = ("raw",)  # no "_graph" provider: a whole-step capture launches plainly anyway
 
 sys.path.insert(0, str(ROOT))
 from seda_fast.presets import DEFAULT, TINY  # noqa: E402  (d=512, H=1024, L=2, K1=K2=10 / the smoke model)
@@ -75,7 +78,7 @@ from seda_fast.presets import DEFAULT, TINY  # noqa: E402  (d=512, H=1024, L=2, 
 # Kernel test files whose bf16 / throughput-tile / autocast / compile-on-CUDA cases only run on a GPU.
 GPU_TEST_FILES = ("core/test_triton_inference.py", "ops/test_infer_phases.py", "ops/test_denoiser_x0_loss.py",
                   "ops/test_translator_unroll.py", "ops/test_unroll_phases.py", "ops/test_denoise_phases.py",
-                  "ops/test_center_loss.py", "ops/test_center_update.py",
+                  "ops/test_launch_graphs.py", "ops/test_center_loss.py", "ops/test_center_update.py",
                   "core/test_triton_training.py", "core/test_training_graph.py")
 
 
@@ -113,7 +116,8 @@ def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
             providers = [f"fused:{impl}"] + [f"fused:{impl}-{v}" for v in (() if dry else PHASE_VARIANTS.get(impl, ()))]
             jobs.append(Job(f"infer-fused-{impl}-{tag}", "infer", dict(common, providers=providers), 180))
         jobs.append(Job(f"infer-compile-{tag}", "infer", dict(common, providers=["torch_compile"]), 300))
-    variants = tuple(f"fused-{v}{g}" for v in TRAIN_VARIANTS for g in ("", "_graph"))
+    variants = tuple(f"fused-{v}{g}" for v in TRAIN_VARIANTS for g in ("", "_graph")
+                     if not (g and v in UNGRAPHED_VARIANTS))
     for provider in ("eager", "fused", "fused_graph", "torch_compile") + variants:
         jobs.append(Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
                                                           amp="float32" if dry else "bfloat16"), 300))
@@ -477,7 +481,7 @@ def child_train(job, args, device) -> None:
 
     graphed = provider.endswith("_graph")
     variant = provider[len("fused-"):].removesuffix("_graph") if provider.startswith("fused-") else None
-    for stage in (1, 2) if variant in (None, "rowblock") else (2,):  # recompute changes only the stage-2 unroll
+    for stage in (1, 2) if variant in (None, "raw", "rowblock") else (2,):  # recompute changes only stage 2
         for batch in job.params["batches"]:
             row = {"section": "training", "provider": provider, "stage": stage, "batch": batch,
                    "amp": job.params["amp"], "dry_run": args.dry_run}
@@ -509,12 +513,16 @@ def child_train(job, args, device) -> None:
                 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                         capturable=graphed)
 
+                from seda_fast.ops.runtime import launch_options
+                raw = variant in UNGRAPHED_VARIANTS
+
                 def step():  # autocast's weight-cast cache must be off inside a graph capture
-                    with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32,
-                                        cache_enabled=not graphed):
-                        loss = fn(v, y, text=text)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    with launch_options(graph=not raw):
+                        with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32,
+                                            cache_enabled=not graphed):
+                            loss = fn(v, y, text=text)
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
                     opt.step()
                 if graphed:  # the whole step (loss, backward, AdamW) captured once, then replayed
                     step = bench.cuda_graph(step)

@@ -5,6 +5,8 @@
 (tests use it to pin the number of kernel launches of one fused call); ``capture_launches()``
 records launches WITHOUT running them (the compile report uses it to get the exact arguments and
 meta-parameters a call would launch with; the launchers then return uninitialised outputs).
+``launch_group()`` marks the launches made inside it as one group (a phase launcher's range,
+which on CUDA replays as one graph, see ``_graphs.py``): a recorded launch carries its group.
 """
 from __future__ import annotations
 
@@ -51,6 +53,23 @@ class Launch:
     grid: tuple
     args: tuple
     meta: dict
+    group: int | None = None  # the launch_group() it was made in (numbered per thread), or None
+
+
+@contextlib.contextmanager
+def launch_group():
+    """The launches made inside the block form one group (recorded launches carry its number)."""
+    prev = getattr(_state, "group", None)
+    _state.group = _state.next_group = getattr(_state, "next_group", 0) + 1
+    try:
+        yield
+    finally:
+        _state.group = prev
+
+
+def recording() -> bool:
+    """Whether :func:`capture_launches` is recording (launches are not run)."""
+    return getattr(_state, "capture", None) is not None
 
 
 @contextlib.contextmanager
@@ -78,6 +97,7 @@ def launch(kernel, grid, *args, **meta):
     capture = getattr(_state, "capture", None)
     if capture is not None:
         launches, keep_args = capture
-        launches.append(Launch(kernel, tuple(grid), args if keep_args else (), dict(meta) if keep_args else {}))
+        launches.append(Launch(kernel, tuple(grid), args if keep_args else (), dict(meta) if keep_args else {},
+                               getattr(_state, "group", None)))
         return None
     return kernel[grid](*args, **meta)

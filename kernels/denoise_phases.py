@@ -74,11 +74,12 @@ def _zero_tables(H, dtype, device):
     return tables
 
 
-def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl, x0_loss=None):
+def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl, graph, x0_loss=None):
     """The phase kernel's arguments for this schedule: one step (K = 1, a zero time row), no PFIN
     (its weights and buffers are stand-ins no phase here reads), ``ga`` stored in full
     (``GA_TOTAL``; ``GA_SEED`` when ``grads["gcond"]`` holds the caller's ``dL/da``); ``x0_loss``
-    ``(target, lp)`` with ``grads["gx0"]`` for the forward's loss (``X0_LOSS``)."""
+    ``(target, lp)`` with ``grads["gx0"]`` for the forward's loss (``X0_LOSS``); ``graph`` as the
+    launchers'."""
     e_row, ddim = _zero_tables(cond.shape[1], cond.dtype, cond.device)
     stand_in = weights[0]
     full = tuple(weights) + (stand_in,) * 8
@@ -89,11 +90,12 @@ def _call(x_t, cond, weights, nh, acts, grads, splits, tiles, wide, pdl, x0_loss
     xs = x_t.unsqueeze(0)
     seeded = grads is not None and grads.get("gcond") is not None
     return _Call(xs, xs, cond, e_row, ddim, full, nh, act, grads, 1, splits, tiles, pdl, wgrad_jobs=WGRAD_JOBS,
-                 wide=wide, ga_total=True, ga_seed=seeded, x0_loss=x0_loss)
+                 wide=wide, ga_total=True, ga_seed=seeded, x0_loss=x0_loss, graph=graph)
 
 
 def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, target=None,
-                           tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
+                           tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False,
+                           graph: bool = False):
     """``(x0_hat [B, d], a [B, H], acts)`` in the weights' dtype: the denoiser's output, its input
     layer's pre-activation ``a = x_t W_x + cond`` and the flat activations
     :func:`denoise_phases_backward` reads beside ``a``. ``x_t [B, d]``, ``cond [B, H]`` in the
@@ -101,7 +103,8 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
     With ``target [B, d]`` (any float dtype) also ``loss`` (0-dim fp32, ``mean (x0_hat -
     target)^2`` from x0_hat before its rounding) and ``grad_x0`` (``dloss/dx0_hat [B, d]``, the
     weights' dtype), formed in the output phase's epilogue: the return is then
-    ``(x0_hat, a, acts, loss, grad_x0)``."""
+    ``(x0_hat, a, acts, loss, grad_x0)``. ``pdl``, ``graph``: as
+    :func:`seda_fast.kernels.unroll_phases.unroll_phases_forward`'s."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out)
     B, d, H, nh = _check_args(x_t, cond, weights)
     if target is not None:
@@ -117,7 +120,7 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
         o = row_tiles(fwd[-1], B, d, H, nh, 1, tiles, wide)
         lp = torch.empty(triton.cdiv(B, o.BM) * triton.cdiv(d, o.BN), dtype=torch.float32, device=x_t.device)
         grads, x0_loss = dict(gx0=torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)), (target.contiguous(), lp)
-    _call(x_t, cond, weights, nh, acts, grads, 1, tiles, wide, pdl, x0_loss).run(table, fwd, 0)
+    _call(x_t, cond, weights, nh, acts, grads, 1, tiles, wide, pdl, graph and x_t.is_cuda, x0_loss).run(table, fwd, 0)
     if target is None:
         return x0_hat, a, flat
     return x0_hat, a, flat, x0_loss[1].sum(), grads["gx0"]
@@ -125,7 +128,7 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
 
 def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out, *,
                             grad_a=None, tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None,
-                            pdl: bool = False, flat: bool = False):
+                            pdl: bool = False, flat: bool = False, graph: bool = False):
     """``(grad_cond [B, H], grad_w_x, grad_w_hidden, grad_b_hidden, grad_w_out, grad_b_out)`` in the
     weights' dtype from ``grad_x0 = dL/dx0_hat [B, d]``, the forward's ``a`` and ``acts``, and, when
     a consumer of ``a`` sends one, ``grad_a = dL/da [B, H]``: views of one buffer laid out as
@@ -165,7 +168,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
     act = dict(_views(acts, _act_shapes(B, d, H, nh)), a=a)
-    _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl).run(table, bwd, fwd_len)
+    _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl, graph and x_t.is_cuda).run(table, bwd, fwd_len)
     if splits > 1:  # the row splits' partials and column sums summed in a fixed order, into their places
         for p, (n, _) in zip(part, jobs):
             if p.numel():

@@ -83,7 +83,6 @@ written and compiled for sm_90a, not executed.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +90,7 @@ import triton
 import triton.language as tl
 
 from . import _blocks as blk
+from . import _graphs
 from ._barrier import grid_barrier
 from ._heuristics import Blocks, check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
 from ._launch import launch
@@ -548,7 +548,6 @@ IMPLS = ("phases", "persistent")
 _SCHEDULES: dict = {}   # (d, H, C, Dv, L, K1, K2, device) -> int32 [n_phases, 8] schedule table
 _GRAPHS: dict = {}      # see _graph_call
 MAX_GRAPHS = 8
-_PDL_CAPTURE_FAILED = False  # set when this process could not capture programmatic launches
 
 
 def _schedule_table(dims, device) -> torch.Tensor:
@@ -741,10 +740,9 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
     ``fused.prepared`` rebuilt after a weight change) have new addresses, so they capture a new
     graph; in-place weight updates are read by the replay as they are. Inputs are copied into the
     graph's static buffers and the buffers ``names`` cloned out of them (returned in that order)."""
-    global _PDL_CAPTURE_FAILED
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
-    pdl = pdl and not _PDL_CAPTURE_FAILED
+    pdl = pdl and not _graphs.pdl_capture_failed()
     key = (B, dtype, device, noise is None, tiles, pdl, len(phases), ln_eps, c0, c1,
            tuple(t.data_ptr() for t in flat), tuple(tuple(t.shape) for t in flat))
     entry = _GRAPHS.get(key)
@@ -755,9 +753,9 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
         bufs = _buffers(B, d, H, C, dtype, device)
         wargs = _weight_args(flat)
 
-        def run():
+        def run(pdl_):
             _launch_all("phases", static_v, static_xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, None,
-                        pdl)
+                        pdl_)
 
         static_v.copy_(visual)
         if static_xi is not None:
@@ -765,20 +763,10 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            run()  # compiles every kernel outside the capture
+            run(pdl)  # compiles every kernel outside the capture
         torch.cuda.current_stream(device).wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(g):
-                run()
-        except RuntimeError as exc:
-            if not pdl:
-                raise
-            _PDL_CAPTURE_FAILED = True  # later captures go straight to plain launches
-            # a driver or runtime that cannot capture programmatic launches: capture plain launches
-            warnings.warn(f"infer_phases: capturing launches with programmatic dependent launch failed ({exc}); "
-                          "capturing without it", RuntimeWarning, stacklevel=3)
-            return _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, False, names)
+        g, used = _graphs.capture(run, device, pdl, "infer_phases")
+        key = key[:5] + (used,) + key[6:]  # a capture that fell back to plain launches is keyed as one
         if len(_GRAPHS) >= MAX_GRAPHS:
             _GRAPHS.pop(next(iter(_GRAPHS)))
         entry = _GRAPHS[key] = (g, static_v, static_xi, bufs, flat)  # flat: keeps the captured tensors alive

@@ -60,8 +60,9 @@ import triton
 import triton.language as tl
 
 from . import _blocks as blk
+from . import _graphs
 from ._heuristics import check_matrix, clamp_block, dot_mode
-from ._launch import launch
+from ._launch import launch, launch_group, recording
 from .infer_phases import TARGET_TILES, PhaseTiles, _tile, pick_phase_tiles
 from .translator_unroll import _check, _pointers
 
@@ -816,11 +817,12 @@ class _Call:
     (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones;
     ``ga_total``, ``ga_seed``: the kernel's ``GA_TOTAL``, ``GA_SEED``; ``x0_loss``: ``(target, lp)``
     for its ``X0_LOSS``, with ``grads["gx0"]`` the gradient it stores; ``g_slots``: the G slots
-    ``grads``' activation-gradient buffers hold, :func:`grad_slots`)."""
+    ``grads``' activation-gradient buffers hold, :func:`grad_slots`; ``graph``: a run goes through
+    ``_graphs.GRAPHS``, keyed by :meth:`graph_key`, so a recurring run replays one CUDA graph)."""
 
     def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
                  wgrad_jobs: int = 6, wide: PhaseTiles | None = None, ga_total: bool = False,
-                 ga_seed: bool = False, x0_loss: tuple | None = None, g_slots: int = 1):
+                 ga_seed: bool = False, x0_loss: tuple | None = None, g_slots: int = 1, graph: bool = False):
         B, d = xs.shape[1], xs.shape[2]
         H = cond.shape[1]
         K = xs.shape[0]
@@ -838,6 +840,9 @@ class _Call:
         gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)] + list(x0_loss or (dummy, dummy))
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits, g_slots)
+        self.graph = graph
+        if graph and pdl and _graphs.pdl_capture_failed():
+            pdl = False  # what a capture would fall back to anyway: keys stay those of the graphs
         self.lowp_prec, self.pdl, self.ga = dot_mode(dtype, device), pdl, (ga_total, ga_seed)
         self.x0_loss = x0_loss is not None
         self.metas = {}  # PhaseTiles -> launch meta (a call launches on at most three: its tile, the wide
@@ -856,7 +861,28 @@ class _Call:
                 meta["launch_pdl"] = True
         return meta
 
+    def graph_key(self, table, rows, first) -> tuple:
+        """Everything the launches of ``rows`` (schedule rows ``first ..`` of ``table``) depend on:
+        the schedule table's address and the row range, the tiles, the meta-parameters' inputs, and
+        every argument (a tensor by its address and dtype; sizes as they are). Equal keys, equal
+        launches: what makes a replayed graph a plain run."""
+        return (table.device, table.data_ptr(), first, len(rows), self.tiles, self.wide, self.wt, self.wlaunch,
+                self.wgrad_jobs, self.lowp_prec, self.pdl, self.ga, self.x0_loss,
+                tuple((a.data_ptr(), a.dtype) if isinstance(a, torch.Tensor) else a for a in self.args))
+
     def run(self, table, rows, first):
+        """Launch the phases of ``rows`` (schedule rows ``first ..`` of ``table``), one group; with
+        ``graph`` (and not while launches are being recorded) through ``_graphs.GRAPHS``."""
+        with launch_group():
+            if not self.graph or recording():
+                self._launch(table, rows, first, self.pdl)
+            else:
+                _graphs.GRAPHS.run(self.graph_key(table, rows, first),
+                                   lambda pdl: self._launch(table, rows, first, pdl), table.device, self.pdl)
+
+    def _launch(self, table, rows, first, pdl):
+        if pdl != self.pdl:  # a capture that fell back to plain launches
+            self.pdl, self.metas = pdl, {}
         B, d, H, nh, K = self.dims
         for p, row in enumerate(rows):
             tiles = self.wlaunch if row[0] == W_GRAD else row_tiles(row, B, d, H, nh, K, self.tiles, self.wide)
@@ -883,10 +909,12 @@ def _check_states(xs, ms, B, d, K, dtype, device):
 
 def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out,
                           w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, *, policy: str = "save",
-                          tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False):
+                          tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False,
+                          graph: bool = False):
     """The unrolled loop as ``K (L + 1) + 2`` phase launches (arguments as
     :func:`seda_fast.kernels.translator_unroll_forward`; ``pdl``: programmatic dependent launch,
-    Hopper only).
+    Hopper only; ``graph``: on CUDA, through ``_graphs.GRAPHS``, one graph replay once the same
+    launches recur, ignored elsewhere).
 
     Returns ``(m [B, d], xs [K, B, d], ms [K + 1, B, d], acts)`` in the weights' dtype: the per-step
     states and, under ``policy="save"``, every step's activations as one flat tensor (empty under
@@ -905,20 +933,21 @@ def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, 
     flat = torch.empty(_act_numel(B, d, H, nh, slots), dtype=dtype, device=device)
     acts = _views(flat, _act_shapes(B, d, H, nh, slots))
     fwd, _, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
-    _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl, wide=wide).run(table, fwd, 0)
+    _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl, wide=wide,
+          graph=graph and device.type == "cuda").run(table, fwd, 0)
     return ms[K].clone(), xs, ms, (flat if policy == "save" else flat.new_empty(0))
 
 
 def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out, b_out,
                            w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, *, policy: str = "save",
                            tiles: PhaseTiles | None = None, wide: PhaseTiles | None = None, pdl: bool = False,
-                           flat: bool = False):
+                           flat: bool = False, graph: bool = False):
     """Every gradient of :func:`unroll_phases_forward` from ``grad_m = dL/dm [B, d]`` and its saved
     ``xs``, ``ms``, ``acts``, in the order of :func:`seda_fast.kernels.translator_unroll_backward`
     (inputs, then the 13 weights), in the weights' dtype: views of one buffer laid out as
     :func:`grad_layout`, which ``flat=True`` returns instead. Accumulated in fp32 in a fixed order
     (bitwise reproducible) into one fp32 buffer of that layout, cast once. Launches:
-    :func:`phase_counts`."""
+    :func:`phase_counts` (``graph``: as :func:`unroll_phases_forward`)."""
     weights = (w_x, w_hidden, b_hidden, w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g)
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -956,8 +985,8 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
     g = dict(gm=at["gm"], gx=at["gx"], gh=torch.empty(B, H, **f32), gcond=at["gcond"], ga=e(P, B, H),
              gz=e(P, max(nh, 1), B, H), gx0=e(P, B, d), gdel=e(P, B, d), gpq=e(P, B, H + d), cs=cs_buf, part=part)
     fwd, bwd, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
-    _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl, wide=wide, g_slots=P) \
-        .run(table, bwd, len(fwd))
+    _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl, wide=wide, g_slots=P,
+          graph=graph and device.type == "cuda").run(table, bwd, len(fwd))
     del g, act
 
     if splits > 1:  # the partials summed over their row splits in a fixed order, into their places

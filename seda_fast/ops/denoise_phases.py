@@ -18,8 +18,7 @@ from torch import Tensor
 
 from .. import schedule
 from .denoiser_x0_loss import check_no_grad
-from .runtime import flat_split_plan, in_compute_dtype, kernels, split_flat
-from .unroll_phases import _pdl
+from .runtime import flat_split_plan, in_compute_dtype, kernels, phase_launch, split_flat
 from .weights import hidden_stack
 
 
@@ -29,7 +28,7 @@ def denoise_phases_fwd(x_t: Tensor, target: Tensor, cond: Tensor, w_x: Tensor, w
     """``(loss [] fp32, a [B, H], acts [n], grad_x0 [B, d])``, ``a``, ``acts`` and ``grad_x0``
     (``dloss/dx0_hat``) in the weights' dtype; ``loss = mean (x0_hat - target)^2``."""
     _, a, acts, loss, grad_x0 = kernels().denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out,
-                                                                 target=target, pdl=_pdl(x_t))
+                                                                 target=target, **phase_launch(x_t))
     return loss, a, acts, grad_x0
 
 
@@ -47,7 +46,7 @@ def denoise_phases_bwd(grad_x0: Tensor, grad_a: Tensor | None, x_t: Tensor, acts
     """Gradients of ``cond`` and the five weights (weights' dtype) as one flat tensor laid out as
     ``kernels.denoise_phases.grad_layout``; ``grad_a`` None when nothing read ``a``."""
     return kernels().denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden, w_out, b_out,
-                                             grad_a=grad_a, pdl=_pdl(grad_x0), flat=True)
+                                             grad_a=grad_a, flat=True, **phase_launch(grad_x0))
 
 
 @torch.compiler.assume_constant_result

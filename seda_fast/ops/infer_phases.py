@@ -10,32 +10,13 @@ whole call is one cached CUDA-graph replay, see :func:`launch_options`) or ``"pe
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 
 from .. import schedule
 from ..validation import stream_capturing
-from .runtime import check_dtype, compute_dtype, kernels
+from .runtime import _LAUNCH, check_dtype, compute_dtype, kernels, launch_options  # noqa: F401 (launch_options: re-exported)
 from .weights import in_dtype, model_view, op_args, prepared, weight_paths
-
-_LAUNCH = {"graph": True, "pdl": None}  # how impl="phases" launches on CUDA; see launch_options
-
-
-@contextlib.contextmanager
-def launch_options(graph: bool = True, pdl: bool | None = None):
-    """Inside the block, ``impl="phases"`` on CUDA launches as asked: ``graph=False`` makes one
-    launch per phase instead of replaying the cached CUDA graph of the whole call; ``pdl``
-    ``True``/``False`` forces programmatic dependent launch on or off (``None``: on where the device
-    has it). The numbers do not change; the GPU script times each way."""
-    saved = dict(_LAUNCH)
-    _LAUNCH.update(graph=graph, pdl=pdl)
-    try:
-        yield
-    finally:
-        _LAUNCH.update(saved)
-
 
 def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int, K2: int,
           ln_eps: float, dtype: torch.dtype, impl: str, semantic_only: bool = False):

@@ -11,6 +11,7 @@ The import is lazy (first fused call), so importing seda_fast never needs triton
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import math
@@ -167,3 +168,34 @@ def in_compute_dtype(tensors, device: torch.device) -> list:
     gradients flow back to the fp32 master weights as fp32."""
     dtype = autocast_dtype(device, tensors[0].dtype)
     return [t.to(dtype) for t in tensors]
+
+
+_LAUNCH = {"graph": True, "pdl": None}  # how the phase ops launch on CUDA; see launch_options
+
+
+@contextlib.contextmanager
+def launch_options(graph: bool = True, pdl: bool | None = None):
+    """Inside the block the phase ops launch on CUDA as asked: ``graph=False`` makes one Python
+    launch per phase instead of a CUDA-graph replay (inference: the cached graph of the whole call;
+    training: the graph of each phase range once its launches recur, ``kernels/_graphs.py``);
+    ``pdl`` ``True``/``False`` forces programmatic dependent launch on or off (``None``: on where the
+    device has it). The numbers do not change; the GPU script times each way."""
+    saved = dict(_LAUNCH)
+    _LAUNCH.update(graph=graph, pdl=pdl)
+    try:
+        yield
+    finally:
+        _LAUNCH.update(saved)
+
+
+def phase_launch(t: torch.Tensor) -> dict:
+    """``pdl`` and ``graph`` for a training phase launcher working on ``t``'s device: programmatic
+    dependent launch where the GPU has it and CUDA-graph replay of recurring launches on CUDA
+    (:func:`launch_options` may turn either off), neither inside a caller's own CUDA-graph capture
+    (the caller's graph holds the launches; a capture of programmatic launches there is not
+    measured on a GPU yet)."""
+    from ..validation import stream_capturing
+    if stream_capturing(t):
+        return dict(pdl=False, graph=False)
+    pdl = _LAUNCH["pdl"] is not False and kernels().infer_phases_module.pdl_available(t.device)
+    return dict(pdl=pdl, graph=t.is_cuda and _LAUNCH["graph"])

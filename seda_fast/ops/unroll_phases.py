@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..validation import stream_capturing
-from .runtime import flat_split_plan, kernels, split_flat
+from .runtime import flat_split_plan, kernels, phase_launch, split_flat
 from .translator_unroll import unroll_inputs
 
 POLICIES = ("save", "recompute")
@@ -27,12 +26,6 @@ def saved_bytes(cfg, batch: int, dtype: torch.dtype, policy: str) -> int:
                                                       dtype, policy)
 
 
-def _pdl(t: Tensor) -> bool:
-    """Programmatic dependent launch where the GPU has it, but not inside a caller's CUDA-graph
-    capture (a capture of programmatic launches is not measured on a GPU yet)."""
-    return kernels().infer_phases_module.pdl_available(t.device) and not stream_capturing(t)
-
-
 @torch.library.custom_op("seda_fast::unroll_phases_fwd", mutates_args=())
 def unroll_phases_fwd(x_start: Tensor, m_start: Tensor, cond: Tensor, e_table: Tensor, ddim: Tensor,
                       w_x: Tensor, w_hidden: Tensor, b_hidden: Tensor, w_out: Tensor, b_out: Tensor, w_pm: Tensor,
@@ -41,7 +34,7 @@ def unroll_phases_fwd(x_start: Tensor, m_start: Tensor, cond: Tensor, e_table: T
     """``(m [B, d], xs [K, B, d], ms [K + 1, B, d], acts [n])``, all in the weights' dtype."""
     return kernels().unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, b_hidden, w_out,
                                            b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g, policy=policy,
-                                           pdl=_pdl(x_start))
+                                           **phase_launch(x_start))
 
 
 @unroll_phases_fwd.register_fake
@@ -62,7 +55,7 @@ def unroll_phases_bwd(grad_m: Tensor, xs: Tensor, ms: Tensor, acts: Tensor, cond
     flat tensor laid out as ``kernels.unroll_phases.grad_layout`` (:func:`_grads` splits it)."""
     return kernels().unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hidden, b_hidden,
                                             w_out, b_out, w_pm, w_pu, b_p, w_pd, b_pd, w_gm, w_gu, b_g,
-                                            policy=policy, pdl=_pdl(grad_m), flat=True)
+                                            policy=policy, flat=True, **phase_launch(grad_m))
 
 
 @torch.compiler.assume_constant_result

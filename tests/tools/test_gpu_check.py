@@ -52,8 +52,8 @@ def test_dry_run_end_to_end_and_report(tmp_path):
         assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["max_abs_err_vs_fp32"] < 1e-5 and r["rel_err_logits_vs_fp32"] < 1e-5
     train = _by(doc, section="training", status="ok")
-    assert {(r["provider"], r["stage"]) for r in train} == {(p, s) for p in ("eager", "fused") for s in (1, 2)} | {
-        ("fused-recompute", 2), ("fused-rowblock", 1), ("fused-rowblock", 2)}  # recompute: stage 2 only
+    assert {(r["provider"], r["stage"]) for r in train} == {(p, s) for p in ("eager", "fused", "fused-raw", "fused-rowblock")
+                                                            for s in (1, 2)} | {("fused-recompute", 2)}  # stage 2 only
     assert {r["unroll"] for r in train if r["provider"] != "eager"} == {"phases", "rowblock"}
     for provider in ("fused_graph", "fused-recompute_graph", "fused-rowblock_graph"):  # CUDA only
         assert {r["status"] for r in _by(doc, section="training", provider=provider)} == {"skipped"}, provider
