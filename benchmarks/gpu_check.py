@@ -513,7 +513,7 @@ def child_train(job, args, device) -> None:
                 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
                                         capturable=graphed)
 
-                from seda_fast.ops.runtime import launch_options
+                from seda_fast.ops.runtime import launch_options, phase_graphs
                 raw = variant in UNGRAPHED_VARIANTS
 
                 def step():  # autocast's weight-cast cache must be off inside a graph capture
@@ -526,7 +526,9 @@ def child_train(job, args, device) -> None:
                     opt.step()
                 if graphed:  # the whole step (loss, backward, AdamW) captured once, then replayed
                     step = bench.cuda_graph(step)
+                phase_graphs(clear=True)
                 row.update(bench.summarize(bench.device_times(step, warm, iters, cuda)))
+                row["phase_graphs"] = phase_graphs()  # did the phase ranges' launches recur and replay?
                 row["peak_mb"] = memory.peak_bytes(step, device) / 2**20
                 row["status"] = "ok"
             except Exception as exc:  # record and go on with the next row

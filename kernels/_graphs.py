@@ -12,8 +12,8 @@ them and a function that makes the launches:
 
 A training loop whose allocator hands back the same buffers each step (the steady state of
 PyTorch's caching allocator) reaches the third case after two steps. Where keys do not recur, the
-cost is one key per call; a cache that captures without replaying stops capturing
-(:attr:`LaunchGraphs.stalled`). Not for use inside a caller's own capture (the launchers launch
+cost is one key per call; a cache that captures without replaying, or whose capture failed,
+stops capturing (:attr:`LaunchGraphs.stalled`) and launches plainly. Not for use inside a caller's own capture (the launchers launch
 plainly there). :func:`capture` is also what the inference schedule's graph uses.
 """
 from __future__ import annotations
@@ -75,13 +75,15 @@ class LaunchGraphs:
         self.seen: OrderedDict = OrderedDict()
         self.max_graphs, self.max_seen, self.capture_fn = max_graphs, max_seen, capture_fn
         self.captures = self.replays = self.plain = 0
+        self.failure: str | None = None  # why a capture failed; no capture is tried after one
         self._lock = threading.RLock()  # a backward runs in autograd's device thread, its forward in the caller's
 
     @property
     def stalled(self) -> bool:
-        """True once ``STALL_AFTER`` captures have bought fewer replays than captures: keys do not
-        recur (an allocator that moves the buffers every call), so capturing only costs."""
-        return self.captures >= self.STALL_AFTER and self.replays < self.captures
+        """True once ``STALL_AFTER`` captures have bought fewer replays than captures (keys do not
+        recur: an allocator that moves the buffers every call, so capturing only costs), or once a
+        capture failed (:attr:`failure`); no capture is tried then."""
+        return self.failure is not None or (self.captures >= self.STALL_AFTER and self.replays < self.captures)
 
     def run(self, key, launch_all, device, pdl: bool = False) -> str:
         """Make the launches ``launch_all(pdl)`` makes, as the key's history says; returns what was
@@ -105,7 +107,15 @@ class LaunchGraphs:
             launch_all(pdl)
             return "plain"
         del self.seen[key]
-        graph, _ = self.capture_fn(launch_all, device, pdl)
+        try:
+            graph, _ = self.capture_fn(launch_all, device, pdl)
+        except RuntimeError as exc:  # a step must not fail for want of a graph: launch plainly from now on
+            self.failure = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"CUDA-graph capture of a phase launcher's launches failed ({exc}); launching them "
+                          "one by one from now on", RuntimeWarning, stacklevel=4)
+            self.plain += 1
+            launch_all(pdl)
+            return "plain"
         self.graphs[key] = graph
         while len(self.graphs) > self.max_graphs:
             self.graphs.popitem(last=False)
@@ -119,6 +129,7 @@ class LaunchGraphs:
             self.graphs.clear()
             self.seen.clear()
             self.captures = self.replays = self.plain = 0
+            self.failure = None
 
 
 GRAPHS = LaunchGraphs()  # the training phase launchers' graphs (unroll and diffusion term, forward and backward)

@@ -199,3 +199,17 @@ def phase_launch(t: torch.Tensor) -> dict:
         return dict(pdl=False, graph=False)
     pdl = _LAUNCH["pdl"] is not False and kernels().infer_phases_module.pdl_available(t.device)
     return dict(pdl=pdl, graph=t.is_cuda and _LAUNCH["graph"])
+
+
+def phase_graphs(clear: bool = False) -> dict:
+    """What the training phase launchers' CUDA-graph cache has done in this process
+    (``kernels/_graphs.py``): ``plain`` launch ranges, ``captures``, ``replays``, the ``graphs``
+    held and a capture ``failure`` (None, or why; no capture is tried after one). Few replays
+    after several steps mean the buffers' addresses did not recur. ``clear``: then drop the cache."""
+    import importlib
+    cache = importlib.import_module(kernels().__name__ + "._graphs").GRAPHS
+    out = dict(plain=cache.plain, captures=cache.captures, replays=cache.replays, graphs=len(cache.graphs),
+               failure=cache.failure)
+    if clear:
+        cache.clear()
+    return out

@@ -66,7 +66,10 @@ STAGES = (1, 2)
 BATCHES = (256, 4096)
 POLICIES = ("save", "recompute")
 SHIPPED = ("rowblock",) + tuple(f"unroll-phases-{p}" for p in POLICIES)  # the fused training paths of today
-IMPLS = ("eager", "torch_compile") + tuple(i + g for i in SHIPPED for g in ("", "-graph")) \
+# "" issued from Python (the phase ranges replayed as CUDA graphs once they recur), "-raw" issued one
+# Python launch per phase (launch_options(graph=False)), "-graph" the whole step captured in one graph
+IMPLS = ("eager", "torch_compile") + tuple(i + g for i in SHIPPED for g in ("", "-raw", "-graph")
+                                           if not (g == "-raw" and i == "rowblock")) \
     + tuple(f"phases-{p}" for p in POLICIES)
 SPLIT_MIN_K = 128  # a split-K part reduces at least this many rows
 
@@ -232,8 +235,8 @@ def fused_step_counts(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
 
 
 def fused_step_ops(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
-                   dtype: str = "bfloat16") -> tuple[int, int, int, int]:
-    """``(aten ops, glue kernels, Triton launches, views)`` of one step of the training ops the library ships
+                   dtype: str = "bfloat16") -> tuple[int, int, int, int, int]:
+    """``(aten ops, glue kernels, Triton launches, views, host launches)`` of one step of the training ops the library ships
     (the ``"triton"`` backend's pieces in the reference losses, loss + backward, the model in
     ``dtype`` as the eager step is recorded), counted on the CPU with the launches captured, not
     run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the training implementation (the
@@ -245,6 +248,9 @@ def fused_step_ops(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
       baselines count them, not allocations, and not the fused custom ops, whose own launches are
       the third count.
     - Views: the aten ops that return their input's storage (the host prices them at ``view_op_s``).
+    - Host launches: what the host launches on CUDA in a steady-state loop: each phase launcher's
+      range (a launch group) is one CUDA-graph replay once its launches recur
+      (``kernels/_graphs.py``), every other launch one.
     The phase schedule's semantic prefix counts as on CUDA: one graph replay (its launcher's ops
     are not issued per step), plus its input copy and output clone. The second of two steps is
     recorded, so the constant tables a first step builds are not counted. None depends on the
@@ -283,7 +289,10 @@ def fused_step_ops(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
     glue = sum(1 for o in ops if not o.view and o.namespace != "seda_fast" and o.name not in _ALLOCATIONS)
     extra = 2 if semantic else 0  # the replay's input copy and output clone
     views = sum(1 for o in ops if o.view)
-    return len(ops) + extra, glue + extra, len(names) - semantic + (1 if semantic else 0), views
+    rest = [launch for launch, name in zip(launches, names) if name != "infer_phase_kernel"]
+    host = sum(1 for launch in rest if launch.group is None) + len({launch.group for launch in rest} - {None})
+    replay = 1 if semantic else 0
+    return len(ops) + extra, glue + extra, len(names) - semantic + replay, views, host + replay
 
 
 def unroll_shapes(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16") -> Counter:
@@ -449,7 +458,8 @@ def center_ema_cost(cfg: SeDAConfig, batch: int, ceilings: Ceilings = H200) -> t
 
 
 def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
-                     record: StepRecord | None = None, graph: bool = False, unroll: str = "rowblock") -> Prediction:
+                     record: StepRecord | None = None, graph: bool = False, unroll: str = "rowblock",
+                     raw: bool = False) -> Prediction:
     """The training ops the library ships: row-block kernels (a program owns ``BM`` rows, as
     :func:`seda_fast.kernels.pick_blocks` picks them, and streams the whole weight of every
     activation GEMM of the step it computes, re-reading its fp32 activation block once per ``BN``
@@ -462,8 +472,10 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     matmuls, :func:`unroll_shapes`, :func:`denoise_shapes`, :func:`semantic_shapes`, leave the
     step's), and the matmuls left are the glue's (projectors, time MLP, heads), torch's, costed as
     the eager baseline costs one (roofline of FLOPs and HBM bytes); no row-block kernel runs.
-    Host: every aten op at ``aten_op_s`` (a view at ``view_op_s``) and every Triton launch at
-    ``launch_s`` (:func:`fused_step_ops`), overlapped with the GPU (the longer counts); with ``graph`` (the
+    Host: every aten op at ``aten_op_s`` (a view at ``view_op_s``) and every host launch at
+    ``launch_s`` (:func:`fused_step_ops`: a phase launcher's range is one CUDA-graph replay, priced
+    as one launch; with ``raw`` every Triton launch is one), overlapped with the GPU (the longer
+    counts); with ``graph`` (the
     step captured whole) no host term, one graph boundary per launch and glue kernel (views launch
     none, as in the baselines)."""
     record = record or step_ops(cfg, batch, stage, dtype)
@@ -493,22 +505,26 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         shapes = []
     gpu_s, counts = _rowblock_gpu(shapes, batch, cfg, dtype, ceilings)
     gpu_s += glue_s + sum(p["time_s"] for p in phases)
-    n_ops, n_glue, n_launches, n_views = fused_step_ops(cfg, stage, unroll, dtype)
+    n_ops, n_glue, n_launches, n_views, n_host = fused_step_ops(cfg, stage, unroll, dtype)
+    if raw:
+        n_host = n_launches
     if stage == 1:
         ema_s, more_launches, more_ops = center_ema_cost(cfg, batch, ceilings)
         gpu_s, n_launches, n_ops = gpu_s + ema_s, n_launches + more_launches, n_ops + more_ops
+        n_host += more_launches
     boundaries = (n_glue + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
     if graph:
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}
         time_s = sum(terms.values())
     else:  # the host issues the step while the GPU runs it: the longer of the two
-        terms = {"GPU": gpu_s + boundaries, "host": host_s(n_ops, n_views, ceilings) + n_launches * ceilings.launch_s}
+        terms = {"GPU": gpu_s + boundaries, "host": host_s(n_ops, n_views, ceilings) + n_host * ceilings.launch_s}
         time_s = max(terms.values())
     flops = sum(2.0 * m * n * k for m, n, k in shapes) + glue_flops + sum(p["flops"] for p in phases)
-    counts.update(aten_ops=n_ops, views=n_views, glue_kernels=n_glue, launches=n_launches, flops=flops,
+    counts.update(aten_ops=n_ops, views=n_views, glue_kernels=n_glue, launches=n_launches, host_launches=n_host,
+                  flops=flops,
                   saved_bytes=None, phases=len(phases) or None, glue_s=glue_s)
-    name = "rowblock" if unroll == "rowblock" else f"unroll-{unroll}"
-    return Prediction(name + ("-graph" if graph else ""), batch, time_s, max(terms, key=terms.get), terms, counts)
+    name = ("rowblock" if unroll == "rowblock" else f"unroll-{unroll}") + ("-graph" if graph else "-raw" if raw else "")
+    return Prediction(name, batch, time_s, max(terms, key=terms.get), terms, counts)
 
 
 def _tiles(BM: int, BN: int):
@@ -526,10 +542,10 @@ def predict(cfg: SeDAConfig, batch: int, stage: int, impl: str, dtype: str = "bf
     if impl.startswith("phases-"):
         p = predict_phases(cfg, batch, stage, impl.split("-", 1)[1], dtype, ceilings, record)
     elif impl.startswith(("rowblock", "unroll-")):
-        graph = impl.endswith("-graph")
-        base = impl[:-len("-graph")] if graph else impl
+        graph, raw = impl.endswith("-graph"), impl.endswith("-raw")
+        base = impl.removesuffix("-graph").removesuffix("-raw")
         unroll = "rowblock" if base == "rowblock" else base[len("unroll-"):]
-        p = predict_rowblock(cfg, batch, stage, dtype, ceilings, record, graph=graph, unroll=unroll)
+        p = predict_rowblock(cfg, batch, stage, dtype, ceilings, record, graph=graph, unroll=unroll, raw=raw)
     else:
         p = predict_ops(record.ops, batch, impl, dtype, ceilings)
         p = replace(p, counts=dict(p.counts, saved_bytes=record.saved_bytes))
@@ -612,8 +628,10 @@ def main(argv=None) -> int:
                                      description="Predicted training-step time (loss + backward) per stage, batch "
                                                  "and implementation (eager, torch.compile, the fused paths shipped: "
                                                  "row blocks and the phase unroll with saved or recomputed "
-                                                 "activations, each also as one CUDA graph; the design of a whole "
-                                                 "phase step), at the default config and the H200's ceilings")
+                                                 "activations, issued from Python (the phase unroll's ranges "
+                                                 "replayed as CUDA graphs; -raw: one launch per phase) and as one "
+                                                 "CUDA graph of the whole step; the design of a whole phase step), "
+                                                 "at the default config and the H200's ceilings")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(_DTYPE_BYTES))
     args = parser.parse_args(argv)
     from ..presets import config

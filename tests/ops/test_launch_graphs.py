@@ -12,7 +12,7 @@ import importlib
 import pytest
 import torch
 
-from seda_fast.ops.runtime import kernels, launch_options, phase_launch
+from seda_fast.ops.runtime import kernels, launch_options, phase_graphs, phase_launch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = kernels()
@@ -62,6 +62,17 @@ def test_cache_that_does_not_replay_stops_capturing():
     assert cache.stalled
     assert [cache.run("x", lambda pdl: None, DEVICE) for _ in range(2)] == ["plain", "plain"]
     assert cache.run(0, lambda pdl: None, DEVICE) == "replayed"  # graphs already held still replay
+
+
+def test_failed_capture_launches_plainly_and_stops_capturing():
+    def broken(fn, device, pdl):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    made = []
+    cache = G.LaunchGraphs(capture_fn=broken)
+    with pytest.warns(RuntimeWarning, match="capture"):
+        assert [cache.run("k", made.append, DEVICE) for _ in range(2)] == ["plain", "plain"]
+    assert len(made) == 2 and cache.stalled and "not permitted" in cache.failure
+    assert [cache.run("k", made.append, DEVICE) for _ in range(2)] == ["plain", "plain"] and len(made) == 4
 
 
 def _denoise_buffers(B, d, H, L, seed):
@@ -134,6 +145,15 @@ def test_key_holds_every_argument():
     assert key(call(weights=(weights[0].double(),) + weights[1:])) != base  # address may repeat; dtype differs
 
 
+def test_phase_graphs_reports_the_cache(monkeypatch):
+    cache = G.LaunchGraphs(capture_fn=recording_capture)
+    monkeypatch.setattr(G, "GRAPHS", cache)
+    for _ in range(3):
+        cache.run("k", lambda pdl: None, DEVICE)
+    assert phase_graphs(clear=True) == dict(plain=1, captures=1, replays=1, graphs=1, failure=None)
+    assert phase_graphs() == dict(plain=0, captures=0, replays=0, graphs=0, failure=None)
+
+
 def test_phase_launch_options():
     """Graph replay and programmatic launch are CUDA's; ``launch_options`` turns them off."""
     x = torch.zeros(1, device=DEVICE)
@@ -144,13 +164,14 @@ def test_phase_launch_options():
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
 def test_training_launchers_replay_bitwise_on_cuda():  # pragma: no cover - GPU only
-    """The diffusion term's forward and backward through the real graph cache: three calls (plain,
-    captured, replayed) with fresh inputs, each bitwise equal to the same call launched plainly."""
+    """The diffusion term's forward and backward through the real graph cache: five calls with fresh
+    inputs (the allocator settles, then plain, captured, replayed), each bitwise equal to the same
+    call launched plainly, and at least one of them a replay."""
     G.GRAPHS.clear()
     B, d, H, L = 33, 24, 40, 2
     x_t, cond, weights, _ = _denoise_buffers(B, d, H, L, seed=5)
     target = torch.randn(B, d, device=DEVICE)
-    for _ in range(3):
+    for _ in range(5):
         x_t.normal_()
         outs = {}
         for graph in (False, True):
@@ -159,4 +180,4 @@ def test_training_launchers_replay_bitwise_on_cuda():  # pragma: no cover - GPU 
             outs[graph] = (x0, a, acts, loss, gx0, grads)
         for plain, replayed in zip(outs[False], outs[True]):
             assert torch.equal(plain, replayed)
-    assert G.GRAPHS.captures >= 1
+    assert G.GRAPHS.captures >= 1 and G.GRAPHS.replays >= 1, phase_graphs()

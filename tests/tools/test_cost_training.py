@@ -119,8 +119,8 @@ def test_table_and_targets(default_report):
 
 
 # README's training prediction table: its columns, left to right, after stage and B
-README_COLUMNS = ("eager", "torch_compile", "rowblock", "rowblock-graph", "unroll-phases-save",
-                  "unroll-phases-save-graph", "unroll-phases-recompute-graph", "phases-save")
+README_COLUMNS = ("eager", "torch_compile", "rowblock", "rowblock-graph", "unroll-phases-save-raw",
+                  "unroll-phases-save", "unroll-phases-save-graph", "unroll-phases-recompute-graph", "phases-save")
 
 
 def test_readme_training_table_is_what_the_tool_prints(default_report):
@@ -191,6 +191,12 @@ def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
     p = ct.predict(cfg, B, 2, f"unroll-phases-{policy}")
     assert p.counts["phases"] == len(sem) + len(den) + len(rows) and p.counts["launches"] == n_launches
     assert p.counts["glue_s"] > 0 and p.counts["flops"] > sum(r["flops"] for r in rows + den + sem)
+    # issued from Python: the semantic prefix's replay and one replay per phase range (the diffusion
+    # term's and the unroll's forward and backward); "-raw": one Python launch per phase
+    assert p.counts["host_launches"] == ct.fused_step_ops(cfg, 2, f"phases-{policy}")[4] == 5
+    raw = ct.predict(cfg, B, 2, f"unroll-phases-{policy}-raw")
+    assert raw.counts["host_launches"] == n_launches
+    assert raw.terms["host"] - p.terms["host"] == pytest.approx((n_launches - 5) * ct.H200.launch_s)
 
 
 def test_stage1_phase_prediction_follows_the_diffusion_terms_schedule():
@@ -205,6 +211,7 @@ def test_stage1_phase_prediction_follows_the_diffusion_terms_schedule():
     p = ct.predict(cfg, B, 1, "unroll-phases-save")
     den = ct.denoise_phase_costs(cfg, B)
     assert p.counts["phases"] == len(den) and p.counts["launches"] == n_launches
+    assert p.counts["host_launches"] == 2 + 2  # the center ops' launches, the term's two replays
     assert p.counts["flops"] > sum(r["flops"] for r in den)
     big = presets.config("default")  # where the phases beat the row blocks' per-program weight streams
     assert ct.predict(big, 256, 1, "unroll-phases-save-graph").time_s < ct.predict(big, 256, 1, "rowblock-graph").time_s
@@ -236,7 +243,7 @@ def test_views_are_priced_at_their_own_host_cost():
     from dataclasses import replace
     cfg, B = _cfg(), 9
     rec = ct.step_ops(cfg, B, 1, "bfloat16")
-    n_ops, _, _, n_views = ct.fused_step_ops(cfg, 1, "phases-save")
+    n_ops, _, _, n_views, _ = ct.fused_step_ops(cfg, 1, "phases-save")
     assert 0 < n_views < n_ops
     cheap = replace(ct.H200, view_op_s=1e-6)
     for impl, views in (("unroll-phases-save", n_views), ("eager", sum(o.view for o in rec.ops))):
