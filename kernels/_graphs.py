@@ -133,3 +133,9 @@ class LaunchGraphs:
 
 
 GRAPHS = LaunchGraphs()  # the training phase launchers' graphs (unroll and diffusion term, forward and backward)
+
+
+def usable(device) -> bool:
+    """Whether :data:`GRAPHS` captures on ``device``: on CUDA, or anywhere when its capture is a
+    stand-in (the CPU tests')."""
+    return device.type == "cuda" or GRAPHS.capture_fn is not capture

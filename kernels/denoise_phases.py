@@ -120,7 +120,7 @@ def denoise_phases_forward(x_t, cond, w_x, w_hidden, b_hidden, w_out, b_out, *, 
         o = row_tiles(fwd[-1], B, d, H, nh, 1, tiles, wide)
         lp = torch.empty(triton.cdiv(B, o.BM) * triton.cdiv(d, o.BN), dtype=torch.float32, device=x_t.device)
         grads, x0_loss = dict(gx0=torch.empty(B, d, dtype=w_x.dtype, device=x_t.device)), (target.contiguous(), lp)
-    _call(x_t, cond, weights, nh, acts, grads, 1, tiles, wide, pdl, graph and x_t.is_cuda, x0_loss).run(table, fwd, 0)
+    _call(x_t, cond, weights, nh, acts, grads, 1, tiles, wide, pdl, graph, x0_loss).run(table, fwd, 0)
     if target is None:
         return x0_hat, a, flat
     return x0_hat, a, flat, x0_loss[1].sum(), grads["gx0"]
@@ -168,7 +168,7 @@ def denoise_phases_backward(grad_x0, x_t, acts, a, cond, w_x, w_hidden, b_hidden
     _, bwd, table = schedule_table(build_schedule, (nh + 1,), device)
     fwd_len = len(table) - len(bwd)
     act = dict(_views(acts, _act_shapes(B, d, H, nh)), a=a)
-    _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl, graph and x_t.is_cuda).run(table, bwd, fwd_len)
+    _call(x_t, cond, weights, nh, act, g, splits, tiles, wide, pdl, graph).run(table, bwd, fwd_len)
     if splits > 1:  # the row splits' partials and column sums summed in a fixed order, into their places
         for p, (n, _) in zip(part, jobs):
             if p.numel():

@@ -817,8 +817,9 @@ class _Call:
     (``wgrad_jobs``: the weight-gradient phase runs that many of its jobs, the first ones;
     ``ga_total``, ``ga_seed``: the kernel's ``GA_TOTAL``, ``GA_SEED``; ``x0_loss``: ``(target, lp)``
     for its ``X0_LOSS``, with ``grads["gx0"]`` the gradient it stores; ``g_slots``: the G slots
-    ``grads``' activation-gradient buffers hold, :func:`grad_slots`; ``graph``: a run goes through
-    ``_graphs.GRAPHS``, keyed by :meth:`graph_key`, so a recurring run replays one CUDA graph)."""
+    ``grads``' activation-gradient buffers hold, :func:`grad_slots`; ``graph``: where
+    ``_graphs.usable``, a run goes through ``_graphs.GRAPHS``, keyed by :meth:`graph_key`, so a
+    recurring run replays one CUDA graph)."""
 
     def __init__(self, xs, ms, cond, e_table, ddim, weights, nh, acts, grads, slots, splits, tiles, pdl,
                  wgrad_jobs: int = 6, wide: PhaseTiles | None = None, ga_total: bool = False,
@@ -840,7 +841,7 @@ class _Call:
         gb += list(g.get("part", [dummy] * 6)) + [g.get("cs", dummy)] + list(x0_loss or (dummy, dummy))
         self.args = (xs, ms, cond, e_table, ddim, *_pointers(weights, nh), *a, *gb,
                      B, d, H, nh, K, slots, splits, g_slots)
-        self.graph = graph
+        self.graph = graph = graph and _graphs.usable(device)
         if graph and pdl and _graphs.pdl_capture_failed():
             pdl = False  # what a capture would fall back to anyway: keys stay those of the graphs
         self.lowp_prec, self.pdl, self.ga = dot_mode(dtype, device), pdl, (ga_total, ga_seed)
@@ -934,7 +935,7 @@ def unroll_phases_forward(x_start, m_start, cond, e_table, ddim, w_x, w_hidden, 
     acts = _views(flat, _act_shapes(B, d, H, nh, slots))
     fwd, _, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, acts, None, slots, 1, tiles, pdl, wide=wide,
-          graph=graph and device.type == "cuda").run(table, fwd, 0)
+          graph=graph).run(table, fwd, 0)
     return ms[K].clone(), xs, ms, (flat if policy == "save" else flat.new_empty(0))
 
 
@@ -986,7 +987,7 @@ def unroll_phases_backward(grad_m, xs, ms, acts, cond, e_table, ddim, w_x, w_hid
              gz=e(P, max(nh, 1), B, H), gx0=e(P, B, d), gdel=e(P, B, d), gpq=e(P, B, H + d), cs=cs_buf, part=part)
     fwd, bwd, table = schedule_table(build_schedule, (nh + 1, K, policy), device)
     _Call(xs, ms, cond, e_table, ddim, weights, nh, act, g, slots, splits, tiles, pdl, wide=wide, g_slots=P,
-          graph=graph and device.type == "cuda").run(table, bwd, len(fwd))
+          graph=graph).run(table, bwd, len(fwd))
     del g, act
 
     if splits > 1:  # the partials summed over their row splits in a fixed order, into their places

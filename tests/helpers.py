@@ -214,3 +214,24 @@ def assert_unroll_entry_matches_sampler(unroll) -> None:
     assert len(grads[0]) == len(grads[1]) == 1 + 9 + 2 + 8  # m, translator (L = 2), PFIN
     for i, (o, r) in enumerate(zip(*grads)):
         assert o.shape == r.shape and rel(o, r) < 1e-5, (i, rel(o, r))
+
+
+class RecordedLaunches:
+    """A stand-in CUDA graph for the CPU: the launches a capture recorded, with their tensors (a
+    graph holds their addresses), launched again on replay."""
+
+    def __init__(self, launches):
+        self.launches = launches
+
+    def replay(self):
+        for launch in self.launches:
+            launch.kernel[launch.grid](*launch.args, **launch.meta)
+
+
+def recording_capture(launch_all, device, pdl, who=""):
+    """A stand-in for ``kernels._graphs.capture`` (same signature and result): records the launches
+    ``launch_all(pdl)`` makes instead of capturing them."""
+    from seda_fast.ops.runtime import kernels
+    with kernels().capture_launches() as launches:
+        launch_all(pdl)
+    return RecordedLaunches(launches), pdl

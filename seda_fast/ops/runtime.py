@@ -190,15 +190,15 @@ def launch_options(graph: bool = True, pdl: bool | None = None):
 
 def phase_launch(t: torch.Tensor) -> dict:
     """``pdl`` and ``graph`` for a training phase launcher working on ``t``'s device: programmatic
-    dependent launch where the GPU has it and CUDA-graph replay of recurring launches on CUDA
-    (:func:`launch_options` may turn either off), neither inside a caller's own CUDA-graph capture
-    (the caller's graph holds the launches; a capture of programmatic launches there is not
-    measured on a GPU yet)."""
+    dependent launch where the GPU has it, and CUDA-graph replay of recurring launches (the
+    launcher uses it where a graph can be captured, on CUDA); :func:`launch_options` may turn
+    either off. Neither inside a caller's own CUDA-graph capture (the caller's graph holds the
+    launches; a capture of programmatic launches there is not measured on a GPU yet)."""
     from ..validation import stream_capturing
     if stream_capturing(t):
         return dict(pdl=False, graph=False)
     pdl = _LAUNCH["pdl"] is not False and kernels().infer_phases_module.pdl_available(t.device)
-    return dict(pdl=pdl, graph=t.is_cuda and _LAUNCH["graph"])
+    return dict(pdl=pdl, graph=_LAUNCH["graph"])
 
 
 def phase_graphs(clear: bool = False) -> dict:

@@ -8,13 +8,14 @@ numbers of the same steps run directly.
 """
 import collections
 import copy
+import importlib
 
 import pytest
 import torch
 
-from helpers import make_batch, make_model
+from helpers import make_batch, make_model, recording_capture
 from seda_fast import schedule, validation
-from seda_fast.ops.runtime import kernels
+from seda_fast.ops.runtime import kernels, launch_options
 from seda_fast.tools import cost_training
 from seda_fast.tools.cost_baselines import record_aten_ops
 
@@ -125,6 +126,35 @@ def test_launches_per_step(layers, steps, fused_impl):
         with kernels().count_launches() as c, launch_options(graph=False):
             _step(model, stage, visual, labels, text)
         assert c.count == want[stage], (stage, collections.Counter(c.names))
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_issued_phase_ranges_go_through_the_graph_cache(stage, monkeypatch):
+    """Issued from Python, each phase range of a fused step (stage 1: the diffusion term's forward
+    and backward; stage 2: those and the unroll's) goes through the graph cache, here with a
+    stand-in capture (``helpers.recording_capture``); three steps give the numbers of the same
+    steps with ``launch_options(graph=False)``, bitwise. Inside a caller's capture the ranges
+    bypass the cache."""
+    graphs = importlib.import_module(kernels().__name__ + "._graphs")
+    cache = graphs.LaunchGraphs(capture_fn=recording_capture)
+    monkeypatch.setattr(graphs, "GRAPHS", cache)
+    model, visual, labels, text = _model_and_batch(stage, layers=2, learner_steps=2, translator_steps=2)
+    twin = copy.deepcopy(model)
+    runs = []
+    for m, graph in ((model, True), (twin, False)):
+        torch.manual_seed(3)
+        with launch_options(graph=graph):
+            losses = [_step(m, stage, visual, labels, text).detach() for _ in range(3)]
+        runs.append(losses + [p.grad for p in m.parameters() if p.grad is not None] + [m.centers.clone()])
+    ranges = 2 if stage == 1 else 4
+    assert cache.plain + cache.captures + cache.replays == 3 * ranges, (cache.plain, cache.captures, cache.replays)
+    assert len(runs[0]) == len(runs[1])
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+    seen = cache.plain + cache.captures + cache.replays
+    monkeypatch.setattr(validation, "stream_capturing", lambda x: True)
+    _step(model, stage, visual, labels, text)
+    assert cache.plain + cache.captures + cache.replays == seen
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")

@@ -12,6 +12,7 @@ import importlib
 import pytest
 import torch
 
+from helpers import recording_capture
 from seda_fast.ops.runtime import kernels, launch_options, phase_graphs, phase_launch
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -19,24 +20,6 @@ K = kernels()
 DP = K.denoise_phases_module
 UP = K.unroll_phases_module
 G = importlib.import_module(K.__name__ + "._graphs")
-L = importlib.import_module(K.__name__ + "._launch")
-
-
-class Recorded:
-    """A stand-in graph: the launches a capture recorded, launched again on replay."""
-
-    def __init__(self, launches):
-        self.launches = launches
-
-    def replay(self):
-        for launch in self.launches:
-            launch.kernel[launch.grid](*launch.args, **launch.meta)
-
-
-def recording_capture(launch_all, device, pdl, who=""):
-    with L.capture_launches() as launches:
-        launch_all(pdl)
-    return Recorded(launches), pdl
 
 
 def test_cache_walks_plain_capture_replay():
@@ -155,9 +138,11 @@ def test_phase_graphs_reports_the_cache(monkeypatch):
 
 
 def test_phase_launch_options():
-    """Graph replay and programmatic launch are CUDA's; ``launch_options`` turns them off."""
+    """The op layer asks for graphs unless ``launch_options`` turns them off (the launchers use them
+    where ``_graphs.usable``: on CUDA); programmatic launch only where the GPU has it."""
     x = torch.zeros(1, device=DEVICE)
-    assert phase_launch(x)["graph"] == (DEVICE.type == "cuda")
+    assert phase_launch(x)["graph"] is True
+    assert G.usable(torch.device("cuda")) and G.usable(x.device) == (DEVICE.type == "cuda")
     with launch_options(graph=False, pdl=False):
         assert phase_launch(x) == dict(pdl=False, graph=False)
 
