@@ -13,8 +13,9 @@ them and a function that makes the launches:
 A training loop whose allocator hands back the same buffers each step (the steady state of
 PyTorch's caching allocator) reaches the third case after two steps. Where keys do not recur, the
 cost is one key per call; a cache that captures without replaying, or whose capture failed,
-stops capturing (:attr:`LaunchGraphs.stalled`) and launches plainly. Not for use inside a caller's own capture (the launchers launch
-plainly there). :func:`capture` is also what the inference schedule's graph uses.
+stops capturing (:attr:`LaunchGraphs.stalled`) and launches plainly. Not for use inside a
+caller's own capture (the launchers launch plainly there). :func:`capture` is also what the
+inference schedule's graph uses.
 """
 from __future__ import annotations
 

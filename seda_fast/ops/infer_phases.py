@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import schedule
 from ..validation import stream_capturing
-from .runtime import _LAUNCH, check_dtype, compute_dtype, kernels, launch_options  # noqa: F401 (launch_options: re-exported)
+from .runtime import _LAUNCH, check_dtype, compute_dtype, kernels, launch_options  # noqa: F401 (re-exported)
 from .weights import in_dtype, model_view, op_args, prepared, weight_paths
 
 def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int, K2: int,

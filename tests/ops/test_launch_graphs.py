@@ -117,8 +117,9 @@ def test_key_holds_every_argument():
     x_t, cond, weights, acts = _denoise_buffers(B, d, H, L, seed=4)
     fwd, _, table = UP.schedule_table(DP.build_schedule, (L,), x_t.device)
     key = lambda call, rows=fwd, first=0: call.graph_key(table, rows, first)  # noqa: E731
-    call = lambda **kw: DP._call(**{**dict(x_t=x_t, cond=cond, weights=weights, nh=L - 1, acts=acts, grads=None,  # noqa: E731
-                                          splits=1, tiles=None, wide=None, pdl=False, graph=True), **kw})
+    args = dict(x_t=x_t, cond=cond, weights=weights, nh=L - 1, acts=acts, grads=None, splits=1, tiles=None, wide=None,
+                pdl=False, graph=True)
+    call = lambda **kw: DP._call(**{**args, **kw})  # noqa: E731
     base = key(call())
     assert key(call()) == base
     assert key(call(), fwd[1:], 1) != base
