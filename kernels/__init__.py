@@ -56,7 +56,8 @@ from .infer_phases import infer_persistent_kernel, infer_phase_kernel, infer_pha
 from .unroll_phases import unroll_phase_kernel, unroll_phases_backward, unroll_phases_forward  # noqa: E402
 from . import denoise_phases as denoise_phases_module  # noqa: E402
 from .denoise_phases import denoise_phases_backward, denoise_phases_forward  # noqa: E402
+from . import _graphs as graphs_module  # noqa: E402  (the training phase ranges' CUDA graphs)
 
 __all__ += ["infer_phases", "infer_phase_kernel", "infer_persistent_kernel", "infer_phases_module",
             "unroll_phases_module", "unroll_phase_kernel", "unroll_phases_forward", "unroll_phases_backward",
-            "denoise_phases_module", "denoise_phases_forward", "denoise_phases_backward"]
+            "denoise_phases_module", "denoise_phases_forward", "denoise_phases_backward", "graphs_module"]

@@ -99,30 +99,28 @@ class LaunchGraphs:
             self.replays += 1
             graph.replay()
             return "replayed"
-        if key not in self.seen or self.stalled:
-            self.seen[key] = None
-            self.seen.move_to_end(key)
-            while len(self.seen) > self.max_seen:
-                self.seen.popitem(last=False)
-            self.plain += 1
-            launch_all(pdl)
-            return "plain"
-        del self.seen[key]
-        try:
-            graph, _ = self.capture_fn(launch_all, device, pdl)
-        except RuntimeError as exc:  # a step must not fail for want of a graph: launch plainly from now on
-            self.failure = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"CUDA-graph capture of a phase launcher's launches failed ({exc}); launching them "
-                          "one by one from now on", RuntimeWarning, stacklevel=4)
-            self.plain += 1
-            launch_all(pdl)
-            return "plain"
-        self.graphs[key] = graph
-        while len(self.graphs) > self.max_graphs:
-            self.graphs.popitem(last=False)
-        self.captures += 1
-        graph.replay()
-        return "captured"
+        if key in self.seen and not self.stalled:  # the second sighting: capture, then replay
+            del self.seen[key]
+            try:
+                graph, _ = self.capture_fn(launch_all, device, pdl)
+            except RuntimeError as exc:  # a step must not fail for want of a graph: launch plainly from now on
+                self.failure = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"CUDA-graph capture of a phase launcher's launches failed ({exc}); launching "
+                              "them one by one from now on", RuntimeWarning, stacklevel=4)
+            else:
+                self.graphs[key] = graph
+                while len(self.graphs) > self.max_graphs:
+                    self.graphs.popitem(last=False)
+                self.captures += 1
+                graph.replay()
+                return "captured"
+        self.seen[key] = None
+        self.seen.move_to_end(key)
+        while len(self.seen) > self.max_seen:
+            self.seen.popitem(last=False)
+        self.plain += 1
+        launch_all(pdl)
+        return "plain"
 
     def clear(self) -> None:
         """Drop every graph and sighting (the counts too)."""

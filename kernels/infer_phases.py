@@ -743,8 +743,9 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
     pdl = pdl and not _graphs.pdl_capture_failed()
-    key = (B, dtype, device, noise is None, tiles, pdl, len(phases), ln_eps, c0, c1,
-           tuple(t.data_ptr() for t in flat), tuple(tuple(t.shape) for t in flat))
+    key_of = lambda pdl_: (B, dtype, device, noise is None, tiles, pdl_, len(phases), ln_eps, c0, c1,  # noqa: E731
+                           tuple(t.data_ptr() for t in flat), tuple(tuple(t.shape) for t in flat))
+    key = key_of(pdl)
     entry = _GRAPHS.get(key)
     if entry is None:
         sched = _schedule_table(dims, device)
@@ -766,7 +767,7 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
             run(pdl)  # compiles every kernel outside the capture
         torch.cuda.current_stream(device).wait_stream(side)
         g, used = _graphs.capture(run, device, pdl, "infer_phases")
-        key = key[:5] + (used,) + key[6:]  # a capture that fell back to plain launches is keyed as one
+        key = key_of(used)  # a capture that fell back to plain launches is keyed as one
         if len(_GRAPHS) >= MAX_GRAPHS:
             _GRAPHS.pop(next(iter(_GRAPHS)))
         entry = _GRAPHS[key] = (g, static_v, static_xi, bufs, flat)  # flat: keeps the captured tensors alive

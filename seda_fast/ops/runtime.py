@@ -206,7 +206,7 @@ def phase_graphs(clear: bool = False) -> dict:
     (``kernels/_graphs.py``): ``plain`` launch ranges, ``captures``, ``replays``, the ``graphs``
     held and a capture ``failure`` (None, or why; no capture is tried after one). Few replays
     after several steps mean the buffers' addresses did not recur. ``clear``: then drop the cache."""
-    cache = importlib.import_module(kernels().__name__ + "._graphs").GRAPHS
+    cache = kernels().graphs_module.GRAPHS
     out = dict(plain=cache.plain, captures=cache.captures, replays=cache.replays, graphs=len(cache.graphs),
                failure=cache.failure)
     if clear:

@@ -239,8 +239,8 @@ def fused_step_ops(cfg: SeDAConfig, stage: int, unroll: str = "rowblock",
     """``(aten ops, glue kernels, Triton launches, views, host launches)`` of one step of the
     training ops the library ships (the ``"triton"`` backend's pieces in the reference losses,
     loss + backward, the model in ``dtype`` as the eager step is recorded), counted on the CPU
-    with the launches captured, not run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the training implementation (the
-    policy is stage 2's).
+    with the launches captured, not run; ``unroll``: ``"rowblock"`` or ``"phases-<policy>"``, the
+    training implementation (the policy is stage 2's).
     - Aten ops: every op the step dispatches, the fused custom ops (``seda_fast::*``) and the torch
       ops their launchers issue around the launches included (views and allocations too: each costs
       the host a dispatch), but not the launchers' CPU-only label range check.

@@ -8,7 +8,6 @@ numbers of the same steps run directly.
 """
 import collections
 import copy
-import importlib
 
 import pytest
 import torch
@@ -135,7 +134,7 @@ def test_issued_phase_ranges_go_through_the_graph_cache(stage, monkeypatch):
     stand-in capture (``helpers.recording_capture``); two steps give the numbers of the same
     steps with ``launch_options(graph=False)``, bitwise. Inside a caller's capture the ranges
     bypass the cache. (The smallest model: this checks the wiring, the kernels' own tests the math.)"""
-    graphs = importlib.import_module(kernels().__name__ + "._graphs")
+    graphs = kernels().graphs_module
     cache = graphs.LaunchGraphs(capture_fn=recording_capture)
     monkeypatch.setattr(graphs, "GRAPHS", cache)
     model, visual, labels, text = _model_and_batch(stage, layers=1, learner_steps=1, translator_steps=1)

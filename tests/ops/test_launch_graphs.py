@@ -7,8 +7,6 @@ the cache's first-sighting / capture / replay walk, that a replay equals a plain
 changed contents are read at replay, and that a changed buffer changes the key (a replay would
 write the old buffer: the new one would keep its NaNs). The real capture runs in the GPU test.
 """
-import importlib
-
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = kernels()
 DP = K.denoise_phases_module
 UP = K.unroll_phases_module
-G = importlib.import_module(K.__name__ + "._graphs")
+G = K.graphs_module
 
 
 def test_cache_walks_plain_capture_replay():
