@@ -1,4 +1,4 @@
-"""Fused op 3: the stage-1 center constraint, forward and backward (SPEC "Stage 1").
+"""Fused op 3: the stage-1 center constraint, forward and backward (docs/math.md, "Stage 1").
 
 ``logits[i, c] = -||r_i - mu_c||^2 / tau``, ``loss_i = CE(logits_i, y_i)`` for ``r [B, d]``,
 centers ``mu [C, d]`` (no gradient), labels ``y [B]``. Neither kernel materialises more than one

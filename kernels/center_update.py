@@ -1,5 +1,5 @@
-"""Fused op 4: the category-center EMA as a deterministic per-class scatter-mean (SPEC "Projectors
-and category centers"):
+"""Fused op 4: the category-center EMA as a deterministic per-class scatter-mean (docs/math.md,
+"Projectors and class centers"):
 
 * :func:`center_ema`: ``z [B, d], labels [B]`` -> ``centers [C, d]`` and ``initialized [C]`` updated
   in place: the class sums and counts (below), then the EMA on them. One launch up to ``R`` rows;

@@ -1,7 +1,7 @@
 """Fused op 6: the stage-2 training unroll (K2-step Translator DDIM loop + PFIN), forward and backward.
 
 ``(x_start [B, d], m_start [B, d], cond [B, H], e_table [K, H], ddim [K, 2]) -> m [B, d]``, the loop
-of SPEC "Stage 2" (``reference.translator_pfin_sample`` from an explicit start state): per step
+of docs/math.md's "Stage 2" (``reference.translator_pfin_sample`` from an explicit start state): per step
 k = K..1 the denoiser gives ``x0_hat`` from ``x`` (``cond = s W_c + b_a`` is computed once, outside),
 ``p = m W_pm + x0_hat W_pu + e_k + b_p``, ``g = sigmoid(m W_gm + x0_hat W_gu + b_g)``,
 ``m <- m + g (SiLU(p) W_pd + b_pd)``, ``x <- a_k x + b_k x0_hat``. Only ``m`` leaves the loop

@@ -1,4 +1,4 @@
-"""SeDA hyper-parameters (the symbols table of SPEC.md), validated on construction."""
+"""SeDA hyper-parameters (the notation table of docs/math.md), validated on construction."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +9,7 @@ from .validation import check_int, check_number
 
 @dataclass
 class SeDAConfig:
-    """Shapes and weights of one SeDA model (SPEC.md, "Symbols and defaults").
+    """Shapes and weights of one SeDA model (docs/math.md, "Notation").
 
     visual_dim (Dv), text_dim (Dt), num_classes (C) come from the data; dim (d) is the
     semantic width and must be even (the sinusoidal time embedding has d/2 frequencies);

@@ -55,7 +55,7 @@ class PFIN(nn.Module):
 
 
 class SeDA(nn.Module):
-    """SeDA classifier (SPEC.md): ``SeDA(config)(visual [B, Dv]) -> logits [B, C]``.
+    """SeDA classifier (docs/math.md): ``SeDA(config)(visual [B, Dv]) -> logits [B, C]``.
 
     ``backend``: ``"eager"`` (the reference), ``"triton"`` (fused kernels) or ``"auto"``; it can
     be changed on a live model and does not change the state_dict. ``fused_impl`` picks the fused

@@ -1,4 +1,4 @@
-"""Eager PyTorch reference of SeDA: SPEC.md, top to bottom, in plain torch ops.
+"""Eager PyTorch reference of SeDA: docs/math.md, top to bottom, in plain torch ops.
 
 Every function takes the parameter containers of :class:`seda_fast.model.SeDA` (``nn.Linear``
 and ``nn.LayerNorm`` modules, weights ``[out, in]``) and spells the spec's math out with
@@ -290,7 +290,7 @@ EAGER = EagerPieces()
 
 def learner_loss(model, visual: torch.Tensor, labels: torch.Tensor, generator=None, update: bool = True,
                  pieces: EagerPieces = EAGER):
-    """Stage-1 loss ``L_1`` (SPEC "Stage 1"). Centers are updated first (when ``update``), so a
+    """Stage-1 loss ``L_1`` (docs/math.md, "Stage 1"). Centers are updated first (when ``update``), so a
     class's first batch already has a center to diffuse to. Returns ``(loss, parts)``."""
     pieces.check(model)
     cfg, den = model.config, model.learner
@@ -311,7 +311,7 @@ def learner_loss(model, visual: torch.Tensor, labels: torch.Tensor, generator=No
 
 def translator_loss(model, visual, labels, text, per_class_text: bool, generator=None,
                     pieces: EagerPieces = EAGER):
-    """Stage-2 loss ``L_2`` (SPEC "Stage 2"): random-t diffusion loss + the unrolled K2-step
+    """Stage-2 loss ``L_2`` (docs/math.md, "Stage 2"): random-t diffusion loss + the unrolled K2-step
     Translator/PFIN loop from ``xi ~ N(0, I)``. Returns ``(loss, parts)``."""
     pieces.check(model)
     cfg, den = model.config, model.translator

@@ -1,6 +1,6 @@
 """Cosine noise schedule and the K-step DDIM (eta = 0, x0-prediction) tables, in float64.
 
-Conventions (SPEC.md, "Schedule"): the reverse loop runs k = K, K-1, ..., 1 and goes from
+Conventions (docs/math.md, "Noise schedule" and "Reverse steps"): the reverse loop runs k = K, K-1, ..., 1 and goes from
 t = tau_k to t' = tau_{k-1}. Row ``k - 1`` of every per-step table belongs to step k:
 ``ddim_coefficients(T, K)[k - 1] = (a_k, b_k)`` and the time-embedding table's row k - 1
 is ``e(tau_k)``. The loop therefore reads rows K-1 down to 0.

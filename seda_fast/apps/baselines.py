@@ -1,4 +1,4 @@
-"""Baselines the demo compares SeDA with (SPEC.md, "Baselines"), trained like the Trainer does:
+"""Baselines the demo compares SeDA with (README, the demo's table), trained like the Trainer does:
 AdamW, seeded mini-batches, optional cosine decay.
 
 * :func:`train_linear_probe`: ``logits = v W + b`` on the frozen visual feature ``v [N, Dv]``.

@@ -45,7 +45,7 @@ def make_model(config: SeDAConfig, seed: int = 0, backend: str = "auto") -> SeDA
 
 
 class Trainer:
-    """Two-stage SeDA training (SPEC.md "Stage 1" / "Stage 2").
+    """Two-stage SeDA training (docs/math.md, "Stage 1" and "Stage 2").
 
     Args:
         model: the :class:`SeDA` to train (its ``check_inputs`` is turned on).

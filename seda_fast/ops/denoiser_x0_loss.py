@@ -72,12 +72,12 @@ denoiser_x0_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def check_no_grad(target, eps) -> None:
     """The diffusion term's ``target`` and ``eps`` must not require grad (checked before any launch):
-    the target is under stop-gradient (SPEC) and the noise a random draw, so no gradient is formed
+    the target is under stop-gradient (docs/math.md) and the noise a random draw, so no gradient is formed
     for them and one asked for would be silently dropped."""
     for name, tensor in (("target", target), ("eps", eps)):
         if isinstance(tensor, Tensor) and tensor.requires_grad:
             raise ValueError(f"{name} must not require grad: the diffusion target is under stop-gradient "
-                             "(SPEC) and the noise is a random draw; detach it")
+                             "and the noise is a random draw; detach it")
 
 
 def denoise_x0_loss(den, target: Tensor, eps: Tensor, t: Tensor, e_t: Tensor, cond: Tensor,

@@ -179,7 +179,7 @@ def launch_options(graph: bool = True, pdl: bool | None = None):
     launch per phase instead of a CUDA-graph replay (inference: the cached graph of the whole call;
     training: the graph of each phase range once its launches recur, ``kernels/_graphs.py``);
     ``pdl`` ``True``/``False`` forces programmatic dependent launch on or off (``None``: on where the
-    device has it). The numbers do not change; the GPU script times each way."""
+    device has it). The numbers do not change; ``benchmarks/gpu_check.py`` times each way."""
     saved = dict(_LAUNCH)
     _LAUNCH.update(graph=graph, pdl=pdl)
     try:

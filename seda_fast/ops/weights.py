@@ -87,11 +87,17 @@ _PFIN = ("p_m.weight", "p_u.weight", "p_u.bias", "down.weight", "down.bias", "g_
 PARTS = {"semantic": ("visual_proj", "learner"), "translator": ("translator", "pfin", "head")}
 
 
-@functools.lru_cache(maxsize=None)
 def weight_paths(n_hidden: int, part: str) -> tuple[str, ...]:
     """Dotted parameter names one fused inference op reads, in its argument order: ``part`` is
     ``"semantic"`` (projector + Learner) or ``"translator"`` (Translator + PFIN + head). Cached:
-    every fused inference call reads them."""
+    every fused inference call reads them. ``torch.compile`` traces the uncached function (it would
+    warn about the cache and trace through it anyway)."""
+    if torch.compiler.is_compiling():
+        return _weight_paths(n_hidden, part)
+    return _cached_weight_paths(n_hidden, part)
+
+
+def _weight_paths(n_hidden: int, part: str) -> tuple[str, ...]:
     paths = []
     for name in PARTS[part]:
         if name == "visual_proj":
@@ -104,6 +110,9 @@ def weight_paths(n_hidden: int, part: str) -> tuple[str, ...]:
             paths += [f"{name}.{p}" for p in _DEN]
             paths += [f"{name}.hidden.{i}.{p}" for i in range(n_hidden) for p in ("weight", "bias")]
     return tuple(paths)
+
+
+_cached_weight_paths = functools.lru_cache(maxsize=None)(_weight_paths)
 
 
 def _get(module, path: str):

@@ -12,7 +12,7 @@ pytest-benchmark's own samples of the row: the median is its ``stats.median`` (w
 ``pytest-benchmark compare`` shows), and p20/p80 are percentiles of the same samples
 (``stats.data``, which ``--benchmark-json`` keeps; the suite also stores them in ``extra_info``).
 
-Providers of one inference call (all run the same math, SPEC "Inference"):
+Providers of one inference call (all run the same math, docs/math.md, "Inference"):
 
 * ``eager`` - :func:`seda_fast.reference.infer` as users run it;
 * ``cuda_graph`` - a CUDA graph of the eager loop;

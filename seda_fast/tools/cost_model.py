@@ -1,4 +1,4 @@
-"""Cost model of one inference call ``visual [B, Dv] -> (logits, s, m)`` (SPEC "Inference").
+"""Cost model of one inference call ``visual [B, Dv] -> (logits, s, m)`` (docs/math.md, "Inference").
 
 FLOPs count the matmuls (2 per multiply-add); the elementwise work (SiLU, sigmoid, LayerNorm, DDIM
 and gate updates) is O(B (H + d)) per step, well under 1% at the default sizes, and is left out.
@@ -8,7 +8,7 @@ Minimum HBM bytes: every weight the chain uses read once, the two fp32 tables (`
 embeddings + ``[K, 2]`` DDIM) per stage, the input ``visual`` read once and the three outputs written
 once; nothing else has to leave the chip (the fused kernels keep activations on chip / in L2).
 
-Floor: ``max(FLOPs / peak, bytes / bandwidth)`` at the lent H200's ceilings (:class:`Ceilings`):
+Floor: ``max(FLOPs / peak, bytes / bandwidth)`` at an H200's ceilings (:class:`Ceilings`):
 bf16 dense tensor cores ~790 TFLOP/s and copy bandwidth ~4.3 TB/s (read + write), both measured on
 that machine. The other ceilings (L2, sync costs) are stated assumptions until a GPU run
 (``benchmarks/gpu_check.py``) measures them; :meth:`Ceilings.from_gpu_check` takes its figures.
@@ -23,7 +23,7 @@ from ..config import SeDAConfig
 
 @dataclass(frozen=True)
 class Ceilings:
-    """Device ceilings the cost model divides by. Defaults: the lent H200 (sm_90a, 132 SMs).
+    """Device ceilings the cost model divides by. Defaults: an H200 (sm_90a, 132 SMs).
 
     ``source`` says, per field, where the figure comes from: ``"measured on the H200"`` (bf16
     matmul 769-798 TFLOP/s at 8192^3, device copy ~4.3 TB/s read + write), ``"assumed"`` (L2

@@ -1,4 +1,4 @@
-"""Eager reference and module behaviour against SPEC.md."""
+"""Eager reference and module behaviour against docs/math.md."""
 import math
 
 import pytest

@@ -3,13 +3,18 @@ compile for sm_90a (the H200) without register spills and within its shared memo
 
 Compiling is ~1-2 s per kernel on the CI CPU, so every shipped config (compile_report.SHIPPED)
 is compiled once per session, in a subprocess (the interpreter, on in these tests, cannot
-compile); ``python -m seda_fast.tools.compile_report`` prints the same table.
+compile); ``python -m seda_fast.tools.compile_report`` prints the same table. A kernel made to
+spill checks that spills are still counted where the report reads them.
 """
+import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
 from seda_fast.tools import compile_report as cr
+from helpers import compile_rows_in_subprocess
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +78,41 @@ def test_table_and_cuobjdump_present(rows):
     assert cr._tools().exists() or shutil.which("cuobjdump")
     text = cr.format_table(rows)
     assert "translator_pfin_kernel" in text and "wgmma" in text
+
+
+def spilling_rows() -> list[dict]:
+    """Compile rows of a kernel made to spill (two chained 128 x 128 fp32 dots in 4 warps: past
+    the 255-register cap), and of the same kernel at 32 x 32, which fits."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    from seda_fast.ops.runtime import kernels
+
+    @triton.jit
+    def chained_dots(x, y, N: tl.constexpr):
+        o = tl.arange(0, N)
+        a = tl.load(x + o[:, None] * N + o[None, :])
+        b = tl.dot(a, a)
+        tl.store(y + o[:, None] * N + o[None, :], tl.dot(b, a) + b)
+
+    rows = []
+    for n in (128, 32):
+        x = torch.empty(n, n)
+        launch = kernels()._launch.Launch(chained_dots, (1,), (x, x), dict(N=n, num_warps=4))
+        rows.append(cr.compile_launch(launch, "float32"))
+    return rows
+
+
+def test_spills_are_counted(tmp_path):
+    """The report reads spills from the SASS where the kernel has a local frame, and skips the
+    disassembly where it has none (nothing could spill there): a kernel past the register cap
+    counts its STL/LDL, the same kernel at a size that fits counts none."""
+    spilled, fits = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
+    assert spilled["registers"] == 255 and spilled["stack_bytes"] > 0
+    assert spilled["spill_stores"] > 0 and spilled["spill_loads"] > 0
+    assert fits["stack_bytes"] == fits["local_bytes"] == fits["spill_stores"] == fits["spill_loads"] == 0
+
+
+if __name__ == "__main__":  # the spill check's subprocess: python tests/tools/test_compile_report.py OUT.json
+    Path(sys.argv[1]).write_text(json.dumps(spilling_rows(), indent=1))
