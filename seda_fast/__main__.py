@@ -17,9 +17,10 @@ COMMANDS = {
     "memory": ("seda_fast.tools.memory", "peak memory of a stage-2 training step, eager vs fused, over a sweep"),
     "compile-report": ("seda_fast.tools.compile_report",
                        "compile every shipped kernel config for sm_90a: registers, spills, shared memory"),
-    "cost-model": ("seda_fast.tools.cost_model", "FLOPs, bytes and time floor of one inference call (H200 ceilings)"),
+    "cost-model": ("seda_fast.tools.cost_model",
+                   "predicted time of one inference call per implementation and baseline, and its floor (H200)"),
     "cost-training": ("seda_fast.tools.cost_training",
-                      "predicted training-step time per stage: eager, torch.compile, the fused phase design"),
+                      "predicted training-step time per stage: eager, torch.compile, the fused paths, the phase design"),
 }
 
 

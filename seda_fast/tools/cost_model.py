@@ -272,4 +272,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - a quick table
-    main()
+    import sys
+    sys.exit(main())
