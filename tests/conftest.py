@@ -31,9 +31,9 @@ def _patch_language_once_per_launch() -> None:
     (and restores it when the launch ends), and patches it again on every call of a ``@triton.jit``
     helper inside the kernel. Those inner patches find the builtins already patched and set the
     rest to equivalent closures, a scan of the language modules each time: a fused training step
-    calls thousands of helpers. Here an inner call whose language modules the running launch has already patched
-    skips the patching; anything else (the launch itself, a helper that sees another language
-    module) goes through Triton's own. Installed only where the interpreter has this structure;
+    calls thousands of helpers. Here an inner call whose language modules the running launch has
+    already patched skips the patching; anything else (the launch itself, a helper that sees
+    another language module) goes through Triton's own. Installed only where the interpreter has this structure;
     ``SEDA_FAST_PLAIN_INTERPRETER=1`` leaves the interpreter as Triton ships it."""
     import inspect
 
