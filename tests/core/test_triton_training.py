@@ -170,8 +170,7 @@ def test_50_steps_per_stage_track_the_eager_loss_curve():
 
 def test_training_runs_are_bitwise_identical():
     """Two identical fused training runs (2 steps per stage, so the second reads AdamW state; 3 row
-    blocks) end with bitwise-identical parameters
-    and centers: no atomics, fixed reduction order."""
+    blocks) end with bitwise-identical parameters and centers: no atomics, fixed reduction order."""
     runs = [_train("triton", steps=2, batch=40) for _ in range(2)]
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))

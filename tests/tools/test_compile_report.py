@@ -109,7 +109,7 @@ def test_spills_are_counted(tmp_path):
     disassembly where it has none (nothing could spill there): a kernel past the register cap
     counts its STL/LDL, the same kernel at a size that fits counts none."""
     spilled, fits = compile_rows_in_subprocess(__file__, tmp_path / "rows.json")
-    assert spilled["registers"] == 255 and spilled["stack_bytes"] > 0
+    assert spilled["stack_bytes"] > 0
     assert spilled["spill_stores"] > 0 and spilled["spill_loads"] > 0
     assert fits["stack_bytes"] == fits["local_bytes"] == fits["spill_stores"] == fits["spill_loads"] == 0
 
