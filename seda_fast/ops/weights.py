@@ -9,7 +9,6 @@ from), the autocast copies of the weights, and the flat weight list the custom o
 """
 from __future__ import annotations
 
-import functools
 import types
 
 import torch
@@ -87,14 +86,19 @@ _PFIN = ("p_m.weight", "p_u.weight", "p_u.bias", "down.weight", "down.bias", "g_
 PARTS = {"semantic": ("visual_proj", "learner"), "translator": ("translator", "pfin", "head")}
 
 
+_PATHS: dict = {}
+
+
+@torch.compiler.assume_constant_result
 def weight_paths(n_hidden: int, part: str) -> tuple[str, ...]:
     """Dotted parameter names one fused inference op reads, in its argument order: ``part`` is
-    ``"semantic"`` (projector + Learner) or ``"translator"`` (Translator + PFIN + head). Cached:
-    every fused inference call reads them. ``torch.compile`` traces the uncached function (it would
-    warn about the cache and trace through it anyway)."""
-    if torch.compiler.is_compiling():
-        return _weight_paths(n_hidden, part)
-    return _cached_weight_paths(n_hidden, part)
+    ``"semantic"`` (projector + Learner) or ``"translator"`` (Translator + PFIN + head). Cached in a
+    dict, like ``seda_fast.schedule``'s tables (every fused inference call reads them), and a
+    constant to torch.compile."""
+    key = (n_hidden, part)
+    if key not in _PATHS:
+        _PATHS[key] = _weight_paths(n_hidden, part)
+    return _PATHS[key]
 
 
 def _weight_paths(n_hidden: int, part: str) -> tuple[str, ...]:
@@ -110,9 +114,6 @@ def _weight_paths(n_hidden: int, part: str) -> tuple[str, ...]:
             paths += [f"{name}.{p}" for p in _DEN]
             paths += [f"{name}.hidden.{i}.{p}" for i in range(n_hidden) for p in ("weight", "bias")]
     return tuple(paths)
-
-
-_cached_weight_paths = functools.lru_cache(maxsize=None)(_weight_paths)
 
 
 def _get(module, path: str):
