@@ -24,7 +24,8 @@ Jobs, in order of value:
 3. Inference, bf16, B = 64 and 16384: ``eager`` (the eager backend as users run it) with
    ``cuda_graph`` (a CUDA graph of the eager loop, tables precomputed), each fused
    implementation (``fused:<impl>``; ``fused:phases-raw`` one launch per phase without the CUDA
-   graph, ``fused:phases-nopdl`` the graph without programmatic dependent launch), and ``torch_compile`` (``max-autotune`` with the compile
+   graph, ``fused:phases-nopdl`` the graph without programmatic dependent launch,
+   ``fused:phases-split`` the graph on split-K tiles), and ``torch_compile`` (``max-autotune`` with the compile
    budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
    otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
@@ -64,8 +65,9 @@ ROW_PREFIX = "@@row "
 HANG_ENV = "SEDA_GPU_CHECK_HANG"
 GRACE_S = 60.0  # how far past the budget a job already started may run
 # extra providers timed beside "fused:phases" on CUDA: "raw" = one launch per phase (no CUDA graph),
-# "nopdl" = the graph replay without programmatic dependent launch
-PHASE_VARIANTS = {"phases": ("raw", "nopdl")}
+# "nopdl" = the graph replay without programmatic dependent launch, "split" = the graph replay on
+# split-K tiles (fp16/bf16 up to B = 256; launch_options(split_k=True))
+PHASE_VARIANTS = {"phases": ("raw", "nopdl", "split")}
 # stage-2 training variants of the fused providers: name -> (SeDA.fused_impl, SeDA.activation_memory);
 # plain "fused" is the default (phases, saving every step's activations, recurring launches replayed
 # as CUDA graphs); "raw" is the default launched one phase at a time (launch_options(graph=False))
@@ -367,7 +369,7 @@ def _fused_call(model, v, variant: str):
     if not variant:
         return lambda: model.infer(v)
     from seda_fast.ops.infer_phases import launch_options
-    options = {"raw": dict(graph=False), "nopdl": dict(pdl=False)}[variant]
+    options = {"raw": dict(graph=False), "nopdl": dict(pdl=False), "split": dict(split_k=True)}[variant]
 
     def call():
         with launch_options(**options):

@@ -64,18 +64,27 @@ def matmul_tile(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim,
     """``acc [BM, BN] += X[:rows, :Kdim] @ W[n0 : n0 + BN, :Kdim]^T`` with ``W [N, Kdim]`` contiguous
     (``nn.Linear``'s layout), or ``X @ W[:Kdim, n0 : n0 + BN]`` with ``W [Kdim, N]`` when ``W_KN``
     (the backward's ``G W``)."""
+    return matmul_slice(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, 0, Kdim, BM, BN, BK, LOWP, PREC, W_KN)
+
+
+@triton.jit
+def matmul_slice(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 LOWP: tl.constexpr, PREC: tl.constexpr, W_KN: tl.constexpr = False):
+    """:func:`matmul_tile` over the reduction slice ``k_lo <= k < k_hi`` only (split-K; ``Kdim`` is
+    still ``W``'s full reduction width, its row stride)."""
     offs_m = tl.arange(0, BM)
     offs_n = n0 + tl.arange(0, BN)
-    for k0 in range(0, Kdim, BK):
+    for k0 in range(k_lo, k_hi, BK):
         offs_k = k0 + tl.arange(0, BK)
         x = tl.load(x_ptr + offs_m[:, None] * x_stride + offs_k[None, :],
-                    mask=(offs_m[:, None] < rows) & (offs_k[None, :] < Kdim), other=0.0)
+                    mask=(offs_m[:, None] < rows) & (offs_k[None, :] < k_hi), other=0.0)
         if W_KN:
             w = tl.load(w_ptr + offs_k[:, None] * N + offs_n[None, :],
-                        mask=(offs_k[:, None] < Kdim) & (offs_n[None, :] < N), other=0.0)
+                        mask=(offs_k[:, None] < k_hi) & (offs_n[None, :] < N), other=0.0)
         else:
             w = tl.load(w_ptr + offs_n[None, :] * Kdim + offs_k[:, None],
-                        mask=(offs_n[None, :] < N) & (offs_k[:, None] < Kdim), other=0.0)
+                        mask=(offs_n[None, :] < N) & (offs_k[:, None] < k_hi), other=0.0)
         if LOWP:
             acc = tl.dot(x.to(w.dtype), w, acc)
         else:

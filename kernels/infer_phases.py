@@ -56,17 +56,27 @@ Two schedulers over the same phase bodies (:func:`_phase`) and the same schedule
   then releases the next launch, whose programs get scheduled while this phase runs. Phase p + 2
   reading phase p's output is safe too: phase p + 1 cannot finish before its own wait on p returned.
 * ``"persistent"``: ONE cooperative launch of :func:`infer_persistent_kernel`; each program walks
-  the schedule, takes tiles ``pid, pid + P, ...`` of each phase, and waits at the grid barrier of
+  the schedule, takes work items ``pid, pid + P, ...`` of each phase, and waits at the grid barrier of
   ``_barrier.py`` between phases. Under the interpreter programs run one after another, so a
   spin barrier with more than one program would hang: there it runs only when the caller asks
   for a one-program grid (``programs=1``; it then checks the barrier and the schedule walk), and
   raises otherwise.
 
-Tiles: :func:`pick_phase_tiles` (documented against the sm_90a compile report there).
+Tiles: :func:`pick_infer_tiles` (documented against the sm_90a compile report in
+:func:`pick_phase_tiles`, whose tiles it keeps except at small batch).
 
-Cost of the LayerNorm fold: every COND_LN tile recomputes its rows' statistics, so each ``[BM, d]``
-block of y is read three times per column tile (two statistics passes, one normalised GEMM pass);
-the phase is one of 66 and its K is only d.
+Split-K (``tiles.split_k = S > 1``; opt-in, ``pick_infer_tiles(..., split_k=True)``, fp16/bf16 up
+to B = 256; the cost model predicts it slower, see there): a phase's work items are (output tile, K
+slice) pairs, ``S`` per output tile, slice-major; each program stores its fp32 partial in the tile's
+workspace slot, and the last of the ``S`` to arrive on the tile's counter sums them in slice order
+and runs the epilogue (``_barrier.split_k_reduce``: no floating-point atomics, the same bits
+whatever order the programs finish in). The workspace and counters are the call's (``_buffers``);
+the counters return to zero at every use, so a captured graph replays on them (a call aborted
+midway would leave some non-zero: :func:`clear_graphs` drops the graphs that hold them).
+
+Cost of the LayerNorm fold: every COND_LN work item recomputes its rows' statistics, so each
+``[BM, d]`` block of y is read twice more per column tile and K slice (two statistics passes, then
+its slice of the normalised GEMM pass); the phase is one of 66 and its K is only d.
 
 Memory ordering in the persistent kernel: the barrier's release (after a ``bar.sync``, so the whole
 program's stores precede it) and its acquire poll, broadcast to the program through ``bar.sync``,
@@ -76,8 +86,7 @@ relies on the PTX memory model (an acquire at gpu scope orders the later weak lo
 cooperative groups' grid sync does; untested on a GPU.
 
 Not in this version (planned): TMA descriptor loads (the 128 x 256 tiles load through pointers,
-``cp.async``), prefetching the next phase's weight tile before the barrier, split-K for B = 1 (64
-tiles per H-wide phase at most).
+``cp.async``), prefetching the next phase's weight tile before the barrier.
 Nothing here has run on a GPU yet: the CUDA-graph, programmatic-launch and cooperative paths are
 written and compiled for sm_90a, not executed.
 """
@@ -91,8 +100,8 @@ import triton.language as tl
 
 from . import _blocks as blk
 from . import _graphs
-from ._barrier import grid_barrier
-from ._heuristics import Blocks, check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
+from ._barrier import grid_barrier, split_k_reduce
+from ._heuristics import LATENCY_MAX_BATCH, Blocks, check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
 from ._launch import launch
 
 # ----------------------------------------------------------------------------- schedule (host)
@@ -186,7 +195,8 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     * fp16/bf16, ``B <= 256`` (latency): ``BM = 16`` (the smallest ``tl.dot`` M; mma.sync), ``BK = 64``,
       and ``BN`` the widest of 64/32/16 that still gives an H-wide phase >= :data:`TARGET_TILES`
       tiles (B = 64, H = 1024: 4 row blocks x 32 column blocks of 32 = 128 tiles; B = 1: BN = 16, 64
-      tiles; narrower than 16 is not a legal dot). More tiles at B = 1 would need split-K: not done.
+      tiles; narrower than 16 is not a legal dot). The inference launcher picks its own tiles at
+      these batches (:func:`pick_infer_tiles`); the training phases keep these.
     * fp16/bf16, ``B > 256`` (throughput, wgmma): the first of :data:`THROUGHPUT_TILES` that gives an
       H-wide phase >= :data:`TARGET_TILES` tiles (about one wave): ``128 x 256 x 32`` with 8 warps, 3
       stages and an epilogue split in 4 column parts (B >= 3969 at H = 1024), ``128 x 128 x 64``
@@ -203,12 +213,13 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
       the 255-register cap. With 8 warps the 64x64 tile takes 223 registers and spills nothing.
 
     Against the sm_90a compile report (triton 3.7.1, default model d=512, H=1024, L=2, ptxas with
-    ``maxnreg=255``; ``tests/ops/test_infer_phases.py`` compiles every config picked here and
-    requires zero spills). Registers, worst phase kind of ``infer_phase_kernel`` / the persistent
-    kernel: bf16 16x16x64 110/210, 16x32x64 177/223, 16x64x64 135/188, 64x64x32 200/255,
+    ``maxnreg=255``; ``tests/ops/test_infer_phases.py`` compiles every config the inference launcher
+    uses and requires zero spills; the 16x64x64 figures, a tile only the training phases use now,
+    are from an earlier report). Registers, worst phase kind of ``infer_phase_kernel`` / the
+    persistent kernel: bf16 16x16x64 110/214, 16x32x64 177/229, 16x64x64 135/188, 64x64x32 200/255,
     128x64x32 (8 warps) 189/255, 128x128x64 (8 warps, 3 stages; phase kernel only) 255 with 97 KiB of
     shared memory, 128x256x32 (8 warps, 3 stages, 4 epilogue parts; phase kernel only) 255 with
-    73 KiB (both the same under triton 3.6.0); fp32 16x16x32 174/202, 16x32x32 212/251; no spills
+    73 KiB (both the same under triton 3.6.0); fp32 16x16x32 174/202, 16x32x32 212/247; no spills
     anywhere (the persistent kernel at 64x64x32 with 8 warps: 223 under triton 3.6.0, no spills).
     The 128 x 256 accumulator alone is 128 registers a thread: with the whole tile's epilogue (its
     loaded ``[BM, BN]`` tiles on top) four phase kinds spilled 5 to 181 stores; the epilogue now
@@ -246,6 +257,61 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     return PhaseTiles(BM, BN, BK, warps, stages)
 
 
+# fp16/bf16 latency tiles of the inference call (B <= 256): (largest batch, BM, BN), see pick_infer_tiles
+LATENCY_TILES = ((32, 16, 16), (48, 16, 32), (128, 32, 32), (224, 32, 64), (256, 64, 64))
+SPLIT_MAX = 8  # K slices per output tile at most (split-K, opt-in)
+
+
+def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16,
+                     impl: str = "phases", split_k: bool = False) -> PhaseTiles:
+    """The inference call's tiles: :func:`pick_phase_tiles`'s, except fp16/bf16 at ``B <= 256``
+    (latency).
+
+    * Default: ``BM x BN`` from :data:`LATENCY_TILES` by batch (16x16 up to B = 32, 16x32 to 48,
+      32x32 to 128, 32x64 to 224, 64x64 to 256), ``BK = 64``, 4 warps, 2 stages (the persistent
+      kernel: 8 warps at 64 rows). At every batch from 1 to 256 this is the fastest of BM 16/32/64 x
+      BN 16/32/64/128 under the cost model (``python -m seda_fast.tools.cost_phases``, default model,
+      bf16, the phases' time summed over the call; ``tests/tools/test_cost_phases.py`` holds it to
+      that). Wider tiles read fewer bytes per output, narrower ones spread a phase over more SMs;
+      the L2 terms decide: B = 64 32x32 0.077 ms (16x32, :func:`pick_phase_tiles`'s: 0.085), B = 128
+      32x32 0.114 (16x64: 0.142), B = 256 64x64 0.159 (16x64: 0.266).
+    * ``split_k=True`` (opt-in: ``launch_options(split_k=True)``; the GPU run times it): ``BM`` =
+      the batch rounded up to a power of two, 16 to 64 (B <= 64 is one row block, so each weight
+      tile is read once per phase), ``BN`` 32 with one row block and 64 with several, and each
+      output tile's K loop cut into ``split_k`` slices run by separate programs (the smallest power
+      of two that gives an H-wide phase :data:`TARGET_TILES` work items, at most :data:`SPLIT_MAX`,
+      slices no narrower than ``BK`` over K = d), summed in a fixed order by the last program to
+      finish (``_barrier.split_k_reduce``; bitwise reproducible). It moves fewer bytes than 16-row
+      blocks (B = 64: 531 MiB from L2 into the SMs, against 756 with 16x32 and 510 with the default
+      32x32), but every split phase waits for two more L2 round trips (the arrival atomic, then the
+      partials' reload) and one program's reload of the partials, which the cost model charges at
+      its assumed L2 latency: it predicts split-K slower at every batch (B = 64: 0.250 ms a call
+      graph-replayed, against 0.183) until a GPU measures that latency.
+
+    fp32 (the parity path) and ``B > 256`` take :func:`pick_phase_tiles` (never split).
+
+    sm_90a compile report (default model, ``maxnreg=255``; ``tests/ops/test_infer_phases.py``
+    compiles each of these and requires zero spills), registers of the worst phase kind of
+    ``infer_phase_kernel`` / the persistent kernel, triton 3.7.1 (3.6.0 within 3), no spills under
+    either: 16x16x64 110/214, 16x32x64 177/229, 32x32x64 163/229, 32x64x64 184/227 (mma.sync),
+    64x64x64 224/194 (wgmma; the persistent kernel with 8 warps); split-K 16x32x64 in 4 slices
+    128/209, 64x32x64 in 4 226/244 (8 warps)."""
+    if dtype == torch.float32 or batch > LATENCY_MAX_BATCH:
+        return pick_phase_tiles(batch, d, H, dtype, impl)
+    BK = clamp_block(64, max(d, H))
+    if not split_k:
+        BM, BN = next((bm, bn) for top, bm, bn in LATENCY_TILES if batch <= top)
+        BN = clamp_block(BN, max(d, H))
+        return PhaseTiles(BM, BN, BK, 8 if impl == "persistent" and BM == 64 else 4, 2)
+    BM = min(64, max(16, triton.next_power_of_2(batch)))
+    rows = triton.cdiv(batch, BM)
+    BN = clamp_block(32 if rows == 1 else 64, max(d, H))
+    split = 1
+    while split < SPLIT_MAX and rows * triton.cdiv(H, BN) * split < TARGET_TILES and d >= 2 * split * BK:
+        split *= 2
+    return PhaseTiles(BM, BN, BK, 8 if impl == "persistent" and BM == 64 else 4, 2, split_k=split)
+
+
 def head_block(tiles: PhaseTiles, C: int) -> int:
     """The head's column tile: ``BN`` narrowed to the classes (``C = 10``: 16), so a wide tile
     does not compute (and hold in registers) hundreds of empty logit columns."""
@@ -258,12 +324,19 @@ def job_block(name: str, n: int, tiles: PhaseTiles) -> int:
 
 
 def job_tiles(batch: int, n: int, tiles: PhaseTiles, name: str = "") -> int:
+    """Output tiles of one job (``batch`` rows, ``n`` columns)."""
     return triton.cdiv(batch, tiles.BM) * triton.cdiv(n, job_block(name, n, tiles))
 
 
-def phase_tiles(phase: Phase, batch: int, tiles: PhaseTiles) -> int:
-    """Programs one launch of ``phase`` needs (sum over its jobs), as the kernel counts them."""
+def phase_out_tiles(phase: Phase, batch: int, tiles: PhaseTiles) -> int:
+    """Output tiles of ``phase`` (sum over its jobs): its split-K workspace slots."""
     return sum(job_tiles(batch, n, tiles, name) for name, n, _ in phase.jobs)
+
+
+def phase_tiles(phase: Phase, batch: int, tiles: PhaseTiles) -> int:
+    """Programs one launch of ``phase`` needs, as the kernel counts its work items: one per
+    (output tile, K slice)."""
+    return phase_out_tiles(phase, batch, tiles) * tiles.split_k
 
 
 # ----------------------------------------------------------------------------- device code
@@ -298,17 +371,18 @@ def _ln_stats(y_ptr, rows, d, eps, BM: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _ln_matmul_tile(acc, y_ptr, rows, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, n0, N, d,
+def _ln_matmul_tile(acc, y_ptr, rows, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, n0, N, d, k_lo, k_hi,
                     z_ptr, x_ptr, c0, write,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                     LOWP: tl.constexpr, PREC: tl.constexpr):
-    """``acc += LN(y) W[n0:n0+BN]^T`` with the LayerNorm applied to each K slice as it is loaded;
-    when ``write`` the slices also go to ``z`` and ``x = c0 z`` (rows of this block, width d)."""
+    """``acc += LN(y)[:, k_lo:k_hi] W[n0:n0+BN, k_lo:k_hi]^T`` with the LayerNorm applied to each K
+    slice as it is loaded; when ``write`` the slices also go to ``z`` and ``x = c0 z`` (rows of this
+    block, width d)."""
     offs_m = tl.arange(0, BM)
     offs_n = n0 + tl.arange(0, BN)
-    for k0 in range(0, d, BK):
+    for k0 in range(k_lo, k_hi, BK):
         offs_k = k0 + tl.arange(0, BK)
-        mask = (offs_m[:, None] < rows) & (offs_k[None, :] < d)
+        mask = (offs_m[:, None] < rows) & (offs_k[None, :] < k_hi)
         y = tl.load(y_ptr + offs_m[:, None] * d + offs_k[None, :], mask=mask, other=0.0).to(tl.float32)
         zk = (y - mean[:, None]) * rstd[:, None] * blk.load_vec(lnw_ptr, k0, d, BK)[None, :] \
             + blk.load_vec(lnb_ptr, k0, d, BK)[None, :]
@@ -318,12 +392,80 @@ def _ln_matmul_tile(acc, y_ptr, rows, mean, rstd, lnw_ptr, lnb_ptr, w_ptr, n0, N
             tl.store(x_ptr + offs_m[:, None] * d + offs_k[None, :], (c0 * zk.to(tl.float32)).to(x_ptr.dtype.element_ty),
                      mask=mask)
         w = tl.load(w_ptr + offs_n[None, :] * d + offs_k[:, None],
-                    mask=(offs_n[None, :] < N) & (offs_k[:, None] < d), other=0.0)
+                    mask=(offs_n[None, :] < N) & (offs_k[:, None] < k_hi), other=0.0)
         if LOWP:
             acc = tl.dot(zk.to(w.dtype), w, acc)
         else:
             acc = tl.dot(zk.to(tl.float32), w.to(tl.float32), acc, input_precision=PREC)
     return acc
+
+
+@triton.jit
+def _item(t, n_out, SPLIT: tl.constexpr):
+    """Work item ``t`` of a phase with ``n_out`` output tiles -> (output tile, K slice); items are
+    slice-major, ``t = s n_out + u``."""
+    if SPLIT == 1:
+        u = t
+        s = 0
+    else:
+        u = t % n_out
+        s = t // n_out
+    return u, s
+
+
+@triton.jit
+def _k_slice(s, Kdim, SPLIT: tl.constexpr, BK: tl.constexpr):
+    """Reduction range ``[k_lo, k_hi)`` of K slice ``s`` of ``Kdim``: slices of ``Kdim / SPLIT``
+    rounded up to ``BK`` (a trailing slice may be empty: its partial is zero)."""
+    if SPLIT == 1:
+        k_lo = 0
+        k_hi = Kdim
+    else:
+        ks = tl.cdiv(tl.cdiv(Kdim, SPLIT), BK) * BK
+        k_lo = s * ks
+        k_hi = tl.minimum(k_lo + ks, Kdim)
+    return k_lo, k_hi
+
+
+@triton.jit
+def _gemm_item(u, s, tile, N, x_ptr, x_stride, w_ptr, Kdim, B, ws_ptr, cnt_ptr,
+               SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+               LOWP: tl.constexpr, PREC: tl.constexpr):
+    """Work item (slot ``u``, K slice ``s``) of a job ``[B, N] = X [B, Kdim] W^T``, on the job's
+    output tile ``tile``: -> (first row, first column, the tile's fp32 sum, whether this program
+    runs the epilogue) (``_barrier.split_k_reduce``)."""
+    r0, n0 = _tile(tile, N, BM, BN)
+    k_lo, k_hi = _k_slice(s, Kdim, SPLIT, BK)
+    acc = blk.matmul_slice(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * x_stride, x_stride, B - r0, w_ptr, n0, N,
+                           Kdim, k_lo, k_hi, BM, BN, BK, LOWP, PREC)
+    acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
+    return r0, n0, acc, last
+
+
+@triton.jit
+def _gemm2_item(u, s, tile, N, x_ptr, w_ptr, x2_ptr, w2_ptr, Kdim, B, ws_ptr, cnt_ptr,
+                SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                LOWP: tl.constexpr, PREC: tl.constexpr):
+    """:func:`_gemm_item` of ``[B, N] = X W^T + X2 W2^T``, both operands ``[B, Kdim]`` (PFIN's
+    projections of ``m`` and ``x0_hat``), the same K slice of each."""
+    r0, n0 = _tile(tile, N, BM, BN)
+    k_lo, k_hi = _k_slice(s, Kdim, SPLIT, BK)
+    acc = blk.matmul_slice(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * Kdim, Kdim, B - r0, w_ptr, n0, N, Kdim,
+                           k_lo, k_hi, BM, BN, BK, LOWP, PREC)
+    acc = blk.matmul_slice(acc, x2_ptr + r0 * Kdim, Kdim, B - r0, w2_ptr, n0, N, Kdim, k_lo, k_hi,
+                           BM, BN, BK, LOWP, PREC)
+    acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
+    return r0, n0, acc, last
+
+
+@triton.jit
+def _store_plus_bias(acc, b_ptr, out_ptr, r0, n0, N, B, EPI: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """``out[r0 : r0 + BM, n0 : n0 + BN] = acc + b`` (``out [B, N]``), in ``EPI`` column parts."""
+    BE: tl.constexpr = BN // EPI
+    for part in tl.static_range(EPI):
+        ne = n0 + part * BE
+        val = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(b_ptr, ne, N, BE)[None, :]
+        blk.store_tile(out_ptr + r0 * N, N, B - r0, ne, N, val, BM, BE)
 
 
 @triton.jit
@@ -333,10 +475,12 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
            wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-           ln_eps, c0, c1, B, Dv, d, H, C,
+           ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
            HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-           LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr):
-    """The tiles ``pid, pid + nprog, ...`` of one phase (schedule row at ``row_ptr``)."""
+           LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr, SPLIT: tl.constexpr):
+    """The work items ``pid, pid + nprog, ...`` of one phase (schedule row at ``row_ptr``): one per
+    (output tile, K slice); a tile's epilogue runs in the program that completes its K sum
+    (``_barrier.split_k_reduce``; every program when ``SPLIT == 1``)."""
     stage = tl.load(row_ptr + 1)
     krow = tl.load(row_ptr + 2)
     layer = tl.load(row_ptr + 3)
@@ -353,128 +497,128 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
     h_out = h_ptr + ((layer + 1) % 2).to(tl.int64) * B * H
     BE: tl.constexpr = BN // EPI  # epilogue part width (EPI = 2: two halves, one after the other)
     if KIND == 0:  # PROJ: y = v W_v + b_v
-        total = tl.cdiv(B, BM) * tl.cdiv(d, BN)
-        for t in range(pid, total, nprog):
-            r0, n0 = _tile(t, d, BM, BN)
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), v_ptr + r0 * Dv, Dv, B - r0, wv_ptr, n0, d, Dv,
-                                  BM, BN, BK, LOWP, PREC)
-            for part in tl.static_range(EPI):
-                ne = n0 + part * BE
-                out = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bv_ptr, ne, d, BE)[None, :]
-                blk.store_tile(y_ptr + r0 * d, d, B - r0, ne, d, out, BM, BE)
+        n_out = tl.cdiv(B, BM) * tl.cdiv(d, BN)
+        for t in range(pid, n_out * SPLIT, nprog):
+            u, s = _item(t, n_out, SPLIT)
+            r0, n0, acc, last = _gemm_item(u, s, u, d, v_ptr, Dv, wv_ptr, Dv, B, ws_ptr, cnt_ptr,
+                                           SPLIT, BM, BN, BK, LOWP, PREC)
+            if last:
+                _store_plus_bias(acc, bv_ptr, y_ptr, r0, n0, d, B, EPI, BM, BN)
     elif KIND == 1:  # COND_LN: cond = LN(y) W_c1 + b_a1; column block 0 writes z and x = c0 z
-        total = tl.cdiv(B, BM) * tl.cdiv(H, BN)
-        for t in range(pid, total, nprog):
-            r0, n0 = _tile(t, H, BM, BN)
+        n_out = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        for t in range(pid, n_out * SPLIT, nprog):
+            u, s = _item(t, n_out, SPLIT)
+            r0, n0 = _tile(u, H, BM, BN)
+            k_lo, k_hi = _k_slice(s, d, SPLIT, BK)
             mean, rstd = _ln_stats(y_ptr + r0 * d, B - r0, d, ln_eps, BM, BK)
             acc = _ln_matmul_tile(tl.zeros((BM, BN), tl.float32), y_ptr + r0 * d, B - r0, mean, rstd,
-                                  lnw_ptr, lnb_ptr, wc1_ptr, n0, H, d, z_ptr + r0 * d, x_ptr + r0 * d, c0, n0 == 0,
-                                  BM, BN, BK, LOWP, PREC)
-            for part in tl.static_range(EPI):
-                ne = n0 + part * BE
-                out = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bc1_ptr, ne, H, BE)[None, :]
-                blk.store_tile(cond_ptr + r0 * H, H, B - r0, ne, H, out, BM, BE)
+                                  lnw_ptr, lnb_ptr, wc1_ptr, n0, H, d, k_lo, k_hi, z_ptr + r0 * d, x_ptr + r0 * d, c0,
+                                  n0 == 0, BM, BN, BK, LOWP, PREC)
+            acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
+            if last:
+                _store_plus_bias(acc, bc1_ptr, cond_ptr, r0, n0, H, B, EPI, BM, BN)
     elif KIND == 2:  # COND_T: cond = s W_c2 + b_a2; column block 0 writes x = c0 s + c1 xi
-        total = tl.cdiv(B, BM) * tl.cdiv(H, BN)
-        for t in range(pid, total, nprog):
-            r0, n0 = _tile(t, H, BM, BN)
-            acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), s_ptr + r0 * d, d, B - r0, wc2_ptr, n0, H, d,
-                                  BM, BN, BK, LOWP, PREC)
-            for part in tl.static_range(EPI):
-                ne = n0 + part * BE
-                out = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bc2_ptr, ne, H, BE)[None, :]
-                blk.store_tile(cond_ptr + r0 * H, H, B - r0, ne, H, out, BM, BE)
-            if n0 == 0:
-                for j0 in range(0, d, BE):
-                    xs = c0 * blk.load_tile(s_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
-                    if HAS_NOISE:
-                        xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
-                    blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BE)
+        n_out = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        for t in range(pid, n_out * SPLIT, nprog):
+            u, s = _item(t, n_out, SPLIT)
+            r0, n0, acc, last = _gemm_item(u, s, u, H, s_ptr, d, wc2_ptr, d, B, ws_ptr, cnt_ptr,
+                                           SPLIT, BM, BN, BK, LOWP, PREC)
+            if last:
+                _store_plus_bias(acc, bc2_ptr, cond_ptr, r0, n0, H, B, EPI, BM, BN)
+                if n0 == 0:
+                    for j0 in range(0, d, BE):
+                        xs = c0 * blk.load_tile(s_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
+                        if HAS_NOISE:
+                            xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
+                        blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BE)
     elif KIND == 3:  # A (+ P + G): h0 = SiLU(x W_x + cond + e_k); PFIN's projections of step side_krow + 1
         n_a = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
         n_p = side * tl.cdiv(B, BM) * tl.cdiv(H, BN)
         n_g = side * tl.cdiv(B, BM) * tl.cdiv(d, BN)
-        for t in range(pid, n_a + n_p + n_g, nprog):
-            if t < n_a:
-                r0, n0 = _tile(t, H, BM, BN)
-                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * d, d, B - r0, wx, n0, H, d,
-                                      BM, BN, BK, LOWP, PREC)
-                for part in tl.static_range(EPI):
-                    ne = n0 + part * BE
-                    a = blk.col_part(acc, part, EPI, BM, BN) \
-                        + blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
-                    a += blk.load_vec(e_tab + krow * H, ne, H, BE)[None, :]
-                    blk.store_tile(h_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
-            elif t < n_a + n_p:
-                r0, n0 = _tile(t - n_a, H, BM, BN)
-                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, wpm_ptr, n0, H, d,
-                                      BM, BN, BK, LOWP, PREC)
-                acc = blk.matmul_tile(acc, x0_ptr + r0 * d, d, B - r0, wpu_ptr, n0, H, d, BM, BN, BK, LOWP, PREC)
-                for part in tl.static_range(EPI):
-                    ne = n0 + part * BE
-                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bp_ptr, ne, H, BE)[None, :]
-                    a += blk.load_vec(e2_ptr + side_krow * H, ne, H, BE)[None, :]
-                    blk.store_tile(sp_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
+        n_out = n_a + n_p + n_g
+        for t in range(pid, n_out * SPLIT, nprog):
+            u, s = _item(t, n_out, SPLIT)
+            if u < n_a:
+                r0, n0, acc, last = _gemm_item(u, s, u, H, x_ptr, d, wx, d, B, ws_ptr, cnt_ptr,
+                                               SPLIT, BM, BN, BK, LOWP, PREC)
+                if last:
+                    for part in tl.static_range(EPI):
+                        ne = n0 + part * BE
+                        a = blk.col_part(acc, part, EPI, BM, BN) \
+                            + blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                        a += blk.load_vec(e_tab + krow * H, ne, H, BE)[None, :]
+                        blk.store_tile(h_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
+            elif u < n_a + n_p:
+                r0, n0, acc, last = _gemm2_item(u, s, u - n_a, H, z_ptr, wpm_ptr, x0_ptr, wpu_ptr, d, B, ws_ptr,
+                                                cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                if last:
+                    for part in tl.static_range(EPI):
+                        ne = n0 + part * BE
+                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bp_ptr, ne, H, BE)[None, :]
+                        a += blk.load_vec(e2_ptr + side_krow * H, ne, H, BE)[None, :]
+                        blk.store_tile(sp_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             else:
-                r0, n0 = _tile(t - n_a - n_p, d, BM, BN)
-                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), z_ptr + r0 * d, d, B - r0, wgm_ptr, n0, d, d,
-                                      BM, BN, BK, LOWP, PREC)
-                acc = blk.matmul_tile(acc, x0_ptr + r0 * d, d, B - r0, wgu_ptr, n0, d, d, BM, BN, BK, LOWP, PREC)
-                for part in tl.static_range(EPI):
-                    ne = n0 + part * BE
-                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bg_ptr, ne, d, BE)[None, :]
-                    blk.store_tile(g_ptr + r0 * d, d, B - r0, ne, d, tl.sigmoid(a), BM, BE)
+                r0, n0, acc, last = _gemm2_item(u, s, u - n_a - n_p, d, z_ptr, wgm_ptr, x0_ptr, wgu_ptr, d, B,
+                                                ws_ptr, cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                if last:
+                    for part in tl.static_range(EPI):
+                        ne = n0 + part * BE
+                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bg_ptr, ne, d, BE)[None, :]
+                        blk.store_tile(g_ptr + r0 * d, d, B - r0, ne, d, tl.sigmoid(a), BM, BE)
     elif KIND == 4 or KIND == 5:  # R (+ D) or O (+ D)
         if KIND == 4:
             n_main = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
         else:
             n_main = main * tl.cdiv(B, BM) * tl.cdiv(d, BN)
         n_d = side * tl.cdiv(B, BM) * tl.cdiv(d, BN)
-        for t in range(pid, n_main + n_d, nprog):
-            if t < n_main:
+        n_out = n_main + n_d
+        for t in range(pid, n_out * SPLIT, nprog):
+            u, s = _item(t, n_out, SPLIT)
+            if u < n_main:
                 if KIND == 4:  # h_out = h_in + SiLU(h_in W_l + b_l)
-                    r0, n0 = _tile(t, H, BM, BN)
-                    acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
-                                          wh + layer * H * H, n0, H, H, BM, BN, BK, LOWP, PREC)
-                    for part in tl.static_range(EPI):
-                        ne = n0 + part * BE
-                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bh + layer * H, ne, H, BE)[None, :]
-                        res = blk.load_tile(h_in + r0 * H, H, B - r0, ne, H, BM, BE) + blk.silu(a)
-                        blk.store_tile(h_out + r0 * H, H, B - r0, ne, H, res, BM, BE)
+                    r0, n0, acc, last = _gemm_item(u, s, u, H, h_in, H, wh + layer * H * H, H, B, ws_ptr, cnt_ptr,
+                                                   SPLIT, BM, BN, BK, LOWP, PREC)
+                    if last:
+                        for part in tl.static_range(EPI):
+                            ne = n0 + part * BE
+                            a = blk.col_part(acc, part, EPI, BM, BN) \
+                                + blk.load_vec(bh + layer * H, ne, H, BE)[None, :]
+                            res = blk.load_tile(h_in + r0 * H, H, B - r0, ne, H, BM, BE) + blk.silu(a)
+                            blk.store_tile(h_out + r0 * H, H, B - r0, ne, H, res, BM, BE)
                 else:  # x0 = h W_o + b_o ; x <- a_k x + b_k x0 (into s on the Learner's last step)
-                    r0, n0 = _tile(t, d, BM, BN)
-                    acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), h_in + r0 * H, H, B - r0,
-                                          wo, n0, d, H, BM, BN, BK, LOWP, PREC)
-                    a_k = tl.load(dd + 2 * krow)
-                    b_k = tl.load(dd + 2 * krow + 1)
+                    r0, n0, acc, last = _gemm_item(u, s, u, d, h_in, H, wo, H, B, ws_ptr, cnt_ptr,
+                                                   SPLIT, BM, BN, BK, LOWP, PREC)
+                    if last:
+                        a_k = tl.load(dd + 2 * krow)
+                        b_k = tl.load(dd + 2 * krow + 1)
+                        for part in tl.static_range(EPI):
+                            ne = n0 + part * BE
+                            x0 = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bo, ne, d, BE)[None, :]
+                            if (flags & 1) != 0:
+                                blk.store_tile(x0_ptr + r0 * d, d, B - r0, ne, d, x0, BM, BE)
+                            xn = a_k * blk.load_tile(x_ptr + r0 * d, d, B - r0, ne, d, BM, BE) + b_k * x0
+                            if (flags & 2) != 0:
+                                blk.store_tile(s_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
+                            else:
+                                blk.store_tile(x_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
+            else:  # D: m <- m + g (SiLU(p) W_pd + b_pd), in place (m lives in z's buffer)
+                r0, n0, acc, last = _gemm_item(u, s, u - n_main, d, sp_ptr, H, wpd_ptr, H, B, ws_ptr, cnt_ptr,
+                                               SPLIT, BM, BN, BK, LOWP, PREC)
+                if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
-                        x0 = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bo, ne, d, BE)[None, :]
-                        if (flags & 1) != 0:
-                            blk.store_tile(x0_ptr + r0 * d, d, B - r0, ne, d, x0, BM, BE)
-                        xn = a_k * blk.load_tile(x_ptr + r0 * d, d, B - r0, ne, d, BM, BE) + b_k * x0
-                        if (flags & 2) != 0:
-                            blk.store_tile(s_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
-                        else:
-                            blk.store_tile(x_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
-            else:  # D: m <- m + g (SiLU(p) W_pd + b_pd), in place (m lives in z's buffer)
-                r0, n0 = _tile(t - n_main, d, BM, BN)
-                acc = blk.matmul_tile(tl.zeros((BM, BN), tl.float32), sp_ptr + r0 * H, H, B - r0, wpd_ptr, n0, d, H,
-                                      BM, BN, BK, LOWP, PREC)
-                for part in tl.static_range(EPI):
-                    ne = n0 + part * BE
-                    a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bpd_ptr, ne, d, BE)[None, :]
-                    mm = blk.load_tile(z_ptr + r0 * d, d, B - r0, ne, d, BM, BE) \
-                        + blk.load_tile(g_ptr + r0 * d, d, B - r0, ne, d, BM, BE) * a
-                    blk.store_tile(z_ptr + r0 * d, d, B - r0, ne, d, mm, BM, BE)
+                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bpd_ptr, ne, d, BE)[None, :]
+                        mm = blk.load_tile(z_ptr + r0 * d, d, B - r0, ne, d, BM, BE) \
+                            + blk.load_tile(g_ptr + r0 * d, d, B - r0, ne, d, BM, BE) * a
+                        blk.store_tile(z_ptr + r0 * d, d, B - r0, ne, d, mm, BM, BE)
     else:  # HEAD: logits = m W_h + b_h, in BM x BNH tiles (BNH: BN narrowed to the classes)
-        total = tl.cdiv(B, BM) * tl.cdiv(C, BNH)
-        for t in range(pid, total, nprog):
-            r0, n0 = _tile(t, C, BM, BNH)
-            acc = blk.matmul_tile(tl.zeros((BM, BNH), tl.float32), z_ptr + r0 * d, d, B - r0, whd_ptr, n0, C, d,
-                                  BM, BNH, BK, LOWP, PREC)
-            acc += blk.load_vec(bhd_ptr, n0, C, BNH)[None, :]
-            blk.store_tile(logits_ptr + r0 * C, C, B - r0, n0, C, acc, BM, BNH)
+        n_out = tl.cdiv(B, BM) * tl.cdiv(C, BNH)
+        for t in range(pid, n_out * SPLIT, nprog):
+            u, s = _item(t, n_out, SPLIT)
+            r0, n0, acc, last = _gemm_item(u, s, u, C, z_ptr, d, whd_ptr, d, B, ws_ptr, cnt_ptr,
+                                           SPLIT, BM, BNH, BK, LOWP, PREC)
+            if last:
+                _store_plus_bias(acc, bhd_ptr, logits_ptr, r0, n0, C, B, 1, BM, BNH)
 
 
 @triton.jit
@@ -484,10 +628,10 @@ def infer_phase_kernel(sched_ptr, phase,
                        wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
                        wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                       ln_eps, c0, c1, B, Dv, d, H, C,
+                       ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                        KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr,
-                       PDL: tl.constexpr = False):
+                       SPLIT: tl.constexpr = 1, PDL: tl.constexpr = False):
     """Scheduler (b): one launch per phase, one program per tile (``KIND`` = the phase's kind).
     ``PDL`` (launched with ``launch_pdl=True``): wait for the previous launch's grid (its stores are
     visible after ``griddepcontrol.wait``), then let the next launch start its programs at once,
@@ -501,7 +645,7 @@ def infer_phase_kernel(sched_ptr, phase,
            wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-           ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH)
+           ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH, SPLIT)
 
 
 @triton.jit
@@ -511,10 +655,10 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                             wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
                             wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                             wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                            ln_eps, c0, c1, B, Dv, d, H, C,
+                            ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                             HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                             BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr,
-                            BNH: tl.constexpr):
+                            BNH: tl.constexpr, SPLIT: tl.constexpr = 1):
     """Scheduler (a): every program walks the whole schedule; a grid barrier after every phase but
     the last (the host zeroes ``counter`` before the launch)."""
     pid = tl.program_id(0)
@@ -530,7 +674,8 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                        wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
                        wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-                       ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH)
+                       ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH,
+                       SPLIT)
         if p + 1 < n_phases:
             grid_barrier(counter_ptr, (p + 1) * nprog)
 
@@ -624,10 +769,22 @@ def _weight_args(flat):
     return out
 
 
-def _buffers(B, d, H, C, dtype, device):
+def _buffers(B, d, H, C, dtype, device, tiles, phases):
+    """The call's activation buffers, and for split-K tiles (``tiles.split_k > 1``) the fp32
+    partial-sum workspace ``[slots, split, BM, BN]`` and the int32 per-slot counters (zeroed here;
+    every use leaves them at zero, so a captured graph reuses them); one-element stand-ins
+    otherwise (never touched)."""
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
-    return dict(y=e(B, d), z=e(B, d), x=e(B, d), s=e(B, d), x0=e(B, d), cond=e(B, H), h=e(2, B, H), sp=e(B, H),
+    bufs = dict(y=e(B, d), z=e(B, d), x=e(B, d), s=e(B, d), x0=e(B, d), cond=e(B, H), h=e(2, B, H), sp=e(B, H),
                 g=e(B, d), logits=e(B, C))
+    if tiles.split_k > 1:
+        slots = max(phase_out_tiles(p, B, tiles) for p in phases)
+        bufs["split_ws"] = torch.empty(slots * tiles.split_k * tiles.BM * tiles.BN, dtype=torch.float32, device=device)
+        bufs["split_count"] = torch.zeros(slots, dtype=torch.int32, device=device)
+    else:
+        bufs["split_ws"] = torch.empty(1, dtype=torch.float32, device=device)
+        bufs["split_count"] = torch.empty(1, dtype=torch.int32, device=device)
+    return bufs
 
 
 def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, programs, pdl=False):
@@ -636,23 +793,23 @@ def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, 
     has_noise = xi is not None
     acts = (visual, bufs["y"], bufs["z"], bufs["x"], bufs["s"], bufs["x0"], bufs["cond"], bufs["h"], bufs["sp"],
             bufs["g"], bufs["logits"], xi if has_noise else bufs["s"])
-    scalars = (float(ln_eps), float(c0), float(c1), B, Dv, d, H, C)
+    tail = (bufs["split_ws"], bufs["split_count"], float(ln_eps), float(c0), float(c1), B, Dv, d, H, C)
     meta = dict(HAS_NOISE=has_noise, BM=tiles.BM, BN=tiles.BN, BK=tiles.BK, LOWP=lowp, PREC=prec, EPI=tiles.epi_parts,
-                BNH=head_block(tiles, C),
+                BNH=head_block(tiles, C), SPLIT=tiles.split_k,
                 num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.maxnreg)
     if impl == "phases":
         meta["PDL"] = pdl
         if pdl:
             meta["launch_pdl"] = True
         for p, phase in enumerate(phases):
-            launch(infer_phase_kernel, (phase_tiles(phase, B, tiles),), sched, p, *acts, *wargs, *scalars,
+            launch(infer_phase_kernel, (phase_tiles(phase, B, tiles),), sched, p, *acts, *wargs, *tail,
                    KIND=phase.kind, **meta)
         return
     counter = bufs["counter"]
     counter.zero_()
     if visual.device.type == "cuda":
         meta["launch_cooperative_grid"] = True
-    launch(infer_persistent_kernel, (programs,), sched, len(phases), counter, *acts, *wargs, *scalars, **meta)
+    launch(infer_persistent_kernel, (programs,), sched, len(phases), counter, *acts, *wargs, *tail, **meta)
 
 
 def persistent_programs(device: torch.device, max_tiles: int, ctas_per_sm: int = 1) -> int:
@@ -671,7 +828,8 @@ def pdl_available(device: torch.device) -> bool:
 
 def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0: float, start_c1: float,
                  noise=None, impl: str = "phases", programs: int | None = None, graph: bool = False,
-                 tiles: PhaseTiles | None = None, pdl: bool | None = None, semantic_only: bool = False):
+                 tiles: PhaseTiles | None = None, pdl: bool | None = None, semantic_only: bool = False,
+                 split_k: bool = False):
     """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``;
     with ``semantic_only`` only the schedule's first :func:`semantic_phase_count` phases run and the
     result is ``(z [B, d], s [B, d])`` (the projected visual feature and the Learner's sample).
@@ -686,7 +844,9 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
 
     ``impl``: ``"phases"`` (one launch per phase; ``graph=True`` on CUDA replays a cached CUDA graph
     of the whole call) or ``"persistent"`` (one cooperative launch; CUDA, or the interpreter with
-    ``programs=1`` only). ``graph=True`` is ignored off CUDA. ``tiles`` overrides :func:`pick_phase_tiles` (tests, compile report).
+    ``programs=1`` only). ``graph=True`` is ignored off CUDA. ``tiles`` overrides :func:`pick_infer_tiles`
+    (tests, compile report); ``split_k=True`` picks split-K tiles (:func:`pick_infer_tiles`; the GPU
+    run's comparison).
     ``pdl``: launch ``impl="phases"`` with programmatic dependent launch (``None``: where
     :func:`pdl_available`; ``True`` off such a device raises).
     Outputs are in the compute dtype (new tensors, also on graph replay).
@@ -708,7 +868,7 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     phases = build_schedule(d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"])
     if semantic_only:
         phases = phases[:semantic_phase_count(dims["layers"], dims["K1"])]
-    tiles = tiles or pick_phase_tiles(B, d, H, dtype, impl)
+    tiles = tiles or pick_infer_tiles(B, d, H, dtype, impl, split_k)
     if impl == "persistent":
         widest = max(phase_tiles(p, B, tiles) for p in phases)
         if device.type != "cuda":
@@ -726,7 +886,7 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         names = ("z", "s") if semantic_only else ("logits", "s", "z")
         return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl, names)
     sched = _schedule_table(dims, device)
-    bufs = _buffers(B, d, H, C, dtype, device)
+    bufs = _buffers(B, d, H, C, dtype, device, tiles, phases)
     if impl == "persistent":
         bufs["counter"] = torch.zeros(1, dtype=torch.int32, device=device)
     _launch_all(impl, visual.contiguous(), None if noise is None else noise.contiguous(), bufs, _weight_args(flat),
@@ -751,7 +911,7 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
         sched = _schedule_table(dims, device)
         static_v = torch.empty_like(visual)
         static_xi = None if noise is None else torch.empty_like(noise)
-        bufs = _buffers(B, d, H, C, dtype, device)
+        bufs = _buffers(B, d, H, C, dtype, device, tiles, phases)
         wargs = _weight_args(flat)
 
         def run(pdl_):

@@ -37,7 +37,7 @@ def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden:
     pdl = (False if capturing else _LAUNCH["pdl"]) if impl == "phases" else None
     return kernels().infer_phases(visual.contiguous(), dict(zip(paths, weights)), tables, ln_eps=ln_eps,
                                   start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph, pdl=pdl,
-                                  semantic_only=semantic_only)
+                                  semantic_only=semantic_only, split_k=_LAUNCH["split_k"])
 
 
 def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int,

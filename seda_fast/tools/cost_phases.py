@@ -1,7 +1,7 @@
 """Predicted time of the phase-schedule fused inference (``kernels/infer_phases.py``).
 
 Pure Python, from counts: the phase list and the tiles are the launcher's own
-(:func:`build_schedule`, :func:`pick_phase_tiles`, :func:`job_tiles`), the ceilings are
+(:func:`build_schedule`, :func:`pick_infer_tiles`, :func:`phase_tiles`), the ceilings are
 :class:`seda_fast.cost_model.Ceilings` (H200 by default; measured or assumed as that class says).
 
 Per phase, for each of its jobs (``[B, N] = [B, K] W^T``, tiles ``BM x BN``):
@@ -14,6 +14,13 @@ Per phase, for each of its jobs (``[B, N] = [B, K] W^T``, tiles ``BM x BN``):
   ``[BM, BN]`` store, all in the model dtype. Time: the per-SM link (``l2_per_sm_bytes_per_s``)
   times the waves of tiles on ``sms`` SMs (one tile per SM at a time: conservative, the phase
   kernel's registers would let 2 fit), or the aggregate L2 bandwidth, whichever is longer.
+  Split-K tiles (``split_k = S > 1``, :func:`pick_infer_tiles` with ``split_k=True``): ``S`` work
+  items per output tile, whose operand slices partition K, plus ``S`` fp32 ``[BM, BN]`` partials
+  stored and read back by the tile's last program (:func:`job_counts`; the bytes spread evenly over
+  the work items). On top of the phase's longest term a split phase waits, in series, for its
+  fixup (:func:`split_fixup_s`): two L2 round trips (the arrival atomic, which also waits for the
+  partials' stores; then the reload) and the last program's reload of ``S`` partials over its own
+  link, as :mod:`cost_training` charges its split reductions.
 * HBM: each weight's first use in the call (``N K`` values; later steps find it in L2: the
   default model's inference weights are ~15 MiB), plus, when the activation buffers do not fit in
   L2 (:data:`L2_BYTES`, assumed), every activation byte the phase reads or writes.
@@ -23,6 +30,7 @@ A phase takes the longest of its terms; the call adds them up, plus its sync cos
 * ``"phases"`` (graph replay of programmatic dependent launches, as on the H200): one
   ``pdl_boundary_s`` per phase and one ``launch_s`` for the replay;
 * ``"phases-raw"`` (no graph): one ``launch_s`` per phase (Python launches);
+* ``"phases-split"``: ``"phases"`` on split-K tiles (``launch_options(split_k=True)``);
 * ``"persistent"``: one ``launch_s`` plus one ``barrier_s`` per phase but the last; its tiles are
   spread over the co-resident grid (``sms`` programs), the same waves as above.
 
@@ -39,7 +47,7 @@ from ..config import SeDAConfig
 from .cost_model import H200, Ceilings, _DTYPE_BYTES
 
 L2_BYTES = 50e6  # assumed L2 capacity that activations may stay in (H200 datasheet: 50 MB class)
-IMPLS = ("phases", "phases-raw", "persistent")
+IMPLS = ("phases", "phases-raw", "phases-split", "persistent")
 BATCHES = (1, 64, 1024, 16384)
 
 # epilogue [BM, BN] reads per job kind (the cond/h/x/m/g tiles the fused element-wise work loads)
@@ -71,15 +79,16 @@ class PhaseCost:
 
 
 def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
-                impl: str = "phases") -> list[PhaseCost]:
-    """Per phase of one call: tiles (``impl``'s, :func:`pick_phase_tiles`), FLOPs, bytes and the
-    time of each term (see the module doc)."""
+                impl: str = "phases", split_k: bool = False, tiles=None) -> list[PhaseCost]:
+    """Per phase of one call: tiles (``tiles``, or ``impl``'s from :func:`pick_infer_tiles`), FLOPs,
+    bytes and the time of each term (see the module doc)."""
     import torch
     ip = _ip()
     e = _DTYPE_BYTES[dtype]
     d, H, C, Dv = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim
     phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps)
-    tiles = ip.pick_phase_tiles(batch, d, H, getattr(torch, dtype), "persistent" if impl == "persistent" else "phases")
+    tiles = tiles or ip.pick_infer_tiles(batch, d, H, getattr(torch, dtype),
+                                         "persistent" if impl == "persistent" else "phases", split_k)
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     act_bytes = batch * (5 * d + 4 * H + C) * e   # y z x s x0 g | cond h h sp | logits
     spill_acts = act_bytes > L2_BYTES
@@ -96,20 +105,35 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
                 hbm += N * K * e
             if spill_acts:
                 hbm += batch * (K + (_EPILOGUE_READS[name] + 1) * N) * e
-        out.append(PhaseCost(ph.name, n_tiles, flops, l2, hbm, phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)))
+        terms = phase_terms(n_tiles, flops, l2, hbm, peak, ceilings)
+        terms["L2"] += split_fixup_s(tiles, ceilings)
+        out.append(PhaseCost(ph.name, n_tiles, flops, l2, hbm, terms))
     return out
+
+
+def split_fixup_s(tiles, ceilings: Ceilings = H200) -> float:
+    """Seconds a split-K phase waits in series after its GEMMs (module doc): two L2 round trips and
+    one program's reload of ``split_k`` fp32 ``[BM, BN]`` partials; 0 unsplit. Added to the phase's
+    L2 term."""
+    S = getattr(tiles, "split_k", 1)
+    if S == 1:
+        return 0.0
+    return 2 * ceilings.l2_latency_s + S * tiles.BM * tiles.BN * 4 / ceilings.l2_per_sm_bytes_per_s
 
 
 def job_counts(M: int, N: int, K: int, tiles, e: int, epilogue_reads: int = 0,
                bn: int | None = None) -> tuple[int, float, float]:
-    """One GEMM job ``[M, N] = [M, K] [K, N]`` cut into ``tiles.BM x BN`` tiles (``bn``, default
-    ``tiles.BN``): ``(tiles, FLOPs as executed (padded), L2 -> SM bytes)``; a tile reads its ``BN K``
-    and ``BM K`` operand slices, ``epilogue_reads`` ``[BM, BN]`` tiles, and stores one, ``e`` bytes
-    per value."""
-    BM, BN = tiles.BM, bn or tiles.BN
-    t = math.ceil(M / BM) * math.ceil(N / BN)
+    """One GEMM job ``[M, N] = [M, K] [K, N]`` cut into ``tiles.BM x BN`` output tiles (``bn``,
+    default ``tiles.BN``), each split into ``tiles.split_k`` K slices: ``(work items = programs,
+    FLOPs as executed (padded), L2 -> SM bytes)``. An output tile reads its ``BN K`` and ``BM K``
+    operand slices (``e`` bytes per value; the slices of a split tile partition K), its
+    ``epilogue_reads`` ``[BM, BN]`` tiles, and stores one; split into ``S > 1`` slices it also
+    stores ``S`` fp32 ``[BM, BN]`` partials and its last program reads them back."""
+    BM, BN, S = tiles.BM, bn or tiles.BN, getattr(tiles, "split_k", 1)
+    out = math.ceil(M / BM) * math.ceil(N / BN)
     flops = 2.0 * math.ceil(M / BM) * BM * math.ceil(N / BN) * BN * K
-    return t, flops, t * (BN * K + BM * K + (epilogue_reads + 1) * BM * BN) * e
+    partials = 2 * S * BM * BN * 4 if S > 1 else 0
+    return out * S, flops, out * ((BN * K + BM * K + (epilogue_reads + 1) * BM * BN) * e + partials)
 
 
 def phase_terms(n_tiles: int, flops: float, l2: float, hbm: float, peak: float, ceilings: Ceilings) -> dict:
@@ -134,12 +158,13 @@ class PhasePrediction:
 def predict(cfg: SeDAConfig, batch: int, impl: str = "phases", dtype: str = "bfloat16",
             ceilings: Ceilings = H200) -> PhasePrediction:
     """Predicted time of one call of ``impl`` (``"phases"`` = graph replay, ``"phases-raw"``,
-    ``"persistent"``): the phases' times plus the sync cost (module doc)."""
+    ``"phases-split"``, ``"persistent"``): the phases' times plus the sync cost (module doc)."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    costs = phase_costs(cfg, batch, dtype, ceilings, impl)
+    costs = phase_costs(cfg, batch, dtype, ceilings, impl, split_k=impl == "phases-split")
     n = len(costs)
     sync = {"phases": ceilings.launch_s + n * ceilings.pdl_boundary_s,
+            "phases-split": ceilings.launch_s + n * ceilings.pdl_boundary_s,
             "phases-raw": n * ceilings.launch_s,
             "persistent": ceilings.launch_s + (n - 1) * ceilings.barrier_s}[impl]
     terms = {"compute": 0.0, "L2": 0.0, "HBM": 0.0}

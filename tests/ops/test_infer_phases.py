@@ -6,12 +6,15 @@ each call is a few hundred 16 x 16 tiles. ``impl="persistent"`` runs here only o
 (the barrier then passes at once); on CUDA the same tests run it on the real grid. The sm_90a
 compile check runs this file as a script without the interpreter (``__main__`` below).
 """
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from helpers import assert_flash_rule, assert_sm90_clean, compile_rows_in_subprocess, rel
 
@@ -23,17 +26,19 @@ from seda_fast.ops.runtime import kernels
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = kernels()
 IP = K.infer_phases_module
+split_k_reduce = IP.split_k_reduce  # the @triton.jit helper (kernels/_barrier.py), for a test kernel below
 
 
-def _model(layers, steps, classes=7, dtype=torch.float32, seed=0):
-    """A small model with every parameter perturbed (LayerNorm's affine is not the identity)."""
+def _model(layers, steps, classes=7, dtype=torch.float32, seed=0, dim=14, hidden=24, perturb=0.2):
+    """A small model with every parameter perturbed by ``perturb`` x N(0, 1) (LayerNorm's affine is
+    not the identity)."""
     torch.manual_seed(seed)
-    cfg = sf.SeDAConfig(visual_dim=13, text_dim=7, num_classes=classes, dim=14, hidden=24, layers=layers,
+    cfg = sf.SeDAConfig(visual_dim=13, text_dim=7, num_classes=classes, dim=dim, hidden=hidden, layers=layers,
                         diffusion_steps=50, learner_steps=steps, translator_steps=steps)
     model = sf.SeDA(cfg, backend="eager").eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+            p.add_(perturb * torch.randn_like(p))
     return model.to(dtype).to(DEVICE)
 
 
@@ -77,6 +82,13 @@ CASES = [  # batch, layers, K, noise, classes, impl, tiles
     pytest.param(17, 2, 3, False, 7, "phases", IP.PhaseTiles(16, 64, 16, 4, 2, epi_parts=4), id="B17-L2-K3-epi4-fp32"),
     pytest.param(5, 1, 2, True, 19, "phases", SMALL_TILES, id="B5-L1-K2-noise-C19-BK16-fp32"),
     pytest.param(33, 2, 2, True, 7, "phases", IP.THROUGHPUT_TILES[0], id="B33-L2-K2-noise-128x256-epi4-fp32"),
+    # split-K: 3 slices of BK = 16 (K = 14, 24, 13, 28: some slices are empty), and the shipped
+    # latency shape (one 64-row block, 4 slices)
+    pytest.param(33, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=3),
+                 id="B33-L3-K2-noise-C19-split3-fp32"),
+    pytest.param(17, 2, 2, False, 7, "phases", IP.PhaseTiles(64, 32, 16, 4, 2, split_k=4), id="B17-L2-K2-split4-fp32"),
+    pytest.param(5, 1, 3, True, 7, "persistent", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=2),
+                 id="persistent-B5-L1-K3-noise-split2-fp32"),
     pytest.param(33, 3, 4, True, 7, "persistent", None, id="persistent-B33-L3-K4-noise-fp32"),
     pytest.param(1, 1, 1, False, 1, "persistent", None, id="persistent-B1-L1-K1-C1-fp32"),
 ]
@@ -243,6 +255,142 @@ def test_tile_picker():
     assert IP.pick_phase_tiles(64, 512, 1024, torch.bfloat16, "persistent") == t64
 
 
+def _default_size_call(dtype, B, **kw):
+    """The launcher at the default model's sizes (d=512, H=1024, L=2, K=10, C=10, Dv=1280) on
+    uninitialised tensors: only for :func:`K.capture_launches` (nothing runs)."""
+    d, H, L, K1, C, Dv = 512, 1024, 2, 10, 10, 1280
+    e = lambda *shape: torch.empty(*shape, dtype=dtype)  # noqa: E731
+    weights = {"visual_proj.linear.weight": e(d, Dv), "visual_proj.linear.bias": e(d),
+               "visual_proj.norm.weight": e(d), "visual_proj.norm.bias": e(d),
+               "pfin.p_m.weight": e(H, d), "pfin.p_u.weight": e(H, d), "pfin.p_u.bias": e(H),
+               "pfin.down.weight": e(d, H), "pfin.down.bias": e(d), "pfin.g_m.weight": e(d, d),
+               "pfin.g_u.weight": e(d, d), "pfin.g_u.bias": e(d), "head.weight": e(C, d), "head.bias": e(C)}
+    tables = {}
+    for st in ("learner", "translator"):
+        weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
+                    f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
+        tables[st] = {"e": torch.empty(K1, H), "ddim": torch.empty(K1, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H)}
+    return K.infer_phases(e(B, Dv), weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9, noise=e(B, d), **kw)
+
+
+def test_inference_tile_picker():
+    """``pick_infer_tiles``: fp16/bf16 up to B = 256 take ``LATENCY_TILES`` by batch (unsplit), or
+    with ``split_k=True`` the fewest row blocks and K slices until an H-wide phase has TARGET_TILES
+    work items; fp32 and B > 256 are ``pick_phase_tiles``'s either way. The launcher takes them."""
+    batches = (1, 17, 33, 49, 64, 65, 128, 129, 225, 256)
+    picks = {b: IP.pick_infer_tiles(b, 512, 1024, torch.bfloat16) for b in batches}
+    assert {b: (t.BM, t.BN, t.BK, t.split_k) for b, t in picks.items()} == {
+        1: (16, 16, 64, 1), 17: (16, 16, 64, 1), 33: (16, 32, 64, 1), 49: (32, 32, 64, 1), 64: (32, 32, 64, 1),
+        65: (32, 32, 64, 1), 128: (32, 32, 64, 1), 129: (32, 64, 64, 1), 225: (64, 64, 64, 1),
+        256: (64, 64, 64, 1)}
+    splits = {b: IP.pick_infer_tiles(b, 512, 1024, torch.bfloat16, split_k=True) for b in batches}
+    assert {b: (t.BM, t.BN, t.split_k) for b, t in splits.items() if b in (1, 17, 33, 64, 65, 128, 256)} == {
+        1: (16, 32, 4), 17: (32, 32, 4), 33: (64, 32, 4), 64: (64, 32, 4), 65: (64, 64, 4), 128: (64, 64, 4),
+        256: (64, 64, 2)}
+    phase_a = IP.Phase(IP.KIND_A, (), (("A", 1024, 512),))
+    for b in batches:
+        assert IP.phase_tiles(phase_a, b, splits[b]) >= IP.TARGET_TILES, b
+        for split_k, t in ((False, picks[b]), (True, splits[b])):
+            # the persistent kernel (every phase body in one kernel) takes 8 warps at 64 rows: no spills
+            assert IP.pick_infer_tiles(b, 512, 1024, torch.bfloat16, "persistent", split_k) == dataclasses.replace(
+                t, num_warps=8 if t.BM == 64 else 4)
+    for b, dt in ((64, torch.float32), (257, torch.bfloat16), (16384, torch.float16)):
+        for split_k in (False, True):
+            assert IP.pick_infer_tiles(b, 512, 1024, dt, split_k=split_k) == IP.pick_phase_tiles(b, 512, 1024, dt)
+    # never a slice narrower than BK over K = d: the tests' tiny model (d = 14) is not split
+    assert IP.pick_infer_tiles(33, 14, 24, torch.bfloat16, split_k=True).split_k == 1
+    # the launcher launches these (captured at the default sizes, not run)
+    for split_k, want in ((False, (32, 32, 1)), (True, (64, 32, 4))):
+        with K.capture_launches() as launches:
+            _default_size_call(torch.bfloat16, 64, split_k=split_k)
+        assert {(ln.meta["BM"], ln.meta["BN"], ln.meta["SPLIT"]) for ln in launches} == {want}
+        assert [ln.grid[0] for ln in launches] == [IP.phase_tiles(p, 64, IP.pick_infer_tiles(
+            64, 512, 1024, torch.bfloat16, split_k=split_k)) for p in IP.build_schedule(512, 1024, 10, 1280, 2, 10, 10)]
+
+
+@triton.jit
+def _reduce_in_reverse(x_ptr, ws_ptr, cnt_ptr, out_ptr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Program p contributes slice ``SPLIT - 1 - p`` of one tile (so the last to arrive holds slice
+    0); the program that completes the sum stores it."""
+    s = SPLIT - 1 - tl.program_id(0)
+    offs = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+    slot = tl.program_id(0) * 0  # one tile: slot 0 (a tensor, as the phase kernels pass it)
+    acc, last = split_k_reduce(tl.load(x_ptr + s * BM * BN + offs), ws_ptr, cnt_ptr, slot, s, SPLIT, BM, BN)
+    if last:
+        tl.store(out_ptr + offs, acc)
+
+
+def test_split_k_reduce_sums_in_slice_order_whoever_arrives_last():
+    """``split_k_reduce`` adds the partials in slice order 0, 1, ..., whatever program arrives last
+    (here slice 0's, the reverse of the order the interpreter runs them in): with values where fp32
+    addition order matters the result is the in-order sum bit for bit, not the arrival-order one.
+    Programs that are not last store nothing, and the counter ends at zero; one program short, the
+    counter holds the arrivals and nothing is stored."""
+    SPLIT, BM, BN = 3, 16, 16
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(SPLIT, BM, BN, generator=g) * torch.tensor([1e8, 1.0, -1e8]).view(SPLIT, 1, 1)
+    x = x.to(DEVICE)
+    in_order = (x[0] + x[1]) + x[2]
+    reverse = (x[2] + x[1]) + x[0]
+    assert not torch.equal(in_order, reverse)  # the order shows in the bits
+    ws = torch.empty(SPLIT * BM * BN, device=DEVICE)
+    cnt = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    out = torch.full((BM, BN), float("nan"), device=DEVICE)
+    _reduce_in_reverse[(SPLIT,)](x, ws, cnt, out, SPLIT=SPLIT, BM=BM, BN=BN)
+    assert torch.equal(out, in_order) and int(cnt.item()) == 0
+    out.fill_(float("nan"))
+    _reduce_in_reverse[(SPLIT - 1,)](x, ws, cnt, out, SPLIT=SPLIT, BM=BM, BN=BN)
+    assert int(cnt.item()) == SPLIT - 1 and out.isnan().all()
+
+
+def test_split_k_slices_of_several_iterations():
+    """Split-K where slices run several ``BK`` iterations from ``k_lo > 0`` (d = 40, H = 72, BK = 16,
+    2 slices: K = 40 -> [0, 32) + [32, 40), 72 -> [0, 48) + [48, 72), 80 (P, G) -> [0, 48) + [48, 80)):
+    fp32 within 1e-5 of eager; bf16 within one bf16 truncation step (2^-7, in norm) of the same
+    kernel unsplit, the slices' fp32 partial sums being the only difference (measured here: equal
+    bit for bit)."""
+    tiles = IP.PhaseTiles(16, 16, 16, 4, 2, split_k=2)
+    model = _model(2, 2, dim=40, hidden=72, perturb=0.05)  # wider: a smaller nudge keeps the outputs O(1)
+    v, xi = _inputs(model, 21, True)
+    with torch.no_grad():
+        ref = reference.infer(model, v, xi)
+        out = _call(model, v, xi, tiles=tiles)
+    for name, o, r in zip(("logits", "s", "m"), out, ref):
+        assert rel(o, r) < 1e-5, f"{name}: {rel(o, r):.2e}"
+    model_lp = _model(2, 2, dim=40, hidden=72, dtype=torch.bfloat16, perturb=0.05)
+    with torch.no_grad():
+        split = _call(model_lp, v.bfloat16(), xi, tiles=tiles)
+        whole = _call(model_lp, v.bfloat16(), xi, tiles=dataclasses.replace(tiles, split_k=1))
+    for name, o, w in zip(("logits", "s", "m"), split, whole):
+        assert o.dtype == torch.bfloat16 and rel(o.float(), w.float()) <= 2.0 ** -7, name
+
+
+def test_split_k_counters_return_to_zero_and_a_replay_is_bitwise():
+    """Split-K leaves every per-tile counter at zero after a call (a captured graph replays on the
+    same counters), and running the same launches again gives the same outputs bit for bit; the
+    slots' partials are summed in a fixed order whatever program arrives last."""
+    model = _model(2, 2, classes=19)
+    v, xi = _inputs(model, 17, True)
+    tiles = IP.PhaseTiles(16, 16, 16, 4, 2, split_k=3)
+    with K.capture_launches() as launches, torch.no_grad():
+        _call(model, v, xi, tiles=tiles)
+    names = IP.infer_phase_kernel.arg_names
+    args = launches[0].args
+    count, logits, m = (args[names.index(n)] for n in ("cnt_ptr", "logits_ptr", "z_ptr"))
+    assert count.dtype == torch.int32 and count.numel() == max(
+        IP.phase_out_tiles(p, 17, tiles) for p in IP.build_schedule(14, 24, 19, 13, 2, 2, 2))
+    outs = []
+    for _ in range(2):
+        for ln in launches:
+            ln.kernel[ln.grid](*ln.args, **ln.meta)
+        assert not count.any()
+        outs.append((logits.clone(), m.clone()))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    with torch.no_grad():
+        ref = reference.infer(model, v, xi)
+    assert rel(outs[0][0], ref[0]) < 1e-5 and rel(outs[0][1], ref[2]) < 1e-5
+
+
 def test_persistent_refuses_a_multi_program_grid_on_the_interpreter():
     if DEVICE.type == "cuda":
         pytest.skip("CPU/interpreter check")
@@ -293,13 +441,14 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 
 # --------------------------------------------------------------------------- sm_90a compile
 
-# (dtype, batch): every tile config pick_phase_tiles ships for the default model (d=512, H=1024,
-# L=2, Dv=1280, C=10): bf16/fp16 latency BN = 16 (B=1), 32 (B=64), 64 (B=256), throughput 64x64
-# (B=512), 128x64 (B=1024), 128x128 (B=2048) and 128x256 with 4 epilogue parts (B=16384); fp32
-# BN = 16 (B=1), 32 (B=64).
-COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 64), ("bfloat16", 256), ("bfloat16", 512), ("bfloat16", 1024),
-                 ("bfloat16", 2048), ("bfloat16", 16384), ("float16", 64), ("float16", 16384), ("float32", 1),
-                 ("float32", 64)]
+# (dtype, batch[, split]): every tile config pick_infer_tiles ships for the default model (d=512,
+# H=1024, L=2, Dv=1280, C=10): bf16/fp16 latency 16x16 (B=1), 16x32 (B=33), 32x32 (B=64), 32x64
+# (B=129), 64x64 (B=256); throughput 64x64 (B=512), 128x64 (B=1024), 128x128 (B=2048) and 128x256
+# with 4 epilogue parts (B=16384); fp32 BN = 16 (B=1), 32 (B=64); and the split-K tiles the GPU run's
+# "fused:phases-split" rows launch (launch_options(split_k=True)) at B = 1 and 64, marked True.
+COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 33), ("bfloat16", 64), ("bfloat16", 129), ("bfloat16", 256),
+                 ("bfloat16", 512), ("bfloat16", 1024), ("bfloat16", 2048), ("bfloat16", 16384), ("float16", 64),
+                 ("float16", 16384), ("float32", 1), ("float32", 64), ("bfloat16", 1, True), ("bfloat16", 64, True)]
 
 
 def compile_rows(cases=COMPILE_CASES) -> list[dict]:
@@ -307,28 +456,15 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
     dtype, meta) for sm_90a (run without the interpreter); the persistent kernel with the
     cooperative-launch option."""
     from seda_fast.tools import compile_report as cr
-    d, H, L, K1, C, Dv = 512, 1024, 2, 10, 10, 1280
     rows, seen = [], set()
-    for dtype, B in cases:
+    for dtype, B, *rest in cases:
+        split = rest[0] if rest else False
         dt = getattr(torch, dtype)
-        e = lambda *shape: torch.empty(*shape, dtype=dt)  # noqa: E731
-        weights = {"visual_proj.linear.weight": e(d, Dv), "visual_proj.linear.bias": e(d),
-                   "visual_proj.norm.weight": e(d), "visual_proj.norm.bias": e(d),
-                   "pfin.p_m.weight": e(H, d), "pfin.p_u.weight": e(H, d), "pfin.p_u.bias": e(H),
-                   "pfin.down.weight": e(d, H), "pfin.down.bias": e(d), "pfin.g_m.weight": e(d, d),
-                   "pfin.g_u.weight": e(d, d), "pfin.g_u.bias": e(d), "head.weight": e(C, d), "head.bias": e(C)}
-        tables = {}
-        for st in ("learner", "translator"):
-            weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
-                        f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
-            tables[st] = {"e": torch.empty(K1, H), "ddim": torch.empty(K1, 2), "wh": e(L - 1, H, H),
-                          "bh": e(L - 1, H)}
         for impl in ("phases", "persistent"):
             with K.capture_launches() as launches:
-                K.infer_phases(e(B, Dv), weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9,
-                               noise=e(B, d), impl=impl, programs=1)
-            rows += [dict(r, tiles=IP.pick_phase_tiles(B, d, H, dt, impl).__dict__)
-                     for r in cr.compile_unique(launches, dtype, seen, batch=B)]
+                _default_size_call(dt, B, impl=impl, programs=1, split_k=split)
+            rows += [dict(r, tiles=IP.pick_infer_tiles(B, 512, 1024, dt, impl, split).__dict__)
+                     for r in cr.compile_unique(launches, dtype, seen, batch=B, split=split)]
     return rows
 
 
@@ -337,10 +473,15 @@ def test_sm90_compile_zero_spills(tmp_path):
     assert_sm90_clean(rows, ["infer_phase_kernel", "infer_persistent_kernel"], fields=("KIND",))
     phase_rows = [r for r in rows if r["kernel"] == "infer_phase_kernel"]
     assert all(r["PDL"] and r["griddepcontrol"] for r in phase_rows)  # compiled as Hopper launches it
-    kinds = {(r["dtype"], r["batch"], r.get("KIND")) for r in phase_rows}
-    for dtype, batch in COMPILE_CASES:
-        assert {k for dt, b, k in kinds if (dt, b) == (dtype, batch)} == set(range(7)), (dtype, batch)
+    kinds = {(r["dtype"], r["batch"], r["split"], r.get("KIND")) for r in phase_rows}
+    for dtype, batch, *rest in COMPILE_CASES:
+        split = rest[0] if rest else False
+        assert {k for dt, b, sp, k in kinds if (dt, b, sp) == (dtype, batch, split)} == set(range(7)), (dtype, batch)
 
 
 if __name__ == "__main__":  # the compile check's subprocess: python tests/ops/test_infer_phases.py OUT.json
-    Path(sys.argv[1]).write_text(json.dumps(compile_rows(), indent=1))
+    cases = []  # e.g. bfloat16:64 bfloat16:64:split; none: every COMPILE_CASES entry
+    for arg in sys.argv[2:]:
+        dt, b, *rest = arg.split(":")
+        cases.append((dt, int(b), rest == ["split"]))
+    Path(sys.argv[1]).write_text(json.dumps(compile_rows(cases or COMPILE_CASES), indent=1))

@@ -57,8 +57,9 @@ def test_predictions():
         # a Python launch per phase costs more than a graph boundary or a barrier per phase
         assert p["persistent"].terms["sync"] <= p["phases"].terms["sync"] < p["phases-raw"].terms["sync"]
         assert p["phases"].time_s < p["phases-raw"].time_s
-        tiles = {impl: IP.pick_phase_tiles(b, cfg.dim, cfg.hidden, torch.bfloat16, impl)
+        tiles = {impl: IP.pick_infer_tiles(b, cfg.dim, cfg.hidden, torch.bfloat16, impl)
                  for impl in ("phases", "persistent")}
+        assert p["phases-split"].time_s >= p["phases"].time_s  # equal above B = 256, where nothing splits
         if (tiles["phases"].BM, tiles["phases"].BN) == (tiles["persistent"].BM, tiles["persistent"].BN):
             assert p["persistent"].time_s <= p["phases"].time_s  # same tiles: only the sync differs
         else:  # B = 16384: the persistent kernel's own 64x64 tiles (no spills under triton 3.6.0) read more
@@ -68,6 +69,44 @@ def test_predictions():
     assert big.time_s >= cost_model.inference_cost(cfg, 16384).floor_s  # never below the floor
     with pytest.raises(ValueError, match="impl"):
         cost_phases.predict(cfg, 1, "rowblock")
+
+
+@pytest.mark.parametrize("batch", [1, 17, 33, 49, 64, 65, 100, 128, 129, 200, 225, 256])
+def test_latency_tiles_are_the_models_fastest(batch):
+    """``pick_infer_tiles`` at B <= 256 (bf16, default model) is the fastest unsplit tile of BM
+    16/32/64 x BN 16/32/64/128 under the model (the phases' time summed over the call), and split-K
+    is slower still (its fixup's L2 round trips)."""
+    cfg = presets.config("default")
+    total = lambda tiles: sum(c.time_s for c in cost_phases.phase_costs(cfg, batch, tiles=tiles))  # noqa: E731
+    pick = IP.pick_infer_tiles(batch, cfg.dim, cfg.hidden)
+    assert pick.split_k == 1
+    best = min(total(IP.PhaseTiles(bm, bn, 64, 4, 2)) for bm in (16, 32, 64) for bn in (16, 32, 64, 128))
+    assert total(pick) == best
+    assert total(IP.pick_infer_tiles(batch, cfg.dim, cfg.hidden, split_k=True)) > best
+
+
+def test_split_k_counts():
+    """A split job: S work items per output tile, the same operand bytes as unsplit (the slices
+    partition K) and the same FLOPs, plus S fp32 partials stored and read back per output tile."""
+    base = IP.PhaseTiles(64, 32, 64, 4, 2)
+    split = dataclasses.replace(base, split_k=4)
+    t1, f1, b1 = cost_phases.job_counts(64, 1024, 512, base, 2, epilogue_reads=1)
+    t4, f4, b4 = cost_phases.job_counts(64, 1024, 512, split, 2, epilogue_reads=1)
+    assert (t1, t4) == (32, 128) and f1 == f4 == 2.0 * 64 * 1024 * 512
+    assert b1 == 32 * ((32 * 512 + 64 * 512 + 2 * 64 * 32) * 2)
+    assert b4 - b1 == 32 * 2 * 4 * 64 * 32 * 4
+    # the default model at B = 64: split-K moves fewer bytes than 16-row blocks (each re-reads every
+    # weight), and each split phase pays its fixup on top (two L2 round trips, one program's reload)
+    cfg = presets.config("default")
+    split = IP.pick_infer_tiles(64, cfg.dim, cfg.hidden, split_k=True)
+    assert split.split_k == 4
+    l2 = lambda tiles: sum(cost_phases.job_counts(64, N, Kd, tiles, 2)[2]  # noqa: E731
+                           for p in IP.build_schedule(cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim,
+                                                      cfg.layers, 10, 10) for _, N, Kd in p.jobs)
+    assert l2(split) < 0.75 * l2(IP.pick_phase_tiles(64, cfg.dim, cfg.hidden))
+    c = cost_model.H200
+    assert cost_phases.split_fixup_s(split) == 2 * c.l2_latency_s + 4 * 64 * 32 * 4 / c.l2_per_sm_bytes_per_s
+    assert cost_phases.split_fixup_s(base) == 0.0
 
 
 def test_graph_replay_pays_the_pdl_boundary():

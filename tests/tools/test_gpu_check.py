@@ -129,9 +129,9 @@ def test_micro_kernels_compile_for_sm90a():
 
 
 def test_gpu_plan_times_the_phase_variants():
-    """On the GPU, the ``phases`` job also times one launch per phase (no graph) and the graph without
-    programmatic dependent launch; a variant gives the default call's numbers (checked on CPU,
-    where both launch options change nothing)."""
+    """On the GPU, the ``phases`` job also times one launch per phase (no graph), the graph without
+    programmatic dependent launch and the graph on split-K tiles; a variant gives the default call's
+    numbers (checked on CPU in fp32, where none of the launch options changes anything)."""
     import torch
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -140,13 +140,13 @@ def test_gpu_plan_times_the_phase_variants():
         sys.path.remove(str(ROOT / "benchmarks"))
     jobs = {j.name: j for j in gpu_check.plan(False, ("rowblock", "phases"))}
     assert jobs["infer-fused-phases-bfloat16-B64-16384"].params["providers"] == [
-        "fused:phases", "fused:phases-raw", "fused:phases-nopdl"]
+        "fused:phases", "fused:phases-raw", "fused:phases-nopdl", "fused:phases-split"]
     assert jobs["infer-fused-rowblock-bfloat16-B64-16384"].params["providers"] == ["fused:rowblock"]
     model = gpu_check._model(torch.float32, torch.device("cpu"), gpu_check.TINY)
     model.backend, model.fused_impl = "triton", "phases"
     v = torch.randn(3, model.config.visual_dim)
     with torch.no_grad():
         want = gpu_check._fused_call(model, v, "")()
-        for variant in ("raw", "nopdl"):
+        for variant in ("raw", "nopdl", "split"):
             for a, b in zip(gpu_check._fused_call(model, v, variant)(), want):
                 assert torch.equal(a, b)
