@@ -17,10 +17,10 @@ Per phase, for each of its jobs (``[B, N] = [B, K] W^T``, tiles ``BM x BN``):
   Split-K tiles (``split_k = S > 1``, :func:`pick_infer_tiles` with ``split_k=True``): ``S`` work
   items per output tile, whose operand slices partition K, plus ``S`` fp32 ``[BM, BN]`` partials
   stored and read back by the tile's last program (:func:`job_counts`; the bytes spread evenly over
-  the work items). On top of the phase's longest term a split phase waits, in series, for its
-  fixup (:func:`split_fixup_s`): two L2 round trips (the arrival atomic, which also waits for the
-  partials' stores; then the reload) and the last program's reload of ``S`` partials over its own
-  link, as :mod:`cost_training` charges its split reductions.
+  the work items). A split phase also waits, in series, for its fixup (:func:`split_fixup_s`,
+  added to its L2 term: the phases that split are L2-bound): two L2 round trips (the arrival
+  atomic, which also waits for the partials' stores; then the reload) and the last program's reload
+  of ``S`` partials over its own link, as :mod:`cost_training` charges its split reductions.
 * HBM: each weight's first use in the call (``N K`` values; later steps find it in L2: the
   default model's inference weights are ~15 MiB), plus, when the activation buffers do not fit in
   L2 (:data:`L2_BYTES`, assumed), every activation byte the phase reads or writes.
