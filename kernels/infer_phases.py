@@ -299,17 +299,18 @@ def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     if dtype == torch.float32 or batch > LATENCY_MAX_BATCH:
         return pick_phase_tiles(batch, d, H, dtype, impl)
     BK = clamp_block(64, max(d, H))
+    split = 1
     if not split_k:
         BM, BN = next((bm, bn) for top, bm, bn in LATENCY_TILES if batch <= top)
         BN = clamp_block(BN, max(d, H))
-        return PhaseTiles(BM, BN, BK, 8 if impl == "persistent" and BM == 64 else 4, 2)
-    BM = min(64, max(16, triton.next_power_of_2(batch)))
-    rows = triton.cdiv(batch, BM)
-    BN = clamp_block(32 if rows == 1 else 64, max(d, H))
-    split = 1
-    while split < SPLIT_MAX and rows * triton.cdiv(H, BN) * split < TARGET_TILES and d >= 2 * split * BK:
-        split *= 2
-    return PhaseTiles(BM, BN, BK, 8 if impl == "persistent" and BM == 64 else 4, 2, split_k=split)
+    else:
+        BM = min(64, max(16, triton.next_power_of_2(batch)))
+        rows = triton.cdiv(batch, BM)
+        BN = clamp_block(32 if rows == 1 else 64, max(d, H))
+        while split < SPLIT_MAX and rows * triton.cdiv(H, BN) * split < TARGET_TILES and d >= 2 * split * BK:
+            split *= 2
+    warps = 8 if impl == "persistent" and BM == 64 else 4
+    return PhaseTiles(BM, BN, BK, warps, 2, split_k=split)
 
 
 def head_block(tiles: PhaseTiles, C: int) -> int:
@@ -632,7 +633,7 @@ def infer_phase_kernel(sched_ptr, phase,
                        KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr,
                        SPLIT: tl.constexpr = 1, PDL: tl.constexpr = False):
-    """Scheduler (b): one launch per phase, one program per tile (``KIND`` = the phase's kind).
+    """Scheduler (b): one launch per phase, one program per work item (``KIND`` = the phase's kind).
     ``PDL`` (launched with ``launch_pdl=True``): wait for the previous launch's grid (its stores are
     visible after ``griddepcontrol.wait``), then let the next launch start its programs at once,
     so its launch overlaps this phase instead of following it."""

@@ -235,3 +235,21 @@ def recording_capture(launch_all, device, pdl, who=""):
     with kernels().capture_launches() as launches:
         launch_all(pdl)
     return RecordedLaunches(launches), pdl
+
+
+def infer_phases_placeholders(cfg: sf.SeDAConfig, batch: int, dtype=torch.float32):
+    """``(visual, weights, tables)`` for ``kernels.infer_phases`` at ``cfg``'s sizes, uninitialised:
+    only for ``capture_launches()`` (grids, tiles, compile checks), where nothing runs."""
+    d, H, C, Dv, L = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim, cfg.layers
+    e = lambda *shape: torch.empty(*shape, dtype=dtype)  # noqa: E731
+    weights = {"visual_proj.linear.weight": e(d, Dv), "visual_proj.linear.bias": e(d),
+               "visual_proj.norm.weight": e(d), "visual_proj.norm.bias": e(d), "pfin.p_m.weight": e(H, d),
+               "pfin.p_u.weight": e(H, d), "pfin.p_u.bias": e(H), "pfin.down.weight": e(d, H),
+               "pfin.down.bias": e(d), "pfin.g_m.weight": e(d, d), "pfin.g_u.weight": e(d, d),
+               "pfin.g_u.bias": e(d), "head.weight": e(C, d), "head.bias": e(C)}
+    tables = {}
+    for st, steps in (("learner", cfg.learner_steps), ("translator", cfg.translator_steps)):
+        weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
+                    f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
+        tables[st] = {"e": torch.empty(steps, H), "ddim": torch.empty(steps, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H)}
+    return e(batch, Dv), weights, tables

@@ -16,10 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers import assert_flash_rule, assert_sm90_clean, compile_rows_in_subprocess, rel
+from helpers import assert_flash_rule, assert_sm90_clean, compile_rows_in_subprocess, infer_phases_placeholders, rel
 
 import seda_fast as sf
-from seda_fast import reference, schedule
+from seda_fast import presets, reference, schedule
 from seda_fast.ops import weights as op_weights
 from seda_fast.ops.runtime import kernels
 
@@ -258,19 +258,9 @@ def test_tile_picker():
 def _default_size_call(dtype, B, **kw):
     """The launcher at the default model's sizes (d=512, H=1024, L=2, K=10, C=10, Dv=1280) on
     uninitialised tensors: only for :func:`K.capture_launches` (nothing runs)."""
-    d, H, L, K1, C, Dv = 512, 1024, 2, 10, 10, 1280
-    e = lambda *shape: torch.empty(*shape, dtype=dtype)  # noqa: E731
-    weights = {"visual_proj.linear.weight": e(d, Dv), "visual_proj.linear.bias": e(d),
-               "visual_proj.norm.weight": e(d), "visual_proj.norm.bias": e(d),
-               "pfin.p_m.weight": e(H, d), "pfin.p_u.weight": e(H, d), "pfin.p_u.bias": e(H),
-               "pfin.down.weight": e(d, H), "pfin.down.bias": e(d), "pfin.g_m.weight": e(d, d),
-               "pfin.g_u.weight": e(d, d), "pfin.g_u.bias": e(d), "head.weight": e(C, d), "head.bias": e(C)}
-    tables = {}
-    for st in ("learner", "translator"):
-        weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
-                    f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
-        tables[st] = {"e": torch.empty(K1, H), "ddim": torch.empty(K1, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H)}
-    return K.infer_phases(e(B, Dv), weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9, noise=e(B, d), **kw)
+    v, weights, tables = infer_phases_placeholders(presets.config("default"), B, dtype)
+    return K.infer_phases(v, weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9,
+                          noise=torch.empty(B, 512, dtype=dtype), **kw)
 
 
 def test_inference_tile_picker():

@@ -5,6 +5,8 @@ import dataclasses
 import pytest
 import torch
 
+from helpers import infer_phases_placeholders
+
 from seda_fast import presets
 from seda_fast.ops.runtime import kernels
 from seda_fast.tools import cost_model, cost_phases
@@ -28,20 +30,9 @@ def test_phase_count_and_flops_match_the_schedule():
 def test_tiles_are_the_launchers_grids(batch, dtype):
     """The model's tile count per phase is the grid the launcher launches (captured, not run)."""
     cfg = presets.config("small")
-    d, H, C, Dv, L, steps = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim, cfg.layers, cfg.learner_steps
-    e = lambda *shape: torch.empty(*shape, dtype=getattr(torch, dtype))  # noqa: E731
-    weights = {"visual_proj.linear.weight": e(d, Dv), "visual_proj.linear.bias": e(d),
-               "visual_proj.norm.weight": e(d), "visual_proj.norm.bias": e(d), "pfin.p_m.weight": e(H, d),
-               "pfin.p_u.weight": e(H, d), "pfin.p_u.bias": e(H), "pfin.down.weight": e(d, H),
-               "pfin.down.bias": e(d), "pfin.g_m.weight": e(d, d), "pfin.g_u.weight": e(d, d),
-               "pfin.g_u.bias": e(d), "head.weight": e(C, d), "head.bias": e(C)}
-    tables = {}
-    for st in ("learner", "translator"):
-        weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
-                    f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
-        tables[st] = {"e": torch.empty(steps, H), "ddim": torch.empty(steps, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H)}
+    v, weights, tables = infer_phases_placeholders(cfg, batch, getattr(torch, dtype))
     with K.capture_launches() as launches:
-        K.infer_phases(e(batch, Dv), weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9)
+        K.infer_phases(v, weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9)
     costs = cost_phases.phase_costs(cfg, batch, dtype)
     assert [ln.grid[0] for ln in launches] == [c.tiles for c in costs]
 
