@@ -25,7 +25,8 @@ Jobs, in order of value:
    ``cuda_graph`` (a CUDA graph of the eager loop, tables precomputed), each fused
    implementation (``fused:<impl>``; ``fused:phases-raw`` one launch per phase without the CUDA
    graph, ``fused:phases-nopdl`` the graph without programmatic dependent launch,
-   ``fused:phases-split`` the graph on split-K tiles), and ``torch_compile`` (``max-autotune`` with the compile
+   ``fused:phases-split`` the graph on split-K tiles, ``fused:<impl>-unfolded`` without the folded
+   steps), and ``torch_compile`` (``max-autotune`` with the compile
    budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
    otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
@@ -66,8 +67,9 @@ HANG_ENV = "SEDA_GPU_CHECK_HANG"
 GRACE_S = 60.0  # how far past the budget a job already started may run
 # extra providers timed beside "fused:phases" on CUDA: "raw" = one launch per phase (no CUDA graph),
 # "nopdl" = the graph replay without programmatic dependent launch, "split" = the graph replay on
-# split-K tiles (fp16/bf16 up to B = 256; launch_options(split_k=True))
-PHASE_VARIANTS = {"phases": ("raw", "nopdl", "split")}
+# split-K tiles (fp16/bf16 up to B = 256; launch_options(split_k=True)), "unfolded" = without the
+# folded steps that B <= 256 runs by default (launch_options(fold=False))
+PHASE_VARIANTS = {"phases": ("raw", "nopdl", "split", "unfolded"), "persistent": ("unfolded",)}
 # stage-2 training variants of the fused providers: name -> (SeDA.fused_impl, SeDA.activation_memory);
 # plain "fused" is the default (phases, saving every step's activations, recurring launches replayed
 # as CUDA graphs); "raw" is the default launched one phase at a time (launch_options(graph=False))
@@ -369,7 +371,8 @@ def _fused_call(model, v, variant: str):
     if not variant:
         return lambda: model.infer(v)
     from seda_fast.ops.infer_phases import launch_options
-    options = {"raw": dict(graph=False), "nopdl": dict(pdl=False), "split": dict(split_k=True)}[variant]
+    options = {"raw": dict(graph=False), "nopdl": dict(pdl=False), "split": dict(split_k=True),
+               "unfolded": dict(fold=False)}[variant]
 
     def call():
         with launch_options(**options):

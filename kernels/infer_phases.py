@@ -36,12 +36,41 @@ k+1 and the m of step k+2) run beside the first two phases of step k. Phases per
 
     2 + K1 (L + 1) + 1 + K2 (L + 1) + 3  =  6 + (K1 + K2)(L + 1)
 
-The default config (L = 2, K1 = K2 = 10) has **66 phases per call**: ``impl="phases"`` makes 66
-launches (one CUDA-graph replay once captured on CUDA), ``impl="persistent"`` one launch with 65
-grid barriers.
+The default config (L = 2, K1 = K2 = 10) has **66 phases per call** unfolded and **47** folded
+(below; the default up to B = 256): ``impl="phases"`` makes one launch per phase (one CUDA-graph
+replay once captured on CUDA), ``impl="persistent"`` one launch with a grid barrier between phases.
+
+Folded steps (``fold=True``; :func:`use_fold`: B <= 256). The O phase exists to make x, which the
+next step only reads through ``u = x W_x``; DDIM's update is linear, so ``u`` can be carried instead::
+
+    u_{k-1} = a_k u_k + b_k (h W_o + b_o) W_x^T = a_k u_k + b_k (h (W_x W_o)^T + W_x b_o)
+
+With the products ``W_x W_o [H, H]`` and ``W_x b_o`` made once per weight version (float64, rounded
+once to the compute dtype; ``seda_fast.ops.weights.folded``), step k's A phase reads the previous
+step's last h and updates ``u`` (fp32 ``[B, H]``, the loop state) in its epilogue before the SiLU.
+PFIN's x0_hat enters only through ``x0_hat W_pu^T`` and ``x0_hat W_gu^T``, so P and G read h through
+``W_pu W_o``, ``W_gu W_o`` (biases ``b_p + W_pu b_o``, ``b_g + W_gu b_o``; ``folded_pfin``). A stage's
+first A still computes ``u = x W_x`` (and stores it). The Translator then has no O phase at all; the
+Learner needs x for s, so its x update (``O``) rides in the next step's A phase and only its last
+step keeps an O phase of its own (into s). Per step L phases instead of L + 1::
+
+    2 + [A, R x (L-1)] + K1-1 x [AF(+O), R x (L-1)] + O(s) + COND_T + [A, R..] + K2-1 x [AF+P+G, R+D, R..] + 3
+      = 7 + (K1 + K2) L      (+ K2 - 1 phases of D alone at L = 1, where no R phase carries it)
+
+Cost: a folded A reduces over H instead of d and P, G over ``d + H`` instead of ``2d`` (at B = 64
+about 20 % more L2 -> SM bytes over the call), for 19 fewer phase boundaries (default model). The cost
+model (``seda_fast.tools.cost_phases``) puts folded ahead at every B <= 256 (B = 64: 0.154 ms
+graph-replayed against 0.183 unfolded; persistent 0.139 against 0.162) and behind from B = 1024,
+where compute and L2 bytes, not boundaries, set the time. Numbers: the same in exact arithmetic;
+in fp32 within 5e-7 of eager in the tests; bf16 and fp16 pass flash-attention's rule (the tests).
+A folded call runs the kernels compiled with ``FOLD=True`` (a constexpr), so an unfolded one
+compiles none of the folded code. The h buffers: a step writes its first h into ``h[hb]``
+(``FLAG_H1``) and the next step's folded A writes the other buffer than the one it reads, so two
+buffers serve every L.
 
 Buffers (all ``[B, width]``, compute dtype): ``y``, ``z`` (= m, updated in place by D), ``x``,
-``s``, ``x0``, ``g`` (width d); ``cond``, ``h`` (two), ``sp`` (width H); ``logits`` (C). A buffer a
+``s``, ``x0``, ``g`` (width d); ``cond``, ``h`` (two), ``sp`` (width H); ``logits`` (C); folded, ``u``
+(width H, fp32). A buffer a
 phase reads whole rows of (the GEMM operand) is never written in that phase; in-place updates
 (x in O, m in D) touch only the tile's own elements.
 
@@ -92,6 +121,7 @@ written and compiled for sm_90a, not executed.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +144,10 @@ KIND_NAMES = ("PROJ", "COND_LN", "COND_T", "A", "R", "O", "HEAD")
 SCHED_COLS = 8
 FLAG_STORE_X0 = 1   # O: also store x0_hat (the Translator's, read by PFIN)
 FLAG_TO_S = 2       # O: write the updated x into s (the Learner's last step)
+FLAG_FOLD = 4       # A: the folded form (u from the last h through W_x W_o); its P, G read h for x0_hat
+FLAG_STORE_U = 8    # A: a stage's first step in a folded call, which stores u = x W_x (fp32; the cost model)
+FLAG_RIDE_O = 16    # A (folded, Learner): the previous step's x update rides along (x0 from the last h)
+FLAG_H1 = 32        # the step's first h buffer is h[1] (h[0] without the flag); see _phase
 
 
 @dataclass(frozen=True)
@@ -129,8 +163,10 @@ class Phase:
         return "+".join(j[0] for j in self.jobs)
 
 
-def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: int) -> list[Phase]:
-    """The phase list of one inference call (see the module docstring); ``layers`` = L >= 1."""
+def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: int,
+                   fold: bool = False) -> list[Phase]:
+    """The phase list of one inference call (see the module docstring); ``layers`` = L >= 1;
+    ``fold``: the folded steps (module docstring, "Folded steps")."""
     nh = layers - 1
     out: list[Phase] = []
 
@@ -139,40 +175,81 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
 
     add(KIND_PROJ, [("proj", d, Dv)])
     add(KIND_COND_LN, [("cond_ln", H, d)])
-    for step in range(K1):
-        k = K1 - step  # DDIM step k, table row k - 1
-        add(KIND_A, [("A", H, d)], stage=0, krow=k - 1)
-        for layer in range(nh):
-            add(KIND_R, [("R", H, H)], stage=0, krow=k - 1, layer=layer)
-        add(KIND_O, [("O", d, H)], stage=0, krow=k - 1, layer=nh, flags=FLAG_TO_S if k == 1 else 0)
-    add(KIND_COND_T, [("cond_t", H, d)], stage=1)
     pfin_pg = [("P", H, 2 * d), ("G", d, 2 * d)]
-    for step in range(K2):
-        k = K2 - step
-        ride = step > 0  # PFIN of step k + 1 rides in this step's phases
-        add(KIND_A, [("A", H, d)] + (pfin_pg if ride else []), stage=1, krow=k - 1, side=int(ride), side_krow=k)
-        for layer in range(nh):
-            d_here = ride and layer == 0
-            add(KIND_R, [("R", H, H)] + ([("D", d, H)] if d_here else []), stage=1, krow=k - 1, layer=layer,
-                side=int(d_here))
-        d_in_o = ride and nh == 0
-        add(KIND_O, [("O", d, H)] + ([("D", d, H)] if d_in_o else []), stage=1, krow=k - 1, layer=nh,
-            side=int(d_in_o), flags=FLAG_STORE_X0)
-    add(KIND_A, pfin_pg, stage=1, main=0, side=1, side_krow=0)   # P(1) + G(1)
+    if not fold:
+        for step in range(K1):
+            k = K1 - step  # DDIM step k, table row k - 1
+            add(KIND_A, [("A", H, d)], stage=0, krow=k - 1)
+            for layer in range(nh):
+                add(KIND_R, [("R", H, H)], stage=0, krow=k - 1, layer=layer)
+            add(KIND_O, [("O", d, H)], stage=0, krow=k - 1, layer=nh, flags=FLAG_TO_S if k == 1 else 0)
+        add(KIND_COND_T, [("cond_t", H, d)], stage=1)
+        for step in range(K2):
+            k = K2 - step
+            ride = step > 0  # PFIN of step k + 1 rides in this step's phases
+            add(KIND_A, [("A", H, d)] + (pfin_pg if ride else []), stage=1, krow=k - 1, side=int(ride), side_krow=k)
+            for layer in range(nh):
+                d_here = ride and layer == 0
+                add(KIND_R, [("R", H, H)] + ([("D", d, H)] if d_here else []), stage=1, krow=k - 1, layer=layer,
+                    side=int(d_here))
+            d_in_o = ride and nh == 0
+            add(KIND_O, [("O", d, H)] + ([("D", d, H)] if d_in_o else []), stage=1, krow=k - 1, layer=nh,
+                side=int(d_in_o), flags=FLAG_STORE_X0)
+        add(KIND_A, pfin_pg, stage=1, main=0, side=1, side_krow=0)   # P(1) + G(1)
+    else:
+        pfin_fold = [("P", H, d + H), ("G", d, d + H)]
+
+        def stage_steps(stage, K, first_flags):
+            """The stage's steps; -> (the last step's h flag, the flag a further step would take)."""
+            hb = 0  # a step writes its first h into h[hb]; its last h is h[(hb + nh) % 2]
+            for step in range(K):
+                k, hf = K - step, FLAG_H1 * hb
+                if step == 0:
+                    add(KIND_A, [("A", H, d)], stage=stage, krow=k - 1, flags=FLAG_STORE_U | hf)
+                elif stage == 0:
+                    add(KIND_A, [("AF", H, H), ("O", d, H)], stage=0, krow=k - 1, side_krow=k,
+                        flags=FLAG_FOLD | FLAG_RIDE_O | hf)
+                else:
+                    add(KIND_A, [("AF", H, H)] + pfin_fold, stage=1, krow=k - 1, side=1, side_krow=k,
+                        flags=FLAG_FOLD | hf)
+                for layer in range(nh):
+                    d_here = stage == 1 and step > 0 and layer == 0
+                    add(KIND_R, [("R", H, H)] + ([("D", d, H)] if d_here else []), stage=stage, krow=k - 1,
+                        layer=layer, side=int(d_here), flags=hf)
+                if stage == 1 and step > 0 and nh == 0:  # L = 1: D(k + 1) gets a phase of its own
+                    add(KIND_R, [("D", d, H)], stage=1, main=0, side=1)
+                last, hb = hf, (hb + nh + 1) % 2
+            return last, FLAG_H1 * hb
+
+        last, _ = stage_steps(0, K1, 0)
+        add(KIND_O, [("O", d, H)], stage=0, krow=0, layer=nh, flags=FLAG_TO_S | last)  # s = x_0
+        add(KIND_COND_T, [("cond_t", H, d)], stage=1)
+        _, following = stage_steps(1, K2, 0)
+        add(KIND_A, pfin_fold, stage=1, main=0, side=1, side_krow=0, flags=FLAG_FOLD | following)  # P(1) + G(1)
     add(KIND_R, [("D", d, H)], stage=1, main=0, side=1)         # D(1)
     add(KIND_HEAD, [("head", C, d)])
     return out
 
 
-def phase_count(layers: int, K1: int, K2: int) -> int:
-    """Phases (= launches of ``impl="phases"``) per call: ``2 + K1 (L+1) + 1 + K2 (L+1) + 3``."""
-    return 6 + (K1 + K2) * (layers + 1)
+def phase_count(layers: int, K1: int, K2: int, fold: bool = False) -> int:
+    """Phases (= launches of ``impl="phases"``) per call: ``2 + K1 (L+1) + 1 + K2 (L+1) + 3``;
+    folded, ``2 + K1 L + 1 + 1 + K2 L + 3`` (plus ``K2 - 1`` PFIN updates of their own at L = 1)."""
+    if not fold:
+        return 6 + (K1 + K2) * (layers + 1)
+    return 7 + (K1 + K2) * layers + (K2 - 1 if layers == 1 else 0)
 
 
-def semantic_phase_count(layers: int, K1: int) -> int:
+def semantic_phase_count(layers: int, K1: int, fold: bool = False) -> int:
     """Phases of the schedule's prefix that ends with ``s`` (projector, LayerNorm, the Learner):
-    ``2 + K1 (L+1)``; ``infer_phases(..., semantic_only=True)`` runs only these."""
-    return 2 + K1 * (layers + 1)
+    ``2 + K1 (L+1)`` (folded: ``3 + K1 L``); ``infer_phases(..., semantic_only=True)`` runs only these."""
+    return 3 + K1 * layers if fold else 2 + K1 * (layers + 1)
+
+
+def use_fold(batch: int) -> bool:
+    """Whether a call of ``batch`` rows runs the folded steps: at ``B <= 256`` (latency), where the
+    cost model puts the 19 phases fewer (default model) ahead of the wider folded GEMMs; above, the
+    extra FLOPs and L2 bytes lose (module docstring, "Folded steps")."""
+    return batch <= LATENCY_MAX_BATCH
 
 
 # ----------------------------------------------------------------------------- tiles (host)
@@ -215,7 +292,8 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     Against the sm_90a compile report (triton 3.7.1, default model d=512, H=1024, L=2, ptxas with
     ``maxnreg=255``; ``tests/ops/test_infer_phases.py`` compiles every config the inference launcher
     uses and requires zero spills; the 16x64x64 figures, a tile only the training phases use now,
-    are from an earlier report). Registers, worst phase kind of ``infer_phase_kernel`` / the
+    are from an earlier report; unfolded kernels, ``FOLD=False``: a folded call's are in
+    :func:`pick_infer_tiles`). Registers, worst phase kind of ``infer_phase_kernel`` / the
     persistent kernel: bf16 16x16x64 110/214, 16x32x64 177/229, 16x64x64 135/188, 64x64x32 200/255,
     128x64x32 (8 warps) 189/255, 128x128x64 (8 warps, 3 stages; phase kernel only) 255 with 97 KiB of
     shared memory, 128x256x32 (8 warps, 3 stages, 4 epilogue parts; phase kernel only) 255 with
@@ -258,7 +336,7 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
 
 
 # fp16/bf16 latency tiles of the inference call (B <= 256): (largest batch, BM, BN), see pick_infer_tiles
-LATENCY_TILES = ((32, 16, 16), (48, 16, 32), (128, 32, 32), (224, 32, 64), (256, 64, 64))
+LATENCY_TILES = ((16, 16, 16), (32, 16, 32), (64, 32, 32), (160, 32, 64), (256, 64, 64))
 SPLIT_MAX = 8  # K slices per output tile at most (split-K, opt-in)
 
 
@@ -267,14 +345,15 @@ def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     """The inference call's tiles: :func:`pick_phase_tiles`'s, except fp16/bf16 at ``B <= 256``
     (latency).
 
-    * Default: ``BM x BN`` from :data:`LATENCY_TILES` by batch (16x16 up to B = 32, 16x32 to 48,
-      32x32 to 128, 32x64 to 224, 64x64 to 256), ``BK = 64``, 4 warps, 2 stages (the persistent
+    * Default: ``BM x BN`` from :data:`LATENCY_TILES` by batch (16x16 up to B = 16, 16x32 to 32,
+      32x32 to 64, 32x64 to 160, 64x64 to 256), ``BK = 64``, 4 warps, 2 stages (the persistent
       kernel: 8 warps at 64 rows). At every batch from 1 to 256 this is the fastest of BM 16/32/64 x
-      BN 16/32/64/128 under the cost model (``python -m seda_fast.tools.cost_phases``, default model,
-      bf16, the phases' time summed over the call; ``tests/tools/test_cost_phases.py`` holds it to
-      that). Wider tiles read fewer bytes per output, narrower ones spread a phase over more SMs;
-      the L2 terms decide: B = 64 32x32 0.077 ms (16x32, :func:`pick_phase_tiles`'s: 0.085), B = 128
-      32x32 0.114 (16x64: 0.142), B = 256 64x64 0.159 (16x64: 0.266).
+      BN 16/32/64/128 under the cost model for the folded schedule these batches run
+      (``python -m seda_fast.tools.cost_phases``, default model, bf16, the phases' time summed over
+      the call; ``tests/tools/test_cost_phases.py`` holds it to that). Wider tiles read fewer bytes
+      per output, narrower ones spread a phase over more SMs; the L2 terms decide: B = 64 32x32
+      0.073 ms (16x32, :func:`pick_phase_tiles`'s: 0.096), B = 128 32x64 0.111 (16x64: 0.160),
+      B = 256 64x64 0.152 (16x64: 0.317).
     * ``split_k=True`` (opt-in: ``launch_options(split_k=True)``; the GPU run times it): ``BM`` =
       the batch rounded up to a power of two, 16 to 64 (B <= 64 is one row block, so each weight
       tile is read once per phase), ``BN`` 32 with one row block and 64 with several, and each
@@ -282,22 +361,28 @@ def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
       of two that gives an H-wide phase :data:`TARGET_TILES` work items, at most :data:`SPLIT_MAX`,
       slices no narrower than ``BK`` over K = d), summed in a fixed order by the last program to
       finish (``_barrier.split_k_reduce``; bitwise reproducible). It moves fewer bytes than 16-row
-      blocks (B = 64: 531 MiB from L2 into the SMs, against 756 with 16x32 and 510 with the default
-      32x32), but every split phase waits for two more L2 round trips (the arrival atomic, then the
-      partials' reload) and one program's reload of the partials, which the cost model charges at
-      its assumed L2 latency: it predicts split-K slower at every batch (B = 64: 0.250 ms a call
-      graph-replayed, against 0.183) until a GPU measures that latency.
+      blocks (B = 64, folded: 599 MiB from L2 into the SMs, against 902 with 16x32 and 610 with the
+      default 32x32), but every split phase waits for two more L2 round trips (the arrival atomic,
+      then the partials' reload) and one program's reload of the partials, which the cost model
+      charges at its assumed L2 latency: it predicts split-K slower at every batch (B = 64: 0.205 ms
+      a call graph-replayed, against 0.154) until a GPU measures that latency.
 
-    fp32 (the parity path) and ``B > 256`` take :func:`pick_phase_tiles` (never split).
+    fp32 (the parity path) and ``B > 256`` take :func:`pick_phase_tiles` (never split); the
+    persistent kernel in fp32 with ``BK = 16`` (at 16x32x32 its folded A phase spilled 2 stores at the
+    255-register cap under triton 3.7.1; 212 registers with ``BK = 16``).
 
     sm_90a compile report (default model, ``maxnreg=255``; ``tests/ops/test_infer_phases.py``
     compiles each of these and requires zero spills), registers of the worst phase kind of
-    ``infer_phase_kernel`` / the persistent kernel, triton 3.7.1 (3.6.0 within 3), no spills under
-    either: 16x16x64 110/214, 16x32x64 177/229, 32x32x64 163/229, 32x64x64 184/227 (mma.sync),
-    64x64x64 224/194 (wgmma; the persistent kernel with 8 warps); split-K 16x32x64 in 4 slices
-    128/209, 64x32x64 in 4 226/244 (8 warps)."""
+    ``infer_phase_kernel`` (in bf16 the A phase of a folded call, ``FOLD=True``) /
+    the persistent kernel, triton 3.7.1 (3.6.0 within 7), no spills under either: 16x16x64 193/236,
+    16x32x64 199/254, 32x32x64 166/237, 32x64x64 205/252 (mma.sync), 64x64x64 248/232 (wgmma; the
+    persistent kernel with 8 warps); split-K 16x32x64 in 4 slices 158/227, 64x32x64 in 4 241/255
+    (8 warps); fp32 16x16x32 174/176 and 16x32x32 232/212 (the persistent kernel at ``BK = 16``)."""
     if dtype == torch.float32 or batch > LATENCY_MAX_BATCH:
-        return pick_phase_tiles(batch, d, H, dtype, impl)
+        tiles = pick_phase_tiles(batch, d, H, dtype, impl)
+        if dtype == torch.float32 and impl == "persistent":  # BK 32 spills in the folded A (above)
+            tiles = dataclasses.replace(tiles, BK=clamp_block(16, max(d, H)))
+        return tiles
     BK = clamp_block(64, max(d, H))
     split = 1
     if not split_k:
@@ -444,16 +529,17 @@ def _gemm_item(u, s, tile, N, x_ptr, x_stride, w_ptr, Kdim, B, ws_ptr, cnt_ptr,
 
 
 @triton.jit
-def _gemm2_item(u, s, tile, N, x_ptr, w_ptr, x2_ptr, w2_ptr, Kdim, B, ws_ptr, cnt_ptr,
+def _gemm2_item(u, s, tile, N, x_ptr, w_ptr, Kdim, x2_ptr, w2_ptr, K2dim, B, ws_ptr, cnt_ptr,
                 SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 LOWP: tl.constexpr, PREC: tl.constexpr):
-    """:func:`_gemm_item` of ``[B, N] = X W^T + X2 W2^T``, both operands ``[B, Kdim]`` (PFIN's
-    projections of ``m`` and ``x0_hat``), the same K slice of each."""
+    """:func:`_gemm_item` of ``[B, N] = X W^T + X2 W2^T``, ``X [B, Kdim]``, ``X2 [B, K2dim]`` (PFIN's
+    projections of ``m`` and of ``x0_hat``, or of the last ``h`` when folded), K slice ``s`` of each."""
     r0, n0 = _tile(tile, N, BM, BN)
     k_lo, k_hi = _k_slice(s, Kdim, SPLIT, BK)
     acc = blk.matmul_slice(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * Kdim, Kdim, B - r0, w_ptr, n0, N, Kdim,
                            k_lo, k_hi, BM, BN, BK, LOWP, PREC)
-    acc = blk.matmul_slice(acc, x2_ptr + r0 * Kdim, Kdim, B - r0, w2_ptr, n0, N, Kdim, k_lo, k_hi,
+    k_lo, k_hi = _k_slice(s, K2dim, SPLIT, BK)
+    acc = blk.matmul_slice(acc, x2_ptr + r0 * K2dim, K2dim, B - r0, w2_ptr, n0, N, K2dim, k_lo, k_hi,
                            BM, BN, BK, LOWP, PREC)
     acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
     return r0, n0, acc, last
@@ -470,15 +556,35 @@ def _store_plus_bias(acc, b_ptr, out_ptr, r0, n0, N, B, EPI: tl.constexpr, BM: t
 
 
 @triton.jit
+def _x_update(acc, bo, x_ptr, x0_ptr, s_ptr, a_k, b_k, r0, n0, d, B, STORE_X0, TO_S,
+              EPI: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """The DDIM update of one ``[BM, BN]`` tile of x: ``x0 = acc + b_o`` (``acc`` = h W_o), stored when
+    ``STORE_X0``; ``x <- a_k x + b_k x0``, into s instead when ``TO_S``."""
+    BE: tl.constexpr = BN // EPI
+    for part in tl.static_range(EPI):
+        ne = n0 + part * BE
+        x0 = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bo, ne, d, BE)[None, :]
+        if STORE_X0:
+            blk.store_tile(x0_ptr + r0 * d, d, B - r0, ne, d, x0, BM, BE)
+        xn = a_k * blk.load_tile(x_ptr + r0 * d, d, B - r0, ne, d, BM, BE) + b_k * x0
+        if TO_S:
+            blk.store_tile(s_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
+        else:
+            blk.store_tile(x_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
+
+
+@triton.jit
 def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
            v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
            wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
            wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+           u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
            ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
            HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-           LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr, SPLIT: tl.constexpr):
+           LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr, SPLIT: tl.constexpr,
+           FOLD: tl.constexpr):
     """The work items ``pid, pid + nprog, ...`` of one phase (schedule row at ``row_ptr``): one per
     (output tile, K slice); a tile's epilogue runs in the program that completes its K sum
     (``_barrier.split_k_reduce``; every program when ``SPLIT == 1``)."""
@@ -492,10 +598,17 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
     # the stage's denoiser weights and tables
     if stage == 0:
         wx, wh, bh, wo, bo, e_tab, dd = wx1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr
+        wxo, bxo = wxo1_ptr, bxo1_ptr
     else:
         wx, wh, bh, wo, bo, e_tab, dd = wx2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr
-    h_in = h_ptr + (layer % 2).to(tl.int64) * B * H      # A writes h[0]; layer l reads h[l%2]
-    h_out = h_ptr + ((layer + 1) % 2).to(tl.int64) * B * H
+        wxo, bxo = wxo2_ptr, bxo2_ptr
+    # h buffers: A writes h[hb] (hb = 1 with FLAG_H1); residual layer l reads h[(hb + l) % 2] and
+    # writes the other; a folded A reads the previous step's last h from h[1 - hb]
+    hb = (flags // 32) % 2
+    h_a = h_ptr + hb.to(tl.int64) * B * H
+    h_prev = h_ptr + (1 - hb).to(tl.int64) * B * H
+    h_in = h_ptr + ((layer + hb) % 2).to(tl.int64) * B * H
+    h_out = h_ptr + ((layer + hb + 1) % 2).to(tl.int64) * B * H
     BE: tl.constexpr = BN // EPI  # epilogue part width (EPI = 2: two halves, one after the other)
     if KIND == 0:  # PROJ: y = v W_v + b_v
         n_out = tl.cdiv(B, BM) * tl.cdiv(d, BN)
@@ -532,40 +645,67 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                         if HAS_NOISE:
                             xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
                         blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BE)
-    elif KIND == 3:  # A (+ P + G): h0 = SiLU(x W_x + cond + e_k); PFIN's projections of step side_krow + 1
-        n_a = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
-        n_p = side * tl.cdiv(B, BM) * tl.cdiv(H, BN)
-        n_g = side * tl.cdiv(B, BM) * tl.cdiv(d, BN)
-        n_out = n_a + n_p + n_g
+    elif KIND == 3:  # A (+ P + G, or + O): h0 = SiLU(u + cond + e_k), u = x W_x (folded: carried over)
+        rows = tl.cdiv(B, BM)
+        if FOLD:  # a folded call: every P, G reads x0_hat through the last h and the folded weights
+            fold = (flags // 4) % 2 == 1
+            fr = krow + fold.to(tl.int32)       # folded A: the DDIM row of the previous step (k + 1)
+            a_k = tl.load(dd + 2 * fr)
+            b_k = tl.load(dd + 2 * fr + 1)
+            if fold:  # u <- a_{k+1} u + b_{k+1} (h W_o + b_o) W_x^T, as h (W_x W_o)^T + W_x b_o
+                a_x, a_w, a_k_dim = h_prev, wxo, H
+            else:     # a stage's first step: u = x W_x, stored for the folded steps
+                a_x, a_w, a_k_dim = x_ptr, wx, d
+            pu_x, pu_w, pu_b, gu_w, gu_b, ku = h_prev, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr, H
+            n_o = ((flags // 16) % 2) * rows * tl.cdiv(d, BN)
+        else:
+            a_x, a_w, a_k_dim = x_ptr, wx, d
+            pu_x, pu_w, pu_b, gu_w, gu_b, ku = x0_ptr, wpu_ptr, bp_ptr, wgu_ptr, bg_ptr, d
+            n_o = 0
+        n_a = main * rows * tl.cdiv(H, BN)
+        n_p = side * rows * tl.cdiv(H, BN)
+        n_g = side * rows * tl.cdiv(d, BN)
+        n_out = n_a + n_p + n_g + n_o
         for t in range(pid, n_out * SPLIT, nprog):
             u, s = _item(t, n_out, SPLIT)
             if u < n_a:
-                r0, n0, acc, last = _gemm_item(u, s, u, H, x_ptr, d, wx, d, B, ws_ptr, cnt_ptr,
+                r0, n0, acc, last = _gemm_item(u, s, u, H, a_x, a_k_dim, a_w, a_k_dim, B, ws_ptr, cnt_ptr,
                                                SPLIT, BM, BN, BK, LOWP, PREC)
                 if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
-                        a = blk.col_part(acc, part, EPI, BM, BN) \
-                            + blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                        a = blk.col_part(acc, part, EPI, BM, BN)
+                        if FOLD:
+                            if fold:
+                                a = a_k * blk.load_tile(u_ptr + r0 * H, H, B - r0, ne, H, BM, BE) \
+                                    + b_k * (a + blk.load_vec(bxo, ne, H, BE)[None, :])
+                            blk.store_tile(u_ptr + r0 * H, H, B - r0, ne, H, a, BM, BE)
+                        a += blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
                         a += blk.load_vec(e_tab + krow * H, ne, H, BE)[None, :]
-                        blk.store_tile(h_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
+                        blk.store_tile(h_a + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             elif u < n_a + n_p:
-                r0, n0, acc, last = _gemm2_item(u, s, u - n_a, H, z_ptr, wpm_ptr, x0_ptr, wpu_ptr, d, B, ws_ptr,
+                r0, n0, acc, last = _gemm2_item(u, s, u - n_a, H, z_ptr, wpm_ptr, d, pu_x, pu_w, ku, B, ws_ptr,
                                                 cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
                 if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
-                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bp_ptr, ne, H, BE)[None, :]
+                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(pu_b, ne, H, BE)[None, :]
                         a += blk.load_vec(e2_ptr + side_krow * H, ne, H, BE)[None, :]
                         blk.store_tile(sp_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
-            else:
-                r0, n0, acc, last = _gemm2_item(u, s, u - n_a - n_p, d, z_ptr, wgm_ptr, x0_ptr, wgu_ptr, d, B,
+            elif u < n_a + n_p + n_g:
+                r0, n0, acc, last = _gemm2_item(u, s, u - n_a - n_p, d, z_ptr, wgm_ptr, d, pu_x, gu_w, ku, B,
                                                 ws_ptr, cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
                 if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
-                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bg_ptr, ne, d, BE)[None, :]
+                        a = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(gu_b, ne, d, BE)[None, :]
                         blk.store_tile(g_ptr + r0 * d, d, B - r0, ne, d, tl.sigmoid(a), BM, BE)
+            else:
+                if FOLD:  # the previous step's x update (the Learner's folded steps: s needs x)
+                    r0, n0, acc, last = _gemm_item(u, s, u - n_a - n_p - n_g, d, h_prev, H, wo, H, B, ws_ptr,
+                                                   cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                    if last:
+                        _x_update(acc, bo, x_ptr, x0_ptr, s_ptr, a_k, b_k, r0, n0, d, B, False, False, EPI, BM, BN)
     elif KIND == 4 or KIND == 5:  # R (+ D) or O (+ D)
         if KIND == 4:
             n_main = main * tl.cdiv(B, BM) * tl.cdiv(H, BN)
@@ -590,18 +730,8 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                     r0, n0, acc, last = _gemm_item(u, s, u, d, h_in, H, wo, H, B, ws_ptr, cnt_ptr,
                                                    SPLIT, BM, BN, BK, LOWP, PREC)
                     if last:
-                        a_k = tl.load(dd + 2 * krow)
-                        b_k = tl.load(dd + 2 * krow + 1)
-                        for part in tl.static_range(EPI):
-                            ne = n0 + part * BE
-                            x0 = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(bo, ne, d, BE)[None, :]
-                            if (flags & 1) != 0:
-                                blk.store_tile(x0_ptr + r0 * d, d, B - r0, ne, d, x0, BM, BE)
-                            xn = a_k * blk.load_tile(x_ptr + r0 * d, d, B - r0, ne, d, BM, BE) + b_k * x0
-                            if (flags & 2) != 0:
-                                blk.store_tile(s_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
-                            else:
-                                blk.store_tile(x_ptr + r0 * d, d, B - r0, ne, d, xn, BM, BE)
+                        _x_update(acc, bo, x_ptr, x0_ptr, s_ptr, tl.load(dd + 2 * krow), tl.load(dd + 2 * krow + 1),
+                                  r0, n0, d, B, (flags & 1) != 0, (flags & 2) != 0, EPI, BM, BN)
             else:  # D: m <- m + g (SiLU(p) W_pd + b_pd), in place (m lives in z's buffer)
                 r0, n0, acc, last = _gemm_item(u, s, u - n_main, d, sp_ptr, H, wpd_ptr, H, B, ws_ptr, cnt_ptr,
                                                SPLIT, BM, BN, BK, LOWP, PREC)
@@ -629,10 +759,11 @@ def infer_phase_kernel(sched_ptr, phase,
                        wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
                        wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                       u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
                        ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                        KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr,
-                       SPLIT: tl.constexpr = 1, PDL: tl.constexpr = False):
+                       SPLIT: tl.constexpr = 1, PDL: tl.constexpr = False, FOLD: tl.constexpr = False):
     """Scheduler (b): one launch per phase, one program per work item (``KIND`` = the phase's kind).
     ``PDL`` (launched with ``launch_pdl=True``): wait for the previous launch's grid (its stores are
     visible after ``griddepcontrol.wait``), then let the next launch start its programs at once,
@@ -646,7 +777,9 @@ def infer_phase_kernel(sched_ptr, phase,
            wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
-           ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH, SPLIT)
+           u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
+           ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH, SPLIT,
+           FOLD)
 
 
 @triton.jit
@@ -656,10 +789,11 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                             wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
                             wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                             wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                            u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
                             ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                             HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                             BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr,
-                            BNH: tl.constexpr, SPLIT: tl.constexpr = 1):
+                            BNH: tl.constexpr, SPLIT: tl.constexpr = 1, FOLD: tl.constexpr = False):
     """Scheduler (a): every program walks the whole schedule; a grid barrier after every phase but
     the last (the host zeroes ``counter`` before the launch)."""
     pid = tl.program_id(0)
@@ -675,8 +809,9 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                        wx1_ptr, wc1_ptr, bc1_ptr, wh1_ptr, bh1_ptr, wo1_ptr, bo1_ptr, e1_ptr, dd1_ptr,
                        wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
+                       u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
                        ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH,
-                       SPLIT)
+                       SPLIT, FOLD)
         if p + 1 < n_phases:
             grid_barrier(counter_ptr, (p + 1) * nprog)
 
@@ -691,14 +826,14 @@ PFIN_KEYS = ("pfin.p_m.weight", "pfin.p_u.weight", "pfin.p_u.bias", "pfin.down.w
 HEAD_KEYS = ("head.weight", "head.bias")
 IMPLS = ("phases", "persistent")
 
-_SCHEDULES: dict = {}   # (d, H, C, Dv, L, K1, K2, device) -> int32 [n_phases, 8] schedule table
+_SCHEDULES: dict = {}   # (d, H, C, Dv, L, K1, K2, fold, device) -> int32 [n_phases, 8] schedule table
 _GRAPHS: dict = {}      # see _graph_call
 MAX_GRAPHS = 8
 
 
-def _schedule_table(dims, device) -> torch.Tensor:
+def _schedule_table(dims, device, fold=False) -> torch.Tensor:
     """The whole call's schedule table (a ``semantic_only`` call launches a prefix of it)."""
-    key = (dims["d"], dims["H"], dims["C"], dims["Dv"], dims["layers"], dims["K1"], dims["K2"], device)
+    key = (dims["d"], dims["H"], dims["C"], dims["Dv"], dims["layers"], dims["K1"], dims["K2"], fold, device)
     table = _SCHEDULES.get(key)
     if table is None:
         phases = build_schedule(*key[:-1])
@@ -707,9 +842,13 @@ def _schedule_table(dims, device) -> torch.Tensor:
     return table
 
 
-def _check(visual, weights, tables, noise):
+FOLD_KEYS = {"learner": ("wxo", "bxo"), "translator": ("wxo", "bxo", "wpo", "bpo", "wgo", "bgo")}
+
+
+def _check(visual, weights, tables, noise, fold=False, semantic_only=False):
     """Shapes/dtypes/devices of every input (ValueError naming the argument, before any launch);
-    returns ``(dims, weight tuple)``."""
+    returns ``(dims, weight tuple)`` (with ``fold``, the folded weights of ``tables`` follow: the
+    Learner's alone when ``semantic_only``)."""
     check_matrix("visual", visual, None, None, batch_rows=True)
     B, Dv = visual.shape
     dtype, device = visual.dtype, visual.device
@@ -757,20 +896,40 @@ def _check(visual, weights, tables, noise):
         check_matrix("noise", noise, B, d, None, device, batch_rows=True)
     dims = dict(B=B, Dv=Dv, d=d, H=H, C=C, layers=dens[0][9] + 1, K1=dens[0][10], K2=dens[1][10])
     flat = (wv, bv, lnw, lnb) + dens[0][:7] + dens[0][7:9] + dens[1][:7] + dens[1][7:9] + tuple(pf) + (whd, bhd)
+    if fold:
+        shapes = {"wxo": (H, H), "bxo": (H,), "wpo": (H, H), "bpo": (H,), "wgo": (d, H), "bgo": (d,)}
+        stages = ("learner",) if semantic_only else ("learner", "translator")
+        for stage in stages:
+            for key in FOLD_KEYS[stage]:
+                if key not in tables[stage]:
+                    raise ValueError(f"tables[{stage!r}] is missing {key!r} (the folded weights, "
+                                     "seda_fast.ops.weights.folded)")
+                t, name = tables[stage][key], f"tables[{stage!r}][{key!r}]"
+                if len(shapes[key]) == 2:
+                    check_matrix(name, t, *shapes[key], dtype, device)
+                else:
+                    check_vector(name, t, shapes[key][0], dtype, device)
+        flat += tuple(tables[stage][k] for stage in stages for k in FOLD_KEYS[stage])
     return dims, flat
 
 
+N_FLAT = 32  # weights and tables of an unfolded call (``_check``'s flat tuple); the folded add 8
+
+
 def _weight_args(flat):
-    """Kernel argument order: wv, bv, lnw, lnb, (wx, wc, bc, wh, bh, wo, bo, e, dd) x 2, pfin x 8, head x 2.
-    An empty residual stack (L = 1) is never read: any valid pointer stands in for it."""
-    out = list(flat)
+    """Kernel argument order: wv, bv, lnw, lnb, (wx, wc, bc, wh, bh, wo, bo, e, dd) x 2, pfin x 8, head x 2,
+    then (after the caller's u buffer) the folded wxo1, bxo1, wxo2, bxo2, wpo, bpo, wgo, bgo. An empty
+    residual stack (L = 1) and an unfolded call's folded weights are never read: any valid pointer
+    stands in for them."""
+    out = list(flat[:N_FLAT])
     for base in (4, 13):
         if out[base + 3].numel() == 0:
             out[base + 3], out[base + 4] = out[base + 5], out[base + 6]
-    return out
+    folded = list(flat[N_FLAT:])
+    return out, folded + [out[0]] * (8 - len(folded))
 
 
-def _buffers(B, d, H, C, dtype, device, tiles, phases):
+def _buffers(B, d, H, C, dtype, device, tiles, phases, fold=False):
     """The call's activation buffers, and for split-K tiles (``tiles.split_k > 1``) the fp32
     partial-sum workspace ``[slots, split, BM, BN]`` and the int32 per-slot counters (zeroed here;
     every use leaves them at zero, so a captured graph reuses them); one-element stand-ins
@@ -778,6 +937,8 @@ def _buffers(B, d, H, C, dtype, device, tiles, phases):
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     bufs = dict(y=e(B, d), z=e(B, d), x=e(B, d), s=e(B, d), x0=e(B, d), cond=e(B, H), h=e(2, B, H), sp=e(B, H),
                 g=e(B, d), logits=e(B, C))
+    # the folded steps' u = x W_x (fp32 loop state; a stand-in otherwise, never touched)
+    bufs["u"] = torch.empty((B, H) if fold else (1,), dtype=torch.float32, device=device)
     if tiles.split_k > 1:
         slots = max(phase_out_tiles(p, B, tiles) for p in phases)
         bufs["split_ws"] = torch.empty(slots * tiles.split_k * tiles.BM * tiles.BN, dtype=torch.float32, device=device)
@@ -788,15 +949,18 @@ def _buffers(B, d, H, C, dtype, device, tiles, phases):
     return bufs
 
 
-def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, programs, pdl=False):
+def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, programs, pdl=False,
+                fold=False):
     B, Dv, d, H, C = (dims[k] for k in ("B", "Dv", "d", "H", "C"))
     lowp, prec = dot_mode(visual.dtype, visual.device)
     has_noise = xi is not None
     acts = (visual, bufs["y"], bufs["z"], bufs["x"], bufs["s"], bufs["x0"], bufs["cond"], bufs["h"], bufs["sp"],
             bufs["g"], bufs["logits"], xi if has_noise else bufs["s"])
+    wargs, folded = wargs
+    wargs = (*wargs, bufs["u"], *folded)
     tail = (bufs["split_ws"], bufs["split_count"], float(ln_eps), float(c0), float(c1), B, Dv, d, H, C)
     meta = dict(HAS_NOISE=has_noise, BM=tiles.BM, BN=tiles.BN, BK=tiles.BK, LOWP=lowp, PREC=prec, EPI=tiles.epi_parts,
-                BNH=head_block(tiles, C), SPLIT=tiles.split_k,
+                BNH=head_block(tiles, C), SPLIT=tiles.split_k, FOLD=fold,
                 num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.maxnreg)
     if impl == "phases":
         meta["PDL"] = pdl
@@ -830,7 +994,7 @@ def pdl_available(device: torch.device) -> bool:
 def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0: float, start_c1: float,
                  noise=None, impl: str = "phases", programs: int | None = None, graph: bool = False,
                  tiles: PhaseTiles | None = None, pdl: bool | None = None, semantic_only: bool = False,
-                 split_k: bool = False):
+                 split_k: bool = False, fold: bool | None = None):
     """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``;
     with ``semantic_only`` only the schedule's first :func:`semantic_phase_count` phases run and the
     result is ``(z [B, d], s [B, d])`` (the projected visual feature and the Learner's sample).
@@ -849,14 +1013,19 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     (tests, compile report); ``split_k=True`` picks split-K tiles (:func:`pick_infer_tiles`; the GPU
     run's comparison).
     ``pdl``: launch ``impl="phases"`` with programmatic dependent launch (``None``: where
-    :func:`pdl_available`; ``True`` off such a device raises).
+    :func:`pdl_available`; ``True`` off such a device raises). ``fold``: run the folded steps
+    (``None``: :func:`use_fold`); they need the folded weights in ``tables`` (``"wxo"``, ``"bxo"``
+    per stage, ``"wpo"``, ``"bpo"``, ``"wgo"``, ``"bgo"`` in the translator's; see
+    ``seda_fast.ops.weights.folded``).
     Outputs are in the compute dtype (new tensors, also on graph replay).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if graph and impl != "phases":
         raise ValueError("graph=True captures impl='phases' only (the persistent call is already one launch)")
-    dims, flat = _check(visual, weights, tables, noise)
+    if fold is None:
+        fold = use_fold(visual.shape[0]) if visual.dim() == 2 else False
+    dims, flat = _check(visual, weights, tables, noise, fold, semantic_only)
     dtype, device = visual.dtype, visual.device
     if pdl is None:
         pdl = impl == "phases" and pdl_available(device)
@@ -866,9 +1035,9 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     if noise is not None and noise.dtype != dtype:
         noise = noise.to(dtype)
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
-    phases = build_schedule(d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"])
+    phases = build_schedule(d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], fold)
     if semantic_only:
-        phases = phases[:semantic_phase_count(dims["layers"], dims["K1"])]
+        phases = phases[:semantic_phase_count(dims["layers"], dims["K1"], fold)]
     tiles = tiles or pick_infer_tiles(B, d, H, dtype, impl, split_k)
     if impl == "persistent":
         widest = max(phase_tiles(p, B, tiles) for p in phases)
@@ -885,17 +1054,17 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
             raise ValueError(f"programs={programs} exceeds what the device holds at once")
     if graph and device.type == "cuda" and impl == "phases":
         names = ("z", "s") if semantic_only else ("logits", "s", "z")
-        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl, names)
-    sched = _schedule_table(dims, device)
-    bufs = _buffers(B, d, H, C, dtype, device, tiles, phases)
+        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl, names, fold)
+    sched = _schedule_table(dims, device, fold)
+    bufs = _buffers(B, d, H, C, dtype, device, tiles, phases, fold)
     if impl == "persistent":
         bufs["counter"] = torch.zeros(1, dtype=torch.int32, device=device)
     _launch_all(impl, visual.contiguous(), None if noise is None else noise.contiguous(), bufs, _weight_args(flat),
-                sched, phases, dims, ln_eps, start_c0, start_c1, tiles, programs, pdl)
+                sched, phases, dims, ln_eps, start_c0, start_c1, tiles, programs, pdl, fold)
     return (bufs["z"], bufs["s"]) if semantic_only else (bufs["logits"], bufs["s"], bufs["z"])
 
 
-def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, names):
+def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, names, fold):
     """CUDA only: the whole ``"phases"`` call captured once per (batch, dtype, device, noise or not,
     tiles, and the address of every weight and table) and replayed. New weight/table tensors (e.g.
     ``fused.prepared`` rebuilt after a weight change) have new addresses, so they capture a new
@@ -904,20 +1073,20 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
     pdl = pdl and not _graphs.pdl_capture_failed()
-    key_of = lambda pdl_: (B, dtype, device, noise is None, tiles, pdl_, len(phases), ln_eps, c0, c1,  # noqa: E731
+    key_of = lambda pdl_: (B, dtype, device, noise is None, tiles, pdl_, fold, len(phases), ln_eps, c0, c1,  # noqa: E731
                            tuple(t.data_ptr() for t in flat), tuple(tuple(t.shape) for t in flat))
     key = key_of(pdl)
     entry = _GRAPHS.get(key)
     if entry is None:
-        sched = _schedule_table(dims, device)
+        sched = _schedule_table(dims, device, fold)
         static_v = torch.empty_like(visual)
         static_xi = None if noise is None else torch.empty_like(noise)
-        bufs = _buffers(B, d, H, C, dtype, device, tiles, phases)
+        bufs = _buffers(B, d, H, C, dtype, device, tiles, phases, fold)
         wargs = _weight_args(flat)
 
         def run(pdl_):
             _launch_all("phases", static_v, static_xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, None,
-                        pdl_)
+                        pdl_, fold)
 
         static_v.copy_(visual)
         if static_xi is not None:

@@ -251,5 +251,7 @@ def infer_phases_placeholders(cfg: sf.SeDAConfig, batch: int, dtype=torch.float3
     for st, steps in (("learner", cfg.learner_steps), ("translator", cfg.translator_steps)):
         weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
                     f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
-        tables[st] = {"e": torch.empty(steps, H), "ddim": torch.empty(steps, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H)}
+        tables[st] = {"e": torch.empty(steps, H), "ddim": torch.empty(steps, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H),
+                      "wxo": e(H, H), "bxo": e(H)}  # wxo, bxo, wpo, ...: the folded steps' weights
+    tables["translator"] |= {"wpo": e(H, H), "bpo": e(H), "wgo": e(d, H), "bgo": e(d)}
     return e(batch, Dv), weights, tables

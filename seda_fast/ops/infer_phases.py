@@ -16,7 +16,7 @@ from torch import Tensor
 from .. import schedule
 from ..validation import stream_capturing
 from .runtime import _LAUNCH, check_dtype, compute_dtype, kernels, launch_options  # noqa: F401 (re-exported)
-from .weights import in_dtype, model_view, op_args, prepared, weight_paths
+from .weights import in_dtype, inference_tables, model_view, op_args, weight_paths
 
 def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int, K2: int,
           ln_eps: float, dtype: torch.dtype, impl: str, semantic_only: bool = False):
@@ -27,8 +27,12 @@ def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden:
     paths = sem_paths + weight_paths(n_hidden, "translator")
     n_sem = len(sem_paths)
     learner = model_view(weights[:n_sem], n_hidden, "semantic").learner
-    translator = model_view(weights[n_sem:], n_hidden, "translator").translator
-    tables = {"learner": prepared(learner, T, K1, visual.device), "translator": prepared(translator, T, K2, visual.device)}
+    tr_view = model_view(weights[n_sem:], n_hidden, "translator")
+    fold = _LAUNCH["fold"]
+    if fold is None:
+        fold = kernels().infer_phases_module.use_fold(visual.shape[0])
+    tables = inference_tables(learner, tr_view.translator, tr_view.pfin, T, K1, K2, visual.device, fold,
+                              semantic_only)
     c0, c1 = schedule.start_coefficients(T)
     # inside a caller's own CUDA-graph capture the call must not capture a graph of its own, and
     # launches plainly (a capture of programmatic launches inside a caller's graph is unmeasured)
@@ -37,7 +41,7 @@ def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden:
     pdl = (False if capturing else _LAUNCH["pdl"]) if impl == "phases" else None
     return kernels().infer_phases(visual.contiguous(), dict(zip(paths, weights)), tables, ln_eps=ln_eps,
                                   start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph, pdl=pdl,
-                                  semantic_only=semantic_only, split_k=_LAUNCH["split_k"])
+                                  semantic_only=semantic_only, split_k=_LAUNCH["split_k"], fold=fold)
 
 
 def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int,

@@ -170,20 +170,22 @@ def in_compute_dtype(tensors, device: torch.device) -> list:
     return [t.to(dtype) for t in tensors]
 
 
-_LAUNCH = {"graph": True, "pdl": None, "split_k": False}  # how the phase ops launch; see launch_options
+_LAUNCH = {"graph": True, "pdl": None, "split_k": False, "fold": None}  # how the phase ops launch; see launch_options
 
 
 @contextlib.contextmanager
-def launch_options(graph: bool = True, pdl: bool | None = None, split_k: bool = False):
+def launch_options(graph: bool = True, pdl: bool | None = None, split_k: bool = False, fold: bool | None = None):
     """Inside the block the phase ops launch on CUDA as asked: ``graph=False`` makes one Python
     launch per phase instead of a CUDA-graph replay (inference: the cached graph of the whole call;
     training: the graph of each phase range once its launches recur, ``kernels/_graphs.py``);
     ``pdl`` ``True``/``False`` forces programmatic dependent launch on or off (``None``: on where the
     device has it); ``split_k=True`` runs fp16/bf16 inference up to B = 256 on split-K tiles
     (``kernels.infer_phases.pick_infer_tiles``; on any device), which changes the numbers only by
-    the fp32 summation order. ``benchmarks/gpu_check.py`` times each way."""
+    the fp32 summation order; ``fold`` ``True``/``False`` forces inference's folded steps on or off
+    (``None``: ``kernels.infer_phases.use_fold``, by batch), which changes the numbers only by
+    rounding. ``benchmarks/gpu_check.py`` times each way."""
     saved = dict(_LAUNCH)
-    _LAUNCH.update(graph=graph, pdl=pdl, split_k=split_k)
+    _LAUNCH.update(graph=graph, pdl=pdl, split_k=split_k, fold=fold)
     try:
         yield
     finally:

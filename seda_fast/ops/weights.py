@@ -74,6 +74,58 @@ def prepared(den, T: int, K: int, device) -> dict:
     return out
 
 
+_FOLDED = WeakTensorKeyDictionary()
+
+
+def _folded(src, make) -> dict:
+    """``make(*float64 copies of src)`` rounded to ``src[0]``'s dtype, cached (weakly on ``src[0]``)
+    until a source tensor changes."""
+    try:
+        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in src)
+    except RuntimeError:  # inference tensors have no version counter: never cache them
+        key = None
+    anchor = src[0]
+    hit = _FOLDED.get(anchor)
+    if key is not None and hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad(), torch.autocast(anchor.device.type, enabled=False):
+        out = {k: v.to(anchor.dtype).contiguous() for k, v in make(*(t.detach().double() for t in src)).items()}
+    if key is not None:
+        _FOLDED[anchor] = (key, out)
+    return out
+
+
+def folded(den) -> dict:
+    """The folded inference steps' weights of a denoiser (``kernels/infer_phases.py``, "Folded
+    steps"): ``wxo = W_x W_o [H, H]`` and ``bxo = W_x b_o [H]``, computed in float64 from the given
+    tensors, rounded once to their dtype, cached until one changes."""
+    return _folded((den.in_x.weight, den.out.weight, den.out.bias),
+                   lambda wx, wo, bo: {"wxo": wx @ wo, "bxo": wx @ bo})
+
+
+def folded_pfin(translator, pfin) -> dict:
+    """PFIN's folded weights, which read ``x0_hat = h W_o + b_o`` (the Translator's) through ``h``:
+    ``wpo = W_pu W_o [H, H]``, ``bpo = b_p + W_pu b_o [H]``, ``wgo = W_gu W_o [d, H]``,
+    ``bgo = b_g + W_gu b_o [d]``; computed and cached as :func:`folded`."""
+    return _folded((pfin.p_u.weight, pfin.p_u.bias, pfin.g_u.weight, pfin.g_u.bias, translator.out.weight,
+                    translator.out.bias),
+                   lambda wpu, bp, wgu, bg, wo, bo: {"wpo": wpu @ wo, "bpo": bp + wpu @ bo, "wgo": wgu @ wo,
+                                                     "bgo": bg + wgu @ bo})
+
+
+def inference_tables(learner, translator, pfin, T: int, K1: int, K2: int, device, fold: bool,
+                     semantic_only: bool = False) -> dict:
+    """The fused inference launcher's ``tables``: :func:`prepared` per denoiser, with the folded
+    weights merged in when the call runs the folded steps (the Learner's alone for a
+    ``semantic_only`` call)."""
+    tables = {"learner": prepared(learner, T, K1, device), "translator": prepared(translator, T, K2, device)}
+    if fold:
+        tables["learner"] = {**tables["learner"], **folded(learner)}
+        if not semantic_only:
+            tables["translator"] = {**tables["translator"], **folded(translator), **folded_pfin(translator, pfin)}
+    return tables
+
+
 # The custom ops take the weights as a flat tensor list in the fixed order of :func:`weight_paths`
 # and rebuild a read-only view with the module layout.
 

@@ -51,8 +51,10 @@ IMPLS = ("phases", "phases-raw", "phases-split", "persistent")
 BATCHES = (1, 64, 1024, 16384)
 
 # epilogue [BM, BN] reads per job kind (the cond/h/x/m/g tiles the fused element-wise work loads)
-_EPILOGUE_READS = {"proj": 0, "cond_ln": 0, "cond_t": 0, "A": 1, "R": 1, "O": 1, "P": 0, "G": 0, "D": 2,
+_EPILOGUE_READS = {"proj": 0, "cond_ln": 0, "cond_t": 0, "A": 1, "AF": 1, "R": 1, "O": 1, "P": 0, "G": 0, "D": 2,
                    "head": 0}
+# fp32 [BM, BN] tiles of u read or stored: the folded A reads and stores it, a stage's first A stores it
+_U_TILES = {"AF": 2}
 
 
 def _ip():
@@ -79,14 +81,16 @@ class PhaseCost:
 
 
 def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
-                impl: str = "phases", split_k: bool = False, tiles=None) -> list[PhaseCost]:
+                impl: str = "phases", split_k: bool = False, tiles=None, fold: bool | None = None) -> list[PhaseCost]:
     """Per phase of one call: tiles (``tiles``, or ``impl``'s from :func:`pick_infer_tiles`), FLOPs,
-    bytes and the time of each term (see the module doc)."""
+    bytes and the time of each term (see the module doc); ``fold``: the folded schedule (``None``:
+    the launcher's choice, :func:`use_fold`)."""
     import torch
     ip = _ip()
     e = _DTYPE_BYTES[dtype]
     d, H, C, Dv = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim
-    phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps)
+    phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps,
+                               ip.use_fold(batch) if fold is None else fold)
     tiles = tiles or ip.pick_infer_tiles(batch, d, H, getattr(torch, dtype),
                                          "persistent" if impl == "persistent" else "phases", split_k)
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
@@ -96,8 +100,10 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     out = []
     for ph in phases:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
+        stores_u = ph.row[7] & ip.FLAG_STORE_U
         for name, N, K in ph.jobs:
-            t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name], ip.job_block(name, N, tiles))
+            u_tiles = _U_TILES.get(name, 1 if stores_u and name == "A" else 0)
+            t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name], ip.job_block(name, N, tiles), u_tiles)
             n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
             wkey = (name, ph.row[1], ph.row[3])  # job, stage, layer: the distinct weight
             if wkey not in seen_weights:
@@ -122,18 +128,20 @@ def split_fixup_s(tiles, ceilings: Ceilings = H200) -> float:
 
 
 def job_counts(M: int, N: int, K: int, tiles, e: int, epilogue_reads: int = 0,
-               bn: int | None = None) -> tuple[int, float, float]:
+               bn: int | None = None, fp32_tiles: int = 0) -> tuple[int, float, float]:
     """One GEMM job ``[M, N] = [M, K] [K, N]`` cut into ``tiles.BM x BN`` output tiles (``bn``,
     default ``tiles.BN``), each split into ``tiles.split_k`` K slices: ``(work items = programs,
     FLOPs as executed (padded), L2 -> SM bytes)``. An output tile reads its ``BN K`` and ``BM K``
     operand slices (``e`` bytes per value; the slices of a split tile partition K), its
     ``epilogue_reads`` ``[BM, BN]`` tiles, and stores one; split into ``S > 1`` slices it also
-    stores ``S`` fp32 ``[BM, BN]`` partials and its last program reads them back."""
+    stores ``S`` fp32 ``[BM, BN]`` partials and its last program reads them back; ``fp32_tiles``:
+    further fp32 ``[BM, BN]`` tiles it reads or stores (the folded steps' u)."""
     BM, BN, S = tiles.BM, bn or tiles.BN, getattr(tiles, "split_k", 1)
     out = math.ceil(M / BM) * math.ceil(N / BN)
     flops = 2.0 * math.ceil(M / BM) * BM * math.ceil(N / BN) * BN * K
     partials = 2 * S * BM * BN * 4 if S > 1 else 0
-    return out * S, flops, out * ((BN * K + BM * K + (epilogue_reads + 1) * BM * BN) * e + partials)
+    return out * S, flops, out * ((BN * K + BM * K + (epilogue_reads + 1) * BM * BN) * e + partials
+                                  + fp32_tiles * BM * BN * 4)
 
 
 def phase_terms(n_tiles: int, flops: float, l2: float, hbm: float, peak: float, ceilings: Ceilings) -> dict:

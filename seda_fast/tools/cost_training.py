@@ -335,7 +335,8 @@ def semantic_phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", c
     projector phase repeats the glue's projection of ``z``."""
     from ..ops.runtime import kernels
     from .cost_phases import phase_costs
-    n = kernels().infer_phases_module.semantic_phase_count(cfg.layers, cfg.learner_steps)
+    ip = kernels().infer_phases_module
+    n = ip.semantic_phase_count(cfg.layers, cfg.learner_steps, ip.use_fold(batch))
     out = []
     for pc in phase_costs(cfg, batch, dtype, ceilings)[:n]:
         bound = max(pc.terms, key=pc.terms.get)
@@ -475,13 +476,13 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
     Host: every aten op at ``aten_op_s`` (a view at ``view_op_s``) and every host launch at
     ``launch_s`` (:func:`fused_step_ops`: a phase launcher's range is one CUDA-graph replay, priced
     as one launch; with ``raw`` every Triton launch is one), overlapped with the GPU (the longer
-    counts); with ``graph`` (the
-    step captured whole) no host term, one graph boundary per launch and glue kernel (views launch
-    none, as in the baselines)."""
+    counts); the GPU pays a graph boundary per launch and glue kernel (views launch none, as in the
+    baselines) and per phase of the semantic prefix (one host launch: a graph of its phases); with
+    ``graph`` (the step captured whole) no host term."""
     record = record or step_ops(cfg, batch, stage, dtype)
     matmuls = _matmuls(record.ops)
     shapes = [o.mnk for o in matmuls]
-    phases, glue_s, glue_flops = [], 0.0, 0.0
+    phases, glue_s, glue_flops, n_prefix = [], 0.0, 0.0, 0
     if stage == 2 and unroll == "rowblock":  # the unroll's backward recomputes each step's forward from x_k and m_k
         shapes += [mnk for _, mnk in per_step_forward(cfg, batch, dtype)[0]] * cfg.translator_steps
     elif unroll != "rowblock":  # stage 2: the unroll, the diffusion term and the Learner's sample as phases;
@@ -490,8 +491,9 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         phases = denoise_phase_costs(cfg, batch, dtype, ceilings)
         if stage == 2:
             left += unroll_shapes(cfg, batch, dtype) + semantic_shapes(cfg, batch)
-            phases = semantic_phase_costs(cfg, batch, dtype, ceilings) + phases \
-                + unroll_phase_costs(cfg, batch, unroll.split("-", 1)[1], dtype, ceilings)
+            prefix = semantic_phase_costs(cfg, batch, dtype, ceilings)
+            n_prefix = len(prefix)
+            phases = prefix + phases + unroll_phase_costs(cfg, batch, unroll.split("-", 1)[1], dtype, ceilings)
         rest = []
         for o in matmuls:
             if left[o.mnk] > 0:
@@ -512,7 +514,8 @@ def predict_rowblock(cfg: SeDAConfig, batch: int, stage: int, dtype: str = "bflo
         ema_s, more_launches, more_ops = center_ema_cost(cfg, batch, ceilings)
         gpu_s, n_launches, n_ops = gpu_s + ema_s, n_launches + more_launches, n_ops + more_ops
         n_host += more_launches
-    boundaries = (n_glue + n_launches) * ceilings.graph_boundary_s  # every kernel boundary of the step
+    # every kernel boundary of the step: the semantic prefix is one launch (a graph replay) of n_prefix kernels
+    boundaries = (n_glue + n_launches + max(n_prefix - 1, 0)) * ceilings.graph_boundary_s
     if graph:
         terms = {"GPU": gpu_s, "sync": ceilings.launch_s + boundaries}
         time_s = sum(terms.values())

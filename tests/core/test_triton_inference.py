@@ -79,7 +79,7 @@ def test_model_dispatch_and_semantic(fused_impl):
         assert rel(model.semantic(v), ref_s) < 1e-5
         with K.count_launches() as c:
             model.semantic(v)
-    n = K.infer_phases_module.semantic_phase_count(model.config.layers, 3)
+    n = K.infer_phases_module.semantic_phase_count(model.config.layers, 3, fold=True)  # B = 5: folded
     want = {"rowblock": ["semantic_sampler_kernel"],
             "phases": [] if DEVICE.type == "cuda" else ["infer_phase_kernel"] * n}[fused_impl]
     assert c.names == want
@@ -325,7 +325,7 @@ def test_fused_impl_knob():
     assert sf.fused_impls() == ("rowblock", "phases", "persistent")
     with torch.no_grad(), K.count_launches() as c:
         out = model.infer(v)
-    assert c.count == K.infer_phases_module.phase_count(2, 2, 3) and set(c.names) == {"infer_phase_kernel"}
+    assert c.count == K.infer_phases_module.phase_count(2, 2, 3, fold=True) and set(c.names) == {"infer_phase_kernel"}
     for o, r in zip(out, reference.infer(model, v)):
         assert rel(o, r) < 1e-5
     if DEVICE.type == "cpu":

@@ -42,22 +42,26 @@ def _model(layers, steps, classes=7, dtype=torch.float32, seed=0, dim=14, hidden
     return model.to(dtype).to(DEVICE)
 
 
+def _weights(model):
+    """``model``'s parameters by dotted name, as the fused backend feeds the launcher."""
+    n_hidden = model.config.layers - 1
+    paths = op_weights.weight_paths(n_hidden, "semantic") + op_weights.weight_paths(n_hidden, "translator")
+    return dict(zip(paths, op_weights.op_args(model, "semantic")[0] + op_weights.op_args(model, "translator")[0]))
+
+
 def _call(model, visual, noise=None, **kw):
     """The launcher on ``model``'s weights, as the fused backend would feed it."""
-    cfg = model.config
-    n_hidden = cfg.layers - 1
-    paths = op_weights.weight_paths(n_hidden, "semantic") + op_weights.weight_paths(n_hidden, "translator")
-    weights = dict(zip(paths, op_weights.op_args(model, "semantic")[0] + op_weights.op_args(model, "translator")[0]))
-    c0, c1 = schedule.start_coefficients(cfg.diffusion_steps)
-    return K.infer_phases(visual, weights, _tables(model), ln_eps=model.visual_proj.norm.eps,
+    c0, c1 = schedule.start_coefficients(model.config.diffusion_steps)
+    return K.infer_phases(visual, _weights(model), _tables(model), ln_eps=model.visual_proj.norm.eps,
                           start_c0=c0, start_c1=c1, noise=noise, **kw)
 
 
 def _tables(model):
-    """The weight-only tables the fused backend feeds the launcher (``ops.weights.prepared``)."""
+    """The weight-only tables the fused backend feeds the launcher (``ops.weights.inference_tables``),
+    the folded weights included (an unfolded call does not read them)."""
     cfg, dev = model.config, model.visual_proj.linear.weight.device
-    return {"learner": op_weights.prepared(model.learner, cfg.diffusion_steps, cfg.learner_steps, dev),
-            "translator": op_weights.prepared(model.translator, cfg.diffusion_steps, cfg.translator_steps, dev)}
+    return op_weights.inference_tables(model.learner, model.translator, model.pfin, cfg.diffusion_steps,
+                                       cfg.learner_steps, cfg.translator_steps, dev, fold=True)
 
 
 def _inputs(model, batch, noise, seed=1, dtype=torch.float32):
@@ -68,42 +72,46 @@ def _inputs(model, batch, noise, seed=1, dtype=torch.float32):
 
 
 SMALL_TILES = IP.PhaseTiles(16, 16, 16, 4, 2)  # BK 16 < H: several K iterations per tile
-CASES = [  # batch, layers, K, noise, classes, impl, tiles
-    pytest.param(1, 1, 1, False, 7, "phases", None, id="B1-L1-K1-fp32"),
-    pytest.param(33, 3, 4, True, 7, "phases", None, id="B33-L3-K4-noise-fp32"),
-    pytest.param(33, 1, 4, False, 1, "phases", None, id="B33-L1-K4-C1-fp32"),
-    pytest.param(1, 3, 4, True, 7, "phases", SMALL_TILES, id="B1-L3-K4-noise-BK16-fp32"),
-    pytest.param(33, 3, 1, False, 7, "phases", SMALL_TILES, id="B33-L3-K1-BK16-fp32"),
-    pytest.param(33, 3, 2, True, 7, "phases", IP.PhaseTiles(128, 128, 64, 8, 3), id="B33-L3-K2-noise-128x128-fp32"),
+# fold: None = the launcher's choice (folded at these batches), False = the unfolded schedule
+CASES = [  # batch, layers, K, noise, classes, impl, tiles, fold
+    pytest.param(1, 1, 1, False, 7, "phases", None, None, id="B1-L1-K1-fp32"),
+    pytest.param(33, 3, 4, True, 7, "phases", None, None, id="B33-L3-K4-noise-fp32"),
+    pytest.param(33, 1, 4, False, 1, "phases", None, False, id="B33-L1-K4-C1-fp32"),
+    pytest.param(1, 3, 4, True, 7, "phases", SMALL_TILES, False, id="B1-L3-K4-noise-BK16-fp32"),
+    pytest.param(33, 3, 1, False, 7, "phases", SMALL_TILES, None, id="B33-L3-K1-BK16-fp32"),
+    pytest.param(33, 3, 2, True, 7, "phases", IP.PhaseTiles(128, 128, 64, 8, 3), False,
+                 id="B33-L3-K2-noise-128x128-fp32"),
     # split epilogues (parts of 16 columns; H = 24 and d = 14 leave masked and empty parts) and the
     # shipped 128 x 256 tile; C = 19 gives the head a column tile of its own (two at BN 16)
-    pytest.param(33, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2),
+    pytest.param(33, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2), None,
                  id="B33-L3-K2-noise-C19-epi2-fp32"),
-    pytest.param(17, 2, 3, False, 7, "phases", IP.PhaseTiles(16, 64, 16, 4, 2, epi_parts=4), id="B17-L2-K3-epi4-fp32"),
-    pytest.param(5, 1, 2, True, 19, "phases", SMALL_TILES, id="B5-L1-K2-noise-C19-BK16-fp32"),
-    pytest.param(33, 2, 2, True, 7, "phases", IP.THROUGHPUT_TILES[0], id="B33-L2-K2-noise-128x256-epi4-fp32"),
+    pytest.param(17, 2, 3, False, 7, "phases", IP.PhaseTiles(16, 64, 16, 4, 2, epi_parts=4), None,
+                 id="B17-L2-K3-epi4-fp32"),
+    pytest.param(5, 1, 2, True, 19, "phases", SMALL_TILES, None, id="B5-L1-K2-noise-C19-BK16-fp32"),
+    pytest.param(33, 2, 2, True, 7, "phases", IP.THROUGHPUT_TILES[0], False, id="B33-L2-K2-noise-128x256-epi4-fp32"),
     # split-K: 3 slices of BK = 16 (K = 14, 24, 13, 28: some slices are empty), and the shipped
     # latency shape (one 64-row block, 4 slices)
-    pytest.param(17, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=3),
+    pytest.param(17, 3, 2, True, 19, "phases", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=3), None,
                  id="B17-L3-K2-noise-C19-split3-fp32"),
-    pytest.param(17, 2, 2, False, 7, "phases", IP.PhaseTiles(64, 32, 16, 4, 2, split_k=4), id="B17-L2-K2-split4-fp32"),
-    pytest.param(5, 1, 3, True, 7, "persistent", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=2),
+    pytest.param(17, 2, 2, False, 7, "phases", IP.PhaseTiles(64, 32, 16, 4, 2, split_k=4), False,
+                 id="B17-L2-K2-split4-fp32"),
+    pytest.param(5, 1, 3, True, 7, "persistent", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=2), None,
                  id="persistent-B5-L1-K3-noise-split2-fp32"),
-    pytest.param(33, 3, 4, True, 7, "persistent", None, id="persistent-B33-L3-K4-noise-fp32"),
-    pytest.param(1, 1, 1, False, 1, "persistent", None, id="persistent-B1-L1-K1-C1-fp32"),
+    pytest.param(33, 3, 4, True, 7, "persistent", None, None, id="persistent-B33-L3-K4-noise-fp32"),
+    pytest.param(1, 1, 1, False, 1, "persistent", None, False, id="persistent-B1-L1-K1-C1-fp32"),
 ]
 
 
-@pytest.mark.parametrize("batch,layers,steps,noise,classes,impl,tiles", CASES)
-def test_fp32_parity(batch, layers, steps, noise, classes, impl, tiles):
+@pytest.mark.parametrize("batch,layers,steps,noise,classes,impl,tiles,fold", CASES)
+def test_fp32_parity(batch, layers, steps, noise, classes, impl, tiles, fold):
     model = _model(layers, steps, classes)
     v, xi = _inputs(model, batch, noise)
     programs = 1 if impl == "persistent" and DEVICE.type == "cpu" else None
     with torch.no_grad():
         ref = reference.infer(model, v, xi)
         with K.count_launches() as c:
-            out = _call(model, v, xi, impl=impl, programs=programs, tiles=tiles)
-    n = IP.phase_count(layers, steps, steps)
+            out = _call(model, v, xi, impl=impl, programs=programs, tiles=tiles, fold=fold)
+    n = IP.phase_count(layers, steps, steps, IP.use_fold(batch) if fold is None else fold)
     if impl == "phases":
         assert c.names == ["infer_phase_kernel"] * n
     else:
@@ -124,9 +132,11 @@ def _round_toward_zero(t):
     return (t.float().contiguous().view(torch.int32) & -65536).view(torch.float32)
 
 
-def _stored_bf16_model(model, v, xi, R):
+def _stored_bf16_model(model, v, xi, R, fold):
     """The kernel's numerics in plain torch: fp32 math on the bf16 weights, every activation rounded
-    by ``R`` exactly where the kernel stores a buffer (y, z, x, cond, h, x0, sp, g, m, logits)."""
+    by ``R`` exactly where the kernel stores a buffer (y, z, x, cond, h, x0, sp, g, m, logits).
+    ``fold``: the folded steps, whose u = x W_x is fp32 loop state carried through the bf16 folded
+    weights (the kernel's own ``tables``), and whose PFIN reads x0_hat through h."""
     import torch.nn.functional as F
     W, b = (lambda m: m.weight.float()), (lambda m: m.bias.float())
     tabs, cfg, vp = _tables(model), model.config, model.visual_proj
@@ -135,18 +145,24 @@ def _stored_bf16_model(model, v, xi, R):
     z = R(F.layer_norm(y, (cfg.dim,), W(vp.norm), b(vp.norm), vp.norm.eps))
 
     def loop(den, tab, x, cond, steps, m=None):
-        e, dd, p = tab["e"], tab["ddim"], model.pfin
+        e, dd, p, f = tab["e"], tab["ddim"], model.pfin, {k: t.float() for k, t in tab.items() if t.dim() < 3}
+        u = x @ W(den.in_x).T
         for k in range(steps, 0, -1):
-            h = R(F.silu(x @ W(den.in_x).T + cond + e[k - 1]))
+            h = R(F.silu(u + cond + e[k - 1]))
             for layer in den.hidden:
                 h = R(h + F.silu(h @ W(layer).T + b(layer)))
             x0 = h @ W(den.out).T + b(den.out)
             if m is not None:
                 x0s = R(x0)
-                sp = R(F.silu(m @ W(p.p_m).T + x0s @ W(p.p_u).T + b(p.p_u) + e[k - 1]))
-                g = R(torch.sigmoid(m @ W(p.g_m).T + x0s @ W(p.g_u).T + b(p.g_u)))
+                if fold:
+                    sp = R(F.silu(m @ W(p.p_m).T + h @ f["wpo"].T + f["bpo"] + e[k - 1]))
+                    g = R(torch.sigmoid(m @ W(p.g_m).T + h @ f["wgo"].T + f["bgo"]))
+                else:
+                    sp = R(F.silu(m @ W(p.p_m).T + x0s @ W(p.p_u).T + b(p.p_u) + e[k - 1]))
+                    g = R(torch.sigmoid(m @ W(p.g_m).T + x0s @ W(p.g_u).T + b(p.g_u)))
                 m = R(m + g * (sp @ W(p.down).T + b(p.down)))
             x = R(dd[k - 1, 0] * x + dd[k - 1, 1] * x0)
+            u = dd[k - 1, 0] * u + dd[k - 1, 1] * (h @ f["wxo"].T + f["bxo"]) if fold else x @ W(den.in_x).T
         return x, m
 
     s, _ = loop(model.learner, tabs["learner"], R(c0 * z), R(z @ W(model.learner.in_c).T + b(model.learner.in_c)),
@@ -156,7 +172,8 @@ def _stored_bf16_model(model, v, xi, R):
     return R(m @ W(model.head).T + b(model.head)), s, m
 
 
-def test_bf16():
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+def test_bf16(fold):
     """bf16 (B = 33, L = 2, K = 3, start noise), against flash-attention's rule (CONVENTIONS.md):
     max |kernel - fp32 reference| <= 2 x max |eager bf16 - fp32 reference| + atol, atol = 8e-3
     (one bf16 ulp at |x| ~ 2; outputs here reach ~15).
@@ -166,18 +183,19 @@ def test_bf16():
     eager's 0.065 at |logits| ~ 10). So here the test pins the kernel to a torch model of its own
     rounding (:func:`_stored_bf16_model`): with truncation that model matches the kernel within one
     bf16 truncation step in norm (s bit for bit; m and logits differ by single-ulp flips from fp32
-    summation order that the loop carries on), and with round-to-nearest (what the GPU's casts do) the same model passes the
-    flash rule (measured: logits 0.065, s 0.023, m 0.100 vs eager's 0.065, 0.032, 0.162)."""
+    summation order that the loop carries on), and with round-to-nearest (what the GPU's casts do) the
+    same model passes the flash rule. Measured (unfolded / folded steps): logits 0.065 / 0.068, s 0.023 /
+    0.022, m 0.100 / 0.128 vs eager's 0.065, 0.032, 0.162."""
     model32 = _model(2, 3)
     model_lp = _model(2, 3, dtype=torch.bfloat16)
     v, xi = _inputs(model32, 33, True)
     with torch.no_grad():
         ref32 = reference.infer(model32, v, xi)
         ref_lp = reference.infer(model_lp, v.bfloat16(), xi)
-        out = _call(model_lp, v.bfloat16(), xi)
+        out = _call(model_lp, v.bfloat16(), xi, fold=fold)
         if DEVICE.type == "cpu":
-            trunc = _stored_bf16_model(model_lp, v.bfloat16(), xi, _round_toward_zero)
-            nearest = _stored_bf16_model(model_lp, v.bfloat16(), xi, _round_nearest)
+            trunc = _stored_bf16_model(model_lp, v.bfloat16(), xi, _round_toward_zero, fold)
+            nearest = _stored_bf16_model(model_lp, v.bfloat16(), xi, _round_nearest, fold)
     for i, name in enumerate(("logits", "s", "m")):
         o, r_lp, r32 = out[i], ref_lp[i], ref32[i]
         assert o.dtype == torch.bfloat16, name
@@ -188,11 +206,14 @@ def test_bf16():
             continue
         # within one bf16 truncation step (2^-7, 7 stored mantissa bits) in norm: measured 4.9e-3
         # (logits), 0 (s), 4.3e-3 (m), from single-ulp flips that the loop carries on
+        print(f"{name}: vs the truncating model {rel(o.float(), trunc[i]):.2e}, round-to-nearest model "
+              f"{(nearest[i] - r32).abs().max().item():.2e}")
         assert rel(o.float(), trunc[i]) <= 2.0 ** -7, f"{name}: {rel(o.float(), trunc[i]):.2e}"
         assert_flash_rule(name + " (round-to-nearest model)", nearest[i], r_lp, r32, 8e-3)
 
 
-def test_fp16_flash_rule():
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "unfolded"])
+def test_fp16_flash_rule(fold):
     """fp16 (B = 33, L = 2, K = 3, start noise) on flash-attention's rule directly, interpreter
     included (its fp32 -> fp16 casts round to nearest, unlike bf16's): atol 1e-3 as in
     tests/core/test_triton_inference.py. Measured here: max error vs fp32 logits 9.2e-3, s 4.5e-3,
@@ -203,13 +224,15 @@ def test_fp16_flash_rule():
     with torch.no_grad():
         ref32 = reference.infer(model32, v, xi)
         ref_lp = reference.infer(model_lp, v.half(), xi)
-        out = _call(model_lp, v.half(), xi)
+        out = _call(model_lp, v.half(), xi, fold=fold)
     for name, o, r_lp, r32 in zip(("logits", "s", "m"), out, ref_lp, ref32):
         assert o.dtype == torch.float16, name
+        print(f"{name}: kernel {(o.float() - r32).abs().max().item():.2e} eager-fp16 "
+              f"{(r_lp.float() - r32).abs().max().item():.2e}")
         assert_flash_rule(name, o, r_lp, r32, 1e-3)
 
 
-def test_default_schedule_has_66_phases():
+def test_default_schedule_has_66_phases_47_folded():
     phases = IP.build_schedule(512, 1024, 10, 1280, 2, 10, 10)
     assert len(phases) == IP.phase_count(2, 10, 10) == 66
     names = [p.name for p in phases]
@@ -218,22 +241,49 @@ def test_default_schedule_has_66_phases():
     # L = 1: D rides in O instead of R
     names1 = [p.name for p in IP.build_schedule(14, 24, 3, 13, 1, 2, 3)]
     assert len(names1) == IP.phase_count(1, 2, 3) and names1.count("O+D") == 2
+    # folded: no O phase but the Learner's last (s); the Learner's x update rides in the next A
+    folded = IP.build_schedule(512, 1024, 10, 1280, 2, 10, 10, fold=True)
+    assert len(folded) == IP.phase_count(2, 10, 10, fold=True) == 47
+    assert IP.semantic_phase_count(2, 10, fold=True) == 23 and folded[22].name == "O"
+    names = [p.name for p in folded]
+    assert names.count("AF+O") == 9 and names.count("AF+P+G") == 9 and names.count("R+D") == 9
+    assert names.count("O") == 1 and names.count("A") == 2 and names[-3:] == ["P+G", "D", "head"]
+    # h buffers: a folded A reads the previous step's last h, never the buffer it writes (L = 1..4)
+    for L in (1, 2, 3, 4):
+        last = None
+        for p in IP.build_schedule(14, 24, 3, 13, L, 3, 4, fold=True):
+            kind, stage, krow, layer, main, side, side_krow, flags = p.row
+            hb = (flags & IP.FLAG_H1) // IP.FLAG_H1
+            if kind == IP.KIND_A and flags & IP.FLAG_FOLD:
+                assert last == 1 - hb, (L, p.name)
+            if kind == IP.KIND_A and main:
+                last = hb
+            if kind == IP.KIND_R and main:
+                last = (hb + layer + 1) % 2
+    assert [p.name for p in IP.build_schedule(14, 24, 3, 13, 1, 2, 3, fold=True)].count("D") == 3  # L = 1
 
 
-@pytest.mark.parametrize("impl", ["phases", "persistent"])
-def test_semantic_only_runs_the_schedule_prefix(impl):
-    """``semantic_only=True``: the first ``2 + K1 (L + 1)`` phases, one launch each (or one
-    persistent launch), giving ``(z, s)`` within 1e-5 of the reference's projector and sampler."""
+@pytest.mark.parametrize("impl,fold", [("phases", False), ("phases", True), ("persistent", True)])
+def test_semantic_only_runs_the_schedule_prefix(impl, fold):
+    """``semantic_only=True``: the first ``2 + K1 (L + 1)`` phases (folded: ``3 + K1 L``), one launch
+    each (or one persistent launch), giving ``(z, s)`` within 1e-5 of the reference's projector and
+    sampler; the Translator's folded weights are not needed."""
     model = _model(layers=2, steps=3)
     v, _ = _inputs(model, 33, False)
+    kw = dict(fold=fold, **({"programs": 1} if impl == "persistent" else {}))
+    tables = _tables(model)
+    learner_only = {"learner": tables["learner"], "translator": {k: t for k, t in tables["translator"].items()
+                                                                 if k not in ("wxo", "bxo", "wpo", "bpo", "wgo", "bgo")}}
+    c0, c1 = schedule.start_coefficients(model.config.diffusion_steps)
     with K.count_launches() as c:
-        z, s = _call(model, v, impl=impl, semantic_only=True, **({"programs": 1} if impl == "persistent" else {}))
-    want = IP.semantic_phase_count(2, 3)
-    assert want == 2 + 3 * 3
+        z, s = K.infer_phases(v, _weights(model), learner_only, ln_eps=model.visual_proj.norm.eps, start_c0=c0, start_c1=c1,
+                              impl=impl, semantic_only=True, **kw)
+    want = IP.semantic_phase_count(2, 3, fold)
+    assert want == (3 + 3 * 2 if fold else 2 + 3 * 3)
     assert c.names == (["infer_phase_kernel"] * want if impl == "phases" else ["infer_persistent_kernel"])
     with torch.no_grad():
         assert rel(z, reference.project(model.visual_proj, v)) < 1e-5 and rel(s, reference.semantic(model, v)) < 1e-5
-        logits, s_full, _ = _call(model, v, impl=impl, **({"programs": 1} if impl == "persistent" else {}))
+        logits, s_full, _ = _call(model, v, impl=impl, **kw)
     assert torch.equal(s, s_full)
 
 
@@ -270,8 +320,8 @@ def test_inference_tile_picker():
     batches = (1, 17, 33, 49, 64, 65, 128, 129, 225, 256)
     picks = {b: IP.pick_infer_tiles(b, 512, 1024, torch.bfloat16) for b in batches}
     assert {b: (t.BM, t.BN, t.BK, t.split_k) for b, t in picks.items()} == {
-        1: (16, 16, 64, 1), 17: (16, 16, 64, 1), 33: (16, 32, 64, 1), 49: (32, 32, 64, 1), 64: (32, 32, 64, 1),
-        65: (32, 32, 64, 1), 128: (32, 32, 64, 1), 129: (32, 64, 64, 1), 225: (64, 64, 64, 1),
+        1: (16, 16, 64, 1), 17: (16, 32, 64, 1), 33: (32, 32, 64, 1), 49: (32, 32, 64, 1), 64: (32, 32, 64, 1),
+        65: (32, 64, 64, 1), 128: (32, 64, 64, 1), 129: (32, 64, 64, 1), 225: (64, 64, 64, 1),
         256: (64, 64, 64, 1)}
     splits = {b: IP.pick_infer_tiles(b, 512, 1024, torch.bfloat16, split_k=True) for b in batches}
     assert {b: (t.BM, t.BN, t.split_k) for b, t in splits.items() if b in (1, 17, 33, 64, 65, 128, 256)} == {
@@ -295,7 +345,8 @@ def test_inference_tile_picker():
             _default_size_call(torch.bfloat16, 64, split_k=split_k)
         assert {(ln.meta["BM"], ln.meta["BN"], ln.meta["SPLIT"]) for ln in launches} == {want}
         assert [ln.grid[0] for ln in launches] == [IP.phase_tiles(p, 64, IP.pick_infer_tiles(
-            64, 512, 1024, torch.bfloat16, split_k=split_k)) for p in IP.build_schedule(512, 1024, 10, 1280, 2, 10, 10)]
+            64, 512, 1024, torch.bfloat16, split_k=split_k)) for p in IP.build_schedule(512, 1024, 10, 1280, 2, 10, 10,
+                                                                                    fold=True)]
 
 
 @triton.jit
@@ -381,6 +432,28 @@ def test_split_k_counters_return_to_zero_and_a_replay_is_bitwise():
     assert rel(outs[0][0], ref[0]) < 1e-5 and rel(outs[0][1], ref[2]) < 1e-5
 
 
+def test_folded_weights_are_cached_until_a_weight_changes():
+    """``ops.weights.folded``: W_x W_o and W_x b_o from float64, the same tensors while the weights
+    stand, new ones after an in-place change (an optimizer step), which the fused op then reads."""
+    from seda_fast.ops.infer_phases import infer_phases as fused_infer
+    model = _model(2, 2)
+    den = model.learner
+    f1 = op_weights.folded(den)
+    assert op_weights.folded(den) is f1
+    want = den.in_x.weight.double() @ den.out.weight.double()
+    assert rel(f1["wxo"], want.float()) < 1e-7 and f1["wxo"].dtype == torch.float32
+    v, _ = _inputs(model, 5, False)
+    with torch.no_grad():
+        before = fused_infer(model, v)
+        for p in (den.out.weight, model.translator.out.bias, model.pfin.g_u.weight):
+            p.mul_(1.5)
+        f2 = op_weights.folded(den)
+        after = fused_infer(model, v)
+        ref = reference.infer(model, v)
+    assert f2 is not f1 and rel(f2["wxo"], 1.5 * f1["wxo"]) < 1e-6
+    assert all(rel(o, r) < 1e-5 for o, r in zip(after, ref)) and rel(before[0], after[0]) > 1e-3
+
+
 def test_persistent_refuses_a_multi_program_grid_on_the_interpreter():
     if DEVICE.type == "cuda":
         pytest.skip("CPU/interpreter check")
@@ -406,6 +479,14 @@ def test_rejects_bad_input_before_launch():
                 _call(model, v, pdl=True)
         with pytest.raises(ValueError, match="pdl"):
             _call(model, v, impl="persistent", programs=1, pdl=True)
+        tables = _tables(model)
+        del tables["translator"]["wgo"]
+        with pytest.raises(ValueError, match=r"tables\['translator'\] is missing 'wgo'"):
+            K.infer_phases(v, _weights(model), tables, ln_eps=1e-5, start_c0=0.5, start_c1=0.5, fold=True)
+        bad = _tables(model)
+        bad["learner"]["wxo"] = bad["learner"]["wxo"][:, 1:]
+        with pytest.raises(ValueError, match="wxo"):
+            K.infer_phases(v, _weights(model), bad, ln_eps=1e-5, start_c0=0.5, start_c1=0.5, fold=True)
     assert c.count == 0
 
 
@@ -436,7 +517,7 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 # (B=129), 64x64 (B=256); throughput 64x64 (B=512), 128x64 (B=1024), 128x128 (B=2048) and 128x256
 # with 4 epilogue parts (B=16384); fp32 BN = 16 (B=1), 32 (B=64); and the split-K tiles the GPU run's
 # "fused:phases-split" rows launch (launch_options(split_k=True)) at B = 1 and 64, marked True.
-COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 33), ("bfloat16", 64), ("bfloat16", 129), ("bfloat16", 256),
+COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 17), ("bfloat16", 64), ("bfloat16", 129), ("bfloat16", 256),
                  ("bfloat16", 512), ("bfloat16", 1024), ("bfloat16", 2048), ("bfloat16", 16384), ("float16", 64),
                  ("float16", 16384), ("float32", 1), ("float32", 64), ("bfloat16", 1, True), ("bfloat16", 64, True)]
 

@@ -17,13 +17,19 @@ IP = K.infer_phases_module
 
 def test_phase_count_and_flops_match_the_schedule():
     cfg = presets.config("default")
-    assert len(cost_phases.phase_costs(cfg, 64)) == IP.phase_count(cfg.layers, 10, 10) == 66
-    # the schedule's jobs cover every matmul of the chain exactly once
+    assert len(cost_phases.phase_costs(cfg, 1024)) == IP.phase_count(cfg.layers, 10, 10) == 66
+    assert len(cost_phases.phase_costs(cfg, 64)) == IP.phase_count(cfg.layers, 10, 10, fold=True) == 47
     for cfg in (presets.config("default"), presets.config("small"), presets.config("small", layers=1)):
-        phases = IP.build_schedule(cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim, cfg.layers,
-                                   cfg.learner_steps, cfg.translator_steps)
-        flops = sum(2.0 * 33 * N * Kd for p in phases for _, N, Kd in p.jobs)
-        assert flops == cost_model.inference_flops(cfg, 33)
+        d, H, K1, K2 = cfg.dim, cfg.hidden, cfg.learner_steps, cfg.translator_steps
+        flops = {fold: sum(2.0 * 33 * N * Kd for p in IP.build_schedule(d, H, cfg.num_classes, cfg.visual_dim,
+                                                                         cfg.layers, K1, K2, fold) for _, N, Kd in p.jobs)
+                 for fold in (False, True)}
+        # the schedule's jobs cover every matmul of the chain exactly once
+        assert flops[False] == cost_model.inference_flops(cfg, 33)
+        # folded: each folded A reduces over H instead of d, PFIN's P and G read h (H) instead of
+        # x0_hat (d), and the Translator's O GEMMs are gone (the Learner's ride along instead)
+        extra = (K1 + K2 - 2) * H * (H - d) + K2 * (H + d) * (H - d) - K2 * d * H
+        assert flops[True] - flops[False] == 2.0 * 33 * extra
 
 
 @pytest.mark.parametrize("batch,dtype", [(1, "float32"), (33, "float32"), (33, "bfloat16"), (300, "bfloat16")])
@@ -44,7 +50,7 @@ def test_predictions():
     for b in cost_phases.BATCHES:
         p = {impl: cost_phases.predict(cfg, b, impl) for impl in cost_phases.IMPLS}
         for pred in p.values():
-            assert 0 < pred.time_s < 1 and pred.counts["phases"] == 66
+            assert 0 < pred.time_s < 1 and pred.counts["phases"] == IP.phase_count(cfg.layers, 10, 10, IP.use_fold(b))
         # a Python launch per phase costs more than a graph boundary or a barrier per phase
         assert p["persistent"].terms["sync"] <= p["phases"].terms["sync"] < p["phases-raw"].terms["sync"]
         assert p["phases"].time_s < p["phases-raw"].time_s
@@ -106,6 +112,6 @@ def test_graph_replay_pays_the_pdl_boundary():
     cfg = presets.config("default")
     faster = dataclasses.replace(cost_model.H200, pdl_boundary_s=0.5e-6)
     base, fast = cost_phases.predict(cfg, 64), cost_phases.predict(cfg, 64, ceilings=faster)
-    assert base.terms["sync"] - fast.terms["sync"] == pytest.approx(66 * 0.8e-6)
+    assert base.terms["sync"] - fast.terms["sync"] == pytest.approx(base.counts["phases"] * 0.8e-6)
     for impl in ("phases-raw", "persistent"):
         assert cost_phases.predict(cfg, 64, impl).time_s == cost_phases.predict(cfg, 64, impl, ceilings=faster).time_s

@@ -187,7 +187,7 @@ def test_phase_unroll_prediction_follows_the_kernels_schedule(policy):
     den = ct.denoise_phase_costs(cfg, B)
     assert len(den) == sum(D.phase_counts(L)) and all(r["time_s"] > 0 for r in den)
     sem = ct.semantic_phase_costs(cfg, B)
-    assert len(sem) == IP.semantic_phase_count(L, cfg.learner_steps)
+    assert len(sem) == IP.semantic_phase_count(L, cfg.learner_steps, IP.use_fold(B))
     p = ct.predict(cfg, B, 2, f"unroll-phases-{policy}")
     assert p.counts["phases"] == len(sem) + len(den) + len(rows) and p.counts["launches"] == n_launches
     assert p.counts["glue_s"] > 0 and p.counts["flops"] > sum(r["flops"] for r in rows + den + sem)

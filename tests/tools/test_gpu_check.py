@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from seda_fast.ops.runtime import kernels
 from seda_fast.tools import cost_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,8 +131,9 @@ def test_micro_kernels_compile_for_sm90a():
 
 def test_gpu_plan_times_the_phase_variants():
     """On the GPU, the ``phases`` job also times one launch per phase (no graph), the graph without
-    programmatic dependent launch and the graph on split-K tiles; a variant gives the default call's
-    numbers (checked on CPU in fp32, where none of the launch options changes anything)."""
+    programmatic dependent launch, the graph on split-K tiles and the unfolded schedule (the
+    persistent job too); a variant gives the default call's numbers (checked on CPU in fp32, where
+    no launch option changes anything but the unfolded schedule's rounding)."""
     import torch
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -140,8 +142,11 @@ def test_gpu_plan_times_the_phase_variants():
         sys.path.remove(str(ROOT / "benchmarks"))
     jobs = {j.name: j for j in gpu_check.plan(False, ("rowblock", "phases"))}
     assert jobs["infer-fused-phases-bfloat16-B64-16384"].params["providers"] == [
-        "fused:phases", "fused:phases-raw", "fused:phases-nopdl", "fused:phases-split"]
+        "fused:phases", "fused:phases-raw", "fused:phases-nopdl", "fused:phases-split", "fused:phases-unfolded"]
     assert jobs["infer-fused-rowblock-bfloat16-B64-16384"].params["providers"] == ["fused:rowblock"]
+    persistent = gpu_check.plan(False, ("persistent",))
+    assert [j.params["providers"] for j in persistent if j.name == "infer-fused-persistent-bfloat16-B64-16384"] == [
+        ["fused:persistent", "fused:persistent-unfolded"]]
     model = gpu_check._model(torch.float32, torch.device("cpu"), gpu_check.TINY)
     model.backend, model.fused_impl = "triton", "phases"
     v = torch.randn(3, model.config.visual_dim)
@@ -150,3 +155,11 @@ def test_gpu_plan_times_the_phase_variants():
         for variant in ("raw", "nopdl", "split"):
             for a, b in zip(gpu_check._fused_call(model, v, variant)(), want):
                 assert torch.equal(a, b)
+        with kernels().count_launches() as c:
+            unfolded = gpu_check._fused_call(model, v, "unfolded")()
+        for a, b in zip(unfolded, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    ip = kernels().infer_phases_module
+    cfg = gpu_check.TINY
+    assert c.names.count("infer_phase_kernel") == ip.phase_count(cfg["layers"], cfg["learner_steps"],
+                                                                 cfg["translator_steps"])  # not folded
