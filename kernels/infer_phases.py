@@ -144,7 +144,7 @@ KIND_NAMES = ("PROJ", "COND_LN", "COND_T", "A", "R", "O", "HEAD")
 SCHED_COLS = 8
 FLAG_STORE_X0 = 1   # O: also store x0_hat (the Translator's, read by PFIN)
 FLAG_TO_S = 2       # O: write the updated x into s (the Learner's last step)
-FLAG_FOLD = 4       # A: the folded form (u from the last h through W_x W_o); its P, G read h for x0_hat
+FLAG_FOLD = 4       # A: the folded form (u from the last h through W_x W_o; only where main = 1, k < K)
 FLAG_STORE_U = 8    # A: a stage's first step in a folded call, which stores u = x W_x (fp32; the cost model)
 FLAG_RIDE_O = 16    # A (folded, Learner): the previous step's x update rides along (x0 from the last h)
 FLAG_H1 = 32        # the step's first h buffer is h[1] (h[0] without the flag); see _phase
@@ -199,7 +199,7 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
     else:
         pfin_fold = [("P", H, d + H), ("G", d, d + H)]
 
-        def stage_steps(stage, K, first_flags):
+        def stage_steps(stage, K):
             """The stage's steps; -> (the last step's h flag, the flag a further step would take)."""
             hb = 0  # a step writes its first h into h[hb]; its last h is h[(hb + nh) % 2]
             for step in range(K):
@@ -221,11 +221,11 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
                 last, hb = hf, (hb + nh + 1) % 2
             return last, FLAG_H1 * hb
 
-        last, _ = stage_steps(0, K1, 0)
+        last, _ = stage_steps(0, K1)
         add(KIND_O, [("O", d, H)], stage=0, krow=0, layer=nh, flags=FLAG_TO_S | last)  # s = x_0
         add(KIND_COND_T, [("cond_t", H, d)], stage=1)
-        _, following = stage_steps(1, K2, 0)
-        add(KIND_A, pfin_fold, stage=1, main=0, side=1, side_krow=0, flags=FLAG_FOLD | following)  # P(1) + G(1)
+        _, following = stage_steps(1, K2)
+        add(KIND_A, pfin_fold, stage=1, main=0, side=1, side_krow=0, flags=following)  # P(1) + G(1)
     add(KIND_R, [("D", d, H)], stage=1, main=0, side=1)         # D(1)
     add(KIND_HEAD, [("head", C, d)])
     return out
@@ -648,7 +648,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
     elif KIND == 3:  # A (+ P + G, or + O): h0 = SiLU(u + cond + e_k), u = x W_x (folded: carried over)
         rows = tl.cdiv(B, BM)
         if FOLD:  # a folded call: every P, G reads x0_hat through the last h and the folded weights
-            fold = (flags // 4) % 2 == 1
+            fold = (flags // 4) % 2 == 1        # (set on rows of steps k < K only: row k exists)
             fr = krow + fold.to(tl.int32)       # folded A: the DDIM row of the previous step (k + 1)
             a_k = tl.load(dd + 2 * fr)
             b_k = tl.load(dd + 2 * fr + 1)

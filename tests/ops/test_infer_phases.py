@@ -254,8 +254,10 @@ def test_default_schedule_has_66_phases_47_folded():
         for p in IP.build_schedule(14, 24, 3, 13, L, 3, 4, fold=True):
             kind, stage, krow, layer, main, side, side_krow, flags = p.row
             hb = (flags & IP.FLAG_H1) // IP.FLAG_H1
-            if kind == IP.KIND_A and flags & IP.FLAG_FOLD:
+            if kind == IP.KIND_A and (flags & IP.FLAG_FOLD or side):  # reads the last h (folded A, P, G)
                 assert last == 1 - hb, (L, p.name)
+            if flags & IP.FLAG_FOLD:  # its DDIM row k (the previous step's) exists
+                assert main and krow + 1 < (4 if stage else 3), (L, p.name)  # K1 = 3, K2 = 4
             if kind == IP.KIND_A and main:
                 last = hb
             if kind == IP.KIND_R and main:
