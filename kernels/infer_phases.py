@@ -1067,8 +1067,11 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
 def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, names, fold):
     """CUDA only: the whole ``"phases"`` call captured once per (batch, dtype, device, noise or not,
     tiles, and the address of every weight and table) and replayed. New weight/table tensors (e.g.
-    ``fused.prepared`` rebuilt after a weight change) have new addresses, so they capture a new
-    graph; in-place weight updates are read by the replay as they are. Inputs are copied into the
+    ``fused.prepared`` rebuilt after a weight change, or the folded weights, which
+    ``seda_fast.ops.weights.folded`` remakes after any in-place update of their sources) have new
+    addresses, so they capture a new graph; an in-place update of a weight the kernels read directly
+    is read by the replay as it is (the caller's ``tables`` must be current: folded weights made
+    before an update are stale). Inputs are copied into the
     graph's static buffers and the buffers ``names`` cloned out of them (returned in that order)."""
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device

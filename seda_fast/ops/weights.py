@@ -4,12 +4,15 @@ its kernel launches: the ``[K, H]`` time-embedding tables (computed by the refer
 residual-layer weights (keyed on the identity, storage and ``_version`` of every tensor they are made
 from), the autocast copies of the weights, and the flat weight list the custom ops take.
 
-(An in-place change through ``param.data`` does not bump ``_version``; use
-``with torch.no_grad(): param.copy_(...)`` or an optimizer step, as PyTorch itself does.)
+(An in-place change through ``param.data`` does not bump ``_version``, so these caches, the folded
+inference weights among them, would keep the old values; use ``with torch.no_grad(): param.copy_(...)``
+or an optimizer step, as PyTorch itself does. Cached copies are made outside inference mode, so a
+call under ``torch.inference_mode()`` finds them again.)
 """
 from __future__ import annotations
 
 import types
+import weakref
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -79,19 +82,19 @@ _FOLDED = WeakTensorKeyDictionary()
 
 def _folded(src, make) -> dict:
     """``make(*float64 copies of src)`` rounded to ``src[0]``'s dtype, cached (weakly on ``src[0]``)
-    until a source tensor changes."""
+    until a source tensor changes (or is another tensor: the entry holds weak references to all)."""
     try:
-        key = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in src)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in src)
     except RuntimeError:  # inference tensors have no version counter: never cache them
         key = None
     anchor = src[0]
     hit = _FOLDED.get(anchor)
-    if key is not None and hit is not None and hit[0] == key:
-        return hit[1]
-    with torch.no_grad(), torch.autocast(anchor.device.type, enabled=False):
+    if key is not None and hit is not None and hit[0] == key and all(r() is t for r, t in zip(hit[1], src)):
+        return hit[2]
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(anchor.device.type, enabled=False):
         out = {k: v.to(anchor.dtype).contiguous() for k, v in make(*(t.detach().double() for t in src)).items()}
     if key is not None:
-        _FOLDED[anchor] = (key, out)
+        _FOLDED[anchor] = (key, tuple(weakref.ref(t) for t in src), out)
     return out
 
 
@@ -205,7 +208,8 @@ def _cast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     hit = _CASTS.get(weight)
     if hit is not None and hit[0] == key:
         return hit[1]
-    copy = weight.detach().to(dtype)
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor: its version keys the caches after it
+        copy = weight.detach().to(dtype)
     _CASTS[weight] = (key, copy)
     return copy
 

@@ -89,12 +89,13 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     ip = _ip()
     e = _DTYPE_BYTES[dtype]
     d, H, C, Dv = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim
-    phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps,
-                               ip.use_fold(batch) if fold is None else fold)
+    fold = ip.use_fold(batch) if fold is None else fold
+    phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps, fold)
     tiles = tiles or ip.pick_infer_tiles(batch, d, H, getattr(torch, dtype),
                                          "persistent" if impl == "persistent" else "phases", split_k)
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
-    act_bytes = batch * (5 * d + 4 * H + C) * e   # y z x s x0 g | cond h h sp | logits
+    # y z x s x0 g | cond h h sp | logits | folded: u (fp32)
+    act_bytes = batch * (5 * d + 4 * H + C) * e + (batch * H * 4 if fold else 0)
     spill_acts = act_bytes > L2_BYTES
     seen_weights: set = set()
     out = []
@@ -105,7 +106,7 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
             u_tiles = _U_TILES.get(name, 1 if stores_u and name == "A" else 0)
             t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name], ip.job_block(name, N, tiles), u_tiles)
             n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
-            wkey = (name, ph.row[1], ph.row[3])  # job, stage, layer: the distinct weight
+            wkey = (name, ph.row[1], ph.row[3] if name == "R" else 0)  # job, stage, residual layer: the distinct weight
             if wkey not in seen_weights:
                 seen_weights.add(wkey)
                 hbm += N * K * e

@@ -456,6 +456,19 @@ def test_folded_weights_are_cached_until_a_weight_changes():
     assert all(rel(o, r) < 1e-5 for o, r in zip(after, ref)) and rel(before[0], after[0]) > 1e-3
 
 
+def test_inference_mode_autocast_finds_the_cached_weights():
+    """Under ``torch.inference_mode()`` with autocast the cast weights (and so the folded ones made
+    from them) are made once: the casts are normal tensors whose versions key the caches."""
+    model = _model(2, 2)
+    weights, n_hidden = op_weights.op_args(model, "semantic")
+    with torch.inference_mode():
+        first, _ = op_weights.in_dtype(weights, [], torch.bfloat16)
+        again, _ = op_weights.in_dtype(weights, [], torch.bfloat16)
+        view = op_weights.model_view(first, n_hidden, "semantic").learner
+        assert all(a is b for a, b in zip(first, again)) and not first[0].is_inference()
+        assert op_weights.folded(view) is op_weights.folded(op_weights.model_view(again, n_hidden, "semantic").learner)
+
+
 def test_persistent_refuses_a_multi_program_grid_on_the_interpreter():
     if DEVICE.type == "cuda":
         pytest.skip("CPU/interpreter check")
