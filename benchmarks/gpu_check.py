@@ -26,7 +26,8 @@ Jobs, in order of value:
    implementation (``fused:<impl>``; ``fused:phases-raw`` one launch per phase without the CUDA
    graph, ``fused:phases-nopdl`` the graph without programmatic dependent launch,
    ``fused:phases-split`` the graph on split-K tiles, ``fused:<impl>-unfolded`` without the folded
-   steps), and ``torch_compile`` (``max-autotune`` with the compile
+   steps; a variant is recorded as skipped at a batch where it launches the default call), and
+   ``torch_compile`` (``max-autotune`` with the compile
    budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
    otherwise or after a max-autotune timeout; the mode is recorded).
 4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
@@ -380,6 +381,20 @@ def _fused_call(model, v, variant: str):
     return call
 
 
+def variant_is_default(variant: str, batch: int, dtype, cfg) -> bool:
+    """Whether ``fused:<impl>-<variant>`` launches exactly the default call at this batch and dtype
+    (split-K tiles and the folded steps exist only up to B = 256, split-K only in fp16/bf16), so
+    timing it would spend GPU time on a duplicate row. ``cfg``: the model's ``SeDAConfig``."""
+    from seda_fast.ops.runtime import kernels
+    ip = kernels().infer_phases_module
+    if variant == "split":
+        return ip.pick_infer_tiles(batch, cfg.dim, cfg.hidden, dtype, split_k=True) == \
+            ip.pick_infer_tiles(batch, cfg.dim, cfg.hidden, dtype)
+    if variant == "unfolded":
+        return not ip.use_fold(batch)
+    return False
+
+
 def child_infer(job, args, device) -> None:
     import torch
 
@@ -431,6 +446,9 @@ def child_infer(job, args, device) -> None:
                     fn = lambda: compiled(model, v, tables=tables)  # noqa: E731
                 elif provider.startswith("fused:"):
                     impl, _, variant = provider.split(":", 1)[1].partition("-")
+                    if variant and variant_is_default(variant, batch, dtype, model.config):
+                        emit(dict(row, status="skipped", reason=f"the same launches as fused:{impl} at this batch"))
+                        continue
                     if hasattr(model, "fused_impl"):
                         model.fused_impl = impl
                     model.backend = "triton"

@@ -163,3 +163,10 @@ def test_gpu_plan_times_the_phase_variants():
     cfg = gpu_check.TINY
     assert c.names.count("infer_phase_kernel") == ip.phase_count(cfg["layers"], cfg["learner_steps"],
                                                                  cfg["translator_steps"])  # not folded
+    # a variant that launches the default call at a batch is not timed there (a duplicate row)
+    import seda_fast as sf
+    bf16, default = torch.bfloat16, sf.SeDAConfig(**gpu_check.DEFAULT)
+    assert [gpu_check.variant_is_default(var, b, dt, default) for var, b, dt in (
+        ("split", 64, bf16), ("split", 16384, bf16), ("split", 64, torch.float32), ("unfolded", 64, bf16),
+        ("unfolded", 16384, bf16), ("raw", 16384, bf16), ("nopdl", 64, bf16))] == [
+        False, True, True, False, True, False, False]
