@@ -145,7 +145,6 @@ SCHED_COLS = 8
 FLAG_STORE_X0 = 1   # O: also store x0_hat (the Translator's, read by PFIN)
 FLAG_TO_S = 2       # O: write the updated x into s (the Learner's last step)
 FLAG_FOLD = 4       # A: the folded form (u from the last h through W_x W_o; only where main = 1, k < K)
-FLAG_STORE_U = 8    # A: a stage's first step in a folded call, which stores u = x W_x (fp32; the cost model)
 FLAG_RIDE_O = 16    # A (folded, Learner): the previous step's x update rides along (x0 from the last h)
 FLAG_H1 = 32        # the step's first h buffer is h[1] (h[0] without the flag); see _phase
 
@@ -205,7 +204,7 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
             for step in range(K):
                 k, hf = K - step, FLAG_H1 * hb
                 if step == 0:
-                    add(KIND_A, [("A", H, d)], stage=stage, krow=k - 1, flags=FLAG_STORE_U | hf)
+                    add(KIND_A, [("A", H, d)], stage=stage, krow=k - 1, flags=hf)  # stores u = x W_x
                 elif stage == 0:
                     add(KIND_A, [("AF", H, H), ("O", d, H)], stage=0, krow=k - 1, side_krow=k,
                         flags=FLAG_FOLD | FLAG_RIDE_O | hf)

@@ -53,7 +53,8 @@ BATCHES = (1, 64, 1024, 16384)
 # epilogue [BM, BN] reads per job kind (the cond/h/x/m/g tiles the fused element-wise work loads)
 _EPILOGUE_READS = {"proj": 0, "cond_ln": 0, "cond_t": 0, "A": 1, "AF": 1, "R": 1, "O": 1, "P": 0, "G": 0, "D": 2,
                    "head": 0}
-# fp32 [BM, BN] tiles of u read or stored: the folded A reads and stores it, a stage's first A stores it
+# fp32 [BM, BN] tiles of u read or stored: the folded A reads and stores it; in a folded call a
+# stage's first A ("A") stores it
 _U_TILES = {"AF": 2}
 
 
@@ -101,9 +102,8 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     out = []
     for ph in phases:
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
-        stores_u = ph.row[7] & ip.FLAG_STORE_U
         for name, N, K in ph.jobs:
-            u_tiles = _U_TILES.get(name, 1 if stores_u and name == "A" else 0)
+            u_tiles = _U_TILES.get(name, 1 if fold and name == "A" else 0)
             t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name], ip.job_block(name, N, tiles), u_tiles)
             n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
             wkey = (name, ph.row[1], ph.row[3] if name == "R" else 0)  # job, stage, residual layer: the distinct weight
