@@ -26,7 +26,7 @@ Jobs, in order of value:
    implementation (``fused:<impl>``; ``fused:phases-raw`` one launch per phase without the CUDA
    graph, ``fused:phases-nopdl`` the graph without programmatic dependent launch,
    ``fused:phases-split`` the graph on split-K tiles, ``fused:<impl>-unfolded`` without the folded
-   steps; a variant is recorded as skipped at a batch where it launches the default call), and
+   steps, ``fused:phases-uniform`` one tile for every phase instead of each phase's own; a variant is recorded as skipped at a batch where it launches the default call), and
    ``torch_compile`` (``max-autotune`` with the compile
    budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
    otherwise or after a max-autotune timeout; the mode is recorded).
@@ -69,8 +69,9 @@ GRACE_S = 60.0  # how far past the budget a job already started may run
 # extra providers timed beside "fused:phases" on CUDA: "raw" = one launch per phase (no CUDA graph),
 # "nopdl" = the graph replay without programmatic dependent launch, "split" = the graph replay on
 # split-K tiles (fp16/bf16 up to B = 256; launch_options(split_k=True)), "unfolded" = without the
-# folded steps that B <= 256 runs by default (launch_options(fold=False))
-PHASE_VARIANTS = {"phases": ("raw", "nopdl", "split", "unfolded"), "persistent": ("unfolded",)}
+# folded steps that B <= 256 runs by default (launch_options(fold=False)), "uniform" = every phase on
+# the call's one tile instead of its own (launch_options(tile_plan=False); differs above B = 256)
+PHASE_VARIANTS = {"phases": ("raw", "nopdl", "split", "unfolded", "uniform"), "persistent": ("unfolded",)}
 # stage-2 training variants of the fused providers: name -> (SeDA.fused_impl, SeDA.activation_memory);
 # plain "fused" is the default (phases, saving every step's activations, recurring launches replayed
 # as CUDA graphs); "raw" is the default launched one phase at a time (launch_options(graph=False))
@@ -373,7 +374,7 @@ def _fused_call(model, v, variant: str):
         return lambda: model.infer(v)
     from seda_fast.ops.infer_phases import launch_options
     options = {"raw": dict(graph=False), "nopdl": dict(pdl=False), "split": dict(split_k=True),
-               "unfolded": dict(fold=False)}[variant]
+               "unfolded": dict(fold=False), "uniform": dict(tile_plan=False)}[variant]
 
     def call():
         with launch_options(**options):
@@ -383,8 +384,10 @@ def _fused_call(model, v, variant: str):
 
 def variant_is_default(variant: str, batch: int, dtype, cfg) -> bool:
     """Whether ``fused:<impl>-<variant>`` launches exactly the default call at this batch and dtype
-    (split-K tiles and the folded steps exist only up to B = 256, split-K only in fp16/bf16), so
-    timing it would spend GPU time on a duplicate row. ``cfg``: the model's ``SeDAConfig``."""
+    (split-K tiles and the folded steps exist only up to B = 256, split-K only in fp16/bf16; one
+    tile per call differs from the per-phase tiles only where ``pick_phase_plan`` gives some phase
+    another tile), so timing it would spend GPU time on a duplicate row. ``cfg``: the model's
+    ``SeDAConfig``."""
     from seda_fast.ops.runtime import kernels
     ip = kernels().infer_phases_module
     if variant == "split":
@@ -392,6 +395,11 @@ def variant_is_default(variant: str, batch: int, dtype, cfg) -> bool:
             ip.pick_infer_tiles(batch, cfg.dim, cfg.hidden, dtype)
     if variant == "unfolded":
         return not ip.use_fold(batch)
+    if variant == "uniform":
+        phases = ip.build_schedule(cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim, cfg.layers,
+                                   cfg.learner_steps, cfg.translator_steps, ip.use_fold(batch))
+        return set(ip.pick_phase_plan(phases, batch, cfg.dim, cfg.hidden, dtype)) == {
+            ip.pick_infer_tiles(batch, cfg.dim, cfg.hidden, dtype)}
     return False
 
 

@@ -91,8 +91,9 @@ Two schedulers over the same phase bodies (:func:`_phase`) and the same schedule
   for a one-program grid (``programs=1``; it then checks the barrier and the schedule walk), and
   raises otherwise.
 
-Tiles: :func:`pick_infer_tiles` (documented against the sm_90a compile report in
-:func:`pick_phase_tiles`, whose tiles it keeps except at small batch).
+Tiles: :func:`pick_phase_plan`, one per phase: :func:`pick_infer_tiles`' for the whole call (documented
+against the sm_90a compile report in :func:`pick_phase_tiles`, whose tiles it keeps except at small
+batch), except that at throughput batches each phase of ``"phases"`` takes its own.
 
 Split-K (``tiles.split_k = S > 1``; opt-in, ``pick_infer_tiles(..., split_k=True)``, fp16/bf16 up
 to B = 256; the cost model predicts it slower, see there): a phase's work items are (output tile, K
@@ -122,6 +123,7 @@ written and compiled for sm_90a, not executed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -282,7 +284,8 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
       (``python -m seda_fast.tools.cost_phases``) puts the first of them that fills a wave at or
       within 2% of the fastest of these four at every batch from 257 to 16384 (B = 16384: 3.04 ms
       at 128 x 256, 3.86 at 128 x 128; B = 4096: 0.96 at 128 x 256, 1.05 at 128 x 128, 1.46 at
-      128 x 64, 1.87 at 64 x 64).
+      128 x 64, 1.87 at 64 x 64). This is one tile for the whole call; the inference launcher's
+      ``"phases"`` refines it phase by phase (:func:`pick_phase_plan`).
     * ``impl="persistent"``, fp16/bf16, ``B > 256``: ``64 x 64 x 32`` with 8 warps at every such
       batch. Its one kernel holds every phase body, and under triton 3.6.0 (the GPU image's) it
       spills at both tiles above: 64x64x32 (4 warps) 4 stores, 128x64x32 (8 warps) 2 stores, both at
@@ -317,14 +320,8 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     elif impl == "persistent":
         BM, BN, BK, warps, stages = 64, 64, 32, 8, 2
     else:
-        wide = max(d, H)
-        for tiles in THROUGHPUT_TILES:
-            BN = clamp_block(tiles.BN, wide)
-            if triton.cdiv(batch, tiles.BM) * triton.cdiv(H, BN) >= TARGET_TILES:
-                break
-        parts = tiles.epi_parts if BN == tiles.BN else 1
-        return PhaseTiles(tiles.BM, BN, clamp_block(tiles.BK, wide), tiles.num_warps, tiles.num_stages,
-                          epi_parts=parts)
+        cands = throughput_candidates(d, H)
+        return next((t for t in cands if triton.cdiv(batch, t.BM) * triton.cdiv(H, t.BN) >= TARGET_TILES), cands[-1])
     BN = clamp_block(BN, max(d, H))
     BK = clamp_block(BK, max(d, H))
     if BM == 16:
@@ -332,6 +329,18 @@ def pick_phase_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
         while BN > 16 and rows * triton.cdiv(H, BN) < TARGET_TILES:
             BN //= 2
     return PhaseTiles(BM, BN, BK, warps, stages)
+
+
+def throughput_candidates(d: int, H: int) -> tuple[PhaseTiles, ...]:
+    """:data:`THROUGHPUT_TILES` with ``BN``/``BK`` clamped to the model's widths (a clamped ``BN``
+    runs its epilogue in one part)."""
+    wide = max(d, H)
+    out = []
+    for t in THROUGHPUT_TILES:
+        BN = clamp_block(t.BN, wide)
+        out.append(PhaseTiles(t.BM, BN, clamp_block(t.BK, wide), t.num_warps, t.num_stages,
+                              epi_parts=t.epi_parts if BN == t.BN else 1))
+    return tuple(out)
 
 
 # fp16/bf16 latency tiles of the inference call (B <= 256): (largest batch, BM, BN), see pick_infer_tiles
@@ -422,6 +431,61 @@ def phase_tiles(phase: Phase, batch: int, tiles: PhaseTiles) -> int:
     """Programs one launch of ``phase`` needs, as the kernel counts its work items: one per
     (output tile, K slice)."""
     return phase_out_tiles(phase, batch, tiles) * tiles.split_k
+
+
+DEFAULT_SMS = 132  # the H200's (and the H100 SXM's) SMs: the plan's wave count where no CUDA device says
+
+
+def link_cost(phase: Phase, batch: int, tiles: PhaseTiles, sms: int = DEFAULT_SMS) -> float:
+    """What one SM's L2 link carries for ``phase`` on ``tiles``, in operand values: the waves of
+    its tiles on ``sms`` SMs times the mean ``(BM + BN) K`` operand values a tile loads. The plan's
+    yardstick (:func:`pick_phase_plan`): it is the cost model's per-SM L2 term up to a constant,
+    the term that bounds the throughput phases."""
+    n = values = 0
+    for name, N, K in phase.jobs:
+        bn = job_block(name, N, tiles)
+        t = triton.cdiv(batch, tiles.BM) * triton.cdiv(N, bn)
+        n, values = n + t, values + t * (tiles.BM + bn) * K
+    return triton.cdiv(n, sms) * values / n
+
+
+def pick_phase_plan(phases, batch: int, d: int, H: int, dtype: torch.dtype = torch.bfloat16,
+                    impl: str = "phases", split_k: bool = False, sms: int = DEFAULT_SMS) -> tuple[PhaseTiles, ...]:
+    """Each phase's tiles, in schedule order.
+
+    * ``impl="phases"``, fp16/bf16, ``B > 256`` (throughput): per phase, the candidate of
+      :func:`throughput_candidates` with the lowest :func:`link_cost` (the widest among those within
+      0.1 % of it). One tile for every phase is the wrong size for some of them: at B = 4096 the
+      128 x 256 tile that fills a wave for the H-wide phases gives a d-wide one (O, D, the projector)
+      64 tiles on 132 SMs, and at B = 1024 the 128 x 64 tile gives the widest phase (A + P + G,
+      2.5 H columns) two waves of small tiles where 128 x 256 fits it in one (80 tiles). Cost
+      model, default model, bf16, the phases' time summed over the call: B = 768 0.332 -> 0.240 ms,
+      1024 0.361 -> 0.316, 1536 0.508 -> 0.387, 4096 0.852 -> 0.770; from B = 6144 every phase but
+      the head keeps 128 x 256 (from about B = 12288 the head too). Each launch is compiled for its own tile
+      (``infer_phase_kernel`` per ``KIND`` and tile): the 26 (kind, tile) pairs the plan gives the
+      default model from B = 257 to 16384 compile with zero spills (the compile check of
+      ``tests/ops/test_infer_phases.py``; registers up to 255 at 128 x 128 and 128 x 256, as
+      :func:`pick_phase_tiles` lists).
+    * Otherwise :func:`pick_infer_tiles`' one tile for every phase: the latency tiles (chosen for
+      the whole call), fp32 (the parity path), and the persistent kernel (one kernel, one tile).
+    ``sms``: the device's SM count (:data:`DEFAULT_SMS` off CUDA, and in the cost model the
+    ceilings')."""
+    tiles = pick_infer_tiles(batch, d, H, dtype, impl, split_k)
+    if impl != "phases" or dtype == torch.float32 or batch <= LATENCY_MAX_BATCH:
+        return (tiles,) * len(phases)
+    cands = throughput_candidates(d, H)
+    plan = []
+    for phase in phases:
+        costs = [link_cost(phase, batch, t, sms) for t in cands]
+        plan.append(next(t for t, c in zip(cands, costs) if c <= min(costs) * 1.001))
+    return tuple(plan)
+
+
+def device_sms(device: torch.device) -> int:
+    """SMs of ``device`` (:data:`DEFAULT_SMS` off CUDA)."""
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 # ----------------------------------------------------------------------------- device code
@@ -928,9 +992,9 @@ def _weight_args(flat):
     return out, folded + [out[0]] * (8 - len(folded))
 
 
-def _buffers(B, d, H, C, dtype, device, tiles, phases, fold=False):
-    """The call's activation buffers, and for split-K tiles (``tiles.split_k > 1``) the fp32
-    partial-sum workspace ``[slots, split, BM, BN]`` and the int32 per-slot counters (zeroed here;
+def _buffers(B, d, H, C, dtype, device, plan, phases, fold=False):
+    """The call's activation buffers, and for split-K tiles (``split_k > 1`` in the phases' ``plan``)
+    the fp32 partial-sum workspace ``[slots, split, BM, BN]`` and the int32 per-slot counters (zeroed here;
     every use leaves them at zero, so a captured graph reuses them); one-element stand-ins
     otherwise (never touched)."""
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
@@ -938,9 +1002,10 @@ def _buffers(B, d, H, C, dtype, device, tiles, phases, fold=False):
                 g=e(B, d), logits=e(B, C))
     # the folded steps' u = x W_x (fp32 loop state; a stand-in otherwise, never touched)
     bufs["u"] = torch.empty((B, H) if fold else (1,), dtype=torch.float32, device=device)
-    if tiles.split_k > 1:
-        slots = max(phase_out_tiles(p, B, tiles) for p in phases)
-        bufs["split_ws"] = torch.empty(slots * tiles.split_k * tiles.BM * tiles.BN, dtype=torch.float32, device=device)
+    if max(t.split_k for t in plan) > 1:
+        slots = max(phase_out_tiles(p, B, t) for p, t in zip(phases, plan))
+        size = max(t.split_k * t.BM * t.BN for t in plan)
+        bufs["split_ws"] = torch.empty(slots * size, dtype=torch.float32, device=device)
         bufs["split_count"] = torch.zeros(slots, dtype=torch.int32, device=device)
     else:
         bufs["split_ws"] = torch.empty(1, dtype=torch.float32, device=device)
@@ -948,7 +1013,7 @@ def _buffers(B, d, H, C, dtype, device, tiles, phases, fold=False):
     return bufs
 
 
-def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, programs, pdl=False,
+def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, plan, programs, pdl=False,
                 fold=False):
     B, Dv, d, H, C = (dims[k] for k in ("B", "Dv", "d", "H", "C"))
     lowp, prec = dot_mode(visual.dtype, visual.device)
@@ -958,17 +1023,20 @@ def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, 
     wargs, folded = wargs
     wargs = (*wargs, bufs["u"], *folded)
     tail = (bufs["split_ws"], bufs["split_count"], float(ln_eps), float(c0), float(c1), B, Dv, d, H, C)
-    meta = dict(HAS_NOISE=has_noise, BM=tiles.BM, BN=tiles.BN, BK=tiles.BK, LOWP=lowp, PREC=prec, EPI=tiles.epi_parts,
-                BNH=head_block(tiles, C), SPLIT=tiles.split_k, FOLD=fold,
-                num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.maxnreg)
+    meta = dict(HAS_NOISE=has_noise, LOWP=lowp, PREC=prec, FOLD=fold)
+
+    def tiled(t):
+        return dict(meta, BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, BNH=head_block(t, C), SPLIT=t.split_k,
+                    num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg)
     if impl == "phases":
         meta["PDL"] = pdl
         if pdl:
             meta["launch_pdl"] = True
-        for p, phase in enumerate(phases):
-            launch(infer_phase_kernel, (phase_tiles(phase, B, tiles),), sched, p, *acts, *wargs, *tail,
-                   KIND=phase.kind, **meta)
+        for p, (phase, t) in enumerate(zip(phases, plan)):
+            launch(infer_phase_kernel, (phase_tiles(phase, B, t),), sched, p, *acts, *wargs, *tail,
+                   KIND=phase.kind, **tiled(t))
         return
+    meta = tiled(plan[0])  # the persistent kernel: one tile for every phase
     counter = bufs["counter"]
     counter.zero_()
     if visual.device.type == "cuda":
@@ -981,8 +1049,7 @@ def persistent_programs(device: torch.device, max_tiles: int, ctas_per_sm: int =
     than the device holds at once (``ctas_per_sm`` per SM: one is always co-resident for these
     kernels, 4 warps x 255 registers = half an SM's register file; the cooperative launch fails
     loudly if not)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(max_tiles, sms * ctas_per_sm))
+    return max(1, min(max_tiles, device_sms(device) * ctas_per_sm))
 
 
 def pdl_available(device: torch.device) -> bool:
@@ -992,7 +1059,7 @@ def pdl_available(device: torch.device) -> bool:
 
 def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0: float, start_c1: float,
                  noise=None, impl: str = "phases", programs: int | None = None, graph: bool = False,
-                 tiles: PhaseTiles | None = None, pdl: bool | None = None, semantic_only: bool = False,
+                 tiles=None, pdl: bool | None = None, semantic_only: bool = False,
                  split_k: bool = False, fold: bool | None = None):
     """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``;
     with ``semantic_only`` only the schedule's first :func:`semantic_phase_count` phases run and the
@@ -1008,9 +1075,10 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
 
     ``impl``: ``"phases"`` (one launch per phase; ``graph=True`` on CUDA replays a cached CUDA graph
     of the whole call) or ``"persistent"`` (one cooperative launch; CUDA, or the interpreter with
-    ``programs=1`` only). ``graph=True`` is ignored off CUDA. ``tiles`` overrides :func:`pick_infer_tiles`
-    (tests, compile report); ``split_k=True`` picks split-K tiles (:func:`pick_infer_tiles`; the GPU
-    run's comparison).
+    ``programs=1`` only). ``graph=True`` is ignored off CUDA. Tiles: :func:`pick_phase_plan`, one per
+    phase; ``tiles`` overrides it with one :class:`PhaseTiles` for every phase or a sequence of one per
+    phase of the whole call's schedule (tests, compile report; the persistent kernel takes one);
+    ``split_k=True`` picks split-K tiles (:func:`pick_infer_tiles`; the GPU run's comparison).
     ``pdl``: launch ``impl="phases"`` with programmatic dependent launch (``None``: where
     :func:`pdl_available`; ``True`` off such a device raises). ``fold``: run the folded steps
     (``None``: :func:`use_fold`); they need the folded weights in ``tables`` (``"wxo"``, ``"bxo"``
@@ -1035,11 +1103,23 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         noise = noise.to(dtype)
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     phases = build_schedule(d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], fold)
+    if tiles is None:
+        plan = _plan(B, d, H, C, dims["Dv"], dims["layers"], dims["K1"], dims["K2"], fold, dtype, impl, split_k,
+                     device_sms(device))
+    elif isinstance(tiles, PhaseTiles):
+        plan = (tiles,) * len(phases)
+    else:
+        plan = tuple(tiles)
+        if len(plan) != len(phases) or not all(isinstance(t, PhaseTiles) for t in plan):
+            raise ValueError(f"tiles must be one PhaseTiles or a sequence of {len(phases)} (one per phase of the "
+                             f"call's schedule), got {len(plan)} items")
+        if impl == "persistent" and len(set(plan)) > 1:
+            raise ValueError("impl='persistent' runs every phase in one kernel: tiles must be one PhaseTiles")
     if semantic_only:
-        phases = phases[:semantic_phase_count(dims["layers"], dims["K1"], fold)]
-    tiles = tiles or pick_infer_tiles(B, d, H, dtype, impl, split_k)
+        n = semantic_phase_count(dims["layers"], dims["K1"], fold)
+        phases, plan = phases[:n], plan[:n]
     if impl == "persistent":
-        widest = max(phase_tiles(p, B, tiles) for p in phases)
+        widest = max(phase_tiles(p, B, plan[0]) for p in phases)
         if device.type != "cuda":
             if programs != 1:
                 raise RuntimeError(
@@ -1053,19 +1133,25 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
             raise ValueError(f"programs={programs} exceeds what the device holds at once")
     if graph and device.type == "cuda" and impl == "phases":
         names = ("z", "s") if semantic_only else ("logits", "s", "z")
-        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, tiles, pdl, names, fold)
+        return _graph_call(visual, noise, flat, phases, dims, ln_eps, start_c0, start_c1, plan, pdl, names, fold)
     sched = _schedule_table(dims, device, fold)
-    bufs = _buffers(B, d, H, C, dtype, device, tiles, phases, fold)
+    bufs = _buffers(B, d, H, C, dtype, device, plan, phases, fold)
     if impl == "persistent":
         bufs["counter"] = torch.zeros(1, dtype=torch.int32, device=device)
     _launch_all(impl, visual.contiguous(), None if noise is None else noise.contiguous(), bufs, _weight_args(flat),
-                sched, phases, dims, ln_eps, start_c0, start_c1, tiles, programs, pdl, fold)
+                sched, phases, dims, ln_eps, start_c0, start_c1, plan, programs, pdl, fold)
     return (bufs["z"], bufs["s"]) if semantic_only else (bufs["logits"], bufs["s"], bufs["z"])
 
 
-def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, names, fold):
+@functools.lru_cache(maxsize=64)
+def _plan(B, d, H, C, Dv, layers, K1, K2, fold, dtype, impl, split_k, sms):
+    """:func:`pick_phase_plan` of the call's whole schedule, once per shape (not per call)."""
+    return pick_phase_plan(build_schedule(d, H, C, Dv, layers, K1, K2, fold), B, d, H, dtype, impl, split_k, sms)
+
+
+def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, plan, pdl, names, fold):
     """CUDA only: the whole ``"phases"`` call captured once per (batch, dtype, device, noise or not,
-    tiles, and the address of every weight and table) and replayed. New weight/table tensors (e.g.
+    the phases' tiles, and the address of every weight and table) and replayed. New weight/table tensors (e.g.
     ``fused.prepared`` rebuilt after a weight change, or the folded weights, which
     ``seda_fast.ops.weights.folded`` remakes after any in-place update of their sources) have new
     addresses, so they capture a new graph; an in-place update of a weight the kernels read directly
@@ -1075,7 +1161,7 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
     B, d, H, C = dims["B"], dims["d"], dims["H"], dims["C"]
     dtype, device = visual.dtype, visual.device
     pdl = pdl and not _graphs.pdl_capture_failed()
-    key_of = lambda pdl_: (B, dtype, device, noise is None, tiles, pdl_, fold, len(phases), ln_eps, c0, c1,  # noqa: E731
+    key_of = lambda pdl_: (B, dtype, device, noise is None, plan, pdl_, fold, len(phases), ln_eps, c0, c1,  # noqa: E731
                            tuple(t.data_ptr() for t in flat), tuple(tuple(t.shape) for t in flat))
     key = key_of(pdl)
     entry = _GRAPHS.get(key)
@@ -1083,11 +1169,11 @@ def _graph_call(visual, noise, flat, phases, dims, ln_eps, c0, c1, tiles, pdl, n
         sched = _schedule_table(dims, device, fold)
         static_v = torch.empty_like(visual)
         static_xi = None if noise is None else torch.empty_like(noise)
-        bufs = _buffers(B, d, H, C, dtype, device, tiles, phases, fold)
+        bufs = _buffers(B, d, H, C, dtype, device, plan, phases, fold)
         wargs = _weight_args(flat)
 
         def run(pdl_):
-            _launch_all("phases", static_v, static_xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, tiles, None,
+            _launch_all("phases", static_v, static_xi, bufs, wargs, sched, phases, dims, ln_eps, c0, c1, plan, None,
                         pdl_, fold)
 
         static_v.copy_(visual)

@@ -39,9 +39,12 @@ def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden:
     capturing = stream_capturing(visual)
     graph = impl == "phases" and visual.device.type == "cuda" and _LAUNCH["graph"] and not capturing
     pdl = (False if capturing else _LAUNCH["pdl"]) if impl == "phases" else None
+    ip = kernels().infer_phases_module
+    tiles = None if _LAUNCH["tile_plan"] else ip.pick_infer_tiles(  # one tile for every phase
+        visual.shape[0], weights[0].shape[0], learner.in_x.weight.shape[0], visual.dtype, impl, _LAUNCH["split_k"])
     return kernels().infer_phases(visual.contiguous(), dict(zip(paths, weights)), tables, ln_eps=ln_eps,
                                   start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph, pdl=pdl,
-                                  semantic_only=semantic_only, split_k=_LAUNCH["split_k"], fold=fold)
+                                  semantic_only=semantic_only, split_k=_LAUNCH["split_k"], fold=fold, tiles=tiles)
 
 
 def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int,

@@ -1,7 +1,7 @@
 """Predicted time of the phase-schedule fused inference (``kernels/infer_phases.py``).
 
 Pure Python, from counts: the phase list and the tiles are the launcher's own
-(:func:`build_schedule`, :func:`pick_infer_tiles`, :func:`phase_tiles`), the ceilings are
+(:func:`build_schedule`, :func:`pick_phase_plan`, :func:`phase_tiles`), the ceilings are
 :class:`seda_fast.cost_model.Ceilings` (H200 by default; measured or assumed as that class says).
 
 Per phase, for each of its jobs (``[B, N] = [B, K] W^T``, tiles ``BM x BN``):
@@ -83,24 +83,25 @@ class PhaseCost:
 
 def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: Ceilings = H200,
                 impl: str = "phases", split_k: bool = False, tiles=None, fold: bool | None = None) -> list[PhaseCost]:
-    """Per phase of one call: tiles (``tiles``, or ``impl``'s from :func:`pick_infer_tiles`), FLOPs,
-    bytes and the time of each term (see the module doc); ``fold``: the folded schedule (``None``:
-    the launcher's choice, :func:`use_fold`)."""
+    """Per phase of one call: tiles (``tiles`` for every phase, or ``impl``'s from the launcher's
+    :func:`pick_phase_plan` on ``ceilings.sms`` SMs), FLOPs, bytes and the time of each term (see the
+    module doc); ``fold``: the folded schedule (``None``: the launcher's choice, :func:`use_fold`)."""
     import torch
     ip = _ip()
     e = _DTYPE_BYTES[dtype]
     d, H, C, Dv = cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim
     fold = ip.use_fold(batch) if fold is None else fold
     phases = ip.build_schedule(d, H, C, Dv, cfg.layers, cfg.learner_steps, cfg.translator_steps, fold)
-    tiles = tiles or ip.pick_infer_tiles(batch, d, H, getattr(torch, dtype),
-                                         "persistent" if impl == "persistent" else "phases", split_k)
+    plan = (tiles,) * len(phases) if tiles else ip.pick_phase_plan(
+        phases, batch, d, H, getattr(torch, dtype), "persistent" if impl == "persistent" else "phases", split_k,
+        ceilings.sms)
     peak = ceilings.fp32_flops if dtype == "float32" else ceilings.bf16_flops
     # y z x s x0 g | cond h h sp | logits | folded: u (fp32)
     act_bytes = batch * (5 * d + 4 * H + C) * e + (batch * H * 4 if fold else 0)
     spill_acts = act_bytes > L2_BYTES
     seen_weights: set = set()
     out = []
-    for ph in phases:
+    for ph, tiles in zip(phases, plan):
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
         for name, N, K in ph.jobs:
             u_tiles = _U_TILES.get(name, 1 if fold and name == "A" else 0)

@@ -123,6 +123,42 @@ def test_fp32_parity(batch, layers, steps, noise, classes, impl, tiles, fold):
         assert err < 1e-5, f"{name}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("fold", [None, False], ids=["folded", "unfolded"])
+def test_fp32_parity_per_phase_tiles(fold):
+    """A plan of different tiles from phase to phase (as :func:`pick_phase_plan` gives at throughput
+    batches): every phase reads buffers another tile shape wrote, and each launch takes its own
+    tiles (B = 33, L = 2, K = 2, start noise, C = 19)."""
+    model = _model(2, 2, 19)
+    v, xi = _inputs(model, 33, True)
+    fold_ = IP.use_fold(33) if fold is None else fold
+    n = IP.phase_count(2, 2, 2, fold_)
+    cycle = (SMALL_TILES, IP.PhaseTiles(32, 16, 16, 4, 2), IP.PhaseTiles(16, 32, 16, 4, 2, epi_parts=2))
+    plan = tuple(cycle[i % 3] for i in range(n))
+    with torch.no_grad():
+        ref = reference.infer(model, v, xi)
+        with K.capture_launches() as launches:
+            _call(model, v, xi, tiles=plan, fold=fold)
+        out = _call(model, v, xi, tiles=plan, fold=fold)
+    phases = IP.build_schedule(14, 24, 19, 13, 2, 2, 2, fold_)
+    assert [(ln.meta["BM"], ln.meta["BN"], ln.meta["EPI"], ln.grid[0]) for ln in launches] == [
+        (t.BM, t.BN, t.epi_parts, IP.phase_tiles(p, 33, t)) for p, t in zip(phases, plan)]
+    for name, o, r in zip(("logits", "s", "m"), out, ref):
+        err = rel(o, r)
+        print(f"{name}: rel {err:.2e}")
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+
+
+def test_tiles_argument_errors():
+    model = _model(1, 1)
+    v, _ = _inputs(model, 5, False)
+    n = IP.phase_count(1, 1, 1, IP.use_fold(5))
+    with pytest.raises(ValueError, match=f"tiles must be one PhaseTiles or a sequence of {n}"):
+        _call(model, v, tiles=(SMALL_TILES,) * (n - 1))
+    with pytest.raises(ValueError, match="persistent.*one PhaseTiles"):
+        _call(model, v, impl="persistent", programs=1,
+              tiles=(SMALL_TILES,) * (n - 1) + (IP.PhaseTiles(16, 32, 16, 4, 2),))
+
+
 def _round_nearest(t):
     return t.bfloat16().float()
 
@@ -313,6 +349,63 @@ def _default_size_call(dtype, B, **kw):
     v, weights, tables = infer_phases_placeholders(presets.config("default"), B, dtype)
     return K.infer_phases(v, weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9,
                           noise=torch.empty(B, 512, dtype=dtype), **kw)
+
+
+def test_phase_plan():
+    """``pick_phase_plan``: at throughput batches (fp16/bf16, B > 256, ``"phases"``) each phase takes
+    the throughput tile with the lowest ``link_cost`` (the widest of the ties); elsewhere one tile,
+    ``pick_infer_tiles``', for every phase. The launcher launches each phase on its own."""
+    d, H = 512, 1024
+    cands = IP.throughput_candidates(d, H)
+    for B, fold in ((1024, False), (4096, False), (16384, False)):
+        phases = IP.build_schedule(d, H, 10, 1280, 2, 10, 10, fold)
+        plan = IP.pick_phase_plan(phases, B, d, H)
+        for p, t in zip(phases, plan):
+            costs = [IP.link_cost(p, B, c) for c in cands]
+            assert t in cands and IP.link_cost(p, B, t) <= min(costs) * 1.001
+            assert all(c >= min(costs) * 1.001 for c in costs[:cands.index(t)])  # the widest of the ties
+        with K.capture_launches() as launches:
+            _default_size_call(torch.bfloat16, B)
+        assert [(ln.meta["BM"], ln.meta["BN"], ln.meta["BK"], ln.meta["EPI"], ln.grid[0]) for ln in launches] == [
+            (t.BM, t.BN, t.BK, t.epi_parts, IP.phase_tiles(p, B, t)) for p, t in zip(phases, plan)]
+    by_name = lambda B: {p.name: (t.BM, t.BN) for p, t in zip(  # noqa: E731
+        IP.build_schedule(d, H, 10, 1280, 2, 10, 10), IP.pick_phase_plan(IP.build_schedule(
+            d, H, 10, 1280, 2, 10, 10), B, d, H))}
+    # B = 4096: 128 x 256 fills a wave for H-wide phases; the d-wide ones would get 64 tiles on it
+    assert {k: v for k, v in by_name(4096).items() if k in ("proj", "A", "R", "O", "R+D", "D")} == {
+        "proj": (128, 128), "A": (128, 256), "R": (128, 256), "O": (128, 128), "R+D": (128, 256), "D": (128, 128)}
+    # B = 1024: the H-wide phases keep 128 x 64 (128 tiles); the widest (A + P + G, 2.5 H columns) fits
+    # one wave of 80 tiles of 128 x 256 instead of two of 128 x 64, and the d-wide ones spread over
+    # 128 tiles of 64 x 64
+    assert {k: v for k, v in by_name(1024).items() if k in ("A", "A+P+G", "R+D", "O")} == {
+        "A": (128, 64), "A+P+G": (128, 256), "R+D": (128, 128), "O": (64, 64)}
+    # B = 16384: 128 x 256 for every phase (the head's tile narrowed to 16 columns by head_block)
+    phases = IP.build_schedule(d, H, 10, 1280, 2, 10, 10)
+    assert IP.pick_phase_plan(phases, 16384, d, H) == (IP.THROUGHPUT_TILES[0],) * len(phases)
+    # one tile everywhere else
+    for B, dtype, impl in ((64, torch.bfloat16, "phases"), (256, torch.float16, "phases"),
+                           (4096, torch.float32, "phases"), (4096, torch.bfloat16, "persistent")):
+        phases = IP.build_schedule(d, H, 10, 1280, 2, 10, 10, IP.use_fold(B))
+        assert IP.pick_phase_plan(phases, B, d, H, dtype, impl) == (IP.pick_infer_tiles(B, d, H, dtype, impl),) * len(
+            phases)
+
+
+def test_tile_plan_launch_option():
+    """The fused backend launches each phase on its plan's tile; ``launch_options(tile_plan=False)``
+    every phase on the call's one tile (default model, bf16, B = 1024; captured, not run)."""
+    from seda_fast.ops.runtime import launch_options
+    model = sf.SeDA(presets.config("default"), backend="triton").bfloat16().eval()
+    model.fused_impl = "phases"
+    v = torch.zeros(1024, model.config.visual_dim, dtype=torch.bfloat16)
+    tiles = {}
+    for plan in (True, False):
+        with torch.no_grad(), launch_options(tile_plan=plan), K.capture_launches() as launches:
+            model.infer(v)
+        tiles[plan] = [(ln.meta["BM"], ln.meta["BN"]) for ln in launches if ln.kernel.__name__ == "infer_phase_kernel"]
+    phases = IP.build_schedule(512, 1024, 10, 1280, 2, 10, 10)
+    assert tiles[True] == [(t.BM, t.BN) for t in IP.pick_phase_plan(phases, 1024, 512, 1024)]
+    one = IP.pick_infer_tiles(1024, 512, 1024)
+    assert tiles[False] == [(one.BM, one.BN)] * len(phases) != tiles[True]
 
 
 def test_inference_tile_picker():
@@ -527,14 +620,16 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 
 # --------------------------------------------------------------------------- sm_90a compile
 
-# (dtype, batch[, split]): every tile config pick_infer_tiles ships for the default model (d=512,
+# (dtype, batch[, split]): every tile config the launcher ships for the default model (d=512,
 # H=1024, L=2, Dv=1280, C=10): bf16/fp16 latency 16x16 (B=1), 16x32 (B=33), 32x32 (B=64), 32x64
-# (B=129), 64x64 (B=256); throughput 64x64 (B=512), 128x64 (B=1024), 128x128 (B=2048) and 128x256
-# with 4 epilogue parts (B=16384); fp32 BN = 16 (B=1), 32 (B=64); and the split-K tiles the GPU run's
+# (B=129), 64x64 (B=256); throughput, each phase on its own tile (pick_phase_plan) of 64x64, 128x64,
+# 128x128 and 128x256 with 4 epilogue parts (B=512, 1024, 2048, 4096, 16384: the kinds and tiles
+# they pair); fp32 BN = 16 (B=1), 32 (B=64); and the split-K tiles the GPU run's
 # "fused:phases-split" rows launch (launch_options(split_k=True)) at B = 1 and 64, marked True.
 COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 17), ("bfloat16", 64), ("bfloat16", 129), ("bfloat16", 256),
-                 ("bfloat16", 512), ("bfloat16", 1024), ("bfloat16", 2048), ("bfloat16", 16384), ("float16", 64),
-                 ("float16", 16384), ("float32", 1), ("float32", 64), ("bfloat16", 1, True), ("bfloat16", 64, True)]
+                 ("bfloat16", 512), ("bfloat16", 1024), ("bfloat16", 2048), ("bfloat16", 4096), ("bfloat16", 16384),
+                 ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64), ("bfloat16", 1, True),
+                 ("bfloat16", 64, True)]
 
 
 def compile_rows(cases=COMPILE_CASES) -> list[dict]:
@@ -549,9 +644,22 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
         for impl in ("phases", "persistent"):
             with K.capture_launches() as launches:
                 _default_size_call(dt, B, impl=impl, programs=1, split_k=split)
-            rows += [dict(r, tiles=IP.pick_infer_tiles(B, 512, 1024, dt, impl, split).__dict__)
-                     for r in cr.compile_unique(launches, dtype, seen, batch=B, split=split)]
+            rows += cr.compile_unique(launches, dtype, seen, batch=B, split=split)  # each row: its launch's tiles
     return rows
+
+
+def test_compile_cases_cover_every_throughput_tile():
+    """Every (phase kind, tile) pair ``pick_phase_plan`` gives the default model in bf16 at a batch
+    from 257 to 16384 (every 31st, and the boundaries of the tile rules) is one that a
+    ``COMPILE_CASES`` batch launches, so the compile check below covers it."""
+    d, H = 512, 1024
+
+    def pairs(B):
+        phases = IP.build_schedule(d, H, 10, 1280, 2, 10, 10, IP.use_fold(B))
+        return {(p.kind, t) for p, t in zip(phases, IP.pick_phase_plan(phases, B, d, H))}
+    cases = set().union(*(pairs(B) for dt, B, *_ in COMPILE_CASES if dt == "bfloat16" and B > 256))
+    shipped = set().union(*(pairs(B) for B in [*range(257, 16385, 31), 896, 897, 1920, 1921, 3968, 3969, 16384]))
+    assert shipped <= cases, sorted((k, t.BM, t.BN) for k, t in shipped - cases)
 
 
 def test_sm90_compile_zero_spills(tmp_path):

@@ -32,10 +32,13 @@ def test_phase_count_and_flops_match_the_schedule():
         assert flops[True] - flops[False] == 2.0 * 33 * extra
 
 
-@pytest.mark.parametrize("batch,dtype", [(1, "float32"), (33, "float32"), (33, "bfloat16"), (300, "bfloat16")])
-def test_tiles_are_the_launchers_grids(batch, dtype):
-    """The model's tile count per phase is the grid the launcher launches (captured, not run)."""
-    cfg = presets.config("small")
+@pytest.mark.parametrize("batch,dtype,preset", [(1, "float32", "small"), (33, "float32", "small"),
+                                                (33, "bfloat16", "small"), (300, "bfloat16", "small"),
+                                                (1024, "bfloat16", "default"), (4096, "bfloat16", "default")])
+def test_tiles_are_the_launchers_grids(batch, dtype, preset):
+    """The model's tile count per phase is the grid the launcher launches (captured, not run), the
+    per-phase tiles of throughput batches included."""
+    cfg = presets.config(preset)
     v, weights, tables = infer_phases_placeholders(cfg, batch, getattr(torch, dtype))
     with K.capture_launches() as launches:
         K.infer_phases(v, weights, tables, ln_eps=1e-5, start_c0=0.1, start_c1=0.9)
@@ -80,6 +83,22 @@ def test_latency_tiles_are_the_models_fastest(batch):
     best = min(total(IP.PhaseTiles(bm, bn, 64, 4, 2)) for bm in (16, 32, 64) for bn in (16, 32, 64, 128))
     assert total(pick) == best
     assert total(IP.pick_infer_tiles(batch, cfg.dim, cfg.hidden, split_k=True)) > best
+
+
+@pytest.mark.parametrize("batch", [257, 512, 768, 1024, 1536, 2048, 4096, 8192, 16384])
+def test_per_phase_tiles_beat_one_tile_per_call(batch):
+    """The launcher's per-phase tiles (``pick_phase_plan``) against each throughput tile for the whole
+    call, under the model (default model, bf16, the phases' time summed): never slower than the
+    call's one tile, and within 3 % of the best of the four, phase by phase (its yardstick, waves x
+    operand bytes per tile, is the L2 term only); B = 1024 and 4096 gain over 8 %."""
+    cfg = presets.config("default")
+    total = lambda tiles=None: sum(c.time_s for c in cost_phases.phase_costs(cfg, batch, tiles=tiles))  # noqa: E731
+    plan, one = total(), total(IP.pick_infer_tiles(batch, cfg.dim, cfg.hidden))
+    per_tile = [cost_phases.phase_costs(cfg, batch, tiles=t) for t in IP.throughput_candidates(cfg.dim, cfg.hidden)]
+    best = sum(min(costs[i].time_s for costs in per_tile) for i in range(len(per_tile[0])))
+    assert best <= plan <= one and plan <= 1.03 * best
+    if batch in (1024, 4096):
+        assert plan < 0.92 * one
 
 
 def test_split_k_counts():

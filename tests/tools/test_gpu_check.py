@@ -131,8 +131,8 @@ def test_micro_kernels_compile_for_sm90a():
 
 def test_gpu_plan_times_the_phase_variants():
     """On the GPU, the ``phases`` job also times one launch per phase (no graph), the graph without
-    programmatic dependent launch, the graph on split-K tiles and the unfolded schedule (the
-    persistent job too); a variant gives the default call's numbers (checked on CPU in fp32, where
+    programmatic dependent launch, the graph on split-K tiles, the unfolded schedule (the
+    persistent job too) and one tile for every phase; a variant gives the default call's numbers (checked on CPU in fp32, where
     no launch option changes anything but the unfolded schedule's rounding)."""
     import torch
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -142,7 +142,8 @@ def test_gpu_plan_times_the_phase_variants():
         sys.path.remove(str(ROOT / "benchmarks"))
     jobs = {j.name: j for j in gpu_check.plan(False, ("rowblock", "phases"))}
     assert jobs["infer-fused-phases-bfloat16-B64-16384"].params["providers"] == [
-        "fused:phases", "fused:phases-raw", "fused:phases-nopdl", "fused:phases-split", "fused:phases-unfolded"]
+        "fused:phases", "fused:phases-raw", "fused:phases-nopdl", "fused:phases-split", "fused:phases-unfolded",
+        "fused:phases-uniform"]
     assert jobs["infer-fused-rowblock-bfloat16-B64-16384"].params["providers"] == ["fused:rowblock"]
     persistent = gpu_check.plan(False, ("persistent",))
     assert [j.params["providers"] for j in persistent if j.name == "infer-fused-persistent-bfloat16-B64-16384"] == [
@@ -152,7 +153,7 @@ def test_gpu_plan_times_the_phase_variants():
     v = torch.randn(3, model.config.visual_dim)
     with torch.no_grad():
         want = gpu_check._fused_call(model, v, "")()
-        for variant in ("raw", "nopdl", "split"):
+        for variant in ("raw", "nopdl", "split", "uniform"):
             for a, b in zip(gpu_check._fused_call(model, v, variant)(), want):
                 assert torch.equal(a, b)
         with kernels().count_launches() as c:
@@ -168,5 +169,6 @@ def test_gpu_plan_times_the_phase_variants():
     bf16, default = torch.bfloat16, sf.SeDAConfig(**gpu_check.DEFAULT)
     assert [gpu_check.variant_is_default(var, b, dt, default) for var, b, dt in (
         ("split", 64, bf16), ("split", 16384, bf16), ("split", 64, torch.float32), ("unfolded", 64, bf16),
-        ("unfolded", 16384, bf16), ("raw", 16384, bf16), ("nopdl", 64, bf16))] == [
-        False, True, True, False, True, False, False]
+        ("unfolded", 16384, bf16), ("raw", 16384, bf16), ("nopdl", 64, bf16), ("uniform", 64, bf16),
+        ("uniform", 1024, bf16), ("uniform", 16384, bf16))] == [
+        False, True, True, False, True, False, False, True, False, True]
