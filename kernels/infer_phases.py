@@ -36,32 +36,42 @@ k+1 and the m of step k+2) run beside the first two phases of step k. Phases per
 
     2 + K1 (L + 1) + 1 + K2 (L + 1) + 3  =  6 + (K1 + K2)(L + 1)
 
-The default config (L = 2, K1 = K2 = 10) has **66 phases per call** unfolded and **47** folded
+The default config (L = 2, K1 = K2 = 10) has **66 phases per call** unfolded and **45** folded
 (below; the default up to B = 256): ``impl="phases"`` makes one launch per phase (one CUDA-graph
 replay once captured on CUDA), ``impl="persistent"`` one launch with a grid barrier between phases.
 
 Folded steps (``fold=True``; :func:`use_fold`: B <= 256). The O phase exists to make x, which the
-next step only reads through ``u = x W_x``; DDIM's update is linear, so ``u`` can be carried instead::
+next step only reads through ``u = x W_x``; DDIM's update is linear, so ``u`` can be carried instead,
+and with it the stage's constant ``cond``: the loop state is ``w = u + cond`` (fp32 ``[B, H]``, the
+buffer ``u``), and::
 
-    u_{k-1} = a_k u_k + b_k (h W_o + b_o) W_x^T = a_k u_k + b_k (h (W_x W_o)^T + W_x b_o)
+    w_{k-1} = a_k w_k + (1 - a_k) cond + b_k (h W_o + b_o) W_x^T
+            = a_k w_k + (1 - a_k) cond + b_k (h (W_x W_o)^T + W_x b_o),      h_{k-1} = SiLU(w_{k-1} + e)
 
 With the products ``W_x W_o [H, H]`` and ``W_x b_o`` made once per weight version (float64, rounded
 once to the compute dtype; ``seda_fast.ops.weights.folded``), step k's A phase reads the previous
-step's last h and updates ``u`` (fp32 ``[B, H]``, the loop state) in its epilogue before the SiLU.
-PFIN's x0_hat enters only through ``x0_hat W_pu^T`` and ``x0_hat W_gu^T``, so P and G read h through
-``W_pu W_o``, ``W_gu W_o`` (biases ``b_p + W_pu b_o``, ``b_g + W_gu b_o``; ``folded_pfin``). A stage's
-first A still computes ``u = x W_x`` (and stores it). The Translator then has no O phase at all; the
-Learner needs x for s, so its x update (``O``) rides in the next step's A phase and only its last
-step keeps an O phase of its own (into s). Per step L phases instead of L + 1::
+step's last h and updates ``w`` in its epilogue (which reads the cond tile as before) before the
+SiLU. PFIN's x0_hat enters only through ``x0_hat W_pu^T`` and ``x0_hat W_gu^T``, so P and G read h
+through ``W_pu W_o``, ``W_gu W_o`` (biases ``b_p + W_pu b_o``, ``b_g + W_gu b_o``; ``folded_pfin``).
+A stage's first step reads its start ``x = c0 c + c1 xi`` (``c`` = z for the Learner, s for the
+Translator; the Learner has no xi) only through ``w = x W_x^T + c W_c^T + b_c``, that is
+``c (W_c + c0 W_x)^T + xi (c1 W_x)^T + b_c`` (``folded_start``), a GEMM on the condition phase's own
+input: so it rides in that phase as a second job (``A0``, as many tiles again, no read of what the
+phase writes). The Translator then has no O phase at all and reads no x; the Learner needs x for
+s, so its x update (``O``) rides in the next step's A phase and only its last step keeps an O phase
+of its own (into s). Per step L phases instead of L + 1, less the two first A's::
 
-    2 + [A, R x (L-1)] + K1-1 x [AF(+O), R x (L-1)] + O(s) + COND_T + [A, R..] + K2-1 x [AF+P+G, R+D, R..] + 3
-      = 7 + (K1 + K2) L      (+ K2 - 1 phases of D alone at L = 1, where no R phase carries it)
+    1 + [COND_LN+A0, R x (L-1)] + K1-1 x [AF(+O), R x (L-1)] + O(s)
+      + [COND_T+A0, R..] + K2-1 x [AF+P+G, R+D, R..] + 3
+      = 5 + (K1 + K2) L      (+ K2 - 1 phases of D alone at L = 1, where no R phase carries it)
 
 Cost: a folded A reduces over H instead of d and P, G over ``d + H`` instead of ``2d`` (at B = 64
-about 20 % more L2 -> SM bytes over the call), for 19 fewer phase boundaries (default model). The cost
-model (``seda_fast.tools.cost_phases``) puts folded ahead at every B <= 256 (B = 64: 0.154 ms
-graph-replayed against 0.183 unfolded; persistent 0.139 against 0.162) and behind from B = 1024,
-where compute and L2 bytes, not boundaries, set the time. Numbers: the same in exact arithmetic;
+about 20 % more L2 -> SM bytes over the call), for 21 fewer phase boundaries (default model). The cost
+model (``seda_fast.tools.cost_phases``) puts folded ahead at every B <= 256 (B = 64: 0.151 ms
+graph-replayed against 0.183 unfolded; persistent 0.136 against 0.162) and behind from B = 1536,
+where compute and L2 bytes, not boundaries, set the time (B = 1024: 3 % ahead on the per-phase
+tiles; the switch stays at 256, where the folded kernels are compile-checked, until a GPU run
+compares them). Numbers: the same in exact arithmetic;
 in fp32 within 5e-7 of eager in the tests; bf16 and fp16 pass flash-attention's rule (the tests).
 A folded call runs the kernels compiled with ``FOLD=True`` (a constexpr), so an unfolded one
 compiles none of the folded code. The h buffers: a step writes its first h into ``h[hb]``
@@ -70,7 +80,7 @@ buffers serve every L.
 
 Buffers (all ``[B, width]``, compute dtype): ``y``, ``z`` (= m, updated in place by D), ``x``,
 ``s``, ``x0``, ``g`` (width d); ``cond``, ``h`` (two), ``sp`` (width H); ``logits`` (C); folded, ``u``
-(width H, fp32). A buffer a
+(the loop state w, width H, fp32). A buffer a
 phase reads whole rows of (the GEMM operand) is never written in that phase; in-place updates
 (x in O, m in D) touch only the tile's own elements.
 
@@ -175,9 +185,9 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
         out.append(Phase(kind, (kind, stage, krow, layer, main, side, side_krow, flags), tuple(jobs)))
 
     add(KIND_PROJ, [("proj", d, Dv)])
-    add(KIND_COND_LN, [("cond_ln", H, d)])
     pfin_pg = [("P", H, 2 * d), ("G", d, 2 * d)]
     if not fold:
+        add(KIND_COND_LN, [("cond_ln", H, d)])
         for step in range(K1):
             k = K1 - step  # DDIM step k, table row k - 1
             add(KIND_A, [("A", H, d)], stage=0, krow=k - 1)
@@ -205,8 +215,9 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
             hb = 0  # a step writes its first h into h[hb]; its last h is h[(hb + nh) % 2]
             for step in range(K):
                 k, hf = K - step, FLAG_H1 * hb
-                if step == 0:
-                    add(KIND_A, [("A", H, d)], stage=stage, krow=k - 1, flags=hf)  # stores u = x W_x
+                if step == 0:  # the first A rides in the stage's condition phase ("A0", side = 1)
+                    kind, job = (KIND_COND_LN, "cond_ln") if stage == 0 else (KIND_COND_T, "cond_t")
+                    add(kind, [(job, H, d), ("A0", H, d)], stage=stage, krow=k - 1, side=1, flags=hf)
                 elif stage == 0:
                     add(KIND_A, [("AF", H, H), ("O", d, H)], stage=0, krow=k - 1, side_krow=k,
                         flags=FLAG_FOLD | FLAG_RIDE_O | hf)
@@ -224,7 +235,6 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
 
         last, _ = stage_steps(0, K1)
         add(KIND_O, [("O", d, H)], stage=0, krow=0, layer=nh, flags=FLAG_TO_S | last)  # s = x_0
-        add(KIND_COND_T, [("cond_t", H, d)], stage=1)
         _, following = stage_steps(1, K2)
         add(KIND_A, pfin_fold, stage=1, main=0, side=1, side_krow=0, flags=following)  # P(1) + G(1)
     add(KIND_R, [("D", d, H)], stage=1, main=0, side=1)         # D(1)
@@ -234,21 +244,22 @@ def build_schedule(d: int, H: int, C: int, Dv: int, layers: int, K1: int, K2: in
 
 def phase_count(layers: int, K1: int, K2: int, fold: bool = False) -> int:
     """Phases (= launches of ``impl="phases"``) per call: ``2 + K1 (L+1) + 1 + K2 (L+1) + 3``;
-    folded, ``2 + K1 L + 1 + 1 + K2 L + 3`` (plus ``K2 - 1`` PFIN updates of their own at L = 1)."""
+    folded, ``1 + K1 L + 1 + K2 L + 3`` (each stage's first A rides in its condition phase; plus
+    ``K2 - 1`` PFIN updates of their own at L = 1)."""
     if not fold:
         return 6 + (K1 + K2) * (layers + 1)
-    return 7 + (K1 + K2) * layers + (K2 - 1 if layers == 1 else 0)
+    return 5 + (K1 + K2) * layers + (K2 - 1 if layers == 1 else 0)
 
 
 def semantic_phase_count(layers: int, K1: int, fold: bool = False) -> int:
     """Phases of the schedule's prefix that ends with ``s`` (projector, LayerNorm, the Learner):
-    ``2 + K1 (L+1)`` (folded: ``3 + K1 L``); ``infer_phases(..., semantic_only=True)`` runs only these."""
-    return 3 + K1 * layers if fold else 2 + K1 * (layers + 1)
+    ``2 + K1 (L+1)`` (folded: ``2 + K1 L``); ``infer_phases(..., semantic_only=True)`` runs only these."""
+    return 2 + K1 * layers if fold else 2 + K1 * (layers + 1)
 
 
 def use_fold(batch: int) -> bool:
     """Whether a call of ``batch`` rows runs the folded steps: at ``B <= 256`` (latency), where the
-    cost model puts the 19 phases fewer (default model) ahead of the wider folded GEMMs; above, the
+    cost model puts the 21 phases fewer (default model) ahead of the wider folded GEMMs; above, the
     extra FLOPs and L2 bytes lose (module docstring, "Folded steps")."""
     return batch <= LATENCY_MAX_BATCH
 
@@ -344,7 +355,7 @@ def throughput_candidates(d: int, H: int) -> tuple[PhaseTiles, ...]:
 
 
 # fp16/bf16 latency tiles of the inference call (B <= 256): (largest batch, BM, BN), see pick_infer_tiles
-LATENCY_TILES = ((16, 16, 16), (32, 16, 32), (64, 32, 32), (160, 32, 64), (256, 64, 64))
+LATENCY_TILES = ((16, 16, 16), (32, 16, 32), (64, 32, 32), (128, 32, 64), (256, 64, 64))
 SPLIT_MAX = 8  # K slices per output tile at most (split-K, opt-in)
 
 
@@ -354,14 +365,14 @@ def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     (latency).
 
     * Default: ``BM x BN`` from :data:`LATENCY_TILES` by batch (16x16 up to B = 16, 16x32 to 32,
-      32x32 to 64, 32x64 to 160, 64x64 to 256), ``BK = 64``, 4 warps, 2 stages (the persistent
+      32x32 to 64, 32x64 to 128, 64x64 to 256), ``BK = 64``, 4 warps, 2 stages (the persistent
       kernel: 8 warps at 64 rows). At every batch from 1 to 256 this is the fastest of BM 16/32/64 x
       BN 16/32/64/128 under the cost model for the folded schedule these batches run
       (``python -m seda_fast.tools.cost_phases``, default model, bf16, the phases' time summed over
       the call; ``tests/tools/test_cost_phases.py`` holds it to that). Wider tiles read fewer bytes
       per output, narrower ones spread a phase over more SMs; the L2 terms decide: B = 64 32x32
-      0.073 ms (16x32, :func:`pick_phase_tiles`'s: 0.096), B = 128 32x64 0.111 (16x64: 0.160),
-      B = 256 64x64 0.152 (16x64: 0.317).
+      0.072 ms (16x32, :func:`pick_phase_tiles`'s: 0.096), B = 128 32x64 0.110 (16x64: 0.160),
+      B = 256 64x64 0.150 (16x64: 0.317); from B = 129 to 160, 64x64 is 0.3 % ahead of 32x64.
     * ``split_k=True`` (opt-in: ``launch_options(split_k=True)``; the GPU run times it): ``BM`` =
       the batch rounded up to a power of two, 16 to 64 (B <= 64 is one row block, so each weight
       tile is read once per phase), ``BN`` 32 with one row block and 64 with several, and each
@@ -372,8 +383,8 @@ def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
       blocks (B = 64, folded: 599 MiB from L2 into the SMs, against 902 with 16x32 and 610 with the
       default 32x32), but every split phase waits for two more L2 round trips (the arrival atomic,
       then the partials' reload) and one program's reload of the partials, which the cost model
-      charges at its assumed L2 latency: it predicts split-K slower at every batch (B = 64: 0.205 ms
-      a call graph-replayed, against 0.154) until a GPU measures that latency.
+      charges at its assumed L2 latency: it predicts split-K slower at every batch (B = 64: 0.200 ms
+      a call graph-replayed, against 0.151) until a GPU measures that latency.
 
     fp32 (the parity path) and ``B > 256`` take :func:`pick_phase_tiles` (never split); the
     persistent kernel in fp32 with ``BK = 16`` (at 16x32x32 its folded A phase spilled 2 stores at the
@@ -382,10 +393,12 @@ def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
     sm_90a compile report (default model, ``maxnreg=255``; ``tests/ops/test_infer_phases.py``
     compiles each of these and requires zero spills), registers of the worst phase kind of
     ``infer_phase_kernel`` (in bf16 the A phase of a folded call, ``FOLD=True``) /
-    the persistent kernel, triton 3.7.1 (3.6.0 within 7), no spills under either: 16x16x64 193/236,
-    16x32x64 199/254, 32x32x64 166/237, 32x64x64 205/252 (mma.sync), 64x64x64 248/232 (wgmma; the
-    persistent kernel with 8 warps); split-K 16x32x64 in 4 slices 158/227, 64x32x64 in 4 241/255
-    (8 warps); fp32 16x16x32 174/176 and 16x32x32 232/212 (the persistent kernel at ``BK = 16``)."""
+    the persistent kernel, triton 3.7.1 (3.6.0 within 9), no spills under either: 16x16x64 124/242,
+    16x32x64 201/254, 32x32x64 166/239, 32x64x64 203/255 (mma.sync), 64x64x64 254/252 (wgmma; the
+    persistent kernel with 8 warps); split-K 16x32x64 in 4 slices 158/226, 64x32x64 in 4 246/254
+    (the persistent kernel with 8 warps and ``BK = 32``: at ``BK = 64`` it spilled 2 stores once each
+    stage's first step rode in its condition phase); fp32 16x16x32 182/178 and 16x32x32 228/217 (the
+    persistent kernel at ``BK = 16``)."""
     if dtype == torch.float32 or batch > LATENCY_MAX_BATCH:
         tiles = pick_phase_tiles(batch, d, H, dtype, impl)
         if dtype == torch.float32 and impl == "persistent":  # BK 32 spills in the folded A (above)
@@ -403,6 +416,8 @@ def pick_infer_tiles(batch: int, d: int, H: int, dtype: torch.dtype = torch.bflo
         while split < SPLIT_MAX and rows * triton.cdiv(H, BN) * split < TARGET_TILES and d >= 2 * split * BK:
             split *= 2
     warps = 8 if impl == "persistent" and BM == 64 else 4
+    if impl == "persistent" and split > 1 and BM == 64:  # BK 64 spills 2 stores there (the docstring)
+        BK = clamp_block(32, max(d, H))
     return PhaseTiles(BM, BN, BK, warps, 2, split_k=split)
 
 
@@ -637,6 +652,21 @@ def _x_update(acc, bo, x_ptr, x0_ptr, s_ptr, a_k, b_k, r0, n0, d, B, STORE_X0, T
 
 
 @triton.jit
+def _start_epilogue(acc, b_ptr, e_ptr, u_ptr, h_ptr, r0, n0, H, B, EPI: tl.constexpr, BM: tl.constexpr,
+                    BN: tl.constexpr):
+    """A stage's first step, riding in its condition phase (folded calls): ``w = acc + b_c`` (``acc``
+    = the start x and cond through the start weights), stored as the loop state, and
+    ``h0 = SiLU(w + e_K)``."""
+    BE: tl.constexpr = BN // EPI
+    for part in tl.static_range(EPI):
+        ne = n0 + part * BE
+        w = blk.col_part(acc, part, EPI, BM, BN) + blk.load_vec(b_ptr, ne, H, BE)[None, :]
+        blk.store_tile(u_ptr + r0 * H, H, B - r0, ne, H, w, BM, BE)
+        w += blk.load_vec(e_ptr, ne, H, BE)[None, :]
+        blk.store_tile(h_ptr + r0 * H, H, B - r0, ne, H, blk.silu(w), BM, BE)
+
+
+@triton.jit
 def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
            v_ptr, y_ptr, z_ptr, x_ptr, s_ptr, x0_ptr, cond_ptr, h_ptr, sp_ptr, g_ptr, logits_ptr, xi_ptr,
            wv_ptr, bv_ptr, lnw_ptr, lnb_ptr,
@@ -644,6 +674,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
            u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
+           wcx1_ptr, wcx2_ptr, wxi2_ptr,
            ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
            HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
            LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr, SPLIT: tl.constexpr,
@@ -682,42 +713,77 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
             if last:
                 _store_plus_bias(acc, bv_ptr, y_ptr, r0, n0, d, B, EPI, BM, BN)
     elif KIND == 1:  # COND_LN: cond = LN(y) W_c1 + b_a1; column block 0 writes z and x = c0 z
-        n_out = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        # (+ folded, side: the Learner's first A, w = LN(y) (W_c1 + c0 W_x1)^T + b_a1, h0 = SiLU(w + e_K))
+        n_c = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        n_out = n_c
+        if FOLD:
+            n_out = n_c * (1 + side)
         for t in range(pid, n_out * SPLIT, nprog):
             u, s = _item(t, n_out, SPLIT)
-            r0, n0 = _tile(u, H, BM, BN)
+            tile = u
+            w_sel = wc1_ptr
+            if FOLD:
+                if u >= n_c:
+                    tile = u - n_c
+                    w_sel = wcx1_ptr
+            r0, n0 = _tile(tile, H, BM, BN)
             k_lo, k_hi = _k_slice(s, d, SPLIT, BK)
             mean, rstd = _ln_stats(y_ptr + r0 * d, B - r0, d, ln_eps, BM, BK)
             acc = _ln_matmul_tile(tl.zeros((BM, BN), tl.float32), y_ptr + r0 * d, B - r0, mean, rstd,
-                                  lnw_ptr, lnb_ptr, wc1_ptr, n0, H, d, k_lo, k_hi, z_ptr + r0 * d, x_ptr + r0 * d, c0,
-                                  n0 == 0, BM, BN, BK, LOWP, PREC)
+                                  lnw_ptr, lnb_ptr, w_sel, n0, H, d, k_lo, k_hi, z_ptr + r0 * d, x_ptr + r0 * d, c0,
+                                  (n0 == 0) & (u < n_c), BM, BN, BK, LOWP, PREC)
             acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
             if last:
-                _store_plus_bias(acc, bc1_ptr, cond_ptr, r0, n0, H, B, EPI, BM, BN)
+                if FOLD:
+                    if u >= n_c:
+                        _start_epilogue(acc, bc1_ptr, e_tab + krow * H, u_ptr, h_a, r0, n0, H, B, EPI, BM, BN)
+                    else:
+                        _store_plus_bias(acc, bc1_ptr, cond_ptr, r0, n0, H, B, EPI, BM, BN)
+                else:
+                    _store_plus_bias(acc, bc1_ptr, cond_ptr, r0, n0, H, B, EPI, BM, BN)
     elif KIND == 2:  # COND_T: cond = s W_c2 + b_a2; column block 0 writes x = c0 s + c1 xi
-        n_out = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        # (+ folded, side: the Translator's first A, w = s (W_c2 + c0 W_x2)^T + xi (c1 W_x2)^T + b_a2,
+        # h0 = SiLU(w + e_K); then no phase reads x)
+        n_c = tl.cdiv(B, BM) * tl.cdiv(H, BN)
+        n_out = n_c
+        if FOLD:
+            n_out = n_c * (1 + side)
         for t in range(pid, n_out * SPLIT, nprog):
             u, s = _item(t, n_out, SPLIT)
-            r0, n0, acc, last = _gemm_item(u, s, u, H, s_ptr, d, wc2_ptr, d, B, ws_ptr, cnt_ptr,
-                                           SPLIT, BM, BN, BK, LOWP, PREC)
+            start = False  # this item is the first A's
+            if FOLD:
+                start = u >= n_c
+            if start:
+                if HAS_NOISE:
+                    r0, n0, acc, last = _gemm2_item(u, s, u - n_c, H, s_ptr, wcx2_ptr, d, xi_ptr, wxi2_ptr, d, B,
+                                                    ws_ptr, cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                else:
+                    r0, n0, acc, last = _gemm_item(u, s, u - n_c, H, s_ptr, d, wcx2_ptr, d, B, ws_ptr, cnt_ptr,
+                                                   SPLIT, BM, BN, BK, LOWP, PREC)
+            else:
+                r0, n0, acc, last = _gemm_item(u, s, u, H, s_ptr, d, wc2_ptr, d, B, ws_ptr, cnt_ptr,
+                                               SPLIT, BM, BN, BK, LOWP, PREC)
             if last:
-                _store_plus_bias(acc, bc2_ptr, cond_ptr, r0, n0, H, B, EPI, BM, BN)
-                if n0 == 0:
-                    for j0 in range(0, d, BE):
-                        xs = c0 * blk.load_tile(s_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
-                        if HAS_NOISE:
-                            xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
-                        blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BE)
-    elif KIND == 3:  # A (+ P + G, or + O): h0 = SiLU(u + cond + e_k), u = x W_x (folded: carried over)
+                if start:
+                    _start_epilogue(acc, bc2_ptr, e_tab + krow * H, u_ptr, h_a, r0, n0, H, B, EPI, BM, BN)
+                else:
+                    _store_plus_bias(acc, bc2_ptr, cond_ptr, r0, n0, H, B, EPI, BM, BN)
+                    if n0 == 0 and side == 0:
+                        for j0 in range(0, d, BE):
+                            xs = c0 * blk.load_tile(s_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
+                            if HAS_NOISE:
+                                xs += c1 * blk.load_tile(xi_ptr + r0 * d, d, B - r0, j0, d, BM, BE)
+                            blk.store_tile(x_ptr + r0 * d, d, B - r0, j0, d, xs, BM, BE)
+    elif KIND == 3:  # A (+ P + G, or + O): h0 = SiLU(u + cond + e_k), u = x W_x (folded: w = u + cond carried)
         rows = tl.cdiv(B, BM)
         if FOLD:  # a folded call: every P, G reads x0_hat through the last h and the folded weights
             fold = (flags // 4) % 2 == 1        # (set on rows of steps k < K only: row k exists)
             fr = krow + fold.to(tl.int32)       # folded A: the DDIM row of the previous step (k + 1)
             a_k = tl.load(dd + 2 * fr)
             b_k = tl.load(dd + 2 * fr + 1)
-            if fold:  # u <- a_{k+1} u + b_{k+1} (h W_o + b_o) W_x^T, as h (W_x W_o)^T + W_x b_o
+            if fold:  # w <- a_{k+1} w + (1 - a_{k+1}) cond + b_{k+1} (h W_o + b_o) W_x^T (w = u + cond)
                 a_x, a_w, a_k_dim = h_prev, wxo, H
-            else:     # a stage's first step: u = x W_x, stored for the folded steps
+            else:     # a stage's first step outside its condition phase: w = x W_x + cond
                 a_x, a_w, a_k_dim = x_ptr, wx, d
             pu_x, pu_w, pu_b, gu_w, gu_b, ku = h_prev, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr, H
             n_o = ((flags // 16) % 2) * rows * tl.cdiv(d, BN)
@@ -738,12 +804,16 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
                         a = blk.col_part(acc, part, EPI, BM, BN)
-                        if FOLD:
+                        cnd = blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                        if FOLD:  # the loop state is w = u + cond (its own condition phase starts it)
                             if fold:
                                 a = a_k * blk.load_tile(u_ptr + r0 * H, H, B - r0, ne, H, BM, BE) \
-                                    + b_k * (a + blk.load_vec(bxo, ne, H, BE)[None, :])
+                                    + (1.0 - a_k) * cnd + b_k * (a + blk.load_vec(bxo, ne, H, BE)[None, :])
+                            else:
+                                a += cnd
                             blk.store_tile(u_ptr + r0 * H, H, B - r0, ne, H, a, BM, BE)
-                        a += blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
+                        else:
+                            a += cnd
                         a += blk.load_vec(e_tab + krow * H, ne, H, BE)[None, :]
                         blk.store_tile(h_a + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             elif u < n_a + n_p:
@@ -823,6 +893,7 @@ def infer_phase_kernel(sched_ptr, phase,
                        wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
                        u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
+                       wcx1_ptr, wcx2_ptr, wxi2_ptr,
                        ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                        KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr,
@@ -841,6 +912,7 @@ def infer_phase_kernel(sched_ptr, phase,
            wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
            wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
            u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
+           wcx1_ptr, wcx2_ptr, wxi2_ptr,
            ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH, SPLIT,
            FOLD)
 
@@ -853,6 +925,7 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                             wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                             wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
                             u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
+                            wcx1_ptr, wcx2_ptr, wxi2_ptr,
                             ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                             HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                             BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr,
@@ -873,6 +946,7 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                        wx2_ptr, wc2_ptr, bc2_ptr, wh2_ptr, bh2_ptr, wo2_ptr, bo2_ptr, e2_ptr, dd2_ptr,
                        wpm_ptr, wpu_ptr, bp_ptr, wpd_ptr, bpd_ptr, wgm_ptr, wgu_ptr, bg_ptr, whd_ptr, bhd_ptr,
                        u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
+                       wcx1_ptr, wcx2_ptr, wxi2_ptr,
                        ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH,
                        SPLIT, FOLD)
         if p + 1 < n_phases:
@@ -906,6 +980,7 @@ def _schedule_table(dims, device, fold=False) -> torch.Tensor:
 
 
 FOLD_KEYS = {"learner": ("wxo", "bxo"), "translator": ("wxo", "bxo", "wpo", "bpo", "wgo", "bgo")}
+START_KEYS = {"learner": ("wcx",), "translator": ("wcx", "wxi")}  # the folded first steps' (after FOLD_KEYS)
 
 
 def _check(visual, weights, tables, noise, fold=False, semantic_only=False):
@@ -960,36 +1035,41 @@ def _check(visual, weights, tables, noise, fold=False, semantic_only=False):
     dims = dict(B=B, Dv=Dv, d=d, H=H, C=C, layers=dens[0][9] + 1, K1=dens[0][10], K2=dens[1][10])
     flat = (wv, bv, lnw, lnb) + dens[0][:7] + dens[0][7:9] + dens[1][:7] + dens[1][7:9] + tuple(pf) + (whd, bhd)
     if fold:
-        shapes = {"wxo": (H, H), "bxo": (H,), "wpo": (H, H), "bpo": (H,), "wgo": (d, H), "bgo": (d,)}
+        shapes = {"wxo": (H, H), "bxo": (H,), "wpo": (H, H), "bpo": (H,), "wgo": (d, H), "bgo": (d,), "wcx": (H, d),
+                  "wxi": (H, d)}
         stages = ("learner",) if semantic_only else ("learner", "translator")
         for stage in stages:
-            for key in FOLD_KEYS[stage]:
+            for key in FOLD_KEYS[stage] + START_KEYS[stage]:
                 if key not in tables[stage]:
                     raise ValueError(f"tables[{stage!r}] is missing {key!r} (the folded weights, "
-                                     "seda_fast.ops.weights.folded)")
+                                     "seda_fast.ops.weights.inference_tables)")
                 t, name = tables[stage][key], f"tables[{stage!r}][{key!r}]"
                 if len(shapes[key]) == 2:
                     check_matrix(name, t, *shapes[key], dtype, device)
                 else:
                     check_vector(name, t, shapes[key][0], dtype, device)
-        flat += tuple(tables[stage][k] for stage in stages for k in FOLD_KEYS[stage])
+        # in the kernel's argument order: wxo1, bxo1, wxo2, bxo2, wpo, bpo, wgo, bgo, wcx1, wcx2, wxi2
+        # (a semantic_only call's Translator entries: the first weight, never read)
+        flat += tuple(tables[stage][k] if stage in stages else flat[0] for keys in (FOLD_KEYS, START_KEYS)
+                      for stage in ("learner", "translator") for k in keys[stage])
     return dims, flat
 
 
-N_FLAT = 32  # weights and tables of an unfolded call (``_check``'s flat tuple); the folded add 8
+N_FLAT = 32  # weights and tables of an unfolded call (``_check``'s flat tuple); the folded add N_FOLDED
+N_FOLDED = 11
 
 
 def _weight_args(flat):
     """Kernel argument order: wv, bv, lnw, lnb, (wx, wc, bc, wh, bh, wo, bo, e, dd) x 2, pfin x 8, head x 2,
-    then (after the caller's u buffer) the folded wxo1, bxo1, wxo2, bxo2, wpo, bpo, wgo, bgo. An empty
-    residual stack (L = 1) and an unfolded call's folded weights are never read: any valid pointer
-    stands in for them."""
+    then (after the caller's u buffer) the folded wxo1, bxo1, wxo2, bxo2, wpo, bpo, wgo, bgo, wcx1, wcx2,
+    wxi2. An empty residual stack (L = 1) and an unfolded call's folded weights are never read: any
+    valid pointer stands in for them."""
     out = list(flat[:N_FLAT])
     for base in (4, 13):
         if out[base + 3].numel() == 0:
             out[base + 3], out[base + 4] = out[base + 5], out[base + 6]
     folded = list(flat[N_FLAT:])
-    return out, folded + [out[0]] * (8 - len(folded))
+    return out, folded + [out[0]] * (N_FOLDED - len(folded))
 
 
 def _buffers(B, d, H, C, dtype, device, plan, phases, fold=False):
@@ -1000,7 +1080,7 @@ def _buffers(B, d, H, C, dtype, device, plan, phases, fold=False):
     e = lambda *shape: torch.empty(*shape, dtype=dtype, device=device)  # noqa: E731
     bufs = dict(y=e(B, d), z=e(B, d), x=e(B, d), s=e(B, d), x0=e(B, d), cond=e(B, H), h=e(2, B, H), sp=e(B, H),
                 g=e(B, d), logits=e(B, C))
-    # the folded steps' u = x W_x (fp32 loop state; a stand-in otherwise, never touched)
+    # the folded steps' loop state w = x W_x + cond (fp32; a stand-in otherwise, never touched)
     bufs["u"] = torch.empty((B, H) if fold else (1,), dtype=torch.float32, device=device)
     if max(t.split_k for t in plan) > 1:
         slots = max(phase_out_tiles(p, B, t) for p, t in zip(phases, plan))

@@ -35,8 +35,8 @@ def assert_flash_rule(name: str, out, ref_lowp, ref32, atol: float) -> None:
     assert err_kernel <= 2 * err_torch + atol, f"{name}: kernel {err_kernel:.3e} vs torch {err_torch:.3e}"
 
 
-def compile_rows_in_subprocess(test_file, out) -> list:
-    """Run ``python TEST_FILE OUT`` without the Triton interpreter (which cannot compile) and return
+def compile_rows_in_subprocess(test_file, out, *args) -> list:
+    """Run ``python TEST_FILE OUT [ARGS...]`` without the Triton interpreter (which cannot compile) and return
     the compile-report rows it writes to ``out`` (each test file's ``__main__`` compiles its kernels
     for sm_90a with :func:`seda_fast.tools.compile_report.compile_unique`)."""
     import json
@@ -48,8 +48,8 @@ def compile_rows_in_subprocess(test_file, out) -> list:
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TRITON_INTERPRET="0",
                PYTHONPATH=os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(test_file), str(out)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, str(test_file), str(out), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(Path(out).read_text())
 
@@ -252,6 +252,6 @@ def infer_phases_placeholders(cfg: sf.SeDAConfig, batch: int, dtype=torch.float3
         weights |= {f"{st}.in_x.weight": e(H, d), f"{st}.in_c.weight": e(H, d), f"{st}.in_c.bias": e(H),
                     f"{st}.out.weight": e(d, H), f"{st}.out.bias": e(d)}
         tables[st] = {"e": torch.empty(steps, H), "ddim": torch.empty(steps, 2), "wh": e(L - 1, H, H), "bh": e(L - 1, H),
-                      "wxo": e(H, H), "bxo": e(H)}  # wxo, bxo, wpo, ...: the folded steps' weights
-    tables["translator"] |= {"wpo": e(H, H), "bpo": e(H), "wgo": e(d, H), "bgo": e(d)}
+                      "wxo": e(H, H), "bxo": e(H), "wcx": e(H, d)}  # wxo, bxo, wcx, ...: the folded steps' weights
+    tables["translator"] |= {"wpo": e(H, H), "bpo": e(H), "wgo": e(d, H), "bgo": e(d), "wxi": e(H, d)}
     return e(batch, Dv), weights, tables

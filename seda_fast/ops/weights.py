@@ -17,7 +17,7 @@ import weakref
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from .. import reference
+from .. import reference, schedule
 
 # Keyed (weakly) on a denoiser's first time-MLP weight, so an entry dies with the model's weights;
 # the stored key (identity, storage, _version of every source tensor) validates a hit.
@@ -80,11 +80,12 @@ def prepared(den, T: int, K: int, device) -> dict:
 _FOLDED = WeakTensorKeyDictionary()
 
 
-def _folded(src, make) -> dict:
+def _folded(src, make, extra=()) -> dict:
     """``make(*float64 copies of src)`` rounded to ``src[0]``'s dtype, cached (weakly on ``src[0]``)
-    until a source tensor changes (or is another tensor: the entry holds weak references to all)."""
+    until a source tensor changes (or is another tensor: the entry holds weak references to all) or
+    ``extra`` (the scalars ``make`` uses) does."""
     try:
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in src)
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in src) + tuple(extra)
     except RuntimeError:  # inference tensors have no version counter: never cache them
         key = None
     anchor = src[0]
@@ -116,16 +117,28 @@ def folded_pfin(translator, pfin) -> dict:
                                                      "bgo": bg + wgu @ bo})
 
 
+def folded_start(den, c0: float, c1: float) -> dict:
+    """The weights of a stage's first step in its condition phase (folded calls): with the start
+    ``x = c0 c + c1 xi`` (``c`` the condition input: z for the Learner, s for the Translator) the
+    step reads ``x W_x^T + c W_c^T`` as ``c (W_c + c0 W_x)^T + xi (c1 W_x)^T``: ``wcx [H, d]``,
+    ``wxi [H, d]``; computed and cached as :func:`folded` (and per ``c0, c1``)."""
+    return _folded((den.in_c.weight, den.in_x.weight),
+                   lambda wc, wx: {"wcx": wc + c0 * wx, "wxi": c1 * wx}, extra=(float(c0), float(c1)))
+
+
 def inference_tables(learner, translator, pfin, T: int, K1: int, K2: int, device, fold: bool,
                      semantic_only: bool = False) -> dict:
     """The fused inference launcher's ``tables``: :func:`prepared` per denoiser, with the folded
-    weights merged in when the call runs the folded steps (the Learner's alone for a
-    ``semantic_only`` call)."""
+    weights (:func:`folded`, :func:`folded_pfin`, :func:`folded_start` at T's start coefficients)
+    merged in when the call runs the folded steps (the Learner's alone for a ``semantic_only``
+    call)."""
     tables = {"learner": prepared(learner, T, K1, device), "translator": prepared(translator, T, K2, device)}
     if fold:
-        tables["learner"] = {**tables["learner"], **folded(learner)}
+        c0, c1 = schedule.start_coefficients(T)
+        tables["learner"] = {**tables["learner"], **folded(learner), **folded_start(learner, c0, c1)}
         if not semantic_only:
-            tables["translator"] = {**tables["translator"], **folded(translator), **folded_pfin(translator, pfin)}
+            tables["translator"] = {**tables["translator"], **folded(translator), **folded_pfin(translator, pfin),
+                                    **folded_start(translator, c0, c1)}
     return tables
 
 

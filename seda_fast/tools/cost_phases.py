@@ -51,11 +51,12 @@ IMPLS = ("phases", "phases-raw", "phases-split", "persistent")
 BATCHES = (1, 64, 1024, 16384)
 
 # epilogue [BM, BN] reads per job kind (the cond/h/x/m/g tiles the fused element-wise work loads)
-_EPILOGUE_READS = {"proj": 0, "cond_ln": 0, "cond_t": 0, "A": 1, "AF": 1, "R": 1, "O": 1, "P": 0, "G": 0, "D": 2,
-                   "head": 0}
-# fp32 [BM, BN] tiles of u read or stored: the folded A reads and stores it; in a folded call a
-# stage's first A ("A") stores it
-_U_TILES = {"AF": 2}
+_EPILOGUE_READS = {"proj": 0, "cond_ln": 0, "cond_t": 0, "A": 1, "A0": 0, "AF": 1, "R": 1, "O": 1, "P": 0, "G": 0,
+                   "D": 2, "head": 0}
+# fp32 [BM, BN] tiles of the loop state w read or stored: the folded A reads and stores it; a stage's
+# first A, riding in its condition phase ("A0"), stores it (A0's K is d: the call without start noise;
+# with it A0 also reads the noise through W_x, K = 2d)
+_U_TILES = {"AF": 2, "A0": 1}
 
 
 def _ip():
@@ -104,7 +105,7 @@ def phase_costs(cfg: SeDAConfig, batch: int, dtype: str = "bfloat16", ceilings: 
     for ph, tiles in zip(phases, plan):
         n_tiles, flops, l2, hbm = 0, 0.0, 0.0, 0.0
         for name, N, K in ph.jobs:
-            u_tiles = _U_TILES.get(name, 1 if fold and name == "A" else 0)
+            u_tiles = _U_TILES.get(name, 0)
             t, f, b = job_counts(batch, N, K, tiles, e, _EPILOGUE_READS[name], ip.job_block(name, N, tiles), u_tiles)
             n_tiles, flops, l2 = n_tiles + t, flops + f, l2 + b
             wkey = (name, ph.row[1], ph.row[3] if name == "R" else 0)  # job, stage, residual layer: the distinct weight

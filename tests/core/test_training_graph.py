@@ -107,7 +107,7 @@ def test_launches_per_step(layers, steps, fused_impl):
     weight gradients; the unroll backward. Row blocks: the Learner sampler's 1 launch, the x0 loss
     op's, the unroll forward's 1, per unroll step one backward kernel and 4 (L = 1) or 5
     weight-gradient launches. Phases (``"save"``; one launch per phase, the semantic prefix without
-    its CUDA graph): the schedule's first 3 + K1 L phases (folded at these batches), the diffusion term's L + 1 forward
+    its CUDA graph): the schedule's first 2 + K1 L phases (folded at these batches), the diffusion term's L + 1 forward
     and L + 1 backward phases, the unroll's K (L + 1) + 2 forward and K (L + 2) + ceil(K / 2) + 1
     backward phases (a weight-gradient phase per two steps)."""
     from seda_fast.ops.infer_phases import launch_options
@@ -115,7 +115,7 @@ def test_launches_per_step(layers, steps, fused_impl):
     if fused_impl == "rowblock":
         stage2 = 3 + 1 + wgrad_x0 + steps * (1 + (4 if layers == 1 else 5))
     else:
-        stage2 = (3 + steps * layers) + 2 * (layers + 1) + (steps * (layers + 1) + 2) \
+        stage2 = (2 + steps * layers) + 2 * (layers + 1) + (steps * (layers + 1) + 2) \
             + steps * (layers + 2) + -(-steps // 2) + 1
     want = {1: 4 + wgrad_x0 if fused_impl == "rowblock" else 2 + 2 * (layers + 1), 2: stage2}
     for stage in (1, 2):
