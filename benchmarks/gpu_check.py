@@ -395,10 +395,12 @@ def variant_is_default(variant: str, batch: int, dtype, cfg) -> bool:
             ip.pick_infer_tiles(batch, cfg.dim, cfg.hidden, dtype)
     if variant == "unfolded":
         return not ip.use_fold(batch)
-    if variant == "uniform":
+    if variant == "uniform":  # on this machine's GPU's SMs, as the launcher plans
+        import torch
+        sms = ip.device_sms(torch.device("cuda")) if torch.cuda.is_available() else ip.DEFAULT_SMS
         phases = ip.build_schedule(cfg.dim, cfg.hidden, cfg.num_classes, cfg.visual_dim, cfg.layers,
                                    cfg.learner_steps, cfg.translator_steps, ip.use_fold(batch))
-        return set(ip.pick_phase_plan(phases, batch, cfg.dim, cfg.hidden, dtype)) == {
+        return set(ip.pick_phase_plan(phases, batch, cfg.dim, cfg.hidden, dtype, sms=sms)) == {
             ip.pick_infer_tiles(batch, cfg.dim, cfg.hidden, dtype)}
     return False
 

@@ -68,10 +68,10 @@ of its own (into s). Per step L phases instead of L + 1, less the two first A's:
 Cost: a folded A reduces over H instead of d and P, G over ``d + H`` instead of ``2d`` (at B = 64
 about 20 % more L2 -> SM bytes over the call), for 21 fewer phase boundaries (default model). The cost
 model (``seda_fast.tools.cost_phases``) puts folded ahead at every B <= 256 (B = 64: 0.151 ms
-graph-replayed against 0.183 unfolded; persistent 0.136 against 0.162) and behind from B = 1536,
-where compute and L2 bytes, not boundaries, set the time (B = 1024: 3 % ahead on the per-phase
-tiles; the switch stays at 256, where the folded kernels are compile-checked, until a GPU run
-compares them). Numbers: the same in exact arithmetic;
+graph-replayed against 0.183 unfolded; persistent 0.136 against 0.162) and behind from about
+B = 1150, where compute and L2 bytes, not boundaries, set the time (B = 1024: 3 % ahead on the
+per-phase tiles; the switch stays at 256, where the folded kernels are compile-checked, until a GPU
+run compares them). Numbers: the same in exact arithmetic;
 in fp32 within 5e-7 of eager in the tests; bf16 and fp16 pass flash-attention's rule (the tests).
 A folded call runs the kernels compiled with ``FOLD=True`` (a constexpr), so an unfolded one
 compiles none of the folded code. The h buffers: a step writes its first h into ``h[hb]``
@@ -116,7 +116,8 @@ midway would leave some non-zero: :func:`clear_graphs` drops the graphs that hol
 
 Cost of the LayerNorm fold: every COND_LN work item recomputes its rows' statistics, so each
 ``[BM, d]`` block of y is read twice more per column tile and K slice (two statistics passes, then
-its slice of the normalised GEMM pass); the phase is one of 66 and its K is only d.
+its slice of the normalised GEMM pass); the phase is one of 66 and its K is only d (folded, one of
+45 with twice the work items: the cond tiles and the first step's, each computing the statistics).
 
 Memory ordering in the persistent kernel: the barrier's release (after a ``bar.sync``, so the whole
 program's stores precede it) and its acquire poll, broadcast to the program through ``bar.sync``,
@@ -453,9 +454,10 @@ DEFAULT_SMS = 132  # the H200's (and the H100 SXM's) SMs: the plan's wave count 
 
 def link_cost(phase: Phase, batch: int, tiles: PhaseTiles, sms: int = DEFAULT_SMS) -> float:
     """What one SM's L2 link carries for ``phase`` on ``tiles``, in operand values: the waves of
-    its tiles on ``sms`` SMs times the mean ``(BM + BN) K`` operand values a tile loads. The plan's
-    yardstick (:func:`pick_phase_plan`): it is the cost model's per-SM L2 term up to a constant,
-    the term that bounds the throughput phases."""
+    its tiles on ``sms`` SMs times the mean ``(BM + BN) K`` operand values a tile loads (jobs as
+    :func:`build_schedule` lists them: a folded first step's ``A0`` without the start noise). The
+    plan's yardstick (:func:`pick_phase_plan`): it is the cost model's per-SM L2 term up to a
+    constant, the term that bounds the throughput phases."""
     n = values = 0
     for name, N, K in phase.jobs:
         bn = job_block(name, N, tiles)
@@ -1161,9 +1163,10 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     ``split_k=True`` picks split-K tiles (:func:`pick_infer_tiles`; the GPU run's comparison).
     ``pdl``: launch ``impl="phases"`` with programmatic dependent launch (``None``: where
     :func:`pdl_available`; ``True`` off such a device raises). ``fold``: run the folded steps
-    (``None``: :func:`use_fold`); they need the folded weights in ``tables`` (``"wxo"``, ``"bxo"``
-    per stage, ``"wpo"``, ``"bpo"``, ``"wgo"``, ``"bgo"`` in the translator's; see
-    ``seda_fast.ops.weights.folded``).
+    (``None``: :func:`use_fold`); they need the folded weights in ``tables`` (``"wxo"``, ``"bxo"``,
+    ``"wcx"`` per stage, ``"wpo"``, ``"bpo"``, ``"wgo"``, ``"bgo"``, ``"wxi"`` in the translator's;
+    ``seda_fast.ops.weights.inference_tables`` makes them), and the start weights ``wcx``, ``wxi``
+    made with this call's ``start_c0``, ``start_c1`` (``folded_start``; nothing checks that).
     Outputs are in the compute dtype (new tensors, also on graph replay).
     """
     if impl not in IMPLS:
