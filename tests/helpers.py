@@ -49,7 +49,7 @@ def compile_rows_in_subprocess(test_file, out, *args) -> list:
     env = dict(os.environ, TRITON_INTERPRET="0",
                PYTHONPATH=os.pathsep.join([str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(test_file), str(out), *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)  # a hang's guard: the longest took 215 s in CI
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(Path(out).read_text())
 
