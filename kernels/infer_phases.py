@@ -783,10 +783,9 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
             fr = krow + fold.to(tl.int32)       # folded A: the DDIM row of the previous step (k + 1)
             a_k = tl.load(dd + 2 * fr)
             b_k = tl.load(dd + 2 * fr + 1)
-            if fold:  # w <- a_{k+1} w + (1 - a_{k+1}) cond + b_{k+1} (h W_o + b_o) W_x^T (w = u + cond)
-                a_x, a_w, a_k_dim = h_prev, wxo, H
-            else:     # a stage's first step outside its condition phase: w = x W_x + cond
-                a_x, a_w, a_k_dim = x_ptr, wx, d
+            # every folded A with main = 1 is a folded step (a stage's first rides in its condition
+            # phase): w <- a_{k+1} w + (1 - a_{k+1}) cond + b_{k+1} (h W_o + b_o) W_x^T (w = u + cond)
+            a_x, a_w, a_k_dim = h_prev, wxo, H
             pu_x, pu_w, pu_b, gu_w, gu_b, ku = h_prev, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr, H
             n_o = ((flags // 16) % 2) * rows * tl.cdiv(d, BN)
         else:
@@ -808,11 +807,8 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                         a = blk.col_part(acc, part, EPI, BM, BN)
                         cnd = blk.load_tile(cond_ptr + r0 * H, H, B - r0, ne, H, BM, BE)
                         if FOLD:  # the loop state is w = u + cond (its own condition phase starts it)
-                            if fold:
-                                a = a_k * blk.load_tile(u_ptr + r0 * H, H, B - r0, ne, H, BM, BE) \
-                                    + (1.0 - a_k) * cnd + b_k * (a + blk.load_vec(bxo, ne, H, BE)[None, :])
-                            else:
-                                a += cnd
+                            a = a_k * blk.load_tile(u_ptr + r0 * H, H, B - r0, ne, H, BM, BE) \
+                                + (1.0 - a_k) * cnd + b_k * (a + blk.load_vec(bxo, ne, H, BE)[None, :])
                             blk.store_tile(u_ptr + r0 * H, H, B - r0, ne, H, a, BM, BE)
                         else:
                             a += cnd

@@ -303,6 +303,8 @@ def test_default_schedule_has_66_phases_45_folded():
                 assert last == 1 - hb, (L, p.name)
             if flags & IP.FLAG_FOLD:  # its DDIM row k (the previous step's) exists
                 assert main and krow + 1 < (4 if stage else 3), (L, p.name)  # K1 = 3, K2 = 4
+            if kind == IP.KIND_A and main:  # the kernel runs every folded A job as a folded step
+                assert flags & IP.FLAG_FOLD, (L, p.name)
             if kind in (IP.KIND_COND_LN, IP.KIND_COND_T):  # A0 rides along: it writes h[hb], e row K - 1
                 assert side and hb == 0 and krow == (3 if stage else 2), (L, p.name)
                 last = hb
