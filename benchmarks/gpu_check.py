@@ -85,7 +85,7 @@ from seda_fast.presets import DEFAULT, TINY  # noqa: E402  (d=512, H=1024, L=2, 
 GPU_TEST_FILES = ("core/test_triton_inference.py", "ops/test_infer_phases.py", "ops/test_denoiser_x0_loss.py",
                   "ops/test_translator_unroll.py", "ops/test_unroll_phases.py", "ops/test_denoise_phases.py",
                   "ops/test_launch_graphs.py", "ops/test_center_loss.py", "ops/test_center_update.py",
-                  "core/test_triton_training.py", "core/test_training_graph.py")
+                  "core/test_triton_training.py", "core/test_training_graph.py", "core/test_step_graph.py")
 
 
 @dataclass

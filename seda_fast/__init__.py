@@ -2,6 +2,7 @@
 from .backends import fused_impls
 from .config import SeDAConfig
 from .model import SeDA
+from .step_graph import StepGraph
 
-__all__ = ["SeDAConfig", "SeDA", "fused_impls"]
+__all__ = ["SeDAConfig", "SeDA", "StepGraph", "fused_impls"]
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """The package's layers (README "Architecture") hold: every import in ``seda_fast/`` and ``kernels/``,
 at module level or inside a function, points down or sideways, never up.
 
-    kernels  <-  ops  <-  api (backends, model)  <-  tools  <-  apps
+    kernels  <-  ops  <-  api (backends, model, step_graph)  <-  tools  <-  apps
          \\______ core (config, schedule, validation, reference, presets, ...) ______/
 
 Core imports only core; kernels import only kernels and ``seda_fast.validation`` (the shared
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = {"config", "schedule", "validation", "reference", "presets", "nvtx", "outputs", "progress"}
-API = {"backends", "model", "__init__"}
+API = {"backends", "model", "step_graph", "__init__"}
 PACKAGES = {"seda_fast", "seda_fast.kernels", "seda_fast.ops", "seda_fast.tools", "seda_fast.apps"}
 ALLOWED = {
     "core": {"core"},

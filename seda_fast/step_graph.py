@@ -1,0 +1,201 @@
+"""A whole training step (loss, backward, optimizer step) captured once as a CUDA graph and
+replayed on every later call: :class:`StepGraph`.
+
+Issued from Python, a fused training step at small batches is bound by the host (hundreds of
+aten ops and launches, see README's training table); replayed as one graph it pays one launch.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from . import validation as val
+from .model import SeDA
+from .nvtx import nvtx_range
+
+
+def cuda_capture(run):
+    """Capture ``run()`` as a CUDA graph on the current device (nothing executes): ``(outputs,
+    replay)``, ``outputs`` what ``run`` returned, static tensors that every ``replay()`` overwrites."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = run()
+    return outputs, graph.replay
+
+
+def check_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer whose step keeps host-side state (its ``capturable`` default is False) cannot
+    be replayed from a graph: say so before capturing."""
+    if optimizer.defaults.get("capturable") is False:
+        raise ValueError(f"optimizer must be built with capturable=True to be captured in a CUDA graph "
+                         f"(e.g. torch.optim.{type(optimizer).__name__}(params, lr=..., capturable=True))")
+
+
+@dataclass
+class _Entry:
+    """One key's state: direct steps run so far, then the captured graph's static tensors."""
+    direct: int = 0
+    replay: object = None
+    inputs: tuple = ()
+    outputs: tuple = ()
+    grads: list = field(default_factory=list)
+
+
+class StepGraph:
+    """``step = StepGraph(model, optimizer)``; then ``loss = step(visual, labels)`` in stage 1 or
+    ``step(visual, labels, text)`` in stage 2 runs one training step on the batch (zero the
+    gradients, the stage's loss, backward, ``grad_clip`` if given, ``optimizer.step()``) and
+    returns the loss ``[]`` (a new tensor; nothing is read back to the host). ``return_parts=True``
+    returns ``(loss, parts)`` as the model's losses do.
+
+    Where a step can be captured (the model on CUDA with ``backend="triton"``), each *key* (stage,
+    train/eval mode, ``fused_impl``, ``activation_memory``, the inputs' shapes and dtypes, autocast,
+    the parameters' storage, the optimizer's hyperparameters) first runs ``warmup`` direct steps on
+    a side stream (Triton compiles, the optimizer builds its state, the constant tables reach the
+    device); its next call captures the step into a CUDA graph, and that call and every later one
+    copy their inputs into the graph's static inputs and replay it. After a replay ``p.grad`` is the
+    graph's gradient. At most ``max_graphs`` keys keep a graph (the least recently used is freed).
+    Elsewhere every call runs the step directly: the same numbers, no capture. ``stats`` counts
+    direct steps, captures and replays.
+
+    Captured steps differ from direct ones in what the graph fixes at capture:
+    - the random draws come from the default CUDA generator (a graph advances it on every replay);
+      the model's ``generator=`` cannot be used;
+    - each param group's float ``lr`` becomes a 0-dim tensor on the model's device at the first
+      call, so a learning-rate scheduler's changes (filled in place) reach the replays; a new
+      ``lr`` object or a change of any other hyperparameter is a new key;
+    - the label range is checked by a device-side assert (a bad label fails the replay), and with
+      ``model.check_inputs`` the NaN/Inf checks run here, on the host, before each replay;
+    - under ``torch.autocast`` the capture runs with autocast's weight-cast cache off.
+    The optimizer must be built with ``capturable=True`` (:func:`check_capturable`).
+    """
+
+    def __init__(self, model: SeDA, optimizer: torch.optim.Optimizer, *, grad_clip: float | None = None,
+                 warmup: int = 2, max_graphs: int = 4, capture_fn=None):
+        if not isinstance(model, SeDA):
+            raise TypeError(f"model must be a seda_fast.SeDA, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.model, self.optimizer = model, optimizer
+        self.grad_clip = None if grad_clip is None else val.check_number("grad_clip", grad_clip, positive=True)
+        self.warmup = val.check_int("warmup", warmup)
+        self.max_graphs = val.check_int("max_graphs", max_graphs)
+        self._capture_fn = capture_fn  # None: torch.cuda.graph where the step can be captured
+        self._entries: dict[tuple, _Entry] = {}
+        self.stats = {"direct": 0, "captures": 0, "replays": 0}
+
+    @property
+    def captures(self) -> bool:
+        """Whether calls are captured (else every call runs directly)."""
+        if self._capture_fn is not None:
+            return True
+        model = self.model
+        return model.device.type == "cuda" and model.backend == "triton"
+
+    def _params(self) -> list:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _key(self, inputs: tuple, per_class) -> tuple:
+        model = self.model
+        hyper = tuple(tuple((k, v) for k, v in sorted(g.items()) if k not in ("params", "lr")
+                            and isinstance(v, (bool, int, float, str, tuple, type(None))))
+                      + (("lr", g["lr"].data_ptr() if isinstance(g["lr"], torch.Tensor) else g["lr"]),)
+                      for g in self.optimizer.param_groups)
+        autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        return (model.stage, model.training, model.fused_impl, model.activation_memory, per_class, autocast,
+                tuple((t.shape, t.dtype, t.device) for t in inputs),
+                tuple(p.data_ptr() for p in self._params()), model.centers.data_ptr(), hyper)
+
+    def _run(self, inputs: tuple, text_kind: str):
+        """One step, run directly or under capture: ``(loss, parts)``, the loss detached."""
+        model, opt = self.model, self.optimizer
+        opt.zero_grad(set_to_none=True)
+        if model.stage == 1:
+            loss, parts = model.learner_loss(inputs[0], inputs[1], return_parts=True)
+        else:
+            loss, parts = model.translator_loss(*inputs, text_kind=text_kind, return_parts=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
+        opt.step()
+        return loss.detach(), parts
+
+    def __call__(self, visual, labels, text=None, *, text_kind: str = "auto", return_parts: bool = False):
+        model, cfg = self.model, self.model.config
+        if not self.captures:
+            self.stats["direct"] += 1
+            loss, parts = self._run((visual, labels) if model.stage == 1 else (visual, labels, text), text_kind)
+            return (loss, parts) if return_parts else loss
+        if self._capture_fn is None:
+            check_capturable(self.optimizer)
+        for group in self.optimizer.param_groups:  # a graph reads the tensor a scheduler fills in place
+            if not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(float(group["lr"]), device=model.device)
+        val.check_features("visual", visual, cfg.visual_dim, model.device)
+        val.check_labels(labels, visual.shape[0], None, model.device)  # the range: in the step (an assert in a graph)
+        inputs, per_class = (visual, labels), None
+        if model.stage == 2:
+            val.text_is_per_class(text_kind, None, cfg.num_classes)
+            val.check_features("text", text, cfg.text_dim, model.device)
+            per_class = val.text_is_per_class(text_kind, text.shape[0], cfg.num_classes)
+            inputs += (text,)
+        key = self._key(inputs, per_class)
+        entry = self._entries.pop(key, None) or _Entry()
+        self._entries[key] = entry  # the most recently used last
+        while len(self._entries) > self.max_graphs:
+            self._entries.pop(next(iter(self._entries)))
+        if entry.replay is None and entry.direct < self.warmup:
+            entry.direct += 1
+            self.stats["direct"] += 1
+            with self._side_stream():
+                loss, parts = self._run(inputs, text_kind)
+            return (loss, parts) if return_parts else loss
+        if model.check_inputs:
+            val.check_finite("visual", visual)
+            if text is not None:
+                val.check_finite("text", text)
+        if entry.replay is None:
+            self._capture(entry, inputs, text_kind)
+        with nvtx_range("seda/step_graph"):
+            for static, new in zip(entry.inputs, inputs):
+                static.copy_(new)
+            entry.replay()
+        self.stats["replays"] += 1
+        for p, g in zip(self._params(), entry.grads):
+            p.grad = g
+        loss, parts = entry.outputs
+        loss = loss.clone()
+        return (loss, {k: v.clone() for k, v in parts.items()}) if return_parts else loss
+
+    def _capture(self, entry: _Entry, inputs: tuple, text_kind: str) -> None:
+        model = self.model
+        entry.inputs = tuple(t.clone() for t in inputs)
+        checks, model.check_inputs = model.check_inputs, False  # their host reads are done before each replay
+        def run():  # autocast's weight-cast cache may not hold tensors made during a capture
+            if not torch.is_autocast_enabled("cuda"):
+                return self._run(entry.inputs, text_kind)
+            with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False):
+                return self._run(entry.inputs, text_kind)
+        try:  # torch.cuda.graph captures on a side stream of its own
+            entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(run)
+        finally:
+            model.check_inputs = checks
+        entry.grads = [p.grad for p in self._params()]
+        self.stats["captures"] += 1
+
+    def _side_stream(self):
+        """Warm-up steps run on a side stream (as CUDA-graph capture asks), joined both ways."""
+        if self._capture_fn is not None or self.model.device.type != "cuda":
+            return contextlib.nullcontext()
+        return _joined_stream()
+
+
+@contextlib.contextmanager
+def _joined_stream():
+    side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        yield
+    main.wait_stream(side)

@@ -1,0 +1,205 @@
+"""``seda_fast.StepGraph``: a whole training step captured once and replayed.
+
+Most tests use a stand-in capture (:func:`standin_capture`: it runs the step once for its static
+outputs, puts the model, optimizer and random state back as a capture that executes nothing would
+leave them, and replays by running the step and copying the results into the static tensors), so
+the wiring is checked on the CPU: which calls run directly, capture or replay, that every call is
+exactly one step with the numbers of a plain loop, bitwise, and the errors. The wiring does not
+depend on the backend, so most run the eager one (fast); one runs the fused kernels under the
+interpreter. On a GPU a real CUDA graph replays against the same steps run directly.
+"""
+import copy
+
+import pytest
+import torch
+
+from helpers import make_batch, make_model
+from seda_fast import StepGraph
+from seda_fast.step_graph import check_capturable
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def standin_capture(model, opt):
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    def capture(run):
+        state = [t.clone() for t in _state_tensors(model, opt)]
+        with torch.random.fork_rng(devices=[DEVICE] if DEVICE.type == "cuda" else []):
+            outputs = run()
+        grads = [p.grad for p in params]
+        for t, saved in zip(_state_tensors(model, opt), state):
+            t.copy_(saved)
+
+        def replay():
+            loss, parts = run()
+            outputs[0].copy_(loss)
+            for k, v in parts.items():
+                outputs[1][k].copy_(v)
+            for p, g in zip(params, grads):
+                if g is not None:
+                    g.copy_(p.grad)
+        return outputs, replay
+    return capture
+
+
+def _state_tensors(model, opt):
+    tensors = [p.data for p in model.parameters()] + [b for b in model.buffers()]
+    return tensors + [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+
+def _setup(stage, backend="eager", **cfg):
+    model = make_model(dim=18, hidden=26, layers=1, learner_steps=1, translator_steps=2, **cfg).to(DEVICE).train()
+    visual, labels, text = (t.to(DEVICE) for t in make_batch(model.config, 7, seed=2))
+    model.learner_loss(visual, labels)  # every class present gets a center
+    model.backend = backend
+    model.set_stage(stage)
+    return model, visual, labels, text
+
+
+def _adamw(model, lr=1e-2):
+    """AdamW; on CUDA capturable (a tensor lr needs it there)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                             capturable=DEVICE.type == "cuda")
+
+
+def _plain_step(model, opt, stage, visual, labels, text, clip=None):
+    opt.zero_grad(set_to_none=True)
+    loss = model.learner_loss(visual, labels) if stage == 1 else model.translator_loss(visual, labels, text)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+    opt.step()
+    return loss.detach()
+
+
+@pytest.mark.parametrize("stage,backend,warmup,replays", [(1, "eager", 2, 3), (2, "eager", 2, 3), (1, "triton", 1, 2)])
+def test_replayed_steps_equal_a_plain_loop(stage, backend, warmup, replays):
+    """Warm-up calls, a capture, replays: each call one step, bitwise the plain loop's losses,
+    parameters, gradients, centers and optimizer state, a scheduler's lr reaching the replays."""
+    model, visual, labels, text = _setup(stage, backend)
+    twin = copy.deepcopy(model)
+    opt, twin_opt = _adamw(model), _adamw(twin, torch.tensor(1e-2, device=DEVICE))  # StepGraph makes lr a tensor
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
+    step = StepGraph(model, opt, grad_clip=0.5, warmup=warmup, capture_fn=standin_capture(model, opt))
+    batches = [[t.to(DEVICE) for t in make_batch(model.config, 7, seed=10 + i)] for i in range(warmup + replays)]
+    for i, (v, y, t) in enumerate(batches):
+        torch.manual_seed(100 + i)
+        loss = step(v, y, t)
+        torch.manual_seed(100 + i)
+        want = _plain_step(twin, twin_opt, stage, v, y, t, clip=0.5)
+        assert torch.equal(loss, want), (i, loss, want)
+        sched.step()
+        twin_sched.step()
+    assert step.stats == {"direct": warmup, "captures": 1, "replays": replays}
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)
+    assert torch.equal(opt.param_groups[0]["lr"], twin_opt.param_groups[0]["lr"])
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), name
+        assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
+    assert torch.equal(model.centers, twin.centers)
+    for a, b in zip(_state_tensors(model, opt), _state_tensors(twin, twin_opt)):
+        assert torch.equal(a, b)
+
+
+def test_a_new_key_warms_up_and_captures_again():
+    """A new batch size, eval mode or stage is a new key; ``max_graphs`` keeps the most recent."""
+    model, visual, labels, text = _setup(1)
+    opt = _adamw(model)
+    step = StepGraph(model, opt, warmup=1, max_graphs=2, capture_fn=standin_capture(model, opt))
+    for _ in range(3):
+        step(visual, labels)
+    assert step.stats == {"direct": 1, "captures": 1, "replays": 2}
+    step(visual[:5], labels[:5])
+    step(visual[:5], labels[:5])
+    assert step.stats == {"direct": 2, "captures": 2, "replays": 3}
+    step(visual[:4], labels[:4])  # a third key: the least recently used (7 rows) is freed
+    step(visual, labels)
+    assert step.stats["direct"] == 4 and len(step._entries) == 2
+    loss, parts = step(visual, labels, return_parts=True)
+    assert set(parts) == {"diffusion", "center", "aux"} and loss.shape == ()
+    assert step.stats == {"direct": 4, "captures": 3, "replays": 4}
+
+
+def test_without_a_capture_every_call_is_a_plain_step():
+    """With the eager backend (or on the CPU) nothing is captured: each call is the plain step."""
+    model, visual, labels, text = _setup(2)
+    twin = copy.deepcopy(model)
+    opt, twin_opt = _adamw(model), _adamw(twin)
+    step = StepGraph(model, opt)
+    assert not step.captures
+    for i in range(3):
+        torch.manual_seed(i)
+        loss = step(visual, labels, text)
+        torch.manual_seed(i)
+        assert torch.equal(loss, _plain_step(twin, twin_opt, 2, visual, labels, text))
+    assert step.stats == {"direct": 3, "captures": 0, "replays": 0}
+    assert not isinstance(opt.param_groups[0]["lr"], torch.Tensor)  # only a capture needs a tensor lr
+
+
+def test_bad_arguments_fail_before_any_step():
+    model, visual, labels, text = _setup(2)
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(TypeError, match="model must be a seda_fast.SeDA"):
+        StepGraph(torch.nn.Linear(2, 2), opt)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        StepGraph(model, "adamw")
+    with pytest.raises(ValueError, match="grad_clip must be > 0"):
+        StepGraph(model, opt, grad_clip=0.0)
+    with pytest.raises(ValueError, match="capturable=True"):
+        check_capturable(opt)
+    step = StepGraph(model, opt, capture_fn=standin_capture(model, opt))
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"visual must have shape \[B, 37\]"):
+        step(visual[:, :5], labels, text)
+    with pytest.raises(ValueError, match=r"labels must have shape \[7\]"):
+        step(visual, labels[:3], text)
+    with pytest.raises(TypeError, match="text must be a torch.Tensor"):
+        step(visual, labels, None)
+    with pytest.raises(ValueError, match="text_kind must be"):
+        step(visual, labels, text, text_kind="classes")
+    assert step.stats == {"direct": 0, "captures": 0, "replays": 0}
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_check_inputs_reads_the_inputs_before_each_replay():
+    model, visual, labels, text = _setup(1)
+    model.check_inputs = True
+    opt = _adamw(model)
+    step = StepGraph(model, opt, warmup=1, capture_fn=standin_capture(model, opt))
+    step(visual, labels)
+    step(visual, labels)
+    bad = visual.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"visual contains 1 NaN/Inf"):
+        step(bad, labels)
+    assert step.stats == {"direct": 1, "captures": 1, "replays": 1} and model.check_inputs
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("stage", [1, 2])
+def test_cuda_step_graph_replays_the_direct_steps(stage):  # pragma: no cover - GPU only
+    """A real CUDA graph: StepGraph (AdamW capturable, a cosine-like scheduler) against the same steps
+    run directly on a copy, the draws from the default CUDA generator reseeded before each."""
+    model, visual, labels, text = _setup(stage, "triton")
+    twin = copy.deepcopy(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, capturable=True)
+    twin_opt = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-2, capturable=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
+    step = StepGraph(model, opt)
+    assert step.captures
+    for i in range(5):
+        v, y, t = (x.to(DEVICE) for x in make_batch(model.config, 24, seed=10 + i))
+        torch.cuda.manual_seed(100 + i)
+        loss = step(v, y, t)
+        torch.cuda.manual_seed(100 + i)
+        want = _plain_step(twin, twin_opt, stage, v, y, t)
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+        sched.step()
+        twin_sched.step()
+    assert step.stats == {"direct": 2, "captures": 1, "replays": 3}
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+    torch.testing.assert_close(model.centers, twin.centers, rtol=1e-5, atol=1e-6)
