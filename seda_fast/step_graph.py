@@ -16,10 +16,14 @@ from .model import SeDA
 from .nvtx import nvtx_range
 
 
-def cuda_capture(run):
+def cuda_capture(run, generators=()):
     """Capture ``run()`` as a CUDA graph on the current device (nothing executes): ``(outputs,
-    replay)``, ``outputs`` what ``run`` returned, static tensors that every ``replay()`` overwrites."""
+    replay)``, ``outputs`` what ``run`` returned, static tensors that every ``replay()`` overwrites.
+    ``generators``: private CUDA generators ``run`` draws from, registered with the graph so each
+    replay draws from (and advances) their state at replay time, as the default generator's."""
     graph = torch.cuda.CUDAGraph()
+    for generator in generators:
+        graph.register_generator_state(generator)
     with torch.cuda.graph(graph):
         outputs = run()
     return outputs, graph.replay
@@ -60,9 +64,10 @@ class StepGraph:
     Elsewhere every call runs the step directly: the same numbers, no capture. ``stats`` counts
     direct steps, captures and replays.
 
+    ``generator``: the losses' random draws (None: the default generator of the model's device); a
+    graph advances it on every replay, so replays draw what direct steps would.
+
     Captured steps differ from direct ones in what the graph fixes at capture:
-    - the random draws come from the default CUDA generator (a graph advances it on every replay);
-      the model's ``generator=`` cannot be used;
     - each param group's float ``lr`` becomes a 0-dim tensor on the model's device at the first
       call, so a learning-rate scheduler's changes (filled in place) reach the replays; a new
       ``lr`` object or a change of any other hyperparameter is a new key;
@@ -73,13 +78,19 @@ class StepGraph:
     """
 
     def __init__(self, model: SeDA, optimizer: torch.optim.Optimizer, *, grad_clip: float | None = None,
-                 warmup: int = 2, max_graphs: int = 4, capture_fn=None):
+                 generator: torch.Generator | None = None, warmup: int = 2, max_graphs: int = 4, capture_fn=None):
         if not isinstance(model, SeDA):
             raise TypeError(f"model must be a seda_fast.SeDA, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.model, self.optimizer = model, optimizer
         self.grad_clip = None if grad_clip is None else val.check_number("grad_clip", grad_clip, positive=True)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator is not None and generator.device.type != model.device.type:
+            raise ValueError(f"generator is on {generator.device} but the model is on {model.device}: the draws "
+                             f"are made on the model's device")
+        self.generator = generator
         self.warmup = val.check_int("warmup", warmup)
         self.max_graphs = val.check_int("max_graphs", max_graphs)
         self._capture_fn = capture_fn  # None: torch.cuda.graph where the step can be captured
@@ -113,9 +124,9 @@ class StepGraph:
         model, opt = self.model, self.optimizer
         opt.zero_grad(set_to_none=True)
         if model.stage == 1:
-            loss, parts = model.learner_loss(inputs[0], inputs[1], return_parts=True)
+            loss, parts = model.learner_loss(inputs[0], inputs[1], self.generator, return_parts=True)
         else:
-            loss, parts = model.translator_loss(*inputs, text_kind=text_kind, return_parts=True)
+            loss, parts = model.translator_loss(*inputs, self.generator, text_kind=text_kind, return_parts=True)
         loss.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
@@ -179,7 +190,8 @@ class StepGraph:
             with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False):
                 return self._run(entry.inputs, text_kind)
         try:  # torch.cuda.graph captures on a side stream of its own
-            entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(run)
+            entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(
+                run, () if self.generator is None else (self.generator,))
         finally:
             model.check_inputs = checks
         entry.grads = [p.grad for p in self._params()]

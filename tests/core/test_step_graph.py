@@ -23,10 +23,13 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 def standin_capture(model, opt):
     params = [p for g in opt.param_groups for p in g["params"]]
 
-    def capture(run):
+    def capture(run, generators):
         state = [t.clone() for t in _state_tensors(model, opt)]
+        saved = [g.get_state() for g in generators]
         with torch.random.fork_rng(devices=[DEVICE] if DEVICE.type == "cuda" else []):
             outputs = run()
+        for g, st in zip(generators, saved):
+            g.set_state(st)
         grads = [p.grad for p in params]
         for t, saved in zip(_state_tensors(model, opt), state):
             t.copy_(saved)
@@ -63,9 +66,10 @@ def _adamw(model, lr=1e-2):
                              capturable=DEVICE.type == "cuda")
 
 
-def _plain_step(model, opt, stage, visual, labels, text, clip=None):
+def _plain_step(model, opt, stage, visual, labels, text, clip=None, generator=None):
     opt.zero_grad(set_to_none=True)
-    loss = model.learner_loss(visual, labels) if stage == 1 else model.translator_loss(visual, labels, text)
+    loss = model.learner_loss(visual, labels, generator) if stage == 1 else \
+        model.translator_loss(visual, labels, text, generator)
     loss.backward()
     if clip is not None:
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
@@ -73,22 +77,26 @@ def _plain_step(model, opt, stage, visual, labels, text, clip=None):
     return loss.detach()
 
 
-@pytest.mark.parametrize("stage,backend,warmup,replays", [(1, "eager", 2, 3), (2, "eager", 2, 3), (1, "triton", 1, 2)])
-def test_replayed_steps_equal_a_plain_loop(stage, backend, warmup, replays):
+@pytest.mark.parametrize("stage,backend,warmup,replays,private", [
+    (1, "eager", 2, 3, False), (2, "eager", 2, 3, False), (2, "eager", 1, 3, True), (1, "triton", 1, 2, False)])
+def test_replayed_steps_equal_a_plain_loop(stage, backend, warmup, replays, private):
     """Warm-up calls, a capture, replays: each call one step, bitwise the plain loop's losses,
-    parameters, gradients, centers and optimizer state, a scheduler's lr reaching the replays."""
+    parameters, gradients, centers and optimizer state, a scheduler's lr reaching the replays;
+    ``private``: the draws from a generator of the step's own, seeded once."""
     model, visual, labels, text = _setup(stage, backend)
     twin = copy.deepcopy(model)
     opt, twin_opt = _adamw(model), _adamw(twin, torch.tensor(1e-2, device=DEVICE))  # StepGraph makes lr a tensor
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
-    step = StepGraph(model, opt, grad_clip=0.5, warmup=warmup, capture_fn=standin_capture(model, opt))
+    gens = [torch.Generator(DEVICE).manual_seed(5) if private else None for _ in range(2)]
+    step = StepGraph(model, opt, grad_clip=0.5, generator=gens[0], warmup=warmup,
+                     capture_fn=standin_capture(model, opt))
     batches = [[t.to(DEVICE) for t in make_batch(model.config, 7, seed=10 + i)] for i in range(warmup + replays)]
     for i, (v, y, t) in enumerate(batches):
         torch.manual_seed(100 + i)
         loss = step(v, y, t)
-        torch.manual_seed(100 + i)
-        want = _plain_step(twin, twin_opt, stage, v, y, t, clip=0.5)
+        torch.manual_seed(100 + i + 1000 * private)  # a private generator's draws ignore the default one
+        want = _plain_step(twin, twin_opt, stage, v, y, t, clip=0.5, generator=gens[1])
         assert torch.equal(loss, want), (i, loss, want)
         sched.step()
         twin_sched.step()
@@ -147,6 +155,11 @@ def test_bad_arguments_fail_before_any_step():
         StepGraph(model, "adamw")
     with pytest.raises(ValueError, match="grad_clip must be > 0"):
         StepGraph(model, opt, grad_clip=0.0)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        StepGraph(model, opt, generator=5)
+    if DEVICE.type == "cuda":
+        with pytest.raises(ValueError, match="generator is on cpu"):
+            StepGraph(model, opt, generator=torch.Generator())
     with pytest.raises(ValueError, match="capturable=True"):
         check_capturable(opt)
     step = StepGraph(model, opt, capture_fn=standin_capture(model, opt))
@@ -178,24 +191,26 @@ def test_check_inputs_reads_the_inputs_before_each_replay():
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("stage", [1, 2])
-def test_cuda_step_graph_replays_the_direct_steps(stage):  # pragma: no cover - GPU only
-    """A real CUDA graph: StepGraph (AdamW capturable, a cosine-like scheduler) against the same steps
-    run directly on a copy, the draws from the default CUDA generator reseeded before each."""
+@pytest.mark.parametrize("stage,private", [(1, False), (2, False), (2, True)])
+def test_cuda_step_graph_replays_the_direct_steps(stage, private):  # pragma: no cover - GPU only
+    """A real CUDA graph: StepGraph (AdamW capturable, a decaying scheduler) against the same steps
+    run directly on a copy, the draws from the default CUDA generator reseeded before each, or
+    (``private``) from a CUDA generator of the step's own, registered with the graph."""
     model, visual, labels, text = _setup(stage, "triton")
     twin = copy.deepcopy(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, capturable=True)
     twin_opt = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-2, capturable=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
-    step = StepGraph(model, opt)
+    gens = [torch.Generator(DEVICE).manual_seed(5) if private else None for _ in range(2)]
+    step = StepGraph(model, opt, generator=gens[0])
     assert step.captures
     for i in range(5):
         v, y, t = (x.to(DEVICE) for x in make_batch(model.config, 24, seed=10 + i))
         torch.cuda.manual_seed(100 + i)
         loss = step(v, y, t)
-        torch.cuda.manual_seed(100 + i)
-        want = _plain_step(twin, twin_opt, stage, v, y, t)
+        torch.cuda.manual_seed(100 + i + 1000 * private)  # a private generator's draws ignore the default one
+        want = _plain_step(twin, twin_opt, stage, v, y, t, generator=gens[1])
         torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
         sched.step()
         twin_sched.step()
