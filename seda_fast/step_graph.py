@@ -10,10 +10,12 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
+from torch.autograd.graph import increment_version
 
 from . import validation as val
 from .model import SeDA
 from .nvtx import nvtx_range
+from .ops import weights
 
 
 def cuda_capture(run, generators=()):
@@ -24,15 +26,17 @@ def cuda_capture(run, generators=()):
     graph = torch.cuda.CUDAGraph()
     for generator in generators:
         graph.register_generator_state(generator)
-    with torch.cuda.graph(graph):
+    # a stream of the current device (the model's); "thread_local": another thread's CUDA calls (a
+    # DataLoader's pin-memory thread) do not break the capture
+    with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
         outputs = run()
     return outputs, graph.replay
 
 
 def check_capturable(optimizer: torch.optim.Optimizer) -> None:
-    """An optimizer whose step keeps host-side state (its ``capturable`` default is False) cannot
-    be replayed from a graph: say so before capturing."""
-    if optimizer.defaults.get("capturable") is False:
+    """Only an optimizer whose every param group says ``capturable=True`` keeps its step on the
+    device (others read their step count or lr back to the host): say so before any step."""
+    if not all(group.get("capturable") is True for group in optimizer.param_groups):
         raise ValueError(f"optimizer must be built with capturable=True to be captured in a CUDA graph "
                          f"(e.g. torch.optim.{type(optimizer).__name__}(params, lr=..., capturable=True))")
 
@@ -45,13 +49,15 @@ class _Entry:
     inputs: tuple = ()
     outputs: tuple = ()
     grads: list = field(default_factory=list)
+    refs: tuple = ()  # the tensors the graph reads and writes by address (held: their memory stays theirs)
+    keep: list = field(default_factory=list)  # the weight caches' tensors at capture (held likewise)
 
 
 class StepGraph:
     """``step = StepGraph(model, optimizer)``; then ``loss = step(visual, labels)`` in stage 1 or
     ``step(visual, labels, text)`` in stage 2 runs one training step on the batch (zero the
     gradients, the stage's loss, backward, ``grad_clip`` if given, ``optimizer.step()``) and
-    returns the loss ``[]`` (a new tensor; nothing is read back to the host). ``return_parts=True``
+    returns the loss ``[]`` (a new tensor; a replay reads nothing back to the host). ``return_parts=True``
     returns ``(loss, parts)`` as the model's losses do.
 
     Where a step can be captured (the model on CUDA with ``backend="triton"``), each *key* (stage,
@@ -60,7 +66,12 @@ class StepGraph:
     a side stream (Triton compiles, the optimizer builds its state, the constant tables reach the
     device); its next call captures the step into a CUDA graph, and that call and every later one
     copy their inputs into the graph's static inputs and replay it. After a replay ``p.grad`` is the
-    graph's gradient. At most ``max_graphs`` keys keep a graph (the least recently used is freed).
+    graph's gradient, and the parameters' and buffers' version counters are bumped (as the step's
+    in-place updates would, so caches keyed on them see the change). A replay first checks that the
+    parameters, buffers, lrs and optimizer state are the tensors the graph captured (else, after a
+    ``load_state_dict`` say, the key warms up and captures again). At most ``max_graphs`` keys are
+    kept (the least recently used is dropped with its graph). The key also holds ``grad_clip``,
+    ``requires_grad`` of every parameter, the config and the frozen parameters' versions.
     Elsewhere every call runs the step directly: the same numbers, no capture. ``stats`` counts
     direct steps, captures and replays.
 
@@ -68,10 +79,11 @@ class StepGraph:
     graph advances it on every replay, so replays draw what direct steps would.
 
     Captured steps differ from direct ones in what the graph fixes at capture:
-    - each param group's float ``lr`` becomes a 0-dim tensor on the model's device at the first
-      call, so a learning-rate scheduler's changes (filled in place) reach the replays; a new
+    - each param group's ``lr`` becomes a 0-dim tensor on the model's device (unless it is one) at
+      the first call, so a learning-rate scheduler's changes (filled in place) reach the replays; a new
       ``lr`` object or a change of any other hyperparameter is a new key;
-    - the label range is checked by a device-side assert (a bad label fails the replay), and with
+    - the label range is checked by a device-side assert (a bad label trips it: CUDA reports the
+      assert at the next synchronization and the process must restart), and with
       ``model.check_inputs`` the NaN/Inf checks run here, on the host, before each replay;
     - under ``torch.autocast`` the capture runs with autocast's weight-cast cache off.
     The optimizer must be built with ``capturable=True`` (:func:`check_capturable`).
@@ -105,6 +117,12 @@ class StepGraph:
         model = self.model
         return model.device.type == "cuda" and model.backend == "triton"
 
+    def _refs(self) -> tuple:
+        """The tensors a captured step reads or writes by address: parameters, buffers, lrs, optimizer state."""
+        opt = self.optimizer
+        state = [v for p in self._params() for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
+        return (*self._params(), *self.model.buffers(), *(g["lr"] for g in opt.param_groups), *state)
+
     def _params(self) -> list:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
@@ -115,8 +133,11 @@ class StepGraph:
                       + (("lr", g["lr"].data_ptr() if isinstance(g["lr"], torch.Tensor) else g["lr"]),)
                       for g in self.optimizer.param_groups)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        params = list(model.parameters())
         return (model.stage, model.training, model.fused_impl, model.activation_memory, per_class, autocast,
-                tuple((t.shape, t.dtype, t.device) for t in inputs),
+                tuple((t.shape, t.dtype, t.device) for t in inputs), self.grad_clip,
+                tuple(sorted(model.config.to_dict().items())), tuple(p.requires_grad for p in params),
+                tuple(p._version for p in params if not p.requires_grad),  # frozen: the caches' tables hold
                 tuple(p.data_ptr() for p in self._params()), model.centers.data_ptr(), hyper)
 
     def _run(self, inputs: tuple, text_kind: str):
@@ -134,16 +155,23 @@ class StepGraph:
         return loss.detach(), parts
 
     def __call__(self, visual, labels, text=None, *, text_kind: str = "auto", return_parts: bool = False):
-        model, cfg = self.model, self.model.config
+        model = self.model
         if not self.captures:
             self.stats["direct"] += 1
             loss, parts = self._run((visual, labels) if model.stage == 1 else (visual, labels, text), text_kind)
             return (loss, parts) if return_parts else loss
+        with torch.cuda.device(model.device) if model.device.type == "cuda" else contextlib.nullcontext():
+            loss, parts = self._captured_call(visual, labels, text, text_kind)
+        return (loss, parts) if return_parts else loss
+
+    def _captured_call(self, visual, labels, text, text_kind: str):
+        model, cfg = self.model, self.model.config
         if self._capture_fn is None:
             check_capturable(self.optimizer)
         for group in self.optimizer.param_groups:  # a graph reads the tensor a scheduler fills in place
-            if not isinstance(group["lr"], torch.Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]), device=model.device)
+            lr = group["lr"]  # (a CPU tensor, as a checkpoint loads it, would be read once, at capture)
+            if not isinstance(lr, torch.Tensor) or lr.device != model.device:
+                group["lr"] = torch.tensor(float(lr), device=model.device)
         val.check_features("visual", visual, cfg.visual_dim, model.device)
         val.check_labels(labels, visual.shape[0], None, model.device)  # the range: in the step (an assert in a graph)
         inputs, per_class = (visual, labels), None
@@ -153,7 +181,11 @@ class StepGraph:
             per_class = val.text_is_per_class(text_kind, text.shape[0], cfg.num_classes)
             inputs += (text,)
         key = self._key(inputs, per_class)
-        entry = self._entries.pop(key, None) or _Entry()
+        entry = self._entries.pop(key, None)
+        refs = self._refs()
+        if entry is None or (entry.replay is not None and (
+                len(refs) != len(entry.refs) or any(a is not b for a, b in zip(refs, entry.refs)))):
+            entry = _Entry()  # new, or its graph would read tensors the model or optimizer no longer uses
         self._entries[key] = entry  # the most recently used last
         while len(self._entries) > self.max_graphs:
             self._entries.pop(next(iter(self._entries)))
@@ -161,8 +193,7 @@ class StepGraph:
             entry.direct += 1
             self.stats["direct"] += 1
             with self._side_stream():
-                loss, parts = self._run(inputs, text_kind)
-            return (loss, parts) if return_parts else loss
+                return self._run(inputs, text_kind)
         if model.check_inputs:
             val.check_finite("visual", visual)
             if text is not None:
@@ -176,9 +207,10 @@ class StepGraph:
         self.stats["replays"] += 1
         for p, g in zip(self._params(), entry.grads):
             p.grad = g
+        for t in (*(p for p in self._params() if p.requires_grad), *model.buffers()):  # updated in place by
+            increment_version(t)  # the replay, unseen by autograd (frozen parameters' versions are in the key)
         loss, parts = entry.outputs
-        loss = loss.clone()
-        return (loss, {k: v.clone() for k, v in parts.items()}) if return_parts else loss
+        return loss.clone(), {k: v.clone() for k, v in parts.items()}
 
     def _capture(self, entry: _Entry, inputs: tuple, text_kind: str) -> None:
         model = self.model
@@ -195,6 +227,7 @@ class StepGraph:
         finally:
             model.check_inputs = checks
         entry.grads = [p.grad for p in self._params()]
+        entry.refs, entry.keep = self._refs(), weights.cached_tensors()
         self.stats["captures"] += 1
 
     def _side_stream(self):

@@ -50,7 +50,7 @@ def check_labels(labels, batch: int, num_classes: int | None, device: torch.devi
     """``labels`` must be an integer ``[batch]`` tensor (of one of ``dtypes``) with values in
     ``[0, num_classes)`` (range unchecked when ``num_classes`` is None: the check syncs). While a
     CUDA graph is being captured the range is checked by a device-side assert instead (no sync; a
-    bad label then fails the replay with that message)."""
+    bad label then trips it at replay: CUDA reports a device-side assert, its message on stderr)."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
     if labels.dtype not in dtypes:

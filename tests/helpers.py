@@ -255,3 +255,40 @@ def infer_phases_placeholders(cfg: sf.SeDAConfig, batch: int, dtype=torch.float3
                       "wxo": e(H, H), "bxo": e(H), "wcx": e(H, d)}  # wxo, bxo, wcx, ...: the folded steps' weights
     tables["translator"] |= {"wpo": e(H, H), "bpo": e(H), "wgo": e(d, H), "bgo": e(d), "wxi": e(H, d)}
     return e(batch, Dv), weights, tables
+
+
+def standin_capture(model, opt):
+    """A stand-in for ``seda_fast.step_graph.cuda_capture`` that runs anywhere: the capture runs the
+    step once for its static outputs and puts the parameters, buffers, optimizer state and random
+    state back (a real capture executes nothing); a replay runs the step and copies its loss, parts
+    and gradients into the static tensors."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    def capture(run, generators):
+        state = [t.clone() for t in step_state_tensors(model, opt)]
+        saved = [g.get_state() for g in generators]
+        device = params[0].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            outputs = run()
+        for g, st in zip(generators, saved):
+            g.set_state(st)
+        grads = [p.grad for p in params]
+        for t, saved in zip(step_state_tensors(model, opt), state):
+            t.copy_(saved)
+
+        def replay():
+            loss, parts = run()
+            outputs[0].copy_(loss)
+            for k, v in parts.items():
+                outputs[1][k].copy_(v)
+            for p, g in zip(params, grads):
+                if g is not None:
+                    g.copy_(p.grad)
+        return outputs, replay
+    return capture
+
+
+def step_state_tensors(model, opt):
+    """What a training step changes in place: parameters, buffers (the centers), optimizer state."""
+    tensors = [p.data for p in model.parameters()] + [b for b in model.buffers()]
+    return tensors + [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]

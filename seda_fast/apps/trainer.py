@@ -5,6 +5,8 @@ an optional per-step cosine decay. Mini-batches are drawn from in-memory tensors
 ``torch.Generator`` that also feeds the losses' random draws (t, eps, start noise), so two runs
 with the same seed and the same initial model give bitwise-identical parameters (on CPU).
 The trainer turns ``check_inputs`` on, so NaN/Inf in the data is reported, not trained on.
+``cuda_graph=True`` runs each step through :class:`seda_fast.StepGraph` (one CUDA-graph replay
+per step on CUDA with the fused backend).
 
 Typical use::
 
@@ -25,6 +27,7 @@ import torch
 from .. import validation as val
 from ..config import SeDAConfig
 from ..model import SeDA
+from ..step_graph import StepGraph
 from .loop import check_dataset, cosine_lambda, eval_mode, minibatches, progress_bar
 
 _CHECKPOINT_FORMAT = 1
@@ -58,6 +61,11 @@ class Trainer:
         progress: show tqdm bars.
         eval_batch_size: batch size of :meth:`predict`.
         grad_clip: max gradient norm, or ``None`` for no clipping.
+        cuda_graph: run each step through :class:`seda_fast.StepGraph`: on CUDA with
+            ``backend="triton"`` a step is one graph replay (AdamW is built ``capturable``; its lr
+            becomes a device tensor); elsewhere the same steps run directly. The loss is then
+            checked for NaN/Inf after the step, so a non-finite step's update has been applied
+            when the error is raised.
 
     ``history`` is a list of per-epoch dicts: ``stage``, ``epoch``, ``loss`` (mean over the
     epoch) and the loss parts, ``seconds``, and when evaluation data is given ``accuracy``
@@ -68,7 +76,7 @@ class Trainer:
     def __init__(self, model: SeDA, *, stage1_epochs: int = 10, stage2_epochs: int = 10, batch_size: int = 256,
                  lr: float = 1e-3, stage2_lr: float | None = None, weight_decay: float = 1e-4,
                  schedule: str = "cosine", seed: int = 0, progress: bool = True, eval_batch_size: int = 1024,
-                 grad_clip: float | None = None):
+                 grad_clip: float | None = None, cuda_graph: bool = False):
         if not isinstance(model, SeDA):
             raise TypeError(f"model must be a seda_fast.SeDA, got {type(model).__name__}")
         self.stage1_epochs = val.check_int("stage1_epochs", stage1_epochs, 0)
@@ -85,6 +93,9 @@ class Trainer:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = seed
         self.grad_clip = None if grad_clip is None else val.check_number("grad_clip", grad_clip, positive=True)
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+        self.cuda_graph = cuda_graph
         self.progress = bool(progress)
         self.model = model
         model.check_inputs = True
@@ -94,6 +105,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self._steps_per_epoch: int | None = None
+        self._graph_step: StepGraph | None = None
 
     # ------------------------------------------------------------------ settings round trip
     def settings(self) -> dict:
@@ -101,18 +113,21 @@ class Trainer:
         return {"stage1_epochs": self.stage1_epochs, "stage2_epochs": self.stage2_epochs,
                 "batch_size": self.batch_size, "lr": self.lr, "stage2_lr": self.stage2_lr,
                 "weight_decay": self.weight_decay, "schedule": self.schedule, "seed": self.seed,
-                "eval_batch_size": self.eval_batch_size, "grad_clip": self.grad_clip}
+                "eval_batch_size": self.eval_batch_size, "grad_clip": self.grad_clip, "cuda_graph": self.cuda_graph}
 
     # ------------------------------------------------------------------ optimizer
     def _new_optimizer(self, stage: int, steps_per_epoch: int) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         lr = self.lr if stage == 1 else self.stage2_lr
-        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
+        capturable = self.cuda_graph and self.model.device.type == "cuda"  # AdamW steps capturable only there
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay, capturable=capturable)
         epochs = self.stage1_epochs if stage == 1 else self.stage2_epochs
         total = steps_per_epoch * epochs if self.schedule == "cosine" else None
         self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(total))
                           if total else None)
         self._steps_per_epoch = steps_per_epoch
+        self._graph_step = StepGraph(self.model, self.optimizer, grad_clip=self.grad_clip,
+                                     generator=self.generator) if self.cuda_graph else None
 
     # ------------------------------------------------------------------ data
     def _check_text(self, text, n: int, text_kind: str) -> str:
@@ -193,28 +208,22 @@ class Trainer:
         bar = progress_bar(batches, self.progress, f"stage {stage} epoch {epoch}/{total_epochs}")
         for idx in bar:
             v, y = visual[idx], labels[idx]
-            if stage == 1:
-                loss, parts = model.learner_loss(v, y, generator=self.generator, return_parts=True)
+            inputs = (v, y) if stage == 1 else (v, y, text if text_kind == "class" else text[idx])
+            if self._graph_step is not None:  # the whole step; its loss is checked after it
+                loss, parts = self._graph_step(*inputs, text_kind=text_kind, return_parts=True)
             else:
-                t = text if text_kind == "class" else text[idx]
-                loss, parts = model.translator_loss(v, y, t, generator=self.generator,
-                                                    text_kind=text_kind, return_parts=True)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"stage-{stage} loss became {loss.item()} at epoch {epoch}; "
-                                         "lower lr or enable grad_clip")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.grad_clip)
-            self.optimizer.step()
+                loss, parts = self._direct_step(stage, epoch, inputs, text_kind)
             if self.scheduler is not None:
                 self.scheduler.step()
+            values = torch.stack([loss.float(), *(p.float() for p in parts.values())]).tolist()  # one read
+            if not math.isfinite(values[0]):
+                raise FloatingPointError(f"stage-{stage} loss became {values[0]} at epoch {epoch}; lower lr or "
+                                         "enable grad_clip (cuda_graph: the step's update was applied)")
             n = idx.numel()
-            sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * n
+            for key, value in zip(("loss", *parts), values):
+                sums[key] = sums.get(key, 0.0) + value * n
             if self.progress:
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # shown at the next redraw
+                bar.set_postfix(loss=f"{values[0]:.4f}", refresh=False)  # shown at the next redraw
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:
@@ -224,6 +233,24 @@ class Trainer:
                 record["center_accuracy"] = self.center_accuracy(eval_visual, eval_labels)
         self.history.append(record)
         self.epochs_done[stage] = epoch
+
+    def _direct_step(self, stage, epoch, inputs, text_kind):
+        """One step issued op by op; a non-finite loss raises before it changes anything."""
+        model = self.model
+        if stage == 1:
+            loss, parts = model.learner_loss(*inputs, generator=self.generator, return_parts=True)
+        else:
+            loss, parts = model.translator_loss(*inputs, generator=self.generator, text_kind=text_kind,
+                                                return_parts=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"stage-{stage} loss became {loss.item()} at epoch {epoch}; "
+                                     "lower lr or enable grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.grad_clip)
+        self.optimizer.step()
+        return loss.detach(), parts
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -240,3 +240,16 @@ def op_args(model, part: str):
     :func:`weight_paths`) and the number of residual layers."""
     n_hidden = model.config.layers - 1
     return [_get(model, p) for p in weight_paths(n_hidden, part)], n_hidden
+
+
+def cached_tensors() -> list:
+    """Every tensor the weight caches above hold now. A CUDA graph that read one at capture keeps
+    the list, so a later cache update cannot free memory the graph reads."""
+    out = []
+    for _, (_, tables) in _CACHE.items():
+        out += tables.values()
+    for _, (_, _, tables) in _FOLDED.items():
+        out += tables.values()
+    for _, (_, copy) in _CASTS.items():
+        out.append(copy)
+    return out

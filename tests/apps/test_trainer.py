@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import seda_fast as sf
+from helpers import standin_capture
 from seda_fast.apps import baselines
+from seda_fast.apps import trainer as trainer_module
 from seda_fast.apps.trainer import Trainer, make_model
 
 CFG = dict(visual_dim=24, text_dim=12, num_classes=4, dim=16, hidden=32, layers=2,
@@ -29,6 +31,39 @@ def trainer(model, **kw):
     args = dict(stage1_epochs=6, stage2_epochs=6, batch_size=32, lr=3e-3, seed=5, progress=False)
     args.update(kw)
     return Trainer(model, **args)
+
+
+def standin_graphs(monkeypatch) -> list:
+    """The trainer's StepGraphs capture with :func:`helpers.standin_capture` (the CPU has no CUDA
+    graph); returns the list they are added to."""
+    made = []
+
+    def graph_step(model, opt, **kw):
+        made.append(sf.StepGraph(model, opt, capture_fn=standin_capture(model, opt), **kw))
+        return made[-1]
+    monkeypatch.setattr(trainer_module, "StepGraph", graph_step)
+    return made
+
+
+def test_cuda_graph_steps_track_the_direct_steps(monkeypatch):
+    """``cuda_graph=True``: each stage's steps go through a StepGraph (2 direct, a capture, then
+    replays) and train as the direct trainer does. Not bitwise: StepGraph makes AdamW's lr an fp32
+    tensor, whose arithmetic rounds differently from the float lr's (about 1e-7 relative a step)."""
+    made = standin_graphs(monkeypatch)
+    visual, labels, text = problem()
+    runs = [trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=2, grad_clip=1.0,
+                    cuda_graph=graph) for graph in (False, True)]
+    for tr in runs:
+        tr.fit(visual, labels, text)
+    assert [g.stats for g in made] == [{"direct": 2, "captures": 1, "replays": 4}] * 2  # 3 steps an epoch
+    assert runs[1].settings()["cuda_graph"] and not runs[0].settings()["cuda_graph"]
+    for a, b in zip(runs[0].history, runs[1].history):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key != "seconds":
+                assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    for (name, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_losses_finite_and_decreasing_both_stages():
@@ -62,14 +97,17 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 
-def test_resume_mid_stage_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_resume_mid_stage_matches_uninterrupted_run(tmp_path, cuda_graph, monkeypatch):
     """Stop after stage 1 + one stage-2 epoch, save, load into another model, finish: the result is
-    bitwise the uninterrupted run (model, optimizer, cosine schedule and generator state restored)."""
+    bitwise the uninterrupted run (model, optimizer, cosine schedule and generator state restored);
+    with ``cuda_graph`` too (the stand-in capture), whose saved lr is a tensor."""
+    made = standin_graphs(monkeypatch)
     visual, labels, text = problem()
-    full = trainer(make_model(config(), seed=1), stage1_epochs=2, stage2_epochs=3)
+    full = trainer(make_model(config(), seed=1), stage1_epochs=2, stage2_epochs=3, cuda_graph=cuda_graph)
     full.fit(visual, labels, text)
 
-    part = trainer(make_model(config(), seed=1), stage1_epochs=2, stage2_epochs=3)
+    part = trainer(make_model(config(), seed=1), stage1_epochs=2, stage2_epochs=3, cuda_graph=cuda_graph)
     part.fit(visual, labels, text, max_epochs=3)
     assert part.epochs_done == {1: 2, 2: 1}
     path = part.save(tmp_path / "mid.pt")
@@ -81,6 +119,8 @@ def test_resume_mid_stage_matches_uninterrupted_run(tmp_path):
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    assert resumed.settings()["cuda_graph"] == cuda_graph
+    assert sum(g.stats["replays"] for g in made) == (20 if cuda_graph else 0)  # full 4 + 7, part 4 + 1, resumed 4
 
 
 def test_checkpoint_config_mismatch(tmp_path):
@@ -153,6 +193,7 @@ def test_per_sample_text_rows_follow_their_samples():
     ({"weight_decay": -1.0}, ValueError, "weight_decay"),
     ({"schedule": "linear"}, ValueError, "schedule"),
     ({"seed": "0"}, TypeError, "seed"),
+    ({"cuda_graph": 1}, TypeError, "cuda_graph"),
 ])
 def test_bad_trainer_arguments(kw, exc, name):
     with pytest.raises(exc, match=name):

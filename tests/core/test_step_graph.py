@@ -1,9 +1,9 @@
 """``seda_fast.StepGraph``: a whole training step captured once and replayed.
 
-Most tests use a stand-in capture (:func:`standin_capture`: it runs the step once for its static
-outputs, puts the model, optimizer and random state back as a capture that executes nothing would
-leave them, and replays by running the step and copying the results into the static tensors), so
-the wiring is checked on the CPU: which calls run directly, capture or replay, that every call is
+Most tests use a stand-in capture (:func:`helpers.standin_capture`: it runs the step once for its
+static outputs, puts the model, optimizer and random state back as a capture that executes nothing
+would leave them, and replays by running the step and copying the results into the static
+tensors), so the wiring is checked on the CPU: which calls run directly, capture or replay, that every call is
 exactly one step with the numbers of a plain loop, bitwise, and the errors. The wiring does not
 depend on the backend, so most run the eager one (fast); one runs the fused kernels under the
 interpreter. On a GPU a real CUDA graph replays against the same steps run directly.
@@ -13,42 +13,11 @@ import copy
 import pytest
 import torch
 
-from helpers import make_batch, make_model
+from helpers import make_batch, make_model, standin_capture, step_state_tensors
 from seda_fast import StepGraph
 from seda_fast.step_graph import check_capturable
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def standin_capture(model, opt):
-    params = [p for g in opt.param_groups for p in g["params"]]
-
-    def capture(run, generators):
-        state = [t.clone() for t in _state_tensors(model, opt)]
-        saved = [g.get_state() for g in generators]
-        with torch.random.fork_rng(devices=[DEVICE] if DEVICE.type == "cuda" else []):
-            outputs = run()
-        for g, st in zip(generators, saved):
-            g.set_state(st)
-        grads = [p.grad for p in params]
-        for t, saved in zip(_state_tensors(model, opt), state):
-            t.copy_(saved)
-
-        def replay():
-            loss, parts = run()
-            outputs[0].copy_(loss)
-            for k, v in parts.items():
-                outputs[1][k].copy_(v)
-            for p, g in zip(params, grads):
-                if g is not None:
-                    g.copy_(p.grad)
-        return outputs, replay
-    return capture
-
-
-def _state_tensors(model, opt):
-    tensors = [p.data for p in model.parameters()] + [b for b in model.buffers()]
-    return tensors + [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
 
 
 def _setup(stage, backend="eager", **cfg):
@@ -107,7 +76,7 @@ def test_replayed_steps_equal_a_plain_loop(stage, backend, warmup, replays, priv
         assert torch.equal(p, q), name
         assert (p.grad is None) == (q.grad is None) and (p.grad is None or torch.equal(p.grad, q.grad)), name
     assert torch.equal(model.centers, twin.centers)
-    for a, b in zip(_state_tensors(model, opt), _state_tensors(twin, twin_opt)):
+    for a, b in zip(step_state_tensors(model, opt), step_state_tensors(twin, twin_opt)):
         assert torch.equal(a, b)
 
 
@@ -128,6 +97,12 @@ def test_a_new_key_warms_up_and_captures_again():
     loss, parts = step(visual, labels, return_parts=True)
     assert set(parts) == {"diffusion", "center", "aux"} and loss.shape == ()
     assert step.stats == {"direct": 4, "captures": 3, "replays": 4}
+    opt.load_state_dict(opt.state_dict())  # new optimizer-state tensors: the graph would write the old ones
+    step(visual, labels)
+    assert step.stats == {"direct": 5, "captures": 3, "replays": 4}
+    step.grad_clip = 1.0  # part of the key
+    step(visual, labels)
+    assert step.stats == {"direct": 6, "captures": 3, "replays": 4}
 
 
 def test_without_a_capture_every_call_is_a_plain_step():
@@ -162,6 +137,8 @@ def test_bad_arguments_fail_before_any_step():
             StepGraph(model, opt, generator=torch.Generator())
     with pytest.raises(ValueError, match="capturable=True"):
         check_capturable(opt)
+    with pytest.raises(ValueError, match="capturable=True"):  # SGD has no capturable flag: it reads lr back
+        check_capturable(torch.optim.SGD(model.parameters(), lr=0.1))
     step = StepGraph(model, opt, capture_fn=standin_capture(model, opt))
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(ValueError, match=r"visual must have shape \[B, 37\]"):
@@ -218,3 +195,5 @@ def test_cuda_step_graph_replays_the_direct_steps(stage, private):  # pragma: no
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     torch.testing.assert_close(model.centers, twin.centers, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the replays bumped the versions, so the weight caches do not serve stale tables
+        torch.testing.assert_close(model(visual.to(DEVICE)), twin(visual.to(DEVICE)), rtol=1e-4, atol=1e-5)
