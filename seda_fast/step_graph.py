@@ -71,7 +71,8 @@ class StepGraph:
     parameters, buffers, lrs and optimizer state are the tensors the graph captured (else, after a
     ``load_state_dict`` say, the key warms up and captures again). At most ``max_graphs`` keys are
     kept (the least recently used is dropped with its graph). The key also holds ``grad_clip``,
-    ``requires_grad`` of every parameter, the config and the frozen parameters' versions.
+    ``requires_grad`` of every parameter, the config and the frozen parameters' versions. The
+    model's modules are listed once, when the StepGraph is made (make a new one after adding one).
     Elsewhere every call runs the step directly: the same numbers, no capture. ``stats`` counts
     direct steps, captures and replays.
 
@@ -106,6 +107,7 @@ class StepGraph:
         self.warmup = val.check_int("warmup", warmup)
         self.max_graphs = val.check_int("max_graphs", max_graphs)
         self._capture_fn = capture_fn  # None: torch.cuda.graph where the step can be captured
+        self._modules = list(model.modules())
         self._entries: dict[tuple, _Entry] = {}
         self.stats = {"direct": 0, "captures": 0, "replays": 0}
 
@@ -117,28 +119,38 @@ class StepGraph:
         model = self.model
         return model.device.type == "cuda" and model.backend == "triton"
 
-    def _refs(self) -> tuple:
-        """The tensors a captured step reads or writes by address: parameters, buffers, lrs, optimizer state."""
+    def _refs(self, trained: list, buffers: list) -> tuple:
+        """The tensors a captured step reads or writes by address: the optimizer's parameters, the
+        model's buffers, the lrs, the optimizer state."""
         opt = self.optimizer
-        state = [v for p in self._params() for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
-        return (*self._params(), *self.model.buffers(), *(g["lr"] for g in opt.param_groups), *state)
+        state = [v for p in trained for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
+        return (*trained, *buffers, *(g["lr"] for g in opt.param_groups), *state)
+
+    def _module_tensors(self) -> tuple[list, list]:
+        """``(parameters, buffers)`` of the model's modules as they were when the StepGraph was made
+        (walking the module tree on every call cost more host time than a replay saves per op; a
+        parameter or buffer replaced inside a module is still seen)."""
+        params, buffers = [], []
+        for module in self._modules:
+            params += [p for p in module._parameters.values() if p is not None]
+            buffers += [b for b in module._buffers.values() if b is not None]
+        return params, buffers
 
     def _params(self) -> list:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _key(self, inputs: tuple, per_class) -> tuple:
+    def _key(self, inputs: tuple, per_class, params: list, trained: list) -> tuple:
         model = self.model
         hyper = tuple(tuple((k, v) for k, v in sorted(g.items()) if k not in ("params", "lr")
                             and isinstance(v, (bool, int, float, str, tuple, type(None))))
                       + (("lr", g["lr"].data_ptr() if isinstance(g["lr"], torch.Tensor) else g["lr"]),)
                       for g in self.optimizer.param_groups)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        params = list(model.parameters())
         return (model.stage, model.training, model.fused_impl, model.activation_memory, per_class, autocast,
                 tuple((t.shape, t.dtype, t.device) for t in inputs), self.grad_clip,
-                tuple(sorted(model.config.to_dict().items())), tuple(p.requires_grad for p in params),
+                tuple(vars(model.config).values()), tuple(p.requires_grad for p in params),
                 tuple(p._version for p in params if not p.requires_grad),  # frozen: the caches' tables hold
-                tuple(p.data_ptr() for p in self._params()), model.centers.data_ptr(), hyper)
+                tuple(p.data_ptr() for p in trained), model.centers.data_ptr(), hyper)
 
     def _run(self, inputs: tuple, text_kind: str):
         """One step, run directly or under capture: ``(loss, parts)``, the loss detached."""
@@ -161,10 +173,10 @@ class StepGraph:
             loss, parts = self._run((visual, labels) if model.stage == 1 else (visual, labels, text), text_kind)
             return (loss, parts) if return_parts else loss
         with torch.cuda.device(model.device) if model.device.type == "cuda" else contextlib.nullcontext():
-            loss, parts = self._captured_call(visual, labels, text, text_kind)
+            loss, parts = self._captured_call(visual, labels, text, text_kind, return_parts)
         return (loss, parts) if return_parts else loss
 
-    def _captured_call(self, visual, labels, text, text_kind: str):
+    def _captured_call(self, visual, labels, text, text_kind: str, want_parts: bool):
         model, cfg = self.model, self.model.config
         if self._capture_fn is None:
             check_capturable(self.optimizer)
@@ -180,9 +192,11 @@ class StepGraph:
             val.check_features("text", text, cfg.text_dim, model.device)
             per_class = val.text_is_per_class(text_kind, text.shape[0], cfg.num_classes)
             inputs += (text,)
-        key = self._key(inputs, per_class)
+        params, buffers = self._module_tensors()
+        trained = self._params()
+        key = self._key(inputs, per_class, params, trained)
         entry = self._entries.pop(key, None)
-        refs = self._refs()
+        refs = self._refs(trained, buffers)
         if entry is None or (entry.replay is not None and (
                 len(refs) != len(entry.refs) or any(a is not b for a, b in zip(refs, entry.refs)))):
             entry = _Entry()  # new, or its graph would read tensors the model or optimizer no longer uses
@@ -200,17 +214,21 @@ class StepGraph:
                 val.check_finite("text", text)
         if entry.replay is None:
             self._capture(entry, inputs, text_kind)
+            entry.refs = self._refs(trained, buffers)
         with nvtx_range("seda/step_graph"):
             for static, new in zip(entry.inputs, inputs):
                 static.copy_(new)
             entry.replay()
         self.stats["replays"] += 1
-        for p, g in zip(self._params(), entry.grads):
+        for p, g in zip(trained, entry.grads):
             p.grad = g
-        for t in (*(p for p in self._params() if p.requires_grad), *model.buffers()):  # updated in place by
-            increment_version(t)  # the replay, unseen by autograd (frozen parameters' versions are in the key)
+        for t in (*(p for p in trained if p.requires_grad), *buffers):  # updated in place by the replay,
+            increment_version(t)  # unseen by autograd (the frozen parameters' versions are in the key)
         loss, parts = entry.outputs
-        return loss.clone(), {k: v.clone() for k, v in parts.items()}
+        if not want_parts:
+            return loss.clone(), None
+        values = torch.stack([loss, *parts.values()]).unbind()  # one copy of the static outputs
+        return values[0], dict(zip(parts, values[1:]))
 
     def _capture(self, entry: _Entry, inputs: tuple, text_kind: str) -> None:
         model = self.model
@@ -227,7 +245,7 @@ class StepGraph:
         finally:
             model.check_inputs = checks
         entry.grads = [p.grad for p in self._params()]
-        entry.refs, entry.keep = self._refs(), weights.cached_tensors()
+        entry.keep = weights.cached_tensors()
         self.stats["captures"] += 1
 
     def _side_stream(self):
