@@ -30,14 +30,16 @@ Jobs, in order of value:
    ``torch_compile`` (``max-autotune`` with the compile
    budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
    otherwise or after a max-autotune timeout; the mode is recorded).
-4. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
-5. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
+4. Training steps (loss, backward, AdamW), bf16 autocast, both stages, B = 256 and 4096:
    eager, fused (phases: stage 1's diffusion term, stage 2's unroll saving its activations),
-   fused_graph (the fused step captured whole in one CUDA graph and replayed), torch.compile; then
-   ``fused-raw`` (the phase ops' launches one Python launch each, without their graphs of recurring
-   launches) and the other implementations (``fused-recompute``, stage 2 only; ``fused-rowblock``,
-   both stages; each also ``_graph``); each with the step's peak memory.
-6. The GPU-only test cases: every kernel test file, ``-x``, one child (and timeout) per file.
+   ``fused_stepgraph`` (the fused step through :class:`seda_fast.StepGraph`, as users capture it:
+   replays plus StepGraph's own host work per call), ``fused_graph`` (the same step captured bare in
+   one CUDA graph: the GPU work alone), torch.compile; each with the step's peak memory.
+5. Inference bf16 at B = 1 and 1024, then fp32 at all four batches.
+6. Training variants: ``fused-raw`` (the phase ops' launches one Python launch each, without their
+   graphs of recurring launches) and the other implementations (``fused-recompute``, stage 2 only;
+   ``fused-rowblock``, both stages; each also ``_graph``).
+7. The GPU-only test cases: every kernel test file, ``-x``, one child (and timeout) per file.
 
 Every timing row carries its error against the fp32 eager reference: inference, the largest
 ``|out - ref|`` over (logits, s, m) and the relative norm error of the logits; training, the
@@ -114,7 +116,13 @@ def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
     else:
         groups = [("bfloat16", (64, 16384)), ("bfloat16", (1, 1024)), ("float32", (1, 64, 1024, 16384))]
         train_batches = (256, 4096)
-    for dtype, batches in groups:
+    def train(providers):
+        return [Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
+                                                       amp="float32" if dry else "bfloat16"), 300)
+                for provider in providers]
+    variants = tuple(f"fused-{v}{g}" for v in TRAIN_VARIANTS for g in ("", "_graph")
+                     if not (g and v in UNGRAPHED_VARIANTS))
+    for i, (dtype, batches) in enumerate(groups):
         tag = f"{dtype}-B{'-'.join(map(str, batches))}"
         common = dict(dtype=dtype, batches=list(batches))
         jobs.append(Job(f"infer-eager-{tag}", "infer", dict(common, providers=["eager", "cuda_graph"]), 180))
@@ -122,11 +130,9 @@ def plan(dry: bool, impls: tuple[str, ...]) -> list[Job]:
             providers = [f"fused:{impl}"] + [f"fused:{impl}-{v}" for v in (() if dry else PHASE_VARIANTS.get(impl, ()))]
             jobs.append(Job(f"infer-fused-{impl}-{tag}", "infer", dict(common, providers=providers), 180))
         jobs.append(Job(f"infer-compile-{tag}", "infer", dict(common, providers=["torch_compile"]), 300))
-    variants = tuple(f"fused-{v}{g}" for v in TRAIN_VARIANTS for g in ("", "_graph")
-                     if not (g and v in UNGRAPHED_VARIANTS))
-    for provider in ("eager", "fused", "fused_graph", "torch_compile") + variants:
-        jobs.append(Job(f"train-{provider}", "train", dict(provider=provider, batches=list(train_batches),
-                                                          amp="float32" if dry else "bfloat16"), 300))
+        if i == 0:  # the training targets' rows before the inference batches no target names
+            jobs += train(("eager", "fused", "fused_stepgraph", "fused_graph", "torch_compile"))
+    jobs += train(variants)
     for name in GPU_TEST_FILES:
         params = {"file": name, "select": "fp32_parity and B1-L1-K1" if dry else None}
         jobs.append(Job(f"tests-{Path(name).stem[len('test_'):]}", "tests", params, 240))
@@ -513,6 +519,7 @@ def child_train(job, args, device) -> None:
         return loss.detach().float(), grads
 
     graphed = provider.endswith("_graph")
+    stepgraph = provider == "fused_stepgraph"  # on CPU StepGraph runs every call directly (the path is kept alive)
     variant = provider[len("fused-"):].removesuffix("_graph") if provider.startswith("fused-") else None
     for stage in (1, 2) if variant in (None, "raw", "rowblock") else (2,):  # recompute changes only stage 2
         for batch in job.params["batches"]:
@@ -544,7 +551,7 @@ def child_train(job, args, device) -> None:
                     float((g.float() - r).norm() / r.norm().clamp_min(1e-30)) for g, r in zip(grads, ref_grads))
                 del ref_model, ref_grads, grads
                 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                                        capturable=graphed)
+                                        capturable=graphed or (stepgraph and cuda))
 
                 from seda_fast.ops.runtime import launch_options, phase_graphs
                 raw = variant in UNGRAPHED_VARIANTS
@@ -559,9 +566,18 @@ def child_train(job, args, device) -> None:
                     opt.step()
                 if graphed:  # the whole step (loss, backward, AdamW) captured once, then replayed
                     step = bench.cuda_graph(step)
+                if stepgraph:  # warm-up, capture and replays by the library; its host work per call counted
+                    step_graph = sf.StepGraph(model, opt)
+                    inputs = (v, y) if stage == 1 else (v, y, text)
+
+                    def step():
+                        with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
+                            step_graph(*inputs)
                 phase_graphs(clear=True)
                 row.update(bench.summarize(bench.device_times(step, warm, iters, cuda)))
                 row["phase_graphs"] = phase_graphs()  # did the phase ranges' launches recur and replay?
+                if stepgraph:
+                    row["step_graph"] = dict(step_graph.stats)  # direct steps, captures, replays
                 row["peak_mb"] = memory.peak_bytes(step, device) / 2**20
                 row["status"] = "ok"
             except Exception as exc:  # record and go on with the next row

@@ -53,8 +53,11 @@ def test_dry_run_end_to_end_and_report(tmp_path):
         assert r["median_ms"] > 0 and r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["max_abs_err_vs_fp32"] < 1e-5 and r["rel_err_logits_vs_fp32"] < 1e-5
     train = _by(doc, section="training", status="ok")
-    assert {(r["provider"], r["stage"]) for r in train} == {(p, s) for p in ("eager", "fused", "fused-raw", "fused-rowblock")
-                                                            for s in (1, 2)} | {("fused-recompute", 2)}  # stage 2 only
+    assert {(r["provider"], r["stage"]) for r in train} == {
+        (p, s) for p in ("eager", "fused", "fused_stepgraph", "fused-raw", "fused-rowblock")
+        for s in (1, 2)} | {("fused-recompute", 2)}  # stage 2 only
+    for r in _by(doc, section="training", provider="fused_stepgraph"):  # on CPU StepGraph runs every call directly
+        assert r["step_graph"]["direct"] > 0 and r["step_graph"]["captures"] == r["step_graph"]["replays"] == 0
     assert {r["unroll"] for r in train if r["provider"] != "eager"} == {"phases", "rowblock"}
     for provider in ("fused_graph", "fused-recompute_graph", "fused-rowblock_graph"):  # CUDA only
         assert {r["status"] for r in _by(doc, section="training", provider=provider)} == {"skipped"}, provider
@@ -172,3 +175,22 @@ def test_gpu_plan_times_the_phase_variants():
         ("unfolded", 16384, bf16), ("raw", 16384, bf16), ("nopdl", 64, bf16), ("uniform", 64, bf16),
         ("uniform", 1024, bf16), ("uniform", 16384, bf16))] == [
         False, True, True, False, True, False, False, True, False, True]
+
+
+def test_gpu_plan_times_the_targets_first():
+    """On the GPU the rows the targets name come first: the inference group at B = 64 and 16384, then
+    the training steps as users run them (eager, fused, StepGraph, the bare graph, torch.compile),
+    and only then the other inference batches, the training variants and the GPU tests."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    names = [j.name for j in gpu_check.plan(False, ("rowblock", "phases", "persistent"))]
+    core = ["train-eager", "train-fused", "train-fused_stepgraph", "train-fused_graph", "train-torch_compile"]
+    start = names.index("train-eager")
+    assert names[start:start + len(core)] == core
+    assert names[start - 1] == "infer-compile-bfloat16-B64-16384"
+    assert all("B64-16384" in n for n in names[3:start])
+    later = names[start + len(core):]
+    assert later[0] == "infer-eager-bfloat16-B1-1024" and "train-fused-raw" in later and later[-1].startswith("tests-")
