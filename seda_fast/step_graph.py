@@ -33,6 +33,27 @@ def cuda_capture(run, generators=()):
     return outputs, graph.replay
 
 
+def train_step(model: SeDA, optimizer: torch.optim.Optimizer, inputs: tuple, *, generator=None,
+               grad_clip: float | None = None, text_kind: str = "auto", check_loss=None):
+    """One training step issued directly: zero the gradients, the stage's loss on ``inputs``
+    (``(visual [B, Dv], labels [B])`` in stage 1, ``(visual, labels, text)`` in stage 2), backward,
+    gradient-norm clipping to ``grad_clip`` (None: none), ``optimizer.step()``. Returns ``(loss [],
+    parts)``, the loss detached. ``check_loss(loss)``, if given, runs before backward: a raise there
+    leaves the parameters and the optimizer's state as they were."""
+    optimizer.zero_grad(set_to_none=True)
+    if model.stage == 1:
+        loss, parts = model.learner_loss(*inputs, generator, return_parts=True)
+    else:
+        loss, parts = model.translator_loss(*inputs, generator, text_kind=text_kind, return_parts=True)
+    if check_loss is not None:
+        check_loss(loss)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    optimizer.step()
+    return loss.detach(), parts
+
+
 def check_capturable(optimizer: torch.optim.Optimizer) -> None:
     """Only an optimizer whose every param group says ``capturable=True`` keeps its step on the
     device (others read their step count or lr back to the host): say so before any step."""
@@ -154,17 +175,8 @@ class StepGraph:
 
     def _run(self, inputs: tuple, text_kind: str):
         """One step, run directly or under capture: ``(loss, parts)``, the loss detached."""
-        model, opt = self.model, self.optimizer
-        opt.zero_grad(set_to_none=True)
-        if model.stage == 1:
-            loss, parts = model.learner_loss(inputs[0], inputs[1], self.generator, return_parts=True)
-        else:
-            loss, parts = model.translator_loss(*inputs, self.generator, text_kind=text_kind, return_parts=True)
-        loss.backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self._params(), self.grad_clip)
-        opt.step()
-        return loss.detach(), parts
+        return train_step(self.model, self.optimizer, inputs, generator=self.generator, grad_clip=self.grad_clip,
+                          text_kind=text_kind)
 
     def __call__(self, visual, labels, text=None, *, text_kind: str = "auto", return_parts: bool = False):
         model = self.model

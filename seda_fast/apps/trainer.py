@@ -27,7 +27,7 @@ import torch
 from .. import validation as val
 from ..config import SeDAConfig
 from ..model import SeDA
-from ..step_graph import StepGraph
+from ..step_graph import StepGraph, train_step
 from .loop import check_dataset, cosine_lambda, eval_mode, minibatches, progress_bar
 
 _CHECKPOINT_FORMAT = 1
@@ -236,21 +236,12 @@ class Trainer:
 
     def _direct_step(self, stage, epoch, inputs, text_kind):
         """One step issued op by op; a non-finite loss raises before it changes anything."""
-        model = self.model
-        if stage == 1:
-            loss, parts = model.learner_loss(*inputs, generator=self.generator, return_parts=True)
-        else:
-            loss, parts = model.translator_loss(*inputs, generator=self.generator, text_kind=text_kind,
-                                                return_parts=True)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage-{stage} loss became {loss.item()} at epoch {epoch}; "
-                                     "lower lr or enable grad_clip")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.grad_clip)
-        self.optimizer.step()
-        return loss.detach(), parts
+        def check_loss(loss):
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage-{stage} loss became {loss.item()} at epoch {epoch}; "
+                                         "lower lr or enable grad_clip")
+        return train_step(self.model, self.optimizer, inputs, generator=self.generator, grad_clip=self.grad_clip,
+                          text_kind=text_kind, check_loss=check_loss)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

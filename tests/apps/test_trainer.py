@@ -66,6 +66,24 @@ def test_cuda_graph_steps_track_the_direct_steps(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_a_non_finite_loss_stops_before_the_step_changes_anything():
+    """A loss that is not finite raises FloatingPointError naming the stage and epoch, before
+    backward: the parameters and AdamW's state are what they were (the direct step checks first)."""
+    model = make_model(config(), seed=0)
+    tr = trainer(model, stage1_epochs=1, stage2_epochs=0)
+    visual, labels, _ = problem(n=32)
+    tr.fit(visual, labels)  # stage 1 once: AdamW has state
+    with torch.no_grad():
+        model.visual_proj.linear.weight[0, 0] = float("inf")  # the next loss is not finite
+    before = [p.detach().clone() for p in model.parameters()]
+    state = [t.clone() for s in tr.optimizer.state.values() for t in s.values()]
+    tr.stage1_epochs = 2
+    with pytest.raises(FloatingPointError, match="stage-1 loss became (nan|inf) at epoch 2"):
+        tr.fit(visual, labels)
+    assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(model.parameters(), before))
+    assert all(torch.equal(a, b) for a, b in zip([t for s in tr.optimizer.state.values() for t in s.values()], state))
+
+
 def test_losses_finite_and_decreasing_both_stages():
     visual, labels, text = problem()
     tr = trainer(make_model(config(), seed=0))
