@@ -264,11 +264,13 @@ class StepGraph:
         """Warm-up steps run on a side stream (as CUDA-graph capture asks), joined both ways."""
         if self._capture_fn is not None or self.model.device.type != "cuda":
             return contextlib.nullcontext()
-        return _joined_stream()
+        return joined_side_stream()
 
 
 @contextlib.contextmanager
-def _joined_stream():
+def joined_side_stream():
+    """Run the block on a new stream of the current device that first waits for the current
+    stream, which then waits for it (the warm-up a CUDA-graph capture asks for)."""
     side, main = torch.cuda.Stream(), torch.cuda.current_stream()
     side.wait_stream(main)
     with torch.cuda.stream(side):

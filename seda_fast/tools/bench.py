@@ -78,17 +78,12 @@ def summarize(samples: list[float]) -> dict:
 
 
 def cuda_graph(fn):
-    """Capture ``fn()`` (after warm-up on a side stream) and return the replay callable."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
+    """Capture ``fn()`` (after three warm-up calls on a side stream) and return the replay callable."""
+    from ..step_graph import cuda_capture, joined_side_stream
+    with joined_side_stream():
         for _ in range(3):
             fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    return cuda_capture(fn)[1]
 
 
 def inference_provider(name: str, model, visual: torch.Tensor):
