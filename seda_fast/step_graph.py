@@ -7,6 +7,7 @@ aten ops and launches, see README's training table); replayed as one graph it pa
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,30 @@ def check_capturable(optimizer: torch.optim.Optimizer) -> None:
                          f"(e.g. torch.optim.{type(optimizer).__name__}(params, lr=..., capturable=True))")
 
 
+_READ_AT_REPLAY = ("lr", "betas")  # param-group entries keyed by the tensor a graph reads, not by value
+KEY_FIELDS = ("stage", "train/eval mode", "fused_impl", "activation_memory", "class or sample texts", "autocast",
+              "input shapes/dtypes/devices", "grad_clip", "config", "requires_grad", "frozen parameters' versions",
+              "parameters' storage", "centers' storage", "optimizer hyperparameters")
+
+
+def _address(x):
+    return x.data_ptr() if isinstance(x, torch.Tensor) else x
+
+
+def key_difference(a: tuple, b: tuple) -> str:
+    """The fields in which two StepGraph keys differ (the hyperparameters by name)."""
+    changed = [name for name, x, y in zip(KEY_FIELDS, a, b) if x != y]
+    if changed and changed[-1] == "optimizer hyperparameters":
+        names = set()
+        for ga, gb in zip(a[-1], b[-1]):  # per param group: (name, value) pairs
+            da, db, missing = dict(ga), dict(gb), object()
+            names |= {k for k in da.keys() | db.keys() if da.get(k, missing) != db.get(k, missing)}
+        if len(a[-1]) != len(b[-1]):
+            names.add("the number of param groups")
+        changed[-1] = "optimizer hyperparameters (" + ", ".join(sorted(names)) + ")"
+    return ", ".join(changed) or "nothing (an equal key)"
+
+
 @dataclass
 class _Entry:
     """One key's state: direct steps run so far, then the captured graph's static tensors."""
@@ -102,8 +127,14 @@ class StepGraph:
 
     Captured steps differ from direct ones in what the graph fixes at capture:
     - each param group's ``lr`` becomes a 0-dim tensor on the model's device (unless it is one) at
-      the first call, so a learning-rate scheduler's changes (filled in place) reach the replays; a new
-      ``lr`` object or a change of any other hyperparameter is a new key;
+      the first call, so a learning-rate scheduler's changes (filled in place) reach the replays;
+    - Adam's and AdamW's ``betas`` (not ``fused=True``'s) become a pair of 0-dim tensors of the
+      StepGraph's own, refilled in place before each call from whatever the group holds then
+      (``OneCycleLR`` and ``CyclicLR`` assign new floats every step), so momentum cycling reaches
+      the replays too;
+    - a new ``lr`` object or a change of any other hyperparameter is a new key. A key dropped (at
+      ``max_graphs``) before it ever captured means the keys change faster than they warm up:
+      nothing is being captured, and a warning names what changed.
     - the label range is checked by a device-side assert (a bad label trips it: CUDA reports the
       assert at the next synchronization and the process must restart), and with
       ``model.check_inputs`` the NaN/Inf checks run here, on the host, before each replay;
@@ -128,6 +159,8 @@ class StepGraph:
         self.warmup = val.check_int("warmup", warmup)
         self.max_graphs = val.check_int("max_graphs", max_graphs)
         self._capture_fn = capture_fn  # None: torch.cuda.graph where the step can be captured
+        self._betas: dict[int, tuple] = {}  # param group index -> the (beta1, beta2) tensors graphs read
+        self._warned_churn = False
         self._modules = list(model.modules())
         self._entries: dict[tuple, _Entry] = {}
         self.stats = {"direct": 0, "captures": 0, "replays": 0}
@@ -145,7 +178,8 @@ class StepGraph:
         model's buffers, the lrs, the optimizer state."""
         opt = self.optimizer
         state = [v for p in trained for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
-        return (*trained, *buffers, *(g["lr"] for g in opt.param_groups), *state)
+        betas = [b for g in opt.param_groups for b in g.get("betas", ()) if isinstance(b, torch.Tensor)]
+        return (*trained, *buffers, *(g["lr"] for g in opt.param_groups), *betas, *state)
 
     def _module_tensors(self) -> tuple[list, list]:
         """``(parameters, buffers)`` of the model's modules as they were when the StepGraph was made
@@ -162,9 +196,10 @@ class StepGraph:
 
     def _key(self, inputs: tuple, per_class, params: list, trained: list) -> tuple:
         model = self.model
-        hyper = tuple(tuple((k, v) for k, v in sorted(g.items()) if k not in ("params", "lr")
+        hyper = tuple(tuple((k, v) for k, v in sorted(g.items()) if k not in _READ_AT_REPLAY
                             and isinstance(v, (bool, int, float, str, tuple, type(None))))
-                      + (("lr", g["lr"].data_ptr() if isinstance(g["lr"], torch.Tensor) else g["lr"]),)
+                      + tuple((k, tuple(_address(x) for x in g[k]) if k == "betas" else _address(g[k]))
+                              for k in _READ_AT_REPLAY if k in g)
                       for g in self.optimizer.param_groups)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         return (model.stage, model.training, model.fused_impl, model.activation_memory, per_class, autocast,
@@ -192,10 +227,13 @@ class StepGraph:
         model, cfg = self.model, self.model.config
         if self._capture_fn is None:
             check_capturable(self.optimizer)
-        for group in self.optimizer.param_groups:  # a graph reads the tensor a scheduler fills in place
+        adam = isinstance(self.optimizer, torch.optim.Adam)  # (AdamW is one): tensor betas, unless fused
+        for i, group in enumerate(self.optimizer.param_groups):  # a graph reads the tensor a scheduler fills in place
             lr = group["lr"]  # (a CPU tensor, as a checkpoint loads it, would be read once, at capture)
             if not isinstance(lr, torch.Tensor) or lr.device != model.device:
                 group["lr"] = torch.tensor(float(lr), device=model.device)
+            if adam and "betas" in group and not group.get("fused"):  # (fused reads tensor betas to the host)
+                self._fill_betas(i, group, model.device)
         val.check_features("visual", visual, cfg.visual_dim, model.device)
         val.check_labels(labels, visual.shape[0], None, model.device)  # the range: in the step (an assert in a graph)
         inputs, per_class = (visual, labels), None
@@ -214,7 +252,13 @@ class StepGraph:
             entry = _Entry()  # new, or its graph would read tensors the model or optimizer no longer uses
         self._entries[key] = entry  # the most recently used last
         while len(self._entries) > self.max_graphs:
-            self._entries.pop(next(iter(self._entries)))
+            dropped = next(iter(self._entries))
+            if self._entries.pop(dropped).replay is None and not self._warned_churn:
+                self._warned_churn = True
+                warnings.warn(f"StepGraph: a step key was dropped before it was captured (max_graphs="
+                              f"{self.max_graphs}, warmup={self.warmup}): the keys change faster than they warm "
+                              f"up, so steps run directly. Changed since: {key_difference(dropped, key)}",
+                              RuntimeWarning, stacklevel=3)
         if entry.replay is None and entry.direct < self.warmup:
             entry.direct += 1
             self.stats["direct"] += 1
@@ -241,6 +285,20 @@ class StepGraph:
             return loss.clone(), None
         values = torch.stack([loss, *parts.values()]).unbind()  # one copy of the static outputs
         return values[0], dict(zip(parts, values[1:]))
+
+    def _fill_betas(self, index: int, group: dict, device: torch.device) -> None:
+        """Put the StepGraph's own ``(beta1, beta2)`` tensors in ``group``, filled in place with
+        the values the group holds now (a graph reads them at replay)."""
+        ours = self._betas.get(index)
+        if ours is None or ours[0].device != device:
+            ours = self._betas[index] = (torch.zeros((), device=device), torch.zeros((), device=device))
+            for mine, value in zip(ours, group["betas"]):
+                mine.fill_(value)
+        else:
+            for mine, value in zip(ours, group["betas"]):
+                if value is not mine:  # (a scheduler's new float; nothing to do when it is ours)
+                    mine.fill_(value)
+        group["betas"] = ours
 
     def _capture(self, entry: _Entry, inputs: tuple, text_kind: str) -> None:
         model = self.model

@@ -63,7 +63,7 @@ class Trainer:
         grad_clip: max gradient norm, or ``None`` for no clipping.
         cuda_graph: run each step through :class:`seda_fast.StepGraph`: on CUDA with
             ``backend="triton"`` a step is one graph replay (AdamW is built ``capturable``; its lr
-            becomes a device tensor); elsewhere the same steps run directly. The loss is then
+            and betas become device tensors); elsewhere the same steps run directly. The loss is then
             checked for NaN/Inf after the step, so a non-finite step's update has been applied
             when the error is raised.
 

@@ -47,8 +47,8 @@ def standin_graphs(monkeypatch) -> list:
 
 def test_cuda_graph_steps_track_the_direct_steps(monkeypatch):
     """``cuda_graph=True``: each stage's steps go through a StepGraph (2 direct, a capture, then
-    replays) and train as the direct trainer does. Not bitwise: StepGraph makes AdamW's lr an fp32
-    tensor, whose arithmetic rounds differently from the float lr's (about 1e-7 relative a step)."""
+    replays) and train as the direct trainer does. Not bitwise: StepGraph makes AdamW's lr and betas
+    fp32 tensors, whose arithmetic rounds differently from the floats' (about 1e-7 relative a step)."""
     made = standin_graphs(monkeypatch)
     visual, labels, text = problem()
     runs = [trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=2, grad_clip=1.0,

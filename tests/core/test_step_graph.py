@@ -29,9 +29,9 @@ def _setup(stage, backend="eager", **cfg):
     return model, visual, labels, text
 
 
-def _adamw(model, lr=1e-2):
-    """AdamW; on CUDA capturable (a tensor lr needs it there)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+def _adamw(model, lr=1e-2, betas=(0.9, 0.999)):
+    """AdamW; on CUDA capturable (a tensor lr or tensor betas need it there)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas,
                              capturable=DEVICE.type == "cuda")
 
 
@@ -54,7 +54,10 @@ def test_replayed_steps_equal_a_plain_loop(stage, backend, warmup, replays, priv
     ``private``: the draws from a generator of the step's own, seeded once."""
     model, visual, labels, text = _setup(stage, backend)
     twin = copy.deepcopy(model)
-    opt, twin_opt = _adamw(model), _adamw(twin, torch.tensor(1e-2, device=DEVICE))  # StepGraph makes lr a tensor
+    # StepGraph makes lr and AdamW's betas fp32 tensors: the twin's are too, for bitwise equality
+    opt = _adamw(model)
+    twin_opt = _adamw(twin, torch.tensor(1e-2, device=DEVICE), (torch.tensor(0.9, device=DEVICE),
+                                                               torch.tensor(0.999, device=DEVICE)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
     gens = [torch.Generator(DEVICE).manual_seed(5) if private else None for _ in range(2)]
@@ -80,6 +83,7 @@ def test_replayed_steps_equal_a_plain_loop(stage, backend, warmup, replays, priv
         assert torch.equal(a, b)
 
 
+@pytest.mark.filterwarnings("ignore:StepGraph:RuntimeWarning")  # keys dropped uncaptured: on purpose here
 def test_a_new_key_warms_up_and_captures_again():
     """A new batch size, eval mode or stage is a new key; ``max_graphs`` keeps the most recent."""
     model, visual, labels, text = _setup(1)
@@ -103,6 +107,47 @@ def test_a_new_key_warms_up_and_captures_again():
     step.grad_clip = 1.0  # part of the key
     step(visual, labels)
     assert step.stats == {"direct": 6, "captures": 3, "replays": 4}
+
+
+def test_one_cycle_momentum_reaches_the_replays():
+    """OneCycleLR assigns AdamW a new ``betas`` tuple of floats every step: StepGraph fills its own
+    beta tensors in place instead, so the key stays and the replays step with the cycled momentum.
+    Against a plain loop with float hyperparameters within 1e-5 relative, not bitwise: the tensor
+    lr and betas are fp32, the floats are rounded in the optimizer's float arithmetic."""
+    model, visual, labels, text = _setup(2)
+    twin = copy.deepcopy(model)
+    opt, twin_opt = _adamw(model), _adamw(twin)
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=12) for o in (opt, twin_opt)]
+    step = StepGraph(model, opt, capture_fn=standin_capture(model, opt))
+    for i in range(7):
+        v, y, t = (x.to(DEVICE) for x in make_batch(model.config, 7, seed=20 + i))
+        torch.manual_seed(i)
+        loss = step(v, y, t)
+        torch.manual_seed(i)
+        torch.testing.assert_close(loss, _plain_step(twin, twin_opt, 2, v, y, t), rtol=1e-5, atol=1e-7)
+        used = twin_opt.param_groups[0]["betas"][0]  # the last step's cycled momentum
+        for sched in scheds:
+            sched.step()
+    assert step.stats == {"direct": 2, "captures": 1, "replays": 5}
+    beta1, beta2 = step._betas[0]
+    assert beta1.item() == pytest.approx(used, rel=1e-6) and used != pytest.approx(0.95)  # cycled
+    assert beta2.item() == pytest.approx(0.999, rel=1e-6)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_keys_that_change_every_call_warn_once():
+    """A hyperparameter set anew before every call makes every call a new key: nothing is captured,
+    and when a key is dropped before its capture a warning names what changed (once)."""
+    model, visual, labels, text = _setup(1)
+    opt = _adamw(model)
+    step = StepGraph(model, opt, max_graphs=2, capture_fn=standin_capture(model, opt))
+    with pytest.warns(RuntimeWarning, match=r"dropped before it was captured .*weight_decay") as caught:
+        for i in range(6):
+            opt.param_groups[0]["weight_decay"] = 0.01 * (i + 1)
+            step(visual, labels)
+    assert len([w for w in caught if "dropped before" in str(w.message)]) == 1
+    assert step.stats == {"direct": 6, "captures": 0, "replays": 0}
 
 
 def test_without_a_capture_every_call_is_a_plain_step():
@@ -168,17 +213,22 @@ def test_check_inputs_reads_the_inputs_before_each_replay():
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("stage,private", [(1, False), (2, False), (2, True)])
-def test_cuda_step_graph_replays_the_direct_steps(stage, private):  # pragma: no cover - GPU only
-    """A real CUDA graph: StepGraph (AdamW capturable, a decaying scheduler) against the same steps
-    run directly on a copy, the draws from the default CUDA generator reseeded before each, or
-    (``private``) from a CUDA generator of the step's own, registered with the graph."""
+@pytest.mark.parametrize("stage,private,schedule", [(1, False, "lambda"), (2, False, "lambda"), (2, True, "lambda"),
+                                                    (2, False, "one_cycle")])
+def test_cuda_step_graph_replays_the_direct_steps(stage, private, schedule):  # pragma: no cover - GPU only
+    """A real CUDA graph: StepGraph (AdamW capturable, a decaying scheduler, or OneCycleLR cycling
+    the betas) against the same steps run directly on a copy, the draws from the default CUDA
+    generator reseeded before each, or (``private``) from a CUDA generator of the step's own,
+    registered with the graph."""
     model, visual, labels, text = _setup(stage, "triton")
     twin = copy.deepcopy(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, capturable=True)
     twin_opt = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-2, capturable=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
-    twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
+    if schedule == "lambda":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+        twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
+    else:
+        sched, twin_sched = (torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=10) for o in (opt, twin_opt))
     gens = [torch.Generator(DEVICE).manual_seed(5) if private else None for _ in range(2)]
     step = StepGraph(model, opt, generator=gens[0])
     assert step.captures
