@@ -92,6 +92,7 @@ class _Entry:
     """One key's state: direct steps run so far, then the captured graph's static tensors."""
     direct: int = 0
     replay: object = None
+    failed: str | None = None  # why its capture failed (its calls then run directly)
     inputs: tuple = ()
     outputs: tuple = ()
     grads: list = field(default_factory=list)
@@ -132,6 +133,8 @@ class StepGraph:
       StepGraph's own, refilled in place before each call from whatever the group holds then
       (``OneCycleLR`` and ``CyclicLR`` assign new floats every step), so momentum cycling reaches
       the replays too;
+    - a capture that fails raises a RuntimeError that says so (that call's step is not taken); later
+      calls with its key run directly;
     - a new ``lr`` object or a change of any other hyperparameter is a new key. A key dropped (at
       ``max_graphs``) before it ever captured means the keys change faster than they warm up:
       nothing is being captured, and a warning names what changed.
@@ -259,7 +262,7 @@ class StepGraph:
                               f"{self.max_graphs}, warmup={self.warmup}): the keys change faster than they warm "
                               f"up, so steps run directly. Changed since: {key_difference(dropped, key)}",
                               RuntimeWarning, stacklevel=3)
-        if entry.replay is None and entry.direct < self.warmup:
+        if entry.replay is None and (entry.direct < self.warmup or entry.failed):
             entry.direct += 1
             self.stats["direct"] += 1
             with self._side_stream():
@@ -312,6 +315,11 @@ class StepGraph:
         try:  # torch.cuda.graph captures on a side stream of its own
             entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(
                 run, () if self.generator is None else (self.generator,))
+        except Exception as exc:  # (a capture executes nothing: this call's step is not taken)
+            entry.failed = f"{type(exc).__name__}: {exc}"
+            raise RuntimeError(f"StepGraph could not capture the step as a CUDA graph ({entry.failed}); this "
+                               f"step was not taken. Later calls with the same key run directly; to train without "
+                               f"capture use seda_fast.step_graph.train_step or Trainer(cuda_graph=False)") from exc
         finally:
             model.check_inputs = checks
         entry.grads = [p.grad for p in self._params()]

@@ -150,6 +150,32 @@ def test_keys_that_change_every_call_warn_once():
     assert step.stats == {"direct": 6, "captures": 0, "replays": 0}
 
 
+def test_a_failed_capture_raises_once_then_its_key_runs_directly():
+    """A capture that fails raises a RuntimeError naming StepGraph and the cause, having taken no
+    step; the key's later calls run directly, bitwise the plain steps (tensor lr and betas on both)."""
+    model, visual, labels, text = _setup(2)
+    twin = copy.deepcopy(model)
+    opt = _adamw(model)
+    twin_opt = _adamw(twin, torch.tensor(1e-2, device=DEVICE), (torch.tensor(0.9, device=DEVICE),
+                                                               torch.tensor(0.999, device=DEVICE)))
+
+    def failing_capture(run, generators):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    step = StepGraph(model, opt, warmup=1, capture_fn=failing_capture)
+    for i in range(4):
+        torch.manual_seed(i)
+        if i == 1:
+            with pytest.raises(RuntimeError, match="StepGraph could not capture .*not permitted when stream"):
+                step(visual, labels, text)
+            continue
+        loss = step(visual, labels, text)
+        torch.manual_seed(i)
+        assert torch.equal(loss, _plain_step(twin, twin_opt, 2, visual, labels, text)), i
+    assert step.stats == {"direct": 3, "captures": 0, "replays": 0}
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_without_a_capture_every_call_is_a_plain_step():
     """With the eager backend (or on the CPU) nothing is captured: each call is the plain step."""
     model, visual, labels, text = _setup(2)
