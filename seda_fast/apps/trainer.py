@@ -64,14 +64,18 @@ class Trainer:
         cuda_graph: run each step through :class:`seda_fast.StepGraph`: on CUDA with
             ``backend="triton"`` a step is one graph replay (AdamW is built ``capturable``; its lr
             and betas become device tensors); elsewhere the same steps run directly. The loss is then
-            checked for NaN/Inf after the step, so a non-finite step's update has been applied
-            when the error is raised.
+            checked for NaN/Inf after the step, when the steps' losses are read back (every
+            ``READ_EVERY`` steps, so the host does not wait for the device after each step): a
+            non-finite step's update, and those of the steps after it up to the read, have been
+            applied when the error is raised.
 
     ``history`` is a list of per-epoch dicts: ``stage``, ``epoch``, ``loss`` (mean over the
     epoch) and the loss parts, ``seconds``, and when evaluation data is given ``accuracy``
     (stage 2: the classifier head) or ``center_accuracy`` (stage 1: the semantic feature ``s``
     assigned to its nearest category center; the head is not trained yet).
     """
+
+    READ_EVERY = 16  # steps whose losses are read back to the host together (one sync)
 
     def __init__(self, model: SeDA, *, stage1_epochs: int = 10, stage2_epochs: int = 10, batch_size: int = 256,
                  lr: float = 1e-3, stage2_lr: float | None = None, weight_decay: float = 1e-4,
@@ -204,8 +208,24 @@ class Trainer:
         total_epochs = self.stage1_epochs if stage == 1 else self.stage2_epochs
         batches = minibatches(visual.shape[0], self.batch_size, self.generator)
         sums: dict[str, float] = {}
+        pending: list = []  # (the step's [loss, *parts] on the device, its rows), read back together
+        names = None
         start = time.perf_counter()
         bar = progress_bar(batches, self.progress, f"stage {stage} epoch {epoch}/{total_epochs}")
+
+        def read_back():  # one transfer for the pending steps (a sync: the host waits for the device)
+            rows = torch.stack([t for t, _ in pending]).tolist()
+            for values, (_, n) in zip(rows, pending):
+                if not math.isfinite(values[0]):
+                    raise FloatingPointError(
+                        f"stage-{stage} loss became {values[0]} at epoch {epoch}; lower lr or enable grad_clip "
+                        f"(cuda_graph: that step's update, and those of up to {self.READ_EVERY - 1} steps "
+                        f"after it, were applied)")
+                for key, value in zip(names, values):
+                    sums[key] = sums.get(key, 0.0) + value * n
+            pending.clear()
+            if self.progress:
+                bar.set_postfix(loss=f"{rows[-1][0]:.4f}", refresh=False)  # shown at the next redraw
         for idx in bar:
             v, y = visual[idx], labels[idx]
             inputs = (v, y) if stage == 1 else (v, y, text if text_kind == "class" else text[idx])
@@ -215,15 +235,12 @@ class Trainer:
                 loss, parts = self._direct_step(stage, epoch, inputs, text_kind)
             if self.scheduler is not None:
                 self.scheduler.step()
-            values = torch.stack([loss.float(), *(p.float() for p in parts.values())]).tolist()  # one read
-            if not math.isfinite(values[0]):
-                raise FloatingPointError(f"stage-{stage} loss became {values[0]} at epoch {epoch}; lower lr or "
-                                         "enable grad_clip (cuda_graph: the step's update was applied)")
-            n = idx.numel()
-            for key, value in zip(("loss", *parts), values):
-                sums[key] = sums.get(key, 0.0) + value * n
-            if self.progress:
-                bar.set_postfix(loss=f"{values[0]:.4f}", refresh=False)  # shown at the next redraw
+            names = ("loss", *parts)
+            pending.append((torch.stack([loss.float(), *(p.float() for p in parts.values())]), idx.numel()))
+            if len(pending) == self.READ_EVERY:
+                read_back()
+        if pending:
+            read_back()
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:

@@ -84,6 +84,35 @@ def test_a_non_finite_loss_stops_before_the_step_changes_anything():
     assert all(torch.equal(a, b) for a, b in zip([t for s in tr.optimizer.state.values() for t in s.values()], state))
 
 
+def test_with_cuda_graph_a_non_finite_loss_raises_at_the_read(monkeypatch):
+    """With ``cuda_graph`` the loss is checked when the steps' losses are read back: the error says
+    that the step's update, and up to ``READ_EVERY - 1`` later ones, were applied."""
+    standin_graphs(monkeypatch)
+    model = make_model(config(), seed=0)
+    tr = trainer(model, stage1_epochs=1, stage2_epochs=0, cuda_graph=True)
+    visual, labels, _ = problem(n=32)
+    tr.fit(visual, labels)
+    with torch.no_grad():
+        model.visual_proj.linear.weight[0, 0] = float("inf")
+    tr.stage1_epochs = 2
+    with pytest.raises(FloatingPointError, match=r"stage-1 loss became nan at epoch 2;.*cuda_graph: that step's "
+                                                 r"update, and those of up to 15 steps after it, were applied"):
+        tr.fit(visual, labels)
+
+
+def test_losses_read_back_in_groups_give_the_same_history(monkeypatch):
+    """The steps' losses are read back every ``READ_EVERY`` steps (one sync for the group): the
+    history is bitwise the one read after every step, whether an epoch ends mid-group or not."""
+    visual, labels, text = problem()
+    histories = []
+    for every in (1, 2, 16):  # 3 steps an epoch: groups of 1, of 2 with a remainder, one partial group
+        monkeypatch.setattr(Trainer, "READ_EVERY", every)
+        tr = trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=1)
+        tr.fit(visual, labels, text)
+        histories.append([{k: v for k, v in h.items() if k != "seconds"} for h in tr.history])
+    assert histories[0] == histories[1] == histories[2]
+
+
 def test_losses_finite_and_decreasing_both_stages():
     visual, labels, text = problem()
     tr = trainer(make_model(config(), seed=0))
