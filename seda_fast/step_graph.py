@@ -27,10 +27,13 @@ def cuda_capture(run, generators=()):
     graph = torch.cuda.CUDAGraph()
     for generator in generators:
         graph.register_generator_state(generator)
-    # a stream of the current device (the model's); "thread_local": another thread's CUDA calls (a
-    # DataLoader's pin-memory thread) do not break the capture
-    with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
-        outputs = run()
+    current = torch.cuda.current_stream()
+    try:  # a stream of the current device (the model's); "thread_local": another thread's CUDA calls (a
+        # DataLoader's pin-memory thread) do not break the capture
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+            outputs = run()
+    finally:  # (torch.cuda.graph leaves its stream current when ending a failed capture raises)
+        torch.cuda.set_stream(current)
     return outputs, graph.replay
 
 
@@ -40,7 +43,7 @@ def train_step(model: SeDA, optimizer: torch.optim.Optimizer, inputs: tuple, *, 
     (``(visual [B, Dv], labels [B])`` in stage 1, ``(visual, labels, text)`` in stage 2), backward,
     gradient-norm clipping to ``grad_clip`` (None: none), ``optimizer.step()``. Returns ``(loss [],
     parts)``, the loss detached. ``check_loss(loss)``, if given, runs before backward: a raise there
-    leaves the parameters and the optimizer's state as they were."""
+    leaves the parameters and the optimizer's state as they were (the gradients are None)."""
     optimizer.zero_grad(set_to_none=True)
     if model.stage == 1:
         loss, parts = model.learner_loss(*inputs, generator, return_parts=True)
@@ -63,14 +66,9 @@ def check_capturable(optimizer: torch.optim.Optimizer) -> None:
                          f"(e.g. torch.optim.{type(optimizer).__name__}(params, lr=..., capturable=True))")
 
 
-_READ_AT_REPLAY = ("lr", "betas")  # param-group entries keyed by the tensor a graph reads, not by value
 KEY_FIELDS = ("stage", "train/eval mode", "fused_impl", "activation_memory", "class or sample texts", "autocast",
               "input shapes/dtypes/devices", "grad_clip", "config", "requires_grad", "frozen parameters' versions",
               "parameters' storage", "centers' storage", "optimizer hyperparameters")
-
-
-def _address(x):
-    return x.data_ptr() if isinstance(x, torch.Tensor) else x
 
 
 def key_difference(a: tuple, b: tuple) -> str:
@@ -84,6 +82,9 @@ def key_difference(a: tuple, b: tuple) -> str:
         if len(a[-1]) != len(b[-1]):
             names.add("the number of param groups")
         changed[-1] = "optimizer hyperparameters (" + ", ".join(sorted(names)) + ")"
+        if "betas" in names:
+            changed[-1] += (" [OneCycleLR and CyclicLR cycle Adam's beta1 every step, and torch's capturable Adam "
+                            "reads betas as host numbers: pass cycle_momentum=False to capture the steps]")
     return ", ".join(changed) or "nothing (an equal key)"
 
 
@@ -92,7 +93,6 @@ class _Entry:
     """One key's state: direct steps run so far, then the captured graph's static tensors."""
     direct: int = 0
     replay: object = None
-    failed: str | None = None  # why its capture failed (its calls then run directly)
     inputs: tuple = ()
     outputs: tuple = ()
     grads: list = field(default_factory=list)
@@ -129,15 +129,14 @@ class StepGraph:
     Captured steps differ from direct ones in what the graph fixes at capture:
     - each param group's ``lr`` becomes a 0-dim tensor on the model's device (unless it is one) at
       the first call, so a learning-rate scheduler's changes (filled in place) reach the replays;
-    - Adam's and AdamW's ``betas`` (not ``fused=True``'s) become a pair of 0-dim tensors of the
-      StepGraph's own, refilled in place before each call from whatever the group holds then
-      (``OneCycleLR`` and ``CyclicLR`` assign new floats every step), so momentum cycling reaches
-      the replays too;
-    - a capture that fails raises a RuntimeError that says so (that call's step is not taken); later
-      calls with its key run directly;
-    - a new ``lr`` object or a change of any other hyperparameter is a new key. A key dropped (at
-      ``max_graphs``) before it ever captured means the keys change faster than they warm up:
-      nothing is being captured, and a warning names what changed.
+    - a new ``lr`` object or a change of any other hyperparameter is a new key (``betas`` included:
+      torch's capturable Adam reads them as host numbers, so tensor betas, as a checkpoint may hold,
+      become floats at each call). A key dropped (at ``max_graphs``) before it ever captured means
+      the keys change faster than they warm up (``OneCycleLR``'s momentum cycling does): nothing is
+      being captured, and a warning names what changed;
+    - a capture that fails raises a RuntimeError naming the first error (that call's step is not
+      taken, its gradients are None, the weight caches are emptied); every later call runs directly
+      (``capture_failure`` says why);
     - the label range is checked by a device-side assert (a bad label trips it: CUDA reports the
       assert at the next synchronization and the process must restart), and with
       ``model.check_inputs`` the NaN/Inf checks run here, on the host, before each replay;
@@ -162,8 +161,8 @@ class StepGraph:
         self.warmup = val.check_int("warmup", warmup)
         self.max_graphs = val.check_int("max_graphs", max_graphs)
         self._capture_fn = capture_fn  # None: torch.cuda.graph where the step can be captured
-        self._betas: dict[int, tuple] = {}  # param group index -> the (beta1, beta2) tensors graphs read
         self._warned_churn = False
+        self.capture_failure: str | None = None  # why a capture failed (no capture is tried after one)
         self._modules = list(model.modules())
         self._entries: dict[tuple, _Entry] = {}
         self.stats = {"direct": 0, "captures": 0, "replays": 0}
@@ -181,8 +180,7 @@ class StepGraph:
         model's buffers, the lrs, the optimizer state."""
         opt = self.optimizer
         state = [v for p in trained for v in opt.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
-        betas = [b for g in opt.param_groups for b in g.get("betas", ()) if isinstance(b, torch.Tensor)]
-        return (*trained, *buffers, *(g["lr"] for g in opt.param_groups), *betas, *state)
+        return (*trained, *buffers, *(g["lr"] for g in opt.param_groups), *state)
 
     def _module_tensors(self) -> tuple[list, list]:
         """``(parameters, buffers)`` of the model's modules as they were when the StepGraph was made
@@ -199,10 +197,9 @@ class StepGraph:
 
     def _key(self, inputs: tuple, per_class, params: list, trained: list) -> tuple:
         model = self.model
-        hyper = tuple(tuple((k, v) for k, v in sorted(g.items()) if k not in _READ_AT_REPLAY
+        hyper = tuple(tuple((k, v) for k, v in sorted(g.items()) if k not in ("params", "lr")
                             and isinstance(v, (bool, int, float, str, tuple, type(None))))
-                      + tuple((k, tuple(_address(x) for x in g[k]) if k == "betas" else _address(g[k]))
-                              for k in _READ_AT_REPLAY if k in g)
+                      + (("lr", g["lr"].data_ptr() if isinstance(g["lr"], torch.Tensor) else g["lr"]),)
                       for g in self.optimizer.param_groups)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         return (model.stage, model.training, model.fused_impl, model.activation_memory, per_class, autocast,
@@ -218,7 +215,7 @@ class StepGraph:
 
     def __call__(self, visual, labels, text=None, *, text_kind: str = "auto", return_parts: bool = False):
         model = self.model
-        if not self.captures:
+        if not self.captures or self.capture_failure is not None:
             self.stats["direct"] += 1
             loss, parts = self._run((visual, labels) if model.stage == 1 else (visual, labels, text), text_kind)
             return (loss, parts) if return_parts else loss
@@ -230,13 +227,12 @@ class StepGraph:
         model, cfg = self.model, self.model.config
         if self._capture_fn is None:
             check_capturable(self.optimizer)
-        adam = isinstance(self.optimizer, torch.optim.Adam)  # (AdamW is one): tensor betas, unless fused
-        for i, group in enumerate(self.optimizer.param_groups):  # a graph reads the tensor a scheduler fills in place
+        for group in self.optimizer.param_groups:  # a graph reads the tensor a scheduler fills in place
             lr = group["lr"]  # (a CPU tensor, as a checkpoint loads it, would be read once, at capture)
             if not isinstance(lr, torch.Tensor) or lr.device != model.device:
-                group["lr"] = torch.tensor(float(lr), device=model.device)
-            if adam and "betas" in group and not group.get("fused"):  # (fused reads tensor betas to the host)
-                self._fill_betas(i, group, model.device)
+                group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=model.device)
+            if any(isinstance(b, torch.Tensor) for b in group.get("betas", ())):  # Adam reads them to the host
+                group["betas"] = tuple(float(b) for b in group["betas"])
         val.check_features("visual", visual, cfg.visual_dim, model.device)
         val.check_labels(labels, visual.shape[0], None, model.device)  # the range: in the step (an assert in a graph)
         inputs, per_class = (visual, labels), None
@@ -262,7 +258,7 @@ class StepGraph:
                               f"{self.max_graphs}, warmup={self.warmup}): the keys change faster than they warm "
                               f"up, so steps run directly. Changed since: {key_difference(dropped, key)}",
                               RuntimeWarning, stacklevel=3)
-        if entry.replay is None and (entry.direct < self.warmup or entry.failed):
+        if entry.replay is None and entry.direct < self.warmup:
             entry.direct += 1
             self.stats["direct"] += 1
             with self._side_stream():
@@ -272,7 +268,7 @@ class StepGraph:
             if text is not None:
                 val.check_finite("text", text)
         if entry.replay is None:
-            self._capture(entry, inputs, text_kind)
+            self._capture(key, entry, inputs, text_kind)
             entry.refs = self._refs(trained, buffers)
         with nvtx_range("seda/step_graph"):
             for static, new in zip(entry.inputs, inputs):
@@ -289,21 +285,7 @@ class StepGraph:
         values = torch.stack([loss, *parts.values()]).unbind()  # one copy of the static outputs
         return values[0], dict(zip(parts, values[1:]))
 
-    def _fill_betas(self, index: int, group: dict, device: torch.device) -> None:
-        """Put the StepGraph's own ``(beta1, beta2)`` tensors in ``group``, filled in place with
-        the values the group holds now (a graph reads them at replay)."""
-        ours = self._betas.get(index)
-        if ours is None or ours[0].device != device:
-            ours = self._betas[index] = (torch.zeros((), device=device), torch.zeros((), device=device))
-            for mine, value in zip(ours, group["betas"]):
-                mine.fill_(value)
-        else:
-            for mine, value in zip(ours, group["betas"]):
-                if value is not mine:  # (a scheduler's new float; nothing to do when it is ours)
-                    mine.fill_(value)
-        group["betas"] = ours
-
-    def _capture(self, entry: _Entry, inputs: tuple, text_kind: str) -> None:
+    def _capture(self, key: tuple, entry: _Entry, inputs: tuple, text_kind: str) -> None:
         model = self.model
         entry.inputs = tuple(t.clone() for t in inputs)
         checks, model.check_inputs = model.check_inputs, False  # their host reads are done before each replay
@@ -316,10 +298,14 @@ class StepGraph:
             entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(
                 run, () if self.generator is None else (self.generator,))
         except Exception as exc:  # (a capture executes nothing: this call's step is not taken)
-            entry.failed = f"{type(exc).__name__}: {exc}"
-            raise RuntimeError(f"StepGraph could not capture the step as a CUDA graph ({entry.failed}); this "
-                               f"step was not taken. Later calls with the same key run directly; to train without "
-                               f"capture use seda_fast.step_graph.train_step or Trainer(cuda_graph=False)") from exc
+            self._entries.pop(key, None)
+            self.optimizer.zero_grad(set_to_none=True)  # (the capture's gradients were never computed,
+            weights.clear_caches()  # nor were tables the weight caches missed during it)
+            self.capture_failure = _first_error(exc)
+            raise RuntimeError(f"StepGraph could not capture the step as a CUDA graph ({self.capture_failure}); "
+                               f"this step was not taken and every later call runs directly (to train without "
+                               f"capture from the start: Trainer(cuda_graph=False) or seda_fast.step_graph."
+                               f"train_step)") from exc
         finally:
             model.check_inputs = checks
         entry.grads = [p.grad for p in self._params()]
@@ -333,12 +319,24 @@ class StepGraph:
         return joined_side_stream()
 
 
+def _first_error(exc: BaseException) -> str:
+    """``exc`` named by the error that started it: ending a capture that an op invalidated raises
+    a CUDA error of its own, with the op's error as its context."""
+    root = exc
+    while root.__cause__ is None and root.__context__ is not None:
+        root = root.__context__
+    first = f"{type(root).__name__}: {root}"
+    return first if root is exc else f"{first}; then {type(exc).__name__}: {exc}"
+
+
 @contextlib.contextmanager
 def joined_side_stream():
     """Run the block on a new stream of the current device that first waits for the current
     stream, which then waits for it (the warm-up a CUDA-graph capture asks for)."""
     side, main = torch.cuda.Stream(), torch.cuda.current_stream()
     side.wait_stream(main)
-    with torch.cuda.stream(side):
-        yield
-    main.wait_stream(side)
+    try:
+        with torch.cuda.stream(side):
+            yield
+    finally:
+        main.wait_stream(side)

@@ -257,6 +257,11 @@ def infer_phases_placeholders(cfg: sf.SeDAConfig, batch: int, dtype=torch.float3
     return e(batch, Dv), weights, tables
 
 
+# aten ops that copy a value to the host (and so synchronize, and cannot be captured)
+HOST_READS = {"_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
+              "masked_select", "is_nonzero", "equal"}
+
+
 def standin_capture(model, opt):
     """A stand-in for ``seda_fast.step_graph.cuda_capture`` that runs anywhere: the capture runs the
     step once for its static outputs and puts the parameters, buffers, optimizer state and random

@@ -63,9 +63,9 @@ class Trainer:
         grad_clip: max gradient norm, or ``None`` for no clipping.
         cuda_graph: run each step through :class:`seda_fast.StepGraph`: on CUDA with
             ``backend="triton"`` a step is one graph replay (AdamW is built ``capturable``; its lr
-            and betas become device tensors); elsewhere the same steps run directly. The loss is then
+            becomes a device tensor); elsewhere the same steps run directly. The loss is then
             checked for NaN/Inf after the step, when the steps' losses are read back (every
-            ``READ_EVERY`` steps, so the host does not wait for the device after each step): a
+            ``READ_EVERY`` steps and at an epoch's end, so the host does not wait for the device after each step): a
             non-finite step's update, and those of the steps after it up to the read, have been
             applied when the error is raised.
 
@@ -215,18 +215,19 @@ class Trainer:
 
         def read_back():  # one transfer for the pending steps (a sync: the host waits for the device)
             rows = torch.stack([t for t, _ in pending]).tolist()
-            for values, (_, n) in zip(rows, pending):
+            for i, (values, (_, n)) in enumerate(zip(rows, pending)):
                 if not math.isfinite(values[0]):
+                    after = len(rows) - 1 - i
                     raise FloatingPointError(
                         f"stage-{stage} loss became {values[0]} at epoch {epoch}; lower lr or enable grad_clip "
-                        f"(cuda_graph: that step's update, and those of up to {self.READ_EVERY - 1} steps "
-                        f"after it, were applied)")
+                        f"(cuda_graph: that step's update was applied"
+                        + (f", and those of the {after} steps after it)" if after else ")"))
                 for key, value in zip(names, values):
                     sums[key] = sums.get(key, 0.0) + value * n
             pending.clear()
             if self.progress:
                 bar.set_postfix(loss=f"{rows[-1][0]:.4f}", refresh=False)  # shown at the next redraw
-        for idx in bar:
+        for step, idx in enumerate(bar):
             v, y = visual[idx], labels[idx]
             inputs = (v, y) if stage == 1 else (v, y, text if text_kind == "class" else text[idx])
             if self._graph_step is not None:  # the whole step; its loss is checked after it
@@ -237,10 +238,8 @@ class Trainer:
                 self.scheduler.step()
             names = ("loss", *parts)
             pending.append((torch.stack([loss.float(), *(p.float() for p in parts.values())]), idx.numel()))
-            if len(pending) == self.READ_EVERY:
+            if len(pending) == self.READ_EVERY or step == len(batches) - 1:  # (the bar shows the last read)
                 read_back()
-        if pending:
-            read_back()
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:

@@ -242,6 +242,13 @@ def op_args(model, part: str):
     return [_get(model, p) for p in weight_paths(n_hidden, part)], n_hidden
 
 
+def clear_caches() -> None:
+    """Empty the weight caches above (their tables are rebuilt on next use): after a failed CUDA-graph
+    capture, whose cache misses left tables that were never computed."""
+    for cache in (_CACHE, _FOLDED, _CASTS):
+        cache.clear()
+
+
 def cached_tensors() -> list:
     """Every tensor the weight caches above hold now. A CUDA graph that read one at capture keeps
     the list, so a later cache update cannot free memory the graph reads."""

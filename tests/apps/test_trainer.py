@@ -47,8 +47,8 @@ def standin_graphs(monkeypatch) -> list:
 
 def test_cuda_graph_steps_track_the_direct_steps(monkeypatch):
     """``cuda_graph=True``: each stage's steps go through a StepGraph (2 direct, a capture, then
-    replays) and train as the direct trainer does. Not bitwise: StepGraph makes AdamW's lr and betas
-    fp32 tensors, whose arithmetic rounds differently from the floats' (about 1e-7 relative a step)."""
+    replays) and train as the direct trainer does. Not bitwise: StepGraph makes AdamW's lr an fp32
+    tensor, whose arithmetic rounds differently from the float lr's (about 1e-7 relative a step)."""
     made = standin_graphs(monkeypatch)
     visual, labels, text = problem()
     runs = [trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=2, grad_clip=1.0,
@@ -86,17 +86,18 @@ def test_a_non_finite_loss_stops_before_the_step_changes_anything():
 
 def test_with_cuda_graph_a_non_finite_loss_raises_at_the_read(monkeypatch):
     """With ``cuda_graph`` the loss is checked when the steps' losses are read back: the error says
-    that the step's update, and up to ``READ_EVERY - 1`` later ones, were applied."""
+    that the step's update, and those of the steps after it up to the read, were applied."""
     standin_graphs(monkeypatch)
+    monkeypatch.setattr(Trainer, "READ_EVERY", 4)
     model = make_model(config(), seed=0)
     tr = trainer(model, stage1_epochs=1, stage2_epochs=0, cuda_graph=True)
-    visual, labels, _ = problem(n=32)
+    visual, labels, _ = problem(n=96)  # 3 steps an epoch, read back at the epoch's end
     tr.fit(visual, labels)
     with torch.no_grad():
         model.visual_proj.linear.weight[0, 0] = float("inf")
     tr.stage1_epochs = 2
     with pytest.raises(FloatingPointError, match=r"stage-1 loss became nan at epoch 2;.*cuda_graph: that step's "
-                                                 r"update, and those of up to 15 steps after it, were applied"):
+                                                 r"update was applied, and those of the 2 steps after it\)"):
         tr.fit(visual, labels)
 
 

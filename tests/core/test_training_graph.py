@@ -12,16 +12,13 @@ import copy
 import pytest
 import torch
 
-from helpers import make_batch, make_model, recording_capture
+from helpers import HOST_READS, make_batch, make_model, recording_capture
 from seda_fast import schedule, validation
 from seda_fast.ops.runtime import kernels, launch_options
 from seda_fast.tools import cost_training
 from seda_fast.tools.cost_baselines import record_aten_ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-# aten ops that copy a value to the host (and so synchronize, and cannot be captured)
-HOST_READS = {"_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
-              "masked_select", "is_nonzero", "equal"}
 
 
 def _step(model, stage, visual, labels, text, opt=None):
