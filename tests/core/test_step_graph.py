@@ -185,9 +185,15 @@ def test_a_failed_capture_raises_naming_the_first_error_then_every_call_runs_dir
     """A capture that fails raises a RuntimeError naming the error that started it (ending an
     invalidated capture raises a CUDA error of its own), takes no step and leaves no gradient;
     every later call, of any key, runs directly, bitwise the plain steps."""
+    from seda_fast.ops import weights
     model, visual, labels, text = _setup(2)
     twin = copy.deepcopy(model)
     opt, twin_opt = _adamw(model), _adamw(twin, torch.tensor(1e-2, device=DEVICE))
+    model.backend = "triton"
+    with torch.no_grad():
+        model.eval()(visual)  # fused inference fills the weight caches
+    model.train().backend = "eager"
+    assert weights.cached_tensors()
 
     def failing_capture(run, generators):
         try:
@@ -203,6 +209,7 @@ def test_a_failed_capture_raises_naming_the_first_error_then_every_call_runs_dir
                                                    r"capturing; then RuntimeError: .*previous error during capture"):
                 step(v, y, t)
             assert all(p.grad is None for p in model.parameters()) and step.capture_failure
+            assert weights.cached_tensors() == []  # what a capture's cache misses left was never computed
             continue
         loss = step(v, y, t)
         torch.manual_seed(i)
