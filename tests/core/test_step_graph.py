@@ -285,10 +285,10 @@ def test_check_inputs_reads_the_inputs_before_each_replay():
 @pytest.mark.parametrize("stage,private,schedule", [(1, False, "lambda"), (2, False, "lambda"), (2, True, "lambda"),
                                                     (2, False, "one_cycle")])
 def test_cuda_step_graph_replays_the_direct_steps(stage, private, schedule):  # pragma: no cover - GPU only
-    """A real CUDA graph: StepGraph (AdamW capturable, a decaying scheduler, or OneCycleLR cycling
-    the betas) against the same steps run directly on a copy, the draws from the default CUDA
-    generator reseeded before each, or (``private``) from a CUDA generator of the step's own,
-    registered with the graph."""
+    """A real CUDA graph: StepGraph (AdamW capturable, a decaying scheduler, or OneCycleLR without
+    momentum cycling, its lr filled in place) against the same steps run directly on a copy, the
+    draws from the default CUDA generator reseeded before each, or (``private``) from a CUDA
+    generator of the step's own, registered with the graph."""
     model, visual, labels, text = _setup(stage, "triton")
     twin = copy.deepcopy(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, capturable=True)
@@ -297,7 +297,8 @@ def test_cuda_step_graph_replays_the_direct_steps(stage, private, schedule):  # 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
         twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
     else:
-        sched, twin_sched = (torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=10) for o in (opt, twin_opt))
+        sched, twin_sched = (torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=10, cycle_momentum=False)
+                             for o in (opt, twin_opt))
     gens = [torch.Generator(DEVICE).manual_seed(5) if private else None for _ in range(2)]
     step = StepGraph(model, opt, generator=gens[0])
     assert step.captures
