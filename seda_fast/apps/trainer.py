@@ -65,9 +65,9 @@ class Trainer:
             ``backend="triton"`` a step is one graph replay (AdamW is built ``capturable``; its lr
             becomes a device tensor); elsewhere the same steps run directly. The loss is then
             checked for NaN/Inf after the step, when the steps' losses are read back (every
-            ``READ_EVERY`` steps and at an epoch's end, so the host does not wait for the device after each step): a
-            non-finite step's update, and those of the steps after it up to the read, have been
-            applied when the error is raised.
+            ``READ_EVERY`` steps and at an epoch's end, so the host does not wait for the device
+            after each step): a non-finite step's update, and those of the steps after it up to
+            the read, have been applied when the error is raised.
 
     ``history`` is a list of per-epoch dicts: ``stage``, ``epoch``, ``loss`` (mean over the
     epoch) and the loss parts, ``seconds``, and when evaluation data is given ``accuracy``

@@ -136,7 +136,8 @@ def test_tensor_betas_become_floats():
     opt = _adamw(model, betas=(torch.tensor(0.8), torch.tensor(0.99)))
     StepGraph(model, opt, capture_fn=standin_capture(model, opt))(visual, labels)
     beta1, beta2 = opt.param_groups[0]["betas"]
-    assert type(beta1) is float and type(beta2) is float and beta1 == pytest.approx(0.8) and beta2 == pytest.approx(0.99)
+    assert type(beta1) is float and type(beta2) is float
+    assert beta1 == pytest.approx(0.8) and beta2 == pytest.approx(0.99)
 
 
 @pytest.mark.parametrize("foreach", [True, False])
