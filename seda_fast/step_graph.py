@@ -136,7 +136,8 @@ class StepGraph:
       being captured, and a warning names what changed;
     - a capture that fails raises a RuntimeError naming the first error (that call's step is not
       taken, its gradients are None, the weight caches are emptied); every later call runs directly
-      (``capture_failure`` says why);
+      (``capture_failure`` says why), but the failed capture's memory pool stays reserved (torch
+      releases a pool only after a capture that ended), so a long run should restart;
     - the label range is checked by a device-side assert (a bad label trips it: CUDA reports the
       assert at the next synchronization and the process must restart), and with
       ``model.check_inputs`` the NaN/Inf checks run here, on the host, before each replay;
@@ -170,6 +171,8 @@ class StepGraph:
     @property
     def captures(self) -> bool:
         """Whether calls are captured (else every call runs directly)."""
+        if self.capture_failure is not None:
+            return False
         if self._capture_fn is not None:
             return True
         model = self.model
@@ -215,7 +218,7 @@ class StepGraph:
 
     def __call__(self, visual, labels, text=None, *, text_kind: str = "auto", return_parts: bool = False):
         model = self.model
-        if not self.captures or self.capture_failure is not None:
+        if not self.captures:
             self.stats["direct"] += 1
             loss, parts = self._run((visual, labels) if model.stage == 1 else (visual, labels, text), text_kind)
             return (loss, parts) if return_parts else loss
@@ -298,14 +301,15 @@ class StepGraph:
             entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(
                 run, () if self.generator is None else (self.generator,))
         except Exception as exc:  # (a capture executes nothing: this call's step is not taken)
-            self._entries.pop(key, None)
+            self._entries.clear()  # (no key captures again: their graphs and static tensors can go)
             self.optimizer.zero_grad(set_to_none=True)  # (the capture's gradients were never computed,
             weights.clear_caches()  # nor were tables the weight caches missed during it)
             self.capture_failure = _first_error(exc)
             raise RuntimeError(f"StepGraph could not capture the step as a CUDA graph ({self.capture_failure}); "
-                               f"this step was not taken and every later call runs directly (to train without "
-                               f"capture from the start: Trainer(cuda_graph=False) or seda_fast.step_graph."
-                               f"train_step)") from exc
+                               f"this step was not taken and every later call runs directly, but the failed "
+                               f"capture's memory stays reserved: for a long run restart the process and train "
+                               f"without capture (Trainer(cuda_graph=False) or seda_fast.step_graph.train_step)"
+                               ) from exc
         finally:
             model.check_inputs = checks
         entry.grads = [p.grad for p in self._params()]
@@ -320,13 +324,12 @@ class StepGraph:
 
 
 def _first_error(exc: BaseException) -> str:
-    """``exc`` named by the error that started it: ending a capture that an op invalidated raises
-    a CUDA error of its own, with the op's error as its context."""
-    root = exc
-    while root.__cause__ is None and root.__context__ is not None:
-        root = root.__context__
-    first = f"{type(root).__name__}: {root}"
-    return first if root is exc else f"{first}; then {type(exc).__name__}: {exc}"
+    """``exc`` named after the error it was raised while handling, if any: ending a capture that an
+    op invalidated raises a CUDA error of its own, with the op's error as its context."""
+    first = exc.__context__ if exc.__cause__ is None and not exc.__suppress_context__ else None
+    if first is None:
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(first).__name__}: {first}; then {type(exc).__name__}: {exc}"
 
 
 @contextlib.contextmanager

@@ -4,7 +4,8 @@ Each stage gets a fresh AdamW over the parameters that stage trains (``requires_
 an optional per-step cosine decay. Mini-batches are drawn from in-memory tensors by a seeded
 ``torch.Generator`` that also feeds the losses' random draws (t, eps, start noise), so two runs
 with the same seed and the same initial model give bitwise-identical parameters (on CPU).
-The trainer turns ``check_inputs`` on, so NaN/Inf in the data is reported, not trained on.
+:meth:`Trainer.fit` checks its data for NaN/Inf once, so bad data is reported, not trained on (the
+model's ``check_inputs`` is turned on for later calls; the steps skip its per-batch checks).
 ``cuda_graph=True`` runs each step through :class:`seda_fast.StepGraph` (one CUDA-graph replay
 per step on CUDA with the fused backend).
 
@@ -51,7 +52,8 @@ class Trainer:
     """Two-stage SeDA training (docs/math.md, "Stage 1" and "Stage 2").
 
     Args:
-        model: the :class:`SeDA` to train (its ``check_inputs`` is turned on).
+        model: the :class:`SeDA` to train (its ``check_inputs`` is turned on; :meth:`fit` checks
+            its data for NaN/Inf once and its steps skip the per-batch checks).
         stage1_epochs, stage2_epochs: epochs per stage (>= 0).
         batch_size: mini-batch size (>= 1).
         lr: AdamW learning rate of stage 1 (> 0); ``stage2_lr`` that of stage 2 (default ``lr``).
@@ -179,6 +181,8 @@ class Trainer:
                 raise ValueError("text is required for stage 2 ([num_classes, text_dim] class texts "
                                  "or [N, text_dim] per-sample texts)")
             text_kind = self._check_text(text, visual.shape[0], text_kind)
+            val.check_finite("text", text)
+        val.check_finite("visual", visual)  # once (a host read): the steps skip the per-batch checks
         for stage, epochs in ((1, self.stage1_epochs), (2, self.stage2_epochs)):
             if self.epochs_done[stage] >= epochs:
                 continue
@@ -212,6 +216,7 @@ class Trainer:
         names = None
         start = time.perf_counter()
         bar = progress_bar(batches, self.progress, f"stage {stage} epoch {epoch}/{total_epochs}")
+        checks, model.check_inputs = model.check_inputs, False  # fit checked the data (each check reads back)
 
         def read_back():  # one transfer for the pending steps (a sync: the host waits for the device)
             rows = torch.stack([t for t, _ in pending]).tolist()
@@ -227,19 +232,22 @@ class Trainer:
             pending.clear()
             if self.progress:
                 bar.set_postfix(loss=f"{rows[-1][0]:.4f}", refresh=False)  # shown at the next redraw
-        for step, idx in enumerate(bar):
-            v, y = visual[idx], labels[idx]
-            inputs = (v, y) if stage == 1 else (v, y, text if text_kind == "class" else text[idx])
-            if self._graph_step is not None:  # the whole step; its loss is checked after it
-                loss, parts = self._graph_step(*inputs, text_kind=text_kind, return_parts=True)
-            else:
-                loss, parts = self._direct_step(stage, epoch, inputs, text_kind)
-            if self.scheduler is not None:
-                self.scheduler.step()
-            names = ("loss", *parts)
-            pending.append((torch.stack([loss.float(), *(p.float() for p in parts.values())]), idx.numel()))
-            if len(pending) == self.READ_EVERY or step == len(batches) - 1:  # (the bar shows the last read)
-                read_back()
+        try:
+            for step, idx in enumerate(bar):
+                v, y = visual[idx], labels[idx]
+                inputs = (v, y) if stage == 1 else (v, y, text if text_kind == "class" else text[idx])
+                if self._graph_step is not None:  # the whole step; its loss is checked after it
+                    loss, parts = self._graph_step(*inputs, text_kind=text_kind, return_parts=True)
+                else:
+                    loss, parts = self._direct_step(stage, epoch, inputs, text_kind)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                names = ("loss", *parts)
+                pending.append((torch.stack([loss.float(), *(p.float() for p in parts.values())]), idx.numel()))
+                if len(pending) == self.READ_EVERY or step == len(batches) - 1:  # the epoch's last: the bar shows it
+                    read_back()
+        finally:
+            model.check_inputs = checks
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:

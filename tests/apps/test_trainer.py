@@ -101,6 +101,21 @@ def test_with_cuda_graph_a_non_finite_loss_raises_at_the_read(monkeypatch):
         tr.fit(visual, labels)
 
 
+def test_the_data_is_checked_once_and_the_steps_read_no_input_back(monkeypatch):
+    """``fit`` checks its data for NaN/Inf once; its steps skip the model's per-batch input checks
+    (each a host read, which would make the host wait for the device every step), and the model's
+    ``check_inputs`` is on again after ``fit``."""
+    from seda_fast import validation
+    checked = []
+    real = validation.check_finite
+    monkeypatch.setattr(validation, "check_finite", lambda name, x: checked.append((name, x.shape[0])) or real(name, x))
+    visual, labels, text = problem()
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=1)
+    tr.fit(visual, labels, text)  # 3 steps an epoch
+    assert checked == [("text", 4), ("visual", 96)]
+    assert tr.model.check_inputs
+
+
 def test_losses_read_back_in_groups_give_the_same_history(monkeypatch):
     """The steps' losses are read back every ``READ_EVERY`` steps (one sync for the group): the
     history is bitwise the one read after every step, whether an epoch ends mid-group or not."""

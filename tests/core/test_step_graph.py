@@ -143,9 +143,10 @@ def test_tensor_betas_become_floats():
 @pytest.mark.parametrize("foreach", [True, False])
 def test_the_captured_step_reads_nothing_back_to_the_host(foreach, monkeypatch):
     """The whole step StepGraph captures (the fused loss, backward, clipping, AdamW capturable with
-    its tensor lr) issues no aten op that copies a value to the host, which a CUDA-graph capture
-    forbids. On the CPU: capturable AdamW allowed there, the label check as it is while capturing,
-    and a stand-in capture that records the step's ops."""
+    its tensor lr; with foreach, tensor betas given, which StepGraph makes floats) issues no aten op
+    that copies a value to the host, which a CUDA-graph capture forbids. On the CPU: capturable
+    AdamW allowed there, the label check as it is while capturing, and a stand-in capture that
+    records the step's ops."""
     from helpers import HOST_READS
     from seda_fast import validation
     from seda_fast.tools.cost_baselines import record_aten_ops
@@ -154,8 +155,9 @@ def test_the_captured_step_reads_nothing_back_to_the_host(foreach, monkeypatch):
     monkeypatch.setattr(validation, "stream_capturing", lambda x: True)
     for stage in (1, 2):
         model, visual, labels, text = _setup(stage, "triton")
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, capturable=True,
-                                foreach=foreach)
+        betas = (torch.tensor(0.9), torch.tensor(0.999)) if foreach else (0.9, 0.999)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=betas,
+                                capturable=True, foreach=foreach)
         reads = []
 
         def recording(run, generators):
@@ -215,9 +217,39 @@ def test_a_failed_capture_raises_naming_the_first_error_then_every_call_runs_dir
         loss = step(v, y, t)
         torch.manual_seed(i)
         assert torch.equal(loss, _plain_step(twin, twin_opt, 2, v, y, t)), i
-    assert step.stats == {"direct": 5, "captures": 0, "replays": 0}
+    assert step.stats == {"direct": 5, "captures": 0, "replays": 0} and not step.captures
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_capture_error_is_named_after_the_error_it_was_raised_handling():
+    """Only the direct context counts: an error raised while handling another names both; one
+    raised ``from None`` or without a context names itself."""
+    from seda_fast.step_graph import _first_error
+
+    def raised(fn):
+        try:
+            fn()
+        except Exception as exc:
+            return exc
+
+    def while_handling():
+        try:
+            try:
+                raise KeyError("older")
+            except KeyError:
+                raise ValueError("op failed")
+        finally:
+            raise RuntimeError("capture invalidated")
+
+    def from_none():
+        try:
+            raise ValueError("op failed")
+        except ValueError:
+            raise RuntimeError("capture invalidated") from None
+    assert _first_error(raised(while_handling)) == ("ValueError: op failed; then RuntimeError: capture invalidated")
+    assert _first_error(raised(from_none)) == "RuntimeError: capture invalidated"
+    assert _first_error(RuntimeError("x")) == "RuntimeError: x"
 
 
 def test_without_a_capture_every_call_is_a_plain_step():
