@@ -200,8 +200,9 @@ class StepGraph:
 
     def _key(self, inputs: tuple, per_class, params: list, trained: list) -> tuple:
         model = self.model
-        hyper = tuple(tuple((k, v) for k, v in sorted(g.items()) if k not in ("params", "lr")
-                            and isinstance(v, (bool, int, float, str, tuple, type(None))))
+        hyper = tuple(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(g.items())
+                            if k not in ("params", "lr") and isinstance(v, (bool, int, float, str, tuple, list,
+                                                                             type(None))))
                       + (("lr", g["lr"].data_ptr() if isinstance(g["lr"], torch.Tensor) else g["lr"]),)
                       for g in self.optimizer.param_groups)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
@@ -271,7 +272,7 @@ class StepGraph:
             if text is not None:
                 val.check_finite("text", text)
         if entry.replay is None:
-            self._capture(key, entry, inputs, text_kind)
+            self._capture(entry, inputs, text_kind)
             entry.refs = self._refs(trained, buffers)
         with nvtx_range("seda/step_graph"):
             for static, new in zip(entry.inputs, inputs):
@@ -288,7 +289,7 @@ class StepGraph:
         values = torch.stack([loss, *parts.values()]).unbind()  # one copy of the static outputs
         return values[0], dict(zip(parts, values[1:]))
 
-    def _capture(self, key: tuple, entry: _Entry, inputs: tuple, text_kind: str) -> None:
+    def _capture(self, entry: _Entry, inputs: tuple, text_kind: str) -> None:
         model = self.model
         entry.inputs = tuple(t.clone() for t in inputs)
         checks, model.check_inputs = model.check_inputs, False  # their host reads are done before each replay

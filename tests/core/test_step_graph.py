@@ -105,6 +105,9 @@ def test_a_new_key_warms_up_and_captures_again():
     step.grad_clip = 1.0  # part of the key
     step(visual, labels)
     assert step.stats == {"direct": 6, "captures": 3, "replays": 4}
+    opt.param_groups[0]["betas"] = [0.8, 0.999]  # a hyperparameter given as a list is in the key too
+    step(visual, labels)
+    assert step.stats == {"direct": 7, "captures": 3, "replays": 4}
 
 
 def test_one_cycle_momentum_cycling_warns_and_without_it_the_steps_capture():
