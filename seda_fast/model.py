@@ -6,6 +6,8 @@ state (parameters, centers, training stage).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -197,6 +199,16 @@ class SeDA(nn.Module):
         return backends.EAGER
 
     # ------------------------------------------------------------------ input handling
+    @contextlib.contextmanager
+    def unchecked_inputs(self):
+        """Within the block the per-call NaN/Inf input checks are off (each reads the data back to the
+        host), for a caller that checked its data once; ``check_inputs`` is restored after."""
+        checks, self.check_inputs = self.check_inputs, False
+        try:
+            yield self
+        finally:
+            self.check_inputs = checks
+
     def _visual(self, visual) -> torch.Tensor:
         val.check_features("visual", visual, self.config.visual_dim, self.device)
         if self.check_inputs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.autograd.graph import increment_version
@@ -53,9 +54,14 @@ def train_step(model: SeDA, optimizer: torch.optim.Optimizer, inputs: tuple, *, 
         check_loss(loss)
     loss.backward()
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+        torch.nn.utils.clip_grad_norm_(optimized_params(optimizer), grad_clip)
     optimizer.step()
     return loss.detach(), parts
+
+
+def optimized_params(optimizer: torch.optim.Optimizer) -> list:
+    """The parameters of every param group of ``optimizer``, in order."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def check_capturable(optimizer: torch.optim.Optimizer) -> None:
@@ -66,20 +72,38 @@ def check_capturable(optimizer: torch.optim.Optimizer) -> None:
                          f"(e.g. torch.optim.{type(optimizer).__name__}(params, lr=..., capturable=True))")
 
 
-KEY_FIELDS = ("stage", "train/eval mode", "fused_impl", "activation_memory", "class or sample texts", "autocast",
-              "input shapes/dtypes/devices", "grad_clip", "config", "requires_grad", "frozen parameters' versions",
-              "parameters' storage", "centers' storage", "optimizer hyperparameters")
+class StepKey(NamedTuple):
+    """What a captured step fixes: a call whose key differs warms up and captures a graph of its own."""
+    stage: int
+    training: bool
+    fused_impl: str
+    activation_memory: object
+    per_class: object  # class texts (True), per-sample texts (False), stage 1 (None)
+    autocast: tuple  # (enabled, dtype)
+    inputs: tuple  # (shape, dtype, device) per input
+    grad_clip: object
+    config: tuple
+    requires_grad: tuple
+    frozen_versions: tuple  # the frozen parameters' versions (the weight caches' tables hold them)
+    param_storage: tuple  # the trained parameters' data_ptr
+    centers_storage: int
+    hyperparameters: tuple  # per param group: (name, value) pairs, the lr tensor by address
 
 
-def key_difference(a: tuple, b: tuple) -> str:
+_KEY_NAMES = {"training": "train/eval mode", "per_class": "class or sample texts",
+              "inputs": "input shapes/dtypes/devices", "frozen_versions": "frozen parameters' versions",
+              "param_storage": "parameters' storage", "centers_storage": "centers' storage"}
+
+
+def key_difference(a: StepKey, b: StepKey) -> str:
     """The fields in which two StepGraph keys differ (the hyperparameters by name)."""
-    changed = [name for name, x, y in zip(KEY_FIELDS, a, b) if x != y]
-    if changed and changed[-1] == "optimizer hyperparameters":
+    changed = [_KEY_NAMES.get(name, name) for name in StepKey._fields if getattr(a, name) != getattr(b, name)]
+    if a.hyperparameters != b.hyperparameters:
         names = set()
-        for ga, gb in zip(a[-1], b[-1]):  # per param group: (name, value) pairs
+        for ga, gb in zip(a.hyperparameters, b.hyperparameters):  # per param group
             da, db, missing = dict(ga), dict(gb), object()
             names |= {k for k in da.keys() | db.keys() if da.get(k, missing) != db.get(k, missing)}
-        if len(a[-1]) != len(b[-1]):
+        if len(a.hyperparameters) != len(b.hyperparameters):
             names.add("the number of param groups")
         changed[-1] = "optimizer hyperparameters (" + ", ".join(sorted(names)) + ")"
         if "betas" in names:
@@ -165,7 +189,7 @@ class StepGraph:
         self._warned_churn = False
         self.capture_failure: str | None = None  # why a capture failed (no capture is tried after one)
         self._modules = list(model.modules())
-        self._entries: dict[tuple, _Entry] = {}
+        self._entries: dict[StepKey, _Entry] = {}
         self.stats = {"direct": 0, "captures": 0, "replays": 0}
 
     @property
@@ -195,10 +219,7 @@ class StepGraph:
             buffers += [b for b in module._buffers.values() if b is not None]
         return params, buffers
 
-    def _params(self) -> list:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
-    def _key(self, inputs: tuple, per_class, params: list, trained: list) -> tuple:
+    def _key(self, inputs: tuple, per_class, params: list, trained: list) -> StepKey:
         model = self.model
         hyper = tuple(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(g.items())
                             if k not in ("params", "lr") and isinstance(v, (bool, int, float, str, tuple, list,
@@ -206,11 +227,11 @@ class StepGraph:
                       + (("lr", g["lr"].data_ptr() if isinstance(g["lr"], torch.Tensor) else g["lr"]),)
                       for g in self.optimizer.param_groups)
         autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        return (model.stage, model.training, model.fused_impl, model.activation_memory, per_class, autocast,
-                tuple((t.shape, t.dtype, t.device) for t in inputs), self.grad_clip,
-                tuple(vars(model.config).values()), tuple(p.requires_grad for p in params),
-                tuple(p._version for p in params if not p.requires_grad),  # frozen: the caches' tables hold
-                tuple(p.data_ptr() for p in trained), model.centers.data_ptr(), hyper)
+        return StepKey(model.stage, model.training, model.fused_impl, model.activation_memory, per_class, autocast,
+                       tuple((t.shape, t.dtype, t.device) for t in inputs), self.grad_clip,
+                       tuple(vars(model.config).values()), tuple(p.requires_grad for p in params),
+                       tuple(p._version for p in params if not p.requires_grad), tuple(p.data_ptr() for p in trained),
+                       model.centers.data_ptr(), hyper)
 
     def _run(self, inputs: tuple, text_kind: str):
         """One step, run directly or under capture: ``(loss, parts)``, the loss detached."""
@@ -246,7 +267,7 @@ class StepGraph:
             per_class = val.text_is_per_class(text_kind, text.shape[0], cfg.num_classes)
             inputs += (text,)
         params, buffers = self._module_tensors()
-        trained = self._params()
+        trained = optimized_params(self.optimizer)
         key = self._key(inputs, per_class, params, trained)
         entry = self._entries.pop(key, None)
         refs = self._refs(trained, buffers)
@@ -292,15 +313,17 @@ class StepGraph:
     def _capture(self, entry: _Entry, inputs: tuple, text_kind: str) -> None:
         model = self.model
         entry.inputs = tuple(t.clone() for t in inputs)
-        checks, model.check_inputs = model.check_inputs, False  # their host reads are done before each replay
+
         def run():  # autocast's weight-cast cache may not hold tensors made during a capture
             if not torch.is_autocast_enabled("cuda"):
                 return self._run(entry.inputs, text_kind)
             with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False):
                 return self._run(entry.inputs, text_kind)
-        try:  # torch.cuda.graph captures on a side stream of its own
-            entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(
-                run, () if self.generator is None else (self.generator,))
+        try:  # torch.cuda.graph captures on a side stream of its own; the NaN/Inf checks' host reads
+            # are done before each replay
+            with model.unchecked_inputs():
+                entry.outputs, entry.replay = (self._capture_fn or cuda_capture)(
+                    run, () if self.generator is None else (self.generator,))
         except Exception as exc:  # (a capture executes nothing: this call's step is not taken)
             self._entries.clear()  # (no key captures again: their graphs and static tensors can go)
             self.optimizer.zero_grad(set_to_none=True)  # (the capture's gradients were never computed,
@@ -311,9 +334,7 @@ class StepGraph:
                                f"capture's memory stays reserved: for a long run restart the process and train "
                                f"without capture (Trainer(cuda_graph=False) or seda_fast.step_graph.train_step)"
                                ) from exc
-        finally:
-            model.check_inputs = checks
-        entry.grads = [p.grad for p in self._params()]
+        entry.grads = [p.grad for p in optimized_params(self.optimizer)]
         entry.keep = weights.cached_tensors()
         self.stats["captures"] += 1
 

@@ -216,7 +216,6 @@ class Trainer:
         names = None
         start = time.perf_counter()
         bar = progress_bar(batches, self.progress, f"stage {stage} epoch {epoch}/{total_epochs}")
-        checks, model.check_inputs = model.check_inputs, False  # fit checked the data (each check reads back)
 
         def read_back():  # one transfer for the pending steps (a sync: the host waits for the device)
             rows = torch.stack([t for t, _ in pending]).tolist()
@@ -232,7 +231,7 @@ class Trainer:
             pending.clear()
             if self.progress:
                 bar.set_postfix(loss=f"{rows[-1][0]:.4f}", refresh=False)  # shown at the next redraw
-        try:
+        with model.unchecked_inputs():  # fit checked the data (each check reads back)
             for step, idx in enumerate(bar):
                 v, y = visual[idx], labels[idx]
                 inputs = (v, y) if stage == 1 else (v, y, text if text_kind == "class" else text[idx])
@@ -246,8 +245,6 @@ class Trainer:
                 pending.append((torch.stack([loss.float(), *(p.float() for p in parts.values())]), idx.numel()))
                 if len(pending) == self.READ_EVERY or step == len(batches) - 1:  # the epoch's last: the bar shows it
                     read_back()
-        finally:
-            model.check_inputs = checks
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:

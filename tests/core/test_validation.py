@@ -190,3 +190,17 @@ def test_interpreter_set_after_importing_seda_fast_is_a_clear_error():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ERROR: TRITON_INTERPRET=1 is set now, but triton's own @triton.jit library" in proc.stdout
     assert "before Python starts" in proc.stdout and "InterpreterError" not in proc.stdout + proc.stderr
+
+
+def test_unchecked_inputs_skips_the_checks_and_restores_them(model):
+    v = make_batch(model.config, 5)[0]
+    v[1, 0] = float("inf")
+    model.check_inputs = True
+    with model.unchecked_inputs():
+        assert not torch.isfinite(model(v)).all()  # no check: the Inf reaches the output
+    assert model.check_inputs
+    with pytest.raises(KeyError), model.unchecked_inputs():
+        raise KeyError("a failure inside the block")
+    assert model.check_inputs  # restored on the way out of a raise too
+    with pytest.raises(ValueError, match="visual contains 1 NaN/Inf"):
+        model(v)
