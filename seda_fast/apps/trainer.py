@@ -69,7 +69,8 @@ class Trainer:
             checked for NaN/Inf after the step, when the steps' losses are read back (every
             ``READ_EVERY`` steps and at an epoch's end, so the host does not wait for the device
             after each step): a non-finite step's update, and those of the steps after it up to
-            the read, have been applied when the error is raised.
+            the read, have been applied when the error is raised. A capture that fails raises
+            from :meth:`fit`; fit again and every later step (the next stage's too) runs directly.
 
     ``history`` is a list of per-epoch dicts: ``stage``, ``epoch``, ``loss`` (mean over the
     epoch) and the loss parts, ``seconds``, and when evaluation data is given ``accuracy``
@@ -132,8 +133,11 @@ class Trainer:
         self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(total))
                           if total else None)
         self._steps_per_epoch = steps_per_epoch
+        failure = None if self._graph_step is None else self._graph_step.capture_failure
         self._graph_step = StepGraph(self.model, self.optimizer, grad_clip=self.grad_clip,
                                      generator=self.generator) if self.cuda_graph else None
+        if failure is not None:  # the failed capture's memory stays reserved: no second try (and pool)
+            self._graph_step.capture_failure = failure
 
     # ------------------------------------------------------------------ data
     def _check_text(self, text, n: int, text_kind: str) -> str:

@@ -101,6 +101,30 @@ def test_with_cuda_graph_a_non_finite_loss_raises_at_the_read(monkeypatch):
         tr.fit(visual, labels)
 
 
+def test_after_a_failed_capture_the_steps_run_directly_in_both_stages(monkeypatch):
+    """A capture that fails raises from ``fit``; fitting again resumes with direct steps, and the
+    next stage's StepGraph does not capture either (a failed capture's memory stays reserved)."""
+    made = []
+
+    def failing_capture(run, generators):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    def graph_step(model, opt, **kw):
+        made.append(sf.StepGraph(model, opt, capture_fn=failing_capture, **kw))
+        return made[-1]
+    monkeypatch.setattr(trainer_module, "StepGraph", graph_step)
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=1, cuda_graph=True)
+    visual, labels, text = problem()  # 3 steps an epoch: 2 warm-up steps, then the capture fails
+    with pytest.raises(RuntimeError, match="could not capture the step"):
+        tr.fit(visual, labels, text)
+    tr.fit(visual, labels, text)
+    assert [r["stage"] for r in tr.history] == [1, 1, 2]
+    # (the interrupted epoch runs again from its start: 2 steps, then 3 + 3)
+    assert [g.stats for g in made] == [{"direct": 2 + 6, "captures": 0, "replays": 0},
+                                       {"direct": 3, "captures": 0, "replays": 0}]
+    assert not made[1].captures and "not permitted" in made[1].capture_failure
+
+
 def test_the_data_is_checked_once_and_the_steps_read_no_input_back(monkeypatch):
     """``fit`` checks its data for NaN/Inf once; its steps skip the model's per-batch input checks
     (each a host read, which would make the host wait for the device every step), and the model's
