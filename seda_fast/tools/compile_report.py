@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SM90_SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (227 KiB)
 
@@ -69,6 +70,24 @@ def _tools():
     return bin_dir / "cuobjdump"
 
 
+class _Fp32CpuMatmuls(TorchDispatchMode):
+    """CPU matmuls of bf16/fp16 tensors computed in fp32 and rounded to their dtype: a CPU without
+    bf16 units runs them about 50x slower (a bf16 training capture at B = 4096 took a minute). A
+    capture's values feed only launches that are recorded, not run; shapes, dtypes and strides are
+    what they would be."""
+    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+           torch.ops.aten.baddbmm.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        low = [a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in (torch.bfloat16, torch.float16)
+               and a.device.type == "cpu"]
+        if func not in self.OPS or not low:
+            return func(*args, **kwargs)
+        up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+        return func(*up, **kwargs).to(low[0])
+
+
 # a "training" entry's steps: (stage, SeDA.fused_impl, SeDA.activation_memory)
 TRAINING_STEPS = ((1, "auto", None), (2, "phases", "save"), (2, "phases", "recompute"), (2, "rowblock", None))
 
@@ -95,7 +114,7 @@ def capture(model_kwargs: dict, dtype: str, batch: int, step: str = "inference")
     visual, text = torch.randn(batch, cfg.visual_dim), torch.randn(cfg.num_classes, cfg.text_dim)
     labels = torch.arange(batch) % cfg.num_classes
     amp = torch.autocast("cpu", dtype=getattr(torch, dtype), enabled=dtype != "float32")
-    with k.capture_launches() as launches:  # stage 1, then stage 2 with every unroll and policy
+    with k.capture_launches() as launches, _Fp32CpuMatmuls():  # stage 1, then stage 2 with every unroll and policy
         for stage, fused_impl, policy in TRAINING_STEPS:
             model.set_stage(stage)
             model.fused_impl, model.activation_memory = fused_impl, policy
