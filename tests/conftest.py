@@ -22,56 +22,24 @@ from seda_fast.apps.data import import_hub_kernels  # noqa: E402
 
 import_hub_kernels()
 
-
-def _patch_language_once_per_launch() -> None:
-    """Speed the interpreter up (the unroll's fp32 parity tests: 34 s instead of 40 s) without
-    changing what it computes (a fused training run is bitwise the same).
-
-    Triton's interpreter patches ``triton.language`` for the interpreter when a kernel launch starts
-    (and restores it when the launch ends), and patches it again on every call of a ``@triton.jit``
-    helper inside the kernel. Those inner patches find the builtins already patched and set the
-    rest to equivalent closures, a scan of the language modules each time: a fused training step
-    calls thousands of helpers. Here an inner call whose language modules the running launch has
-    already patched skips the patching; anything else (the launch itself, a helper that sees
-    another language module) goes through Triton's own. Installed only where the interpreter has this structure;
-    ``SEDA_FAST_PLAIN_INTERPRETER=1`` leaves the interpreter as Triton ships it."""
-    import inspect
-
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    patch, scope_type = getattr(interpreter, "_patch_lang", None), getattr(interpreter, "_LangPatchScope", None)
-    if patch is None or scope_type is None:
-        return
-    running = {"langs": None}  # the language modules the running launch patched
-    langs_of = {}
-
-    class Nothing:
-        def restore(self) -> None:
-            pass
-
-    def patch_once(fn):
-        langs = langs_of.get(fn)
-        if langs is None:
-            langs = langs_of[fn] = frozenset(v for v in fn.__globals__.values()
-                                             if inspect.ismodule(v) and v in (tl, tl.core))
-        outer = running["langs"]
-        if outer is not None:
-            return Nothing() if langs <= outer else patch(fn)
-        scope = patch(fn)
-        restore = scope.restore
-
-        def restore_and_end() -> None:
-            restore()
-            running["langs"] = None
-        scope.restore = restore_and_end
-        running["langs"] = langs
-        return scope
-    interpreter._patch_lang = patch_once
+import interpreter_speedups  # noqa: E402
 
 
-if os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("SEDA_FAST_PLAIN_INTERPRETER") != "1":
-    _patch_language_once_per_launch()
+interpreter_speedups.install()
+# the Python processes the tests start (the GPU script's dry run, DDP ranks, CLI runs) install them too
+os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent / "interpreter_site")]
+                                           + [p for p in [os.environ.get("PYTHONPATH")] if p])
+
+
+@pytest.fixture
+def overflow_checks():
+    """The Triton interpreter in debug mode with its int32 overflow checks on, for this test (device
+    asserts then raise; the suite runs without either)."""
+    if interpreter_speedups.interpreter_builder() is None:
+        pytest.skip("this Triton's interpreter has no overflow checks to turn on")
+    was = interpreter_speedups.set_interpreter_options(sanitize_overflow=True, debug=True)
+    yield
+    interpreter_speedups.set_interpreter_options(**was)
 
 
 @pytest.fixture(autouse=True)

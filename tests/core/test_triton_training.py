@@ -225,6 +225,33 @@ def test_torch_compile_fullgraph_traces_the_fused_training_step(stage):
     assert all(rel(a, b) < 1e-6 for a, b in zip(g1, g2))
 
 
+@pytest.mark.skipif(DEVICE.type == "cuda", reason="the interpreter's checks")
+def test_index_arithmetic_stays_in_int32_under_the_interpreters_checks(overflow_checks):
+    """The suite runs the interpreter without its int32 overflow checks (tests/conftest.py). With
+    them on (and debug mode, without which they assert nothing) a kernel that overflows int32 fails,
+    and a training step of each stage (both unrolls) and inference (both implementations) at the
+    small preset's odd widths (L = K = 2) pass."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def scaled_index(out_ptr, n):
+        tl.store(out_ptr, n * 4)
+    with pytest.raises(Exception, match="overflow"):
+        scaled_index[(1,)](torch.zeros(1, dtype=torch.int32), 2**30)
+    model = sf.SeDA(presets.config("small", layers=2, learner_steps=2, translator_steps=2), backend="triton").train()
+    visual, labels, text = make_batch(model.config, 17)
+    for stage, fused_impl in ((1, "auto"), (2, "auto"), (2, "rowblock")):
+        model.set_stage(stage)
+        model.fused_impl = fused_impl
+        model(visual, labels, text=text).backward()
+    model.eval()
+    with torch.no_grad():
+        for fused_impl in ("phases", "rowblock"):
+            model.fused_impl = fused_impl
+            assert torch.isfinite(model(visual)).all()
+
+
 def test_fp64_model_gets_a_clear_error_before_any_launch():
     model = make_model(seed=0, dtype=torch.float64).to(DEVICE)
     model.backend = "triton"
