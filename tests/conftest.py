@@ -16,6 +16,12 @@ if not torch.cuda.is_available():
 
 torch.use_deterministic_algorithms(True, warn_only=True)
 
+# pytest-xdist's workers share the cores: one torch thread each. Two threads per worker spin against
+# the other worker (the in-process emoji demo test: 131 s beside the sm_90a compile checks in CI,
+# 22 s beside an interpreted training run, 9 s there with one thread).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    torch.set_num_threads(1)
+
 # transformers imports the `kernels` distribution it depends on; from the checkout's root our
 # `kernels/` (the Triton sources) would shadow it (seda_fast.apps.data.import_hub_kernels)
 from seda_fast.apps.data import import_hub_kernels  # noqa: E402
