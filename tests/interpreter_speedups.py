@@ -20,17 +20,23 @@ def _patch_language_once_per_launch() -> None:
     inner call whose language modules the running launch has already patched skips the patching;
     the launch itself, and the first helper that sees another language module (Triton's own see
     ``triton.language.core`` too), go through Triton's own, which leaves that module patched (it
-    drops an inner call's scope) for the rest of the launch. Installed only where the interpreter
-    has this structure; ``SEDA_FAST_PLAIN_INTERPRETER=1`` leaves the interpreter as Triton ships it."""
+    drops an inner call's scope) for the rest of the launch. Which launch is running is tracked
+    around Triton's ``GridExecutor.__call__`` (a nested launch starts afresh, and the outer one's
+    state comes back after it); a jit function called from plain Python, outside any launch, goes
+    through Triton's own patching. Installed only where the interpreter has this structure;
+    ``SEDA_FAST_PLAIN_INTERPRETER=1`` leaves the interpreter as Triton ships it."""
     import inspect
 
     import triton.language as tl
     from triton.runtime import interpreter
 
     patch, scope_type = getattr(interpreter, "_patch_lang", None), getattr(interpreter, "_LangPatchScope", None)
-    if patch is None or scope_type is None:
+    executor = getattr(interpreter, "GridExecutor", None)
+    if patch is None or scope_type is None or executor is None:
         return
-    running = {"langs": None}  # the language modules patched since the running launch started
+    # the language modules patched since the running launch started (None: no launch is running; a
+    # jit function called from plain Python then goes through Triton's own patching)
+    running = {"langs": None}
     langs_of = {}
 
     class Nothing:
@@ -43,20 +49,22 @@ def _patch_language_once_per_launch() -> None:
             langs = langs_of[fn] = frozenset(v for v in fn.__globals__.values()
                                              if inspect.ismodule(v) and v in (tl, tl.core))
         outer = running["langs"]
-        if outer is not None:
-            if langs <= outer:
-                return Nothing()
-            running["langs"] = outer | langs
+        if outer is None:
             return patch(fn)
-        scope = patch(fn)
-        restore = scope.restore
+        if langs <= outer:
+            return Nothing()
+        running["langs"] = outer | langs
+        return patch(fn)
 
-        def restore_and_end() -> None:
-            restore()
-            running["langs"] = None
-        scope.restore = restore_and_end
-        running["langs"] = langs
-        return scope
+    launch = executor.__call__
+
+    def tracked_launch(self, *args, **kwargs):  # a launch (a nested one too) starts with nothing patched
+        saved, running["langs"] = running["langs"], frozenset()
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            running["langs"] = saved
+    executor.__call__ = tracked_launch
     interpreter._patch_lang = patch_once
 
 

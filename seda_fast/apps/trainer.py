@@ -136,8 +136,8 @@ class Trainer:
         failure = None if self._graph_step is None else self._graph_step.capture_failure
         self._graph_step = StepGraph(self.model, self.optimizer, grad_clip=self.grad_clip,
                                      generator=self.generator) if self.cuda_graph else None
-        if failure is not None:  # the failed capture's memory stays reserved: no second try (and pool)
-            self._graph_step.capture_failure = failure
+        if failure is not None and self._graph_step is not None:  # no second try: the failed
+            self._graph_step.capture_failure = failure  # capture's memory stays reserved
 
     # ------------------------------------------------------------------ data
     def _check_text(self, text, n: int, text_kind: str) -> str:

@@ -123,6 +123,12 @@ def test_after_a_failed_capture_the_steps_run_directly_in_both_stages(monkeypatc
     assert [g.stats for g in made] == [{"direct": 2 + 6, "captures": 0, "replays": 0},
                                        {"direct": 3, "captures": 0, "replays": 0}]
     assert not made[1].captures and "not permitted" in made[1].capture_failure
+    tr = trainer(make_model(config(), seed=0), stage1_epochs=1, stage2_epochs=1, cuda_graph=True)
+    with pytest.raises(RuntimeError, match="could not capture the step"):
+        tr.fit(visual, labels, text)
+    tr.cuda_graph = False  # as the error advises: the next stage has no StepGraph to pass the failure to
+    tr.fit(visual, labels, text)
+    assert [r["stage"] for r in tr.history] == [1, 2] and tr._graph_step is None
 
 
 def test_the_data_is_checked_once_and_the_steps_read_no_input_back(monkeypatch):
