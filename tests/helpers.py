@@ -6,6 +6,7 @@ import torch
 import seda_fast as sf
 from seda_fast.tools import compile_report
 from seda_fast import presets, reference, schedule
+from seda_fast.step_graph import optimized_params
 
 
 def small_config(**overrides) -> sf.SeDAConfig:
@@ -267,7 +268,7 @@ def standin_capture(model, opt):
     step once for its static outputs and puts the parameters, buffers, optimizer state and random
     state back (a real capture executes nothing); a replay runs the step and copies its loss, parts
     and gradients into the static tensors."""
-    params = [p for g in opt.param_groups for p in g["params"]]
+    params = optimized_params(opt)
 
     def capture(run, generators):
         state = [t.clone() for t in step_state_tensors(model, opt)]
