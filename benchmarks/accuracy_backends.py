@@ -34,6 +34,7 @@ from seda_fast.apps import baselines, data, demo  # noqa: E402
 from seda_fast.config import SeDAConfig  # noqa: E402
 from seda_fast.ops.runtime import interpreter_enabled  # noqa: E402
 from seda_fast.apps.trainer import Trainer, make_model  # noqa: E402
+from seda_fast.apps.loop import wait_for  # noqa: E402
 
 SMALL = dict(dim=64, hidden=128, layers=2, learner_steps=4, translator_steps=4)
 SCHEDULE = dict(stage1_epochs=2, stage2_epochs=2, batch_size=100, lr=3e-3, weight_decay=1e-4)
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
             trainer = Trainer(model, seed=seed, progress=progress, **SCHEDULE)
             start = time.perf_counter()
             trainer.fit(v_tr, y_tr, text)
+            wait_for(device)
             row[f"{backend}_train_s"] = round(time.perf_counter() - start, 1)
             row[f"{backend}_pred"] = trainer.predict(v_te).argmax(1)
             row[f"{backend}_acc"] = 100 * (row[f"{backend}_pred"] == y_te).double().mean().item()

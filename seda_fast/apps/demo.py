@@ -22,7 +22,9 @@ the one-step mapping still targets class texts (it needs one target per class) a
 control draws one random unit vector per emoji.
 
 Run: ``python -m seda_fast demo [--quick]`` or ``python -m seda_fast demo --dataset emoji
---label-level group|subgroup``. On a machine whose cores are shared with other jobs, ``--threads 1``
+--label-level group|subgroup``. Everything runs on the CPU unless ``--device cuda`` (then SeDA's
+inference runs the fused kernels; ``--backend triton`` trains with them too, and ``--cuda-graph``
+replays each training step as one CUDA graph). On a machine whose cores are shared with other jobs, ``--threads 1``
 (or a small ``OMP_NUM_THREADS``) is faster than torch's default of one thread per core, which
 thrashes when the cores are busy.
 """
@@ -41,10 +43,11 @@ from typing import Callable
 
 import torch
 
-from .. import outputs
+from .. import backends, outputs
 from . import baselines, data
 from ..config import SeDAConfig
-from .loop import flush_denormals
+from ..model import BACKENDS
+from .loop import flush_denormals, wait_for
 from .trainer import Trainer, make_model
 
 # SeDA at CPU size (the spec default is d=512, H=1024; 16x the compute): recorded in the JSON.
@@ -109,6 +112,14 @@ class DemoData:
     info: dict
     notes: list
 
+    def to(self, device: torch.device) -> "DemoData":
+        """The same data with its features, labels and texts (the control's too) on ``device``."""
+        random_text = self.random_text
+        return dataclasses.replace(
+            self, train=tuple(t.to(device) for t in self.train), test=tuple(t.to(device) for t in self.test),
+            class_text=self.class_text.to(device), seda_text=self.seda_text.to(device),
+            random_text=lambda seed: random_text(seed).to(device))
+
 
 EMOJI_MODE = dict(image_size=64, views=4, test_fraction=0.25, split_seed=0, skin_tones=False,
                   seda=dict(stage1_epochs=20, stage2_epochs=20, batch_size=256, lr=1e-3, weight_decay=1e-4),
@@ -118,11 +129,13 @@ DATASETS = ("fmnist", "emoji")
 
 
 def _run_seda(cfg: SeDAConfig, settings: dict, seed: int, text, train, test, progress: bool,
-              text_kind: str = "auto"):
-    model = make_model(cfg, seed=seed)
-    trainer = Trainer(model, seed=seed, progress=progress, **settings)
+              text_kind: str = "auto", backend: str = "auto", cuda_graph: bool = False):
+    device = train[0].device
+    model = make_model(cfg, seed=seed, backend=backend).to(device)  # initialised on the CPU: same on every device
+    trainer = Trainer(model, seed=seed, progress=progress, cuda_graph=cuda_graph, **settings)
     start = time.perf_counter()
     trainer.fit(train[0], train[1], text, text_kind=text_kind)
+    wait_for(device)
     seconds = time.perf_counter() - start
     return trainer.evaluate(*test), seconds, trainer.history
 
@@ -204,6 +217,37 @@ EMOJI_NOTES = [
 ]
 
 
+def check_device(device, backend: str = "auto", cuda_graph: bool = False) -> torch.device:
+    """``device`` as a :class:`torch.device`, after checking that it exists here and can run
+    ``backend`` (``"auto"``, ``"eager"`` or ``"triton"``) and ``cuda_graph`` (which needs CUDA and
+    the triton backend: it captures the fused training step)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r} but torch.cuda.is_available() is False "
+                             f"(torch {torch.__version__} on this machine sees no CUDA GPU)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "triton":
+        try:
+            backends.TRITON.require(device)
+        except RuntimeError as err:
+            raise ValueError(str(err)) from err
+    if not isinstance(cuda_graph, bool):
+        raise TypeError(f"cuda_graph must be a bool, got {type(cuda_graph).__name__}")
+    if cuda_graph and (device.type != "cuda" or backend != "triton"):
+        raise ValueError(f"cuda_graph=True captures the fused training step: it needs device='cuda' and "
+                         f"backend='triton', got device={str(device)!r}, backend={backend!r}")
+    return device
+
+
 def _check_run(seeds, methods, dataset, label_level, limit, out) -> None:
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be an int >= 1, got {seeds!r}")
@@ -225,8 +269,10 @@ def seda_config(ds: DemoData, steps: int | None = None) -> SeDAConfig:
     return cfg if steps is None else SeDAConfig(**{**cfg.to_dict(), "learner_steps": steps, "translator_steps": steps})
 
 
-def train_method(method: str, ds: DemoData, seed: int, progress: bool) -> tuple[float, float]:
-    """Train ``method`` (one of :data:`METHODS`) on ``ds`` with ``seed``: ``(test accuracy, train seconds)``."""
+def train_method(method: str, ds: DemoData, seed: int, progress: bool, backend: str = "auto",
+                 cuda_graph: bool = False) -> tuple[float, float]:
+    """Train ``method`` (one of :data:`METHODS`) on ``ds`` (on its device) with ``seed``: ``(test
+    accuracy, train seconds)``. ``backend`` and ``cuda_graph`` are SeDA's (:func:`check_device`)."""
     mode, cfg = ds.settings, seda_config(ds)
     start = time.perf_counter()
     if method == "linear probe":
@@ -239,8 +285,9 @@ def train_method(method: str, ds: DemoData, seed: int, progress: bool) -> tuple[
         text = ds.random_text(seed) if method == "SeDA random text" else ds.seda_text
         config = seda_config(ds, steps=1) if method == "SeDA K1=K2=1" else cfg
         acc, seconds, _ = _run_seda(config, mode["seda"], seed, text, ds.train, ds.test, progress,
-                                    text_kind=ds.text_kind)
+                                    text_kind=ds.text_kind, backend=backend, cuda_graph=cuda_graph)
         return acc, seconds
+    wait_for(ds.train[0].device)
     seconds = time.perf_counter() - start
     return baselines.accuracy(model, *ds.test), seconds
 
@@ -258,20 +305,25 @@ def summarize(per_method: dict[str, list[dict]]) -> dict:
 
 
 def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, out: str | os.PathLike | None = None,
-        methods=METHODS, dataset: str = "fmnist", label_level: str = "group", limit: int | None = None) -> dict:
+        methods=METHODS, dataset: str = "fmnist", label_level: str = "group", limit: int | None = None,
+        device="cpu", backend: str = "auto", cuda_graph: bool = False) -> dict:
     """Run the demo; returns the results dict (also written as JSON to the file ``out``; default
     ``./seda_fast_out/demo_<mode>.json``).
 
     ``dataset="fmnist"`` (``quick``: the 10k/2k subset) or ``"emoji"`` (``label_level``
     ``"group"`` or ``"subgroup"``; ``limit``: an evenly spaced subset of the emoji, for tests).
+    Every method trains and evaluates on ``device``; SeDA with ``backend`` and ``cuda_graph``
+    (:func:`check_device`). The features are extracted on the CPU either way.
     """
     _check_run(seeds, methods, dataset, label_level, limit, out)
+    device = check_device(device, backend, cuda_graph)
     wall = time.perf_counter()
     ds = fmnist_data(quick, cache, progress) if dataset == "fmnist" else emoji_data(label_level, cache, progress, limit)
+    ds = ds.to(device)
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in range(seeds):
         for method in methods:
-            acc, seconds = train_method(method, ds, seed, progress)
+            acc, seconds = train_method(method, ds, seed, progress, backend, cuda_graph)
             per_method[method].append({"seed": seed, "accuracy": acc, "train_seconds": seconds})
             print(f"  seed {seed}  {method:<18} acc {100 * acc:6.2f}%  ({seconds:.1f} s)", flush=True)
     mode, cfg = ds.settings, seda_config(ds)
@@ -280,6 +332,8 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": str(torch.__version__), "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "seda_backend": backend, "cuda_graph": cuda_graph,
         "data": {**ds.info, "limit": limit},
         "seda_config": cfg.to_dict(), "seda_trainer": {**mode["seda"], "text_kind": ds.text_kind},
         "linear_probe": mode["probe"], "one_step_mapping": {**mode["one_step"], "hidden": cfg.hidden},
@@ -312,8 +366,11 @@ def format_table(results: dict) -> str:
                 f"majority class {100 * d['majority_class_accuracy']:.2f} %, ")
     else:
         head = f"Fashion-MNIST {results['mode']}: {d['train']} train / {d['test']} test, "
+    where = results.get("device", "cpu")  # (results written before the demo had a device option: CPU)
+    if where != "cpu" or results.get("seda_backend", "auto") != "auto":
+        where += f", SeDA backend {results['seda_backend']}" + (" + CUDA graph" if results.get("cuda_graph") else "")
     lines = [head + f"{len(results['seeds'])} seeds, EfficientNet-Lite0 {d['image_size']} px "
-             f"(features {feats}), wall {results['wall_seconds']:.0f} s",
+             f"(features {feats}), {where}, wall {results['wall_seconds']:.0f} s",
              "", "| method | accuracy (%) | train time (s) |", "|---|---|---|"]
     for method, r in results["results"].items():
         lines.append(f"| {method} | {100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} "
@@ -337,7 +394,19 @@ def main(argv=None) -> int:
                              "shared with other jobs use 1")
     parser.add_argument("--no-progress", action="store_true",
                         help="hide the tqdm bars (when stderr is not a terminal they redraw once a minute)")
+    parser.add_argument("--device", default="cpu",
+                        help="where every method trains and evaluates: cpu (default), cuda or cuda:N")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="SeDA's backend: auto (fused inference on CUDA, eager elsewhere and for training; "
+                             "default), eager, or triton (fused inference and training; on CPU only under "
+                             "TRITON_INTERPRET=1, far too slow at this size)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="replay each SeDA training step as one CUDA graph (needs --device cuda --backend triton)")
     args = parser.parse_args(argv)
+    try:
+        check_device(args.device, args.backend, args.cuda_graph)
+    except ValueError as err:
+        parser.error(str(err))
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
@@ -351,5 +420,5 @@ def main(argv=None) -> int:
     with flush_denormals():
         run(quick=args.quick, seeds=args.seeds, cache=args.cache, progress=not args.no_progress,
             out=out_dir / json_name(args.dataset, args.quick, args.label_level), dataset=args.dataset,
-            label_level=args.label_level)
+            label_level=args.label_level, device=args.device, backend=args.backend, cuda_graph=args.cuda_graph)
     return 0

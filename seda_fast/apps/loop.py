@@ -42,6 +42,13 @@ def progress_bar(iterable, enabled: bool, desc: str, total: int | None = None):
     return progress.bar(iterable, enabled=enabled, desc=desc, total=total, leave=False)
 
 
+def wait_for(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done (CUDA runs it asynchronously), so that a
+    clock read next counts it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """``with eval_mode(model):`` runs the block with ``model.eval()`` and restores the mode after."""

@@ -176,3 +176,36 @@ def test_demo_runs_on_emoji(cache, tmp_path):
         demo.run(dataset="mnist", cache=cache)
     with pytest.raises(ValueError, match="label_level"):
         demo.run(dataset="emoji", label_level="family", cache=cache)
+
+
+def test_demo_trains_seda_with_the_fused_backend_as_with_eager(cache, tmp_path, monkeypatch):
+    """``backend="triton"`` reaches the demo's SeDA (fused training and inference, here in the
+    interpreter, so the config and epochs are cut to a few steps) and trains it as eager does on
+    the same real features, seed and initial weights: the trained models' logits on the training
+    images agree (the 4-emoji test split is too small to tell them apart by accuracy)."""
+    from seda_fast.apps import demo
+
+    monkeypatch.setattr(demo, "SEDA_CONFIG", {**demo.SEDA_CONFIG, "dim": 16, "hidden": 24, "layers": 1,
+                                              "learner_steps": 2, "translator_steps": 3})
+    monkeypatch.setitem(demo.EMOJI_MODE, "seda", {**demo.EMOJI_MODE["seda"], "stage1_epochs": 1,
+                                                  "stage2_epochs": 1, "batch_size": 64})
+    trained = {}
+    real_fit = demo.Trainer.fit
+
+    def recording_fit(trainer, visual, *args, **kwargs):
+        history = real_fit(trainer, visual, *args, **kwargs)
+        model = trainer.model
+        with torch.no_grad():
+            trained[model.backend] = (model.resolved_backend(model.device), len(history), trainer.predict(visual))
+        return history
+
+    monkeypatch.setattr(demo.Trainer, "fit", recording_fit)
+    for backend in ("eager", "triton"):
+        results = demo.run(seeds=1, methods=("SeDA",), dataset="emoji", limit=LIMIT, cache=cache, progress=False,
+                           out=tmp_path / f"{backend}.json", backend=backend)
+        assert results["seda_backend"] == backend and results["device"] == "cpu" and not results["cuda_graph"]
+    assert "SeDA backend triton" in demo.format_table(results)
+    (eager_impl, eager_epochs, eager), (fused_impl, fused_epochs, fused) = trained["eager"], trained["triton"]
+    assert (eager_impl, fused_impl, eager_epochs, fused_epochs) == ("eager", "triton", 2, 2)
+    assert eager.shape[1] == 9 and eager.std() > 1e-3  # the 9 Unicode groups; not a constant output
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from seda_fast.__main__ import COMMANDS, main
 
@@ -63,3 +64,38 @@ def test_demo_rejects_a_bad_thread_count(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["demo", "--threads", "0"])
     assert exit_.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_checks_its_device_options_before_loading_data(capsys, monkeypatch):
+    from seda_fast.apps import demo
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(demo, "fmnist_data", lambda *a, **k: pytest.fail("data loaded before the options were checked"))
+    for argv, message in ((["--device", "cuda"], "torch.cuda.is_available() is False"),
+                          (["--device", "meta"], "device must be 'cpu', 'cuda' or 'cuda:N', got 'meta'"),
+                          (["--device", "banana"], "got 'banana'"),
+                          (["--cuda-graph"], "needs device='cuda' and backend='triton', got device='cpu'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["demo", *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+    with pytest.raises(ValueError, match="backend must be one of"):
+        demo.run(backend="fused")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="has 1 CUDA device"):
+        demo.check_device("cuda:1")
+    with pytest.raises(ValueError, match="got device='cuda', backend='auto'"):
+        demo.check_device("cuda", cuda_graph=True)
+    with pytest.raises(TypeError, match="cuda_graph must be a bool"):
+        demo.check_device("cpu", cuda_graph=1)
+    assert demo.check_device("cuda:0", "triton", True) == torch.device("cuda", 0)
+
+
+def test_demo_refuses_the_fused_backend_on_cpu_outside_the_interpreter(monkeypatch):
+    from seda_fast.apps import demo
+    from seda_fast.ops import runtime
+
+    monkeypatch.setattr(runtime, "interpreter_enabled", lambda: False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        demo.check_device("cpu", "triton")
+    assert demo.check_device("cpu", "eager") == torch.device("cpu")
