@@ -22,15 +22,17 @@ the one-step mapping still targets class texts (it needs one target per class) a
 control draws one random unit vector per emoji.
 
 Run: ``python -m seda_fast demo [--quick]`` or ``python -m seda_fast demo --dataset emoji
---label-level group|subgroup``. Everything runs on the CPU unless ``--device cuda`` (then SeDA's
-inference runs the fused kernels; ``--backend triton`` trains with them too, and ``--cuda-graph``
-replays each training step as one CUDA graph). On a machine whose cores are shared with other jobs, ``--threads 1``
+--label-level group|subgroup``. Everything runs on the CPU in fp32 unless ``--device cuda`` (then
+SeDA's inference runs the fused kernels; ``--backend triton`` trains with them too, and
+``--cuda-graph`` replays each training step as one CUDA graph); ``--bf16`` runs every method under
+bf16 autocast (the precision the fused kernels are tuned for on a GPU). On a machine whose cores are shared with other jobs, ``--threads 1``
 (or a small ``OMP_NUM_THREADS``) is faster than torch's default of one thread per core, which
 thrashes when the cores are busy.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -270,9 +272,17 @@ def seda_config(ds: DemoData, steps: int | None = None) -> SeDAConfig:
 
 
 def train_method(method: str, ds: DemoData, seed: int, progress: bool, backend: str = "auto",
-                 cuda_graph: bool = False) -> tuple[float, float]:
+                 cuda_graph: bool = False, bf16: bool = False) -> tuple[float, float]:
     """Train ``method`` (one of :data:`METHODS`) on ``ds`` (on its device) with ``seed``: ``(test
-    accuracy, train seconds)``. ``backend`` and ``cuda_graph`` are SeDA's (:func:`check_device`)."""
+    accuracy, train seconds)``. ``backend`` and ``cuda_graph`` are SeDA's (:func:`check_device`);
+    ``bf16``: training and evaluation under ``torch.autocast`` in bfloat16 (parameters stay fp32)."""
+    device = ds.train[0].device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        return _train_method(method, ds, seed, progress, backend, cuda_graph)
+
+
+def _train_method(method, ds, seed, progress, backend, cuda_graph):
     mode, cfg = ds.settings, seda_config(ds)
     start = time.perf_counter()
     if method == "linear probe":
@@ -306,16 +316,19 @@ def summarize(per_method: dict[str, list[dict]]) -> dict:
 
 def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, out: str | os.PathLike | None = None,
         methods=METHODS, dataset: str = "fmnist", label_level: str = "group", limit: int | None = None,
-        device="cpu", backend: str = "auto", cuda_graph: bool = False) -> dict:
+        device="cpu", backend: str = "auto", cuda_graph: bool = False, bf16: bool = False) -> dict:
     """Run the demo; returns the results dict (also written as JSON to the file ``out``; default
     ``./seda_fast_out/demo_<mode>.json``).
 
     ``dataset="fmnist"`` (``quick``: the 10k/2k subset) or ``"emoji"`` (``label_level``
     ``"group"`` or ``"subgroup"``; ``limit``: an evenly spaced subset of the emoji, for tests).
-    Every method trains and evaluates on ``device``; SeDA with ``backend`` and ``cuda_graph``
-    (:func:`check_device`). The features are extracted on the CPU either way.
+    Every method trains and evaluates on ``device`` (``bf16``: under bf16 autocast); SeDA with
+    ``backend`` and ``cuda_graph`` (:func:`check_device`). The features are extracted on the CPU
+    (in fp32) either way.
     """
     _check_run(seeds, methods, dataset, label_level, limit, out)
+    if not isinstance(bf16, bool):
+        raise TypeError(f"bf16 must be a bool, got {type(bf16).__name__}")
     device = check_device(device, backend, cuda_graph)
     wall = time.perf_counter()
     ds = fmnist_data(quick, cache, progress) if dataset == "fmnist" else emoji_data(label_level, cache, progress, limit)
@@ -323,7 +336,7 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in range(seeds):
         for method in methods:
-            acc, seconds = train_method(method, ds, seed, progress, backend, cuda_graph)
+            acc, seconds = train_method(method, ds, seed, progress, backend, cuda_graph, bf16)
             per_method[method].append({"seed": seed, "accuracy": acc, "train_seconds": seconds})
             print(f"  seed {seed}  {method:<18} acc {100 * acc:6.2f}%  ({seconds:.1f} s)", flush=True)
     mode, cfg = ds.settings, seda_config(ds)
@@ -333,7 +346,7 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
         "torch": str(torch.__version__), "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "seda_backend": backend, "cuda_graph": cuda_graph,
+        "seda_backend": backend, "cuda_graph": cuda_graph, "autocast": "bfloat16" if bf16 else None,
         "data": {**ds.info, "limit": limit},
         "seda_config": cfg.to_dict(), "seda_trainer": {**mode["seda"], "text_kind": ds.text_kind},
         "linear_probe": mode["probe"], "one_step_mapping": {**mode["one_step"], "hidden": cfg.hidden},
@@ -369,6 +382,8 @@ def format_table(results: dict) -> str:
     where = results.get("device", "cpu")  # (results written before the demo had a device option: CPU)
     if where != "cpu" or results.get("seda_backend", "auto") != "auto":
         where += f", SeDA backend {results['seda_backend']}" + (" + CUDA graph" if results.get("cuda_graph") else "")
+    if results.get("autocast"):
+        where += f", {results['autocast']} autocast"
     lines = [head + f"{len(results['seeds'])} seeds, EfficientNet-Lite0 {d['image_size']} px "
              f"(features {feats}), {where}, wall {results['wall_seconds']:.0f} s",
              "", "| method | accuracy (%) | train time (s) |", "|---|---|---|"]
@@ -402,6 +417,9 @@ def main(argv=None) -> int:
                              "TRITON_INTERPRET=1, far too slow at this size)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay each SeDA training step as one CUDA graph (needs --device cuda --backend triton)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="train and evaluate every method under torch.autocast in bfloat16 (parameters stay "
+                             "fp32); on a GPU the fused kernels' fast path, on this CPU slow")
     args = parser.parse_args(argv)
     try:
         check_device(args.device, args.backend, args.cuda_graph)
@@ -420,5 +438,6 @@ def main(argv=None) -> int:
     with flush_denormals():
         run(quick=args.quick, seeds=args.seeds, cache=args.cache, progress=not args.no_progress,
             out=out_dir / json_name(args.dataset, args.quick, args.label_level), dataset=args.dataset,
-            label_level=args.label_level, device=args.device, backend=args.backend, cuda_graph=args.cuda_graph)
+            label_level=args.label_level, device=args.device, backend=args.backend, cuda_graph=args.cuda_graph,
+            bf16=args.bf16)
     return 0

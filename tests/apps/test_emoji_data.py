@@ -209,3 +209,34 @@ def test_demo_trains_seda_with_the_fused_backend_as_with_eager(cache, tmp_path, 
     assert (eager_impl, fused_impl, eager_epochs, fused_epochs) == ("eager", "triton", 2, 2)
     assert eager.shape[1] == 9 and eager.std() > 1e-3  # the 9 Unicode groups; not a constant output
     torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_demo_trains_under_bf16_autocast(cache, tmp_path, monkeypatch):
+    """``bf16=True`` runs the methods under bf16 autocast on the data's device (here the fused SeDA
+    in the interpreter, at a cut config) and the JSON and table say so."""
+    from seda_fast.apps import demo
+
+    monkeypatch.setattr(demo, "SEDA_CONFIG", {**demo.SEDA_CONFIG, "dim": 16, "hidden": 24, "layers": 1,
+                                              "learner_steps": 2, "translator_steps": 2})
+    monkeypatch.setitem(demo.EMOJI_MODE, "seda", {**demo.EMOJI_MODE["seda"], "stage1_epochs": 1,
+                                                  "stage2_epochs": 1, "batch_size": 128})
+    seen = []
+    real_fit = demo.Trainer.fit
+
+    def recording_fit(trainer, visual, *args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        history = real_fit(trainer, visual, *args, **kwargs)
+        with torch.no_grad():
+            logits = trainer.predict(visual)
+        seen.append((logits.dtype, bool(torch.isfinite(logits).all())))
+        return history
+
+    monkeypatch.setattr(demo.Trainer, "fit", recording_fit)
+    results = demo.run(seeds=1, methods=("linear probe", "SeDA"), dataset="emoji", limit=LIMIT, cache=cache,
+                       progress=False, out=tmp_path / "bf16.json", backend="triton", bf16=True)
+    assert seen == [(True, torch.bfloat16), (torch.bfloat16, True)]
+    assert results["autocast"] == "bfloat16" and not torch.is_autocast_enabled("cpu")
+    assert all(0.0 <= r["accuracy_mean"] <= 1.0 for r in results["results"].values())
+    assert "SeDA backend triton, bfloat16 autocast" in demo.format_table(results)
+    with pytest.raises(TypeError, match="bf16 must be a bool"):
+        demo.run(dataset="emoji", bf16="yes", cache=cache)
