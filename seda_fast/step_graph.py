@@ -44,19 +44,32 @@ def train_step(model: SeDA, optimizer: torch.optim.Optimizer, inputs: tuple, *, 
     (``(visual [B, Dv], labels [B])`` in stage 1, ``(visual, labels, text)`` in stage 2), backward,
     gradient-norm clipping to ``grad_clip`` (None: none), ``optimizer.step()``. Returns ``(loss [],
     parts)``, the loss detached. ``check_loss(loss)``, if given, runs before backward: a raise there
-    leaves the parameters and the optimizer's state as they were (the gradients are None)."""
+    leaves the parameters and the optimizer's state as they were (the gradients are None). Inside a
+    caller's autocast region it runs with autocast's weight-cast cache off (:func:`fresh_weight_casts`)."""
     optimizer.zero_grad(set_to_none=True)
-    if model.stage == 1:
-        loss, parts = model.learner_loss(*inputs, generator, return_parts=True)
-    else:
-        loss, parts = model.translator_loss(*inputs, generator, text_kind=text_kind, return_parts=True)
-    if check_loss is not None:
-        check_loss(loss)
-    loss.backward()
+    with fresh_weight_casts(model.device):
+        if model.stage == 1:
+            loss, parts = model.learner_loss(*inputs, generator, return_parts=True)
+        else:
+            loss, parts = model.translator_loss(*inputs, generator, text_kind=text_kind, return_parts=True)
+        if check_loss is not None:
+            check_loss(loss)
+        loss.backward()
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(optimized_params(optimizer), grad_clip)
     optimizer.step()
     return loss.detach(), parts
+
+
+def fresh_weight_casts(device: torch.device):
+    """A context for a training loop run inside a caller's ``torch.autocast`` region: autocast keeps
+    each weight's cast copy until its outermost region exits, so the steps after the first would
+    compute with the first step's weights (the optimizer updates them in place). Where such a region
+    is open for ``device``'s type with that cache on, a nested region of the same dtype with the
+    cache off; else nothing."""
+    if torch.is_autocast_enabled(device.type) and torch.is_autocast_cache_enabled():
+        return torch.autocast(device.type, dtype=torch.get_autocast_dtype(device.type), cache_enabled=False)
+    return contextlib.nullcontext()
 
 
 def optimized_params(optimizer: torch.optim.Optimizer) -> list:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import validation as val
+from ..step_graph import fresh_weight_casts
 from .loop import check_dataset, cosine_lambda, eval_mode, minibatches, progress_bar
 
 
@@ -59,14 +60,15 @@ def _train_loop(params, loss_fn, n: int, *, epochs: int, batch_size: int, lr: fl
     history = []
     for epoch in range(1, epochs + 1):
         start, total = time.perf_counter(), 0.0
-        for idx in progress_bar(minibatches(n, batch_size, generator), progress, f"{desc} {epoch}/{epochs}"):
-            loss = loss_fn(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.item() * idx.numel()
+        with fresh_weight_casts(generator.device):
+            for idx in progress_bar(minibatches(n, batch_size, generator), progress, f"{desc} {epoch}/{epochs}"):
+                loss = loss_fn(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                total += loss.item() * idx.numel()
         history.append({"epoch": epoch, "loss": total / n, "seconds": time.perf_counter() - start})
     return history
 

@@ -219,10 +219,10 @@ EMOJI_NOTES = [
 ]
 
 
-def check_device(device, backend: str = "auto", cuda_graph: bool = False) -> torch.device:
+def check_device(device, backend: str = "auto", cuda_graph: bool = False, bf16: bool = False) -> torch.device:
     """``device`` as a :class:`torch.device`, after checking that it exists here and can run
-    ``backend`` (``"auto"``, ``"eager"`` or ``"triton"``) and ``cuda_graph`` (which needs CUDA and
-    the triton backend: it captures the fused training step)."""
+    ``backend`` (``"auto"``, ``"eager"`` or ``"triton"``), ``cuda_graph`` (which needs CUDA and
+    the triton backend: it captures the fused training step) and ``bf16`` autocast."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -247,6 +247,10 @@ def check_device(device, backend: str = "auto", cuda_graph: bool = False) -> tor
     if cuda_graph and (device.type != "cuda" or backend != "triton"):
         raise ValueError(f"cuda_graph=True captures the fused training step: it needs device='cuda' and "
                          f"backend='triton', got device={str(device)!r}, backend={backend!r}")
+    if not isinstance(bf16, bool):
+        raise TypeError(f"bf16 must be a bool, got {type(bf16).__name__}")
+    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"bf16=True but {torch.cuda.get_device_name(device)} does not support bfloat16")
     return device
 
 
@@ -277,6 +281,8 @@ def train_method(method: str, ds: DemoData, seed: int, progress: bool, backend: 
     accuracy, train seconds)``. ``backend`` and ``cuda_graph`` are SeDA's (:func:`check_device`);
     ``bf16``: training and evaluation under ``torch.autocast`` in bfloat16 (parameters stay fp32)."""
     device = ds.train[0].device
+    # (one region around training and evaluation: the training loops turn autocast's weight-cast
+    # cache off inside it, apps.loop.fresh_weight_casts)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
         return _train_method(method, ds, seed, progress, backend, cuda_graph)
@@ -327,18 +333,18 @@ def run(quick: bool = False, seeds: int = 3, cache=None, progress: bool = True, 
     (in fp32) either way.
     """
     _check_run(seeds, methods, dataset, label_level, limit, out)
-    if not isinstance(bf16, bool):
-        raise TypeError(f"bf16 must be a bool, got {type(bf16).__name__}")
-    device = check_device(device, backend, cuda_graph)
+    device = check_device(device, backend, cuda_graph, bf16)
     wall = time.perf_counter()
     ds = fmnist_data(quick, cache, progress) if dataset == "fmnist" else emoji_data(label_level, cache, progress, limit)
     ds = ds.to(device)
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
-    for seed in range(seeds):
-        for method in methods:
-            acc, seconds = train_method(method, ds, seed, progress, backend, cuda_graph, bf16)
-            per_method[method].append({"seed": seed, "accuracy": acc, "train_seconds": seconds})
-            print(f"  seed {seed}  {method:<18} acc {100 * acc:6.2f}%  ({seconds:.1f} s)", flush=True)
+    # Triton launches on the current CUDA device: make it the data's (cuda:N)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        for seed in range(seeds):
+            for method in methods:
+                acc, seconds = train_method(method, ds, seed, progress, backend, cuda_graph, bf16)
+                per_method[method].append({"seed": seed, "accuracy": acc, "train_seconds": seconds})
+                print(f"  seed {seed}  {method:<18} acc {100 * acc:6.2f}%  ({seconds:.1f} s)", flush=True)
     mode, cfg = ds.settings, seda_config(ds)
     results = {
         "mode": ds.mode,
@@ -422,7 +428,7 @@ def main(argv=None) -> int:
                              "fp32); on a GPU the fused kernels' fast path, on this CPU slow")
     args = parser.parse_args(argv)
     try:
-        check_device(args.device, args.backend, args.cuda_graph)
+        check_device(args.device, args.backend, args.cuda_graph, args.bf16)
     except ValueError as err:
         parser.error(str(err))
     if args.threads is not None:

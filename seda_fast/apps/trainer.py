@@ -28,7 +28,7 @@ import torch
 from .. import validation as val
 from ..config import SeDAConfig
 from ..model import SeDA
-from ..step_graph import StepGraph, train_step
+from ..step_graph import StepGraph, fresh_weight_casts, train_step
 from .loop import check_dataset, cosine_lambda, eval_mode, minibatches, progress_bar
 
 _CHECKPOINT_FORMAT = 1
@@ -187,6 +187,11 @@ class Trainer:
             text_kind = self._check_text(text, visual.shape[0], text_kind)
             val.check_finite("text", text)
         val.check_finite("visual", visual)  # once (a host read): the steps skip the per-batch checks
+        with fresh_weight_casts(device):  # (under a caller's autocast: no stale weight copies)
+            self._fit(visual, labels, text, text_kind, eval_visual, eval_labels, budget)
+        return self.history
+
+    def _fit(self, visual, labels, text, text_kind, eval_visual, eval_labels, budget) -> None:
         for stage, epochs in ((1, self.stage1_epochs), (2, self.stage2_epochs)):
             if self.epochs_done[stage] >= epochs:
                 continue
@@ -202,12 +207,11 @@ class Trainer:
                 self._new_optimizer(stage, steps)
             while self.epochs_done[stage] < epochs:
                 if budget is not None and budget == 0:
-                    return self.history
+                    return
                 self._epoch(stage, visual, labels, text, text_kind, eval_visual, eval_labels)
                 budget = None if budget is None else budget - 1
         if self.stage2_epochs and self.model.stage != 2:
             self.model.set_stage(2)
-        return self.history
 
     def _epoch(self, stage, visual, labels, text, text_kind, eval_visual, eval_labels) -> None:
         model = self.model

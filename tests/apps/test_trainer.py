@@ -241,6 +241,30 @@ def test_same_seed_bitwise_identical():
     assert not torch.equal(other.model.head.weight, params[0][list(other.model.state_dict()).index("head.weight")])
 
 
+def test_fit_and_the_baselines_inside_a_callers_autocast_train_with_fresh_weights():
+    """Autocast keeps a weight's cast copy until its outermost region exits; a training loop run
+    inside one region would step with the first step's weights. fit and the baselines' loops turn
+    that cache off for themselves: inside a region with the cache on they train exactly as inside
+    one with it off, and evaluating afterwards in the same region sees the trained weights."""
+    visual, labels, text = problem()
+
+    def run(cache: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+            tr = trainer(make_model(config(), seed=7), stage1_epochs=2, stage2_epochs=2)
+            tr.fit(visual, labels, text, eval_visual=visual, eval_labels=labels)
+            probe, _ = baselines.train_linear_probe(visual, labels, epochs=5, batch_size=32, lr=3e-2, seed=0,
+                                                    progress=False)
+            assert torch.is_autocast_cache_enabled() == cache  # (restored after each loop)
+            return [*tr.model.state_dict().values(), *probe.state_dict().values()], tr.history, \
+                baselines.accuracy(probe, visual, labels)
+
+    cached, uncached = run(True), run(False)
+    for a, b in zip(cached[0], uncached[0]):
+        assert torch.equal(a, b)
+    assert cached[1] == [{**r, "seconds": c["seconds"]} for r, c in zip(uncached[1], cached[1])]
+    assert cached[2] == uncached[2] > 0.9
+
+
 def test_per_sample_text():
     visual, labels, _ = problem(n=40)
     text = torch.randn(40, CFG["text_dim"])

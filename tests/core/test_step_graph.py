@@ -353,3 +353,23 @@ def test_cuda_step_graph_replays_the_direct_steps(stage, private, schedule):  # 
     torch.testing.assert_close(model.centers, twin.centers, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # the replays bumped the versions, so the weight caches do not serve stale tables
         torch.testing.assert_close(model(visual.to(DEVICE)), twin(visual.to(DEVICE)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_train_step_inside_a_callers_autocast_steps_with_the_updated_weights(stage):
+    """Steps issued inside one autocast region with its weight-cast cache on equal steps inside one
+    with the cache off (the cache would hand every step after the first the first one's weights)."""
+    from seda_fast.step_graph import train_step
+
+    model, visual, labels, text = _setup(stage)
+    inputs = (visual, labels) if stage == 1 else (visual, labels, text)
+    runs = []
+    for cache in (True, False):
+        twin = copy.deepcopy(model)
+        opt = _adamw(twin)
+        g = torch.Generator(DEVICE).manual_seed(0)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, cache_enabled=cache):
+            losses = [train_step(twin, opt, inputs, generator=g)[0] for _ in range(3)]
+        runs.append((losses, [p.detach().clone() for p in twin.parameters()]))
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
+        assert torch.equal(a, b)
