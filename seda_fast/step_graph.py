@@ -61,15 +61,23 @@ def train_step(model: SeDA, optimizer: torch.optim.Optimizer, inputs: tuple, *, 
     return loss.detach(), parts
 
 
+@contextlib.contextmanager
 def fresh_weight_casts(device: torch.device):
-    """A context for a training loop run inside a caller's ``torch.autocast`` region: autocast keeps
-    each weight's cast copy until its outermost region exits, so the steps after the first would
-    compute with the first step's weights (the optimizer updates them in place). Where such a region
-    is open for ``device``'s type with that cache on, a nested region of the same dtype with the
-    cache off; else nothing."""
-    if torch.is_autocast_enabled(device.type) and torch.is_autocast_cache_enabled():
-        return torch.autocast(device.type, dtype=torch.get_autocast_dtype(device.type), cache_enabled=False)
-    return contextlib.nullcontext()
+    """A context for training run inside a caller's ``torch.autocast`` region: autocast keeps each
+    weight's cast copy until its outermost region exits, so the steps after the first would compute
+    with the first step's weights (the optimizer updates them in place), and so would the caller's
+    evaluation after them. Where such a region is open for ``device``'s type with that cache on, the
+    block runs in a nested region of the same dtype with the cache off, and the cache (copies made
+    before the block) is emptied after it; else the block runs as it is."""
+    if not (torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+            and torch.is_autocast_cache_enabled()):
+        yield
+        return
+    try:
+        with torch.autocast(device.type, dtype=torch.get_autocast_dtype(device.type), cache_enabled=False):
+            yield
+    finally:
+        torch.clear_autocast_cache()
 
 
 def optimized_params(optimizer: torch.optim.Optimizer) -> list:

@@ -219,6 +219,11 @@ EMOJI_NOTES = [
 ]
 
 
+def _bf16_supported(device: torch.device) -> bool:
+    with torch.cuda.device(device):  # (torch asks the current device)
+        return torch.cuda.is_bf16_supported()
+
+
 def check_device(device, backend: str = "auto", cuda_graph: bool = False, bf16: bool = False) -> torch.device:
     """``device`` as a :class:`torch.device`, after checking that it exists here and can run
     ``backend`` (``"auto"``, ``"eager"`` or ``"triton"``), ``cuda_graph`` (which needs CUDA and
@@ -249,7 +254,7 @@ def check_device(device, backend: str = "auto", cuda_graph: bool = False, bf16: 
                          f"backend='triton', got device={str(device)!r}, backend={backend!r}")
     if not isinstance(bf16, bool):
         raise TypeError(f"bf16 must be a bool, got {type(bf16).__name__}")
-    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if bf16 and device.type == "cuda" and not _bf16_supported(device):
         raise ValueError(f"bf16=True but {torch.cuda.get_device_name(device)} does not support bfloat16")
     return device
 
@@ -282,7 +287,7 @@ def train_method(method: str, ds: DemoData, seed: int, progress: bool, backend: 
     ``bf16``: training and evaluation under ``torch.autocast`` in bfloat16 (parameters stay fp32)."""
     device = ds.train[0].device
     # (one region around training and evaluation: the training loops turn autocast's weight-cast
-    # cache off inside it, apps.loop.fresh_weight_casts)
+    # cache off inside it, step_graph.fresh_weight_casts)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
         return _train_method(method, ds, seed, progress, backend, cuda_graph)

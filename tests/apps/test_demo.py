@@ -36,8 +36,10 @@ def test_bf16_autocast_trains_each_method_as_fp32_does(method, monkeypatch):
     ds = synthetic()
     fp32, _ = demo.train_method(method, ds, 0, False, backend="eager")
     bf16, _ = demo.train_method(method, ds, 0, False, backend="eager", bf16=True)
-    assert fp32 > 0.8, fp32  # separable blobs: each method learns them (seen: 1.0, 0.96, 0.86)
-    assert bf16 == pytest.approx(fp32, abs=0.03)  # (with the cache on: 0.0, 0.45, 0.11)
+    assert fp32 > 0.75, fp32  # separable blobs: each method learns them (seen: 1.0, 0.96, 0.86)
+    # bf16 rounding moves a few rows (seen: the same, the same, +0.003); stale weights sink the
+    # accuracy (seen with the cache on: 0.0, 0.45, 0.11)
+    assert bf16 == pytest.approx(fp32, abs=0.08)
 
 
 def test_demo_data_moves_every_tensor_to_the_device():
@@ -54,7 +56,7 @@ def test_run_checks_its_options_before_loading_data(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="backend must be one of"):
         demo.run(dataset="emoji", backend="fused", out=tmp_path / "x.json")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(demo, "_bf16_supported", lambda device: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "an old GPU")
     with pytest.raises(ValueError, match="an old GPU does not support bfloat16"):
         demo.run(device="cuda", bf16=True, out=tmp_path / "x.json")

@@ -392,3 +392,23 @@ def test_progress_bars_stay_short_when_stderr_is_not_a_terminal(capsys):
     bars = 4
     assert err.count("stage 1 epoch") + err.count("stage 2 epoch") <= 3 * bars, err
     assert len(err) < 2000, len(err)
+
+
+def test_evaluating_between_fit_calls_in_one_autocast_region_sees_the_trained_weights():
+    """Casts the caller's autocast region made before fit (a first evaluation) are not served after
+    it: each evaluation between ``fit(max_epochs=1)`` calls gives the logits an uncached run gives."""
+    visual, labels, text = problem()
+
+    def run(cache: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+            tr = trainer(make_model(config(), seed=7), stage1_epochs=1, stage2_epochs=2)
+            logits = [tr.predict(visual)]
+            for _ in range(3):
+                tr.fit(visual, labels, text, max_epochs=1)
+                logits.append(tr.predict(visual))
+        return logits
+
+    cached, uncached = run(True), run(False)
+    assert not torch.equal(cached[-1], cached[-2])  # training changed the predictions
+    for a, b in zip(cached, uncached):
+        assert torch.equal(a, b)
