@@ -26,7 +26,9 @@ Jobs, in order of value:
    implementation (``fused:<impl>``; ``fused:phases-raw`` one launch per phase without the CUDA
    graph, ``fused:phases-nopdl`` the graph without programmatic dependent launch,
    ``fused:phases-split`` the graph on split-K tiles, ``fused:<impl>-unfolded`` without the folded
-   steps, ``fused:phases-uniform`` one tile for every phase instead of each phase's own; a variant is recorded as skipped at a batch where it launches the default call), and
+   steps, ``fused:phases-uniform`` one tile for every phase instead of each phase's own,
+   ``fused:phases-tma`` the graph with the operands loaded through tensor descriptors; a variant is
+   recorded as skipped at a batch where it launches the default call), and
    ``torch_compile`` (``max-autotune`` with the compile
    budget as its timeout while that much of the run's budget is left, ``reduce-overhead``
    otherwise or after a max-autotune timeout; the mode is recorded).
@@ -72,8 +74,9 @@ GRACE_S = 60.0  # how far past the budget a job already started may run
 # "nopdl" = the graph replay without programmatic dependent launch, "split" = the graph replay on
 # split-K tiles (fp16/bf16 up to B = 256; launch_options(split_k=True)), "unfolded" = without the
 # folded steps that B <= 256 runs by default (launch_options(fold=False)), "uniform" = every phase on
-# the call's one tile instead of its own (launch_options(tile_plan=False); differs above B = 256)
-PHASE_VARIANTS = {"phases": ("raw", "nopdl", "split", "unfolded", "uniform"), "persistent": ("unfolded",)}
+# the call's one tile instead of its own (launch_options(tile_plan=False); differs above B = 256),
+# "tma" = the graph replay with the GEMM operands loaded through tensor descriptors (launch_options(tma=True))
+PHASE_VARIANTS = {"phases": ("raw", "nopdl", "split", "unfolded", "uniform", "tma"), "persistent": ("unfolded",)}
 # stage-2 training variants of the fused providers: name -> (SeDA.fused_impl, SeDA.activation_memory);
 # plain "fused" is the default (phases, saving every step's activations, recurring launches replayed
 # as CUDA graphs); "raw" is the default launched one phase at a time (launch_options(graph=False))
@@ -380,7 +383,7 @@ def _fused_call(model, v, variant: str):
         return lambda: model.infer(v)
     from seda_fast.ops.infer_phases import launch_options
     options = {"raw": dict(graph=False), "nopdl": dict(pdl=False), "split": dict(split_k=True),
-               "unfolded": dict(fold=False), "uniform": dict(tile_plan=False)}[variant]
+               "unfolded": dict(fold=False), "uniform": dict(tile_plan=False), "tma": dict(tma=True)}[variant]
 
     def call():
         with launch_options(**options):

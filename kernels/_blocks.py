@@ -93,6 +93,26 @@ def matmul_slice(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi,
 
 
 @triton.jit
+def matmul_slice_desc(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi,
+                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                      LOWP: tl.constexpr, PREC: tl.constexpr):
+    """:func:`matmul_slice` (``W [N, Kdim]``) with both operands loaded through tensor descriptors
+    (TMA on Hopper) made here from the pointers. Their bounds are ``rows``, ``N`` and the slice's end
+    ``k_hi``, so a block past them reads zeros, as the masks do. Bases and row strides must be
+    16-byte aligned (the launcher checks)."""
+    xd = tl.make_tensor_descriptor(x_ptr, shape=[rows, k_hi], strides=[x_stride, 1], block_shape=[BM, BK])
+    wd = tl.make_tensor_descriptor(w_ptr, shape=[N, k_hi], strides=[Kdim, 1], block_shape=[BN, BK])
+    for k0 in range(k_lo, k_hi, BK):
+        x = xd.load([0, k0])
+        w = wd.load([n0, k0])
+        if LOWP:
+            acc = tl.dot(x.to(w.dtype), w.T, acc)
+        else:
+            acc = tl.dot(x.to(tl.float32), w.to(tl.float32).T, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
 def linear_layernorm_rows(x_ptr, x_stride, rows, w_ptr, b_ptr, g_ptr, beta_ptr, eps, Din, d, y_ptr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                           LOWP: tl.constexpr, PREC: tl.constexpr):

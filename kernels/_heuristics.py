@@ -39,6 +39,7 @@ class Blocks:
     maxnreg: int = 255
     epi_parts: int = 1  # phase kernels: the epilogue runs on this many column parts of the tile, one at a time
     split_k: int = 1    # phase kernels: each output tile's K loop is cut into this many slices, one program each
+    tma: bool = False   # inference phase kernels: GEMM operands loaded through tensor descriptors (TMA)
 
 
 def clamp_block(block: int, width: int) -> int:

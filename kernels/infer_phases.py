@@ -126,8 +126,20 @@ are what make one program's stores visible to the next phase's readers; the oper
 relies on the PTX memory model (an acquire at gpu scope orders the later weak loads of the CTA), as
 cooperative groups' grid sync does; untested on a GPU.
 
-Not in this version (planned): TMA descriptor loads (the 128 x 256 tiles load through pointers,
-``cp.async``), prefetching the next phase's weight tile before the barrier.
+Tensor descriptors (``tma=True``; opt-in, ``launch_options(tma=True)``; the GPU run times it as
+``fused:phases-tma``): every GEMM operand block (not the condition phase's LayerNorm-folded ``y``)
+is loaded through a descriptor the program makes from the phase's pointers
+(``_blocks.matmul_slice_desc``), so on Hopper the blocks arrive by TMA bulk copies into shared memory
+instead of per-thread ``cp.async`` with computed addresses and masks; the descriptors' bounds (rows
+left, the output width, the K slice's end) zero-fill what the masks zero. It needs 16-byte-aligned
+rows and matrices (:func:`tma_problem`), and on CUDA a Triton allocator for the descriptors' global
+scratch (:func:`_ensure_allocator` sets torch's where none is set). The bytes moved are the same, so
+the cost model predicts the same time; what TMA changes (address arithmetic, issue slots) only a
+GPU can price. sm_90a, triton 3.7.1, default model, zero spills: B = 64 (32 x 32 x 64) the worst phase
+kind stays at 166 registers (the condition phase, whose LayerNorm-folded loads stay pointers), the
+persistent kernel at 255; B = 16384 the 128 x 256 phases at 255 as before, the persistent kernel's
+64 x 64 x 32 at 247. The interpreter runs it (tests: the pointer loads' outputs within the fp32
+summation order). Not built: prefetching the next phase's weight tile before the barrier.
 Nothing here has run on a GPU yet: the CUDA-graph, programmatic-launch and cooperative paths are
 written and compiled for sm_90a, not executed.
 """
@@ -594,16 +606,30 @@ def _k_slice(s, Kdim, SPLIT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
+def _slice_product(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+                   TMA: tl.constexpr):
+    """``acc += X[:rows, k_lo:k_hi] W[n0 : n0 + BN, k_lo:k_hi]^T``, the operands loaded through
+    tensor descriptors (``TMA``) or masked pointers."""
+    if TMA:
+        acc = blk.matmul_slice_desc(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi, BM, BN, BK, LOWP,
+                                    PREC)
+    else:
+        acc = blk.matmul_slice(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi, BM, BN, BK, LOWP, PREC)
+    return acc
+
+
+@triton.jit
 def _gemm_item(u, s, tile, N, x_ptr, x_stride, w_ptr, Kdim, B, ws_ptr, cnt_ptr,
                SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-               LOWP: tl.constexpr, PREC: tl.constexpr):
+               LOWP: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr):
     """Work item (slot ``u``, K slice ``s``) of a job ``[B, N] = X [B, Kdim] W^T``, on the job's
     output tile ``tile``: -> (first row, first column, the tile's fp32 sum, whether this program
     runs the epilogue) (``_barrier.split_k_reduce``)."""
     r0, n0 = _tile(tile, N, BM, BN)
     k_lo, k_hi = _k_slice(s, Kdim, SPLIT, BK)
-    acc = blk.matmul_slice(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * x_stride, x_stride, B - r0, w_ptr, n0, N,
-                           Kdim, k_lo, k_hi, BM, BN, BK, LOWP, PREC)
+    acc = _slice_product(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * x_stride, x_stride, B - r0, w_ptr, n0, N,
+                         Kdim, k_lo, k_hi, BM, BN, BK, LOWP, PREC, TMA)
     acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
     return r0, n0, acc, last
 
@@ -611,16 +637,16 @@ def _gemm_item(u, s, tile, N, x_ptr, x_stride, w_ptr, Kdim, B, ws_ptr, cnt_ptr,
 @triton.jit
 def _gemm2_item(u, s, tile, N, x_ptr, w_ptr, Kdim, x2_ptr, w2_ptr, K2dim, B, ws_ptr, cnt_ptr,
                 SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                LOWP: tl.constexpr, PREC: tl.constexpr):
+                LOWP: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr):
     """:func:`_gemm_item` of ``[B, N] = X W^T + X2 W2^T``, ``X [B, Kdim]``, ``X2 [B, K2dim]`` (PFIN's
     projections of ``m`` and of ``x0_hat``, or of the last ``h`` when folded), K slice ``s`` of each."""
     r0, n0 = _tile(tile, N, BM, BN)
     k_lo, k_hi = _k_slice(s, Kdim, SPLIT, BK)
-    acc = blk.matmul_slice(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * Kdim, Kdim, B - r0, w_ptr, n0, N, Kdim,
-                           k_lo, k_hi, BM, BN, BK, LOWP, PREC)
+    acc = _slice_product(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * Kdim, Kdim, B - r0, w_ptr, n0, N, Kdim,
+                         k_lo, k_hi, BM, BN, BK, LOWP, PREC, TMA)
     k_lo, k_hi = _k_slice(s, K2dim, SPLIT, BK)
-    acc = blk.matmul_slice(acc, x2_ptr + r0 * K2dim, K2dim, B - r0, w2_ptr, n0, N, K2dim, k_lo, k_hi,
-                           BM, BN, BK, LOWP, PREC)
+    acc = _slice_product(acc, x2_ptr + r0 * K2dim, K2dim, B - r0, w2_ptr, n0, N, K2dim, k_lo, k_hi,
+                         BM, BN, BK, LOWP, PREC, TMA)
     acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
     return r0, n0, acc, last
 
@@ -680,7 +706,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
            ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
            HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
            LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr, SPLIT: tl.constexpr,
-           FOLD: tl.constexpr):
+           FOLD: tl.constexpr, TMA: tl.constexpr):
     """The work items ``pid, pid + nprog, ...`` of one phase (schedule row at ``row_ptr``): one per
     (output tile, K slice); a tile's epilogue runs in the program that completes its K sum
     (``_barrier.split_k_reduce``; every program when ``SPLIT == 1``)."""
@@ -711,7 +737,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
         for t in range(pid, n_out * SPLIT, nprog):
             u, s = _item(t, n_out, SPLIT)
             r0, n0, acc, last = _gemm_item(u, s, u, d, v_ptr, Dv, wv_ptr, Dv, B, ws_ptr, cnt_ptr,
-                                           SPLIT, BM, BN, BK, LOWP, PREC)
+                                           SPLIT, BM, BN, BK, LOWP, PREC, TMA)
             if last:
                 _store_plus_bias(acc, bv_ptr, y_ptr, r0, n0, d, B, EPI, BM, BN)
     elif KIND == 1:  # COND_LN: cond = LN(y) W_c1 + b_a1; column block 0 writes z and x = c0 z
@@ -758,13 +784,13 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
             if start:
                 if HAS_NOISE:
                     r0, n0, acc, last = _gemm2_item(u, s, u - n_c, H, s_ptr, wcx2_ptr, d, xi_ptr, wxi2_ptr, d, B,
-                                                    ws_ptr, cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                                                    ws_ptr, cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                 else:
                     r0, n0, acc, last = _gemm_item(u, s, u - n_c, H, s_ptr, d, wcx2_ptr, d, B, ws_ptr, cnt_ptr,
-                                                   SPLIT, BM, BN, BK, LOWP, PREC)
+                                                   SPLIT, BM, BN, BK, LOWP, PREC, TMA)
             else:
                 r0, n0, acc, last = _gemm_item(u, s, u, H, s_ptr, d, wc2_ptr, d, B, ws_ptr, cnt_ptr,
-                                               SPLIT, BM, BN, BK, LOWP, PREC)
+                                               SPLIT, BM, BN, BK, LOWP, PREC, TMA)
             if last:
                 if start:
                     _start_epilogue(acc, bc2_ptr, e_tab + krow * H, u_ptr, h_a, r0, n0, H, B, EPI, BM, BN)
@@ -800,7 +826,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
             u, s = _item(t, n_out, SPLIT)
             if u < n_a:
                 r0, n0, acc, last = _gemm_item(u, s, u, H, a_x, a_k_dim, a_w, a_k_dim, B, ws_ptr, cnt_ptr,
-                                               SPLIT, BM, BN, BK, LOWP, PREC)
+                                               SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                 if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
@@ -816,7 +842,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                         blk.store_tile(h_a + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             elif u < n_a + n_p:
                 r0, n0, acc, last = _gemm2_item(u, s, u - n_a, H, z_ptr, wpm_ptr, d, pu_x, pu_w, ku, B, ws_ptr,
-                                                cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                                                cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                 if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
@@ -825,7 +851,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                         blk.store_tile(sp_ptr + r0 * H, H, B - r0, ne, H, blk.silu(a), BM, BE)
             elif u < n_a + n_p + n_g:
                 r0, n0, acc, last = _gemm2_item(u, s, u - n_a - n_p, d, z_ptr, wgm_ptr, d, pu_x, gu_w, ku, B,
-                                                ws_ptr, cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                                                ws_ptr, cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                 if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
@@ -834,7 +860,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
             else:
                 if FOLD:  # the previous step's x update (the Learner's folded steps: s needs x)
                     r0, n0, acc, last = _gemm_item(u, s, u - n_a - n_p - n_g, d, h_prev, H, wo, H, B, ws_ptr,
-                                                   cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC)
+                                                   cnt_ptr, SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                     if last:
                         _x_update(acc, bo, x_ptr, x0_ptr, s_ptr, a_k, b_k, r0, n0, d, B, False, False, EPI, BM, BN)
     elif KIND == 4 or KIND == 5:  # R (+ D) or O (+ D)
@@ -849,7 +875,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
             if u < n_main:
                 if KIND == 4:  # h_out = h_in + SiLU(h_in W_l + b_l)
                     r0, n0, acc, last = _gemm_item(u, s, u, H, h_in, H, wh + layer * H * H, H, B, ws_ptr, cnt_ptr,
-                                                   SPLIT, BM, BN, BK, LOWP, PREC)
+                                                   SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                     if last:
                         for part in tl.static_range(EPI):
                             ne = n0 + part * BE
@@ -859,13 +885,13 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
                             blk.store_tile(h_out + r0 * H, H, B - r0, ne, H, res, BM, BE)
                 else:  # x0 = h W_o + b_o ; x <- a_k x + b_k x0 (into s on the Learner's last step)
                     r0, n0, acc, last = _gemm_item(u, s, u, d, h_in, H, wo, H, B, ws_ptr, cnt_ptr,
-                                                   SPLIT, BM, BN, BK, LOWP, PREC)
+                                                   SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                     if last:
                         _x_update(acc, bo, x_ptr, x0_ptr, s_ptr, tl.load(dd + 2 * krow), tl.load(dd + 2 * krow + 1),
                                   r0, n0, d, B, (flags & 1) != 0, (flags & 2) != 0, EPI, BM, BN)
             else:  # D: m <- m + g (SiLU(p) W_pd + b_pd), in place (m lives in z's buffer)
                 r0, n0, acc, last = _gemm_item(u, s, u - n_main, d, sp_ptr, H, wpd_ptr, H, B, ws_ptr, cnt_ptr,
-                                               SPLIT, BM, BN, BK, LOWP, PREC)
+                                               SPLIT, BM, BN, BK, LOWP, PREC, TMA)
                 if last:
                     for part in tl.static_range(EPI):
                         ne = n0 + part * BE
@@ -878,7 +904,7 @@ def _phase(KIND: tl.constexpr, row_ptr, pid, nprog,
         for t in range(pid, n_out * SPLIT, nprog):
             u, s = _item(t, n_out, SPLIT)
             r0, n0, acc, last = _gemm_item(u, s, u, C, z_ptr, d, whd_ptr, d, B, ws_ptr, cnt_ptr,
-                                           SPLIT, BM, BNH, BK, LOWP, PREC)
+                                           SPLIT, BM, BNH, BK, LOWP, PREC, TMA)
             if last:
                 _store_plus_bias(acc, bhd_ptr, logits_ptr, r0, n0, C, B, 1, BM, BNH)
 
@@ -895,7 +921,8 @@ def infer_phase_kernel(sched_ptr, phase,
                        ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                        KIND: tl.constexpr, HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                        BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr, BNH: tl.constexpr,
-                       SPLIT: tl.constexpr = 1, PDL: tl.constexpr = False, FOLD: tl.constexpr = False):
+                       SPLIT: tl.constexpr = 1, PDL: tl.constexpr = False, FOLD: tl.constexpr = False,
+                       TMA: tl.constexpr = False):
     """Scheduler (b): one launch per phase, one program per work item (``KIND`` = the phase's kind).
     ``PDL`` (launched with ``launch_pdl=True``): wait for the previous launch's grid (its stores are
     visible after ``griddepcontrol.wait``), then let the next launch start its programs at once,
@@ -912,7 +939,7 @@ def infer_phase_kernel(sched_ptr, phase,
            u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
            wcx1_ptr, wcx2_ptr, wxi2_ptr,
            ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH, SPLIT,
-           FOLD)
+           FOLD, TMA)
 
 
 @triton.jit
@@ -927,7 +954,8 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                             ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                             HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                             BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr,
-                            BNH: tl.constexpr, SPLIT: tl.constexpr = 1, FOLD: tl.constexpr = False):
+                            BNH: tl.constexpr, SPLIT: tl.constexpr = 1, FOLD: tl.constexpr = False,
+                            TMA: tl.constexpr = False):
     """Scheduler (a): every program walks the whole schedule; a grid barrier after every phase but
     the last (the host zeroes ``counter`` before the launch)."""
     pid = tl.program_id(0)
@@ -946,7 +974,7 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                        u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
                        wcx1_ptr, wcx2_ptr, wxi2_ptr,
                        ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH,
-                       SPLIT, FOLD)
+                       SPLIT, FOLD, TMA)
         if p + 1 < n_phases:
             grid_barrier(counter_ptr, (p + 1) * nprog)
 
@@ -1105,7 +1133,7 @@ def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, 
 
     def tiled(t):
         return dict(meta, BM=t.BM, BN=t.BN, BK=t.BK, EPI=t.epi_parts, BNH=head_block(t, C), SPLIT=t.split_k,
-                    num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg)
+                    TMA=t.tma, num_warps=t.num_warps, num_stages=t.num_stages, maxnreg=t.maxnreg)
     if impl == "phases":
         meta["PDL"] = pdl
         if pdl:
@@ -1138,7 +1166,7 @@ def pdl_available(device: torch.device) -> bool:
 def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0: float, start_c1: float,
                  noise=None, impl: str = "phases", programs: int | None = None, graph: bool = False,
                  tiles=None, pdl: bool | None = None, semantic_only: bool = False,
-                 split_k: bool = False, fold: bool | None = None):
+                 split_k: bool = False, fold: bool | None = None, tma: bool = False):
     """The inference chain as a phase schedule: ``visual [B, Dv] -> (logits [B, C], s [B, d], m [B, d])``;
     with ``semantic_only`` only the schedule's first :func:`semantic_phase_count` phases run and the
     result is ``(z [B, d], s [B, d])`` (the projected visual feature and the Learner's sample).
@@ -1163,7 +1191,10 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     ``"wcx"`` per stage, ``"wpo"``, ``"bpo"``, ``"wgo"``, ``"bgo"``, ``"wxi"`` in the translator's;
     ``seda_fast.ops.weights.inference_tables`` makes them), and the start weights ``wcx``, ``wxi``
     made with this call's ``start_c0``, ``start_c1`` (``folded_start``; nothing checks that).
-    Outputs are in the compute dtype (new tensors, also on graph replay).
+    ``tma=True`` loads every GEMM operand (not the LayerNorm-folded condition phase's ``y``) through
+    tensor descriptors made in the kernel (TMA on Hopper; the module docstring, "Tensor
+    descriptors"); it needs 16-byte-aligned rows and tensors (:func:`tma_problem`, a ValueError
+    otherwise). Outputs are in the compute dtype (new tensors, also on graph replay).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -1194,6 +1225,14 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
                              f"call's schedule), got {len(plan)} items")
         if impl == "persistent" and len(set(plan)) > 1:
             raise ValueError("impl='persistent' runs every phase in one kernel: tiles must be one PhaseTiles")
+    if tma:
+        problem = tma_problem(visual, flat, dims)
+        if problem:
+            raise ValueError(f"tma=True loads the operands through tensor descriptors, which need 16-byte-aligned "
+                             f"rows and tensors: {problem}")
+        plan = tuple(dataclasses.replace(t, tma=True) for t in plan)
+        if device.type == "cuda":
+            _ensure_allocator()
     if semantic_only:
         n = semantic_phase_count(dims["layers"], dims["K1"], fold)
         phases, plan = phases[:n], plan[:n]
@@ -1220,6 +1259,28 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     _launch_all(impl, visual.contiguous(), None if noise is None else noise.contiguous(), bufs, _weight_args(flat),
                 sched, phases, dims, ln_eps, start_c0, start_c1, plan, programs, pdl, fold)
     return (bufs["z"], bufs["s"]) if semantic_only else (bufs["logits"], bufs["s"], bufs["z"])
+
+
+def tma_problem(visual, flat, dims) -> str | None:
+    """Why the call's GEMM operands cannot be loaded through tensor descriptors (every row stride and
+    every matrix's start 16-byte aligned), or ``None``."""
+    size = visual.element_size()
+    for name in ("Dv", "d", "H"):
+        if dims[name] * size % 16:
+            return f"{name} = {dims[name]} is not a multiple of {16 // size} ({visual.dtype} rows)"
+    for t in (visual, *flat):
+        if t.dim() >= 2 and t.data_ptr() % 16:
+            return f"a {tuple(t.shape)} {'input' if t is visual else 'weight'} does not start on a 16-byte boundary"
+    return None
+
+
+def _ensure_allocator() -> None:
+    """Descriptors made in a kernel live in global scratch that Triton asks an allocator for at each
+    launch; where none is set, torch's caching allocator (the current stream's: a CUDA-graph capture
+    keeps the scratch in the graph's pool)."""
+    from triton.runtime import _allocation
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
 @functools.lru_cache(maxsize=64)

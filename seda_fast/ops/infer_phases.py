@@ -44,7 +44,8 @@ def _call(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden:
         visual.shape[0], weights[0].shape[0], learner.in_x.weight.shape[0], visual.dtype, impl, _LAUNCH["split_k"])
     return kernels().infer_phases(visual.contiguous(), dict(zip(paths, weights)), tables, ln_eps=ln_eps,
                                   start_c0=c0, start_c1=c1, noise=noise, impl=impl, graph=graph, pdl=pdl,
-                                  semantic_only=semantic_only, split_k=_LAUNCH["split_k"], fold=fold, tiles=tiles)
+                                  semantic_only=semantic_only, split_k=_LAUNCH["split_k"], fold=fold, tiles=tiles,
+                                  tma=_LAUNCH["tma"])
 
 
 def infer_phases_impl(visual: Tensor, noise: Tensor | None, weights: list[Tensor], n_hidden: int, T: int, K1: int,

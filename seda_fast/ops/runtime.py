@@ -170,12 +170,13 @@ def in_compute_dtype(tensors, device: torch.device) -> list:
     return [t.to(dtype) for t in tensors]
 
 
-_LAUNCH = {"graph": True, "pdl": None, "split_k": False, "fold": None, "tile_plan": True}  # see launch_options
+_LAUNCH = {"graph": True, "pdl": None, "split_k": False, "fold": None, "tile_plan": True,
+           "tma": False}  # see launch_options
 
 
 @contextlib.contextmanager
 def launch_options(graph: bool = True, pdl: bool | None = None, split_k: bool = False, fold: bool | None = None,
-                   tile_plan: bool = True):
+                   tile_plan: bool = True, tma: bool = False):
     """Inside the block the phase ops launch on CUDA as asked: ``graph=False`` makes one Python
     launch per phase instead of a CUDA-graph replay (inference: the cached graph of the whole call;
     training: the graph of each phase range once its launches recur, ``kernels/_graphs.py``);
@@ -187,9 +188,11 @@ def launch_options(graph: bool = True, pdl: bool | None = None, split_k: bool = 
     rounding; ``tile_plan=False`` runs every phase of an inference call on the call's one tile
     (``kernels.infer_phases.pick_infer_tiles``) instead of each phase on its own
     (``pick_phase_plan``, which differs from it at fp16/bf16 batches above 256), which changes the
-    numbers only by the fp32 summation order. ``benchmarks/gpu_check.py`` times each way."""
+    numbers only by the fp32 summation order; ``tma=True`` loads inference's GEMM operands through
+    tensor descriptors (TMA on Hopper; ``kernels.infer_phases``, "Tensor descriptors"; 16-byte-aligned
+    widths only), which does not change the numbers. ``benchmarks/gpu_check.py`` times each way."""
     saved = dict(_LAUNCH)
-    _LAUNCH.update(graph=graph, pdl=pdl, split_k=split_k, fold=fold, tile_plan=tile_plan)
+    _LAUNCH.update(graph=graph, pdl=pdl, split_k=split_k, fold=fold, tile_plan=tile_plan, tma=tma)
     try:
         yield
     finally:

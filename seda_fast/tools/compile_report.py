@@ -179,7 +179,7 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
         "spill_stores": len(re.findall(r"\bSTL(\.\w+)*\b", sass)),
         "spill_loads": len(re.findall(r"\bLDL(\.\w+)*\b", sass)),
         "shared_bytes": shared, "wgmma": "wgmma" in ptx, "mma_sync": "mma.sync" in ptx,
-        "griddepcontrol": "griddepcontrol.wait" in ptx,
+        "griddepcontrol": "griddepcontrol.wait" in ptx, "tma_loads": "cp.async.bulk.tensor" in ptx,
         "compile_seconds": round(seconds, 2),
     }
 

@@ -29,11 +29,11 @@ IP = K.infer_phases_module
 split_k_reduce = IP.split_k_reduce  # the @triton.jit helper (kernels/_barrier.py), for a test kernel below
 
 
-def _model(layers, steps, classes=7, dtype=torch.float32, seed=0, dim=14, hidden=24, perturb=0.2):
+def _model(layers, steps, classes=7, dtype=torch.float32, seed=0, dim=14, hidden=24, perturb=0.2, visual_dim=13):
     """A small model with every parameter perturbed by ``perturb`` x N(0, 1) (LayerNorm's affine is
     not the identity)."""
     torch.manual_seed(seed)
-    cfg = sf.SeDAConfig(visual_dim=13, text_dim=7, num_classes=classes, dim=dim, hidden=hidden, layers=layers,
+    cfg = sf.SeDAConfig(visual_dim=visual_dim, text_dim=7, num_classes=classes, dim=dim, hidden=hidden, layers=layers,
                         diffusion_steps=50, learner_steps=steps, translator_steps=steps)
     model = sf.SeDA(cfg, backend="eager").eval()
     with torch.no_grad():
@@ -146,6 +146,51 @@ def test_fp32_parity_per_phase_tiles(fold):
         err = rel(o, r)
         print(f"{name}: rel {err:.2e}")
         assert err < 1e-5, f"{name}: relative error {err:.2e}"
+
+
+TMA_CASES = [  # impl, tiles, fold, dtype
+    pytest.param("phases", None, None, torch.float32, id="plan-folded-fp32"),
+    pytest.param("phases", IP.THROUGHPUT_TILES[0], False, torch.float32, id="128x256-epi4-fp32"),
+    pytest.param("phases", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=3), False, torch.float32, id="split3-fp32"),
+    pytest.param("persistent", IP.PhaseTiles(16, 32, 16, 4, 2), None, torch.float32, id="persistent-fp32"),
+    pytest.param("phases", IP.PhaseTiles(32, 32, 16, 4, 2), False, torch.float16, id="32x32-fp16"),
+]
+
+
+@pytest.mark.parametrize("impl,tiles,fold,dtype", TMA_CASES)
+def test_tensor_descriptor_loads_give_the_pointer_loads_numbers(impl, tiles, fold, dtype):
+    """``tma=True`` (operands through tensor descriptors) launches every phase with ``TMA`` and gives
+    the masked pointer loads' outputs (the same operands; blocks past the batch, the widths or a K
+    slice read zeros either way): widths 24, 16, 40 (16-byte rows, not tile multiples), B = 33,
+    L = 3, K = 2, start noise; in fp32 also within 1e-5 of eager."""
+    model = _model(3, 2, 7, dtype, dim=16, hidden=40, visual_dim=24)
+    v, xi = _inputs(model, 33, True, dtype=dtype)
+    programs = 1 if impl == "persistent" and DEVICE.type == "cpu" else None
+    kw = dict(impl=impl, programs=programs, tiles=tiles, fold=fold)
+    with torch.no_grad():
+        plain = _call(model, v, xi, **kw)
+        with K.capture_launches() as launches:
+            _call(model, v, xi, tma=True, **kw)
+        described = _call(model, v, xi, tma=True, **kw)
+        ref = reference.infer(model, v, xi)
+    assert launches and all(ln.meta["TMA"] for ln in launches)
+    for name, a, b, r in zip(("logits", "s", "m"), described, plain, ref):
+        # the same sums up to their order: numpy's matmul of the transposed weight block may add in
+        # another order (seen: bitwise equal but for the folded fp32 call, 6e-7 relative)
+        assert rel(a, b) < (2e-6 if dtype == torch.float32 else 2e-3), name
+        if dtype == torch.float32:
+            assert rel(a, r) < 1e-5, name
+
+
+def test_tensor_descriptor_loads_need_16_byte_rows():
+    model = _model(1, 1)  # Dv = 13, d = 14, H = 24
+    v, _ = _inputs(model, 5, False)
+    with pytest.raises(ValueError, match=r"16-byte-aligned rows and tensors: Dv = 13 is not a multiple of 4"):
+        _call(model, v, tma=True)
+    model = _model(1, 1, dim=16, hidden=40, visual_dim=24)
+    v = torch.randn(5 * 24 + 1, device=DEVICE)[1:].view(5, 24)  # starts 4 bytes into its storage
+    with pytest.raises(ValueError, match=r"a \(5, 24\) input does not start on a 16-byte boundary"):
+        _call(model, v, tma=True)
 
 
 def test_tiles_argument_errors():
@@ -654,12 +699,19 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 # H=1024, L=2, Dv=1280, C=10): bf16/fp16 latency 16x16 (B=1), 16x32 (B=33), 32x32 (B=64), 32x64
 # (B=128), 64x64 (B=256); throughput, each phase on its own tile (pick_phase_plan) of 64x64, 128x64,
 # 128x128 and 128x256 with 4 epilogue parts (B=512, 1024, 2048, 4096, 16384: the kinds and tiles
-# they pair); fp32 BN = 16 (B=1), 32 (B=64); and the split-K tiles the GPU run's
-# "fused:phases-split" rows launch (launch_options(split_k=True)) at B = 1 and 64, marked True.
+# they pair); fp32 BN = 16 (B=1), 32 (B=64); the split-K tiles the GPU run's
+# "fused:phases-split" rows launch (launch_options(split_k=True)) at B = 1 and 64, marked "split"; and
+# the tensor-descriptor loads its "fused:phases-tma" rows launch (launch_options(tma=True)) at B = 64
+# and 16384, marked "tma".
 COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 17), ("bfloat16", 64), ("bfloat16", 128), ("bfloat16", 256),
                  ("bfloat16", 512), ("bfloat16", 1024), ("bfloat16", 2048), ("bfloat16", 4096), ("bfloat16", 16384),
-                 ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64), ("bfloat16", 1, True),
-                 ("bfloat16", 64, True)]
+                 ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64), ("bfloat16", 1, "split"),
+                 ("bfloat16", 64, "split"), ("bfloat16", 64, "tma"), ("bfloat16", 16384, "tma")]
+
+
+def _case_options(rest) -> dict:
+    """A ``COMPILE_CASES`` entry's launch options: ``"split"`` split-K tiles, ``"tma"`` tensor descriptors."""
+    return dict(split_k="split" in rest, tma="tma" in rest)
 
 
 def compile_rows(cases=COMPILE_CASES) -> list[dict]:
@@ -669,12 +721,11 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
     from seda_fast.tools import compile_report as cr
     rows, seen = [], set()
     for dtype, B, *rest in cases:
-        split = rest[0] if rest else False
         dt = getattr(torch, dtype)
         for impl in ("phases", "persistent"):
             with K.capture_launches() as launches:
-                _default_size_call(dt, B, impl=impl, programs=1, split_k=split)
-            rows += cr.compile_unique(launches, dtype, seen, batch=B, split=split)  # each row: its launch's tiles
+                _default_size_call(dt, B, impl=impl, programs=1, **_case_options(rest))
+            rows += cr.compile_unique(launches, dtype, seen, batch=B, split="split" in rest)  # rows: their launch's tiles
     return rows
 
 
@@ -692,7 +743,7 @@ def test_compile_cases_cover_every_throughput_tile():
     assert shipped <= cases, sorted((k, t.BM, t.BN) for k, t in shipped - cases)
 
 
-_CONFIG_FIELDS = ("KIND", "BM", "BN", "BK", "SPLIT", "FOLD", "EPI", "num_warps", "num_stages")
+_CONFIG_FIELDS = ("KIND", "BM", "BN", "BK", "SPLIT", "FOLD", "EPI", "TMA", "num_warps", "num_stages")
 
 
 def _launched_configs(cases) -> set:
@@ -701,7 +752,7 @@ def _launched_configs(cases) -> set:
     for dtype, B, *rest in cases:
         for impl in ("phases", "persistent"):
             with K.capture_launches() as launches:
-                _default_size_call(getattr(torch, dtype), B, impl=impl, programs=1, split_k=bool(rest and rest[0]))
+                _default_size_call(getattr(torch, dtype), B, impl=impl, programs=1, **_case_options(rest))
             out |= {(ln.kernel.__name__, dtype) + tuple(ln.meta.get(f) for f in _CONFIG_FIELDS) for ln in launches}
     return out
 
@@ -712,10 +763,14 @@ def _launched_configs(cases) -> set:
 def test_sm90_compile_zero_spills(tmp_path, regime):
     cases = [c for c in COMPILE_CASES if (c[1] > IP.LATENCY_MAX_BATCH and c[0] != "float32") == (regime == "throughput")]
     rows = compile_rows_in_subprocess(__file__, tmp_path / "rows.json",
-                                      *(f"{dt}:{b}" + (":split" if rest and rest[0] else "") for dt, b, *rest in cases))
-    assert_sm90_clean(rows, ["infer_phase_kernel", "infer_persistent_kernel"], fields=("KIND",))
+                                      *(":".join([dt, str(b), *rest]) for dt, b, *rest in cases))
+    assert_sm90_clean(rows, ["infer_phase_kernel", "infer_persistent_kernel"], fields=("KIND", "TMA"))
     phase_rows = [r for r in rows if r["kernel"] == "infer_phase_kernel"]
     assert all(r["PDL"] and r["griddepcontrol"] for r in phase_rows)  # compiled as Hopper launches it
+    # TMA: the operands arrive by bulk tensor copies (the condition phase's LayerNorm-folded GEMMs load
+    # through pointers: its kernel has none)
+    assert all(r["tma_loads"] == (bool(r["TMA"]) and r.get("KIND") != IP.KIND_COND_LN) for r in rows)
+    assert any(r["TMA"] for r in rows)
     # every config the launcher launches for these cases is compiled (each once: the first case that
     # launches it), every phase kind among them
     compiled = {(r["kernel"], r["dtype"]) + tuple(r.get(f) for f in _CONFIG_FIELDS) for r in rows}
@@ -724,8 +779,8 @@ def test_sm90_compile_zero_spills(tmp_path, regime):
 
 
 if __name__ == "__main__":  # the compile check's subprocess: python tests/ops/test_infer_phases.py OUT.json
-    cases = []  # e.g. bfloat16:64 bfloat16:64:split; none: every COMPILE_CASES entry
+    cases = []  # e.g. bfloat16:64 bfloat16:64:split bfloat16:64:tma; none: every COMPILE_CASES entry
     for arg in sys.argv[2:]:
         dt, b, *rest = arg.split(":")
-        cases.append((dt, int(b), rest == ["split"]))
+        cases.append((dt, int(b), *rest))
     Path(sys.argv[1]).write_text(json.dumps(compile_rows(cases or COMPILE_CASES), indent=1))

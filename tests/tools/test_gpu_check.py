@@ -135,7 +135,7 @@ def test_micro_kernels_compile_for_sm90a():
 def test_gpu_plan_times_the_phase_variants():
     """On the GPU, the ``phases`` job also times one launch per phase (no graph), the graph without
     programmatic dependent launch, the graph on split-K tiles, the unfolded schedule (the
-    persistent job too) and one tile for every phase; a variant gives the default call's numbers (checked on CPU in fp32, where
+    persistent job too), one tile for every phase and tensor-descriptor loads; a variant gives the default call's numbers (checked on CPU in fp32, where
     no launch option changes anything but the unfolded schedule's rounding)."""
     import torch
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -146,7 +146,7 @@ def test_gpu_plan_times_the_phase_variants():
     jobs = {j.name: j for j in gpu_check.plan(False, ("rowblock", "phases"))}
     assert jobs["infer-fused-phases-bfloat16-B64-16384"].params["providers"] == [
         "fused:phases", "fused:phases-raw", "fused:phases-nopdl", "fused:phases-split", "fused:phases-unfolded",
-        "fused:phases-uniform"]
+        "fused:phases-uniform", "fused:phases-tma"]
     assert jobs["infer-fused-rowblock-bfloat16-B64-16384"].params["providers"] == ["fused:rowblock"]
     persistent = gpu_check.plan(False, ("persistent",))
     assert [j.params["providers"] for j in persistent if j.name == "infer-fused-persistent-bfloat16-B64-16384"] == [
@@ -159,6 +159,8 @@ def test_gpu_plan_times_the_phase_variants():
         for variant in ("raw", "nopdl", "split", "uniform"):
             for a, b in zip(gpu_check._fused_call(model, v, variant)(), want):
                 assert torch.equal(a, b)
+        with pytest.raises(ValueError, match="Dv = 13 is not a multiple of 4"):  # TINY's rows: not 16-byte
+            gpu_check._fused_call(model, v, "tma")()
         with kernels().count_launches() as c:
             unfolded = gpu_check._fused_call(model, v, "unfolded")()
         for a, b in zip(unfolded, want):
@@ -173,8 +175,8 @@ def test_gpu_plan_times_the_phase_variants():
     assert [gpu_check.variant_is_default(var, b, dt, default) for var, b, dt in (
         ("split", 64, bf16), ("split", 16384, bf16), ("split", 64, torch.float32), ("unfolded", 64, bf16),
         ("unfolded", 16384, bf16), ("raw", 16384, bf16), ("nopdl", 64, bf16), ("uniform", 64, bf16),
-        ("uniform", 1024, bf16), ("uniform", 16384, bf16))] == [
-        False, True, True, False, True, False, False, True, False, True]
+        ("uniform", 1024, bf16), ("uniform", 16384, bf16), ("tma", 64, bf16), ("tma", 16384, bf16))] == [
+        False, True, True, False, True, False, False, True, False, True, False, False]
 
 
 def test_gpu_plan_times_the_targets_first():
