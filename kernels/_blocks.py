@@ -93,17 +93,20 @@ def matmul_slice(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi,
 
 
 @triton.jit
-def matmul_slice_desc(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi,
+def matmul_slice_desc(acc, x_ptr, x_stride, r0, B, w_ptr, n0, N, Kdim, k_lo, k_hi,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                       LOWP: tl.constexpr, PREC: tl.constexpr):
-    """:func:`matmul_slice` (``W [N, Kdim]``) with both operands loaded through tensor descriptors
-    (TMA on Hopper) made here from the pointers. Their bounds are ``rows``, ``N`` and the slice's end
-    ``k_hi``, so a block past them reads zeros, as the masks do. Bases and row strides must be
-    16-byte aligned (the launcher checks)."""
-    xd = tl.make_tensor_descriptor(x_ptr, shape=[rows, k_hi], strides=[x_stride, 1], block_shape=[BM, BK])
-    wd = tl.make_tensor_descriptor(w_ptr, shape=[N, k_hi], strides=[Kdim, 1], block_shape=[BN, BK])
+    """:func:`matmul_slice` of the row block at ``r0`` of ``X [B, Kdim]`` (row stride ``x_stride``)
+    and ``W [N, Kdim]``, both operands loaded through tensor descriptors (TMA on Hopper) made here
+    over the whole matrices, so a block past ``B``, ``N`` or ``Kdim`` reads zeros, as the masks do
+    (a K slice's blocks end at ``k_hi``: every slice but the last is a whole number of ``BK``). The
+    descriptors depend on the job, not on the tile. Bases and row strides must be 16-byte aligned
+    (the launcher checks)."""
+    xd = tl.make_tensor_descriptor(x_ptr, shape=[B, Kdim], strides=[x_stride, 1], block_shape=[BM, BK])
+    wd = tl.make_tensor_descriptor(w_ptr, shape=[N, Kdim], strides=[Kdim, 1], block_shape=[BN, BK])
+    row = r0.to(tl.int32)  # (a descriptor's coordinates are int32; the launcher's r0 is int64)
     for k0 in range(k_lo, k_hi, BK):
-        x = xd.load([0, k0])
+        x = xd.load([row, k0])
         w = wd.load([n0, k0])
         if LOWP:
             acc = tl.dot(x.to(w.dtype), w.T, acc)

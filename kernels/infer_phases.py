@@ -128,18 +128,22 @@ cooperative groups' grid sync does; untested on a GPU.
 
 Tensor descriptors (``tma=True``; opt-in, ``launch_options(tma=True)``; the GPU run times it as
 ``fused:phases-tma``): every GEMM operand block (not the condition phase's LayerNorm-folded ``y``)
-is loaded through a descriptor the program makes from the phase's pointers
+is loaded through descriptors the program makes over the job's whole ``X [B, K]`` and ``W [N, K]``
 (``_blocks.matmul_slice_desc``), so on Hopper the blocks arrive by TMA bulk copies into shared memory
-instead of per-thread ``cp.async`` with computed addresses and masks; the descriptors' bounds (rows
-left, the output width, the K slice's end) zero-fill what the masks zero. It needs 16-byte-aligned
-rows and matrices (:func:`tma_problem`), and on CUDA a Triton allocator for the descriptors' global
-scratch (:func:`_ensure_allocator` sets torch's where none is set). The bytes moved are the same, so
-the cost model predicts the same time; what TMA changes (address arithmetic, issue slots) only a
-GPU can price. sm_90a, triton 3.7.1, default model, zero spills: B = 64 (32 x 32 x 64) the worst phase
-kind stays at 166 registers (the condition phase, whose LayerNorm-folded loads stay pointers), the
-persistent kernel at 255; B = 16384 the 128 x 256 phases at 255 as before, the persistent kernel's
-64 x 64 x 32 at 247. The interpreter runs it (tests: the pointer loads' outputs within the fp32
-summation order). Not built: prefetching the next phase's weight tile before the barrier.
+instead of per-thread ``cp.async`` with computed addresses and masks; the descriptors' bounds
+zero-fill what the masks zero. It needs 16-byte-aligned rows and matrices, inputs included
+(:func:`tma_problem`), and on CUDA a Triton allocator for the descriptors' global scratch
+(:func:`_ensure_allocator` sets torch's where none is set). Descriptors are made after the PDL wait.
+In the persistent kernel a ``fence.proxy.async.global`` follows each grid barrier (the TMA engine
+reads through the async proxy what other programs stored through the generic one); between
+launches the kernel boundary orders them. The bytes moved are the same, so the cost model predicts
+the same time; what TMA changes (address arithmetic, issue slots, two descriptor writes per work
+item) only a GPU can price. sm_90a, triton 3.7.1, default model, zero spills (the compile check
+covers bf16 B = 64 and 16384, fp32 B = 64): B = 64 (32 x 32 x 64) the worst phase kind at 166
+registers (the condition phase, whose LayerNorm-folded loads stay pointers), the persistent kernel
+at 255; B = 16384 the 128 x 256 phases at 255 as before, the persistent kernel's 64 x 64 x 32 at 247.
+The interpreter runs it (tests: the pointer loads' outputs within the fp32 summation order). Not
+built: prefetching the next phase's weight tile before the barrier.
 Nothing here has run on a GPU yet: the CUDA-graph, programmatic-launch and cooperative paths are
 written and compiled for sm_90a, not executed.
 """
@@ -155,7 +159,7 @@ import triton.language as tl
 
 from . import _blocks as blk
 from . import _graphs
-from ._barrier import grid_barrier, split_k_reduce
+from ._barrier import async_proxy_fence, grid_barrier, split_k_reduce
 from ._heuristics import LATENCY_MAX_BATCH, Blocks, check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
 from ._launch import launch
 
@@ -606,16 +610,17 @@ def _k_slice(s, Kdim, SPLIT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _slice_product(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi,
+def _slice_product(acc, x_ptr, x_stride, r0, B, w_ptr, n0, N, Kdim, k_lo, k_hi,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
                    TMA: tl.constexpr):
-    """``acc += X[:rows, k_lo:k_hi] W[n0 : n0 + BN, k_lo:k_hi]^T``, the operands loaded through
-    tensor descriptors (``TMA``) or masked pointers."""
+    """``acc += X[r0 : r0 + BM, k_lo:k_hi] W[n0 : n0 + BN, k_lo:k_hi]^T`` (``X [B, Kdim]``), the
+    operands loaded through tensor descriptors (``TMA``) or masked pointers."""
     if TMA:
-        acc = blk.matmul_slice_desc(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi, BM, BN, BK, LOWP,
+        acc = blk.matmul_slice_desc(acc, x_ptr, x_stride, r0, B, w_ptr, n0, N, Kdim, k_lo, k_hi, BM, BN, BK, LOWP,
                                     PREC)
     else:
-        acc = blk.matmul_slice(acc, x_ptr, x_stride, rows, w_ptr, n0, N, Kdim, k_lo, k_hi, BM, BN, BK, LOWP, PREC)
+        acc = blk.matmul_slice(acc, x_ptr + r0 * x_stride, x_stride, B - r0, w_ptr, n0, N, Kdim, k_lo, k_hi,
+                               BM, BN, BK, LOWP, PREC)
     return acc
 
 
@@ -628,7 +633,7 @@ def _gemm_item(u, s, tile, N, x_ptr, x_stride, w_ptr, Kdim, B, ws_ptr, cnt_ptr,
     runs the epilogue) (``_barrier.split_k_reduce``)."""
     r0, n0 = _tile(tile, N, BM, BN)
     k_lo, k_hi = _k_slice(s, Kdim, SPLIT, BK)
-    acc = _slice_product(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * x_stride, x_stride, B - r0, w_ptr, n0, N,
+    acc = _slice_product(tl.zeros((BM, BN), tl.float32), x_ptr, x_stride, r0, B, w_ptr, n0, N,
                          Kdim, k_lo, k_hi, BM, BN, BK, LOWP, PREC, TMA)
     acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
     return r0, n0, acc, last
@@ -642,10 +647,10 @@ def _gemm2_item(u, s, tile, N, x_ptr, w_ptr, Kdim, x2_ptr, w2_ptr, K2dim, B, ws_
     projections of ``m`` and of ``x0_hat``, or of the last ``h`` when folded), K slice ``s`` of each."""
     r0, n0 = _tile(tile, N, BM, BN)
     k_lo, k_hi = _k_slice(s, Kdim, SPLIT, BK)
-    acc = _slice_product(tl.zeros((BM, BN), tl.float32), x_ptr + r0 * Kdim, Kdim, B - r0, w_ptr, n0, N, Kdim,
+    acc = _slice_product(tl.zeros((BM, BN), tl.float32), x_ptr, Kdim, r0, B, w_ptr, n0, N, Kdim,
                          k_lo, k_hi, BM, BN, BK, LOWP, PREC, TMA)
     k_lo, k_hi = _k_slice(s, K2dim, SPLIT, BK)
-    acc = _slice_product(acc, x2_ptr + r0 * K2dim, K2dim, B - r0, w2_ptr, n0, N, K2dim, k_lo, k_hi,
+    acc = _slice_product(acc, x2_ptr, K2dim, r0, B, w2_ptr, n0, N, K2dim, k_lo, k_hi,
                          BM, BN, BK, LOWP, PREC, TMA)
     acc, last = split_k_reduce(acc, ws_ptr, cnt_ptr, u, s, SPLIT, BM, BN)
     return r0, n0, acc, last
@@ -927,7 +932,7 @@ def infer_phase_kernel(sched_ptr, phase,
     ``PDL`` (launched with ``launch_pdl=True``): wait for the previous launch's grid (its stores are
     visible after ``griddepcontrol.wait``), then let the next launch start its programs at once,
     so its launch overlaps this phase instead of following it."""
-    if PDL:
+    if PDL:  # (first: with TMA the phase writes descriptors into scratch the previous launch may still read)
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     _phase(KIND, sched_ptr + phase * 8, tl.program_id(0), tl.num_programs(0),
@@ -955,9 +960,11 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                             HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                             BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr,
                             BNH: tl.constexpr, SPLIT: tl.constexpr = 1, FOLD: tl.constexpr = False,
-                            TMA: tl.constexpr = False):
+                            TMA: tl.constexpr = False, PROXY_FENCE: tl.constexpr = False):
     """Scheduler (a): every program walks the whole schedule; a grid barrier after every phase but
-    the last (the host zeroes ``counter`` before the launch)."""
+    the last (the host zeroes ``counter`` before the launch). ``PROXY_FENCE`` (``TMA`` on CUDA): after
+    each barrier a ``fence.proxy.async.global``, so the next phase's TMA reads (the async proxy) are
+    ordered after the other programs' plain stores the barrier made visible."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     for p in range(n_phases):
@@ -977,6 +984,8 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                        SPLIT, FOLD, TMA)
         if p + 1 < n_phases:
             grid_barrier(counter_ptr, (p + 1) * nprog)
+            if PROXY_FENCE:
+                async_proxy_fence()
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -1145,6 +1154,7 @@ def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, 
     meta = tiled(plan[0])  # the persistent kernel: one tile for every phase
     counter = bufs["counter"]
     counter.zero_()
+    meta["PROXY_FENCE"] = plan[0].tma and visual.device.type == "cuda"  # (inline PTX: not in the interpreter)
     if visual.device.type == "cuda":
         meta["launch_cooperative_grid"] = True
     launch(infer_persistent_kernel, (programs,), sched, len(phases), counter, *acts, *wargs, *tail, **meta)
@@ -1225,8 +1235,9 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
                              f"call's schedule), got {len(plan)} items")
         if impl == "persistent" and len(set(plan)) > 1:
             raise ValueError("impl='persistent' runs every phase in one kernel: tiles must be one PhaseTiles")
+    tma = tma or any(t.tma for t in plan)  # (asked for, or given in tiles)
     if tma:
-        problem = tma_problem(visual, flat, dims)
+        problem = tma_problem(visual, flat, dims, noise)
         if problem:
             raise ValueError(f"tma=True loads the operands through tensor descriptors, which need 16-byte-aligned "
                              f"rows and tensors: {problem}")
@@ -1261,25 +1272,32 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
     return (bufs["z"], bufs["s"]) if semantic_only else (bufs["logits"], bufs["s"], bufs["z"])
 
 
-def tma_problem(visual, flat, dims) -> str | None:
+def tma_problem(visual, flat, dims, noise=None) -> str | None:
     """Why the call's GEMM operands cannot be loaded through tensor descriptors (every row stride and
-    every matrix's start 16-byte aligned), or ``None``."""
+    every matrix's start 16-byte aligned: the inputs ``visual`` and ``noise``, the weights ``flat``),
+    or ``None``."""
     size = visual.element_size()
     for name in ("Dv", "d", "H"):
         if dims[name] * size % 16:
             return f"{name} = {dims[name]} is not a multiple of {16 // size} ({visual.dtype} rows)"
-    for t in (visual, *flat):
+    named = [("input visual", visual)] + ([("input noise", noise)] if noise is not None else [])
+    for what, t in named + [("weight", t) for t in flat]:
         if t.dim() >= 2 and t.data_ptr() % 16:
-            return f"a {tuple(t.shape)} {'input' if t is visual else 'weight'} does not start on a 16-byte boundary"
+            return f"the {tuple(t.shape)} {what} does not start on a 16-byte boundary"
     return None
 
 
 def _ensure_allocator() -> None:
     """Descriptors made in a kernel live in global scratch that Triton asks an allocator for at each
     launch; where none is set, torch's caching allocator (the current stream's: a CUDA-graph capture
-    keeps the scratch in the graph's pool)."""
-    from triton.runtime import _allocation
-    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+    keeps the scratch in the graph's pool; its blocks are 512-byte aligned, Triton asks for 128).
+    Triton's allocator is the process's (per thread): it then serves every Triton kernel that asks."""
+    try:
+        from triton.runtime._allocation import NullAllocator, _allocator
+        unset = isinstance(_allocator.get(), NullAllocator)
+    except ImportError:  # (private names, present in triton 3.6.0 and 3.7.1): set ours
+        unset = True
+    if unset:
         triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 

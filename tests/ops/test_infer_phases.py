@@ -183,14 +183,25 @@ def test_tensor_descriptor_loads_give_the_pointer_loads_numbers(impl, tiles, fol
 
 
 def test_tensor_descriptor_loads_need_16_byte_rows():
+    """Refused before any launch, whether asked for by ``tma=True`` or by the tiles: rows that are
+    not 16-byte multiples, an input (``visual`` or the start noise) that does not start on a 16-byte
+    boundary."""
     model = _model(1, 1)  # Dv = 13, d = 14, H = 24
     v, _ = _inputs(model, 5, False)
-    with pytest.raises(ValueError, match=r"16-byte-aligned rows and tensors: Dv = 13 is not a multiple of 4"):
-        _call(model, v, tma=True)
+    with K.count_launches() as c:
+        with pytest.raises(ValueError, match=r"16-byte-aligned rows and tensors: Dv = 13 is not a multiple of 4"):
+            _call(model, v, tma=True)
+        with pytest.raises(ValueError, match=r"Dv = 13 is not a multiple of 4"):
+            _call(model, v, tiles=IP.PhaseTiles(16, 16, 16, 4, 2, tma=True))
     model = _model(1, 1, dim=16, hidden=40, visual_dim=24)
-    v = torch.randn(5 * 24 + 1, device=DEVICE)[1:].view(5, 24)  # starts 4 bytes into its storage
-    with pytest.raises(ValueError, match=r"a \(5, 24\) input does not start on a 16-byte boundary"):
-        _call(model, v, tma=True)
+    shifted = torch.randn(5 * 24 + 1, device=DEVICE)[1:]  # starts 4 bytes into its storage
+    v, xi = _inputs(model, 5, True)
+    with K.count_launches() as c2:
+        with pytest.raises(ValueError, match=r"the \(5, 24\) input visual does not start on a 16-byte boundary"):
+            _call(model, shifted.view(5, 24), tma=True)
+        with pytest.raises(ValueError, match=r"the \(5, 16\) input noise does not start on a 16-byte boundary"):
+            _call(model, v, shifted[:80].view(5, 16), tma=True, fold=True)
+    assert c.names == c2.names == []
 
 
 def test_tiles_argument_errors():
@@ -702,11 +713,11 @@ def test_graph_replay_bitwise_and_recaptures():  # pragma: no cover - GPU only
 # they pair); fp32 BN = 16 (B=1), 32 (B=64); the split-K tiles the GPU run's
 # "fused:phases-split" rows launch (launch_options(split_k=True)) at B = 1 and 64, marked "split"; and
 # the tensor-descriptor loads its "fused:phases-tma" rows launch (launch_options(tma=True)) at B = 64
-# and 16384, marked "tma".
+# and 16384 (and fp32 at 64), marked "tma".
 COMPILE_CASES = [("bfloat16", 1), ("bfloat16", 17), ("bfloat16", 64), ("bfloat16", 128), ("bfloat16", 256),
                  ("bfloat16", 512), ("bfloat16", 1024), ("bfloat16", 2048), ("bfloat16", 4096), ("bfloat16", 16384),
                  ("float16", 64), ("float16", 16384), ("float32", 1), ("float32", 64), ("bfloat16", 1, "split"),
-                 ("bfloat16", 64, "split"), ("bfloat16", 64, "tma"), ("bfloat16", 16384, "tma")]
+                 ("bfloat16", 64, "split"), ("bfloat16", 64, "tma"), ("bfloat16", 16384, "tma"), ("float32", 64, "tma")]
 
 
 def _case_options(rest) -> dict:
