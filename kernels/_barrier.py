@@ -48,15 +48,6 @@ def grid_barrier(counter_ptr, target):
 
 
 @triton.jit
-def async_proxy_fence():
-    """``fence.proxy.async.global`` in every thread (CUDA only: inline PTX): orders the global memory
-    this thread sees through the generic proxy (other programs' stores, visible after a barrier's
-    acquire) before its later async-proxy accesses, the TMA loads of tensor descriptors."""
-    tl.inline_asm_elementwise("fence.proxy.async.global;\n\tmov.u32 $0, 0;", "=r", [], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
 def split_k_reduce(acc, ws_ptr, cnt_ptr, slot, s, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Split-K fixup of one output tile (module doc): ``acc [BM, BN]`` fp32 is this program's
     partial over K slice ``s``; ``ws_ptr`` fp32 ``[slots, SPLIT, BM, BN]``, ``cnt_ptr`` int32

@@ -126,24 +126,24 @@ are what make one program's stores visible to the next phase's readers; the oper
 relies on the PTX memory model (an acquire at gpu scope orders the later weak loads of the CTA), as
 cooperative groups' grid sync does; untested on a GPU.
 
-Tensor descriptors (``tma=True``; opt-in, ``launch_options(tma=True)``; the GPU run times it as
-``fused:phases-tma``): every GEMM operand block (not the condition phase's LayerNorm-folded ``y``)
-is loaded through descriptors the program makes over the job's whole ``X [B, K]`` and ``W [N, K]``
-(``_blocks.matmul_slice_desc``), so on Hopper the blocks arrive by TMA bulk copies into shared memory
-instead of per-thread ``cp.async`` with computed addresses and masks; the descriptors' bounds
-zero-fill what the masks zero. It needs 16-byte-aligned rows and matrices, inputs included
-(:func:`tma_problem`), and on CUDA a Triton allocator for the descriptors' global scratch
-(:func:`_ensure_allocator` sets torch's where none is set). Descriptors are made after the PDL wait.
-In the persistent kernel a ``fence.proxy.async.global`` follows each grid barrier (the TMA engine
-reads through the async proxy what other programs stored through the generic one); between
-launches the kernel boundary orders them. The bytes moved are the same, so the cost model predicts
-the same time; what TMA changes (address arithmetic, issue slots, two descriptor writes per work
-item) only a GPU can price. sm_90a, triton 3.7.1, default model, zero spills (the compile check
-covers bf16 B = 64 and 16384, fp32 B = 64): B = 64 (32 x 32 x 64) the worst phase kind at 166
-registers (the condition phase, whose LayerNorm-folded loads stay pointers), the persistent kernel
-at 255; B = 16384 the 128 x 256 phases at 255 as before, the persistent kernel's 64 x 64 x 32 at 247.
-The interpreter runs it (tests: the pointer loads' outputs within the fp32 summation order). Not
-built: prefetching the next phase's weight tile before the barrier.
+Tensor descriptors (``tma=True``; opt-in, ``launch_options(tma=True)``; ``"phases"`` only; the GPU
+run times it as ``fused:phases-tma``): every GEMM operand block (not the condition phase's
+LayerNorm-folded ``y``) is loaded through descriptors the program makes over the job's whole
+``X [B, K]`` and ``W [N, K]`` (``_blocks.matmul_slice_desc``), so on Hopper the blocks arrive by TMA
+bulk copies into shared memory instead of per-thread ``cp.async`` with computed addresses and masks;
+the descriptors' bounds zero-fill what the masks zero. It needs 16-byte-aligned rows and matrices,
+inputs included (:func:`tma_problem`), and on CUDA a Triton allocator for the descriptors' global
+scratch (:func:`_ensure_allocator` sets torch's where none is set). Descriptors are made after the
+PDL wait, and the kernel boundary orders one phase's stores before the next phase's TMA reads. The
+persistent kernel does not take it: with TMA loads it spilled 5 to 6 stores under triton 3.6.0 (the
+GPU image's), and it would need a ``fence.proxy.async.global`` after each grid barrier. The bytes
+moved are the same, so the cost model predicts the same time; what TMA changes (address arithmetic,
+issue slots, two descriptor writes per work item) only a GPU can price. sm_90a, default model, zero
+spills under triton 3.7.1 and 3.6.0 (the compile check covers bf16 B = 64 and 16384, fp32 B = 64):
+B = 64 (32 x 32 x 64) the worst phase kind at 166 registers (the condition phase, whose
+LayerNorm-folded loads stay pointers); B = 16384 the 128 x 256 phases at 255 as before. The
+interpreter runs it (tests: the pointer loads' outputs within the fp32 summation order). Not built:
+prefetching the next phase's weight tile before the barrier.
 Nothing here has run on a GPU yet: the CUDA-graph, programmatic-launch and cooperative paths are
 written and compiled for sm_90a, not executed.
 """
@@ -159,7 +159,7 @@ import triton.language as tl
 
 from . import _blocks as blk
 from . import _graphs
-from ._barrier import async_proxy_fence, grid_barrier, split_k_reduce
+from ._barrier import grid_barrier, split_k_reduce
 from ._heuristics import LATENCY_MAX_BATCH, Blocks, check_hidden, check_matrix, check_tables, check_vector, clamp_block, dot_mode
 from ._launch import launch
 
@@ -959,12 +959,9 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                             ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C,
                             HAS_NOISE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                             BK: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, EPI: tl.constexpr,
-                            BNH: tl.constexpr, SPLIT: tl.constexpr = 1, FOLD: tl.constexpr = False,
-                            TMA: tl.constexpr = False, PROXY_FENCE: tl.constexpr = False):
+                            BNH: tl.constexpr, SPLIT: tl.constexpr = 1, FOLD: tl.constexpr = False):
     """Scheduler (a): every program walks the whole schedule; a grid barrier after every phase but
-    the last (the host zeroes ``counter`` before the launch). ``PROXY_FENCE`` (``TMA`` on CUDA): after
-    each barrier a ``fence.proxy.async.global``, so the next phase's TMA reads (the async proxy) are
-    ordered after the other programs' plain stores the barrier made visible."""
+    the last (the host zeroes ``counter`` before the launch)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     for p in range(n_phases):
@@ -981,11 +978,9 @@ def infer_persistent_kernel(sched_ptr, n_phases, counter_ptr,
                        u_ptr, wxo1_ptr, bxo1_ptr, wxo2_ptr, bxo2_ptr, wpo_ptr, bpo_ptr, wgo_ptr, bgo_ptr,
                        wcx1_ptr, wcx2_ptr, wxi2_ptr,
                        ws_ptr, cnt_ptr, ln_eps, c0, c1, B, Dv, d, H, C, HAS_NOISE, BM, BN, BK, LOWP, PREC, EPI, BNH,
-                       SPLIT, FOLD, TMA)
+                       SPLIT, FOLD, False)
         if p + 1 < n_phases:
             grid_barrier(counter_ptr, (p + 1) * nprog)
-            if PROXY_FENCE:
-                async_proxy_fence()
 
 
 # ----------------------------------------------------------------------------- launcher
@@ -1151,10 +1146,10 @@ def _launch_all(impl, visual, xi, bufs, wargs, sched, phases, dims, ln_eps, c0, 
             launch(infer_phase_kernel, (phase_tiles(phase, B, t),), sched, p, *acts, *wargs, *tail,
                    KIND=phase.kind, **tiled(t))
         return
-    meta = tiled(plan[0])  # the persistent kernel: one tile for every phase
+    meta = tiled(plan[0])  # the persistent kernel: one tile for every phase, no TMA (infer_phases)
+    del meta["TMA"]
     counter = bufs["counter"]
     counter.zero_()
-    meta["PROXY_FENCE"] = plan[0].tma and visual.device.type == "cuda"  # (inline PTX: not in the interpreter)
     if visual.device.type == "cuda":
         meta["launch_cooperative_grid"] = True
     launch(infer_persistent_kernel, (programs,), sched, len(phases), counter, *acts, *wargs, *tail, **meta)
@@ -1236,6 +1231,9 @@ def infer_phases(visual, weights: dict, tables: dict, *, ln_eps: float, start_c0
         if impl == "persistent" and len(set(plan)) > 1:
             raise ValueError("impl='persistent' runs every phase in one kernel: tiles must be one PhaseTiles")
     tma = tma or any(t.tma for t in plan)  # (asked for, or given in tiles)
+    if tma and impl != "phases":
+        raise ValueError("tma=True runs with impl='phases' only (the persistent kernel with TMA loads spills "
+                         "registers under triton 3.6.0)")
     if tma:
         problem = tma_problem(visual, flat, dims, noise)
         if problem:

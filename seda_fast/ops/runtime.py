@@ -189,8 +189,8 @@ def launch_options(graph: bool = True, pdl: bool | None = None, split_k: bool = 
     (``kernels.infer_phases.pick_infer_tiles``) instead of each phase on its own
     (``pick_phase_plan``, which differs from it at fp16/bf16 batches above 256), which changes the
     numbers only by the fp32 summation order; ``tma=True`` loads inference's GEMM operands through
-    tensor descriptors (TMA on Hopper; ``kernels.infer_phases``, "Tensor descriptors"; 16-byte-aligned
-    widths only), which does not change the numbers. ``benchmarks/gpu_check.py`` times each way."""
+    tensor descriptors (TMA on Hopper; ``kernels.infer_phases``, "Tensor descriptors"; ``"phases"``
+    and 16-byte-aligned widths only), which changes the numbers only by the fp32 summation order. ``benchmarks/gpu_check.py`` times each way."""
     saved = dict(_LAUNCH)
     _LAUNCH.update(graph=graph, pdl=pdl, split_k=split_k, fold=fold, tile_plan=tile_plan, tma=tma)
     try:

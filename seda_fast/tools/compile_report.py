@@ -142,8 +142,6 @@ def compile_launch(launch, dtype: str, arch: int = 90) -> dict:
         meta["LOWP"], meta["PREC"] = k._heuristics.dot_mode(getattr(torch, dtype), torch.device("cuda"))
     if "PDL" in meta:  # kernels with programmatic dependent launch: on, as on Hopper
         meta["PDL"], options["launch_pdl"] = True, True
-    if meta.get("TMA") and "PROXY_FENCE" in fn.arg_names:  # the persistent kernel's TMA fence: on, as on CUDA
-        meta["PROXY_FENCE"] = True
     signature, constexprs, attrs = {}, dict(meta), {}
     for i, (name, arg) in enumerate(zip(fn.arg_names, launch.args)):
         ty, key = native_specialize_impl(BaseBackend, arg, False, True, True)

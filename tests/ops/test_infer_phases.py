@@ -152,7 +152,6 @@ TMA_CASES = [  # impl, tiles, fold, dtype
     pytest.param("phases", None, None, torch.float32, id="plan-folded-fp32"),
     pytest.param("phases", IP.THROUGHPUT_TILES[0], False, torch.float32, id="128x256-epi4-fp32"),
     pytest.param("phases", IP.PhaseTiles(16, 16, 16, 4, 2, split_k=3), False, torch.float32, id="split3-fp32"),
-    pytest.param("persistent", IP.PhaseTiles(16, 32, 16, 4, 2), None, torch.float32, id="persistent-fp32"),
     pytest.param("phases", IP.PhaseTiles(32, 32, 16, 4, 2), False, torch.float16, id="32x32-fp16"),
 ]
 
@@ -183,12 +182,14 @@ def test_tensor_descriptor_loads_give_the_pointer_loads_numbers(impl, tiles, fol
 
 
 def test_tensor_descriptor_loads_need_16_byte_rows():
-    """Refused before any launch, whether asked for by ``tma=True`` or by the tiles: rows that are
-    not 16-byte multiples, an input (``visual`` or the start noise) that does not start on a 16-byte
-    boundary."""
+    """Refused before any launch, whether asked for by ``tma=True`` or by the tiles: the persistent
+    kernel, rows that are not 16-byte multiples, an input (``visual`` or the start noise) that does
+    not start on a 16-byte boundary."""
     model = _model(1, 1)  # Dv = 13, d = 14, H = 24
     v, _ = _inputs(model, 5, False)
     with K.count_launches() as c:
+        with pytest.raises(ValueError, match=r"tma=True runs with impl='phases' only"):
+            _call(model, v, tma=True, impl="persistent", programs=1)
         with pytest.raises(ValueError, match=r"16-byte-aligned rows and tensors: Dv = 13 is not a multiple of 4"):
             _call(model, v, tma=True)
         with pytest.raises(ValueError, match=r"Dv = 13 is not a multiple of 4"):
@@ -725,6 +726,11 @@ def _case_options(rest) -> dict:
     return dict(split_k="split" in rest, tma="tma" in rest)
 
 
+def _case_impls(rest) -> tuple:
+    """The schedulers a ``COMPILE_CASES`` entry launches (tensor descriptors: ``"phases"`` only)."""
+    return ("phases",) if "tma" in rest else ("phases", "persistent")
+
+
 def compile_rows(cases=COMPILE_CASES) -> list[dict]:
     """Capture both schedulers' launches at the default size and compile each distinct (kernel,
     dtype, meta) for sm_90a (run without the interpreter); the persistent kernel with the
@@ -733,7 +739,7 @@ def compile_rows(cases=COMPILE_CASES) -> list[dict]:
     rows, seen = [], set()
     for dtype, B, *rest in cases:
         dt = getattr(torch, dtype)
-        for impl in ("phases", "persistent"):
+        for impl in _case_impls(rest):
             with K.capture_launches() as launches:
                 _default_size_call(dt, B, impl=impl, programs=1, **_case_options(rest))
             rows += cr.compile_unique(launches, dtype, seen, batch=B, split="split" in rest)  # rows: their launch's tiles
@@ -761,7 +767,7 @@ def _launched_configs(cases) -> set:
     """(kernel, dtype, meta fields) of every launch both schedulers make for ``cases`` (captured)."""
     out = set()
     for dtype, B, *rest in cases:
-        for impl in ("phases", "persistent"):
+        for impl in _case_impls(rest):
             with K.capture_launches() as launches:
                 _default_size_call(getattr(torch, dtype), B, impl=impl, programs=1, **_case_options(rest))
             out |= {(ln.kernel.__name__, dtype) + tuple(ln.meta.get(f) for f in _CONFIG_FIELDS) for ln in launches}
@@ -780,8 +786,8 @@ def test_sm90_compile_zero_spills(tmp_path, regime):
     assert all(r["PDL"] and r["griddepcontrol"] for r in phase_rows)  # compiled as Hopper launches it
     # TMA: the operands arrive by bulk tensor copies (the condition phase's LayerNorm-folded GEMMs load
     # through pointers: its kernel has none)
-    assert all(r["tma_loads"] == (bool(r["TMA"]) and r.get("KIND") != IP.KIND_COND_LN) for r in rows)
-    assert any(r["TMA"] for r in rows)
+    assert all(r["tma_loads"] == (bool(r.get("TMA")) and r.get("KIND") != IP.KIND_COND_LN) for r in rows)
+    assert any(r.get("TMA") for r in rows)
     # every config the launcher launches for these cases is compiled (each once: the first case that
     # launches it), every phase kind among them
     compiled = {(r["kernel"], r["dtype"]) + tuple(r.get(f) for f in _CONFIG_FIELDS) for r in rows}
