@@ -25,9 +25,9 @@ Run: ``python -m seda_fast demo [--quick]`` or ``python -m seda_fast demo --data
 --label-level group|subgroup``. Everything runs on the CPU in fp32 unless ``--device cuda`` (then
 SeDA's inference runs the fused kernels; ``--backend triton`` trains with them too, and
 ``--cuda-graph`` replays each training step as one CUDA graph); ``--bf16`` runs every method under
-bf16 autocast (the precision the fused kernels are tuned for on a GPU). On a machine whose cores are shared with other jobs, ``--threads 1``
-(or a small ``OMP_NUM_THREADS``) is faster than torch's default of one thread per core, which
-thrashes when the cores are busy.
+bf16 autocast (the precision the fused kernels are tuned for on a GPU). On a machine whose cores
+are shared with other jobs, ``--threads 1`` (or a small ``OMP_NUM_THREADS``) is faster than torch's
+default of one thread per core, which thrashes when the cores are busy.
 """
 from __future__ import annotations
 
@@ -430,7 +430,7 @@ def main(argv=None) -> int:
                         help="replay each SeDA training step as one CUDA graph (needs --device cuda --backend triton)")
     parser.add_argument("--bf16", action="store_true",
                         help="train and evaluate every method under torch.autocast in bfloat16 (parameters stay "
-                             "fp32); on a GPU the fused kernels' fast path, on this CPU slow")
+                             "fp32): on a GPU the fused kernels' fast path; slow on a CPU without bf16 arithmetic")
     args = parser.parse_args(argv)
     try:
         check_device(args.device, args.backend, args.cuda_graph, args.bf16)
