@@ -169,7 +169,8 @@ class StepGraph:
     direct steps, captures and replays.
 
     ``generator``: the losses' random draws (None: the default generator of the model's device); a
-    graph advances it on every replay, so replays draw what direct steps would.
+    graph advances it on every replay, so replays draw what direct steps would. ``capture_failure``:
+    an earlier StepGraph's (a string): this one then never tries to capture either.
 
     Captured steps differ from direct ones in what the graph fixes at capture:
     - each param group's ``lr`` becomes a 0-dim tensor on the model's device (unless it is one) at
@@ -191,7 +192,8 @@ class StepGraph:
     """
 
     def __init__(self, model: SeDA, optimizer: torch.optim.Optimizer, *, grad_clip: float | None = None,
-                 generator: torch.Generator | None = None, warmup: int = 2, max_graphs: int = 4, capture_fn=None):
+                 generator: torch.Generator | None = None, warmup: int = 2, max_graphs: int = 4, capture_fn=None,
+                 capture_failure: str | None = None):
         if not isinstance(model, SeDA):
             raise TypeError(f"model must be a seda_fast.SeDA, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -208,7 +210,9 @@ class StepGraph:
         self.max_graphs = val.check_int("max_graphs", max_graphs)
         self._capture_fn = capture_fn  # None: torch.cuda.graph where the step can be captured
         self._warned_churn = False
-        self.capture_failure: str | None = None  # why a capture failed (no capture is tried after one)
+        if capture_failure is not None and not isinstance(capture_failure, str):
+            raise TypeError(f"capture_failure must be a str or None, got {type(capture_failure).__name__}")
+        self.capture_failure = capture_failure  # why a capture failed (no capture is tried after one)
         self._modules = list(model.modules())
         self._entries: dict[StepKey, _Entry] = {}
         self.stats = {"direct": 0, "captures": 0, "replays": 0}

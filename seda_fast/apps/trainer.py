@@ -133,11 +133,10 @@ class Trainer:
         self.scheduler = (torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_lambda(total))
                           if total else None)
         self._steps_per_epoch = steps_per_epoch
+        # after a failed capture no second try (the failed capture's memory stays reserved)
         failure = None if self._graph_step is None else self._graph_step.capture_failure
-        self._graph_step = StepGraph(self.model, self.optimizer, grad_clip=self.grad_clip,
-                                     generator=self.generator) if self.cuda_graph else None
-        if failure is not None and self._graph_step is not None:  # no second try: the failed
-            self._graph_step.capture_failure = failure  # capture's memory stays reserved
+        self._graph_step = StepGraph(self.model, self.optimizer, grad_clip=self.grad_clip, generator=self.generator,
+                                     capture_failure=failure) if self.cuda_graph else None
 
     # ------------------------------------------------------------------ data
     def _check_text(self, text, n: int, text_kind: str) -> str:

@@ -373,3 +373,17 @@ def test_train_step_inside_a_callers_autocast_steps_with_the_updated_weights(sta
         runs.append((losses, [p.detach().clone() for p in twin.parameters()]))
     for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
         assert torch.equal(a, b)
+
+
+def test_a_failure_passed_on_means_no_capture_is_tried():
+    """``capture_failure`` (an earlier StepGraph's) makes a new one run every step directly."""
+    model, visual, labels, _ = _setup(1)
+    calls = []
+    step = StepGraph(model, _adamw(model), warmup=1, capture_fn=lambda *a: calls.append(a),
+                     capture_failure="operation not permitted when stream is capturing")
+    assert not step.captures
+    for _ in range(3):
+        step(visual, labels)
+    assert step.stats == {"direct": 3, "captures": 0, "replays": 0} and calls == []
+    with pytest.raises(TypeError, match="capture_failure must be a str or None"):
+        StepGraph(model, _adamw(model), capture_failure=RuntimeError("x"))
