@@ -58,9 +58,9 @@ def _train_loop(params, loss_fn, n: int, *, epochs: int, batch_size: int, lr: fl
     steps = math.ceil(n / batch_size) * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(steps)) if schedule == "cosine" else None
     history = []
-    for epoch in range(1, epochs + 1):
-        start, total = time.perf_counter(), 0.0
-        with fresh_weight_casts(generator.device):
+    with fresh_weight_casts(generator.device):  # (under a caller's autocast: no stale weight copies)
+        for epoch in range(1, epochs + 1):
+            start, total = time.perf_counter(), 0.0
             for idx in progress_bar(minibatches(n, batch_size, generator), progress, f"{desc} {epoch}/{epochs}"):
                 loss = loss_fn(idx)
                 opt.zero_grad(set_to_none=True)
@@ -69,7 +69,7 @@ def _train_loop(params, loss_fn, n: int, *, epochs: int, batch_size: int, lr: fl
                 if sched is not None:
                     sched.step()
                 total += loss.item() * idx.numel()
-        history.append({"epoch": epoch, "loss": total / n, "seconds": time.perf_counter() - start})
+            history.append({"epoch": epoch, "loss": total / n, "seconds": time.perf_counter() - start})
     return history
 
 
