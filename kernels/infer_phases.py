@@ -142,8 +142,15 @@ issue slots, two descriptor writes per work item) only a GPU can price. sm_90a, 
 spills under triton 3.7.1 and 3.6.0 (the compile check covers bf16 B = 64 and 16384, fp32 B = 64):
 B = 64 (32 x 32 x 64) the worst phase kind at 166 registers (the condition phase, whose
 LayerNorm-folded loads stay pointers); B = 16384 the 128 x 256 phases at 255 as before. The
-interpreter runs it (tests: the pointer loads' outputs within the fp32 summation order). Not built:
-prefetching the next phase's weight tile before the barrier.
+interpreter runs it (tests: the pointer loads' outputs within the fp32 summation order).
+
+Not built: prefetching the next phase's weight tile before the barrier. The default model's weights
+(about 15 MiB in bf16) stay in the H200's 60 MB L2, so an L2 prefetch (``cp.async.bulk.prefetch``)
+would fetch nothing that is not there already. What a wait could hide is the first K block's L2
+round trip per phase, and keeping that block across the barrier needs registers (a first iteration
+peeled out of the compiler's pipelined K loop) or the pipeline's shared-memory buffers, which
+Triton's pipeliner owns. The cost model has no per-phase pipeline-fill term, so it predicts no gain
+either way; whether the fill shows is for the GPU run.
 Nothing here has run on a GPU yet: the CUDA-graph, programmatic-launch and cooperative paths are
 written and compiled for sm_90a, not executed.
 """

@@ -7,7 +7,15 @@
 # compiler. Downloads ~4 GB the first time; too heavy for CI. Run it after touching a kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${COMPAT_PYTHON:-$(command -v python3.12 || command -v python3)}
+PY=${COMPAT_PYTHON:-}
+if [ -z "$PY" ]; then  # the first that runs (a pyenv shim can exist and still refuse to run)
+  for candidate in python3.12 python3; do
+    if "$candidate" -c "" 2>/dev/null; then PY=$candidate; break; fi
+  done
+fi
+if ! "$PY" -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))"; then
+  echo "warning: $PY is not Python 3.12, the GPU image's; set COMPAT_PYTHON to a 3.12" >&2
+fi
 VENV=${VENV:-.venv-compat}
 stamp=$VENV/.seda_fast_compat
 if [ ! -f "$stamp" ]; then
