@@ -432,6 +432,8 @@ def main(argv=None) -> int:
                         help="train and evaluate every method under torch.autocast in bfloat16 (parameters stay "
                              "fp32): on a GPU the fused kernels' fast path; slow on a CPU without bf16 arithmetic")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     try:
         check_device(args.device, args.backend, args.cuda_graph, args.bf16)
     except ValueError as err:

@@ -533,6 +533,11 @@ def main(argv=None) -> int:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
+    if args.seeds is not None and args.seeds < 1:  # before any data loads
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    pool = data.SUBSETS["train"][2]
+    if args.fmnist_pool is not None and not 1 <= args.fmnist_pool <= pool:
+        parser.error(f"--fmnist-pool must be in [1, {pool}] (Fashion-MNIST's training images), got {args.fmnist_pool}")
     # As in the demo: denormal Adam states late in a cosine decay slow CPUs down; flushing them is
     # process-global, so it holds only while the command runs.
     with flush_denormals():

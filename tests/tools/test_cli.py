@@ -66,6 +66,20 @@ def test_demo_rejects_a_bad_thread_count(capsys):
     assert exit_.value.code == 2 and "--threads must be >= 1" in capsys.readouterr().err
 
 
+def test_seed_counts_and_the_pool_size_are_usage_errors_before_any_data_loads(capsys, monkeypatch):
+    from seda_fast.apps import demo, study
+
+    monkeypatch.setattr(demo, "fmnist_data", lambda *a, **k: pytest.fail("data loaded before the options were checked"))
+    monkeypatch.setattr(study, "load_datasets", lambda *a, **k: pytest.fail("data loaded before the options were checked"))
+    for argv, message in ((["demo", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+                          (["study", "--quick", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+                          (["study", "--quick", "--fmnist-pool", "-5"], "--fmnist-pool must be in [1, 60000]"),
+                          (["study", "--fmnist-pool", "60001"], "got 60001")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
+
+
 def test_demo_checks_its_device_options_before_loading_data(capsys, monkeypatch):
     from seda_fast.apps import demo
 
