@@ -207,4 +207,13 @@ BACKENDS = {b.name: b for b in (EAGER, TRITON)}
 def fused_impls(device: torch.device | str | None = None) -> tuple[str, ...]:
     """The fused inference implementations (``SeDA.fused_impl`` takes these and ``"auto"``); with a
     ``device``, those that can run there."""
-    return FUSED_IMPLS if device is None else TRITON.impls(torch.device(device))
+    if device is None:
+        return FUSED_IMPLS
+    if not isinstance(device, (torch.device, str)):
+        raise TypeError(f"device must be a torch.device, a device string ('cpu', 'cuda:0') or None, "
+                        f"got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"device must be a device string such as 'cpu' or 'cuda:0', got {device!r}") from exc
+    return TRITON.impls(device)

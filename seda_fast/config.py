@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from .validation import check_int, check_number
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeDAConfig:
-    """Shapes and weights of one SeDA model (docs/math.md, "Notation").
+    """Shapes and weights of one SeDA model (docs/math.md, "Notation"). Frozen: a model's widths are
+    fixed when it is built (``dataclasses.replace(config, ...)`` makes a changed copy).
 
     visual_dim (Dv), text_dim (Dt), num_classes (C) come from the data; dim (d) is the
     semantic width and must be even (the sinusoidal time embedding has d/2 frequencies);

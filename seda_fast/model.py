@@ -18,6 +18,12 @@ from .nvtx import nvtx_range
 
 BACKENDS = ("eager", "triton", "auto")
 FUSED_IMPLS = ("auto",) + backends.FUSED_IMPLS
+# one weight of each part (:attr:`SeDA.STAGE1_PARTS`, :attr:`SeDA.STAGE2_PARTS`): a part cast on its
+# own (``model.head.half()``) shows in these, read through the module dicts (``getattr`` on a module
+# costs microseconds each)
+_DTYPE_PROBES = tuple(tuple(path.split(".")) for path in (
+    "head.weight", "visual_proj.linear.weight", "learner.in_x.weight", "readout.weight", "aux_visual.weight",
+    "text_proj.linear.weight", "translator.in_x.weight", "pfin.p_m.weight", "aux_text.weight"))
 
 
 class Projector(nn.Module):
@@ -148,8 +154,7 @@ class SeDA(nn.Module):
         """Stage 1 trains only the projector ``P_v``, the Learner, ``W_r`` and the auxiliary visual
         classifier; stage 2 only ``P_t``, the Translator, PFIN, the head and the auxiliary text
         classifier. Everything else gets ``requires_grad=False``. Re-wrap DDP after a change."""
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {stage!r}")
+        val.check_int("stage", stage, 1, 2)
         self._stage = stage
         trained = self.STAGE1_PARTS if stage == 1 else self.STAGE2_PARTS
         for name in self.STAGE1_PARTS + self.STAGE2_PARTS:
@@ -161,7 +166,19 @@ class SeDA(nn.Module):
         return self.centers.device
 
     def _param_dtype(self) -> torch.dtype:
-        return self.head.weight.dtype
+        """The parameters' one dtype (inputs are cast to it); a part cast on its own is refused."""
+        dtype, first = None, None
+        for path in _DTYPE_PROBES:
+            module = self
+            for name in path[:-1]:
+                module = module._modules[name]
+            weight = module._parameters[path[-1]]
+            if dtype is None:
+                dtype, first = weight.dtype, path
+            elif weight.dtype != dtype:
+                raise TypeError(f"the model's parameters must share one dtype: {'.'.join(first)} is {dtype} but "
+                                f"{'.'.join(path)} is {weight.dtype}; cast the whole model (model.to(dtype))")
+        return dtype
 
     def resolved_backend(self, device: torch.device) -> str:
         """The backend a call on ``device`` uses: ``"auto"`` picks triton for CUDA tensors (when
@@ -211,9 +228,10 @@ class SeDA(nn.Module):
 
     def _visual(self, visual) -> torch.Tensor:
         val.check_features("visual", visual, self.config.visual_dim, self.device)
+        dtype = self._param_dtype()
         if self.check_inputs:
-            val.check_finite("visual", visual)
-        return visual.to(self._param_dtype())
+            val.check_finite("visual", visual, dtype)
+        return visual.to(dtype)
 
     def _text(self, text, batch: int, text_kind: str):
         C, Dt = self.config.num_classes, self.config.text_dim
@@ -229,17 +247,23 @@ class SeDA(nn.Module):
             raise ValueError(f"text must have shape [{C}, {Dt}] (class texts, one row per class) or "
                              f"[{batch}, {Dt}] (per-sample texts, one row per sample){asked}, got {list(text.shape)}")
         val.check_features("text", text, Dt, self.device, batch=C if per_class else batch)
+        dtype = self._param_dtype()
         if self.check_inputs:
-            val.check_finite("text", text)
-        return text.to(self._param_dtype()), per_class
+            val.check_finite("text", text, dtype)
+        return text.to(dtype), per_class
 
     def _noise(self, noise, batch: int):
         if noise is None:
             return None
         val.check_features("noise", noise, self.config.dim, self.device, batch=batch)
+        dtype = self._param_dtype()
         if self.check_inputs:
-            val.check_finite("noise", noise)
-        return noise
+            val.check_finite("noise", noise, dtype)
+        return noise.to(dtype).contiguous()  # (the eager chain casts it to this dtype too)
+
+    def _labels(self, labels, batch: int) -> torch.Tensor:
+        val.check_labels(labels, batch, self.config.num_classes, self.device)
+        return labels.long().contiguous()
 
     def _check_stage(self, loss: str, stage: int) -> None:
         """In training mode a loss belongs to its stage: ``learner_loss`` would move the centers that
@@ -256,11 +280,12 @@ class SeDA(nn.Module):
         """Stage-1 loss ``L_1`` (a scalar). In training mode it also updates the centers and needs
         stage 1; in eval mode it can be computed in either stage and leaves the centers alone."""
         self._check_stage("learner_loss", 1)
+        val.check_generator(generator, self.device)
         v = self._visual(visual)
-        val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
+        y = self._labels(labels, v.shape[0])
         impl = self._training_impl(v.device)
         with nvtx_range("seda/stage1_loss"):
-            loss, parts = reference.learner_loss(self, v, labels.long(), generator, update=self.training,
+            loss, parts = reference.learner_loss(self, v, y, generator, update=self.training,
                                                  pieces=impl.pieces)
         return (loss, parts) if return_parts else loss
 
@@ -271,12 +296,13 @@ class SeDA(nn.Module):
         ``"sample"`` when a batch of per-sample texts happens to have exactly C rows. In training
         mode it needs stage 2 (:meth:`set_stage`); in eval mode it can be computed in either stage."""
         self._check_stage("translator_loss", 2)
+        val.check_generator(generator, self.device)
         v = self._visual(visual)
-        val.check_labels(labels, v.shape[0], self.config.num_classes, self.device)
+        y = self._labels(labels, v.shape[0])
         t, per_class = self._text(text, v.shape[0], text_kind)
         impl = self._training_impl(v.device)
         with nvtx_range("seda/stage2_loss"):
-            loss, parts = reference.translator_loss(self, v, labels.long(), t, per_class, generator,
+            loss, parts = reference.translator_loss(self, v, y, t, per_class, generator,
                                                     pieces=impl.pieces)
         return (loss, parts) if return_parts else loss
 
@@ -296,9 +322,18 @@ class SeDA(nn.Module):
 
     def forward(self, visual, labels=None, text=None, noise=None, generator=None, text_kind: str = "auto"):
         """Without ``labels``: ``logits [B, C]`` (no text needed; ``noise`` is the Translator's
-        ``[B, d]`` start noise, ``None`` = zeros). With ``labels``: the current stage's loss."""
+        ``[B, d]`` start noise, ``None`` = zeros). With ``labels``: the current stage's loss (stage 1
+        reads no ``text``, so a loop may pass it in both stages; ``generator`` seeds the loss's
+        draws, which do not include ``noise``)."""
+        val.text_is_per_class(text_kind, None, self.config.num_classes)  # a bad text_kind fails in any call
         if labels is None:
+            if generator is not None:
+                raise ValueError("generator= seeds the training losses' random draws (pass labels); inference "
+                                 "draws nothing: its start noise is zeros or noise=")
             return self.infer(visual, noise)[0]
+        if noise is not None:
+            raise ValueError("noise= is inference's start noise (call without labels); the losses draw their own "
+                             "(seed them with generator=)")
         if self._stage == 1:
             return self.learner_loss(visual, labels, generator)
         return self.translator_loss(visual, labels, text, generator, text_kind=text_kind)

@@ -45,7 +45,14 @@ def train_step(model: SeDA, optimizer: torch.optim.Optimizer, inputs: tuple, *, 
     gradient-norm clipping to ``grad_clip`` (None: none), ``optimizer.step()``. Returns ``(loss [],
     parts)``, the loss detached. ``check_loss(loss)``, if given, runs before backward: a raise there
     leaves the parameters and the optimizer's state as they were (the gradients are None). Inside a
-    caller's autocast region it runs with autocast's weight-cast cache off (:func:`fresh_weight_casts`)."""
+    caller's autocast region it runs with autocast's weight-cast cache off (:func:`fresh_weight_casts`).
+    An optimizer none of whose parameters requires grad (one made before :meth:`SeDA.set_stage`) is
+    refused: its step would train nothing."""
+    params = optimized_params(optimizer)
+    if not any(p.requires_grad for p in params):
+        raise ValueError(f"none of the optimizer's parameters requires grad, so the step would train nothing; the "
+                         f"model is in stage {model.stage}: make the optimizer after set_stage({model.stage}) "
+                         f"(over the parameters with requires_grad)")
     optimizer.zero_grad(set_to_none=True)
     with fresh_weight_casts(model.device):
         if model.stage == 1:
@@ -56,7 +63,7 @@ def train_step(model: SeDA, optimizer: torch.optim.Optimizer, inputs: tuple, *, 
             check_loss(loss)
         loss.backward()
     if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(optimized_params(optimizer), grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return loss.detach(), parts
 
@@ -200,11 +207,7 @@ class StepGraph:
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.model, self.optimizer = model, optimizer
         self.grad_clip = None if grad_clip is None else val.check_number("grad_clip", grad_clip, positive=True)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if generator is not None and generator.device.type != model.device.type:
-            raise ValueError(f"generator is on {generator.device} but the model is on {model.device}: the draws "
-                             f"are made on the model's device")
+        val.check_generator(generator, model.device)
         self.generator = generator
         self.warmup = val.check_int("warmup", warmup)
         self.max_graphs = val.check_int("max_graphs", max_graphs)

@@ -85,15 +85,31 @@ def text_is_per_class(text_kind: str, rows: int | None, num_classes: int) -> boo
     return text_kind == "class" or (text_kind == "auto" and rows == num_classes)
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """Report NaN/Inf instead of letting them flow silently into the result (costs a sync).
-    Skipped while torch.compile traces (it would break the graph)."""
+def check_finite(name: str, x: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+    """Report NaN/Inf instead of letting them flow silently into the result (costs a sync). With
+    ``dtype`` (the one ``x`` is about to be cast to), finite values beyond its range count too: the
+    cast would make them Inf. Skipped while torch.compile traces (it would break the graph)."""
     if torch.compiler.is_compiling():
         return
-    bad = ~torch.isfinite(x)
+    bad = ~torch.isfinite(x if dtype is None else x.to(dtype))
     if bool(bad.any()):
-        count = int(bad.sum())
-        raise ValueError(f"{name} contains {count} NaN/Inf value(s) (check_inputs=True)")
+        count, nonfinite = int(bad.sum()), int((~torch.isfinite(x)).sum())
+        if nonfinite:
+            raise ValueError(f"{name} contains {nonfinite} NaN/Inf value(s) (check_inputs=True)")
+        raise ValueError(f"{name} has {count} value(s) beyond {dtype}'s range (|x| <= {torch.finfo(dtype).max:.6g}), "
+                         f"which the cast to the model's dtype makes Inf (check_inputs=True)")
+
+
+def check_generator(generator, device: torch.device, owner: str = "the model") -> None:
+    """``generator`` must be None or a ``torch.Generator`` on ``device``'s type (the random draws are
+    made there)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but {owner} is on {device}: the draws are made on "
+                         f"{owner}'s device (torch.Generator(device={str(device)!r}))")
 
 
 def check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:

@@ -184,8 +184,11 @@ class Trainer:
                 raise ValueError("text is required for stage 2 ([num_classes, text_dim] class texts "
                                  "or [N, text_dim] per-sample texts)")
             text_kind = self._check_text(text, visual.shape[0], text_kind)
-            val.check_finite("text", text)
-        val.check_finite("visual", visual)  # once (a host read): the steps skip the per-batch checks
+            val.check_finite("text", text, self.model._param_dtype())
+        # once each (a host read): the steps and the evaluations skip the per-batch checks
+        val.check_finite("visual", visual, self.model._param_dtype())
+        if eval_visual is not None:
+            val.check_finite("eval_visual", eval_visual, self.model._param_dtype())
         with fresh_weight_casts(device):  # (under a caller's autocast: no stale weight copies)
             self._fit(visual, labels, text, text_kind, eval_visual, eval_labels, budget)
         return self.history
@@ -255,10 +258,11 @@ class Trainer:
         record = {"stage": stage, "epoch": epoch, "seconds": time.perf_counter() - start}
         record.update({k: v / visual.shape[0] for k, v in sums.items()})
         if eval_visual is not None:
-            if stage == 2:
-                record["accuracy"] = self.evaluate(eval_visual, eval_labels)
-            else:
-                record["center_accuracy"] = self.center_accuracy(eval_visual, eval_labels)
+            with model.unchecked_inputs():  # fit checked eval_visual
+                if stage == 2:
+                    record["accuracy"] = self.evaluate(eval_visual, eval_labels)
+                else:
+                    record["center_accuracy"] = self.center_accuracy(eval_visual, eval_labels)
         self.history.append(record)
         self.epochs_done[stage] = epoch
 

@@ -158,8 +158,10 @@ def autocast_dtype(device: torch.device, default: torch.dtype | None = None) -> 
 
 def compute_dtype(model, visual: torch.Tensor) -> torch.dtype:
     """The autocast dtype when autocast is on for ``visual``'s device, else the parameters' dtype
-    (the eager backend's linears follow autocast the same way)."""
-    return autocast_dtype(visual.device) or check_dtype(model.visual_proj.linear.weight.dtype)
+    (the eager backend's linears follow autocast the same way). Parameters the kernels do not take
+    (fp64) are refused under autocast too: autocast does not lower fp64 in the eager backend either."""
+    dtype = check_dtype(model.visual_proj.linear.weight.dtype)
+    return autocast_dtype(visual.device) or dtype
 
 
 def in_compute_dtype(tensors, device: torch.device) -> list:
@@ -191,8 +193,13 @@ def launch_options(graph: bool = True, pdl: bool | None = None, split_k: bool = 
     numbers only by the fp32 summation order; ``tma=True`` loads inference's GEMM operands through
     tensor descriptors (TMA on Hopper; ``kernels.infer_phases``, "Tensor descriptors"; ``"phases"``
     and 16-byte-aligned widths only), which changes the numbers only by the fp32 summation order. ``benchmarks/gpu_check.py`` times each way."""
+    asked = dict(graph=graph, pdl=pdl, split_k=split_k, fold=fold, tile_plan=tile_plan, tma=tma)
+    for name, value in asked.items():  # a truthy string ("False") would silently turn an option on
+        if not isinstance(value, bool) and not (value is None and name in ("pdl", "fold")):
+            allowed = "True, False or None" if name in ("pdl", "fold") else "True or False"
+            raise TypeError(f"launch_options: {name} must be {allowed}, got {value!r}")
     saved = dict(_LAUNCH)
-    _LAUNCH.update(graph=graph, pdl=pdl, split_k=split_k, fold=fold, tile_plan=tile_plan, tma=tma)
+    _LAUNCH.update(asked)
     try:
         yield
     finally:

@@ -132,18 +132,38 @@ def test_after_a_failed_capture_the_steps_run_directly_in_both_stages(monkeypatc
 
 
 def test_the_data_is_checked_once_and_the_steps_read_no_input_back(monkeypatch):
-    """``fit`` checks its data for NaN/Inf once; its steps skip the model's per-batch input checks
-    (each a host read, which would make the host wait for the device every step), and the model's
-    ``check_inputs`` is on again after ``fit``."""
+    """``fit`` checks its data (the evaluation set's too) for NaN/Inf once; its steps and the
+    per-epoch evaluations skip the model's per-batch input checks (each a host read, which would
+    make the host wait for the device every step), and the model's ``check_inputs`` is on again
+    after ``fit``."""
     from seda_fast import validation
     checked = []
     real = validation.check_finite
-    monkeypatch.setattr(validation, "check_finite", lambda name, x: checked.append((name, x.shape[0])) or real(name, x))
+    monkeypatch.setattr(validation, "check_finite",
+                        lambda name, x, *dtype: checked.append((name, x.shape[0])) or real(name, x, *dtype))
     visual, labels, text = problem()
     tr = trainer(make_model(config(), seed=0), stage1_epochs=2, stage2_epochs=1)
-    tr.fit(visual, labels, text)  # 3 steps an epoch
-    assert checked == [("text", 4), ("visual", 96)]
-    assert tr.model.check_inputs
+    tr.fit(visual, labels, text, eval_visual=visual[:10], eval_labels=labels[:10])  # 3 steps an epoch
+    assert checked == [("text", 4), ("visual", 96), ("eval_visual", 10)]
+    assert len(tr.history) == 3 and tr.model.check_inputs
+
+
+@pytest.mark.parametrize("bad", ["nan", "fp16 overflow"])
+def test_a_bad_evaluation_set_is_refused_before_any_step(bad):
+    """NaN/Inf in ``eval_visual`` (or a value the model's dtype cannot hold) is reported under its
+    own name before the first step, so no weight moves and no epoch is half counted."""
+    visual, labels, text = problem()
+    model = make_model(config(), seed=0)
+    if bad == "fp16 overflow":
+        model = model.half()
+    ev = visual[:10].clone()
+    ev[4, 2] = float("nan") if bad == "nan" else 1e5  # 1e5 is beyond fp16's 65504
+    tr = trainer(model, stage1_epochs=1, stage2_epochs=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="eval_visual (contains 1 NaN|has 1 value.* beyond torch.float16)"):
+        tr.fit(visual, labels, text, eval_visual=ev, eval_labels=labels[:10])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert tr.epochs_done == {1: 0, 2: 0} and tr.history == []
 
 
 def test_losses_read_back_in_groups_give_the_same_history(monkeypatch):

@@ -387,3 +387,17 @@ def test_a_failure_passed_on_means_no_capture_is_tried():
     assert step.stats == {"direct": 3, "captures": 0, "replays": 0} and calls == []
     with pytest.raises(TypeError, match="capture_failure must be a str or None"):
         StepGraph(model, _adamw(model), capture_failure=RuntimeError("x"))
+
+
+@pytest.mark.parametrize("captured", [False, True])
+def test_an_optimizer_made_before_set_stage_is_refused(captured):
+    """After ``set_stage(2)`` an optimizer over stage 1's parameters would step nothing: every call
+    (direct, or the warm-up of a captured one) refuses it before any gradient or state changes."""
+    model, visual, labels, text = _setup(1)
+    opt = _adamw(model)
+    model.set_stage(2)
+    step = StepGraph(model, opt, capture_fn=standin_capture(model, opt) if captured else None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="none of the optimizer's parameters requires grad.*set_stage\\(2\\)"):
+        step(visual, labels, text)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not opt.state

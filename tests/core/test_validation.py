@@ -204,3 +204,132 @@ def test_unchecked_inputs_skips_the_checks_and_restores_them(model):
     assert model.check_inputs  # restored on the way out of a raise too
     with pytest.raises(ValueError, match="visual contains 1 NaN/Inf"):
         model(v)
+
+
+def test_stage_is_an_int_and_the_config_is_frozen(model):
+    for bad, exc in ((True, TypeError), (1.0, TypeError), (3, ValueError)):
+        with pytest.raises(exc, match="stage"):
+            model.set_stage(bad)
+    assert model.stage == 1
+    with pytest.raises(AttributeError, match="dim"):  # dataclasses.FrozenInstanceError
+        model.config.dim = 32
+
+
+def _count_launches():
+    from seda_fast.ops.runtime import kernels
+    return kernels().count_launches()
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_a_bad_generator_is_refused_before_the_centers_move(backend):
+    """The generator is checked with the other arguments: the center EMA (a kernel launch on
+    triton) runs only after it."""
+    model = make_model()
+    model.backend = backend
+    v, y, text = make_batch(model.config, 5)
+    centers = model.centers.clone()
+    with _count_launches() as launches:
+        with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+            model.learner_loss(v, y, generator="seed")
+        meta = make_model().to("meta")  # (no CUDA here: a CPU generator for a model elsewhere)
+        with pytest.raises(ValueError, match="generator is on cpu but the model is on meta"):
+            meta(v.to("meta"), y.to("meta"), generator=torch.Generator())
+        model.set_stage(2)
+        with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+            model.translator_loss(v, y, text, generator=7)
+    assert launches.count == 0
+    assert torch.equal(model.centers, centers) and not model.centers_initialized.any()
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_a_part_cast_on_its_own_is_named_before_anything_runs(backend):
+    model = make_model()
+    model.backend = backend
+    v, y, _ = make_batch(model.config, 5)
+    model.learner.half()
+    with _count_launches() as launches, pytest.raises(TypeError, match="learner.in_x.weight is torch.float16"):
+        model.learner_loss(v, y)
+    assert launches.count == 0 and not model.centers_initialized.any()
+    model.learner.float()
+    model.head.half()
+    with torch.no_grad(), pytest.raises(TypeError, match="head.weight is torch.float16 but visual_proj"):
+        model.eval()(v)
+
+
+def test_check_inputs_reports_values_the_models_dtype_cannot_hold():
+    """fp16 holds |x| <= 65504: a finite fp32 input beyond it would turn Inf in the cast."""
+    model = make_model(dtype=torch.float16).eval()
+    model.check_inputs = True
+    v = make_batch(model.config, 5)[0]
+    v[1, 2] = 1e5
+    with torch.no_grad(), pytest.raises(ValueError, match=r"visual has 1 value\(s\) beyond torch.float16's range"):
+        model(v)
+    v[1, 2] = float("inf")
+    with torch.no_grad(), pytest.raises(ValueError, match="visual contains 1 NaN/Inf"):
+        model(v)
+
+
+def test_arguments_a_call_does_not_use_are_refused(model):
+    v, y, text = make_batch(model.config, 5)
+    with pytest.raises(ValueError, match="noise= is inference's start noise"):
+        model(v, y, noise=torch.randn(5, model.config.dim))
+    with pytest.raises(ValueError, match="generator= seeds the training losses"):
+        model(v, generator=torch.Generator())
+    with pytest.raises(ValueError, match="text_kind"):
+        model(v, text_kind="per-class")
+    model(v, y, text)  # stage 1 reads no text: a loop may pass it in both stages
+
+
+def test_launch_options_and_fused_impls_check_their_arguments():
+    from seda_fast.ops.runtime import _LAUNCH, launch_options
+    before = dict(_LAUNCH)
+    for kwargs, match in (({"fold": "False"}, "fold must be True, False or None"),
+                          ({"split_k": "no"}, "split_k must be True or False"),
+                          ({"tile_plan": None}, "tile_plan must be True or False"),
+                          ({"pdl": 3}, "pdl must be True, False or None")):
+        with pytest.raises(TypeError, match=match), launch_options(**kwargs):
+            pass
+    assert _LAUNCH == before
+    with launch_options(fold=False, pdl=None):
+        assert _LAUNCH["fold"] is False
+    with pytest.raises(TypeError, match="device must be a torch.device"):
+        sf.fused_impls(3)
+    with pytest.raises(ValueError, match="device must be a device string"):
+        sf.fused_impls("bogus")
+
+
+def test_triton_refuses_a_float64_model_under_autocast_too():
+    """Autocast does not lower fp64 in the eager backend, so the fused path would otherwise compute
+    an fp64 model in bf16 where eager keeps fp64."""
+    model = make_model(dtype=torch.float64).eval()
+    model.backend = "triton"
+    v = make_batch(model.config, 5)[0]
+    for autocast in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+                pytest.raises(TypeError, match="float32/float16/bfloat16 parameters"):
+            model(v)
+
+
+def test_triton_takes_strided_labels_and_any_float_noise_as_eager_does():
+    """The model layer hands the kernels contiguous int64 labels and noise in the parameters' dtype,
+    so strided or expanded labels and fp64, transposed or expanded noise work on both backends,
+    with the numbers of their contiguous copies."""
+    from seda_fast import presets
+    torch.manual_seed(0)
+    model = sf.SeDA(presets.config("tiny"), backend="triton")
+    cfg = model.config
+    v = torch.randn(4, cfg.visual_dim)
+    y = torch.tensor([0, 9, 2, 9, 1, 9, 0, 9])[::2]  # strided
+    losses = []
+    for labels in (y, y.contiguous()):
+        state = {k: t.clone() for k, t in model.state_dict().items()}
+        losses.append(model.learner_loss(v, labels, generator=torch.Generator().manual_seed(3)).detach())
+        model.load_state_dict(state)
+    assert torch.equal(losses[0], losses[1])
+    model.eval()
+    noise = torch.randn(cfg.dim, 4, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model(v, noise=noise.t().float().contiguous())
+        for strided in (noise.t(), noise[:, :1].t().expand(4, cfg.dim)):
+            want = ref if strided.stride(0) else model(v, noise=strided.float().contiguous())
+            torch.testing.assert_close(model(v, noise=strided), want, rtol=0, atol=0)
