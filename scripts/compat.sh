@@ -20,8 +20,8 @@ VENV=${VENV:-.venv-compat}
 stamp=$VENV/.seda_fast_compat
 if [ ! -f "$stamp" ]; then
   [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
-  $VENV/bin/python -m pip install -q torch==2.11.0 triton==3.6.0 'numpy<2.4' einops pytest pytest-benchmark \
-    hypothesis matplotlib
+  $VENV/bin/python -m pip install -q torch==2.11.0 triton==3.6.0 'numpy<2.4' einops tqdm pytest \
+    pytest-benchmark hypothesis matplotlib
   $VENV/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   touch "$stamp"
 fi
