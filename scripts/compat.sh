@@ -12,6 +12,10 @@ if [ -z "$PY" ]; then  # the first that runs (a pyenv shim can exist and still r
   for candidate in python3.12 python3; do
     if "$candidate" -c "" 2>/dev/null; then PY=$candidate; break; fi
   done
+  if [ -z "$PY" ]; then
+    echo "error: neither python3.12 nor python3 runs here; set COMPAT_PYTHON=/path/to/python3.12" >&2
+    exit 1
+  fi
 fi
 if ! "$PY" -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))"; then
   echo "warning: $PY is not Python 3.12, the GPU image's; set COMPAT_PYTHON to a 3.12" >&2

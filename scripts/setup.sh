@@ -16,12 +16,13 @@ if [ -d /opt/wheels ]; then pip+=(--find-links /opt/wheels); fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if [ -d /opt/wheels ]; then  # a local wheel directory (the CI image's) holds the CPU wheel
     "${pip[@]}" torch==2.13.0
-  else  # PyPI's x86_64 Linux torch is the CUDA build: take the CPU one from PyTorch's index
-    "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple \
-      torch==2.13.0 || {
-      echo "warning: PyTorch's CPU index is unreachable; installing PyPI's torch (the CUDA build, several GB)" >&2
-      "${pip[@]}" torch==2.13.0
-    }
+  else  # PyPI's x86_64 Linux torch is the CUDA build: offer PyTorch's CPU index beside the user's
+    # index (its 2.13.0+cpu outranks PyPI's 2.13.0), then say which build came
+    "${pip[@]}" --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+    if .venv/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
+      echo "warning: pip installed a CUDA build of torch (PyTorch's CPU index gave no wheel: unreachable, or" \
+           "none for this Python); it runs on the CPU too, at several GB" >&2
+    fi
   fi
 fi
 "${pip[@]}" -e ".[dev,bench,data]"
