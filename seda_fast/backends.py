@@ -209,11 +209,12 @@ def fused_impls(device: torch.device | str | None = None) -> tuple[str, ...]:
     ``device``, those that can run there."""
     if device is None:
         return FUSED_IMPLS
-    if not isinstance(device, (torch.device, str)):
-        raise TypeError(f"device must be a torch.device, a device string ('cpu', 'cuda:0') or None, "
-                        f"got {type(device).__name__}")
+    if isinstance(device, bool) or not isinstance(device, (torch.device, str, int)):
+        raise TypeError(f"device must be a torch.device, a device string ('cpu', 'cuda:0'), a CUDA ordinal or "
+                        f"None, got {type(device).__name__}")
     try:
         device = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"device must be a device string such as 'cpu' or 'cuda:0', got {device!r}") from exc
+        raise ValueError(f"device must be a device this torch can name, such as 'cpu', 'cuda:0' or a CUDA "
+                         f"ordinal, got {device!r} ({exc})") from exc
     return TRITON.impls(device)

@@ -42,13 +42,16 @@ class SeDAConfig:
         def field(name):
             return f"SeDAConfig.{name}", getattr(self, name)
 
+        def integer(name, maximum):  # stored as a plain int (a numpy integer would not serialise to JSON)
+            object.__setattr__(self, name, check_int(*field(name), maximum=maximum))
+
         for name in ("visual_dim", "text_dim", "dim", "hidden"):
-            check_int(*field(name), maximum=self._WIDTH_LIMIT)
-        check_int(*field("num_classes"), maximum=1 << 20)
-        check_int(*field("layers"), maximum=64)
-        check_int(*field("diffusion_steps"), maximum=100_000)
-        check_int(*field("learner_steps"), maximum=self.diffusion_steps)
-        check_int(*field("translator_steps"), maximum=self.diffusion_steps)
+            integer(name, self._WIDTH_LIMIT)
+        integer("num_classes", 1 << 20)
+        integer("layers", 64)
+        integer("diffusion_steps", 100_000)
+        integer("learner_steps", self.diffusion_steps)
+        integer("translator_steps", self.diffusion_steps)
         if self.dim % 2:
             raise ValueError(f"SeDAConfig.dim must be even (sin/cos time embedding), got {self.dim}")
         check_number(*field("center_momentum"), maximum=1.0)

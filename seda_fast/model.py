@@ -18,9 +18,9 @@ from .nvtx import nvtx_range
 
 BACKENDS = ("eager", "triton", "auto")
 FUSED_IMPLS = ("auto",) + backends.FUSED_IMPLS
-# one weight of each part (:attr:`SeDA.STAGE1_PARTS`, :attr:`SeDA.STAGE2_PARTS`): a part cast on its
-# own (``model.head.half()``) shows in these, read through the module dicts (``getattr`` on a module
-# costs microseconds each)
+# the first weight of each part (:attr:`SeDA.STAGE1_PARTS`, :attr:`SeDA.STAGE2_PARTS`): a part cast
+# on its own (``model.head.half()``) shows in these (a layer inside a part cast alone does not), read
+# through the module dicts where they hold them (``getattr`` on a module costs microseconds each)
 _DTYPE_PROBES = tuple(tuple(path.split(".")) for path in (
     "head.weight", "visual_proj.linear.weight", "learner.in_x.weight", "readout.weight", "aux_visual.weight",
     "text_proj.linear.weight", "translator.in_x.weight", "pfin.p_m.weight", "aux_text.weight"))
@@ -154,7 +154,7 @@ class SeDA(nn.Module):
         """Stage 1 trains only the projector ``P_v``, the Learner, ``W_r`` and the auxiliary visual
         classifier; stage 2 only ``P_t``, the Translator, PFIN, the head and the auxiliary text
         classifier. Everything else gets ``requires_grad=False``. Re-wrap DDP after a change."""
-        val.check_int("stage", stage, 1, 2)
+        stage = val.check_int("stage", stage, 1, 2)
         self._stage = stage
         trained = self.STAGE1_PARTS if stage == 1 else self.STAGE2_PARTS
         for name in self.STAGE1_PARTS + self.STAGE2_PARTS:
@@ -170,9 +170,12 @@ class SeDA(nn.Module):
         dtype, first = None, None
         for path in _DTYPE_PROBES:
             module = self
-            for name in path[:-1]:
-                module = module._modules[name]
-            weight = module._parameters[path[-1]]
+            for name in path[:-1]:  # a wrapped part (torch.compile, an adapter) is reached by getattr
+                child = module._modules.get(name)
+                module = getattr(module, name) if child is None else child
+            weight = module._parameters.get(path[-1])
+            if weight is None:  # pruned or parametrized (weight_norm): a computed attribute
+                weight = getattr(module, path[-1])
             if dtype is None:
                 dtype, first = weight.dtype, path
             elif weight.dtype != dtype:
@@ -226,11 +229,22 @@ class SeDA(nn.Module):
         finally:
             self.check_inputs = checks
 
+    def input_check_dtype(self, dtype: torch.dtype | None = None) -> torch.dtype:
+        """The dtype whose range ``check_inputs`` holds inputs to: the narrower of the parameters'
+        (``dtype``, else read) and, where autocast is on for the model's device, autocast's."""
+        dtype = dtype or self._param_dtype()
+        kind = self.device.type
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+            fast = torch.get_autocast_dtype(kind)
+            if torch.finfo(fast).max < torch.finfo(dtype).max:
+                return fast
+        return dtype
+
     def _visual(self, visual) -> torch.Tensor:
         val.check_features("visual", visual, self.config.visual_dim, self.device)
         dtype = self._param_dtype()
         if self.check_inputs:
-            val.check_finite("visual", visual, dtype)
+            val.check_finite("visual", visual, self.input_check_dtype(dtype))
         return visual.to(dtype)
 
     def _text(self, text, batch: int, text_kind: str):
@@ -249,7 +263,7 @@ class SeDA(nn.Module):
         val.check_features("text", text, Dt, self.device, batch=C if per_class else batch)
         dtype = self._param_dtype()
         if self.check_inputs:
-            val.check_finite("text", text, dtype)
+            val.check_finite("text", text, self.input_check_dtype(dtype))
         return text.to(dtype), per_class
 
     def _noise(self, noise, batch: int):
@@ -258,7 +272,7 @@ class SeDA(nn.Module):
         val.check_features("noise", noise, self.config.dim, self.device, batch=batch)
         dtype = self._param_dtype()
         if self.check_inputs:
-            val.check_finite("noise", noise, dtype)
+            val.check_finite("noise", noise, self.input_check_dtype(dtype))
         return noise.to(dtype).contiguous()  # (the eager chain casts it to this dtype too)
 
     def _labels(self, labels, batch: int) -> torch.Tensor:

@@ -316,10 +316,10 @@ class StepGraph:
             self.stats["direct"] += 1
             with self._side_stream():
                 return self._run(inputs, text_kind)
-        if model.check_inputs:
-            val.check_finite("visual", visual)
+        if model.check_inputs:  # as the direct steps check (the replay runs no Python)
+            val.check_finite("visual", visual, model.input_check_dtype())
             if text is not None:
-                val.check_finite("text", text)
+                val.check_finite("text", text, model.input_check_dtype())
         if entry.replay is None:
             self._capture(entry, inputs, text_kind)
             entry.refs = self._refs(trained, buffers)

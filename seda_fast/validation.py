@@ -7,6 +7,7 @@ Label range is always checked on the training path, whose loss is read back anyw
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -86,18 +87,23 @@ def text_is_per_class(text_kind: str, rows: int | None, num_classes: int) -> boo
 
 
 def check_finite(name: str, x: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-    """Report NaN/Inf instead of letting them flow silently into the result (costs a sync). With
-    ``dtype`` (the one ``x`` is about to be cast to), finite values beyond its range count too: the
-    cast would make them Inf. Skipped while torch.compile traces (it would break the graph)."""
+    """Report NaN/Inf instead of letting them flow silently into the result (one reduction and its
+    read-back: a sync). With ``dtype`` (the one ``x`` is computed in), finite values beyond its range
+    count too: the cast would make them Inf. Skipped while torch.compile traces (it would break the
+    graph)."""
     if torch.compiler.is_compiling():
         return
-    bad = ~torch.isfinite(x if dtype is None else x.to(dtype))
-    if bool(bad.any()):
-        count, nonfinite = int(bad.sum()), int((~torch.isfinite(x)).sum())
-        if nonfinite:
-            raise ValueError(f"{name} contains {nonfinite} NaN/Inf value(s) (check_inputs=True)")
-        raise ValueError(f"{name} has {count} value(s) beyond {dtype}'s range (|x| <= {torch.finfo(dtype).max:.6g}), "
-                         f"which the cast to the model's dtype makes Inf (check_inputs=True)")
+    lo, hi = (float(v) for v in torch.aminmax(x))  # NaN in x makes both NaN
+    top = torch.finfo(x.dtype if dtype is None else dtype).max
+    if -top <= lo and hi <= top:
+        return  # (NaN fails both comparisons)
+    nonfinite = int((~torch.isfinite(x)).sum())
+    if nonfinite:
+        raise ValueError(f"{name} contains {nonfinite} NaN/Inf value(s) (check_inputs=True)")
+    count = int((~torch.isfinite(x.to(dtype))).sum())  # exactly those the cast rounds to Inf
+    if count:
+        raise ValueError(f"{name} has {count} value(s) beyond {dtype}'s range (|x| <= {top:.6g}), which the cast "
+                         f"to the model's compute dtype makes Inf (check_inputs=True)")
 
 
 def check_generator(generator, device: torch.device, owner: str = "the model") -> None:
@@ -113,9 +119,11 @@ def check_generator(generator, device: torch.device, owner: str = "the model") -
 
 
 def check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> int:
-    """``value`` must be an int (not a bool) in ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` must be an integer (an int or a numpy integer; not a bool) in ``[minimum, maximum]``;
+    returned as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be {bound}, got {value}")

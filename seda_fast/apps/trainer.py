@@ -184,11 +184,11 @@ class Trainer:
                 raise ValueError("text is required for stage 2 ([num_classes, text_dim] class texts "
                                  "or [N, text_dim] per-sample texts)")
             text_kind = self._check_text(text, visual.shape[0], text_kind)
-            val.check_finite("text", text, self.model._param_dtype())
+            val.check_finite("text", text, self.model.input_check_dtype())
         # once each (a host read): the steps and the evaluations skip the per-batch checks
-        val.check_finite("visual", visual, self.model._param_dtype())
+        val.check_finite("visual", visual, self.model.input_check_dtype())
         if eval_visual is not None:
-            val.check_finite("eval_visual", eval_visual, self.model._param_dtype())
+            val.check_finite("eval_visual", eval_visual, self.model.input_check_dtype())
         with fresh_weight_casts(device):  # (under a caller's autocast: no stale weight copies)
             self._fit(visual, labels, text, text_kind, eval_visual, eval_labels, budget)
         return self.history

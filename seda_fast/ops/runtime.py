@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -195,7 +196,9 @@ def launch_options(graph: bool = True, pdl: bool | None = None, split_k: bool = 
     and 16-byte-aligned widths only), which changes the numbers only by the fp32 summation order. ``benchmarks/gpu_check.py`` times each way."""
     asked = dict(graph=graph, pdl=pdl, split_k=split_k, fold=fold, tile_plan=tile_plan, tma=tma)
     for name, value in asked.items():  # a truthy string ("False") would silently turn an option on
-        if not isinstance(value, bool) and not (value is None and name in ("pdl", "fold")):
+        if isinstance(value, (bool, np.bool_)):
+            asked[name] = bool(value)
+        elif not (value is None and name in ("pdl", "fold")):
             allowed = "True, False or None" if name in ("pdl", "fold") else "True or False"
             raise TypeError(f"launch_options: {name} must be {allowed}, got {value!r}")
     saved = dict(_LAUNCH)

@@ -314,6 +314,9 @@ def test_check_inputs_reads_the_inputs_before_each_replay():
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match=r"visual contains 1 NaN/Inf"):
         step(bad, labels)
+    bad[3, 1] = 1e5  # beyond fp16: refused before a replay as before a direct step
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(ValueError, match="beyond torch.float16's range"):
+        step(bad, labels)
     assert step.stats == {"direct": 1, "captures": 1, "replays": 1} and model.check_inputs
 
 

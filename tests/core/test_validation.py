@@ -1,11 +1,13 @@
 """Bad input raises ValueError/TypeError naming the argument, before any computation."""
+import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune  # noqa: F401 (torch.nn.utils does not import it)
 
 import seda_fast as sf
 from seda_fast import validation as val
 
-from helpers import make_batch, make_model
+from helpers import make_batch, make_model, small_config
 
 
 @pytest.mark.parametrize("field,value,exc", [
@@ -211,6 +213,9 @@ def test_stage_is_an_int_and_the_config_is_frozen(model):
         with pytest.raises(exc, match="stage"):
             model.set_stage(bad)
     assert model.stage == 1
+    assert type(model.set_stage(np.int64(2)).stage) is int and model.stage == 2  # numpy integers are ints
+    cfg = sf.SeDAConfig(visual_dim=np.int64(8), text_dim=6, num_classes=np.int32(3), dim=16)
+    assert type(cfg.visual_dim) is int and type(cfg.num_classes) is int  # (JSON-serialisable)
     with pytest.raises(AttributeError, match="dim"):  # dataclasses.FrozenInstanceError
         model.config.dim = 32
 
@@ -257,16 +262,37 @@ def test_a_part_cast_on_its_own_is_named_before_anything_runs(backend):
 
 
 def test_check_inputs_reports_values_the_models_dtype_cannot_hold():
-    """fp16 holds |x| <= 65504: a finite fp32 input beyond it would turn Inf in the cast."""
-    model = make_model(dtype=torch.float16).eval()
-    model.check_inputs = True
-    v = make_batch(model.config, 5)[0]
+    """fp16 holds |x| <= 65504: a finite fp32 input beyond it would turn Inf in the cast, whether the
+    parameters are fp16 or fp16 autocast computes with fp32 ones."""
+    v = make_batch(small_config(), 5)[0]
     v[1, 2] = 1e5
-    with torch.no_grad(), pytest.raises(ValueError, match=r"visual has 1 value\(s\) beyond torch.float16's range"):
-        model(v)
-    v[1, 2] = float("inf")
-    with torch.no_grad(), pytest.raises(ValueError, match="visual contains 1 NaN/Inf"):
-        model(v)
+    for dtype, autocast in ((torch.float16, False), (torch.float32, True)):
+        model = make_model(dtype=dtype).eval()
+        model.check_inputs = True
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16, enabled=autocast):
+            with pytest.raises(ValueError, match=r"visual has 1 value\(s\) beyond torch.float16's range"):
+                model(v)
+            assert torch.isfinite(model(v.clamp(-6e4, 6e4))).all()
+    model.check_inputs = True
+    with torch.no_grad():
+        model(v)  # fp32 parameters, no autocast: 1e5 is in range
+        v[1, 2] = float("inf")
+        with pytest.raises(ValueError, match="visual contains 1 NaN/Inf"):
+            model(v)
+        v[1, 2] = 65519.0  # beyond fp16's largest finite value, but the cast rounds it down to it
+        model.half()(v)
+
+
+def test_a_pruned_or_weight_normed_layer_is_read_through_its_attribute():
+    """Pruning and parametrizations take ``weight`` out of the module's parameter dict; the dtype
+    check then reads the computed attribute (as the layers themselves do)."""
+    model = make_model().eval()
+    torch.nn.utils.prune.l1_unstructured(model.head, "weight", 0.3)
+    torch.nn.utils.parametrizations.weight_norm(model.aux_visual)
+    v = make_batch(model.config, 5)[0]
+    with torch.no_grad():
+        assert model(v).shape == (5, model.config.num_classes)
+    model.train().learner_loss(v, torch.arange(5) % model.config.num_classes).backward()
 
 
 def test_arguments_a_call_does_not_use_are_refused(model):
@@ -292,10 +318,13 @@ def test_launch_options_and_fused_impls_check_their_arguments():
     assert _LAUNCH == before
     with launch_options(fold=False, pdl=None):
         assert _LAUNCH["fold"] is False
+    with launch_options(split_k=np.True_):  # numpy's bools are bools
+        assert _LAUNCH["split_k"] is True
     with pytest.raises(TypeError, match="device must be a torch.device"):
-        sf.fused_impls(3)
-    with pytest.raises(ValueError, match="device must be a device string"):
+        sf.fused_impls(3.0)
+    with pytest.raises(ValueError, match="device must be a device this torch can name"):
         sf.fused_impls("bogus")
+    assert sf.fused_impls(torch.device("cpu")) == sf.fused_impls("cpu")
 
 
 def test_triton_refuses_a_float64_model_under_autocast_too():
