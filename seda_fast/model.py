@@ -13,6 +13,7 @@ from torch import nn
 
 from . import backends, reference
 from . import validation as val
+from .ops import runtime
 from .config import SeDAConfig
 from .nvtx import nvtx_range
 
@@ -233,19 +234,20 @@ class SeDA(nn.Module):
         """The dtype whose range ``check_inputs`` holds inputs to: the narrower of the parameters'
         (``dtype``, else read) and, where autocast is on for the model's device, autocast's."""
         dtype = dtype or self._param_dtype()
-        kind = self.device.type
-        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
-            fast = torch.get_autocast_dtype(kind)
-            if torch.finfo(fast).max < torch.finfo(dtype).max:
-                return fast
-        return dtype
+        fast = runtime.autocast_dtype(self.device)
+        return fast if fast is not None and torch.finfo(fast).max < torch.finfo(dtype).max else dtype
+
+    def _cast_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (shape-checked) in the parameters' dtype, its values checked first in
+        ``check_inputs`` mode."""
+        dtype = self._param_dtype()
+        if self.check_inputs:
+            val.check_finite(name, x, self.input_check_dtype(dtype))
+        return x.to(dtype)
 
     def _visual(self, visual) -> torch.Tensor:
         val.check_features("visual", visual, self.config.visual_dim, self.device)
-        dtype = self._param_dtype()
-        if self.check_inputs:
-            val.check_finite("visual", visual, self.input_check_dtype(dtype))
-        return visual.to(dtype)
+        return self._cast_input("visual", visual)
 
     def _text(self, text, batch: int, text_kind: str):
         C, Dt = self.config.num_classes, self.config.text_dim
@@ -261,19 +263,13 @@ class SeDA(nn.Module):
             raise ValueError(f"text must have shape [{C}, {Dt}] (class texts, one row per class) or "
                              f"[{batch}, {Dt}] (per-sample texts, one row per sample){asked}, got {list(text.shape)}")
         val.check_features("text", text, Dt, self.device, batch=C if per_class else batch)
-        dtype = self._param_dtype()
-        if self.check_inputs:
-            val.check_finite("text", text, self.input_check_dtype(dtype))
-        return text.to(dtype), per_class
+        return self._cast_input("text", text), per_class
 
     def _noise(self, noise, batch: int):
         if noise is None:
             return None
         val.check_features("noise", noise, self.config.dim, self.device, batch=batch)
-        dtype = self._param_dtype()
-        if self.check_inputs:
-            val.check_finite("noise", noise, self.input_check_dtype(dtype))
-        return noise.to(dtype).contiguous()  # (the eager chain casts it to this dtype too)
+        return self._cast_input("noise", noise).contiguous()  # (the eager chain casts it to this dtype too)
 
     def _labels(self, labels, batch: int) -> torch.Tensor:
         val.check_labels(labels, batch, self.config.num_classes, self.device)

@@ -317,9 +317,10 @@ class StepGraph:
             with self._side_stream():
                 return self._run(inputs, text_kind)
         if model.check_inputs:  # as the direct steps check (the replay runs no Python)
-            val.check_finite("visual", visual, model.input_check_dtype())
+            in_range_of = model.input_check_dtype()
+            val.check_finite("visual", visual, in_range_of)
             if text is not None:
-                val.check_finite("text", text, model.input_check_dtype())
+                val.check_finite("text", text, in_range_of)
         if entry.replay is None:
             self._capture(entry, inputs, text_kind)
             entry.refs = self._refs(trained, buffers)

@@ -179,16 +179,17 @@ class Trainer:
         if eval_visual is not None:
             check_dataset(eval_visual, eval_labels, "eval_visual", "eval_labels",
                           num_classes=cfg.num_classes, visual_dim=cfg.visual_dim, device=device)
+        in_range_of = self.model.input_check_dtype()  # the dtype whose range the data must fit
         if self.stage2_epochs > self.epochs_done[2]:
             if text is None:
                 raise ValueError("text is required for stage 2 ([num_classes, text_dim] class texts "
                                  "or [N, text_dim] per-sample texts)")
             text_kind = self._check_text(text, visual.shape[0], text_kind)
-            val.check_finite("text", text, self.model.input_check_dtype())
+            val.check_finite("text", text, in_range_of)
         # once each (a host read): the steps and the evaluations skip the per-batch checks
-        val.check_finite("visual", visual, self.model.input_check_dtype())
+        val.check_finite("visual", visual, in_range_of)
         if eval_visual is not None:
-            val.check_finite("eval_visual", eval_visual, self.model.input_check_dtype())
+            val.check_finite("eval_visual", eval_visual, in_range_of)
         with fresh_weight_casts(device):  # (under a caller's autocast: no stale weight copies)
             self._fit(visual, labels, text, text_kind, eval_visual, eval_labels, budget)
         return self.history

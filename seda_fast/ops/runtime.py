@@ -151,8 +151,9 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def autocast_dtype(device: torch.device, default: torch.dtype | None = None) -> torch.dtype | None:
-    """The autocast dtype when autocast is on for ``device``'s type, else ``default``."""
-    if torch.is_autocast_enabled(device.type):
+    """The autocast dtype when autocast is on for ``device``'s type, else ``default`` (also for a
+    device type autocast does not know, such as meta)."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return default
 
